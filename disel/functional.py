@@ -1,0 +1,126 @@
+"""The DISeL update, written once (THEORY.md §1, eq. DISeL and eq. 9).
+
+    h = W0 x + s · B diag(g(x)) A x,        g(x) = σ(W_g x + b_g)
+
+Symbols ↔ arguments: ``A`` = ``lora_A`` (r, d), ``B`` = ``lora_B`` (m, r), ``W_g`` = ``gate_weight``
+(r, d), ``b_g`` = ``gate_bias`` (r,), ``s`` = ``scaling``. Every function accepts any number of leading
+batch dimensions on ``x`` (``(..., d)``). The standalone layer, the PEFT layer and the toy simulations all
+call these functions; nothing else in the package multiplies gates.
+
+Two equivalent implementations of the update are kept:
+
+* :func:`disel_update_reference` follows the equation literally (three separate matmuls). It is the
+  reference the tests compare against.
+* :func:`disel_update` is the one used in training. The adapter's matmuls are thin (r ≪ d), so they are
+  bound by memory traffic: stacking ``[A; W_g]`` reads ``x`` once for both projections, and a custom
+  autograd function saves only the ``(..., 2r)`` pre-activations (not the gate, the gated product and
+  the projection separately), recomputing the cheap element-wise parts in backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["gate_values", "disel_update", "disel_update_reference"]
+
+
+def gate_values(x: Tensor, gate_weight: Tensor, gate_bias: Tensor | None) -> Tensor:
+    """Gate vector ``g(x) = σ(W_g x + b_g)`` (eq. 9), each entry in (0, 1).
+
+    Shapes: ``x`` (..., d), ``gate_weight`` (r, d), ``gate_bias`` (r,) → (..., r).
+    """
+    return torch.sigmoid(F.linear(x, gate_weight, gate_bias))  # (..., r)
+
+
+def disel_update_reference(
+    x: Tensor,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor | None,
+    scaling: float,
+) -> Tensor:
+    """``s · B diag(σ(W_g x + b_g)) A x`` computed literally (reference implementation).
+
+    Shapes: ``x`` (..., d), ``lora_A`` (r, d), ``lora_B`` (m, r), ``gate_weight`` (r, d),
+    ``gate_bias`` (r,) → (..., m).
+    """
+    ax = F.linear(x, lora_A)  # (..., r)
+    g = gate_values(x, gate_weight, gate_bias)  # (..., r)
+    return F.linear(ax * g, lora_B) * scaling  # (..., m)
+
+
+class _FusedDiselUpdate(torch.autograd.Function):
+    """Fused forward/backward of the DISeL branch; see :func:`disel_update`.
+
+    Saves ``x`` and the stacked pre-activations ``u = [A x, W_g x + b_g]`` (..., 2r). Backward, with
+    ``g = σ(u_g)``, ``z = s · (A x) ⊙ g`` and upstream gradient ``δ`` (..., m):
+
+        ∂B   = δᵀ z                ∂z = δ B
+        ∂(Ax) = s · ∂z ⊙ g         ∂(W_g x + b_g) = s · ∂z ⊙ (A x) ⊙ g ⊙ (1 − g)
+        ∂[A; W_g] = [∂(Ax), ∂(W_g x + b_g)]ᵀ x,   ∂b_g = Σ ∂(W_g x + b_g),   ∂x = [∂(Ax), ∂(...)] [A; W_g]
+    """
+
+    @staticmethod
+    def forward(ctx, x, lora_A, lora_B, gate_weight, gate_bias, scaling):  # noqa: D102
+        r = lora_A.shape[0]
+        stacked = torch.cat([lora_A, gate_weight], dim=0)  # (2r, d)
+        bias = None
+        if gate_bias is not None:
+            bias = torch.cat([gate_bias.new_zeros(r), gate_bias])  # (2r,)
+        u = F.linear(x, stacked, bias)  # (..., 2r)
+        ax, pre_gate = u.split(r, dim=-1)  # (..., r) each
+        z = ax * torch.sigmoid(pre_gate) * scaling  # (..., r)
+        ctx.save_for_backward(x, u, stacked, lora_B)
+        ctx.scaling = scaling
+        ctx.has_gate_bias = gate_bias is not None
+        # Under autocast the matmuls above ran in a lower precision than the parameters; backward runs
+        # outside autocast, so it casts to the dtype forward computed in and casts gradients back.
+        ctx.param_dtype = lora_A.dtype
+        ctx.input_dtype = x.dtype
+        return F.linear(z, lora_B)  # (..., m)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        x, u, stacked, lora_B = ctx.saved_tensors
+        s = ctx.scaling
+        r = lora_B.shape[1]
+        dt = u.dtype
+        grad_out, x, stacked, lora_B = grad_out.to(dt), x.to(dt), stacked.to(dt), lora_B.to(dt)
+        ax, pre_gate = u.split(r, dim=-1)  # (..., r)
+        g = torch.sigmoid(pre_gate)  # (..., r)
+        grad_z = F.linear(grad_out, lora_B.t()) * s  # (..., r): δ B, scaled
+        grad_ax = grad_z * g  # (..., r)
+        grad_pre = grad_z * ax * g * (1 - g)  # (..., r)
+        grad_u = torch.cat([grad_ax, grad_pre], dim=-1)  # (..., 2r)
+
+        grad_x = grad_A = grad_B = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.linear(grad_u, stacked.t()).to(ctx.input_dtype)  # (..., d)
+        if ctx.needs_input_grad[2]:
+            z = ax * g * s  # (..., r)
+            grad_B = (grad_out.reshape(-1, grad_out.shape[-1]).t() @ z.reshape(-1, r)).to(ctx.param_dtype)  # (m, r)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            grad_stacked = grad_u.reshape(-1, 2 * r).t() @ x.reshape(-1, x.shape[-1])  # (2r, d)
+            grad_A, grad_W = grad_stacked.to(ctx.param_dtype).split(r, dim=0)  # (r, d) each
+        if ctx.has_gate_bias and ctx.needs_input_grad[4]:
+            grad_b = grad_pre.reshape(-1, r).sum(0).to(ctx.param_dtype)  # (r,)
+        return grad_x, grad_A, grad_B, grad_W, grad_b, None
+
+
+def disel_update(
+    x: Tensor,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor | None,
+    scaling: float,
+) -> Tensor:
+    """``s · B diag(σ(W_g x + b_g)) A x`` (eq. DISeL), the fused implementation used for training.
+
+    Shapes: ``x`` (..., d), ``lora_A`` (r, d), ``lora_B`` (m, r), ``gate_weight`` (r, d),
+    ``gate_bias`` (r,) → (..., m). Numerically equal to :func:`disel_update_reference` (tested).
+    """
+    return _FusedDiselUpdate.apply(x, lora_A, lora_B, gate_weight, gate_bias, float(scaling))

@@ -1,0 +1,177 @@
+"""A standalone DISeL layer, usable in any PyTorch model without PEFT (THEORY.md §1).
+
+``DiselLinear`` wraps a frozen ``nn.Linear`` ``W0`` and adds ``s · B diag(σ(W_g x + b_g)) A x``.
+The PEFT integration (``disel.tuner``) reuses :class:`DiselGate` and :func:`init_disel_parameters`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .functional import disel_update, gate_values
+
+__all__ = ["DiselGate", "DiselLinear", "init_disel_parameters", "GateWeightInit"]
+
+GateWeightInit = Literal["kaiming", "zero"]
+GATE_WEIGHT_INITS: tuple[str, ...] = ("kaiming", "zero")
+
+
+class DiselGate(nn.Linear):
+    """The gate projection ``W_g x + b_g`` (d → r, with bias).
+
+    A distinct type so that optimizer groups and the gate recorder find gate parameters with
+    ``isinstance`` instead of parsing parameter names.
+    """
+
+
+def init_disel_parameters(
+    lora_A: nn.Linear,
+    lora_B: nn.Linear,
+    gate: DiselGate,
+    *,
+    init_weights: bool = True,
+    gate_weight_init: GateWeightInit = "kaiming",
+    gate_bias_init: float = -3.0,
+) -> None:
+    """Initialise one adapter in place (THEORY.md §1, "Initialisation").
+
+    ``A`` Kaiming-uniform; ``B = 0`` when ``init_weights`` (so the adapter is a no-op at init), else
+    Kaiming-uniform (for tests that need a non-trivial update); ``W_g`` Kaiming-uniform or zero;
+    ``b_g = gate_bias_init`` (default -3: σ(-3) ≈ 0.047, gates start nearly closed).
+    """
+    if gate_weight_init not in GATE_WEIGHT_INITS:
+        raise ValueError(f"gate_weight_init must be one of {GATE_WEIGHT_INITS}, got {gate_weight_init!r}")
+    with torch.no_grad():
+        # a = sqrt(5) is nn.Linear's own default, the one LoRA implementations use for A.
+        nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5))
+        if init_weights:
+            nn.init.zeros_(lora_B.weight)
+        else:
+            nn.init.kaiming_uniform_(lora_B.weight, a=math.sqrt(5))
+        if gate_weight_init == "kaiming":
+            nn.init.kaiming_uniform_(gate.weight, a=math.sqrt(5))
+        else:
+            nn.init.zeros_(gate.weight)
+        nn.init.constant_(gate.bias, float(gate_bias_init))
+
+
+class DiselLinear(nn.Module):
+    """``h = W0 x + s · B diag(σ(W_g x + b_g)) A x`` around a frozen ``nn.Linear``.
+
+    Args:
+        base: the pre-trained layer ``W0`` (out_features m, in_features d). Its parameters are frozen.
+        r: rank, the number of gated rank-one components.
+        lora_alpha: scaling numerator, ``s = lora_alpha / r``; ``None`` means ``s = 1``.
+        dropout: dropout on the adapter input (read by both ``A`` and the gate).
+        init_weights, gate_weight_init, gate_bias_init: see :func:`init_disel_parameters`.
+
+    Shapes: ``forward`` maps (..., d) → (..., m); ``gates`` maps (..., d) → (..., r).
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        *,
+        lora_alpha: float | None = None,
+        dropout: float = 0.0,
+        init_weights: bool = True,
+        gate_weight_init: GateWeightInit = "kaiming",
+        gate_bias_init: float = -3.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"DiselLinear wraps an nn.Linear, got base={type(base).__name__}")
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ValueError(f"r must be a positive integer, got r={r!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout!r}")
+        self.base = base
+        self.base.requires_grad_(False)
+        self.r = r
+        self.scaling = 1.0 if lora_alpha is None else float(lora_alpha) / r
+        d, m = base.in_features, base.out_features
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.disel_A = nn.Linear(d, r, bias=False, **factory)
+        self.disel_B = nn.Linear(r, m, bias=False, **factory)
+        self.disel_gate = DiselGate(d, r, bias=True, **factory)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        init_disel_parameters(
+            self.disel_A,
+            self.disel_B,
+            self.disel_gate,
+            init_weights=init_weights,
+            gate_weight_init=gate_weight_init,
+            gate_bias_init=gate_bias_init,
+        )
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def update(self, x: Tensor) -> Tensor:
+        """The adapter's correction ``s · B diag(g(x)) A x``: (..., d) → (..., m)."""
+        x = self.dropout(x)
+        return disel_update(
+            x,
+            self.disel_A.weight,
+            self.disel_B.weight,
+            self.disel_gate.weight,
+            self.disel_gate.bias,
+            self.scaling,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.update(x)  # (..., m)
+
+    def active_gates(self) -> list[tuple[str, DiselGate]]:
+        """(adapter name, gate module) of each adapter that is active; the gate recorder reads these."""
+        return [("default", self.disel_gate)]
+
+    def gates(self, x: Tensor) -> Tensor:
+        """Gate values ``σ(W_g x + b_g)`` for an input (no dropout): (..., d) → (..., r)."""
+        return gate_values(x, self.disel_gate.weight, self.disel_gate.bias)
+
+    @torch.no_grad()
+    def set_parameters(
+        self,
+        *,
+        lora_A: Tensor | None = None,
+        lora_B: Tensor | None = None,
+        gate_weight: Tensor | None = None,
+        gate_bias: Tensor | None = None,
+    ) -> None:
+        """Plant exact parameter values (the toy plants the Bayes-optimal gate, eq. 31).
+
+        Shapes: ``lora_A`` (r, d), ``lora_B`` (m, r), ``gate_weight`` (r, d), ``gate_bias`` (r,).
+        Values are copied (and cast to the layer's dtype); a wrong shape raises ``ValueError``.
+        """
+        targets = {
+            "lora_A": self.disel_A.weight,
+            "lora_B": self.disel_B.weight,
+            "gate_weight": self.disel_gate.weight,
+            "gate_bias": self.disel_gate.bias,
+        }
+        given = {"lora_A": lora_A, "lora_B": lora_B, "gate_weight": gate_weight, "gate_bias": gate_bias}
+        for name, value in given.items():
+            if value is None:
+                continue
+            value = torch.as_tensor(value)
+            if tuple(value.shape) != tuple(targets[name].shape):
+                raise ValueError(
+                    f"{name} must have shape {tuple(targets[name].shape)}, got {tuple(value.shape)}"
+                )
+        for name, value in given.items():
+            if value is not None:
+                targets[name].copy_(torch.as_tensor(value))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, scaling={self.scaling:g}"

@@ -1,13 +1,34 @@
-"""DISeL: Dynamic Input-Sensitive LoRA (LoRA whose rank-one components are gated by σ(W_g x + b_g))."""
+"""DISeL: Dynamic Input-Sensitive LoRA.
+
+LoRA whose rank-one components are each multiplied by an input-dependent sigmoid gate,
+``h = W0 x + s · B diag(σ(W_g x + b_g)) A x``. Importing ``disel`` registers the PEFT type ``"DISEL"``,
+so ``peft.get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`` work with
+:class:`DiselConfig`; any process that loads a saved DISeL adapter must ``import disel`` first.
+"""
 
 from .functional import disel_update, disel_update_reference, gate_values
 from .layer import DiselGate, DiselLinear, init_disel_parameters
+from .optim import DiselTrainer, param_groups
+from .recording import GateRecorder, GateStats, record_gates
+from .tuner import DiselConfig, DiselModel, register_disel
+
+register_disel()  # makes PEFT know peft_type "DISEL" (idempotent)
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "DiselConfig",
     "DiselGate",
     "DiselLinear",
+    "DiselModel",
+    "DiselTrainer",
+    "GateRecorder",
+    "GateStats",
     "disel_update",
     "disel_update_reference",
     "gate_values",
     "init_disel_parameters",
+    "param_groups",
+    "record_gates",
+    "register_disel",
 ]

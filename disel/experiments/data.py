@@ -1,0 +1,434 @@
+"""Training data: prompt templates, reading local files, the held-out split, tokenisation with masked prompts.
+
+Instruction tuning (the paper's Appendix III.1): each row's instruction is put into a prompt template, the
+response follows it, EOS is appended, and the loss is computed on the response tokens only (every prompt
+label is ``-100``). Sequences are truncated to ``max_length`` with the prompt kept first.
+
+The two templates are copied verbatim from the paper's text (``paper_text.txt``, Appendix III.1): each
+quoted line becomes one line, joined by a single newline, and the response starts right after the final
+``### Response:`` / ``@@ Response`` line. The extracted text has no blank lines anywhere in the paper, so
+blank lines that the original typesetting may have had cannot be recovered; we follow the text as quoted.
+The Magicoder system line is broken after "delivers" exactly as quoted. Evaluation builds prompts with the
+same :func:`format_prompt`, so training and evaluation always agree.
+
+Rows come from local JSON (a list of objects) / JSONL files, CSV/TSV files (classification), or a
+``datasets`` source available locally. A malformed row raises :class:`DataFormatError` naming the file, the
+line (JSONL, CSV) or item index (JSON), and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DataConfig
+
+__all__ = [
+    "ALPACA",
+    "IGNORE_INDEX",
+    "MAGICODER",
+    "TEMPLATES",
+    "CausalLMCollator",
+    "DataFormatError",
+    "PreparedData",
+    "PromptTemplate",
+    "Row",
+    "TokenizedDataset",
+    "format_prompt",
+    "load_dataset_rows",
+    "prepare_data",
+    "read_rows",
+    "split_rows",
+    "tokenize_classification",
+    "tokenize_instruction",
+    "tokenize_text",
+]
+
+IGNORE_INDEX = -100
+"""Label of tokens without loss (the prompt, padding): ``torch.nn.CrossEntropyLoss``'s ignore_index."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt with one ``{instruction}`` slot; the response is appended right after it."""
+
+    name: str
+    prompt: str
+
+    def format_prompt(self, instruction: str) -> str:
+        """The text before the response. Braces in ``instruction`` (code!) are kept as they are."""
+        return self.prompt.replace("{instruction}", instruction)
+
+
+ALPACA = PromptTemplate("alpaca", "### Instruction:\n{instruction}\n### Response:\n")
+"""Math runs (Llama-2-7B on MetaMathQA), as quoted in Appendix III.1."""
+
+MAGICODER = PromptTemplate(
+    "magicoder",
+    "You are an exceptionally intelligent coding assistant that consistently delivers\n"
+    "accurate and reliable responses to user instructions.\n"
+    "@@ Instruction\n"
+    "{instruction}\n"
+    "@@ Response\n",
+)
+"""Code runs (Mistral-7B on Magicoder-Evol-Instruct-110K), as quoted in Appendix III.1."""
+
+TEMPLATES: dict[str, PromptTemplate] = {template.name: template for template in (ALPACA, MAGICODER)}
+
+
+def format_prompt(template: str, instruction: str) -> str:
+    """The prompt for ``instruction`` in the named template (``alpaca``, ``magicoder``; ``none``: unchanged)."""
+    if template == "none":
+        return instruction
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {sorted(TEMPLATES) + ['none']}, got template={template!r}")
+    return TEMPLATES[template].format_prompt(instruction)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading rows
+# ------------------------------------------------------------------------------------------------
+
+
+class DataFormatError(ValueError):
+    """A data file or row that cannot be used: the message names the file, the line or item, and what was expected."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One example as read, and where it came from (for error messages)."""
+
+    values: dict[str, Any]
+    source: str
+    location: str
+
+    def where(self) -> str:
+        return f"{self.source}, {self.location}"
+
+
+def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
+    """All rows of the given files, in order. JSONL: one object per line; JSON: a list of objects;
+    CSV/TSV (``.csv``, ``.tsv``): one row per line with a header line (TSV read without quoting, as GLUE)."""
+    rows: list[Row] = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise DataFormatError(f"data file {str(path)!r} does not exist")
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            rows.extend(_read_jsonl(path))
+        elif suffix == ".json":
+            rows.extend(_read_json(path))
+        elif suffix in (".csv", ".tsv"):
+            rows.extend(_read_csv(path, delimiter="\t" if suffix == ".tsv" else ","))
+        else:
+            raise DataFormatError(f"data file {str(path)!r}: expected a .json, .jsonl, .csv or .tsv file")
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    rows = []
+    with path.open(encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                values = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+            if not isinstance(values, dict):
+                raise DataFormatError(f"{path}, line {number}: expected a JSON object, got {type(values).__name__}")
+            rows.append(Row(values, str(path), f"line {number}"))
+    return rows
+
+
+def _read_json(path: Path) -> list[Row]:
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(items, list):
+        raise DataFormatError(f"{path}: expected a JSON list of objects (or use JSONL), got a {type(items).__name__}")
+    rows = []
+    for index, values in enumerate(items):
+        if not isinstance(values, dict):
+            raise DataFormatError(f"{path}, item {index} (0-based): expected a JSON object, got {type(values).__name__}")
+        rows.append(Row(values, str(path), f"item {index} (0-based)"))
+    return rows
+
+
+def _read_csv(path: Path, delimiter: str) -> list[Row]:
+    rows = []
+    with path.open(encoding="utf-8", newline="") as stream:
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.DictReader(stream, delimiter=delimiter, quoting=quoting)
+        if not reader.fieldnames:
+            raise DataFormatError(f"{path}: expected a header line naming the columns")
+        for values in reader:
+            if None in values:  # more cells than header columns
+                raise DataFormatError(
+                    f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(values[None])} cells but the "
+                    f"header has {len(reader.fieldnames)} columns"
+                )
+            rows.append(Row(dict(values), str(path), f"line {reader.line_num}"))
+    return rows
+
+
+def load_dataset_rows(name: str, config_name: str | None = None, split: str = "train") -> list[Row]:
+    """Rows of a ``datasets`` source available locally: a ``save_to_disk`` folder, a local dataset folder,
+    or a name already in the local cache. Never downloads (offline mode is forced)."""
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import datasets
+
+    datasets.config.HF_DATASETS_OFFLINE = True  # the env var is only read at import time
+    datasets.config.HF_HUB_OFFLINE = True
+    source = f"dataset {name!r}" + (f" ({config_name})" if config_name else "") + f" split {split!r}"
+    try:
+        if Path(name).is_dir() and any((Path(name) / marker).exists() for marker in ("dataset_dict.json", "state.json")):
+            loaded = datasets.load_from_disk(name)
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataFormatError(f"{source}: no such split; the splits are {sorted(loaded)}")
+                loaded = loaded[split]
+        else:
+            loaded = datasets.load_dataset(name, config_name, split=split)
+    except DataFormatError:
+        raise
+    except Exception as error:  # noqa: BLE001 — re-raised with what was asked for
+        raise DataFormatError(f"cannot load {source} locally (disel never downloads): {error}") from error
+    return [Row(dict(values), source, f"row {index}") for index, values in enumerate(loaded)]
+
+
+def split_rows(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Hold out ``round(fraction · n)`` rows (at least one when ``fraction > 0``) chosen by ``seed``.
+
+    Returns ``(train, validation)``, each in the original file order. The split depends only on the rows,
+    ``fraction`` and ``seed``, never on the number of processes.
+    """
+    if fraction <= 0:
+        return list(rows), []
+    n = len(rows)
+    n_validation = max(1, round(fraction * n))
+    if n_validation >= n:
+        raise DataFormatError(f"validation_fraction={fraction} leaves no training rows out of {n}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:n_validation])
+    return [r for i, r in enumerate(rows) if i not in held_out], [r for i, r in enumerate(rows) if i in held_out]
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenising
+# ------------------------------------------------------------------------------------------------
+
+
+def _eos_id(tokenizer: Any) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token; instruction tuning appends EOS to every response")
+    return int(tokenizer.eos_token_id)
+
+
+def tokenize_instruction(tokenizer: Any, prompt: str, response: str, max_length: int) -> dict[str, list[int]] | None:
+    """``input_ids`` of ``prompt + response + EOS`` and ``labels`` with the prompt masked to ``-100``.
+
+    A token is a response token when its first character lies at or after ``len(prompt)`` (offsets of a
+    fast tokenizer), so a token straddling the boundary counts as prompt. Slow tokenizers: the first
+    ``len(tokenize(prompt))`` tokens are masked. Truncated to ``max_length``; None when no response token
+    is left (such an example carries no loss).
+    """
+    eos = _eos_id(tokenizer)
+    text = prompt + response
+    if getattr(tokenizer, "is_fast", False):
+        encoding = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        ids = list(encoding["input_ids"])
+        labels = [
+            token if start >= len(prompt) and end > start else IGNORE_INDEX
+            for token, (start, end) in zip(ids, encoding["offset_mapping"])
+        ]
+    else:
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+    if ids and ids[-1] == eos:  # the tokenizer appends EOS itself: learn it, do not add a second one
+        labels[-1] = eos
+    else:
+        ids.append(eos)
+        labels.append(eos)
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return {"input_ids": ids, "labels": labels}
+
+
+def tokenize_text(tokenizer: Any, text: str, max_length: int) -> dict[str, list[int]] | None:
+    """Raw text with EOS appended, loss on every token, truncated to ``max_length``."""
+    eos = _eos_id(tokenizer)
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not ids or ids[-1] != eos:
+        ids.append(eos)
+    ids = ids[:max_length]
+    if len(ids) < 2:  # a causal LM needs two tokens for one prediction
+        return None
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+def tokenize_classification(
+    tokenizer: Any, text: str, text_pair: str | None, label: int, max_length: int
+) -> dict[str, Any]:
+    """``input_ids`` / ``attention_mask`` of the (pair of) sentence(s), truncated to ``max_length``, and ``labels``."""
+    encoding = tokenizer(text, text_pair, truncation=True, max_length=max_length)
+    return {"input_ids": list(encoding["input_ids"]), "attention_mask": list(encoding["attention_mask"]), "labels": label}
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """A list of tokenised examples (dicts of ``input_ids``, ``labels`` ...) for the ``Trainer``."""
+
+    def __init__(self, examples: list[dict[str, Any]]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.examples[index]
+
+
+@dataclass
+class CausalLMCollator:
+    """Right-pads ``input_ids`` with ``pad_token_id``, ``labels`` with ``-100``; builds ``attention_mask``.
+
+    Returns tensors of shape (batch, longest sequence in the batch).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        length = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)  # (B, T)
+        for i, example in enumerate(examples):
+            n = len(example["input_ids"])
+            input_ids[i, :n] = torch.tensor(example["input_ids"])
+            labels[i, :n] = torch.tensor(example["labels"])
+            attention_mask[i, :n] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+@dataclass
+class PreparedData:
+    """Tokenised train / validation sets and counts for the result file."""
+
+    train: TokenizedDataset
+    validation: TokenizedDataset | None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_data(config: DataConfig, tokenizer: Any, task_type: str, num_labels: int | None = None) -> PreparedData:
+    """Read, split and tokenise the rows named by ``config`` for ``task_type``.
+
+    Raises:
+        DataFormatError: a missing file, unparsable file, or a row without the expected fields.
+    """
+    if config.dataset is not None:
+        train_rows = load_dataset_rows(config.dataset, config.dataset_config, config.dataset_train_split)
+        validation_rows = (
+            load_dataset_rows(config.dataset, config.dataset_config, config.dataset_validation_split)
+            if config.dataset_validation_split
+            else []
+        )
+    else:
+        train_rows = read_rows(config.train_files)
+        validation_rows = read_rows(config.validation_files) if config.validation_files else []
+    if not train_rows:
+        raise DataFormatError(f"no training rows in {config.train_files or config.dataset!r}")
+    if config.validation_fraction > 0:
+        train_rows, validation_rows = split_rows(train_rows, config.validation_fraction, config.split_seed)
+    if config.max_train_samples is not None:
+        train_rows = train_rows[: config.max_train_samples]
+    if config.max_validation_samples is not None:
+        validation_rows = validation_rows[: config.max_validation_samples]
+
+    stats = {"train_rows": len(train_rows), "validation_rows": len(validation_rows)}
+    train = _tokenize_rows(train_rows, config, tokenizer, task_type, num_labels, stats, "train")
+    validation = (
+        _tokenize_rows(validation_rows, config, tokenizer, task_type, num_labels, stats, "validation")
+        if validation_rows
+        else None
+    )
+    if len(train) == 0:
+        raise DataFormatError(
+            f"every training example was dropped: no response token fits in data.max_length={config.max_length}"
+        )
+    return PreparedData(train, validation, stats)
+
+
+def _tokenize_rows(
+    rows: list[Row], config: DataConfig, tokenizer: Any, task_type: str, num_labels: int | None,
+    stats: dict[str, int], split: str,
+) -> TokenizedDataset:
+    examples = []
+    dropped = truncated = 0
+    for row in rows:
+        if task_type == "sequence_classification":
+            text = _string_field(row, config.text_field, "data.text_field")
+            pair = _string_field(row, config.text_pair_field, "data.text_pair_field") if config.text_pair_field else None
+            label = _label(row, config, num_labels)
+            example = tokenize_classification(tokenizer, text, pair, label, config.max_length)
+        elif config.template == "none":
+            text = _string_field(row, config.text_field, "data.text_field")
+            example = tokenize_text(tokenizer, text, config.max_length)
+        else:
+            instruction = _string_field(row, config.instruction_field, "data.instruction_field")
+            response = _string_field(row, config.response_field, "data.response_field")
+            prompt = format_prompt(config.template, instruction)
+            example = tokenize_instruction(tokenizer, prompt, response, config.max_length)
+        if example is None:
+            dropped += 1
+            continue
+        if len(example["input_ids"]) >= config.max_length:
+            truncated += 1  # at the limit: possibly cut
+        examples.append(example)
+    stats[f"{split}_examples"] = len(examples)
+    stats[f"{split}_dropped_no_response"] = dropped
+    stats[f"{split}_at_max_length"] = truncated
+    return TokenizedDataset(examples)
+
+
+def _string_field(row: Row, key: str, setting: str) -> str:
+    if key not in row.values:
+        raise DataFormatError(
+            f"{row.where()}: missing key {key!r} (set by {setting}); the row has keys {sorted(row.values)}"
+        )
+    value = row.values[key]
+    if not isinstance(value, str):
+        raise DataFormatError(f"{row.where()}: key {key!r} must hold a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _label(row: Row, config: DataConfig, num_labels: int | None) -> int:
+    key = config.label_field
+    if key not in row.values:
+        raise DataFormatError(
+            f"{row.where()}: missing key {key!r} (set by data.label_field); the row has keys {sorted(row.values)}"
+        )
+    value = row.values[key]
+    if config.label_names is not None and isinstance(value, str) and value in config.label_names:
+        return config.label_names.index(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # CSV cells are strings
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or num_labels is None or not 0 <= value < num_labels:
+        names = f" or one of {config.label_names}" if config.label_names else ""
+        raise DataFormatError(
+            f"{row.where()}: label {key!r} must be an integer in [0, {num_labels}){names}, got {value!r}"
+        )
+    return value

@@ -1,0 +1,407 @@
+"""Evaluation command line: ``python -m disel.experiments.eval_cli <command> [flags]``.
+
+Commands (each writes one JSON file atomically; ``--help`` on a command lists its flags):
+
+* ``lm-eval``: lm-evaluation-harness on base + adapter (default: the paper's 14-benchmark suite).
+* ``gsm8k``: GSM8K-style strict exact match from greedy generations over a JSONL file.
+* ``humaneval``: HumanEval-style pass@1; runs generated code, so needs ``--allow-code-execution``.
+* ``perplexity``: causal-LM perplexity over text files and/or the offline corpora.
+* ``mlm-perplexity``: masked-LM perplexity of a fine-tuned RoBERTa encoder with the original MLM head.
+* ``retention``: one evaluator over every ``checkpoint-*`` of a training output → one table (JSON + CSV).
+* ``gates``: gate histograms of a DISeL model over domains (math / general / code).
+* ``smollm2``: convert the offline SmolLM2-135M-Instruct once and print its directory.
+
+``--config FILE`` (JSON or YAML, keys as the flags with ``_`` or ``-``) sets a command's defaults;
+flags given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"--config {path}: expected a mapping of flag names to values, got {type(data).__name__}")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, *, base_required: bool = True) -> None:
+    parser.add_argument("--base", required=base_required, help="pre-trained model directory (or a fully fine-tuned one)")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter directory (DISeL/LoRA/DoRA/AdaLoRA); omit for the base model")
+    parser.add_argument("--gguf-file", default=None, help="read the base weights from this GGUF file inside --base")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+
+
+def _add_generation_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke tests)")
+
+
+def _add_lm_eval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="paper-retention", help="paper-retention, or 'none' to run --tasks only")
+    parser.add_argument("--tasks", nargs="*", default=[], help="extra tasks, each 'task' or 'task:metric,filter'")
+    parser.add_argument("--include-path", nargs="*", default=[], help="folders with extra task YAMLs")
+    parser.add_argument("--no-default-tasks", action="store_true", help="index only --include-path tasks (faster)")
+    parser.add_argument("--num-fewshot", type=int, default=0)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=float, default=None, help="documents per task (smoke tests only)")
+
+
+def _add_perplexity_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", nargs="*", default=[], help="text files (one text each) or .jsonl files ('text' field)")
+    parser.add_argument("--offline", nargs="*", default=[], choices=["english", "code"], help="offline corpora to add")
+    parser.add_argument("--n", type=int, default=200, help="texts per offline corpus")
+    parser.add_argument("--seed", type=int, default=1, help="seed choosing the offline texts")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--stride", type=int, default=None, help="window step (default max_length // 2)")
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m disel.experiments.eval_cli", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="JSON/YAML file of flag values (flags override it)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("lm-eval", help="lm-evaluation-harness (the paper's retention suite by default)")
+    _add_model_flags(p)
+    _add_lm_eval_flags(p)
+    p.add_argument("--out", required=True, help="result JSON (schema disel.lm_eval/1)")
+
+    p = commands.add_parser("gsm8k", help="GSM8K-style strict exact match")
+    _add_model_flags(p)
+    p.add_argument("--data", required=True, help="JSONL with question (or instruction) and answer")
+    p.add_argument("--template", default="alpaca", help="training template the prompt is formatted with")
+    _add_generation_flags(p, max_new_tokens=512)
+    p.add_argument("--out", required=True, help="result JSON (schema disel.gsm8k/1)")
+
+    p = commands.add_parser("humaneval", help="HumanEval-style pass@1 (executes generated code)")
+    _add_model_flags(p)
+    p.add_argument("--data", required=True, help="JSONL with task_id, prompt, test, entry_point")
+    p.add_argument("--template", default="magicoder")
+    p.add_argument("--allow-code-execution", action="store_true", help="required: confirms running generated code")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
+    _add_generation_flags(p, max_new_tokens=512)
+    p.add_argument("--out", required=True, help="result JSON (schema disel.humaneval/1)")
+
+    p = commands.add_parser("perplexity", help="causal-LM perplexity over texts")
+    _add_model_flags(p)
+    _add_perplexity_flags(p)
+    p.add_argument("--out", required=True, help="result JSON (schema disel.perplexity/1)")
+
+    p = commands.add_parser("mlm-perplexity", help="masked-LM perplexity with the original MLM head")
+    _add_model_flags(p)
+    p.add_argument("--pretrained-mlm", default=None, help="checkpoint with the original MLM head (default --base)")
+    p.add_argument("--num-labels", type=int, default=None, help="classifier size (default: read from the adapter)")
+    p.add_argument("--text", nargs="*", default=[], help="text files or .jsonl files ('text' field)")
+    p.add_argument("--offline", nargs="*", default=[], choices=["english", "code"])
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0, help="masking seed (the offline texts use --text-seed)")
+    p.add_argument("--text-seed", type=int, default=1)
+    p.add_argument("--mask-prob", type=float, default=0.15)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="result JSON (schema disel.mlm_perplexity/1)")
+
+    p = commands.add_parser("retention", help="evaluate every checkpoint-* of a training output into one table")
+    p.add_argument("--output-dir", required=True, help="training output directory with checkpoint-<step>/ folders")
+    p.add_argument("--base", default=None, help="pre-trained model (default: from the adapter config)")
+    p.add_argument("--evaluator", required=True, choices=["lm-eval", "perplexity", "gsm8k"])
+    p.add_argument("--table", default=None, help="table JSON path (default <output-dir>/retention_<evaluator>.json)")
+    p.add_argument("--no-base-row", action="store_true", help="do not evaluate the base model as step 0")
+    p.add_argument("--no-resume", action="store_true", help="re-evaluate checkpoints already in the table")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--preset", default="paper-retention")
+    p.add_argument("--tasks", nargs="*", default=[])
+    p.add_argument("--include-path", nargs="*", default=[])
+    p.add_argument("--no-default-tasks", action="store_true")
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--limit", type=float, default=None)
+    p.add_argument("--text", nargs="*", default=[])
+    p.add_argument("--offline", nargs="*", default=[], choices=["english", "code"])
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--data", default=None, help="gsm8k: JSONL with question/answer")
+    p.add_argument("--template", default="alpaca")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+
+    p = commands.add_parser("gates", help="gate histograms over domains")
+    _add_model_flags(p)
+    p.add_argument(
+        "--domain", nargs="*", default=[],
+        help="NAME=FILE.jsonl[:TEMPLATE]: rows with 'text' (all tokens), or instruction/output, question/answer "
+        "(GSM8K) or prompt/canonical_solution (HumanEval): response tokens, prompt formatted with TEMPLATE "
+        "(default alpaca). Without --domain: the offline math/general/code domains",
+    )
+    p.add_argument("--n", type=int, default=64, help="sequences per domain (the first N rows of a file)")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the offline domains (keep it off the training seed)")
+    p.add_argument("--bins", type=int, default=20)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="result JSON (schema disel.gates/1)")
+
+    p = commands.add_parser("smollm2", help="convert the offline SmolLM2-135M-Instruct once; print its directory")
+    p.add_argument("--cache-dir", default=None, help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")
+    return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    config_only = argparse.ArgumentParser(add_help=False)
+    config_only.add_argument("--config", default=None)
+    config_path = config_only.parse_known_args(argv)[0].config
+    if config_path is not None:
+        values = _load_config_file(config_path)
+        commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public accessor)
+        command = next((arg for arg in argv if arg in commands), None)
+        if command is not None:
+            subparser = commands[command]
+            known = {action.dest for action in subparser._actions}  # noqa: SLF001
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise SystemExit(f"--config {config_path}: unknown keys for '{command}': {unknown}")
+            # The config supplies defaults: a flag it sets is no longer required, and the command line still wins.
+            for action in subparser._actions:  # noqa: SLF001
+                if action.dest in values:
+                    action.required = False
+            subparser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def _dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    from .evaluate import _resolve_dtype
+
+    return _resolve_dtype(name)
+
+
+def _load(args: argparse.Namespace, **kwargs):
+    from .evaluate import load_model_for_eval
+
+    return load_model_for_eval(
+        args.base, args.adapter, dtype=_dtype(args.dtype), gguf_file=args.gguf_file, device=args.device, **kwargs
+    )
+
+
+def _lm_eval_settings(args: argparse.Namespace):
+    from .lm_eval_bridge import LmEvalSettings
+
+    limit = args.limit
+    if limit is not None and float(limit).is_integer() and limit >= 1:
+        limit = int(limit)
+    return LmEvalSettings(
+        preset=None if args.preset in (None, "none", "") else args.preset,
+        tasks=tuple(args.tasks),
+        num_fewshot=args.num_fewshot,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        limit=limit,
+        include_path=tuple(args.include_path),
+        include_defaults=not args.no_default_tasks,
+    )
+
+
+def _corpora(args: argparse.Namespace, text_seed: int) -> dict[str, list[str]]:
+    from .offline_text import general_english_texts, python_code_texts
+    from .perplexity import read_text_files
+
+    corpora: dict[str, list[str]] = {}
+    for path in args.text:
+        corpora[Path(path).stem] = read_text_files([path])
+    if "english" in args.offline:
+        corpora["english"] = general_english_texts(args.n, text_seed)
+    if "code" in args.offline:
+        corpora["code"] = python_code_texts(args.n, text_seed)
+    if not corpora:
+        raise SystemExit("no texts: give --text FILE ... and/or --offline english code")
+    return corpora
+
+
+def _prompt_formatter(template: str):
+    from .data import format_prompt
+
+    return lambda instruction: format_prompt(template, instruction)
+
+
+def _write(path: str, record: dict[str, Any]) -> None:
+    from .io import write_json_atomic
+
+    write_json_atomic(path, record)
+    print(f"wrote {path}")
+
+
+def _num_labels_from_adapter(adapter: str) -> int | None:
+    """Rows of the saved classifier's output matrix (modules_to_save), or None if there is none."""
+    from safetensors import safe_open
+
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():
+            if key.endswith(("classifier.out_proj.weight", "classifier.weight", "score.weight")):
+                return int(handle.get_slice(key).get_shape()[0])
+    return None
+
+
+def _run(args: argparse.Namespace) -> None:
+    command = args.command
+    if command == "smollm2":
+        from .smollm import smollm2_path
+
+        print(smollm2_path(args.cache_dir))
+        return
+
+    if command == "lm-eval":
+        from .lm_eval_bridge import evaluate_lm_eval
+
+        loaded = _load(args)
+        _write(args.out, evaluate_lm_eval(loaded.model, loaded.tokenizer, _lm_eval_settings(args), description=loaded.description))
+
+    elif command == "gsm8k":
+        from .evaluate import GenerationSettings, evaluate_gsm8k, read_jsonl
+
+        loaded = _load(args)
+        record = evaluate_gsm8k(
+            loaded.model, loaded.tokenizer, read_jsonl(args.data, args.limit),
+            settings=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+            format_prompt=_prompt_formatter(args.template),
+        )
+        record.update(model=loaded.description, data=str(args.data))
+        _write(args.out, record)
+
+    elif command == "humaneval":
+        if not args.allow_code_execution:
+            raise SystemExit("humaneval executes model-generated code: pass --allow-code-execution to confirm")
+        from .evaluate import GenerationSettings, evaluate_humaneval, read_jsonl
+
+        loaded = _load(args)
+        template = _prompt_formatter(args.template)
+        record = evaluate_humaneval(
+            loaded.model, loaded.tokenizer, read_jsonl(args.data, args.limit),
+            allow_code_execution=True, timeout_s=args.timeout,
+            settings=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                        stop_strings=("@@ Instruction",)),
+            format_prompt=lambda p: template(f"Complete the following Python function.\n```python\n{p.prompt}```"),
+        )
+        record.update(model=loaded.description, data=str(args.data))
+        _write(args.out, record)
+
+    elif command == "perplexity":
+        from .perplexity import causal_lm_perplexity
+
+        loaded = _load(args)
+        corpora = {
+            name: causal_lm_perplexity(loaded.model, loaded.tokenizer, texts, max_length=args.max_length,
+                                       stride=args.stride, batch_size=args.batch_size)
+            for name, texts in _corpora(args, args.seed).items()
+        }
+        values = [c["perplexity"] for c in corpora.values()]
+        _write(args.out, {"schema": "disel.perplexity/1", "model": loaded.description, "corpora": corpora,
+                          "mean_perplexity": sum(values) / len(values)})
+
+    elif command == "mlm-perplexity":
+        from transformers import AutoModelForSequenceClassification
+
+        from .evaluate import load_model_for_eval
+        from .perplexity import masked_lm_perplexity, mlm_with_original_head
+
+        num_labels = args.num_labels or (_num_labels_from_adapter(args.adapter) if args.adapter else None)
+
+        class _Classifier:  # AutoModelForSequenceClassification with the classifier size of the adapter
+            @staticmethod
+            def from_pretrained(path, **kwargs):
+                extra = {"num_labels": num_labels} if num_labels else {}
+                return AutoModelForSequenceClassification.from_pretrained(path, **kwargs, **extra)
+
+        loaded = load_model_for_eval(
+            args.base, args.adapter, dtype=_dtype(args.dtype), device=args.device, model_class=_Classifier,
+            padding_side="right",
+        )
+        mlm = mlm_with_original_head(args.pretrained_mlm or args.base, loaded.model)
+        corpora = {
+            name: masked_lm_perplexity(mlm, loaded.tokenizer, texts, mask_prob=args.mask_prob, seed=args.seed,
+                                       max_length=args.max_length, batch_size=args.batch_size)
+            for name, texts in _corpora(args, args.text_seed).items()
+        }
+        values = [c["perplexity"] for c in corpora.values()]
+        _write(args.out, {"schema": "disel.mlm_perplexity/1", "model": loaded.description,
+                          "pretrained_mlm": str(args.pretrained_mlm or args.base), "corpora": corpora,
+                          "mean_perplexity": sum(values) / len(values)})
+
+    elif command == "retention":
+        from .evaluate import GenerationSettings, read_jsonl
+        from .retention import Gsm8kEvaluator, LmEvalEvaluator, PerplexityEvaluator, evaluate_checkpoints
+
+        if args.evaluator == "lm-eval":
+            evaluator = LmEvalEvaluator(_lm_eval_settings(args))
+        elif args.evaluator == "perplexity":
+            evaluator = PerplexityEvaluator(_corpora(args, args.seed), max_length=args.max_length,
+                                            stride=args.stride, batch_size=args.batch_size)
+        else:
+            if not args.data:
+                raise SystemExit("--evaluator gsm8k needs --data FILE.jsonl")
+            limit = int(args.limit) if args.limit is not None else None
+            evaluator = Gsm8kEvaluator(
+                read_jsonl(args.data, limit),
+                GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+                format_prompt=_prompt_formatter(args.template),
+            )
+        table = evaluate_checkpoints(
+            args.output_dir, evaluator, base_path=args.base, table_path=args.table,
+            include_base=not args.no_base_row, dtype=_dtype(args.dtype), resume=not args.no_resume,
+        )
+        print(f"{len(table['rows'])} rows; columns: {table['metric_columns']}")
+
+    elif command == "gates":
+        from .evaluate import read_jsonl
+        from .gates import analyze_gates, default_offline_domains, domain_from_rows, save_gates
+
+        domains = []
+        for spec in args.domain:
+            name, sep, rest = spec.partition("=")
+            if not sep:
+                raise SystemExit(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
+            path, _, template = rest.partition(":")
+            domains.append(domain_from_rows(name, read_jsonl(path, args.n), template or "alpaca"))
+        if not domains:
+            domains = default_offline_domains(args.n, args.seed)
+        loaded = _load(args)
+        result = analyze_gates(loaded.model, loaded.tokenizer, domains, bins=args.bins, batch_size=args.batch_size,
+                               max_length=args.max_length, description=loaded.description)
+        save_gates(result, args.out)
+        print(f"wrote {args.out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    _run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

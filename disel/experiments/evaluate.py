@@ -1,0 +1,601 @@
+"""Target-task evaluation: load a fine-tuned model, GSM8K-style exact match, HumanEval-style pass@1.
+
+* :func:`load_model_for_eval` loads a base model and, if given, a saved PEFT adapter (DISeL, LoRA,
+  DoRA, AdaLoRA) WITHOUT merging it (DISeL cannot merge: its update depends on the input), in eval mode.
+* :func:`extract_final_number` mirrors the answer extraction of lm-evaluation-harness's ``gsm8k`` task
+  (filters ``strict-match`` and ``flexible-extract``, then its exact-match normalisation), so numbers
+  computed here and by lm-eval agree.
+* :func:`evaluate_gsm8k` generates greedily in batches (left padding) and scores exact match.
+* :func:`check_program` runs untrusted generated code, only when asked explicitly
+  (``allow_code_execution=True``), in a separate isolated interpreter with a timeout and resource
+  limits; :func:`evaluate_humaneval` builds pass@1 on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = [
+    "CodeProblem",
+    "ExecutionResult",
+    "GenerationSettings",
+    "LoadedModel",
+    "check_program",
+    "evaluate_gsm8k",
+    "evaluate_humaneval",
+    "extract_code_completion",
+    "extract_final_number",
+    "generate_responses",
+    "gsm8k_reference_answer",
+    "humaneval_program",
+    "load_model_for_eval",
+    "read_jsonl",
+]
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+class LoadedModel(NamedTuple):
+    """A model ready for evaluation, its tokenizer, and a JSON-ready description of what was loaded."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    description: dict[str, Any]
+
+
+def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be a torch.dtype or one of {sorted(names)}, got dtype={dtype!r}")
+    return names[dtype]
+
+
+def load_model_for_eval(
+    base_path: str | os.PathLike,
+    adapter_path: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    gguf_file: str | None = None,
+    device: str | torch.device | None = None,
+    model_class: Any = None,
+    tokenizer_path: str | os.PathLike | None = None,
+    padding_side: str = "left",
+) -> LoadedModel:
+    """Base model + optional PEFT adapter, not merged, in eval mode.
+
+    Args:
+        base_path: directory (or hub id, when online) of the pre-trained model, or of a fully
+            fine-tuned checkpoint.
+        adapter_path: directory holding ``adapter_config.json`` and the adapter weights (a training
+            output or one ``checkpoint-*``), or ``None`` for the base model alone. Any PEFT method
+            works; DISeL's type is known to PEFT because importing ``disel`` registers it.
+        dtype: weights dtype (``torch.bfloat16`` as in the paper's GPU evaluation; float32 on CPU).
+        gguf_file: name of a GGUF file inside ``base_path`` to read the base weights from.
+        device: where to put the model; default CUDA if available, else CPU.
+        model_class: a transformers ``Auto*`` class; default ``AutoModelForCausalLM``
+            (``AutoModelForSequenceClassification`` for the RoBERTa GLUE runs).
+        tokenizer_path: where to read the tokenizer; default the adapter directory if it has
+            tokenizer files (training saves them there), else ``base_path``.
+        padding_side: ``"left"`` so batched generation continues every prompt right after its text.
+    """
+    import peft
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import disel  # noqa: F401  (registers the DISEL PEFT type, needed to read adapter_config.json)
+
+    model_class = AutoModelForCausalLM if model_class is None else model_class
+    torch_dtype = _resolve_dtype(dtype)
+    gguf_kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
+    model = model_class.from_pretrained(base_path, dtype=torch_dtype, **gguf_kwargs)
+    peft_type = None
+    if adapter_path is not None:
+        adapter_dir = Path(adapter_path)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"adapter_path={str(adapter_dir)!r} has no adapter_config.json; pass a directory written by "
+                "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
+                "adapter_path=None for a full model"
+            )
+        # is_trainable=False: inference mode, adapters frozen; nothing is merged.
+        model = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+        peft_type = str(getattr(model.peft_config["default"].peft_type, "value", model.peft_config["default"].peft_type))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    model.eval()
+
+    if tokenizer_path is None:
+        if adapter_path is not None and any((Path(adapter_path) / name).is_file() for name in _TOKENIZER_FILES):
+            tokenizer_path = adapter_path
+        else:
+            tokenizer_path = base_path
+    tokenizer_kwargs = gguf_kwargs if Path(tokenizer_path) == Path(base_path) else {}
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        # Generation needs a pad id; eos is never attended to under the attention mask, so it is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    description = {
+        "base_path": str(base_path),
+        "adapter_path": None if adapter_path is None else str(adapter_path),
+        "peft_type": peft_type,
+        "gguf_file": gguf_file,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "device": str(device),
+    }
+    return LoadedModel(model, tokenizer, description)
+
+
+def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file (blank lines skipped), at most ``limit`` of them."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number} is not valid JSON: {error}") from None
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# GSM8K-style answers
+# ---------------------------------------------------------------------------------------------------
+
+# lm-eval's gsm8k "strict-match" filter (lm_eval/tasks/gsm8k/gsm8k.yaml): the first "#### <number>".
+_GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+# MetaMathQA responses end with "The answer is: <number>" instead; lm-eval's gsm8k-cot strict-match
+# reads "The answer is <number>". Both spellings count as a strict final answer.
+_ANSWER_IS_STRICT = re.compile(r"The answer is:? (\-?[0-9\.\,]+)")
+# lm-eval's gsm8k "flexible-extract" filter: the LAST number-like token anywhere (group_select -1).
+_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+# lm-eval's gsm8k exact_match normalisation (regexes_to_ignore): commas, dollar signs, a trailing dot.
+_IGNORED = (re.compile(","), re.compile(r"\$"), re.compile(r"\.$"))
+
+
+def _normalise_number(text: str) -> str:
+    for pattern in _IGNORED:
+        text = pattern.sub("", text)
+    return text.strip()
+
+
+def extract_final_number(text: str, strict: bool = True) -> str | None:
+    """The final numeric answer in a model response, normalised as lm-eval's gsm8k exact match does.
+
+    ``strict=True`` (lm-eval filter ``strict-match``): the number after the first ``"#### "`` or, if
+    there is none, after the first ``"The answer is"`` / ``"The answer is:"``; ``None`` if neither marker
+    is followed by a number. ``strict=False`` (``flexible-extract``): the last number anywhere.
+
+    Normalisation removes ``,`` and ``$`` and one trailing ``.``: ``"#### 1,234."`` → ``"1234"``. The
+    comparison stays a string comparison, as in lm-eval: ``"18.0"`` does not match ``"18"``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if strict:
+        match = _GSM8K_STRICT.search(text) or _ANSWER_IS_STRICT.search(text)
+        if match is None:
+            return None
+        number = match.group(1)
+    else:
+        matches = _FLEXIBLE.findall(text)
+        if not matches:
+            return None
+        number = next(group for group in matches[-1] if group)
+    normalised = _normalise_number(number)
+    return normalised if re.search(r"[0-9]", normalised) else None
+
+
+def gsm8k_reference_answer(row: dict[str, Any]) -> str:
+    """The reference answer of a GSM8K-style row, normalised like predictions.
+
+    GSM8K rows carry the worked solution in ``answer`` ending ``#### <n>``; the offline arithmetic
+    problems (:mod:`disel.experiments.arithmetic`) carry a bare ``answer`` and the worked ``output``.
+    """
+    answer = row.get("answer")
+    if answer is None:
+        raise KeyError(f"a GSM8K row needs an 'answer' field, got fields {sorted(row)}")
+    answer = str(answer)
+    extracted = extract_final_number(answer, strict=True)
+    if extracted is not None:
+        return extracted
+    bare = _normalise_number(answer)
+    if not re.fullmatch(r"-?[0-9.]+", bare):
+        raise ValueError(f"answer {answer!r} is neither a number nor a GSM8K solution ending '#### <number>'")
+    return bare
+
+
+def _question_of(row: dict[str, Any]) -> str:
+    for key in ("question", "instruction", "query"):
+        if key in row:
+            return str(row[key])
+    raise KeyError(f"a GSM8K row needs a 'question' (or 'instruction') field, got fields {sorted(row)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationSettings:
+    """Greedy decoding settings shared by the generation-based evaluations.
+
+    ``max_new_tokens``: tokens generated per prompt (GSM8K solutions fit in 512).
+    ``batch_size``: prompts per ``generate`` call; prompts are sorted by length first, so a batch
+    holds similar lengths and little padding.
+    ``stop_strings``: text after the first of these in a response is cut off (and generation of a
+    row stops once one appears): a model that keeps going writes a new ``### Instruction:``.
+    """
+
+    max_new_tokens: int = 512
+    batch_size: int = 8
+    stop_strings: tuple[str, ...] = ("### Instruction", "\n\n\n")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"GenerationSettings.max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"GenerationSettings.batch_size must be a positive int, got {self.batch_size!r}")
+        self.stop_strings = tuple(self.stop_strings)
+
+
+def _cut_at_stop(text: str, stop_strings: Iterable[str]) -> str:
+    cut = len(text)
+    for stop in stop_strings:
+        position = text.find(stop)
+        if position != -1:
+            cut = min(cut, position)
+    return text[:cut]
+
+
+@torch.no_grad()
+def generate_responses(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    settings: GenerationSettings | None = None,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (in order), decoded without special tokens, cut at stop strings.
+
+    Batches are left-padded (``tokenizer.padding_side`` is set to ``"left"`` for the call), so each
+    prompt's last token is at the end of its row and generation continues it directly.
+    """
+    settings = settings or GenerationSettings()
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token) before generating")
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    responses: list[str | None] = [None] * len(prompts)
+    saved_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(order), settings.batch_size):
+            batch_ids = order[start : start + settings.batch_size]
+            encoded = tokenizer([prompts[i] for i in batch_ids], return_tensors="pt", padding=True)
+            encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
+            generate_kwargs: dict[str, Any] = dict(
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            if settings.stop_strings:
+                generate_kwargs.update(stop_strings=list(settings.stop_strings), tokenizer=tokenizer)
+            output = model.generate(**encoded, **generate_kwargs)  # (batch, prompt_len + new)
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]  # (batch, new)
+            for row, index in enumerate(batch_ids):
+                text = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
+                responses[index] = _cut_at_stop(text, settings.stop_strings)
+    finally:
+        tokenizer.padding_side = saved_side
+    return [r if r is not None else "" for r in responses]
+
+
+# ---------------------------------------------------------------------------------------------------
+# GSM8K
+# ---------------------------------------------------------------------------------------------------
+
+
+def _default_math_prompt(question: str) -> str:
+    from .data import format_prompt  # the training template, so evaluation asks as training taught
+
+    return format_prompt("alpaca", question)
+
+
+def evaluate_gsm8k(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    settings: GenerationSettings | None = None,
+    format_prompt: Callable[[str], str] | None = None,
+    keep_samples: bool = True,
+) -> dict[str, Any]:
+    """GSM8K-style exact match (zero-shot, greedy) of ``model`` on ``rows``.
+
+    Each row has a question (``question`` or ``instruction``) and an ``answer`` (GSM8K's worked
+    solution ending ``#### n``, or a bare number). The prompt is ``format_prompt(question)``,
+    by default the Alpaca template the math runs were trained with. Returns the ``disel.gsm8k/1``
+    record::
+
+        {"schema": "disel.gsm8k/1", "metric": "exact_match,strict-match",
+         "exact_match": 0.41,             # strict: the paper's number
+         "exact_match_flexible": 0.45,    # last number in the response
+         "n": 1319, "n_no_strict_answer": 12, "generation": {...}, "seconds": 95.0,
+         "samples": [{"index", "question", "reference", "response", "prediction_strict",
+                      "prediction_flexible", "correct"}, ...]}   # only if keep_samples
+
+    (the command line adds ``model``, the loaded model's description, and ``data``, the file).
+    """
+    if len(rows) == 0:
+        raise ValueError("rows is empty: nothing to evaluate")
+    settings = settings or GenerationSettings()
+    format_prompt = format_prompt or _default_math_prompt
+    questions = [_question_of(row) for row in rows]
+    references = [gsm8k_reference_answer(row) for row in rows]
+    prompts = [format_prompt(q) for q in questions]
+    started = time.perf_counter()
+    responses = generate_responses(model, tokenizer, prompts, settings)
+    seconds = time.perf_counter() - started
+    strict = [extract_final_number(r, strict=True) for r in responses]
+    flexible = [extract_final_number(r, strict=False) for r in responses]
+    strict_correct = [p is not None and p == ref for p, ref in zip(strict, references)]
+    flexible_correct = [p is not None and p == ref for p, ref in zip(flexible, references)]
+    result: dict[str, Any] = {
+        "schema": "disel.gsm8k/1",
+        "metric": "exact_match,strict-match",
+        "exact_match": sum(strict_correct) / len(rows),
+        "exact_match_flexible": sum(flexible_correct) / len(rows),
+        "n": len(rows),
+        "n_no_strict_answer": sum(p is None for p in strict),
+        "generation": asdict(settings),
+        "seconds": seconds,
+    }
+    if keep_samples:
+        result["samples"] = [
+            {
+                "index": i,
+                "question": questions[i],
+                "reference": references[i],
+                "response": responses[i],
+                "prediction_strict": strict[i],
+                "prediction_flexible": flexible[i],
+                "correct": strict_correct[i],
+            }
+            for i in range(len(rows))
+        ]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executing generated code (HumanEval-style pass@1)
+# ---------------------------------------------------------------------------------------------------
+
+_EXECUTION_REFUSAL = (
+    "check_program runs model-generated code. Pass allow_code_execution=True to confirm you accept that "
+    "(it runs in a separate isolated Python process with a timeout, memory/CPU/file-size limits and a "
+    "scratch working directory, which limits accidents but is not a security sandbox)"
+)
+
+# Runs inside the child interpreter: apply the limits, then execute the program file as __main__.
+# Limits go here rather than in a preexec_fn because preexec_fn is unsafe in a parent that has
+# threads (torch always has), and a child that limits itself needs no cooperation from the parent.
+_CHILD_BOOTSTRAP = """
+import sys
+try:
+    import resource
+except ImportError:
+    resource = None
+memory_bytes, cpu_seconds, file_bytes = (int(v) for v in sys.argv[2:5])
+if resource is not None:
+    for limit, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_seconds),
+                         (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_CORE, 0)):
+        soft, hard = resource.getrlimit(limit)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        try:
+            resource.setrlimit(limit, (value, hard))
+        except (ValueError, OSError):
+            pass
+path = sys.argv[1]
+with open(path, encoding="utf-8") as handle:
+    source = handle.read()
+sys.argv = [path]
+exec(compile(source, path, "exec"), {"__name__": "__main__", "__file__": path})
+"""
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """Outcome of one program run: ``status`` is ``"passed"`` (exit 0), ``"failed"`` (non-zero exit,
+    e.g. a failing ``assert``) or ``"timeout"`` (killed after ``timeout_s``); ``detail`` is the tail of
+    stderr."""
+
+    status: str
+    returncode: int | None
+    detail: str
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def check_program(
+    program: str,
+    *,
+    timeout_s: float = 10.0,
+    allow_code_execution: bool = False,
+    memory_mb: int = 1024,
+    max_file_mb: int = 16,
+) -> ExecutionResult:
+    """Run ``program`` in a fresh, isolated Python process and report whether it exits cleanly.
+
+    Refuses (``PermissionError``) unless ``allow_code_execution=True``. The child is
+    ``sys.executable -I`` (isolated mode: no site-packages of the user, no ``PYTHON*`` variables, no
+    current directory on ``sys.path``) started in its own session in a fresh temporary working
+    directory that is deleted afterwards, with address space, CPU time and written-file size limited
+    (``resource`` on Linux) and no stdin. After ``timeout_s`` seconds the whole process group is killed.
+    """
+    if allow_code_execution is not True:
+        raise PermissionError(_EXECUTION_REFUSAL)
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got timeout_s={timeout_s!r}")
+    with tempfile.TemporaryDirectory(prefix="disel-exec-") as scratch:
+        program_path = Path(scratch) / "program.py"
+        program_path.write_text(program, encoding="utf-8")
+        command = [
+            sys.executable,
+            "-I",
+            "-c",
+            _CHILD_BOOTSTRAP,
+            str(program_path),
+            str(memory_mb * 2**20),
+            str(int(timeout_s) + 1),
+            str(max_file_mb * 2**20),
+        ]
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": scratch}
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command,
+            cwd=scratch,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            _, stderr = process.communicate(timeout=timeout_s)
+            status = "passed" if process.returncode == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            _, stderr = process.communicate()
+            status = "timeout"
+        seconds = time.perf_counter() - started
+    detail = stderr.decode("utf-8", errors="replace")[-2000:]
+    return ExecutionResult(status, process.returncode, detail, seconds)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    # The child leads its own session (start_new_session), so its id is the group id; killing the group
+    # also ends any processes the program forked.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    """A HumanEval-style problem: ``prompt`` (signature + docstring), ``test`` (defines ``check``),
+    ``entry_point`` (the function ``check`` receives)."""
+
+    task_id: str
+    prompt: str
+    test: str
+    entry_point: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "CodeProblem":
+        missing = [k for k in ("task_id", "prompt", "test", "entry_point") if k not in row]
+        if missing:
+            raise KeyError(f"a HumanEval row needs fields task_id, prompt, test, entry_point; missing {missing}")
+        return cls(str(row["task_id"]), row["prompt"], row["test"], row["entry_point"])
+
+
+_CODE_BLOCK = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def extract_code_completion(problem: CodeProblem, response: str) -> str:
+    """The program text to test from a model response.
+
+    Instruction-tuned models (Magicoder template) answer with a fenced code block holding the whole
+    function: if the first block defines ``entry_point`` it is used after the prompt (so the prompt's
+    imports stay available, and the new definition replaces the stub). Otherwise the response is a
+    plain continuation of the prompt, as base models write it.
+    """
+    block = _CODE_BLOCK.search(response)
+    if block is not None and re.search(rf"def\s+{re.escape(problem.entry_point)}\s*\(", block.group(1)):
+        return problem.prompt + "\n    pass\n\n" + block.group(1)
+    return problem.prompt + response
+
+
+def humaneval_program(problem: CodeProblem, completion: str) -> str:
+    """The complete test program: the completed code, the problem's ``check`` and its call."""
+    return f"{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def _default_code_prompt(problem: CodeProblem) -> str:
+    from .data import format_prompt
+
+    instruction = f"Complete the following Python function.\n```python\n{problem.prompt}```"
+    return format_prompt("magicoder", instruction)
+
+
+def evaluate_humaneval(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    problems: Sequence[CodeProblem | dict[str, Any]],
+    *,
+    allow_code_execution: bool = False,
+    settings: GenerationSettings | None = None,
+    format_prompt: Callable[[CodeProblem], str] | None = None,
+    timeout_s: float = 10.0,
+    keep_samples: bool = True,
+) -> dict[str, Any]:
+    """HumanEval-style pass@1 with one greedy sample per problem (the paper's setting).
+
+    Refuses before generating anything unless ``allow_code_execution=True`` (see :func:`check_program`).
+    ``format_prompt(problem)`` builds the model input; by default the Magicoder template the code runs
+    were trained with, asking to complete the function. Returns the ``disel.humaneval/1`` record::
+
+        {"schema": "disel.humaneval/1", "metric": "pass@1", "pass@1": 0.5, "n": 164, "generation": {...},
+         "samples": [{"task_id", "response", "status": "passed" | "failed" | "timeout", "detail"}, ...]}
+    """
+    if allow_code_execution is not True:
+        raise PermissionError(_EXECUTION_REFUSAL)
+    problems = [p if isinstance(p, CodeProblem) else CodeProblem.from_row(p) for p in problems]
+    if not problems:
+        raise ValueError("problems is empty: nothing to evaluate")
+    settings = settings or GenerationSettings(stop_strings=("@@ Instruction",))
+    format_prompt = format_prompt or _default_code_prompt
+    responses = generate_responses(model, tokenizer, [format_prompt(p) for p in problems], settings)
+    outcomes = []
+    for problem, response in zip(problems, responses):
+        program = humaneval_program(problem, extract_code_completion(problem, response))
+        outcomes.append(check_program(program, timeout_s=timeout_s, allow_code_execution=True))
+    result: dict[str, Any] = {
+        "schema": "disel.humaneval/1",
+        "metric": "pass@1",
+        "pass@1": sum(o.passed for o in outcomes) / len(problems),
+        "n": len(problems),
+        "generation": asdict(settings),
+    }
+    if keep_samples:
+        result["samples"] = [
+            {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
+            for p, r, o in zip(problems, responses, outcomes)
+        ]
+    return result

@@ -1,0 +1,223 @@
+"""Gate analysis over input domains (paper Section 5, Figures 4, 5, 10–14).
+
+A trained DISeL model reads held-out inputs from several domains (math, general text, code); the gate
+recorder (:mod:`disel.recording`) summarises the post-sigmoid gate values ``σ(W_g x + b_g)`` of every
+adapted layer as streaming histograms. For instruction/response domains only the response tokens are
+counted (the paper's protocol); for raw text, every token. Per domain the summaries are grouped by
+depth third (early / mid / late), by module (q_proj … down_proj), by kind (attention vs MLP), and by
+depth × kind and depth × module (Figures 10, 11).
+
+Output schema ``disel.gates/1`` (one JSON file for all domains)::
+
+    {"schema": "disel.gates/1", "model": {...}, "bins": 20, "bin_edges": [0.0, 0.05, ..., 1.0],
+     "domains": {
+        "math": {"token_selection": "response", "sequences": 200, "num_layers": 30,
+                 "modules": [STATS, ...],                       # one per (layer, module)
+                 "by_depth": {"early": STATS, "mid": STATS, "late": STATS},
+                 "by_module": {"q_proj": STATS, ...},
+                 "by_kind": {"attention": STATS, "mlp": STATS},
+                 "by_depth_and_kind": {"early": {"attention": STATS, "mlp": STATS}, ...},
+                 "by_depth_and_module": {"early": {"q_proj": STATS, ...}, ...}},
+        ...}}
+
+where ``STATS`` is :meth:`disel.recording.GateStats.to_dict`: ``layer``, ``module``, ``adapter``,
+``paths``, ``rank``, ``count`` (values = tokens × rank components), ``tokens``, ``mean``, ``std``,
+``histogram`` (counts per bin over ``bin_edges``; divide by ``count`` for the paper's normalised
+histograms) and ``component_means`` (per rank component; ``null`` for groups).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
+
+__all__ = ["GateDomain", "analyze_gates", "default_offline_domains", "domain_from_rows", "save_gates"]
+
+
+@dataclass
+class GateDomain:
+    """Inputs of one domain.
+
+    Either ``texts`` (raw text; every token is recorded) or ``examples`` (dicts with ``instruction``
+    and ``output``, formatted by ``format_prompt(instruction)`` followed by the output and EOS, as in
+    training; only the response tokens, those training puts a loss on, are recorded).
+    """
+
+    name: str
+    texts: Sequence[str] | None = None
+    examples: Sequence[dict[str, str]] | None = None
+    format_prompt: Callable[[str], str] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.texts is None) == (self.examples is None):
+            raise ValueError(f"GateDomain {self.name!r} needs exactly one of texts (raw text) or examples (instruction/output)")
+        if self.examples is not None:
+            if self.format_prompt is None:
+                raise ValueError(f"GateDomain {self.name!r} has examples but no format_prompt (the training template)")
+            for example in self.examples:
+                if "instruction" not in example or "output" not in example:
+                    raise KeyError(f"GateDomain {self.name!r}: every example needs 'instruction' and 'output', got {sorted(example)}")
+        sequences = self.texts if self.texts is not None else self.examples
+        if len(sequences) == 0:
+            raise ValueError(f"GateDomain {self.name!r} is empty")
+
+    @property
+    def token_selection(self) -> str:
+        return "all" if self.texts is not None else "response"
+
+
+def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[tuple[list[int], list[bool]]]:
+    """(token ids, record-this-token flags) per sequence. Instruction examples are tokenized exactly as
+    for training (:func:`disel.experiments.data.tokenize_instruction`: prompt + response + EOS), and
+    the recorded tokens are the ones training puts a loss on (the response and its EOS)."""
+    if domain.texts is not None:
+        encoded = []
+        for text in domain.texts:
+            ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+            encoded.append((ids, [True] * len(ids)))
+        return encoded
+    from .data import IGNORE_INDEX, tokenize_instruction
+
+    encoded = []
+    for example in domain.examples:
+        tokenized = tokenize_instruction(tokenizer, domain.format_prompt(example["instruction"]), example["output"], max_length)
+        if tokenized is not None:  # None: no response token survived truncation
+            encoded.append((tokenized["input_ids"], [label != IGNORE_INDEX for label in tokenized["labels"]]))
+    return encoded
+
+
+def _cross_groups(
+    stats: dict[tuple[int | None, str], GateStats], num_layers: int | None, second: Callable[[str], str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Merged summaries keyed by depth third, then by ``second(module name)``."""
+    if num_layers is None:
+        return {}
+    groups: dict[str, dict[str, list[GateStats]]] = {}
+    for (layer, module), summary in stats.items():
+        if layer is None:
+            continue
+        groups.setdefault(depth_group(layer, num_layers), {}).setdefault(second(module), []).append(summary)
+    return {
+        depth: {name: GateStats.merge(members, module=name).to_dict() for name, members in groups[depth].items()}
+        for depth in DEPTH_GROUPS
+        if depth in groups
+    }
+
+
+@torch.no_grad()
+def analyze_gates(
+    model: nn.Module,
+    tokenizer: Any,
+    domains: Sequence[GateDomain],
+    *,
+    bins: int = 20,
+    batch_size: int = 8,
+    max_length: int = 512,
+    description: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Record gate statistics of ``model`` on each domain; returns the ``disel.gates/1`` dict (module doc).
+
+    Sequences are right-padded into batches; padding is never recorded (the token mask is the
+    response/all-token mask AND the attention mask).
+    """
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise ValueError(f"domain names must be distinct, got {names}")
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result: dict[str, Any] = {"schema": "disel.gates/1", "model": dict(description or {}), "bins": bins, "domains": {}}
+    for domain in domains:
+        encoded = [(ids, mask) for ids, mask in _encode_domain(domain, tokenizer, max_length) if any(mask)]
+        if not encoded:
+            raise ValueError(f"domain {domain.name!r}: no sequence has a token to record (empty responses, or truncated away)")
+        with record_gates(model, bins=bins) as recorder:
+            for start in range(0, len(encoded), batch_size):
+                batch = encoded[start : start + batch_size]
+                width = max(len(ids) for ids, _ in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(batch), width), dtype=torch.long)
+                record = torch.zeros((len(batch), width), dtype=torch.bool)
+                for row, (ids, mask) in enumerate(batch):
+                    input_ids[row, : len(ids)] = torch.tensor(ids)
+                    attention[row, : len(ids)] = 1
+                    record[row, : len(ids)] = torch.tensor(mask)
+                recorder.set_token_mask(record.to(device))  # (batch, seq)
+                model(input_ids=input_ids.to(device), attention_mask=attention.to(device))
+        summary = recorder.to_dict()
+        stats = recorder.stats
+        num_layers = summary.get("num_layers")
+        result["bin_edges"] = summary["bin_edges"]
+        result["domains"][domain.name] = {
+            "token_selection": domain.token_selection,
+            "sequences": len(encoded),
+            **summary,
+            "by_depth_and_kind": _cross_groups(stats, num_layers, module_kind),
+            "by_depth_and_module": _cross_groups(stats, num_layers, lambda module: module),
+        }
+        for key in ("bins", "bin_edges"):
+            result["domains"][domain.name].pop(key, None)
+    return result
+
+
+# Field pairs read as (instruction, output), in order of preference: the training format, GSM8K,
+# HumanEval (the reference solution is the response, as the paper reads gates on held-out answers).
+_EXAMPLE_FIELDS = (("instruction", "output"), ("question", "answer"), ("prompt", "canonical_solution"))
+
+
+def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = "alpaca") -> GateDomain:
+    """A domain from JSONL-style rows: ``text`` rows are raw text (all tokens); rows with
+    ``instruction``/``output``, ``question``/``answer`` (GSM8K) or ``prompt``/``canonical_solution``
+    (HumanEval) are instruction examples in the named training template (response tokens only)."""
+    from .data import format_prompt
+
+    if not rows:
+        raise ValueError(f"domain {name!r} has no rows")
+    if all("text" in row for row in rows):
+        return GateDomain(name, texts=[str(row["text"]) for row in rows])
+    for instruction_key, output_key in _EXAMPLE_FIELDS:
+        if all(instruction_key in row and output_key in row for row in rows):
+            examples = [{"instruction": str(r[instruction_key]), "output": str(r[output_key])} for r in rows]
+            return GateDomain(name, examples=examples, format_prompt=lambda q: format_prompt(template, q))
+    raise KeyError(
+        f"domain {name!r}: every row needs 'text', or one of the field pairs {list(_EXAMPLE_FIELDS)}; "
+        f"the first row has {sorted(rows[0])}"
+    )
+
+
+def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Sequence[str] = ()) -> list[GateDomain]:
+    """The three domains of the paper, from offline sources.
+
+    * ``math``: arithmetic word problems (:mod:`disel.experiments.arithmetic`) in the Alpaca template;
+      response tokens. Use a ``seed`` different from the training data's.
+    * ``general``: English prose from Python's documentation; all tokens.
+    * ``code``: documented standard-library functions in the Magicoder template; response tokens.
+    """
+    from .arithmetic import generate_problems
+    from .data import format_prompt
+    from .offline_text import general_english_texts, python_function_tasks
+
+    math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]
+    return [
+        GateDomain("math", examples=math_examples, format_prompt=lambda q: format_prompt("alpaca", q)),
+        GateDomain("general", texts=general_english_texts(n, seed)),
+        GateDomain(
+            "code",
+            examples=python_function_tasks(n, seed, exclude=code_exclude),
+            format_prompt=lambda q: format_prompt("magicoder", q),
+        ),
+    ]
+
+
+def save_gates(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a ``disel.gates/1`` dict atomically."""
+    from .io import write_json_atomic
+
+    write_json_atomic(path, result)

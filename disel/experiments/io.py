@@ -1,0 +1,98 @@
+"""Atomic result-file writes: a crash mid-write leaves the old file or the new one, never half of one.
+
+Each writer puts the bytes in a temporary file in the destination's directory (same filesystem, so the
+rename is atomic), flushes and fsyncs it, then ``os.replace``s it over the destination and fsyncs the
+directory so the rename itself survives a power loss. Readers (figure scripts, resumed runs) therefore
+never see a truncated JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["read_json", "write_bytes_atomic", "write_json_atomic", "write_text_atomic", "write_yaml_atomic"]
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``); create parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        # The destination is untouched; do not leave the half-written temporary behind.
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically.
+
+    Non-finite floats become ``null`` (strict JSON has no NaN/Infinity, and the figure scripts parse with
+    strict readers); paths and other non-JSON scalars become strings.
+    """
+    text = json.dumps(_jsonable(obj), indent=indent, allow_nan=False, default=str)
+    return write_text_atomic(path, text + "\n")
+
+
+def write_yaml_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as block-style YAML to ``path`` atomically (key order kept)."""
+    import yaml
+
+    return write_text_atomic(path, yaml.safe_dump(_jsonable(obj), sort_keys=False, allow_unicode=True))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file written by :func:`write_json_atomic`."""
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+def _jsonable(obj: Any) -> Any:
+    """A copy of ``obj`` with tuples as lists, non-finite floats as None, paths as strings."""
+    if isinstance(obj, dict):
+        return {str(key): _jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(value) for value in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # NumPy / torch scalars
+        return _jsonable(obj.item())
+    return str(obj)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist a rename (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

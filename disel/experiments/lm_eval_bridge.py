@@ -1,0 +1,246 @@
+"""Retention through lm-evaluation-harness, for models lm-eval cannot load by itself.
+
+lm-eval's ``hf`` model loads LoRA-family adapters from a path, but knows nothing of DISeL. We load the
+model ourselves (:func:`~disel.experiments.evaluate.load_model_for_eval`: base + adapter, not merged)
+and hand the live ``PeftModel`` to lm-eval's ``HFLM`` wrapper (``HFLM(pretrained=<model>,
+tokenizer=...)``), which then scores it exactly as it scores any Hugging Face model.
+
+The paper's retention score is the unweighted mean over 14 benchmarks (Table 10), zero-shot,
+``max_length=512``: :data:`PAPER_RETENTION_SUITE`. lm-eval reports each metric under a key
+``"<metric>,<filter>"``; the suite names the key to read for each task. Two of the paper's "acc"
+entries are generative open-domain QA tasks, for which lm-eval's metric is ``exact_match`` after its
+``remove_whitespace`` filter (TriviaQA, NaturalQuestions-Open): that is the number used.
+
+Local tasks: pass ``include_path`` (a folder of task YAMLs); a YAML with ``dataset_path: json`` and
+``dataset_kwargs: {data_files: {test: /abs/path.jsonl}}`` evaluates over a local file, offline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Benchmark",
+    "LmEvalSettings",
+    "PAPER_RETENTION_SUITE",
+    "PRESETS",
+    "evaluate_lm_eval",
+    "resolve_benchmarks",
+    "run_lm_eval",
+    "summarize_lm_eval",
+]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One retention benchmark: the lm-eval task (or group) name and the result key to read.
+
+    ``metric`` is lm-eval's key ``"<metric>,<filter>"`` (``"acc_norm,none"``); ``paper_metric`` is what
+    the paper's Table 10 calls it.
+    """
+
+    task: str
+    metric: str
+    paper_metric: str = ""
+
+
+# Paper, Appendix III.6, Table 10: lm-eval 0.4 task names and result keys (checked against the
+# installed lm_eval/tasks/*: hellaswag.yaml, winogrande/default.yaml, arc/arc_*.yaml,
+# lambada/lambada_openai.yaml, super_glue/boolq/default.yaml, piqa.yaml, triviaqa/default.yaml,
+# openbookqa.yaml, sciq.yaml, mmlu/default/_mmlu.yaml (group, size-weighted acc), medqa/medqa.yaml,
+# commonsense_qa/default.yaml, nq_open/nq_open.yaml).
+PAPER_RETENTION_SUITE: tuple[Benchmark, ...] = (
+    Benchmark("hellaswag", "acc_norm,none", "acc_norm"),
+    Benchmark("winogrande", "acc,none", "acc"),
+    Benchmark("arc_challenge", "acc_norm,none", "acc_norm"),
+    Benchmark("arc_easy", "acc_norm,none", "acc_norm"),
+    Benchmark("lambada_openai", "acc,none", "acc"),  # perplexity,none is kept alongside in "metrics"
+    Benchmark("boolq", "acc,none", "acc"),
+    Benchmark("piqa", "acc_norm,none", "acc_norm"),
+    Benchmark("triviaqa", "exact_match,remove_whitespace", "acc"),  # generative: exact match
+    Benchmark("openbookqa", "acc_norm,none", "acc_norm"),
+    Benchmark("sciq", "acc,none", "acc"),
+    Benchmark("mmlu", "acc,none", "acc"),  # group of 57 subjects, lm-eval's size-weighted aggregate
+    Benchmark("medqa_4options", "acc,none", "acc"),
+    Benchmark("commonsense_qa", "acc,none", "acc"),
+    Benchmark("nq_open", "exact_match,remove_whitespace", "acc"),  # generative: exact match
+)
+
+PRESETS: dict[str, tuple[Benchmark, ...]] = {"paper-retention": PAPER_RETENTION_SUITE}
+
+# For a task named without a metric: the first of these keys its results have.
+_DEFAULT_METRIC_ORDER = ("acc,none", "exact_match,strict-match", "exact_match,remove_whitespace", "exact_match,none")
+
+
+@dataclass
+class LmEvalSettings:
+    """How to run lm-eval (one place for every knob; the defaults are the paper's retention setting).
+
+    ``preset``: a key of :data:`PRESETS` (``"paper-retention"``), or ``None`` to use ``tasks`` only.
+    ``tasks``: extra task names, each optionally ``"task:metric,filter"`` to pick the result key
+        (default: ``acc,none`` if present, else an ``exact_match`` key).
+    ``num_fewshot``: 0, as in the paper. ``max_length``: 512 tokens of context, as in the paper.
+    ``batch_size``: requests per forward pass. ``limit``: at most this many documents per task
+        (an int, or a fraction < 1); only for smoke tests, never for reported numbers.
+    ``include_path``: folders of extra task YAMLs; ``include_defaults``: also index lm-eval's own
+        tasks (False makes a local-only run start faster).
+    ``bootstrap_iters``: 0 skips lm-eval's bootstrap standard errors (slow and unused here).
+    ``apply_chat_template``: False: the paper evaluates base-model-style prompts.
+    """
+
+    preset: str | None = "paper-retention"
+    tasks: tuple[str, ...] = ()
+    num_fewshot: int = 0
+    max_length: int = 512
+    batch_size: int = 8
+    limit: int | float | None = None
+    include_path: tuple[str, ...] = ()
+    include_defaults: bool = True
+    bootstrap_iters: int = 0
+    apply_chat_template: bool = False
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        self.include_path = tuple(str(p) for p in self.include_path)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"LmEvalSettings.preset must be one of {sorted(PRESETS)} or None, got {self.preset!r}")
+        if self.preset is None and not self.tasks:
+            raise ValueError("LmEvalSettings needs a preset or at least one task in tasks")
+        if not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
+            raise ValueError(f"LmEvalSettings.num_fewshot must be a non-negative int, got {self.num_fewshot!r}")
+        for name in ("max_length", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LmEvalSettings.{name} must be a positive int, got {value!r}")
+
+
+def resolve_benchmarks(settings: LmEvalSettings) -> list[Benchmark]:
+    """The preset's benchmarks followed by ``settings.tasks`` (a task listed twice keeps its first entry)."""
+    benchmarks = list(PRESETS[settings.preset]) if settings.preset else []
+    seen = {b.task for b in benchmarks}
+    for spec in settings.tasks:
+        task, _, metric = spec.partition(":")
+        if not task:
+            raise ValueError(f"task spec {spec!r} has no task name (expected 'task' or 'task:metric,filter')")
+        if task not in seen:
+            benchmarks.append(Benchmark(task, metric))  # metric "" → chosen from the results
+            seen.add(task)
+    return benchmarks
+
+
+def run_lm_eval(
+    model: torch.nn.Module, tokenizer: Any, settings: LmEvalSettings, *, log_samples: bool = False
+) -> dict[str, Any]:
+    """lm-eval's raw result dict for ``model`` (any causal LM, e.g. a DISeL ``PeftModel``) on the settings' tasks.
+
+    The model is used as it is (device, dtype, adapters): it is wrapped, not reloaded.
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    benchmarks = resolve_benchmarks(settings)
+    task_manager = TaskManager(
+        include_path=list(settings.include_path) or None, include_defaults=settings.include_defaults
+    )
+    missing = [b.task for b in benchmarks if b.task not in task_manager.all_tasks]
+    if missing:
+        raise ValueError(
+            f"lm-eval does not know the tasks {missing}; check the names (lm_eval/tasks/) or add their YAMLs via "
+            f"include_path (searched: {list(settings.include_path) or 'none'}, include_defaults={settings.include_defaults})"
+        )
+    model.eval()
+    wrapped = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+    )
+    return lm_eval.simple_evaluate(
+        model=wrapped,
+        tasks=[b.task for b in benchmarks],
+        num_fewshot=settings.num_fewshot,
+        limit=settings.limit,
+        bootstrap_iters=settings.bootstrap_iters,
+        log_samples=log_samples,
+        apply_chat_template=settings.apply_chat_template,
+        task_manager=task_manager,
+    )
+
+
+def _numeric_metrics(task_results: dict[str, Any]) -> dict[str, float]:
+    return {
+        key: float(value)
+        for key, value in task_results.items()
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def summarize_lm_eval(raw: dict[str, Any], benchmarks: Sequence[Benchmark]) -> dict[str, Any]:
+    """Per-benchmark headline values and their unweighted mean, from lm-eval's raw result dict.
+
+    Returns ``{"benchmarks": {task: {"metric", "paper_metric", "value", "metrics", "n_samples"}},
+    "mean": float}``; ``metrics`` keeps every numeric result lm-eval reported for the task.
+    """
+    results = raw["results"]
+    n_samples = raw.get("n-samples", {})
+    summary: dict[str, Any] = {}
+    for benchmark in benchmarks:
+        if benchmark.task not in results:
+            raise KeyError(f"lm-eval returned no results for task {benchmark.task!r} (got {sorted(results)})")
+        metrics = _numeric_metrics(results[benchmark.task])
+        key = benchmark.metric or next((k for k in _DEFAULT_METRIC_ORDER if k in metrics), "")
+        if key not in metrics:
+            raise KeyError(
+                f"task {benchmark.task!r} has no result {key or '(acc/exact_match)'!r}; it reported {sorted(metrics)}. "
+                f"Name the metric as '{benchmark.task}:<metric>,<filter>'"
+            )
+        count = n_samples.get(benchmark.task, {})
+        summary[benchmark.task] = {
+            "metric": key,
+            "paper_metric": benchmark.paper_metric or key.split(",")[0],
+            "value": metrics[key],
+            "metrics": metrics,
+            "n_samples": count.get("effective") if isinstance(count, dict) else None,
+        }
+    values = [entry["value"] for entry in summary.values()]
+    return {"benchmarks": summary, "mean": sum(values) / len(values) if values else math.nan}
+
+
+def evaluate_lm_eval(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    settings: LmEvalSettings | None = None,
+    *,
+    description: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run lm-eval and return the ``disel.lm_eval/1`` record::
+
+        {"schema": "disel.lm_eval/1", "model": {...}, "settings": {...}, "lm_eval_version": "0.4.13",
+         "benchmarks": {"hellaswag": {"metric": "acc_norm,none", "paper_metric": "acc_norm",
+                                      "value": 0.41, "metrics": {...}, "n_samples": 10042}, ...},
+         "mean": 0.47, "seconds": 812.3}
+
+    ``value`` is the benchmark's headline metric (``metric``, lm-eval's key), ``metrics`` every numeric
+    result lm-eval reported for it, ``mean`` the unweighted mean of the values (the paper's retention).
+    """
+    import lm_eval
+
+    settings = settings or LmEvalSettings()
+    started = time.perf_counter()
+    raw = run_lm_eval(model, tokenizer, settings)
+    summary = summarize_lm_eval(raw, resolve_benchmarks(settings))
+    return {
+        "schema": "disel.lm_eval/1",
+        "model": dict(description or {}),
+        "settings": asdict(settings),
+        "lm_eval_version": getattr(lm_eval, "__version__", "unknown"),
+        **summary,
+        "seconds": time.perf_counter() - started,
+    }

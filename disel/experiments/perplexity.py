@@ -1,0 +1,257 @@
+"""Perplexity as a forgetting measure: causal-LM perplexity over texts, and RoBERTa's masked-LM perplexity.
+
+* :func:`causal_lm_perplexity`: each text is scored on its own with sliding windows of ``max_length``
+  tokens advancing by ``stride``; every token after the first is predicted exactly once, with up to
+  ``max_length - 1`` tokens of context. Perplexity = exp(token-weighted mean NLL) over all texts.
+* :func:`masked_lm_perplexity`: 15% of the (non-special) tokens of each text are replaced by the mask
+  token, chosen by a generator seeded from ``(seed, text index)`` so every model sees the same masks;
+  perplexity = exp(mean NLL of the original tokens at the masked positions).
+* :func:`mlm_with_original_head` (paper, Appendix II.5): the forgetting of a RoBERTa fine-tuned for
+  classification is measured by pairing its fine-tuned encoder (adapters active) with the ORIGINAL
+  pre-trained MLM head.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "causal_lm_perplexity",
+    "masked_lm_perplexity",
+    "mlm_with_original_head",
+    "read_text_files",
+]
+
+
+def read_text_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Texts of the given files (UTF-8), one text per file; a ``.jsonl`` file gives one text per row
+    (its ``"text"`` field)."""
+    import json
+
+    texts = []
+    for path in map(Path, paths):
+        if path.suffix == ".jsonl":
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if "text" not in row:
+                        raise KeyError(f"{path}: every JSONL row needs a 'text' field, got fields {sorted(row)}")
+                    texts.append(row["text"])
+        else:
+            texts.append(path.read_text(encoding="utf-8"))
+    return texts
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not one string; wrap it: [text]")
+    if len(texts) == 0:
+        raise ValueError("texts is empty: nothing to score")
+
+
+@torch.no_grad()
+def causal_lm_perplexity(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int = 512,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Perplexity of a causal LM over ``texts`` with sliding windows.
+
+    Each text is tokenized on its own (with the tokenizer's special tokens, e.g. Llama's BOS). The
+    first window is the first ``max_length`` tokens; each next window moves its end ``stride`` tokens
+    on, keeps ``max_length`` tokens and scores only the ``stride`` new ones. So every token after a
+    text's first is predicted exactly once, with all earlier tokens as context when the text fits in
+    one window and at least ``max_length - stride`` otherwise. ``stride`` must be below ``max_length``
+    (the token before the first new one has to be in the window) and defaults to ``max_length // 2``.
+    Windows are batched with right padding (the causal mask keeps padding from affecting real
+    positions).
+
+    Returns ``{"perplexity", "nll" (mean per scored token), "tokens" (scored), "texts"}``.
+    """
+    _check_texts(texts)
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (a context token and a target), got {max_length}")
+    stride = max_length // 2 if stride is None else stride
+    if not 0 < stride < max_length:
+        raise ValueError(f"stride must be in [1, max_length - 1] = [1, {max_length - 1}], got stride={stride}")
+    windows: list[tuple[list[int], int]] = []  # (input ids, number of trailing tokens to score)
+    for text in texts:
+        # verbose=False: a text longer than the model's window is expected here, the windows handle it.
+        ids = tokenizer(text, verbose=False)["input_ids"]
+        scored_until = 1  # the first token has no context and is never predicted
+        end = min(max_length, len(ids))
+        while scored_until < len(ids):
+            begin = max(0, end - max_length)  # <= scored_until - 1 because stride < max_length
+            windows.append((ids[begin:end], end - scored_until))
+            scored_until = end
+            end = min(end + stride, len(ids))
+    if not windows:
+        raise ValueError("every text tokenized to fewer than 2 tokens: nothing to score")
+    device = _device_of(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total_nll = 0.0
+    total_tokens = 0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, (ids, n_scored) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+            labels[row, len(ids) - n_scored : len(ids)] = torch.tensor(ids[len(ids) - n_scored :])
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, T, V)
+        shifted_logits = logits[:, :-1].float()  # (b, T-1, V): position t predicts token t+1
+        shifted_labels = labels[:, 1:].to(device)  # (b, T-1)
+        nll = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels, ignore_index=-100, reduction="sum")
+        total_nll += float(nll)
+        total_tokens += int((shifted_labels != -100).sum())
+    mean_nll = total_nll / total_tokens
+    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": total_tokens, "texts": len(texts)}
+
+
+def _mask_positions(candidates: torch.Tensor, mask_prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Bool mask over ``candidates`` (bool, (T,)): each candidate kept with probability ``mask_prob``,
+    at least one if there is any candidate."""
+    draws = torch.rand(candidates.shape, generator=generator)  # (T,)
+    chosen = (draws < mask_prob) & candidates
+    if not chosen.any() and candidates.any():
+        # A short text may draw no mask at all; mask its candidate with the smallest draw instead.
+        chosen[torch.where(candidates, draws, torch.inf).argmin()] = True
+    return chosen
+
+
+@torch.no_grad()
+def masked_lm_perplexity(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    max_length: int = 512,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Masked-LM perplexity: exp(mean NLL of the original tokens at masked positions).
+
+    Each text is tokenized (with ``<s> … </s>``) and cut into pieces of at most ``max_length`` tokens;
+    in piece ``i`` every non-special token is masked with probability ``mask_prob`` (at least one per
+    piece), replaced by the mask token (always, no 80/10/10 corruption: this scores, it does not
+    train). The draws come from ``torch.Generator().manual_seed(seed * 1_000_003 + i)``, so the masks
+    are a function of the texts and the seed only: different models and batch sizes see the same masks.
+
+    Returns ``{"perplexity", "nll", "tokens" (masked), "texts", "mask_prob", "seed"}``.
+    """
+    _check_texts(texts)
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"mask_prob must be in (0, 1), got mask_prob={mask_prob}")
+    if tokenizer.mask_token_id is None:
+        raise ValueError("the tokenizer has no mask token; masked-LM perplexity needs a masked-LM tokenizer")
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] = []  # (input ids with masks, labels)
+    for text in texts:
+        encoded = tokenizer(text, return_special_tokens_mask=True, add_special_tokens=True, verbose=False)
+        ids, special = encoded["input_ids"], encoded["special_tokens_mask"]
+        inner_ids = [t for t, s in zip(ids, special) if not s]
+        prefix = [t for t, s in zip(ids[:1], special[:1]) if s]  # <s>
+        suffix = [t for t, s in zip(ids[-1:], special[-1:]) if s]  # </s>
+        chunk = max_length - len(prefix) - len(suffix)
+        for begin in range(0, len(inner_ids), chunk):
+            piece = torch.tensor(prefix + inner_ids[begin : begin + chunk] + suffix)  # (T,)
+            candidates = torch.zeros(len(piece), dtype=torch.bool)
+            candidates[len(prefix) : len(piece) - len(suffix)] = True
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + len(pieces))
+            chosen = _mask_positions(candidates, mask_prob, generator)  # (T,)
+            labels = torch.where(chosen, piece, torch.full_like(piece, -100))
+            masked = torch.where(chosen, torch.full_like(piece, tokenizer.mask_token_id), piece)
+            pieces.append((masked, labels))
+    if not pieces:
+        raise ValueError("every text is empty after tokenization: nothing to score")
+    device = _device_of(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total_nll = 0.0
+    total_tokens = 0
+    for start in range(0, len(pieces), batch_size):
+        batch = pieces[start : start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, (ids, piece_labels) in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            attention[row, : len(ids)] = 1
+            labels[row, : len(ids)] = piece_labels
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, T, V)
+        labels = labels.to(device)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+        total_nll += float(nll)
+        total_tokens += int((labels != -100).sum())
+    mean_nll = total_nll / total_tokens
+    return {
+        "perplexity": math.exp(mean_nll),
+        "nll": mean_nll,
+        "tokens": total_tokens,
+        "texts": len(texts),
+        "mask_prob": mask_prob,
+        "seed": seed,
+    }
+
+
+def _encoder_of(model: nn.Module) -> nn.Module:
+    """The transformer body of a (PEFT-wrapped) transformers model: ``model.roberta`` for RoBERTa.
+
+    For a ``PeftModel`` this is the body inside the adapted model, so its DISeL/LoRA layers stay in it.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(inner, "base_model_prefix", "")
+    encoder = getattr(inner, prefix, None) if prefix else None
+    if encoder is None:
+        raise ValueError(
+            f"cannot find the encoder of {type(inner).__name__}: expected an attribute named by its "
+            f"base_model_prefix ({prefix!r})"
+        )
+    return encoder
+
+
+def mlm_with_original_head(pretrained_mlm_path: str | os.PathLike, finetuned_model: nn.Module) -> nn.Module:
+    """A masked LM made of ``finetuned_model``'s encoder and the pre-trained checkpoint's MLM head.
+
+    ``pretrained_mlm_path``: the original checkpoint (e.g. ``roberta-base``), read with
+    ``AutoModelForMaskedLM``, so its ``lm_head`` is the pre-trained one. ``finetuned_model``: the
+    fine-tuned classifier, a ``PeftModel`` (adapters active) or a plain model (full fine-tuning).
+
+    The returned model shares the fine-tuned encoder (not a copy: its adapters act) and owns a copy
+    of the original head. RoBERTa ties the head's decoder matrix to the input embeddings; the copy is
+    untied, so the head stays the pre-trained one even when full fine-tuning changed the embeddings,
+    and a later ``tie_weights`` cannot re-point it. The result is in eval mode, on the encoder's device.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    encoder = _encoder_of(finetuned_model)
+    parameter = next(encoder.parameters())
+    mlm = AutoModelForMaskedLM.from_pretrained(pretrained_mlm_path, dtype=parameter.dtype)
+    prefix = mlm.base_model_prefix
+    head = mlm.get_output_embeddings()
+    if head is not None:
+        head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    mlm.config.tie_word_embeddings = False
+    setattr(mlm, prefix, encoder)
+    mlm.to(parameter.device)
+    mlm.eval()
+    return mlm

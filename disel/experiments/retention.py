@@ -1,0 +1,285 @@
+"""Retention over training time: evaluate every saved checkpoint and write one table (Figures 6–9).
+
+A training run's output directory holds ``checkpoint-<step>/`` folders (adapter checkpoints with an
+``adapter_config.json``, or full models with a ``config.json``). :func:`evaluate_checkpoints` loads
+each in step order (adapters on the base model, not merged), runs one evaluator on it and appends a
+row to the table ``retention_<evaluator>.json`` / ``.csv``, rewritten atomically after every row, so
+an interrupted run resumes where it stopped. A row for the base model itself (step 0,
+``checkpoint: "base"``) comes first, the reference every retention curve starts from.
+
+Evaluators (each a small object with ``name``, ``settings()`` and ``__call__(loaded) -> EvalOutcome``):
+:class:`LmEvalEvaluator` (the 14-benchmark retention suite or any lm-eval tasks),
+:class:`PerplexityEvaluator` (causal-LM perplexity over texts), :class:`Gsm8kEvaluator` (exact match).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .evaluate import GenerationSettings, LoadedModel, evaluate_gsm8k, load_model_for_eval
+from .io import write_json_atomic, write_text_atomic
+from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
+from .perplexity import causal_lm_perplexity
+
+__all__ = [
+    "EvalOutcome",
+    "Evaluator",
+    "Gsm8kEvaluator",
+    "LmEvalEvaluator",
+    "PerplexityEvaluator",
+    "evaluate_checkpoints",
+    "list_checkpoints",
+    "read_retention_table",
+]
+
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+TABLE_SCHEMA = "disel.retention/1"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-<step>`` folder in ``output_dir``, by increasing step
+    (numerically: ``checkpoint-10`` after ``checkpoint-9``)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"output_dir={str(output_dir)!r} is not a directory")
+    found = []
+    for child in output_dir.iterdir():
+        match = _CHECKPOINT_DIR.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+@dataclass
+class EvalOutcome:
+    """One evaluation: ``metrics`` (table columns → value), ``mean`` (the row's headline number) and
+    ``detail`` (the evaluator's full JSON record, saved next to the table)."""
+
+    metrics: dict[str, float]
+    mean: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator(Protocol):
+    name: str
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome: ...
+
+
+@dataclass
+class LmEvalEvaluator:
+    """Columns: one per benchmark (its headline metric); mean: their unweighted mean (the paper's retention)."""
+
+    lm_eval: LmEvalSettings = field(default_factory=LmEvalSettings)
+    name: str = "lm-eval"
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self.lm_eval)
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        record = evaluate_lm_eval(loaded.model, loaded.tokenizer, self.lm_eval, description=loaded.description)
+        metrics = {task: entry["value"] for task, entry in record["benchmarks"].items()}
+        return EvalOutcome(metrics, record["mean"], record)
+
+
+@dataclass
+class PerplexityEvaluator:
+    """Columns: perplexity of each named corpus; mean: their unweighted mean.
+
+    ``corpora`` maps a column name to its texts (e.g. ``{"english": general_english_texts(200, 1),
+    "code": python_code_texts(200, 1)}``). The texts are part of the settings by count only.
+    """
+
+    corpora: dict[str, Sequence[str]]
+    max_length: int = 512
+    stride: int | None = None
+    batch_size: int = 8
+    name: str = "perplexity"
+
+    def __post_init__(self) -> None:
+        if not self.corpora:
+            raise ValueError("PerplexityEvaluator.corpora is empty: name at least one corpus of texts")
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "corpora": {name: len(texts) for name, texts in self.corpora.items()},
+            "max_length": self.max_length,
+            "stride": self.stride,
+            "batch_size": self.batch_size,
+        }
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        per_corpus = {
+            name: causal_lm_perplexity(
+                loaded.model, loaded.tokenizer, texts,
+                max_length=self.max_length, stride=self.stride, batch_size=self.batch_size,
+            )
+            for name, texts in self.corpora.items()
+        }
+        metrics = {name: result["perplexity"] for name, result in per_corpus.items()}
+        detail = {"schema": "disel.perplexity/1", "model": loaded.description, "corpora": per_corpus}
+        return EvalOutcome(metrics, sum(metrics.values()) / len(metrics), detail)
+
+
+@dataclass
+class Gsm8kEvaluator:
+    """Column ``exact_match`` (strict, the paper's number) and ``exact_match_flexible``; mean: strict exact match."""
+
+    rows: Sequence[dict[str, Any]]
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    format_prompt: Callable[[str], str] | None = None
+    name: str = "gsm8k"
+
+    def settings(self) -> dict[str, Any]:
+        return {"rows": len(self.rows), "generation": asdict(self.generation)}
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        record = evaluate_gsm8k(
+            loaded.model, loaded.tokenizer, self.rows, settings=self.generation, format_prompt=self.format_prompt
+        )
+        record["model"] = loaded.description
+        metrics = {"exact_match": record["exact_match"], "exact_match_flexible": record["exact_match_flexible"]}
+        return EvalOutcome(metrics, record["exact_match"], record)
+
+
+def _base_model_path(checkpoints: list[tuple[int, Path]]) -> str:
+    for _, path in checkpoints:
+        config_file = path / "adapter_config.json"
+        if config_file.is_file():
+            base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+            if base:
+                return base
+    raise ValueError(
+        "base_path was not given and no checkpoint's adapter_config.json names base_model_name_or_path; pass base_path"
+    )
+
+
+def _load_checkpoint(path: Path, base_path: str, dtype: Any) -> LoadedModel:
+    if (path / "adapter_config.json").is_file():
+        return load_model_for_eval(base_path, path, dtype=dtype)
+    if (path / "config.json").is_file():  # a fully fine-tuned model
+        return load_model_for_eval(path, None, dtype=dtype, tokenizer_path=path if _has_tokenizer(path) else base_path)
+    raise FileNotFoundError(f"{path} holds neither an adapter (adapter_config.json) nor a model (config.json)")
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["step", "checkpoint", *columns, "mean"], extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: ("" if value is None else value) for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def read_retention_table(path: str | Path) -> dict[str, Any]:
+    """Read a ``disel.retention/1`` table written by :func:`evaluate_checkpoints`."""
+    table = json.loads(Path(path).read_text())
+    if table.get("schema") != TABLE_SCHEMA:
+        raise ValueError(f"{path} is not a retention table (schema {table.get('schema')!r}, expected {TABLE_SCHEMA!r})")
+    return table
+
+
+def evaluate_checkpoints(
+    output_dir: str | Path,
+    evaluator: Evaluator,
+    *,
+    base_path: str | Path | None = None,
+    table_path: str | Path | None = None,
+    include_base: bool = True,
+    dtype: torch.dtype | str = torch.float32,
+    resume: bool = True,
+    progress: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Evaluate the base model and every checkpoint of ``output_dir``; write and return the table.
+
+    Args:
+        output_dir: a training output directory with ``checkpoint-<step>/`` folders.
+        evaluator: what to measure (:class:`LmEvalEvaluator`, :class:`PerplexityEvaluator`,
+            :class:`Gsm8kEvaluator` or any object with ``name``, ``settings()``, ``__call__``).
+        base_path: the pre-trained model; default ``base_model_name_or_path`` of the adapter config.
+        table_path: the JSON table (the CSV is written next to it, same stem); default
+            ``<output_dir>/retention_<evaluator.name>.json``. Each evaluator's full record goes to
+            ``<table stem>_details/<checkpoint>.json``.
+        include_base: add the base model as the row ``step 0, checkpoint "base"``.
+        resume: keep rows of an existing table made with the same evaluator settings, and evaluate
+            only the checkpoints it lacks.
+
+    Returns the table (schema ``disel.retention/1``)::
+
+        {"schema": "disel.retention/1", "evaluator": "lm-eval", "settings": {...},
+         "output_dir": ..., "base_path": ..., "metric_columns": ["hellaswag", ...],
+         "rows": [{"step": 0, "checkpoint": "base", "hellaswag": 0.57, ..., "mean": 0.52}, ...]}
+    """
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints and not include_base:
+        raise FileNotFoundError(f"no checkpoint-<step> folders in {output_dir}")
+    base_path = str(base_path) if base_path is not None else _base_model_path(checkpoints)
+    table_path = Path(table_path) if table_path is not None else Path(output_dir) / f"retention_{evaluator.name}.json"
+    details_dir = table_path.with_name(table_path.stem + "_details")
+    settings = json.loads(json.dumps(evaluator.settings(), default=str))
+
+    rows: list[dict[str, Any]] = []
+    if resume and table_path.is_file():
+        previous = read_retention_table(table_path)
+        if previous.get("evaluator") == evaluator.name and previous.get("settings") == settings:
+            rows = previous["rows"]
+    done = {row["checkpoint"] for row in rows}
+
+    todo: list[tuple[int, str, Callable[[], LoadedModel]]] = []
+    if include_base:
+        todo.append((0, "base", lambda: load_model_for_eval(base_path, None, dtype=dtype)))
+    for step, path in checkpoints:
+        todo.append((step, path.name, lambda path=path: _load_checkpoint(path, base_path, dtype)))
+
+    def table() -> dict[str, Any]:
+        columns: list[str] = []
+        for row in rows:
+            columns += [key for key in row if key not in ("step", "checkpoint", "mean") and key not in columns]
+        return {
+            "schema": TABLE_SCHEMA,
+            "evaluator": evaluator.name,
+            "settings": settings,
+            "output_dir": str(output_dir),
+            "base_path": base_path,
+            "metric_columns": columns,
+            "rows": rows,
+        }
+
+    for step, name, load in todo:
+        if name in done:
+            continue
+        if progress is not None:
+            progress(f"[retention] {evaluator.name}: evaluating {name} (step {step})")
+        loaded = load()
+        outcome = evaluator(loaded)
+        del loaded
+        write_json_atomic(details_dir / f"{name}.json", outcome.detail)
+        row = {"step": step, "checkpoint": name, **outcome.metrics, "mean": outcome.mean}
+        rows.append(row)
+        rows.sort(key=lambda r: (r["step"], r["checkpoint"] != "base"))
+        current = table()
+        write_json_atomic(table_path, current)
+        write_text_atomic(table_path.with_suffix(".csv"), _csv_text(current["metric_columns"], rows))
+    final = table()
+    write_json_atomic(table_path, final)
+    write_text_atomic(table_path.with_suffix(".csv"), _csv_text(final["metric_columns"], rows))
+    if any(isinstance(v, float) and math.isnan(v) for row in rows for v in row.values()):
+        if progress is not None:
+            progress("[retention] warning: some values are NaN")
+    return final

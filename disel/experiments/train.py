@@ -1,0 +1,688 @@
+"""The one training entry of the experiment path: :func:`train` (config → trained adapter + result file).
+
+Built on ``transformers.Trainer``: DISeL trains with :class:`disel.DiselTrainer` (AdamW with a separate,
+larger gate learning rate and no weight decay on gates); LoRA, DoRA, AdaLoRA (PEFT's own) and full
+fine-tuning use the plain ``Trainer``, whose AdamW groups already exclude biases and norms from weight
+decay. AdaLoRA's rank-budget schedule runs in :class:`AdaLoraScheduleCallback`, the hook PEFT documents
+(``update_and_allocate(global_step)`` after the optimizer step, before the gradients are zeroed).
+
+Several processes (``accelerate launch`` / ``torchrun``) train data-parallel with no change: the Trainer
+shards the batches, and the result file records the world size and a hash of every rank's trainable
+parameters (equal hashes = the replicas stayed identical).
+
+Files written to ``training.output_dir``:
+
+* ``run_config.yaml`` — the resolved config, at the start (atomic);
+* ``checkpoint-<step>/`` — the Trainer's checkpoints (adapter, optimizer, scheduler, RNG states,
+  ``trainer_state.json`` last; AdaLoRA adds ``adalora_state.pt``);
+* the final adapter (``adapter_config.json`` + ``adapter_model.safetensors``; the whole model for ``full``)
+  and the tokenizer;
+* ``train_result.json`` — written atomically, last, by the main process (schema in :class:`TrainResult`).
+  Its presence means the run finished and the final adapter beside it is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, ExperimentConfig, MethodConfig, ModelConfig, TrainingConfig
+from .data import CausalLMCollator, PreparedData, prepare_data
+from .io import read_json, write_json_atomic, write_yaml_atomic
+
+__all__ = [
+    "RESULT_FILE",
+    "RESULT_SCHEMA",
+    "AdaLoraScheduleCallback",
+    "TrainResult",
+    "build_peft_config",
+    "complete_checkpoints",
+    "load_model",
+    "load_tokenizer",
+    "resolve_resume",
+    "train",
+]
+
+RESULT_FILE = "train_result.json"
+RESULT_SCHEMA = "disel.train_result/1"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_ADALORA_STATE = "adalora_state.pt"
+
+
+@dataclass
+class TrainResult:
+    """What one :func:`train` call produced; ``to_dict()`` is the content of ``train_result.json``.
+
+    Schema ``disel.train_result/1`` (JSON; non-finite floats are ``null``):
+
+    ``schema`` (str)
+        ``"disel.train_result/1"``.
+    ``name`` (str | null)
+        ``config.name``.
+    ``method`` (str), ``rank`` (int), ``task_type`` (str), ``model_path`` (str)
+        Copied from the config for quick filtering (``rank`` is ``method.r``; meaningless for ``full``).
+    ``config`` (object)
+        The full resolved :class:`~disel.experiments.config.ExperimentConfig` (``to_dict()``).
+    ``output_dir`` (str), ``adapter_dir`` (str)
+        Where the run lives and where the final adapter (or full model) is saved (the same folder).
+    ``world_size`` (int)
+        Number of data-parallel processes.
+    ``global_step`` (int), ``epoch`` (float)
+        Optimizer steps done and epochs completed (fractional) at the end.
+    ``final_train_loss`` (float | null)
+        The last logged training loss (mean over the last ``logging_steps`` steps).
+    ``train_loss`` (float | null)
+        The Trainer's mean training loss over the steps run by this invocation.
+    ``eval`` (object)
+        Final evaluation metrics on the validation set (``eval_loss``; ``eval_accuracy`` for
+        classification); empty without validation data.
+    ``loss_history`` (list of [step, loss])
+        Every logged training loss, across resumes.
+    ``eval_history`` (list of objects)
+        Every evaluation log entry (``step``, ``eval_loss``, ...), across resumes.
+    ``log_history`` (list of objects)
+        The Trainer's complete ``state.log_history``.
+    ``checkpoints`` (list of {"path", "step"})
+        Complete checkpoints left in ``output_dir`` (``path`` relative to it), oldest first.
+    ``resumed_from`` (str | null)
+        The checkpoint this invocation resumed from.
+    ``runtime_s`` (float)
+        Wall-clock seconds of this invocation (loading, training, saving).
+    ``data`` (object)
+        Row and example counts (``train_rows``, ``train_examples``, ``train_dropped_no_response``, ...).
+    ``parameters`` (object)
+        ``trainable`` and ``total`` parameter counts.
+    ``parameter_sha256_per_rank`` (list of str)
+        SHA-256 of the trainable parameters on each rank after training (equal = replicas in sync).
+    ``versions`` (object)
+        ``torch``, ``transformers``, ``peft``, ``accelerate``, ``disel`` versions.
+    ``finished_at`` (str)
+        UTC time, ISO 8601.
+    """
+
+    name: str | None
+    method: str
+    rank: int
+    task_type: str
+    model_path: str
+    config: dict[str, Any]
+    output_dir: str
+    adapter_dir: str
+    world_size: int
+    global_step: int
+    epoch: float | None
+    final_train_loss: float | None
+    train_loss: float | None
+    eval: dict[str, float]
+    loss_history: list[list[float]]
+    eval_history: list[dict[str, Any]]
+    log_history: list[dict[str, Any]]
+    checkpoints: list[dict[str, Any]]
+    resumed_from: str | None
+    runtime_s: float
+    data: dict[str, int]
+    parameters: dict[str, int]
+    parameter_sha256_per_rank: list[str]
+    versions: dict[str, str]
+    finished_at: str
+    schema: str = RESULT_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        result = dataclasses.asdict(self)
+        return {"schema": result.pop("schema"), **result}
+
+    @classmethod
+    def read(cls, output_dir: str | os.PathLike) -> TrainResult:
+        """Read ``<output_dir>/train_result.json``."""
+        raw = read_json(Path(output_dir) / RESULT_FILE)
+        if raw.get("schema") != RESULT_SCHEMA:
+            raise ValueError(f"{Path(output_dir) / RESULT_FILE}: expected schema {RESULT_SCHEMA!r}, got {raw.get('schema')!r}")
+        return cls(**raw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and resuming
+# ------------------------------------------------------------------------------------------------
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-<step>`` folders of ``output_dir`` that were written completely, oldest first.
+
+    The Trainer writes ``trainer_state.json`` last, after the weights, optimizer, scheduler and RNG
+    states; a folder without it was interrupted mid-save and is skipped.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for child in output_dir.iterdir():
+        match = _CHECKPOINT.match(child.name)
+        if match and child.is_dir() and (child / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(training: TrainingConfig) -> str | None:
+    """The checkpoint to resume from, per ``training.resume`` (see :class:`TrainingConfig`).
+
+    Raises:
+        ConfigError: ``resume`` is a path that is not a checkpoint, or is None while ``output_dir``
+            already holds checkpoints (a restarted job must say ``resume: auto`` or use a new folder).
+    """
+    existing = complete_checkpoints(training.output_dir)
+    if training.resume is None:
+        if existing:
+            raise ConfigError(
+                f"training.output_dir {training.output_dir!r} already holds checkpoints ({existing[-1].name} ...); "
+                "set training.resume=auto to continue that run, or choose a new output_dir"
+            )
+        return None
+    if training.resume == "auto":
+        return str(existing[-1]) if existing else None
+    path = Path(training.resume)
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"training.resume {training.resume!r} is not a complete checkpoint folder (no trainer_state.json); "
+            "give 'auto', a checkpoint-<step> folder, or null"
+        )
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model, tokenizer, method
+# ------------------------------------------------------------------------------------------------
+
+
+def _force_offline() -> None:
+    """disel never downloads at run time: models and data come from local files only."""
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(variable, "1")
+
+
+def _check_model_path(model: ModelConfig) -> Path:
+    path = Path(model.path).expanduser()
+    hint = (
+        "set model.path in the recipe (or --override model.path=/your/dir) to a local directory holding the "
+        "model; disel never downloads from a hub"
+    )
+    if not path.is_dir():
+        raise FileNotFoundError(f"model.path {model.path!r} does not exist or is not a directory; {hint}")
+    if model.gguf_file is not None:
+        if not (path / model.gguf_file).is_file():
+            raise FileNotFoundError(f"model.gguf_file {model.gguf_file!r} is not a file in model.path {model.path!r}")
+    elif not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.path {model.path!r} has no config.json (not a transformers checkpoint); {hint}")
+    return path
+
+
+def load_tokenizer(model_config: ModelConfig) -> Any:
+    """The model's tokenizer from local files only. Without a pad token it pads with EOS (padding is masked)."""
+    from transformers import AutoTokenizer
+
+    path = _check_model_path(model_config)
+    tokenizer = AutoTokenizer.from_pretrained(path, **_local_kwargs(model_config))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_config: ModelConfig, pad_token_id: int | None = None) -> torch.nn.Module:
+    """The base model (``AutoModelForCausalLM`` / ``AutoModelForSequenceClassification`` with a fresh head),
+    from local files only."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path = _check_model_path(model_config)
+    dtype = model_config.dtype if model_config.dtype == "auto" else getattr(torch, model_config.dtype)
+    kwargs = {**_local_kwargs(model_config), "dtype": dtype}
+    if model_config.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_config.attn_implementation
+    if model_config.task_type == "causal_lm":
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=model_config.num_labels, **kwargs)
+    if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _local_kwargs(model_config: ModelConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": model_config.trust_remote_code}
+    if model_config.gguf_file is not None:
+        kwargs["gguf_file"] = model_config.gguf_file
+    return kwargs
+
+
+def _gate_lr_ratio(method: MethodConfig, learning_rate: float) -> float:
+    from disel.optim import DEFAULT_GATE_LR_RATIO
+
+    if method.gate_lr is not None:
+        return method.gate_lr / learning_rate
+    return DEFAULT_GATE_LR_RATIO if method.gate_lr_ratio is None else method.gate_lr_ratio
+
+
+def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
+    """The PEFT config of ``config.method`` (None for ``full``). ``total_step``: AdaLoRA's schedule length."""
+    method = config.method
+    task_type = "CAUSAL_LM" if config.model.task_type == "causal_lm" else "SEQ_CLS"
+    common = {
+        "lora_alpha": method.scaling_alpha,
+        "lora_dropout": method.lora_dropout,
+        "target_modules": method.target_modules,
+        "modules_to_save": method.modules_to_save,
+        "task_type": task_type,
+    }
+    if method.name == "full":
+        return None
+    if method.name == "disel":
+        import disel
+
+        return disel.DiselConfig(
+            r=method.r,
+            gate_bias_init=method.gate_bias_init,
+            gate_weight_init=method.gate_weight_init,
+            gate_lr_ratio=_gate_lr_ratio(method, config.training.learning_rate),
+            **common,
+        )
+    if method.name in ("lora", "dora"):
+        from peft import LoraConfig
+
+        return LoraConfig(r=method.r, use_dora=method.name == "dora", **common)
+    from peft import AdaLoraConfig
+
+    settings = method.adalora
+    total = settings.total_step or total_step
+    if total is None:
+        raise ConfigError("method.adalora.total_step: unknown; set it, or let train() compute it from the data")
+    tinit, tfinal = _adalora_phases(settings, total)
+    return AdaLoraConfig(
+        target_r=method.r,
+        init_r=settings.init_r or math.ceil(1.5 * method.r),
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=settings.deltaT,
+        beta1=settings.beta1,
+        beta2=settings.beta2,
+        orth_reg_weight=settings.orth_reg_weight,
+        total_step=total,
+        **common,
+    )
+
+
+def _adalora_phases(settings, total: int) -> tuple[int, int]:
+    tinit = round(settings.tinit_ratio * total) if settings.tinit_ratio is not None else settings.tinit
+    tfinal = round(settings.tfinal_ratio * total) if settings.tfinal_ratio is not None else settings.tfinal
+    if tinit >= total - tfinal:
+        raise ConfigError(
+            f"method.adalora: tinit={tinit} must be below total_step - tfinal = {total} - {tfinal}; the pruning "
+            "phase would be empty (shorten tinit/tfinal or train longer)"
+        )
+    return tinit, tfinal
+
+
+def _estimate_total_steps(config: ExperimentConfig, n_train: int) -> int:
+    """Optimizer steps the Trainer will run (its own formula); AdaLoRA needs the number up front."""
+    training = config.training
+    if training.max_steps is not None:
+        return training.max_steps
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    batches = math.ceil(n_train / (training.per_device_train_batch_size * world_size))
+    per_epoch = max(batches // training.gradient_accumulation_steps + int(batches % training.gradient_accumulation_steps > 0), 1)
+    return math.ceil(training.num_train_epochs * per_epoch)
+
+
+def _apply_method(model: torch.nn.Module, config: ExperimentConfig, n_train: int) -> torch.nn.Module:
+    if config.method.name == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+    from peft import get_peft_model
+
+    peft_config = build_peft_config(config, total_step=_estimate_total_steps(config, n_train))
+    return get_peft_model(model, peft_config)
+
+
+# ------------------------------------------------------------------------------------------------
+# AdaLoRA's schedule inside the Trainer
+# ------------------------------------------------------------------------------------------------
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class AdaLoraScheduleCallback(_callback_base()):
+    """Runs AdaLoRA's budget schedule inside ``transformers.Trainer``, and makes it resumable.
+
+    * ``on_train_begin``: sets the schedule's ``total_step`` to the Trainer's exact ``max_steps`` (unless the
+      config fixed it) and restores the importance statistics saved in the checkpoint being resumed.
+    * ``on_optimizer_step``: ``model.base_model.update_and_allocate(global_step)``: after the optimizer
+      step and before ``zero_grad`` (the importance scores read the gradients), as PEFT documents.
+    * ``on_save``: saves the importance statistics and rank pattern into the checkpoint
+      (``adalora_state.pt``); PEFT keeps them only in memory, so without this a resumed run would
+      restart them from zero and prune differently.
+    """
+
+    def __init__(self, settings, resume_from: str | None = None):
+        self.settings = settings
+        self.resume_from = resume_from
+
+    @staticmethod
+    def _tuner(model):
+        tuner = model.base_model
+        return tuner, tuner.peft_config[tuner.trainable_adapter_name]
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        tuner, peft_config = self._tuner(model)
+        if self.settings.total_step is None:
+            peft_config.total_step = state.max_steps
+            peft_config.tinit, peft_config.tfinal = _adalora_phases(self.settings, state.max_steps)
+        if self.resume_from is not None:
+            path = Path(self.resume_from) / _ADALORA_STATE
+            if path.is_file():
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                allocator = tuner.rankallocator
+                for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+                    getattr(allocator, key).clear()
+                    getattr(allocator, key).update({k: v.to(args.device) for k, v in saved[key].items()})
+                peft_config.rank_pattern = saved["rank_pattern"]
+        return control
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model.base_model.update_and_allocate(state.global_step)
+        return control
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            tuner, peft_config = self._tuner(model)
+            allocator = tuner.rankallocator
+            saved = {key: {k: v.detach().cpu() for k, v in getattr(allocator, key).items()}
+                     for key in ("ipt", "exp_avg_ipt", "exp_avg_unc")}
+            saved["rank_pattern"] = peft_config.rank_pattern
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            temporary = checkpoint / f".{_ADALORA_STATE}.tmp"
+            torch.save(saved, temporary)
+            os.replace(temporary, checkpoint / _ADALORA_STATE)
+        return control
+
+
+def _adalora_trainer_class():
+    from transformers import Trainer
+
+    class AdaLoraTrainer(Trainer):
+        """``Trainer`` whose checkpoints hold AdaLoRA's full-size (masked, not yet pruned) matrices.
+
+        PEFT saves an AdaLoRA adapter with a rank pattern already cut down to the kept ranks, and such a
+        file cannot be loaded back into the ``init_r``-sized modules being trained, so a resume would fail.
+        Checkpoints are therefore written without the rank pattern (pruned components are zero in
+        ``lora_E``, so the function is the same); the pattern travels in ``adalora_state.pt``. The final
+        adapter is PEFT's usual, pruned format.
+        """
+
+        def _save_checkpoint(self, model, trial):
+            peft_config = self.model.peft_config[self.model.active_adapter]
+            rank_pattern, peft_config.rank_pattern = peft_config.rank_pattern, None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                peft_config.rank_pattern = rank_pattern
+
+    return AdaLoraTrainer
+
+
+# ------------------------------------------------------------------------------------------------
+# Trainer
+# ------------------------------------------------------------------------------------------------
+
+
+def _training_arguments(config: ExperimentConfig, has_validation: bool):
+    from transformers import TrainingArguments
+
+    training = config.training
+    eval_strategy = training.eval_strategy or ("epoch" if has_validation else "no")
+    if eval_strategy != "no" and not has_validation:
+        raise ConfigError(f"training.eval_strategy is {eval_strategy!r} but there is no validation data")
+    if training.warmup_steps is not None:
+        warmup: float | int = training.warmup_steps
+    else:
+        warmup = 0.03 if training.warmup_ratio is None else training.warmup_ratio  # transformers: float < 1 = ratio
+    save_steps = training.save_steps
+    find_unused = training.ddp_find_unused_parameters
+    if find_unused is None and config.method.name != "full":
+        find_unused = False  # every trainable adapter parameter takes part in every step
+    return TrainingArguments(
+        output_dir=training.output_dir,
+        learning_rate=training.learning_rate,
+        weight_decay=training.weight_decay,
+        adam_beta1=training.adam_beta1,
+        adam_beta2=training.adam_beta2,
+        adam_epsilon=training.adam_epsilon,
+        max_grad_norm=training.max_grad_norm,
+        lr_scheduler_type=training.lr_scheduler_type,
+        warmup_steps=warmup,
+        per_device_train_batch_size=training.per_device_train_batch_size,
+        per_device_eval_batch_size=training.per_device_eval_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        num_train_epochs=training.num_train_epochs,
+        max_steps=training.max_steps if training.max_steps is not None else -1,
+        bf16=training.precision == "bf16",
+        seed=training.seed,
+        data_seed=training.data_seed,
+        full_determinism=training.full_determinism,
+        logging_steps=training.logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=training.eval_steps,
+        save_strategy=training.save_strategy,
+        save_steps=int(save_steps) if save_steps >= 1 else save_steps,
+        save_total_limit=training.save_total_limit,
+        dataloader_num_workers=training.dataloader_num_workers,
+        report_to=list(training.report_to) or "none",
+        disable_tqdm=training.disable_tqdm,
+        use_cpu=training.use_cpu,
+        ddp_find_unused_parameters=find_unused,
+        remove_unused_columns=False,  # our datasets hold exactly the model inputs
+        label_names=["labels"],  # PEFT wraps forward(**kwargs): the Trainer cannot infer it
+        # Causal LM evaluation is the loss; gathering (batch, length, vocab) logits would only cost memory.
+        prediction_loss_only=config.model.task_type == "causal_lm",
+        **_checkpointing_arguments(training.gradient_checkpointing),
+        **training.trainer_args,
+    )
+
+
+def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing in this transformers version's terms (renamed from gradient_checkpointing in v5)."""
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    # Non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen).
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def _accuracy(eval_prediction) -> dict[str, float]:
+    logits = eval_prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    predictions = logits.argmax(-1)
+    return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
+
+
+def _build_trainer(config, model, tokenizer, data: PreparedData, callbacks, resume_from):
+    from transformers import DataCollatorWithPadding, Trainer
+
+    args = _training_arguments(config, data.validation is not None)
+    if config.model.task_type == "causal_lm":
+        collator = CausalLMCollator(pad_token_id=int(tokenizer.pad_token_id))
+        compute_metrics = None
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
+        compute_metrics = _accuracy
+    all_callbacks = list(callbacks)
+    if config.method.name == "adalora":
+        all_callbacks.insert(0, AdaLoraScheduleCallback(config.method.adalora, resume_from))
+    kwargs = dict(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=all_callbacks,
+    )
+    if config.method.name == "adalora":
+        return _adalora_trainer_class()(**kwargs)
+    if config.method.name == "disel":
+        from disel.optim import DiselTrainer
+
+        method = config.method
+        if method.gate_lr is not None:
+            return DiselTrainer(gate_lr=method.gate_lr, **kwargs)
+        return DiselTrainer(gate_lr_ratio=_gate_lr_ratio(method, config.training.learning_rate), **kwargs)
+    return Trainer(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# The entry
+# ------------------------------------------------------------------------------------------------
+
+
+def _parameter_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    import disel
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "disel": getattr(disel, "__version__", _distribution_version("disel")),
+    }
+
+
+def _distribution_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Fine-tune ``config.model`` on ``config.data`` with ``config.method``; return (and save) the result.
+
+    Every process of a data-parallel launch calls this; the main process writes the files. Seeds are set
+    before the adapter is created, so a run is reproducible from its config, and a run resumed from a
+    checkpoint continues exactly where it stopped (weights, optimizer, scheduler, RNG and data order are
+    restored by the Trainer; AdaLoRA's importance statistics by :class:`AdaLoraScheduleCallback`).
+
+    Args:
+        config: the run (see :mod:`disel.experiments.config`).
+        callbacks: extra ``transformers.TrainerCallback`` objects (progress reporting, tests).
+
+    Raises:
+        ConfigError: inconsistent settings (also an ``output_dir`` with checkpoints but no ``resume``).
+        FileNotFoundError: ``model.path`` is not a local model.
+        disel.experiments.data.DataFormatError: a missing file or a malformed row (file, line, expected key).
+    """
+    from transformers import enable_full_determinism, set_seed
+
+    started = time.time()
+    config.validate()
+    _force_offline()
+    training = config.training
+    resume_from = resolve_resume(training)
+    seed_everything = enable_full_determinism if training.full_determinism else set_seed
+    seed_everything(training.seed)
+
+    # Data before the model: a malformed row surfaces in seconds, not after loading 7B parameters.
+    tokenizer = load_tokenizer(config.model)
+    data = prepare_data(config.data, tokenizer, config.model.task_type, config.model.num_labels)
+    model = load_model(config.model, pad_token_id=tokenizer.pad_token_id)
+    if config.model.task_type == "causal_lm" and training.gradient_checkpointing:
+        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    seed_everything(training.seed)  # the adapter's initialisation must not depend on what model loading drew
+    model = _apply_method(model, config, len(data.train))
+
+    trainer = _build_trainer(config, model, tokenizer, data, callbacks, resume_from)
+    is_main = trainer.is_world_process_zero()
+    output_dir = Path(training.output_dir)
+    if is_main:
+        write_yaml_atomic(output_dir / "run_config.yaml", config.to_dict())
+
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.is_fsdp_enabled:  # the final adapter / model as one full state dict, not per-rank shards
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(output_dir))
+    eval_metrics = trainer.evaluate() if data.validation is not None else {}
+
+    from accelerate.utils import gather_object
+
+    sha_per_rank = gather_object([_parameter_sha256(trainer.model)])
+    state = trainer.state
+    log_history = list(state.log_history)
+    unwrapped = trainer.model
+    result = TrainResult(
+        name=config.name,
+        method=config.method.name,
+        rank=config.method.r,
+        task_type=config.model.task_type,
+        model_path=config.model.path,
+        config=config.to_dict(),
+        output_dir=str(output_dir),
+        adapter_dir=str(output_dir),
+        world_size=trainer.args.world_size,
+        global_step=state.global_step,
+        epoch=_float_or_none(state.epoch),
+        final_train_loss=next((_float_or_none(e["loss"]) for e in reversed(log_history) if "loss" in e), None),
+        train_loss=_float_or_none(train_output.training_loss),
+        eval={k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+        loss_history=[[e["step"], float(e["loss"])] for e in log_history if "loss" in e],
+        eval_history=[e for e in log_history if any(k.startswith("eval_") for k in e)],
+        log_history=log_history,
+        checkpoints=[
+            {"path": path.name, "step": int(_CHECKPOINT.match(path.name).group(1))}
+            for path in complete_checkpoints(output_dir)
+        ],
+        resumed_from=resume_from,
+        runtime_s=time.time() - started,
+        data=dict(data.stats),
+        parameters={
+            "trainable": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in unwrapped.parameters()),
+        },
+        parameter_sha256_per_rank=list(sha_per_rank),
+        versions=_versions(),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    if is_main:
+        write_json_atomic(output_dir / RESULT_FILE, result.to_dict())
+    trainer.accelerator.wait_for_everyone()
+    return result

@@ -1,0 +1,232 @@
+"""Optimizer parameter groups for DISeL: two learning rates, no weight decay on gates (THEORY.md §1).
+
+The gate ``(W_g, b_g)`` solves a different problem from ``(A, B)`` (deciding *when* to apply the update,
+not *what* it is) and the paper trains it with a larger learning rate: 1e-3 against 2e-4 for Llama and
+Mistral, i.e. 5×. The gate learning rate is the plasticity/retention knob: larger opens more gates.
+Gate parameters get no weight decay, since decay pulls ``W_g`` to 0 and with it the gate's input
+dependence.
+
+* :func:`param_groups` builds AdamW-ready groups for any model containing :class:`~disel.layer.DiselGate`
+  modules (the standalone :class:`~disel.layer.DiselLinear` or the PEFT model).
+* :class:`DiselTrainer` is a ``transformers.Trainer`` whose optimizer is built from those groups, so a
+  Trainer recipe needs no hand-written optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layer import DiselGate
+
+__all__ = ["DEFAULT_GATE_LR_RATIO", "DiselTrainer", "gate_lr_ratio_from_config", "param_groups"]
+
+# Published ratio of the gate learning rate to the LoRA learning rate (1e-3 / 2e-4, Llama/Mistral runs).
+DEFAULT_GATE_LR_RATIO = 5.0
+
+# Normalisation layers whose parameters never take weight decay. transformers' RMSNorm classes are
+# model-specific (LlamaRMSNorm, ...) and not listed; their weight is 1-D, which the rule below catches.
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._NormBase,
+)
+
+
+def _check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {name}={value!r}")
+    return float(value)
+
+
+def gate_lr_ratio_from_config(model: nn.Module) -> float | None:
+    """The ``gate_lr_ratio`` stored in a PEFT model's DISeL config, or ``None`` if there is none.
+
+    Read by duck typing: ``model.peft_config`` (a dict adapter name → config on ``PeftModel`` and on PEFT
+    tuner models) entries that have a ``gate_lr_ratio`` attribute. Raises ``ValueError`` if the
+    adapters disagree (one optimizer cannot follow two ratios; pass ``gate_lr`` explicitly).
+    """
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict):
+        return None
+    ratios = {
+        name: config.gate_lr_ratio
+        for name, config in configs.items()
+        if getattr(config, "gate_lr_ratio", None) is not None
+    }
+    if not ratios:
+        return None
+    if len(set(ratios.values())) > 1:
+        raise ValueError(
+            f"the model's DISeL adapters have different gate_lr_ratio values {ratios}; pass gate_lr or "
+            "gate_lr_ratio explicitly"
+        )
+    return _check_positive("gate_lr_ratio (from the PEFT config)", next(iter(ratios.values())))
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    gate_lr: float | None = None,
+    weight_decay: float = 0.0,
+    gate_lr_ratio: float | None = None,
+) -> list[dict[str, Any]]:
+    """Parameter groups for ``torch.optim.AdamW(param_groups(model, lr=...))``.
+
+    Groups (each a dict with ``params``, ``lr``, ``weight_decay`` and a ``name``; empty ones are dropped):
+
+    * ``"decay"``: trainable parameters with two or more dimensions (``A``, ``B``, a trained head) at ``lr``
+      and ``weight_decay``;
+    * ``"no_decay"``: trainable biases, norm weights and other 1-D parameters, and every parameter of a
+      normalisation module, at ``lr`` without weight decay;
+    * ``"gate"``: the parameters of every :class:`~disel.layer.DiselGate` (found by type, never by
+      name), at ``gate_lr`` without weight decay.
+
+    Args:
+        model: any module; only parameters with ``requires_grad`` are included, each exactly once (tied
+            parameters are deduplicated).
+        lr: learning rate of ``A``, ``B`` and any other trainable parameter.
+        gate_lr: learning rate of the gate parameters. Default ``lr * gate_lr_ratio``.
+        weight_decay: weight decay of the ``"decay"`` group (≥ 0).
+        gate_lr_ratio: used when ``gate_lr`` is not given. Default: the PEFT config's ``gate_lr_ratio``
+            if ``model`` is a PEFT model with a DISeL config (see :func:`gate_lr_ratio_from_config`),
+            else :data:`DEFAULT_GATE_LR_RATIO` (5.0, the published 1e-3 / 2e-4).
+
+    Raises:
+        ValueError: a non-positive or non-finite ``lr``, ``gate_lr`` or ``gate_lr_ratio``; a negative
+            ``weight_decay``; both ``gate_lr`` and ``gate_lr_ratio`` given; no trainable parameters.
+    """
+    lr = _check_positive("lr", lr)
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not (
+        math.isfinite(weight_decay) and weight_decay >= 0
+    ):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got weight_decay={weight_decay!r}")
+    if gate_lr is not None and gate_lr_ratio is not None:
+        raise ValueError(
+            f"give either gate_lr or gate_lr_ratio, not both (got gate_lr={gate_lr!r}, gate_lr_ratio={gate_lr_ratio!r})"
+        )
+    if gate_lr is not None:
+        gate_lr = _check_positive("gate_lr", gate_lr)
+    else:
+        if gate_lr_ratio is None:
+            gate_lr_ratio = gate_lr_ratio_from_config(model)
+        ratio = DEFAULT_GATE_LR_RATIO if gate_lr_ratio is None else _check_positive("gate_lr_ratio", gate_lr_ratio)
+        gate_lr = lr * ratio
+
+    seen: set[int] = set()
+    gate: list[nn.Parameter] = []
+    for module in model.modules():
+        if isinstance(module, DiselGate):
+            for p in module.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    gate.append(p)
+
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for module in model.modules():
+        is_norm = isinstance(module, _NORM_TYPES)
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if is_norm or p.ndim < 2 else decay).append(p)
+
+    groups = [
+        {"name": "decay", "params": decay, "lr": lr, "weight_decay": float(weight_decay)},
+        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
+        {"name": "gate", "params": gate, "lr": gate_lr, "weight_decay": 0.0},
+    ]
+    groups = [group for group in groups if group["params"]]
+    if not groups:
+        raise ValueError(
+            f"model has no trainable parameters (none with requires_grad); got a {type(model).__name__}"
+        )
+    return groups
+
+
+def __getattr__(name: str):
+    # ``DiselTrainer`` subclasses transformers.Trainer, whose import takes seconds: the class is built on
+    # first access (PEP 562), so `from disel.optim import param_groups` does not pay for it.
+    if name == "DiselTrainer":
+        cls = _make_disel_trainer()
+        globals()["DiselTrainer"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _make_disel_trainer() -> type:
+    from transformers import Trainer
+
+    class DiselTrainer(Trainer):
+        """``transformers.Trainer`` whose default optimizer uses :func:`param_groups`.
+
+        The optimizer class and its settings come from the ``TrainingArguments`` exactly as in ``Trainer``
+        (``optim``, default AdamW, with ``learning_rate``, ``adam_beta1``/``adam_beta2``, ``adam_epsilon``);
+        the parameters are grouped by :func:`param_groups` with ``lr = args.learning_rate``,
+        ``weight_decay = args.weight_decay`` and the gate learning rate from ``gate_lr`` /
+        ``gate_lr_ratio`` (default: the PEFT config's ``gate_lr_ratio``, else 5×). The scheduler then
+        scales every group's learning rate by the same factor, so the ratio holds throughout training.
+        An optimizer passed as ``optimizers=(optimizer, scheduler)`` is used as given.
+
+        Args (beyond ``Trainer``'s):
+            gate_lr: absolute learning rate of the gate parameters.
+            gate_lr_ratio: gate learning rate / ``args.learning_rate`` (not together with ``gate_lr``).
+        """
+
+        def __init__(self, *args: Any, gate_lr: float | None = None, gate_lr_ratio: float | None = None,
+                     **kwargs: Any) -> None:
+            if gate_lr is not None and gate_lr_ratio is not None:
+                raise ValueError(
+                    f"give either gate_lr or gate_lr_ratio, not both (got gate_lr={gate_lr!r}, "
+                    f"gate_lr_ratio={gate_lr_ratio!r})"
+                )
+            if gate_lr is not None:
+                _check_positive("gate_lr", gate_lr)
+            if gate_lr_ratio is not None:
+                _check_positive("gate_lr_ratio", gate_lr_ratio)
+            self.gate_lr = gate_lr
+            self.gate_lr_ratio = gate_lr_ratio
+            super().__init__(*args, **kwargs)
+
+        def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+            opt_model = self.model if model is None else model
+            if self.optimizer is not None:
+                return self._finish_optimizer(model)
+            given = getattr(self, "optimizer_cls_and_kwargs", None)  # Trainer(optimizer_cls_and_kwargs=...)
+            if given is not None:
+                optimizer_cls, optimizer_kwargs = given
+            else:
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs = dict(optimizer_kwargs)
+            special = {"params", "model", "optimizer_dict"} & optimizer_kwargs.keys()
+            if special or not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+                raise ValueError(
+                    f"DiselTrainer groups parameters for a standard torch optimizer, but args.optim={self.args.optim!r} "
+                    f"builds its own parameter layout; use optim='adamw_torch' (or another plain optimizer), or pass "
+                    "optimizers=(optimizer, scheduler) built from disel.param_groups"
+                )
+            groups = param_groups(
+                opt_model,
+                lr=self.args.learning_rate,
+                gate_lr=self.gate_lr,
+                weight_decay=self.args.weight_decay,
+                gate_lr_ratio=self.gate_lr_ratio,
+            )
+            optimizer_kwargs.pop("weight_decay", None)  # per group, set above
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            return self._finish_optimizer(model)
+
+        def _finish_optimizer(self, model: nn.Module | None) -> torch.optim.Optimizer:
+            # Trainer's create_optimizer with self.optimizer set only applies its own wrapping (SageMaker
+            # model parallelism). transformers < 4.48 has create_optimizer(self), without the model argument.
+            return super().create_optimizer() if model is None else super().create_optimizer(model)
+
+    DiselTrainer.__module__ = __name__
+    DiselTrainer.__qualname__ = "DiselTrainer"
+    return DiselTrainer

@@ -1,0 +1,134 @@
+"""The PEFT tuner layer: a frozen ``nn.Linear`` / ``Conv1D`` plus one DISeL branch per adapter.
+
+The update itself is :func:`disel.functional.disel_update`; this file only keeps the per-adapter
+parameters in PEFT's layout (``ModuleDict``s keyed by adapter name, all named ``disel_*`` so PEFT's
+state-dict plumbing finds them) and adds the active adapters' updates to the base output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from ..functional import disel_update
+from ..layer import DiselGate, init_disel_parameters
+from .config import DiselConfig
+
+__all__ = ["DiselLayer", "DiselLinearLayer", "MERGE_REFUSAL", "SUPPORTED_BASE_LAYERS"]
+
+# Conv1D (GPT-2) computes x W + b with W stored (d_in, d_out); the adapter only reads x (..., d_in) and
+# returns (..., d_out), so the transposed layout matters only for the feature counts read below.
+SUPPORTED_BASE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
+
+MERGE_REFUSAL = (
+    "DISeL adapters cannot be merged into the base weights: the update s · B diag(σ(W_g x + b_g)) A x is "
+    "ΔW(x) = s · B diag(g(x)) A, which depends on the input x through the gates, so no fixed W0 + ΔW "
+    "reproduces it. Keep the PEFT model for inference, or call unload() to get the base model back."
+)
+
+
+def _in_out_features(base_layer: nn.Module) -> tuple[int, int]:
+    if isinstance(base_layer, nn.Linear):
+        return base_layer.in_features, base_layer.out_features
+    d_in, d_out = base_layer.weight.shape  # Conv1D: (d_in, d_out)
+    return d_in, d_out
+
+
+class DiselLayer(BaseTunerLayer):
+    """Per-adapter DISeL state of one adapted layer.
+
+    For each adapter name: ``disel_A[name]`` (Linear d → r, no bias), ``disel_B[name]`` (Linear r → m,
+    no bias), ``disel_gate[name]`` (:class:`~disel.layer.DiselGate`, d → r with bias),
+    ``disel_dropout[name]``, ``r[name]`` and ``scaling[name]`` = lora_alpha / r.
+    """
+
+    adapter_layer_names = ("disel_A", "disel_B", "disel_gate")
+    other_param_names = ("r", "scaling", "disel_dropout")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        self.base_layer = base_layer
+        self.r: dict[str, int] = {}
+        self.scaling: dict[str, float] = {}
+        self.disel_dropout = nn.ModuleDict({})
+        self.disel_A = nn.ModuleDict({})
+        self.disel_B = nn.ModuleDict({})
+        self.disel_gate = nn.ModuleDict({})
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self.in_features, self.out_features = _in_out_features(self.get_base_layer())
+
+    def update_layer(self, adapter_name: str, config: DiselConfig) -> None:
+        """Create and initialise the adapter ``adapter_name`` from ``config`` (THEORY.md §1, "Initialisation")."""
+        d, m, r = self.in_features, self.out_features, config.r
+        self.r[adapter_name] = r
+        self.scaling[adapter_name] = config.scaling
+        self.disel_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.disel_A[adapter_name] = nn.Linear(d, r, bias=False)
+        self.disel_B[adapter_name] = nn.Linear(r, m, bias=False)
+        self.disel_gate[adapter_name] = DiselGate(d, r, bias=True)
+        init_disel_parameters(
+            self.disel_A[adapter_name],
+            self.disel_B[adapter_name],
+            self.disel_gate[adapter_name],
+            init_weights=config.init_weights,
+            gate_weight_init=config.gate_weight_init,
+            gate_bias_init=config.gate_bias_init,
+        )
+        # Initialised in float32, then moved to the base layer's device and dtype (PEFT upcasts half-precision
+        # adapters back to float32 afterwards unless autocast_adapter_dtype=False).
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def active_gates(self) -> list[tuple[str, DiselGate]]:
+        """(adapter name, gate) of each adapter that currently acts on the output; the gate recorder reads these."""
+        if self.disable_adapters:
+            return []
+        return [(name, self.disel_gate[name]) for name in self.active_adapters if name in self.disel_gate]
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        raise NotImplementedError(MERGE_REFUSAL)
+
+    def unmerge(self) -> None:
+        # Nothing is ever merged (merge refuses), so there is nothing to undo.
+        return None
+
+
+class DiselLinearLayer(nn.Module, DiselLayer):
+    """``h = base(x) + Σ_active s · B diag(σ(W_g x + b_g)) A x`` around an ``nn.Linear`` or ``Conv1D``.
+
+    Shapes: (..., d) → (..., m). The adapter weights may be in a different dtype than the base layer
+    (float32 adapters on a bfloat16 model): the input is cast to the adapter's dtype, the sum back to
+    the base output's dtype, as PEFT's LoRA does.
+    """
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: DiselConfig) -> None:
+        super().__init__()
+        DiselLayer.__init__(self, base_layer)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        result = self.base_layer(x, *args, **kwargs)  # (..., m)
+        if self.disable_adapters:
+            return result
+        result_dtype = result.dtype
+        for name in self.active_adapters:
+            if name not in self.disel_A:
+                continue
+            gate = self.disel_gate[name]
+            x_adapter = self.disel_dropout[name](self._cast_input_dtype(x, gate.weight.dtype))  # (..., d)
+            result = result + disel_update(
+                x_adapter,
+                self.disel_A[name].weight,
+                self.disel_B[name].weight,
+                gate.weight,
+                gate.bias,
+                self.scaling[name],
+            )  # (..., m)
+        return result.to(result_dtype)
+
+    def __repr__(self) -> str:
+        return "disel." + super().__repr__()

@@ -1,0 +1,54 @@
+"""The command-line frame every result-reading figure script shares: draw, save, report.
+
+A figure script's ``main(argv)`` parses its flags and hands :func:`render` a function that reads its
+result files (through :mod:`disel.experiments.results`) and returns the figure. A missing or malformed
+result file ends the script with exit status 2 and one line naming the file and what was wrong; no
+partial figure is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from disel.experiments.results import ResultFileError
+
+from .style import paper_style, savefig
+
+__all__ = ["DEFAULT_OUT", "EXIT_BAD_INPUT", "figure_parser", "render"]
+
+DEFAULT_OUT = Path("paper_figs") / "out"
+EXIT_BAD_INPUT = 2
+
+
+def figure_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParser:
+    """An argument parser described by the first paragraph of the script's docstring, with ``--out``."""
+    description = (module_doc or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: paper_figs/out)")
+    return parser
+
+
+def render(draw: Callable[[], Figure], stem: Path) -> int:
+    """Draw (inside the paper style) and write ``stem.png`` and ``stem.pdf`` atomically.
+
+    Returns 0, or :data:`EXIT_BAD_INPUT` after printing the error if a result file is missing or
+    malformed (:class:`~disel.experiments.results.ResultFileError`).
+    """
+    try:
+        with paper_style():
+            fig = draw()
+            try:
+                paths = savefig(fig, stem)
+            finally:
+                plt.close(fig)
+    except ResultFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("wrote " + ", ".join(str(path) for path in paths))
+    return 0

@@ -304,10 +304,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, str]]:
     """Run the benchmark and print it; returns {rank: {ratio name: printed value}}."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    via = "PEFT DiselConfig" if _disel_config_class() is not None else "DiselLinear swapped in (PEFT integration not found)"
+    via = "PEFT DiselConfig" if _disel_config_class() else "DiselLinear swapped in (PEFT integration not found)"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; DISeL via {via}")
-    print(f"tiny Llama: hidden {args.hidden}, {args.layers} layers, intermediate {args.intermediate}, vocab {args.vocab}, "
-          f"batch {args.batch} x {args.seq} tokens; median of {args.reps} interleaved repetitions after {args.warmup} warmup")
+    print(f"tiny Llama: hidden {args.hidden}, {args.layers} layers, intermediate {args.intermediate}, "
+          f"vocab {args.vocab}, batch {args.batch} x {args.seq} tokens; {args.reps} interleaved repetitions "
+          f"after {args.warmup} warmup")
     base = build_base(args)
     batch = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
     results: dict[int, dict[str, str]] = {}
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, str]]:
             time_ratios(ratios, "branch DISeL/LoRA", times, "disel", "lora")
             time_ratios(ratios, "branch fused/ref", times, "disel", "disel_ref")
 
-        print(f"-- rank {r} ratios (wall-time medians; in parentheses: ratio of wall-time minima, of CPU-time medians):")
+        print(f"-- rank {r} ratios (wall-time medians; in parentheses: wall-time minima, CPU-time medians):")
         for name, value in ratios.items():
             print(f"   {name:32s} {value}")
         results[r] = ratios

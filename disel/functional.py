@@ -82,7 +82,8 @@ class _FusedDiselUpdate(torch.autograd.Function):
 
         ∂B   = δᵀ z                ∂z = δ B
         ∂(Ax) = s · ∂z ⊙ g         ∂(W_g x + b_g) = ∂(Ax) ⊙ (A x) ⊙ (1 − g)
-        ∂[A; W_g] = [∂(Ax), ∂(W_g x + b_g)]ᵀ x,   ∂b_g = Σ ∂(W_g x + b_g),   ∂x = [∂(Ax), ∂(...)] [A; W_g]
+        ∂u = [∂(Ax), ∂(W_g x + b_g)]     ∂[A; W_g] = ∂uᵀ x     ∂x = ∂u [A; W_g]
+        ∂b_g = ∂(W_g x + b_g) summed over tokens
     """
 
     @staticmethod

@@ -32,9 +32,9 @@ DEFAULT_GATE_LR_RATIO = 5.0
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
-    nn.RMSNorm,
     nn.LocalResponseNorm,
-    nn.modules.batchnorm._NormBase,
+    nn.modules.batchnorm._NormBase,  # BatchNorm*d, InstanceNorm*d
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),  # torch >= 2.4
 )
 
 
@@ -207,7 +207,8 @@ def _make_disel_trainer() -> type:
             special = {"params", "model", "optimizer_dict"} & optimizer_kwargs.keys()
             if special or not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
                 raise ValueError(
-                    f"DiselTrainer groups parameters for a standard torch optimizer, but args.optim={self.args.optim!r} "
+                    "DiselTrainer groups parameters for a standard torch optimizer, but "
+                    f"args.optim={self.args.optim!r} "
                     f"builds its own parameter layout; use optim='adamw_torch' (or another plain optimizer), or pass "
                     "optimizers=(optimizer, scheduler) built from disel.param_groups"
                 )

@@ -283,7 +283,9 @@ class GateRecorder:
                  num_layers: int | None = None) -> None:
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins must be a positive integer, got bins={bins!r}")
-        if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1):
+        if num_layers is not None and (
+            isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1
+        ):
             raise ValueError(f"num_layers must be a positive integer or None, got num_layers={num_layers!r}")
         self.model = model
         self.bins = bins
@@ -313,7 +315,11 @@ class GateRecorder:
     def __enter__(self) -> GateRecorder:
         if self._handles:
             raise RuntimeError("this GateRecorder is already recording (contexts cannot be nested)")
-        modules = [(path, module) for path, module in self.model.named_modules() if callable(getattr(module, "active_gates", None))]
+        modules = [
+            (path, module)
+            for path, module in self.model.named_modules()
+            if callable(getattr(module, "active_gates", None))
+        ]
         if not modules:
             raise ValueError(
                 f"no module of the {type(self.model).__name__} has active_gates(): nothing to record "

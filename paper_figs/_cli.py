@@ -52,3 +52,25 @@ def render(draw: Callable[[], Figure], stem: Path) -> int:
         return EXIT_BAD_INPUT
     print("wrote " + ", ".join(str(path) for path in paths))
     return 0
+
+
+def add_runs_arguments(parser: argparse.ArgumentParser, *, evaluator: str, what: str) -> None:
+    """Flags of the checkpoint figures (6–9): which runs, which table, which column, which methods."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs-dir", type=Path, help="folder of training runs (each sub-folder with train_result.json)")
+    source.add_argument("--run", type=Path, nargs="+", help="run directories, listed explicitly")
+    parser.add_argument(
+        "--evaluator", default=evaluator,
+        help=f"read retention_<EVALUATOR>.json in each run (default: {evaluator}, the {what})",
+    )  # fmt: skip
+    parser.add_argument("--metric", default="mean", help="column of that table to plot (default: mean, its headline number)")
+    parser.add_argument("--methods", nargs="+", default=["disel", "lora"], help="one panel each, left to right")
+    parser.add_argument("--ylabel", default=None, help=f"y-axis label (default: '{what} (<evaluator> <metric>)')")
+
+
+def read_runs_from_args(args: argparse.Namespace):
+    """The runs named by :func:`add_runs_arguments`' flags, with ``args.evaluator``'s tables."""
+    from disel.experiments.results import find_run_dirs, read_runs
+
+    run_dirs = args.run if args.run else find_run_dirs(args.runs_dir)
+    return read_runs(run_dirs, args.evaluator)

@@ -7,6 +7,9 @@
 * :func:`gate_histogram_panels` — normalised gate histograms overlaid, one panel per depth third
   (Figures 4, 5, 10, 12, 13).
 * :func:`draw_gate_means` — mean gate per module and depth third as grouped bars (Figures 11, 14).
+* the figure views built from them, each used by two or more scripts: :func:`gates_by_domain_figure`
+  (4, 12), :func:`gates_by_module_figure` (5), :func:`gates_by_kind_figure` (10, 13),
+  :func:`gate_means_figure` (11, 14), :func:`checkpoint_figure` (6–9).
 
 Inputs are the typed results of :mod:`disel.experiments.results`; nothing here reads files. Call inside
 :func:`paper_figs.style.paper_style`.
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -28,20 +33,29 @@ from disel.experiments.results import (
     CheckpointCurve,
     GateHistogram,
     GatesFile,
+    MissingResultFileError,
+    RunResults,
     TradeoffTable,
+    checkpoint_curves,
+    shared_base_value,
     summarize_over_seeds,
 )
 
-from .style import METHOD_COLORS, METHOD_LABELS, TEXT_WIDTH_IN, rank_colors
+from .style import METHOD_COLORS, METHOD_LABELS, TEXT_WIDTH_IN, palette_color, rank_colors
 
 __all__ = [
     "BASE_LINE",
+    "checkpoint_figure",
     "depth_thirds",
     "draw_checkpoint_panels",
     "draw_gate_histograms",
     "draw_gate_means",
     "draw_tradeoff",
     "gate_histogram_panels",
+    "gate_means_figure",
+    "gates_by_domain_figure",
+    "gates_by_kind_figure",
+    "gates_by_module_figure",
     "method_display",
     "module_means_by_depth",
     "ordered",
@@ -102,7 +116,7 @@ def draw_tradeoff(ax: Axes, table: TradeoffTable, *, log_x: bool, base_label: st
         )  # fmt: skip
     ax.axvline(table.base_retention, **BASE_LINE, zorder=1)
     if log_x:
-        ax.set_xscale("log")
+        _log_x(ax, [p.retention_mean for p in points] + [table.base_retention])
     ax.set_xlabel(f"{table.retention_metric} ({_direction(table.retention_higher_is_better)})")
     ax.set_ylabel(table.ft_metric)
     if table.title:
@@ -111,6 +125,30 @@ def draw_tradeoff(ax: Axes, table: TradeoffTable, *, log_x: bool, base_label: st
     handles = [Line2D([], [], marker="o", ls="", color=method_display(m)[1], label=method_display(m)[0]) for m in methods]
     handles.append(Line2D([], [], **BASE_LINE, label=base_label))
     ax.legend(handles=handles, loc="best")
+
+
+def _log_x(ax: Axes, values: Sequence[float]) -> None:
+    """Log x scale with plain-number tick labels: at 1, 2, 5 × 10^k when the data span two of them,
+    else at a few evenly spaced values (a narrow range would otherwise get overlapping minor labels)."""
+    ax.set_xscale("log")
+    axis = ax.xaxis
+    low, high = min(values), max(values)
+    decade_ticks = [m * 10.0**k for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1) for m in (1, 2, 5)]
+    if sum(low <= t <= high for t in decade_ticks) >= 2:
+        axis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    else:
+        axis.set_major_locator(mticker.MaxNLocator(nbins=4))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda value, _: f"{value:.4g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
+
+
+def _pad_flat_range(ax: Axes, values: Sequence[float]) -> None:
+    """Give a y axis whose values are all equal a visible range around them (matplotlib would otherwise
+    pick a meaningless ±1e-17 span for a curve that is flat at 0)."""
+    low, high = min(values), max(values)
+    if high - low <= 1e-12 * max(1.0, abs(high)):
+        pad = max(0.05 * abs(high), 0.05)
+        ax.set_ylim(low - pad, high + pad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,8 +180,11 @@ def draw_checkpoint_panels(
             ax.axhline(base, **BASE_LINE, label="base model")
         ax.set_title(method_display(method)[0])
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
         ax.legend(loc="best")
     axes[0][0].set_ylabel(ylabel)
+    values = [v for c in curves if c.method in methods for v in c.mean] + ([] if base is None else [base])
+    _pad_flat_range(axes[0][0], values)
     return fig
 
 
@@ -221,3 +262,81 @@ def depth_thirds(gates: GatesFile, domain: str) -> list[str]:
     """The depth thirds recorded for ``domain``, in order (a 2-layer model has no late third)."""
     return ordered(list(gates.domain(domain).by_depth), DEPTH_THIRDS)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# The figure views, each shared by two or more figure scripts
+# ------------------------------------------------------------------------------------------------
+
+
+def gates_by_domain_figure(gates: GatesFile, *, domains: Sequence[str] | None = None) -> Figure:
+    """Figures 4 and 12: per depth third, the gate histograms of every domain overlaid."""
+    from .style import DOMAIN_COLORS
+
+    names = list(gates.domains) if domains is None else list(domains)
+    for name in names:
+        gates.domain(name)  # a clear error for an unknown domain before drawing
+    return gate_histogram_panels(
+        gates,
+        lambda depth: [
+            (name, gates.group(name, "by_depth", depth), palette_color(DOMAIN_COLORS, name, i)) for i, name in enumerate(names)
+        ],
+        depths=depth_thirds(gates, names[0]),
+    )
+
+
+def gates_by_module_figure(gates: GatesFile, *, domain: str, modules: Sequence[str]) -> Figure:
+    """Figure 5: per depth third, the gate histograms of the given modules on one domain."""
+    from .style import MODULE_COLORS
+
+    return gate_histogram_panels(
+        gates,
+        lambda depth: [
+            (module, gates.group(domain, "by_depth_and_module", depth, module), palette_color(MODULE_COLORS, module, i))
+            for i, module in enumerate(modules)
+        ],
+        depths=depth_thirds(gates, domain),
+        suptitle=f"{domain} inputs",
+    )
+
+
+def gates_by_kind_figure(gates: GatesFile, *, domain: str) -> Figure:
+    """Figures 10 and 13: per depth third, attention vs MLP gate histograms on one domain."""
+    from .style import KIND_COLORS
+
+    def overlays(depth: str) -> list[Overlay]:
+        kinds = ordered(list(gates.group(domain, "by_depth_and_kind", depth)), ("attention", "mlp", "other"))
+        return [
+            (kind, gates.group(domain, "by_depth_and_kind", depth, kind), palette_color(KIND_COLORS, kind, i))
+            for i, kind in enumerate(kinds)
+        ]
+
+    return gate_histogram_panels(gates, overlays, depths=depth_thirds(gates, domain), suptitle=f"{domain} inputs")
+
+
+def gate_means_figure(gates: GatesFile, *, domain: str, modules: Sequence[str] | None = None) -> Figure:
+    """Figures 11 and 14: mean gate per projection and depth third on one domain."""
+    from .style import DEPTH_COLORS
+
+    means = module_means_by_depth(gates, domain, modules=modules)
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH_IN, 2.2), constrained_layout=True)
+    depths = depth_thirds(gates, domain)
+    draw_gate_means(ax, means, groups=depths, colors={d: palette_color(DEPTH_COLORS, d, i) for i, d in enumerate(depths)})
+    ax.set_title(f"{domain} inputs")
+    return fig
+
+
+def checkpoint_figure(
+    runs: Sequence[RunResults], *, metric: str, methods: Sequence[str], ylabel: str
+) -> Figure:
+    """Figures 6–9: ``metric`` of each run's table over checkpoints, one panel per method (runs of other
+    methods are left out), one curve per rank (mean over seeds), the base model dashed."""
+    selected = [run for run in runs if run.info.method in methods]
+    found = sorted({run.info.method for run in runs})
+    for method in methods:
+        if not any(run.info.method == method for run in selected):
+            where = runs[0].info.run_dir.parent if runs else Path(".")
+            raise MissingResultFileError(where, f"has no run of method {method!r} (train_result.json 'method'); methods found: {found}")
+    curves = checkpoint_curves(selected, metric)
+    base = shared_base_value(selected, metric)
+    return draw_checkpoint_panels(curves, methods=methods, base=base, ylabel=ylabel)

@@ -19,4 +19,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the suite runs tiny models (thread start-up costs more than it saves) and may share the
+# machine with subprocess tests (torchrun, fresh-process reloads); oversubscribed threads are far slower.
+torch.set_num_threads(1)

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import make_tiny_causal_lm, make_tiny_roberta_classifier
+from tiny_models import (
+    LLAMA_TARGET_MODULES,
+    ROBERTA_TARGET_MODULES,
+    make_tiny_causal_lm,
+    make_tiny_roberta_classifier,
+    make_tiny_roberta_mlm,
+)
 
 from disel.experiments import io as experiment_io
 from disel.experiments.cli import main as cli_main
@@ -113,6 +119,20 @@ def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
+def test_tiny_model_fixtures_load_offline(tmp_path, llama_dir):
+    """The shared fixtures load with the Auto classes; RoBERTa's tokenizer frames pairs like the real one."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    causal = AutoModelForCausalLM.from_pretrained(llama_dir)
+    assert {name.rsplit(".", 1)[-1] for name, _ in causal.named_modules()} >= set(LLAMA_TARGET_MODULES)
+    roberta_dir = make_tiny_roberta_mlm(tmp_path / "mlm")
+    tokenizer = AutoTokenizer.from_pretrained(roberta_dir)
+    ids = tokenizer("a cat", "the dog")["input_ids"]
+    assert tokenizer.decode(ids) == "<s>a cat</s></s>the dog</s>"
+    logits = AutoModelForMaskedLM.from_pretrained(roberta_dir)(torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), len(tokenizer))
+
+
 # --------------------------------------------------------------------------------------------------
 # Templates and tokenisation
 # --------------------------------------------------------------------------------------------------
@@ -134,8 +154,10 @@ def test_templates_are_the_papers_quoted_text():
         "accurate and reliable responses to user instructions.\n@@ Instruction\n{instruction}\n@@ Response\n{output}"
     )
     if PAPER_TEXT.is_file():  # the shared paper text sits beside the repository in the project's workspace
-        alpaca = _quoted_template("The math runs use the standard Alpaca template:", "The code runs use the Magicoder template:")
-        magicoder = _quoted_template("The code runs use the Magicoder template:", "III.2 Common training hyperparameters")
+        math_intro = "The math runs use the standard Alpaca template:"
+        code_intro = "The code runs use the Magicoder template:"
+        alpaca = _quoted_template(math_intro, code_intro)
+        magicoder = _quoted_template(code_intro, "III.2 Common training hyperparameters")
         assert ALPACA.prompt + "{output}" == alpaca
         assert MAGICODER.prompt + "{output}" == magicoder
 
@@ -179,7 +201,8 @@ def test_truncation_keeps_prompt_first_and_drops_examples_without_response(llama
 
 def test_collator_pads_right_with_masked_labels():
     """Padding positions get pad ids, attention 0 and label -100; real tokens are unchanged."""
-    batch = CausalLMCollator(pad_token_id=9)([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}])
+    examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}]
+    batch = CausalLMCollator(pad_token_id=9)(examples)
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 9, 9]]
     assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -244,14 +267,17 @@ def test_unknown_key_names_key_and_file(tmp_path):
     """A typo is an error naming the dotted key, the file and the known keys, never a silent default."""
     path = tmp_path / "recipe.yaml"
     path.write_text("model: {path: /m}\ndata: {train_files: [a.jsonl]}\ntraining: {output_dir: o, learing_rate: 1}\n")
-    with pytest.raises(ConfigError, match=rf"unknown key 'training.learing_rate' in {re.escape(str(path))}.*learning_rate"):
+    expected = rf"unknown key 'training.learing_rate' in {re.escape(str(path))}.*learning_rate"
+    with pytest.raises(ConfigError, match=expected):
         load_config(path)
 
 
 def test_types_are_checked_and_yaml_floats_accepted(tmp_path):
     """Wrong types name the key; '1e-3' (a string in YAML 1.1) is accepted as a float."""
     path = tmp_path / "recipe.yaml"
-    path.write_text("model: {path: /m}\ndata: {train_files: [a.jsonl]}\ntraining: {output_dir: o, learning_rate: 1e-3}\n")
+    path.write_text(
+        "model: {path: /m}\ndata: {train_files: [a.jsonl]}\ntraining: {output_dir: o, learning_rate: 1e-3}\n"
+    )
     assert load_config(path).training.learning_rate == pytest.approx(1e-3)
     with pytest.raises(ConfigError, match=r"training.max_steps in .*expected an integer"):
         load_config(path, ["training.max_steps=ten"])
@@ -264,8 +290,10 @@ def test_types_are_checked_and_yaml_floats_accepted(tmp_path):
 def test_overrides_parse_yaml_values_and_json_configs_load(tmp_path):
     """--override values are YAML (ints, lists, null); JSON recipes are read like YAML ones."""
     path = tmp_path / "recipe.json"
-    path.write_text(json.dumps({"model": {"path": "/m"}, "data": {"train_files": ["a.jsonl"]}, "training": {"output_dir": "o"}}))
-    config = load_config(path, ["method.r=16", "method.target_modules=[q_proj,v_proj]", "training.save_total_limit=null"])
+    raw = {"model": {"path": "/m"}, "data": {"train_files": ["a.jsonl"]}, "training": {"output_dir": "o"}}
+    path.write_text(json.dumps(raw))
+    overrides = ["method.r=16", "method.target_modules=[q_proj,v_proj]", "training.save_total_limit=null"]
+    config = load_config(path, overrides)
     assert config.method.r == 16 and config.method.target_modules == ["q_proj", "v_proj"]
     assert config.method.scaling_alpha == 32.0  # lora_alpha defaults to 2r
     assert config_from_dict(config.to_dict()) == config
@@ -298,14 +326,12 @@ def test_every_recipe_loads_and_validates(recipe):
     if config.model.task_type == "causal_lm":
         assert effective == 32 and config.training.gradient_checkpointing
         if config.method.name != "full":
-            assert config.method.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            assert config.method.target_modules == list(LLAMA_TARGET_MODULES)
         if config.method.name == "disel":
             assert config.method.gate_bias_init == -3.0
             assert config.training.learning_rate == 2.0e-4 and config.method.gate_lr == 1.0e-3
     else:
-        assert config.method.target_modules == [
-            "query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"
-        ]
+        assert config.method.target_modules == list(ROBERTA_TARGET_MODULES)
         assert config.method.modules_to_save == ["classifier"]
         if config.method.name == "disel":
             task = recipe.stem.split("_")[2]
@@ -344,7 +370,11 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
     assert any("disel_gate" in name for name in tensors)
     assert any(bool(t.abs().sum() > 0) for name, t in tensors.items() if "disel_B" in name)  # B moved off zero
     # A finished output_dir is not silently overwritten by a second run without resume.
-    with pytest.raises(ConfigError, match="already holds checkpoints.*resume=auto"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-4\).*resume=auto"):
+        train(config)
+    for checkpoint in complete_checkpoints(output):  # nor is one whose only trace is its result file
+        (checkpoint / "trainer_state.json").unlink()
+    with pytest.raises(ConfigError, match=rf"already holds a run \({RESULT_FILE}\)"):
         train(config)
 
 

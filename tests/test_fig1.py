@@ -48,8 +48,14 @@ def test_figure_draws_exactly_the_given_numbers():
             entry["mse"][population] for entry in numbers["methods"].values() for population in ("ft", "pt")
         )
         assert heights == expected
-        lines = {round(y, 9) for collection in ax.collections for segment in collection.get_segments()
-                 for y in {segment[0][1], segment[1][1]} if len(segment) == 2 and segment[0][1] == segment[1][1]}  # fmt: skip
+        # Reference lines are horizontal segments (hlines): collect their heights.
+        lines = {
+            round(float(segment[0][1]), 9)
+            for collection in ax.collections
+            if hasattr(collection, "get_segments")
+            for segment in collection.get_segments()
+            if len(segment) == 2 and segment[0][1] == segment[1][1]
+        }
         for reference in ("fixed_optimum", "bayes"):
             for population in ("ft", "pt"):
                 assert numbers["closed_form"][reference][population] in lines

@@ -151,7 +151,8 @@ def test_gates_strictly_inside_unit_interval_at_the_bound(dtype, sign):
     assert 0.0 < g.item() < 1.0
 
 
-@given(t=st.floats(min_value=-1e4, max_value=1e4, allow_nan=False), dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(t=st.floats(min_value=-1e4, max_value=1e4, allow_nan=False),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
 @example(t=1e4, dtype=torch.float32).via("saturates to exactly 1")
 @example(t=-1e4, dtype=torch.float32).via("saturates to exactly 0")
 def test_gates_in_closed_unit_interval_for_any_finite_preactivation(t, dtype):

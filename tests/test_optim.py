@@ -29,7 +29,8 @@ class _Toy(nn.Module):
         self.disel_gate_lookalike = nn.Linear(6, 2)  # a name that says "gate" on a non-gate
 
     def forward(self, ids):
-        return self.head(self.norm(self.adapted(self.embed(ids)))) + self.oddly_named(self.embed(ids)).sum(-1, keepdim=True)
+        h = self.embed(ids)
+        return self.head(self.norm(self.adapted(h))) + self.oddly_named(h).sum(-1, keepdim=True)
 
 
 def _ids(params) -> set[int]:
@@ -224,7 +225,8 @@ def _check_trained_optimizer(trainer, model, lr, gate_lr, weight_decay, before):
     assert groups["gate"]["weight_decay"] == 0.0
     assert groups["decay"]["weight_decay"] == weight_decay
     assert groups["decay"]["betas"] == (0.8, 0.95) and groups["decay"]["eps"] == 1e-6
-    assert isinstance(getattr(trainer.optimizer, "optimizer", trainer.optimizer), torch.optim.AdamW)  # accelerate wraps it
+    unwrapped = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps the optimizer
+    assert isinstance(unwrapped, torch.optim.AdamW)
     assert _ids(groups["gate"]["params"]) == _ids(_gate_params(model))
     after = {name: p.detach() for name, p in model.named_parameters()}
     changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -265,7 +267,8 @@ def test_disel_trainer_rejects_both_gate_arguments(tmp_path):
     from disel.optim import DiselTrainer
 
     with pytest.raises(ValueError, match="either gate_lr or gate_lr_ratio"):
-        DiselTrainer(model=_swap_in_disel(_tiny_llama()), args=_training_args(tmp_path), gate_lr=1e-3, gate_lr_ratio=2.0)
+        DiselTrainer(model=_swap_in_disel(_tiny_llama()), args=_training_args(tmp_path), gate_lr=1e-3,
+                     gate_lr_ratio=2.0)
 
 
 def test_disel_trainer_keeps_a_given_optimizer(tmp_path):

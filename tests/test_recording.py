@@ -57,7 +57,10 @@ def _capture_inputs(model):
     inputs, handles = {}, []
     for path, module in model.named_modules():
         if isinstance(module, DiselLinear):
-            handles.append(module.register_forward_pre_hook(lambda m, args, path=path: inputs.setdefault(path, []).append(args[0].detach())))
+            def keep(module, args, path=path):
+                inputs.setdefault(path, []).append(args[0].detach())
+
+            handles.append(module.register_forward_pre_hook(keep))
     return inputs, handles
 
 
@@ -147,7 +150,8 @@ def test_token_mask_can_change_per_batch_and_be_cleared():
 def test_token_mask_of_wrong_shape_is_an_error_naming_the_module():
     """A mask that does not match the layer input's leading shape raises, naming the module and the shapes."""
     model = _Stack(num_layers=1).eval()
-    with pytest.raises(ValueError, match=r"token_mask has shape \(2, 3\).*model\.layers\.0\.self_attn\.q_proj.*\(2, 5\)"):
+    message = r"token_mask has shape \(2, 3\).*model\.layers\.0\.self_attn\.q_proj.*\(2, 5\)"
+    with pytest.raises(ValueError, match=message):
         with record_gates(model, token_mask=torch.ones(2, 3, dtype=torch.bool)):
             model(torch.randn(2, 5, 6))
     with pytest.raises(ValueError, match="token_mask must be bool"):
@@ -227,7 +231,9 @@ def test_short_names_are_last_component_extended_only_to_disambiguate():
     assert list(_short_names(llama).values()) == ["q_proj", "k_proj", "down_proj"]
     roberta = [f"roberta.encoder.layer.2.{p}" for p in
                ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")]
-    assert list(_short_names(roberta).values()) == ["query", "attention.output.dense", "intermediate.dense", "output.dense"]
+    assert list(_short_names(roberta).values()) == [
+        "query", "attention.output.dense", "intermediate.dense", "output.dense"
+    ]
     gpt2 = [f"transformer.h.5.{p}" for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
     assert list(_short_names(gpt2).values()) == ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
     seq2seq = ["model.encoder.layers.0.self_attn.q_proj", "model.decoder.layers.0.self_attn.q_proj"]
@@ -314,7 +320,8 @@ def test_to_dict_and_atomic_save_json(tmp_path):
     assert data["bin_edges"] == [0.0, 0.25, 0.5, 0.75, 1.0] and data["num_layers"] == 3
     assert len(data["modules"]) == 6 and set(data["by_depth"]) == {"early", "mid", "late"}
     module = data["modules"][0]
-    assert module["layer"] == 0 and module["module"] == "q_proj" and module["paths"] == ["model.layers.0.self_attn.q_proj"]
+    assert module["layer"] == 0 and module["module"] == "q_proj"
+    assert module["paths"] == ["model.layers.0.self_attn.q_proj"]
     assert sum(module["histogram"]) == module["count"] and math.isfinite(module["mean"])
     assert os.listdir(tmp_path) == ["gates.json"]
 

@@ -96,7 +96,7 @@ def test_learned_gate_tracks_the_bayes_posterior(figure1):
 
 
 def test_learned_gate_row_points_along_the_discriminant(figure1):
-    """Eq. 28, 31: each learned gate row W_g[i] is close in direction to w = Σ⁻¹(μ_ft − μ_pt) (cosine > 0.95)."""
+    """Eq. 28, 31: each learned gate row W_g[i] points along w = Σ⁻¹(μ_ft − μ_pt) (cosine > 0.95)."""
     w, _ = toy.bayes_discriminant(figure1.problem)
     rows = figure1.runs["disel"].layer.disel_gate.weight.detach().numpy()
     cosines = rows @ w / (np.linalg.norm(rows, axis=1) * np.linalg.norm(w))

@@ -1,7 +1,8 @@
 """The toy of THEORY.md §2: a Gaussian-mixture regression where a fixed update must forget.
 
 ``toy.problem`` describes the problem, ``toy.closed_form`` computes its closed forms (float64 NumPy/SciPy,
-one function per quantity, each docstring citing its equation).
+one function per quantity, each docstring citing its equation), ``toy.train`` trains full FT, LoRA and
+DISeL on samples with the same ``disel.DiselLinear`` layer, ``toy.sweeps`` varies separation and rank.
 """
 
 from .closed_form import (
@@ -19,6 +20,8 @@ from .closed_form import (
     second_moments,
 )
 from .problem import MixtureProblem, MixtureSample
+from .sweeps import Sweep, SweepPoint, rank_sweep, separation_sweep
+from .train import METHODS, Figure1Result, ToyRunResult, ToyTrainConfig, mean_gate, run_figure1, train_method
 
 __all__ = [
     "MixtureProblem",
@@ -35,4 +38,15 @@ __all__ = [
     "correction_mse",
     "disel_bayes_parameters",
     "plant_bayes_layer",
+    "METHODS",
+    "ToyTrainConfig",
+    "ToyRunResult",
+    "Figure1Result",
+    "train_method",
+    "run_figure1",
+    "mean_gate",
+    "Sweep",
+    "SweepPoint",
+    "separation_sweep",
+    "rank_sweep",
 ]

@@ -82,7 +82,10 @@ def _figure1(args: argparse.Namespace) -> int:
     print(f"Figure 1 (seed {config.seed}, {config.steps} steps, d = m = {result.problem.d}, "
           f"r = rank Δ = {result.problem.rank_delta}); excess MSE on fresh samples:")
     print(result.table())
-    print("fixed optimum = ¼ tr(Δ S Δᵀ) (eq. 19–20); Bayes = E[(1−π)²‖Δx‖²] on P_ft, E[π²‖Δx‖²] on P_pt (eq. 25)")
+    print(
+        "fixed optimum = ¼ tr(Δ S Δᵀ) (eq. 19–20); "
+        "Bayes = E[(1−π)²‖Δx‖²] on P_ft, E[π²‖Δx‖²] on P_pt (eq. 25)"
+    )
     print(f"trained and evaluated in {seconds:.1f} s")
     paths = [json_path]
     if args.figure:
@@ -127,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--seed", type=int, default=0, help="seeds the problem, the training and the evaluation (default 0)")
+        sub.add_argument(
+            "--seed", type=int, default=0, help="seeds the problem, the training and the evaluation (default 0)"
+        )
         sub.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
         sub.add_argument(
             "--steps", type=int, default=None,
@@ -143,13 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     separation = commands.add_parser("sweep-separation", help="mixture MSE against |μ| (closed forms + DISeL)")
     common(separation)
     separation.add_argument("--means", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0])
-    separation.add_argument("--trained", type=float, nargs="*", default=[0.5, 1.0, 2.0], help="means at which DISeL trains")
+    separation.add_argument(
+        "--trained", type=float, nargs="*", default=[0.5, 1.0, 2.0], help="means at which DISeL trains"
+    )
     separation.set_defaults(handler=_sweep)
 
     rank = commands.add_parser("sweep-rank", help="mixture MSE against rank r (closed forms + LoRA, DISeL)")
     common(rank)
     rank.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8])
-    rank.add_argument("--trained", type=int, nargs="*", default=[1, 2, 4, 6], help="ranks at which LoRA and DISeL train")
+    rank.add_argument(
+        "--trained", type=int, nargs="*", default=[1, 2, 4, 6], help="ranks at which LoRA and DISeL train"
+    )
     rank.add_argument("--rank-delta", type=int, default=4, help="rank of the task update Δ (default 4)")
     rank.set_defaults(handler=_sweep)
     return parser

@@ -46,8 +46,8 @@ The DISeL recipe, and why (measured on the Figure 1 setting; "ratio" = DISeL mix
     still until ``B`` carries the task: 0 of 24 runs stuck at ``b_g = 0`` with it (and 1 of 24 without
     it at twice the learning rates). A long delay with closed gates is harmful instead: ``B A`` grows to
     compensate (‖B A‖ ≈ 5 ‖Δ‖ after 200 steps at lr 1e-2) and the gate trades that scale back slowly
-    (ratios up to 3.5 after 2000 steps with a 200-step delay at lr 1e-2). The paper's ``b_g = −3`` protects an LLM's behaviour at the start;
-    here ``B = 0`` already makes the initial layer exactly ``W0``.
+    (ratios up to 3.5 after 2000 steps with a 200-step delay at lr 1e-2). The paper's ``b_g = −3``
+    protects an LLM's behaviour at the start; here ``B = 0`` already makes the initial layer exactly ``W0``.
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ METHODS: tuple[str, ...] = get_args(Method)
 OPEN_GATE_BIAS = 40.0
 
 LrSchedule = Literal["cosine", "constant"]
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +154,7 @@ class ToyTrainConfig:
             raise ValueError(f"eval_samples must be >= 2 (for a standard error), got {self.eval_samples!r}")
         for name in ("lr", "gate_lr"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            if not _is_real(value) or not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {name}={value!r}")
         if not isinstance(self.gate_delay_steps, int) or isinstance(self.gate_delay_steps, bool) or not (
             0 <= self.gate_delay_steps < self.steps
@@ -159,9 +163,7 @@ class ToyTrainConfig:
                 f"gate_delay_steps must be an integer in [0, steps) = [0, {self.steps}), "
                 f"got gate_delay_steps={self.gate_delay_steps!r}"
             )
-        if isinstance(self.gate_bias_init, bool) or not isinstance(self.gate_bias_init, (int, float)) or not math.isfinite(
-            self.gate_bias_init
-        ):
+        if not _is_real(self.gate_bias_init) or not math.isfinite(self.gate_bias_init):
             raise ValueError(f"gate_bias_init must be a finite number, got gate_bias_init={self.gate_bias_init!r}")
         if self.gate_weight_init not in ("kaiming", "zero"):
             raise ValueError(f"gate_weight_init must be 'kaiming' or 'zero', got {self.gate_weight_init!r}")
@@ -343,7 +345,10 @@ def _minibatch(
         x, y, _ = problem.sample(config.batch_size, rng)
     else:
         n_ft = round(problem.p_ft * config.batch_size)
-        parts = [problem.sample(n_ft, rng, population="ft"), problem.sample(config.batch_size - n_ft, rng, population="pt")]
+        parts = [
+            problem.sample(n_ft, rng, population="ft"),
+            problem.sample(config.batch_size - n_ft, rng, population="pt"),
+        ]
         x = np.concatenate([part.x for part in parts])
         y = np.concatenate([part.y for part in parts])
     return torch.from_numpy(x), torch.from_numpy(y)
@@ -448,7 +453,8 @@ def format_figure1_table(numbers: Mapping[str, Any]) -> str:
         rows.append((label, f"{mse['ft']:.4g}", f"{mse['pt']:.4g}", f"{mse['mixture']:.4g}"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
-        "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)) for row in rows
+        "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(numbers["methods"]) + 2, "-" * len(lines[0]))

@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="disel-train",
         description="Fine-tune a local model with DISeL, LoRA, DoRA, AdaLoRA or full fine-tuning from a recipe file.",
     )
-    parser.add_argument("--config", required=True, help="recipe file (YAML or JSON), e.g. recipes/roberta_base_sst2.yaml")
+    parser.add_argument(
+        "--config", required=True, help="recipe file (YAML or JSON), e.g. recipes/roberta_base_sst2_disel.yaml"
+    )
     parser.add_argument(
         "--override",
         nargs="+",
@@ -62,11 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataFormatError, FileNotFoundError) as error:
         print(f"disel-train: error: {error}", file=sys.stderr)
         return 2
-    if result.parameter_sha256_per_rank and _is_main_process():
+    if _is_main_process():
         eval_text = ", ".join(f"{k}={v:.4g}" for k, v in result.eval.items() if k in ("eval_loss", "eval_accuracy"))
         print(
-            f"disel-train: {result.method} r={result.rank} finished {result.global_step} steps on "
-            f"{result.world_size} process(es); final train loss {result.final_train_loss}"
+            f"disel-train: {result.method}{'' if result.rank is None else f' r={result.rank}'} finished "
+            f"{result.global_step} steps on {result.world_size} process(es); final train loss {result.final_train_loss}"
             + (f"; {eval_text}" if eval_text else "")
             + f"; wrote {os.path.join(result.output_dir, RESULT_FILE)}"
         )

@@ -446,7 +446,7 @@ def _validate(config: ExperimentConfig, source: str) -> None:
         fail("model.path", "required: a local directory holding the model (disel never downloads)")
     if model.task_type == "sequence_classification":
         if model.num_labels is None or model.num_labels < 1:
-            fail("model.num_labels", f"a positive integer is required for sequence_classification, got {model.num_labels!r}")
+            fail("model.num_labels", f"required for sequence_classification (a positive int), got {model.num_labels}")
         if data.label_names is not None and len(data.label_names) != model.num_labels:
             fail("data.label_names", f"has {len(data.label_names)} names but model.num_labels is {model.num_labels}")
     if not data.train_files and data.dataset is None:
@@ -503,7 +503,10 @@ def _validate(config: ExperimentConfig, source: str) -> None:
         fail("training.warmup_steps", f"must be >= 0, got {training.warmup_steps}")
     if training.warmup_ratio is not None and not 0.0 <= training.warmup_ratio < 1.0:
         fail("training.warmup_ratio", f"must be in [0, 1), got {training.warmup_ratio}")
-    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+    positive = (
+        "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"
+    )
+    for key in positive:
         if getattr(training, key) < 1:
             fail(f"training.{key}", f"must be a positive integer, got {getattr(training, key)}")
     if training.max_steps is not None and training.max_steps < 1:
@@ -524,7 +527,7 @@ def _validate(config: ExperimentConfig, source: str) -> None:
 # TrainingArguments fields that TrainingConfig (or train()) already sets: refused in trainer_args.
 _SET_BY_CONFIG = {
     "output_dir", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-    "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "per_device_train_batch_size", "per_device_eval_batch_size",
     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "bf16", "fp16", "gradient_checkpointing",
     "gradient_checkpointing_kwargs", "activation_checkpointing", "activation_checkpointing_kwargs",
     "prediction_loss_only", "seed", "data_seed", "full_determinism", "logging_steps", "eval_strategy",

@@ -160,7 +160,9 @@ def _read_json(path: Path) -> list[Row]:
     rows = []
     for index, values in enumerate(items):
         if not isinstance(values, dict):
-            raise DataFormatError(f"{path}, item {index} (0-based): expected a JSON object, got {type(values).__name__}")
+            raise DataFormatError(
+                f"{path}, item {index} (0-based): expected a JSON object, got {type(values).__name__}"
+            )
         rows.append(Row(values, str(path), f"item {index} (0-based)"))
     return rows
 
@@ -193,7 +195,8 @@ def load_dataset_rows(name: str, config_name: str | None = None, split: str = "t
     datasets.config.HF_HUB_OFFLINE = True
     source = f"dataset {name!r}" + (f" ({config_name})" if config_name else "") + f" split {split!r}"
     try:
-        if Path(name).is_dir() and any((Path(name) / marker).exists() for marker in ("dataset_dict.json", "state.json")):
+        saved_markers = ("dataset_dict.json", "state.json")  # what save_to_disk writes (DatasetDict / Dataset)
+        if Path(name).is_dir() and any((Path(name) / marker).exists() for marker in saved_markers):
             loaded = datasets.load_from_disk(name)
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
@@ -286,7 +289,11 @@ def tokenize_classification(
 ) -> dict[str, Any]:
     """``input_ids`` / ``attention_mask`` of the (pair of) sentence(s), truncated to ``max_length``, and ``labels``."""
     encoding = tokenizer(text, text_pair, truncation=True, max_length=max_length)
-    return {"input_ids": list(encoding["input_ids"]), "attention_mask": list(encoding["attention_mask"]), "labels": label}
+    return {
+        "input_ids": list(encoding["input_ids"]),
+        "attention_mask": list(encoding["attention_mask"]),
+        "labels": label,
+    }
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -381,7 +388,9 @@ def _tokenize_rows(
     for row in rows:
         if task_type == "sequence_classification":
             text = _string_field(row, config.text_field, "data.text_field")
-            pair = _string_field(row, config.text_pair_field, "data.text_pair_field") if config.text_pair_field else None
+            pair = None
+            if config.text_pair_field:
+                pair = _string_field(row, config.text_pair_field, "data.text_pair_field")
             label = _label(row, config, num_labels)
             example = tokenize_classification(tokenizer, text, pair, label, config.max_length)
         elif config.template == "none":

@@ -30,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,8 @@ class TrainResult:
         ``"disel.train_result/1"``.
     ``name`` (str | null)
         ``config.name``.
-    ``method`` (str), ``rank`` (int), ``task_type`` (str), ``model_path`` (str)
-        Copied from the config for quick filtering (``rank`` is ``method.r``; meaningless for ``full``).
+    ``method`` (str), ``rank`` (int | null), ``task_type`` (str), ``model_path`` (str)
+        Copied from the config for quick filtering (``rank`` is ``method.r``; null for ``full``).
     ``config`` (object)
         The full resolved :class:`~disel.experiments.config.ExperimentConfig` (``to_dict()``).
     ``output_dir`` (str), ``adapter_dir`` (str)
@@ -113,7 +113,7 @@ class TrainResult:
 
     name: str | None
     method: str
-    rank: int
+    rank: int | None
     task_type: str
     model_path: str
     config: dict[str, Any]
@@ -147,7 +147,9 @@ class TrainResult:
         """Read ``<output_dir>/train_result.json``."""
         raw = read_json(Path(output_dir) / RESULT_FILE)
         if raw.get("schema") != RESULT_SCHEMA:
-            raise ValueError(f"{Path(output_dir) / RESULT_FILE}: expected schema {RESULT_SCHEMA!r}, got {raw.get('schema')!r}")
+            raise ValueError(
+                f"{Path(output_dir) / RESULT_FILE}: expected schema {RESULT_SCHEMA!r}, got {raw.get('schema')!r}"
+            )
         return cls(**raw)
 
 
@@ -178,14 +180,15 @@ def resolve_resume(training: TrainingConfig) -> str | None:
 
     Raises:
         ConfigError: ``resume`` is a path that is not a checkpoint, or is None while ``output_dir``
-            already holds checkpoints (a restarted job must say ``resume: auto`` or use a new folder).
+            already holds checkpoints or a result (a restarted job must say ``resume: auto`` or use a new folder).
     """
     existing = complete_checkpoints(training.output_dir)
     if training.resume is None:
-        if existing:
+        if existing or (Path(training.output_dir) / RESULT_FILE).exists():
+            found = existing[-1].name if existing else RESULT_FILE
             raise ConfigError(
-                f"training.output_dir {training.output_dir!r} already holds checkpoints ({existing[-1].name} ...); "
-                "set training.resume=auto to continue that run, or choose a new output_dir"
+                f"training.output_dir {training.output_dir!r} already holds a run ({found}); "
+                "set training.resume=auto to continue it, or choose a new output_dir"
             )
         return None
     if training.resume == "auto":
@@ -244,15 +247,39 @@ def load_model(model_config: ModelConfig, pad_token_id: int | None = None) -> to
 
     path = _check_model_path(model_config)
     dtype = model_config.dtype if model_config.dtype == "auto" else getattr(torch, model_config.dtype)
-    kwargs = {**_local_kwargs(model_config), "dtype": dtype}
+    kwargs = {**_local_kwargs(model_config), _dtype_keyword(): dtype}
     if model_config.attn_implementation is not None:
         kwargs["attn_implementation"] = model_config.attn_implementation
+    if model_config.gguf_file is not None:
+        kwargs.update(_gguf_dequantize_kwargs())
     if model_config.task_type == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=model_config.num_labels, **kwargs)
     if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def _gguf_dequantize_kwargs() -> dict[str, Any]:
+    """Ask for plain dense weights from a GGUF file. transformers >= 5 may keep GGUF blocks (when a matmul
+    kernel exists) and then refuses to train the model; dequantized, it is an ordinary float model."""
+    import inspect
+
+    try:
+        from transformers.utils.quantization_config import GgufConfig
+    except ImportError:  # older transformers always dequantize GGUF weights
+        return {}
+    if "dequantize" not in inspect.signature(GgufConfig).parameters:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 def _local_kwargs(model_config: ModelConfig) -> dict[str, Any]:
@@ -336,7 +363,7 @@ def _estimate_total_steps(config: ExperimentConfig, n_train: int) -> int:
         return training.max_steps
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     batches = math.ceil(n_train / (training.per_device_train_batch_size * world_size))
-    per_epoch = max(batches // training.gradient_accumulation_steps + int(batches % training.gradient_accumulation_steps > 0), 1)
+    per_epoch = max(math.ceil(batches / training.gradient_accumulation_steps), 1)
     return math.ceil(training.num_train_epochs * per_epoch)
 
 
@@ -453,10 +480,13 @@ def _training_arguments(config: ExperimentConfig, has_validation: bool):
     eval_strategy = training.eval_strategy or ("epoch" if has_validation else "no")
     if eval_strategy != "no" and not has_validation:
         raise ConfigError(f"training.eval_strategy is {eval_strategy!r} but there is no validation data")
+    argument_names = {f.name for f in dataclasses.fields(TrainingArguments)}
     if training.warmup_steps is not None:
-        warmup: float | int = training.warmup_steps
+        warmup = {"warmup_steps": training.warmup_steps}
     else:
-        warmup = 0.03 if training.warmup_ratio is None else training.warmup_ratio  # transformers: float < 1 = ratio
+        ratio = 0.03 if training.warmup_ratio is None else training.warmup_ratio
+        # transformers 5 reads a float warmup_steps < 1 as a ratio; 4.x has warmup_ratio.
+        warmup = {"warmup_ratio": ratio} if "warmup_ratio" in argument_names else {"warmup_steps": ratio}
     save_steps = training.save_steps
     find_unused = training.ddp_find_unused_parameters
     if find_unused is None and config.method.name != "full":
@@ -470,7 +500,7 @@ def _training_arguments(config: ExperimentConfig, has_validation: bool):
         adam_epsilon=training.adam_epsilon,
         max_grad_norm=training.max_grad_norm,
         lr_scheduler_type=training.lr_scheduler_type,
-        warmup_steps=warmup,
+        **warmup,
         per_device_train_batch_size=training.per_device_train_batch_size,
         per_device_eval_batch_size=training.per_device_eval_batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
@@ -591,6 +621,16 @@ def _distribution_version(name: str) -> str:
         return "unknown"
 
 
+def _final_evaluation(trainer) -> dict[str, Any]:
+    """Metrics at the final step: the evaluation the schedule already ran there, else a new one."""
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            if entry.get("step") == trainer.state.global_step:
+                return dict(entry)
+            break
+    return trainer.evaluate()
+
+
 def _float_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -641,7 +681,7 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
     if trainer.is_fsdp_enabled:  # the final adapter / model as one full state dict, not per-rank shards
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))
-    eval_metrics = trainer.evaluate() if data.validation is not None else {}
+    eval_metrics = _final_evaluation(trainer) if data.validation is not None else {}
 
     from accelerate.utils import gather_object
 
@@ -652,7 +692,7 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
     result = TrainResult(
         name=config.name,
         method=config.method.name,
-        rank=config.method.r,
+        rank=None if config.method.name == "full" else config.method.r,
         task_type=config.model.task_type,
         model_path=config.model.path,
         config=config.to_dict(),

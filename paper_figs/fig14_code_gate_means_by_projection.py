@@ -1,0 +1,34 @@
+"""Figure 14: mean gate value per projection and depth third, second model (code-tuned).
+
+Reads one ``disel.gates/1`` file (:func:`disel.experiments.gates.analyze_gates`, or
+``python -m disel.experiments.eval_cli gates``): post-sigmoid gate values of a trained DISeL adapter
+on held-out inputs, grouped by depth third (early / mid / late layers). The view of Figure 11 for the second
+model, on ``--domain`` (default ``code``, its fine-tuning domain).
+
+    python -m paper_figs.fig14_code_gate_means_by_projection --gates results/gates_code.json --domain code
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from disel.experiments.results import read_gates
+
+from ._cli import figure_parser, render
+from ._plots import gate_means_figure
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = figure_parser(__doc__, "python -m paper_figs.fig14_code_gate_means_by_projection")
+    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (eval_cli gates)")
+    parser.add_argument("--domain", default="code", help="input domain (default: code)")
+    parser.add_argument("--modules", nargs="+", default=None, help="projections to show (default: all recorded)")
+    args = parser.parse_args(argv)
+    return render(lambda: gate_means_figure(read_gates(args.gates), domain=args.domain, modules=args.modules), args.out / "figure14")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

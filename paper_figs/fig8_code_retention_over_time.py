@@ -1,0 +1,36 @@
+"""Figure 8: retention at every checkpoint, per rank, DISeL (left) vs LoRA (right); code-tuned model.
+
+Reads, in every run directory (``--runs-dir`` holding one sub-folder per run, or ``--run`` listing them),
+``train_result.json`` (``disel.train_result/1``: the run's method, rank and seed) and
+``retention_<evaluator>.json`` (``disel.retention/1``, written by
+:func:`disel.experiments.retention.evaluate_checkpoints`: one row per saved checkpoint plus the base
+model). One panel per method (DISeL left, LoRA right), one line per rank (the mean over seeds at each
+step, ± one standard deviation shaded when there are several); the dashed line is the base model's row.
+The paper: Mistral-7B on Magicoder, retention as in Figure 6 (evaluator ``lm-eval``).
+
+    python -m paper_figs.fig8_code_retention_over_time --runs-dir results/runs_code --evaluator lm-eval
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._cli import add_runs_arguments, figure_parser, read_runs_from_args, render
+from ._plots import checkpoint_figure
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = figure_parser(__doc__, "python -m paper_figs.fig8_code_retention_over_time")
+    add_runs_arguments(parser, evaluator="lm-eval", what="retention")
+    args = parser.parse_args(argv)
+    ylabel = args.ylabel or f"retention ({args.evaluator} {args.metric})"
+    return render(
+        lambda: checkpoint_figure(read_runs_from_args(args), metric=args.metric, methods=args.methods, ylabel=ylabel),
+        args.out / "figure8",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,7 +16,7 @@ from pathlib import Path
 from disel.experiments.results import read_gates
 
 from ._cli import figure_parser, render
-from ._plots import gate_means_figure
+from .plots import gate_means_figure
 
 __all__ = ["main"]
 

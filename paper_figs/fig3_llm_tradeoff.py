@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from disel.experiments.results import TradeoffTable, read_tradeoff_table
 
 from ._cli import figure_parser, render
-from ._plots import draw_tradeoff
+from .plots import draw_tradeoff
 from .style import TEXT_WIDTH_IN
 
 __all__ = ["main", "plot_figure3"]

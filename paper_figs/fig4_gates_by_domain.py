@@ -19,7 +19,7 @@ from pathlib import Path
 from disel.experiments.results import read_gates
 
 from ._cli import figure_parser, render
-from ._plots import gates_by_domain_figure
+from .plots import gates_by_domain_figure
 
 __all__ = ["main"]
 

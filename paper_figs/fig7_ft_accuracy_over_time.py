@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._cli import add_runs_arguments, figure_parser, read_runs_from_args, render
-from ._plots import checkpoint_figure
+from .plots import checkpoint_figure
 
 __all__ = ["main"]
 

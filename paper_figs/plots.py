@@ -7,9 +7,9 @@
 * :func:`gate_histogram_panels` — normalised gate histograms overlaid, one panel per depth third
   (Figures 4, 5, 10, 12, 13).
 * :func:`draw_gate_means` — mean gate per module and depth third as grouped bars (Figures 11, 14).
-* the figure views built from them, each used by two or more scripts: :func:`gates_by_domain_figure`
-  (4, 12), :func:`gates_by_module_figure` (5), :func:`gates_by_kind_figure` (10, 13),
-  :func:`gate_means_figure` (11, 14), :func:`checkpoint_figure` (6–9).
+* the figure views built from them, so that the figure scripts stay thin and the notebooks draw with
+  the same code: :func:`gates_by_domain_figure` (4, 12), :func:`gates_by_module_figure` (5),
+  :func:`gates_by_kind_figure` (10, 13), :func:`gate_means_figure` (11, 14), :func:`checkpoint_figure` (6–9).
 
 Inputs are the typed results of :mod:`disel.experiments.results`; nothing here reads files. Call inside
 :func:`paper_figs.style.paper_style`.
@@ -265,7 +265,7 @@ def depth_thirds(gates: GatesFile, domain: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# The figure views, each shared by two or more figure scripts
+# The figure views (each script is a thin main() over one of these)
 # ------------------------------------------------------------------------------------------------
 
 

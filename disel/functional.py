@@ -116,12 +116,11 @@ class _FusedDiselUpdate(torch.autograd.Function):
         g = torch.sigmoid(pre_gate)  # (..., r)
         g_scaled = g * s  # (..., r)
         grad_z = F.linear(grad_out, lora_B.t())  # (..., r): δ B
-        # ∂u = [∂(Ax), ∂(W_g x + b_g)] written into one buffer (no concatenation).
-        grad_u = grad_z.new_empty(*grad_z.shape[:-1], 2 * r)  # (..., 2r)
-        grad_ax, grad_pre = grad_u.split(r, dim=-1)  # (..., r) views
-        torch.mul(grad_z, g_scaled, out=grad_ax)
-        torch.mul(grad_ax, ax, out=grad_pre)
-        grad_pre.mul_(1 - g)
+        # Out-of-place, then one concatenation: writing into split views with out= is cheaper in eager
+        # mode but torch.compile cannot trace out= into non-contiguous tensors (a graph break per layer).
+        grad_ax = grad_z * g_scaled  # (..., r)
+        grad_pre = grad_ax * ax * (1 - g)  # (..., r)
+        grad_u = torch.cat([grad_ax, grad_pre], dim=-1)  # (..., 2r)
 
         grad_x = grad_A = grad_B = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:

@@ -57,13 +57,17 @@ def render(draw: Callable[[], Figure], stem: Path) -> int:
 def add_runs_arguments(parser: argparse.ArgumentParser, *, evaluator: str, what: str) -> None:
     """Flags of the checkpoint figures (6–9): which runs, which table, which column, which methods."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--runs-dir", type=Path, help="folder of training runs (each sub-folder with train_result.json)")
+    source.add_argument(
+        "--runs-dir", type=Path, help="folder of training runs (each sub-folder with train_result.json)"
+    )
     source.add_argument("--run", type=Path, nargs="+", help="run directories, listed explicitly")
     parser.add_argument(
         "--evaluator", default=evaluator,
         help=f"read retention_<EVALUATOR>.json in each run (default: {evaluator}, the {what})",
     )  # fmt: skip
-    parser.add_argument("--metric", default="mean", help="column of that table to plot (default: mean, its headline number)")
+    parser.add_argument(
+        "--metric", default="mean", help="column of that table to plot (default: mean, its headline number)"
+    )
     parser.add_argument("--methods", nargs="+", default=["disel", "lora"], help="one panel each, left to right")
     parser.add_argument("--ylabel", default=None, help=f"y-axis label (default: '{what} (<evaluator> <metric>)')")
 

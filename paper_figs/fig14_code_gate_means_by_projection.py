@@ -27,7 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--domain", default="code", help="input domain (default: code)")
     parser.add_argument("--modules", nargs="+", default=None, help="projections to show (default: all recorded)")
     args = parser.parse_args(argv)
-    return render(lambda: gate_means_figure(read_gates(args.gates), domain=args.domain, modules=args.modules), args.out / "figure14")
+    return render(
+        lambda: gate_means_figure(read_gates(args.gates), domain=args.domain, modules=args.modules),
+        args.out / "figure14",
+    )
 
 
 if __name__ == "__main__":

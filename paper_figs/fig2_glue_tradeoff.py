@@ -34,7 +34,9 @@ def plot_figure2(table: TradeoffTable) -> Figure:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = figure_parser(__doc__, "python -m paper_figs.fig2_glue_tradeoff")
-    parser.add_argument("--tradeoff", type=Path, required=True, help="disel.tradeoff/1 table (GLUE accuracy vs MLM perplexity)")
+    parser.add_argument(
+        "--tradeoff", type=Path, required=True, help="disel.tradeoff/1 table (GLUE accuracy vs MLM perplexity)"
+    )
     args = parser.parse_args(argv)
     return render(lambda: plot_figure2(read_tradeoff_table(args.tradeoff)), args.out / "figure2")
 

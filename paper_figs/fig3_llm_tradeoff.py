@@ -38,11 +38,16 @@ def plot_figure3(tables: Sequence[TradeoffTable], *, log_x: bool = False) -> Fig
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = figure_parser(__doc__, "python -m paper_figs.fig3_llm_tradeoff")
-    parser.add_argument("--tradeoff", type=Path, nargs="+", required=True, help="disel.tradeoff/1 tables, one panel each")
-    parser.add_argument("--log-x", action="store_true", help="log-scale retention axis (for a perplexity retention metric)")
+    parser.add_argument(
+        "--tradeoff", type=Path, nargs="+", required=True, help="disel.tradeoff/1 tables, one panel each"
+    )
+    parser.add_argument(
+        "--log-x", action="store_true", help="log-scale retention axis (for a perplexity retention metric)"
+    )
     args = parser.parse_args(argv)
     return render(
-        lambda: plot_figure3([read_tradeoff_table(path) for path in args.tradeoff], log_x=args.log_x), args.out / "figure3"
+        lambda: plot_figure3([read_tradeoff_table(path) for path in args.tradeoff], log_x=args.log_x),
+        args.out / "figure3",
     )
 
 

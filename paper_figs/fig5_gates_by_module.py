@@ -28,7 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--domain", default="math", help="input domain (default: math, the fine-tuning domain)")
     parser.add_argument("--modules", nargs="+", default=["v_proj", "up_proj", "down_proj"], help="modules to overlay")
     args = parser.parse_args(argv)
-    return render(lambda: gates_by_module_figure(read_gates(args.gates), domain=args.domain, modules=args.modules), args.out / "figure5")
+    return render(
+        lambda: gates_by_module_figure(read_gates(args.gates), domain=args.domain, modules=args.modules),
+        args.out / "figure5",
+    )
 
 
 if __name__ == "__main__":

@@ -122,7 +122,9 @@ def draw_tradeoff(ax: Axes, table: TradeoffTable, *, log_x: bool, base_label: st
     if table.title:
         ax.set_title(table.title)
     methods = list(dict.fromkeys(p.method for p in points))
-    handles = [Line2D([], [], marker="o", ls="", color=method_display(m)[1], label=method_display(m)[0]) for m in methods]
+    handles = [
+        Line2D([], [], marker="o", ls="", color=method_display(m)[1], label=method_display(m)[0]) for m in methods
+    ]
     handles.append(Line2D([], [], **BASE_LINE, label=base_label))
     ax.legend(handles=handles, loc="best")
 
@@ -133,7 +135,9 @@ def _log_x(ax: Axes, values: Sequence[float]) -> None:
     ax.set_xscale("log")
     axis = ax.xaxis
     low, high = min(values), max(values)
-    decade_ticks = [m * 10.0**k for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1) for m in (1, 2, 5)]
+    decade_ticks = [
+        m * 10.0**k for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1) for m in (1, 2, 5)
+    ]
     if sum(low <= t <= high for t in decade_ticks) >= 2:
         axis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     else:
@@ -166,7 +170,9 @@ def draw_checkpoint_panels(
     """One panel per method in ``methods`` (left to right, shared y axis), one line per rank (colour by
     rank, shared across panels), ± one standard deviation across seeds shaded where there are several;
     the base model's value as a dashed line."""
-    fig, axes = plt.subplots(1, len(methods), figsize=(TEXT_WIDTH_IN, 2.2), sharey=True, squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(methods), figsize=(TEXT_WIDTH_IN, 2.2), sharey=True, squeeze=False, constrained_layout=True
+    )
     colors = rank_colors([c.rank for c in curves if c.method in methods])
     for ax, method in zip(axes[0], methods):
         for curve in (c for c in curves if c.method == method):
@@ -215,7 +221,9 @@ def gate_histogram_panels(
 ) -> Figure:
     """One panel per depth third (early, mid, late; shared y axis) of overlaid normalised histograms,
     ``overlays_for_depth(depth)`` giving each panel's (label, histogram, colour) triples."""
-    fig, axes = plt.subplots(1, len(depths), figsize=(TEXT_WIDTH_IN, 2.0), sharey=True, squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(depths), figsize=(TEXT_WIDTH_IN, 2.0), sharey=True, squeeze=False, constrained_layout=True
+    )
     for ax, depth in zip(axes[0], depths):
         draw_gate_histograms(ax, gates.bin_edges, overlays_for_depth(depth))
         ax.set_title(f"{depth} layers")
@@ -226,7 +234,9 @@ def gate_histogram_panels(
     return fig
 
 
-def draw_gate_means(ax: Axes, means: Mapping[str, Mapping[str, float]], *, groups: Sequence[str], colors: Mapping[str, str]) -> None:
+def draw_gate_means(
+    ax: Axes, means: Mapping[str, Mapping[str, float]], *, groups: Sequence[str], colors: Mapping[str, str]
+) -> None:
     """Grouped bars: for each x position (a module, in ``means``' order) one bar per group (depth
     third) in ``groups``, height = the mean gate; a (module, group) absent from ``means`` has no bar."""
     modules = list(means)
@@ -238,10 +248,13 @@ def draw_gate_means(ax: Axes, means: Mapping[str, Mapping[str, float]], *, group
     ax.set_xticks(range(len(modules)), modules, rotation=0)
     ax.set_ylabel("mean gate value")
     ax.set_ylim(bottom=0)
-    ax.legend(title="layers", loc="upper left", title_fontsize=7)
+    # Outside the axes, right: tall bars anywhere cannot hide under it.
+    ax.legend(title="layers", loc="upper left", bbox_to_anchor=(1.0, 1.0), title_fontsize=7)
 
 
-def module_means_by_depth(gates: GatesFile, domain: str, *, modules: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+def module_means_by_depth(
+    gates: GatesFile, domain: str, *, modules: Sequence[str] | None = None
+) -> dict[str, dict[str, float]]:
     """``{module: {depth third: mean gate}}`` on ``domain`` (every recorded module by default, in
     network order), read from ``by_depth_and_module``."""
     summary = gates.domain(domain)
@@ -263,7 +276,6 @@ def depth_thirds(gates: GatesFile, domain: str) -> list[str]:
     return ordered(list(gates.domain(domain).by_depth), DEPTH_THIRDS)
 
 
-
 # ------------------------------------------------------------------------------------------------
 # The figure views (each script is a thin main() over one of these)
 # ------------------------------------------------------------------------------------------------
@@ -279,7 +291,8 @@ def gates_by_domain_figure(gates: GatesFile, *, domains: Sequence[str] | None = 
     return gate_histogram_panels(
         gates,
         lambda depth: [
-            (name, gates.group(name, "by_depth", depth), palette_color(DOMAIN_COLORS, name, i)) for i, name in enumerate(names)
+            (name, gates.group(name, "by_depth", depth), palette_color(DOMAIN_COLORS, name, i))
+            for i, name in enumerate(names)
         ],
         depths=depth_thirds(gates, names[0]),
     )
@@ -321,14 +334,14 @@ def gate_means_figure(gates: GatesFile, *, domain: str, modules: Sequence[str] |
     means = module_means_by_depth(gates, domain, modules=modules)
     fig, ax = plt.subplots(figsize=(TEXT_WIDTH_IN, 2.2), constrained_layout=True)
     depths = depth_thirds(gates, domain)
-    draw_gate_means(ax, means, groups=depths, colors={d: palette_color(DEPTH_COLORS, d, i) for i, d in enumerate(depths)})
+    draw_gate_means(
+        ax, means, groups=depths, colors={d: palette_color(DEPTH_COLORS, d, i) for i, d in enumerate(depths)}
+    )
     ax.set_title(f"{domain} inputs")
     return fig
 
 
-def checkpoint_figure(
-    runs: Sequence[RunResults], *, metric: str, methods: Sequence[str], ylabel: str
-) -> Figure:
+def checkpoint_figure(runs: Sequence[RunResults], *, metric: str, methods: Sequence[str], ylabel: str) -> Figure:
     """Figures 6–9: ``metric`` of each run's table over checkpoints, one panel per method (runs of other
     methods are left out), one curve per rank (mean over seeds), the base model dashed."""
     selected = [run for run in runs if run.info.method in methods]
@@ -336,7 +349,9 @@ def checkpoint_figure(
     for method in methods:
         if not any(run.info.method == method for run in selected):
             where = runs[0].info.run_dir.parent if runs else Path(".")
-            raise MissingResultFileError(where, f"has no run of method {method!r} (train_result.json 'method'); methods found: {found}")
+            raise MissingResultFileError(
+                where, f"has no run of method {method!r} (train_result.json 'method'); methods found: {found}"
+            )
     curves = checkpoint_curves(selected, metric)
     base = shared_base_value(selected, metric)
     return draw_checkpoint_panels(curves, methods=methods, base=base, ylabel=ylabel)

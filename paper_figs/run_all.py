@@ -64,13 +64,21 @@ class FigureJob:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m paper_figs.run_all", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=None, help="folder holding the result files under their default names")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="folder holding the result files under their default names"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: paper_figs/out)")
-    parser.add_argument("--allow-missing", action="store_true", help="skip (with a message) figures whose inputs are missing")
-    parser.add_argument("--only", type=int, nargs="+", choices=sorted(FIGURES), default=None, help="draw only these figures")
+    parser.add_argument(
+        "--allow-missing", action="store_true", help="skip (with a message) figures whose inputs are missing"
+    )
+    parser.add_argument(
+        "--only", type=int, nargs="+", choices=sorted(FIGURES), default=None, help="draw only these figures"
+    )
     inputs = parser.add_argument_group("inputs (default: the names under --results)")
     inputs.add_argument("--figure1-json", type=Path, help="Figure 1 numbers (python -m toy figure1)")
-    inputs.add_argument("--glue-tradeoff", type=Path, help="Figure 2: disel.tradeoff/1 table, GLUE accuracy vs MLM perplexity")
+    inputs.add_argument(
+        "--glue-tradeoff", type=Path, help="Figure 2: disel.tradeoff/1 table, GLUE accuracy vs MLM perplexity"
+    )
     inputs.add_argument("--tradeoff", type=Path, nargs="+", help="Figure 3: disel.tradeoff/1 tables, one panel each")
     inputs.add_argument("--tradeoff-log-x", action="store_true", help="Figure 3 on a log retention axis (a perplexity)")
     inputs.add_argument("--gates", type=Path, help="Figures 4, 5, 10, 11: disel.gates/1 of the math-tuned model")
@@ -78,15 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     inputs.add_argument("--runs-dir", type=Path, help="Figures 6, 7: folder of the math-tuned runs")
     inputs.add_argument("--runs-dir-code", type=Path, help="Figures 8, 9: folder of the code-tuned runs")
     tables = parser.add_argument_group("which per-checkpoint tables and columns (Figures 6–9)")
-    tables.add_argument("--retention-evaluator", default="lm-eval", help="retention table retention_<NAME>.json (default lm-eval)")
+    tables.add_argument(
+        "--retention-evaluator", default="lm-eval", help="retention table retention_<NAME>.json (default lm-eval)"
+    )
     tables.add_argument("--retention-metric", default="mean", help="its column (default mean)")
     tables.add_argument("--ft-evaluator", default="gsm8k", help="fine-tuning table of the math runs (default gsm8k)")
     tables.add_argument("--ft-metric", default="mean")
-    tables.add_argument("--code-ft-evaluator", default="humaneval", help="fine-tuning table of the code runs (default humaneval)")
+    tables.add_argument(
+        "--code-ft-evaluator", default="humaneval", help="fine-tuning table of the code runs (default humaneval)"
+    )
     tables.add_argument("--code-ft-metric", default="mean")
     gates = parser.add_argument_group("gate figures")
-    gates.add_argument("--ft-domain", default="math", help="fine-tuning domain of --gates (Figures 5, 10, 11; default math)")
-    gates.add_argument("--code-ft-domain", default="code", help="fine-tuning domain of --gates-code (Figures 13, 14; default code)")
+    gates.add_argument(
+        "--ft-domain", default="math", help="fine-tuning domain of --gates (Figures 5, 10, 11; default math)"
+    )
+    gates.add_argument(
+        "--code-ft-domain", default="code", help="fine-tuning domain of --gates-code (Figures 13, 14; default code)"
+    )
     gates.add_argument("--modules", nargs="+", default=["v_proj", "up_proj", "down_proj"], help="Figure 5's modules")
     return parser
 
@@ -128,12 +144,27 @@ def build_jobs(args: argparse.Namespace) -> tuple[list[FigureJob], dict[int, str
     gates = _default(args.gates, results, "gates_math.json")
     gates_code = _default(args.gates_code, results, "gates_code.json")
     add(4, ["--gates", str(gates)], [gates], "math gates file (--gates)")
-    add(5, ["--gates", str(gates), "--domain", args.ft_domain, "--modules", *args.modules], [gates], "math gates file (--gates)")
+    add(
+        5,
+        ["--gates", str(gates), "--domain", args.ft_domain, "--modules", *args.modules],
+        [gates],
+        "math gates file (--gates)",
+    )
     add(10, ["--gates", str(gates), "--domain", args.ft_domain], [gates], "math gates file (--gates)")
     add(11, ["--gates", str(gates), "--domain", args.ft_domain], [gates], "math gates file (--gates)")
     add(12, ["--gates", str(gates_code)], [gates_code], "code gates file (--gates-code)")
-    add(13, ["--gates", str(gates_code), "--domain", args.code_ft_domain], [gates_code], "code gates file (--gates-code)")
-    add(14, ["--gates", str(gates_code), "--domain", args.code_ft_domain], [gates_code], "code gates file (--gates-code)")
+    add(
+        13,
+        ["--gates", str(gates_code), "--domain", args.code_ft_domain],
+        [gates_code],
+        "code gates file (--gates-code)",
+    )
+    add(
+        14,
+        ["--gates", str(gates_code), "--domain", args.code_ft_domain],
+        [gates_code],
+        "code gates file (--gates-code)",
+    )
 
     runs = _default(args.runs_dir, results, "runs_math")
     runs_code = _default(args.runs_dir_code, results, "runs_code")

@@ -11,8 +11,8 @@ Nothing here changes matplotlib's global state on import: :func:`paper_style` is
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -168,28 +168,22 @@ def paper_style() -> Iterator[None]:
 def savefig(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write ``fig`` as ``stem.png`` and ``stem.pdf`` (by default), each file atomically.
 
-    Each format is rendered to a temporary file in the target folder and then renamed over the target,
+    Each format is rendered in memory and written with :func:`disel.experiments.io.write_bytes_atomic`,
     so a reader (or an interrupted run) never sees a half-written figure. The folder is created.
     PDFs carry no creation date, so a rerun with the same numbers writes the same bytes.
 
     Returns the written paths, in ``formats`` order.
     """
+    from disel.experiments.io import write_bytes_atomic
+
     stem = Path(stem)
     if stem.suffix.lstrip(".") in formats:
         raise ValueError(f"stem must not carry a format suffix (formats are added), got stem={str(stem)!r}")
-    stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
         metadata = {"CreationDate": None} if fmt == "pdf" else None
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp.{fmt}", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                fig.savefig(handle, format=fmt, metadata=metadata)
-            os.replace(tmp_name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
-        written.append(target)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, metadata=metadata)
+        written.append(write_bytes_atomic(target, buffer.getvalue()))
     return written

@@ -142,4 +142,6 @@ def make_tiny_results(root: Path, *, steps: int = 4, save_steps: int = 2) -> Tin
     toy_main(["figure1", "--steps", "20", "--no-progress", "--no-figure", "--out", str(root)])
     seconds["toy"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
-    return TinyResults(root, base, runs_dir, tradeoff, gate_files["gates_math.json"], gate_files["gates_code.json"], seconds)
+    return TinyResults(
+        root, base, runs_dir, tradeoff, gate_files["gates_math.json"], gate_files["gates_code.json"], seconds
+    )

@@ -35,11 +35,9 @@ from disel.experiments.results import (  # noqa: E402
     read_tradeoff_table,
     read_train_result,
     summarize_over_seeds,
-    tradeoff_table_from_runs,
     write_tradeoff_table,
 )
-from paper_figs import figure_modules, plots, style  # noqa: E402
-from paper_figs import fig2_glue_tradeoff, fig4_gates_by_domain, fig6_retention_over_time  # noqa: E402
+from paper_figs import fig2_glue_tradeoff, fig4_gates_by_domain, fig6_retention_over_time, figure_modules, plots, style  # noqa: E402  # noqa: E402
 
 # The module, not the package-level helper function of the same name in paper_figs/__init__.py.
 run_all = importlib.import_module("paper_figs.run_all")
@@ -154,10 +152,10 @@ def test_checkpoint_figure_plots_the_seed_mean_of_each_rank(tiny):
             for rank in (2, 4):
                 members = [r for r in runs if (r.info.method, r.info.rank) == (method, rank)]
                 expected = np.mean([r.table.series("english")[1] for r in members], axis=0)
-                (line,) = [l for l in ax.lines if l.get_label() == f"r = {rank}"]
+                (line,) = [ln for ln in ax.lines if ln.get_label() == f"r = {rank}"]
                 assert list(line.get_xdata()) == [2, 4]
                 assert line.get_ydata() == pytest.approx(expected)
-            base = [l for l in ax.lines if l.get_label() == "base model"]
+            base = [ln for ln in ax.lines if ln.get_label() == "base model"]
             assert base[0].get_ydata()[0] == runs[0].table.value(runs[0].table.base, "english")
     finally:
         plt.close(fig)
@@ -213,7 +211,9 @@ def test_tradeoff_from_runs_selects_the_best_ft_checkpoint_and_its_retention(tin
         rows = run.table.checkpoints
         best = max(rows, key=lambda row: (row.values["mean"], -row.step))
         retention = retention_runs[run.info.run_dir].table
-        (row,) = [r for r in table.rows if (r.method, r.rank, r.seed) == (run.info.method, run.info.rank, run.info.seed)]
+        (row,) = [
+            r for r in table.rows if (r.method, r.rank, r.seed) == (run.info.method, run.info.rank, run.info.seed)
+        ]
         assert row.ft_score == best.values["mean"]
         assert row.retention == retention.row(best.checkpoint).values["mean"]
     assert table.base_retention == retention.base.values["mean"]
@@ -224,7 +224,11 @@ def test_summarize_over_seeds_is_mean_and_sample_std():
     """Mean and sample (n − 1) standard deviation per (method, rank); one seed gives std 0; methods in
     order of first appearance, ranks ascending, full FT (rank None) last."""
     rows = [TradeoffRow("lora", 8, s, ft, ret) for s, ft, ret in ((0, 0.5, 10.0), (1, 0.7, 14.0), (2, 0.6, 12.0))]
-    rows += [TradeoffRow("lora", 2, 0, 0.4, 9.0), TradeoffRow("disel", 8, 0, 0.8, 8.0), TradeoffRow("full", None, 0, 0.9, 20.0)]
+    rows += [
+        TradeoffRow("lora", 2, 0, 0.4, 9.0),
+        TradeoffRow("disel", 8, 0, 0.8, 8.0),
+        TradeoffRow("full", None, 0, 0.9, 20.0),
+    ]
     table = results.TradeoffTable("acc", "ppl", False, 7.0, None, tuple(rows))
     points = summarize_over_seeds(table)
     assert [(p.method, p.rank) for p in points] == [("lora", 2), ("lora", 8), ("disel", 8), ("full", None)]
@@ -290,12 +294,15 @@ def test_readers_name_a_missing_file(tmp_path, reader):
     path = tmp_path / "nope.json"
     with pytest.raises(MissingResultFileError, match="does not exist") as info:
         reader(path)
-    assert str(info.value).startswith(str(path)) and isinstance(info.value, FileNotFoundError)
+    assert str(info.value).startswith(str(path))
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ResultFileError)
 
 
 def test_readers_name_the_expected_schema(tiny, tmp_path):
     """A file of another schema (here a gates file read as a tradeoff table) is refused naming both."""
-    with pytest.raises(MalformedResultFileError, match=r"expected schema 'disel.tradeoff/1'.*found schema 'disel.gates/1'"):
+    with pytest.raises(
+        MalformedResultFileError, match=r"expected schema 'disel.tradeoff/1'.*found schema 'disel.gates/1'"
+    ):
         read_tradeoff_table(tiny.gates_math)
     broken = tmp_path / "broken.json"
     broken.write_text('{"schema": "disel.gates/1", ')
@@ -308,7 +315,8 @@ def test_readers_name_the_expected_schema(tiny, tmp_path):
     [
         ("tradeoff", read_tradeoff_table, lambda raw: raw.pop("ft_metric"), "missing key 'ft_metric'"),
         ("tradeoff", read_tradeoff_table, lambda raw: raw["base"].pop("retention"), "missing key 'base.retention'"),
-        ("gates", read_gates, lambda raw: raw["domains"]["math"].pop("by_depth"), "missing key 'domains.math.by_depth'"),
+        ("gates", read_gates, lambda raw: raw["domains"]["math"].pop("by_depth"),
+         "missing key 'domains.math.by_depth'"),
         ("gates", read_gates, lambda raw: raw["domains"]["code"]["by_kind"]["mlp"]["histogram"].__setitem__(0, 10**9),
          "domains.code.by_kind.mlp': histogram adds up to"),
         ("retention", read_retention_table, lambda raw: raw["rows"][1].pop("step"), "missing key 'rows\\[1\\].step'"),
@@ -339,9 +347,20 @@ def test_figure_script_exits_2_naming_the_missing_file(tmp_path, capsys):
 
 def test_figure_script_names_an_unknown_domain_and_metric(tiny, tmp_path, capsys):
     """Asking for a domain the gates file lacks, or a column a retention table lacks, lists what exists."""
-    assert fig4_gates_by_domain.main(["--gates", str(tiny.gates_math), "--domains", "legal", "--out", str(tmp_path)]) == 2
+    assert (
+        fig4_gates_by_domain.main(["--gates", str(tiny.gates_math), "--domains", "legal", "--out", str(tmp_path)]) == 2
+    )
     assert "has no domain 'legal'; its domains are ['math', 'general', 'code']" in capsys.readouterr().err
-    argv = ["--runs-dir", str(tiny.runs_dir), "--evaluator", "perplexity", "--metric", "wikitext", "--out", str(tmp_path)]
+    argv = [
+        "--runs-dir",
+        str(tiny.runs_dir),
+        "--evaluator",
+        "perplexity",
+        "--metric",
+        "wikitext",
+        "--out",
+        str(tmp_path),
+    ]
     assert fig6_retention_over_time.main(argv) == 2
     assert "has no metric 'wikitext'; its metrics are ['english', 'code', 'mean']" in capsys.readouterr().err
     argv = ["--runs-dir", str(tiny.runs_dir), "--out", str(tmp_path)]  # default evaluator lm-eval: not run here
@@ -353,8 +372,12 @@ def test_runs_that_disagree_on_the_base_model_are_refused(tiny, tmp_path):
     """Runs evaluated against different base models cannot share one base line."""
     runs_dir = tmp_path / "runs"
     for name in ("lora_r2_s0", "lora_r4_s0"):
-        shutil.copytree(tiny.runs_dir / name, runs_dir / name, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors"))
-    _edit_json(runs_dir / "lora_r4_s0" / "retention_perplexity.json", lambda raw: raw["rows"][0].__setitem__("mean", 1.0))
+        shutil.copytree(
+            tiny.runs_dir / name, runs_dir / name, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors")
+        )
+    _edit_json(
+        runs_dir / "lora_r4_s0" / "retention_perplexity.json", lambda raw: raw["rows"][0].__setitem__("mean", 1.0)
+    )
     runs = read_runs(results.find_run_dirs(runs_dir), "perplexity")
     with pytest.raises(MalformedResultFileError, match="base-model 'mean' is 1.0 but"):
         results.shared_base_value(runs, "mean")
@@ -364,8 +387,12 @@ def test_seeds_saving_at_different_steps_are_refused(tiny, tmp_path):
     """Seeds of one (method, rank) are averaged step by step, so they must share their steps."""
     runs_dir = tmp_path / "runs"
     for name in ("disel_r2_s0", "disel_r2_s1"):
-        shutil.copytree(tiny.runs_dir / name, runs_dir / name, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors"))
-    _edit_json(runs_dir / "disel_r2_s1" / "retention_perplexity.json", lambda raw: raw["rows"][2].__setitem__("step", 5))
+        shutil.copytree(
+            tiny.runs_dir / name, runs_dir / name, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors")
+        )
+    _edit_json(
+        runs_dir / "disel_r2_s1" / "retention_perplexity.json", lambda raw: raw["rows"][2].__setitem__("step", 5)
+    )
     runs = read_runs(results.find_run_dirs(runs_dir), "perplexity")
     with pytest.raises(MalformedResultFileError, match=r"checkpoints at steps \[2, 5\]"):
         results.checkpoint_curves(runs, "mean")
@@ -398,9 +425,17 @@ def test_run_all_fails_on_a_malformed_file_even_with_allow_missing(tiny, tmp_pat
     assert "missing key 'rows'" in capsys.readouterr().err
 
 
-def test_depth_thirds_match_the_recorder():
-    """results.DEPTH_THIRDS (kept torch-free) equals the recorder's grouping names."""
-    from disel.recording import DEPTH_GROUPS
-
-    assert results.DEPTH_THIRDS == DEPTH_GROUPS
-    assert isinstance(MissingResultFileError("x", "y"), ResultFileError)
+def test_tradeoff_command_line_writes_the_table_from_runs(tiny, tmp_path, capsys):
+    """`python -m disel.experiments.results tradeoff` writes the same rows as tradeoff_table_from_runs,
+    and names a missing per-checkpoint table instead of writing anything."""
+    out = tmp_path / "tradeoff.json"
+    argv = ["tradeoff", "--runs-dir", str(tiny.runs_dir), "--ft-evaluator", "gsm8k", "--retention-evaluator",
+            "perplexity", "--lower-is-better", "--out", str(out)]  # fmt: skip
+    assert results.main(argv) == 0
+    written = read_tradeoff_table(out)
+    assert written.rows == read_tradeoff_table(tiny.tradeoff).rows
+    assert written.retention_higher_is_better is False and written.ft_metric == "gsm8k mean"
+    argv[argv.index("gsm8k")] = "humaneval"
+    assert results.main([*argv[:-1], str(tmp_path / "other.json")]) == 2
+    assert "retention_humaneval.json: does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()

@@ -29,6 +29,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask).
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         # The destination is untouched; do not leave the half-written temporary behind.
@@ -37,6 +39,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

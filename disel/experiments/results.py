@@ -2,16 +2,14 @@
 
 The figure scripts (``paper_figs/``) read result files only through this module, so a missing file, a
 wrong schema or a missing key fails with one message naming the file and what was expected, before
-anything is drawn. Nothing here imports torch: reading results is fast.
+anything is drawn. The module itself uses no torch (importing the ``disel`` package still loads it).
 
-=================================  ======================  =================================================
-file                               schema                  written by
-=================================  ======================  =================================================
-``<run>/train_result.json``        ``disel.train_result/1``  :func:`disel.experiments.train.train`
-``<run>/retention_<evaluator>.json``  ``disel.retention/1``  :func:`disel.experiments.retention.evaluate_checkpoints`
-gates file (any name)              ``disel.gates/1``       :func:`disel.experiments.gates.analyze_gates` + ``save_gates``
-tradeoff table (any name)          ``disel.tradeoff/1``    :func:`write_tradeoff_table` (defined here)
-=================================  ======================  =================================================
+* ``<run>/train_result.json`` — ``disel.train_result/1``, written by :func:`disel.experiments.train.train`;
+* ``<run>/retention_<evaluator>.json`` — ``disel.retention/1``, written by
+  :func:`disel.experiments.retention.evaluate_checkpoints` (``eval_cli retention``);
+* a gates file (any name) — ``disel.gates/1``, written by :func:`disel.experiments.gates.analyze_gates` and
+  ``save_gates`` (``eval_cli gates``);
+* a tradeoff table (any name) — ``disel.tradeoff/1``, written by :func:`write_tradeoff_table` (defined here).
 
 The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tuned model)::
 
@@ -28,7 +26,7 @@ The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tun
 ``(method, rank)`` with the mean and the sample standard deviation across seeds (Figure 2's error bars).
 :func:`tradeoff_table_from_runs` builds the table from training runs: in each run the checkpoint with
 the best fine-tuning score is selected (paper, Appendix II.5) and its retention read from the same
-checkpoint's row of the retention table.
+checkpoint's row of the retention table; from the shell, ``python -m disel.experiments.results tradeoff``.
 
 Runs for the checkpoint figures (6–9): a run directory holds ``train_result.json`` (method, rank and
 seed are read from it, so no separate manifest can disagree with the run) and one
@@ -46,6 +44,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..recording import DEPTH_GROUPS
 
 __all__ = [
     "DEPTH_THIRDS",
@@ -70,6 +70,7 @@ __all__ = [
     "TrainRunInfo",
     "checkpoint_curves",
     "find_run_dirs",
+    "main",
     "read_gates",
     "read_retention_table",
     "read_run",
@@ -89,9 +90,8 @@ TRADEOFF_SCHEMA = "disel.tradeoff/1"
 
 TRAIN_RESULT_FILE = "train_result.json"
 
-# The depth thirds of the gate analysis, in order; equal to disel.recording.DEPTH_GROUPS (kept here so that
-# reading results does not import torch; a test checks the two agree).
-DEPTH_THIRDS: tuple[str, ...] = ("early", "mid", "late")
+# The depth thirds of the gate analysis, in order: the recorder's grouping names.
+DEPTH_THIRDS: tuple[str, ...] = DEPTH_GROUPS
 # Llama/Mistral projection names in network order, attention first; figures list modules in this order.
 MODULE_ORDER: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -127,11 +127,15 @@ def _load(path: str | os.PathLike, schema: str, made_by: str) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise MalformedResultFileError(path, f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
+        raise MalformedResultFileError(
+            path, f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+        ) from None
     except UnicodeDecodeError:
         raise MalformedResultFileError(path, "not a UTF-8 text file") from None
     if not isinstance(raw, dict):
-        raise MalformedResultFileError(path, f"expected a JSON object with schema {schema!r}, got a JSON {type(raw).__name__}")
+        raise MalformedResultFileError(
+            path, f"expected a JSON object with schema {schema!r}, got a JSON {type(raw).__name__}"
+        )
     if raw.get("schema") != schema:
         found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
         raise MalformedResultFileError(path, f"expected schema {schema!r} ({made_by}), found {found}")
@@ -165,8 +169,14 @@ def _get(path: Path, obj: Mapping[str, Any], key: str, kind: str, where: str, *,
 
 
 def _describe(kind: str, nullable: bool) -> str:
-    text = {"str": "a string", "int": "an integer", "number": "a finite number", "bool": "true or false",
-            "object": "a JSON object", "list": "a JSON list"}[kind]
+    text = {
+        "str": "a string",
+        "int": "an integer",
+        "number": "a finite number",
+        "bool": "true or false",
+        "object": "a JSON object",
+        "list": "a JSON list",
+    }[kind]
     return text + " or null" if nullable else text
 
 
@@ -251,11 +261,14 @@ class RetentionTable:
         """``row``'s ``metric``; raises :class:`MalformedResultFileError` if it is unknown or null."""
         if metric not in self.metrics:
             raise MalformedResultFileError(
-                self.path, f"has no metric {metric!r}; its metrics are {list(self.metrics)} (evaluator {self.evaluator!r})"
+                self.path,
+                f"has no metric {metric!r}; its metrics are {list(self.metrics)} (evaluator {self.evaluator!r})",
             )
         value = row.values.get(metric)
         if value is None:
-            raise MalformedResultFileError(self.path, f"row {row.checkpoint!r} has no value for {metric!r} (null or absent)")
+            raise MalformedResultFileError(
+                self.path, f"row {row.checkpoint!r} has no value for {metric!r} (null or absent)"
+            )
         return value
 
     def series(self, metric: str) -> tuple[list[int], list[float]]:
@@ -318,13 +331,16 @@ def find_run_dirs(runs_dir: str | os.PathLike) -> list[Path]:
     else its sub-folders (any depth) that do, sorted by path."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise MissingResultFileError(runs_dir, "is not a directory; expected a folder of training runs, each with train_result.json")
+        raise MissingResultFileError(
+            runs_dir, "is not a directory; expected a folder of training runs, each with train_result.json"
+        )
     if (runs_dir / TRAIN_RESULT_FILE).is_file():
         return [runs_dir]
     found = sorted(path.parent for path in runs_dir.rglob(TRAIN_RESULT_FILE))
     if not found:
         raise MissingResultFileError(
-            runs_dir, f"holds no run: no {TRAIN_RESULT_FILE} in it or in any sub-folder (written when disel-train finishes)"
+            runs_dir,
+            f"holds no run: no {TRAIN_RESULT_FILE} in it or in any sub-folder (written when disel-train finishes)",
         )
     return found
 
@@ -393,7 +409,9 @@ def checkpoint_curves(runs: Sequence[RunResults], metric: str) -> list[Checkpoin
         groups.setdefault((run.info.method, run.info.rank), []).append(run)
     methods = list(dict.fromkeys(method for method, _ in groups))
     curves = []
-    for (method, rank), members in sorted(groups.items(), key=lambda item: (methods.index(item[0][0]), _rank_key(item[0][1]))):
+    for (method, rank), members in sorted(
+        groups.items(), key=lambda item: (methods.index(item[0][0]), _rank_key(item[0][1]))
+    ):
         series = [(run, *run.table.series(metric)) for run in members]
         steps = series[0][1]
         for run, other_steps, _ in series[1:]:
@@ -406,7 +424,11 @@ def checkpoint_curves(runs: Sequence[RunResults], metric: str) -> list[Checkpoin
         columns = list(zip(*(values for _, _, values in series)))
         curves.append(
             CheckpointCurve(
-                method, rank, tuple(steps), tuple(_mean(c) for c in columns), tuple(_sample_std(c) for c in columns),
+                method,
+                rank,
+                tuple(steps),
+                tuple(_mean(c) for c in columns),
+                tuple(_sample_std(c) for c in columns),
                 tuple(run.info.run_dir for run in members),
             )
         )
@@ -498,10 +520,14 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
     path = Path(path)
     raw = _load(path, GATES_SCHEMA, "written by disel.experiments.gates.save_gates / eval_cli gates")
     edges = _get(path, raw, "bin_edges", "list", "")
-    if len(edges) < 2 or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in edges) or any(
-        b <= a for a, b in zip(edges, edges[1:])
+    if (
+        len(edges) < 2
+        or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in edges)
+        or any(b <= a for a, b in zip(edges, edges[1:]))
     ):
-        raise MalformedResultFileError(path, f"'bin_edges' must be an increasing list of at least two numbers, got {edges!r}")
+        raise MalformedResultFileError(
+            path, f"'bin_edges' must be an increasing list of at least two numbers, got {edges!r}"
+        )
     bins = len(edges) - 1
     raw_domains = _get(path, raw, "domains", "object", "")
     if not raw_domains:
@@ -513,12 +539,16 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
         counts = _get(path, obj, "histogram", "list", where)
         count = _get(path, obj, "count", "int", where)
         if len(counts) != bins or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-            raise MalformedResultFileError(path, f"'{where}.histogram' must be {bins} non-negative integers (one per bin)")
+            raise MalformedResultFileError(
+                path, f"'{where}.histogram' must be {bins} non-negative integers (one per bin)"
+            )
         if count <= 0 or sum(counts) != count:
             raise MalformedResultFileError(
                 path, f"'{where}': histogram adds up to {sum(counts)} but count is {count} (must be equal and positive)"
             )
-        return GateHistogram(tuple(counts), count, _get(path, obj, "mean", "number", where), _get(path, obj, "std", "number", where))
+        return GateHistogram(
+            tuple(counts), count, _get(path, obj, "mean", "number", where), _get(path, obj, "std", "number", where)
+        )
 
     def flat(obj: Mapping[str, Any], key: str, where: str) -> dict[str, GateHistogram]:
         table = _get(path, obj, key, "object", where)
@@ -527,7 +557,10 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
     def nested(obj: Mapping[str, Any], key: str, where: str) -> dict[str, dict[str, GateHistogram]]:
         table = _get(path, obj, key, "object", where)
         return {
-            outer: {name: histogram(entry, f"{where}.{key}.{outer}.{name}") for name, entry in _get(path, table, outer, "object", f"{where}.{key}").items()}
+            outer: {
+                name: histogram(entry, f"{where}.{key}.{outer}.{name}")
+                for name, entry in _get(path, table, outer, "object", f"{where}.{key}").items()
+            }
             for outer in table
         }
 
@@ -536,7 +569,9 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
         where = f"domains.{name}"
         if not isinstance(obj, dict):
             raise MalformedResultFileError(path, f"{where!r} must be a JSON object, got {obj!r}")
-        selection = _get(path, obj, "token_selection", "str", where, nullable=True) if "token_selection" in obj else None
+        selection = (
+            _get(path, obj, "token_selection", "str", where, nullable=True) if "token_selection" in obj else None
+        )
         domains[name] = GateDomainSummary(
             name=name,
             token_selection=selection,
@@ -672,7 +707,13 @@ def write_tradeoff_table(
     row_dicts = []
     for row in rows:
         if isinstance(row, TradeoffRow):
-            row = {"method": row.method, "rank": row.rank, "seed": row.seed, "ft_score": row.ft_score, "retention": row.retention}
+            row = {
+                "method": row.method,
+                "rank": row.rank,
+                "seed": row.seed,
+                "ft_score": row.ft_score,
+                "retention": row.retention,
+            }
         row_dicts.append({key: _plain_number(value) for key, value in dict(row).items()})
     raw: dict[str, Any] = {"schema": TRADEOFF_SCHEMA}
     if title is not None:
@@ -717,11 +758,21 @@ def summarize_over_seeds(table: TradeoffTable) -> list[TradeoffPoint]:
         groups.setdefault((row.method, row.rank), []).append(row)
     methods = list(dict.fromkeys(method for method, _ in groups))
     points = []
-    for (method, rank), rows in sorted(groups.items(), key=lambda item: (methods.index(item[0][0]), _rank_key(item[0][1]))):
+    for (method, rank), rows in sorted(
+        groups.items(), key=lambda item: (methods.index(item[0][0]), _rank_key(item[0][1]))
+    ):
         ft = [r.ft_score for r in rows]
         retention = [r.retention for r in rows]
         points.append(
-            TradeoffPoint(method, rank, tuple(r.seed for r in rows), _mean(ft), _sample_std(ft), _mean(retention), _sample_std(retention))
+            TradeoffPoint(
+                method,
+                rank,
+                tuple(r.seed for r in rows),
+                _mean(ft),
+                _sample_std(ft),
+                _mean(retention),
+                _sample_std(retention),
+            )
         )
     return points
 
@@ -770,14 +821,18 @@ def tradeoff_table_from_runs(
         info = ft_run.info
         rows.append(
             TradeoffRow(
-                info.method, info.rank, info.seed, ft_run.table.value(chosen, ft_metric),
+                info.method,
+                info.rank,
+                info.seed,
+                ft_run.table.value(chosen, ft_metric),
                 retention_run.table.value(retention_row, retention_metric),
             )
         )
     base_retention = shared_base_value(retention_runs, retention_metric)
     if base_retention is None:
         raise MalformedResultFileError(
-            retention_runs[0].table.path, "has no base-model row (evaluate_checkpoints(include_base=True)); the table needs the base retention"
+            retention_runs[0].table.path,
+            "has no base-model row (evaluate_checkpoints(include_base=True)); the table needs the base retention",
         )
     base_ft = shared_base_value(ft_runs, ft_metric)
     table = TradeoffTable(
@@ -791,3 +846,57 @@ def tradeoff_table_from_runs(
     )
     checked = _check_tradeoff(table.to_dict(), Path(f"<tradeoff table from runs {run_dirs[0]}, ...>"))
     return dataclasses.replace(checked, path=None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line: build a tradeoff table from runs
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m disel.experiments.results tradeoff --runs-dir DIR --ft-evaluator gsm8k
+    --retention-evaluator lm-eval --out tradeoff_llm.json``: :func:`tradeoff_table_from_runs` + write."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m disel.experiments.results", description="Result-file tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser(
+        "tradeoff", help="a disel.tradeoff/1 table from training runs and their per-checkpoint tables"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs-dir", type=Path, help="folder of runs (sub-folders with train_result.json)")
+    source.add_argument("--run", type=Path, nargs="+", help="run directories")
+    p.add_argument("--ft-evaluator", required=True, help="fine-tuning table: retention_<NAME>.json (e.g. gsm8k)")
+    p.add_argument("--ft-metric", default="mean")
+    p.add_argument("--retention-evaluator", required=True, help="retention table: retention_<NAME>.json (e.g. lm-eval)")
+    p.add_argument("--retention-metric", default="mean")
+    p.add_argument(
+        "--lower-is-better", action="store_true", help="the retention metric is a perplexity (lower is better)"
+    )
+    p.add_argument(
+        "--select", choices=["best", "last"], default="best", help="checkpoint per run (default: best FT score)"
+    )
+    p.add_argument("--ft-name", default=None, help="axis name of the fine-tuning score")
+    p.add_argument("--retention-name", default=None, help="axis name of the retention score")
+    p.add_argument("--title", default=None, help="panel title")
+    p.add_argument("--out", type=Path, required=True, help="the table to write (JSON)")
+    args = parser.parse_args(argv)
+    try:
+        run_dirs = args.run if args.run else find_run_dirs(args.runs_dir)
+        table = tradeoff_table_from_runs(
+            run_dirs, ft_evaluator=args.ft_evaluator, ft_metric=args.ft_metric,
+            retention_evaluator=args.retention_evaluator, retention_metric=args.retention_metric,
+            retention_higher_is_better=not args.lower_is_better, select=args.select,
+            ft_metric_name=args.ft_name, retention_metric_name=args.retention_name, title=args.title,
+        )  # fmt: skip
+    except ResultFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table.write(args.out)
+    print(f"wrote {args.out} ({len(table.rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

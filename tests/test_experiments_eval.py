@@ -227,6 +227,21 @@ def test_evaluate_humaneval_pass_at_1(monkeypatch):
     assert [s["status"] for s in result["samples"]] == ["passed", "failed"]
 
 
+def test_humaneval_evaluator_for_checkpoint_tables(monkeypatch):
+    """The per-checkpoint HumanEval evaluator (Figure 9's source) reports pass@1 as its column and mean,
+    and refuses to run code without the explicit opt-in."""
+    from disel.experiments.evaluate import LoadedModel
+    from disel.experiments.retention import HumanEvalEvaluator
+
+    canned = ["    return a + b\n"]
+    monkeypatch.setattr(evaluate_module, "generate_responses", lambda *args, **kwargs: canned)
+    loaded = LoadedModel(model=None, tokenizer=None, description={"name": "canned"})
+    outcome = HumanEvalEvaluator([_PROBLEM], allow_code_execution=True)(loaded)
+    assert outcome.metrics == {"pass@1": 1.0} and outcome.mean == 1.0
+    with pytest.raises(PermissionError, match="allow_code_execution=True"):
+        HumanEvalEvaluator([_PROBLEM])(loaded)
+
+
 # --------------------------------------------------------------------------------------------------
 # lm-evaluation-harness bridge
 # --------------------------------------------------------------------------------------------------

@@ -123,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("retention", help="evaluate every checkpoint-* of a training output into one table")
     p.add_argument("--output-dir", required=True, help="training output directory with checkpoint-<step>/ folders")
     p.add_argument("--base", default=None, help="pre-trained model (default: from the adapter config)")
-    p.add_argument("--evaluator", required=True, choices=["lm-eval", "perplexity", "gsm8k"])
+    p.add_argument("--evaluator", required=True, choices=["lm-eval", "perplexity", "gsm8k", "humaneval"])
     p.add_argument("--table", default=None, help="table JSON path (default <output-dir>/retention_<evaluator>.json)")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="required with --evaluator humaneval: confirms running generated code")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per HumanEval program")
     p.add_argument("--no-base-row", action="store_true", help="do not evaluate the base model as step 0")
     p.add_argument("--no-resume", action="store_true", help="re-evaluate checkpoints already in the table")
     p.add_argument("--dtype", default="auto")
@@ -355,13 +358,30 @@ def _run(args: argparse.Namespace) -> None:
 
     elif command == "retention":
         from .evaluate import GenerationSettings, read_jsonl
-        from .retention import Gsm8kEvaluator, LmEvalEvaluator, PerplexityEvaluator, evaluate_checkpoints
+        from .retention import (
+            Gsm8kEvaluator,
+            HumanEvalEvaluator,
+            LmEvalEvaluator,
+            PerplexityEvaluator,
+            evaluate_checkpoints,
+        )
 
         if args.evaluator == "lm-eval":
             evaluator = LmEvalEvaluator(_lm_eval_settings(args))
         elif args.evaluator == "perplexity":
             evaluator = PerplexityEvaluator(_corpora(args, args.seed), max_length=args.max_length,
                                             stride=args.stride, batch_size=args.batch_size)
+        elif args.evaluator == "humaneval":
+            if not args.data:
+                raise SystemExit("--evaluator humaneval needs --data HumanEval.jsonl")
+            if not args.allow_code_execution:
+                raise SystemExit("--evaluator humaneval executes model-generated code: pass --allow-code-execution to confirm")
+            limit = int(args.limit) if args.limit is not None else None
+            evaluator = HumanEvalEvaluator(
+                read_jsonl(args.data, limit), allow_code_execution=True,
+                generation=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+                timeout_s=args.timeout,
+            )
         else:
             if not args.data:
                 raise SystemExit("--evaluator gsm8k needs --data FILE.jsonl")

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .evaluate import GenerationSettings, LoadedModel, evaluate_gsm8k, load_model_for_eval
+from .evaluate import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval, load_model_for_eval
 from .io import write_json_atomic, write_text_atomic
 from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
 from .perplexity import causal_lm_perplexity
@@ -35,6 +35,7 @@ __all__ = [
     "EvalOutcome",
     "Evaluator",
     "Gsm8kEvaluator",
+    "HumanEvalEvaluator",
     "LmEvalEvaluator",
     "PerplexityEvaluator",
     "evaluate_checkpoints",
@@ -152,6 +153,32 @@ class Gsm8kEvaluator:
         record["model"] = loaded.description
         metrics = {"exact_match": record["exact_match"], "exact_match_flexible": record["exact_match_flexible"]}
         return EvalOutcome(metrics, record["exact_match"], record)
+
+
+@dataclass
+class HumanEvalEvaluator:
+    """Column ``pass@1`` (greedy, one sample per problem; the code runs, so it must be allowed); mean: pass@1.
+
+    The source of the code-model FT-accuracy curve (Figure 9). ``allow_code_execution`` must be True, as for
+    :func:`~disel.experiments.evaluate.evaluate_humaneval`, which refuses otherwise.
+    """
+
+    problems: Sequence[dict[str, Any]]
+    allow_code_execution: bool = False
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    timeout_s: float = 10.0
+    name: str = "humaneval"
+
+    def settings(self) -> dict[str, Any]:
+        return {"problems": len(self.problems), "generation": asdict(self.generation), "timeout_s": self.timeout_s}
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        record = evaluate_humaneval(
+            loaded.model, loaded.tokenizer, self.problems, allow_code_execution=self.allow_code_execution,
+            settings=self.generation, timeout_s=self.timeout_s,
+        )
+        record["model"] = loaded.description
+        return EvalOutcome({"pass@1": record["pass@1"]}, record["pass@1"], record)
 
 
 def _base_model_path(checkpoints: list[tuple[int, Path]]) -> str:

@@ -1,0 +1,54 @@
+"""Smoke test of the one-command SmolLM2 comparison (``disel.experiments.comparison``) on a tiny model."""
+
+import json
+
+import pytest
+
+from disel.experiments.comparison import ComparisonConfig, main, run_comparison
+from disel.experiments.results import read_tradeoff_table
+
+from tiny_models import make_tiny_causal_lm
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_config(tmp_path, model_dir) -> ComparisonConfig:
+    return ComparisonConfig(
+        output_dir=str(tmp_path / "out"), model_path=str(model_dir), ranks=[2], max_steps=2, save_steps=1,
+        batch_size=2, train_problems=20, test_problems=3, retention_texts=2, gate_sequences=2,
+        max_new_tokens=4, perplexity_max_length=64, max_length=512,
+    )
+
+
+def test_comparison_runs_end_to_end_and_resumes(tmp_path):
+    """One call trains LoRA and DISeL, evaluates every checkpoint, records DISeL gates, and writes
+    comparison.json plus tradeoff tables the figure scripts accept; a second call retrains nothing."""
+    config = _tiny_config(tmp_path, make_tiny_causal_lm(tmp_path / "model"))
+    summary = run_comparison(config, progress=lambda message: None)
+    out = tmp_path / "out"
+    assert [(run["method"], run["rank"]) for run in summary["runs"]] == [("lora", 2), ("disel", 2)]
+    for run in summary["runs"]:
+        assert [c["step"] for c in run["checkpoints"]] == [0, 1, 2]  # base row + every checkpoint
+        assert 0.0 <= run["exact_match"] <= 1.0 and run["ppl_english"] > 1.0
+    assert summary["runs"][1]["gates_file"] and json.loads((out / "disel-r2" / "gates.json").read_text())["schema"] == "disel.gates/1"
+    assert json.loads((out / "comparison.json").read_text())["schema"] == "disel.comparison/1"
+    for corpus in ("english", "code"):
+        table = read_tradeoff_table(out / f"tradeoff_{corpus}.json")
+        assert table.base_retention == summary["base"][f"ppl_{corpus}"] and len(table.rows) == 2
+
+    mtime = (out / "lora-r2" / "train_result.json").stat().st_mtime
+    again = run_comparison(config, progress=lambda message: None)
+    assert (out / "lora-r2" / "train_result.json").stat().st_mtime == mtime
+    assert again["runs"] == summary["runs"]
+
+
+def test_comparison_rejects_bad_settings(tmp_path):
+    """Unknown methods and non-positive sizes are refused with the field's name."""
+    with pytest.raises(ValueError, match="methods"):
+        ComparisonConfig(methods=["lora", "qlora"]).validate()
+    with pytest.raises(ValueError, match="max_steps"):
+        ComparisonConfig(max_steps=0).validate()
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"max_step": 3}))
+    with pytest.raises(SystemExit):
+        main(["--config", str(config_file)])

@@ -8,7 +8,7 @@ so ``peft.get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`
 
 from .functional import disel_update, disel_update_reference, gate_values
 from .layer import DiselGate, DiselLinear, init_disel_parameters
-from .optim import DiselTrainer, param_groups
+from .optim import DEFAULT_GATE_LR_RATIO, param_groups
 from .recording import GateRecorder, GateStats, record_gates
 from .tuner import DiselConfig, DiselModel, register_disel
 
@@ -16,7 +16,18 @@ register_disel()  # makes PEFT know peft_type "DISEL" (idempotent)
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # DiselTrainer subclasses transformers.Trainer, whose import takes seconds: load it on first use only.
+    if name == "DiselTrainer":
+        from .optim import DiselTrainer
+
+        return DiselTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "DEFAULT_GATE_LR_RATIO",
     "DiselConfig",
     "DiselGate",
     "DiselLinear",

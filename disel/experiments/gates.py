@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
+from .batching import right_pad
 
 __all__ = ["GateDomain", "analyze_gates", "default_offline_domains", "domain_from_rows", "save_gates"]
 
@@ -141,14 +142,7 @@ def analyze_gates(
         with record_gates(model, bins=bins) as recorder:
             for start in range(0, len(encoded), batch_size):
                 batch = encoded[start : start + batch_size]
-                width = max(len(ids) for ids, _ in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                record = torch.zeros((len(batch), width), dtype=torch.bool)
-                for row, (ids, mask) in enumerate(batch):
-                    input_ids[row, : len(ids)] = torch.tensor(ids)
-                    attention[row, : len(ids)] = 1
-                    record[row, : len(ids)] = torch.tensor(mask)
+                input_ids, attention, record = right_pad(batch, pad_id, fill=False, dtype=torch.bool)  # (b, T) each
                 recorder.set_token_mask(record.to(device))  # (batch, seq)
                 model(input_ids=input_ids.to(device), attention_mask=attention.to(device))
         summary = recorder.to_dict()

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import right_pad
+
 __all__ = [
     "causal_lm_perplexity",
     "masked_lm_perplexity",
@@ -108,15 +110,12 @@ def causal_lm_perplexity(
     total_nll = 0.0
     total_tokens = 0
     for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        for row, (ids, n_scored) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
-            labels[row, len(ids) - n_scored : len(ids)] = torch.tensor(ids[len(ids) - n_scored :])
+        # Labels: only the window's last n_scored tokens are scored (-100 elsewhere).
+        batch = [
+            (ids, [-100] * (len(ids) - n_scored) + ids[len(ids) - n_scored :])
+            for ids, n_scored in windows[start : start + batch_size]
+        ]
+        input_ids, attention, labels = right_pad(batch, pad_id, fill=-100, dtype=torch.long)  # (b, T) each
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, T, V)
         shifted_logits = logits[:, :-1].float()  # (b, T-1, V): position t predicts token t+1
         shifted_labels = labels[:, 1:].to(device)  # (b, T-1)
@@ -188,15 +187,7 @@ def masked_lm_perplexity(
     total_nll = 0.0
     total_tokens = 0
     for start in range(0, len(pieces), batch_size):
-        batch = pieces[start : start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        for row, (ids, piece_labels) in enumerate(batch):
-            input_ids[row, : len(ids)] = ids
-            attention[row, : len(ids)] = 1
-            labels[row, : len(ids)] = piece_labels
+        input_ids, attention, labels = right_pad(pieces[start : start + batch_size], pad_id, fill=-100, dtype=torch.long)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, T, V)
         labels = labels.to(device)
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum")

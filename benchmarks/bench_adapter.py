@@ -52,7 +52,7 @@ from torch import nn
 
 import disel
 import disel.functional
-from disel.layer import DiselLinear
+from disel.layers import DiselLinear
 from disel.optim import param_groups
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -7,7 +7,7 @@ so ``peft.get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`
 """
 
 from .functional import disel_update, disel_update_reference, gate_values
-from .layer import DiselGate, DiselLinear, init_disel_parameters
+from .layers import DiselGate, DiselLinear, init_disel_parameters
 from .optim import DEFAULT_GATE_LR_RATIO, param_groups
 from .recording import GateRecorder, GateStats, record_gates
 from .tuner import DiselConfig, DiselModel, register_disel

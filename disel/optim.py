@@ -6,8 +6,8 @@ Mistral, i.e. 5×. The gate learning rate is the plasticity/retention knob: larg
 Gate parameters get no weight decay, since decay pulls ``W_g`` to 0 and with it the gate's input
 dependence.
 
-* :func:`param_groups` builds AdamW-ready groups for any model containing :class:`~disel.layer.DiselGate`
-  modules (the standalone :class:`~disel.layer.DiselLinear` or the PEFT model).
+* :func:`param_groups` builds AdamW-ready groups for any model containing :class:`~disel.layers.DiselGate`
+  modules (the standalone :class:`~disel.layers.DiselLinear` or the PEFT model).
 * :class:`DiselTrainer` is a ``transformers.Trainer`` whose optimizer is built from those groups, so a
   Trainer recipe needs no hand-written optimizer.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layer import DiselGate
+from .layers import DiselGate
 
 __all__ = ["DEFAULT_GATE_LR_RATIO", "DiselTrainer", "gate_lr_ratio_from_config", "param_groups"]
 
@@ -84,7 +84,7 @@ def param_groups(
       and ``weight_decay``;
     * ``"no_decay"``: trainable biases, norm weights and other 1-D parameters, and every parameter of a
       normalisation module, at ``lr`` without weight decay;
-    * ``"gate"``: the parameters of every :class:`~disel.layer.DiselGate` (found by type, never by
+    * ``"gate"``: the parameters of every :class:`~disel.layers.DiselGate` (found by type, never by
       name), at ``gate_lr`` without weight decay.
 
     Args:

@@ -10,7 +10,7 @@
     rec.by_kind()           # attention / mlp
     rec.save_json("gates_math.json")
 
-Every module that has an ``active_gates()`` method (:class:`~disel.layer.DiselLinear`, the PEFT DISeL
+Every module that has an ``active_gates()`` method (:class:`~disel.layers.DiselLinear`, the PEFT DISeL
 layers) gets a forward hook while the context is open, and only then: outside it the model runs
 untouched. The hook recomputes ``g = σ(W_g x + b_g)`` from the module's input with
 :func:`disel.functional.gate_values` under ``no_grad`` (no dropout: record in ``eval()`` mode, where the
@@ -267,7 +267,7 @@ class GateRecorder:
     """Context manager recording gate values of every module with ``active_gates()``; see the module doc.
 
     Args:
-        model: the model (a PEFT model, or any module containing :class:`~disel.layer.DiselLinear`).
+        model: the model (a PEFT model, or any module containing :class:`~disel.layers.DiselLinear`).
         token_mask: optional bool mask (batch, seq), or generally of the layer input's leading shape
             ``x.shape[:-1]``; only ``True`` tokens are recorded. Change it per batch with
             :meth:`set_token_mask`.

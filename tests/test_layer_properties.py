@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from disel.functional import disel_update, disel_update_reference, gate_values
-from disel.layer import DiselGate, DiselLinear
+from disel.layers import DiselGate, DiselLinear
 
 DTYPE = torch.float64
 

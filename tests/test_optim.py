@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from disel.layer import DiselGate, DiselLinear
+from disel.layers import DiselGate, DiselLinear
 from disel.optim import DEFAULT_GATE_LR_RATIO, param_groups
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

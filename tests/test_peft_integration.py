@@ -30,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 
 import disel
 from disel.functional import disel_update_reference
-from disel.layer import DiselGate
+from disel.layers import DiselGate
 from disel.tuner import DiselConfig, DiselLayer, DiselModel, register_disel
 
 VOCAB = 128

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from disel.layer import DiselGate, DiselLinear
+from disel.layers import DiselGate, DiselLinear
 from disel.recording import (
     GateRecorder,
     GateStats,

@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 from peft import PeftConfig
 
-from ..layer import GATE_WEIGHT_INITS
+from ..layers import GATE_WEIGHT_INITS
 
 __all__ = ["DiselConfig", "DiselPeftType", "DISEL_BIAS_OPTIONS"]
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from ..functional import disel_update
-from ..layer import DiselGate, init_disel_parameters
+from ..layers import DiselGate, init_disel_parameters
 from .config import DiselConfig
 
 __all__ = ["DiselLayer", "DiselLinearLayer", "MERGE_REFUSAL", "SUPPORTED_BASE_LAYERS"]
@@ -41,7 +41,7 @@ class DiselLayer(BaseTunerLayer):
     """Per-adapter DISeL state of one adapted layer.
 
     For each adapter name: ``disel_A[name]`` (Linear d → r, no bias), ``disel_B[name]`` (Linear r → m,
-    no bias), ``disel_gate[name]`` (:class:`~disel.layer.DiselGate`, d → r with bias),
+    no bias), ``disel_gate[name]`` (:class:`~disel.layers.DiselGate`, d → r with bias),
     ``disel_dropout[name]``, ``r[name]`` and ``scaling[name]`` = lora_alpha / r.
     """
 

@@ -1,7 +1,7 @@
 """Figure 11: mean gate value per projection and depth third on the fine-tuning domain (math model).
 
-Reads one ``disel.gates/1`` file (:func:`disel.experiments.gates.analyze_gates`, or
-``python -m disel.experiments.eval_cli gates``): post-sigmoid gate values of a trained DISeL adapter
+Reads one ``disel.gates/1`` file (:func:`disel.experiments.eval.gates.analyze_gates`, or
+``python -m disel.experiments.cli.eval gates``): post-sigmoid gate values of a trained DISeL adapter
 on held-out inputs, grouped by depth third (early / mid / late layers) and module. Grouped bars: for each
 projection (q_proj … down_proj, every recorded module unless ``--modules``) the mean gate in the early,
 mid and late layers on ``--domain`` (default ``math``), from ``by_depth_and_module``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from disel.experiments.results import read_gates
+from disel.experiments.schemas import read_gates
 
 from ._cli import figure_parser, render
 from .plots import gate_means_figure

@@ -1,7 +1,7 @@
 """Figure 12: gate histograms by input domain per depth third, second model (code-tuned).
 
-Reads one ``disel.gates/1`` file (:func:`disel.experiments.gates.analyze_gates`, or
-``python -m disel.experiments.eval_cli gates``): post-sigmoid gate values of a trained DISeL adapter
+Reads one ``disel.gates/1`` file (:func:`disel.experiments.eval.gates.analyze_gates`, or
+``python -m disel.experiments.cli.eval gates``): post-sigmoid gate values of a trained DISeL adapter
 on held-out inputs, grouped by depth third (early / mid / late layers). The view of Figure 4 for the second
 model (the paper: Mistral-7B tuned on Magicoder, so code is the fine-tuning domain); every domain of
 the file, or ``--domains`` in that order, is overlaid.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from disel.experiments.results import read_gates
+from disel.experiments.schemas import read_gates
 
 from ._cli import figure_parser, render
 from .plots import gates_by_domain_figure

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from disel.experiments.comparison import ComparisonConfig, main, run_comparison
-from disel.experiments.results import read_tradeoff_table
+from disel.experiments.schemas import read_tradeoff_table
 
 from tiny_models import make_tiny_causal_lm
 

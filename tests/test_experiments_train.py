@@ -21,10 +21,10 @@ from tiny_models import (
     make_tiny_roberta_mlm,
 )
 
-from disel.experiments import io as experiment_io
-from disel.experiments.cli import main as cli_main
+from disel import io as experiment_io
+from disel.experiments.cli.train import main as cli_main
 from disel.experiments.config import ConfigError, ExperimentConfig, config_from_dict, load_config
-from disel.experiments.data import (
+from disel.experiments.data.datasets import (
     ALPACA,
     IGNORE_INDEX,
     MAGICODER,
@@ -35,7 +35,7 @@ from disel.experiments.data import (
     split_rows,
     tokenize_instruction,
 )
-from disel.experiments.train import RESULT_FILE, TrainResult, complete_checkpoints, train
+from disel.experiments.train.run import RESULT_FILE, TrainResult, complete_checkpoints, train
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_TEXT = REPO.parent / "shared" / "paper" / "paper_text.txt"

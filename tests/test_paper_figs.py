@@ -23,8 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from fixtures_results import TinyResults, make_tiny_results  # noqa: E402
 
-from disel.experiments import results  # noqa: E402
-from disel.experiments.results import (  # noqa: E402
+from disel.experiments import schemas as results  # noqa: E402
+from disel.experiments.schemas import (  # noqa: E402
     MalformedResultFileError,
     MissingResultFileError,
     ResultFileError,
@@ -426,7 +426,7 @@ def test_run_all_fails_on_a_malformed_file_even_with_allow_missing(tiny, tmp_pat
 
 
 def test_tradeoff_command_line_writes_the_table_from_runs(tiny, tmp_path, capsys):
-    """`python -m disel.experiments.results tradeoff` writes the same rows as tradeoff_table_from_runs,
+    """`python -m disel.experiments.schemas tradeoff` writes the same rows as tradeoff_table_from_runs,
     and names a missing per-checkpoint table instead of writing anything."""
     out = tmp_path / "tradeoff.json"
     argv = ["tradeoff", "--runs-dir", str(tiny.runs_dir), "--ft-evaluator", "gsm8k", "--retention-evaluator",

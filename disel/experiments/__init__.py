@@ -2,9 +2,9 @@
 and evaluation (GSM8K, HumanEval, lm-eval retention, perplexity, gate analysis).
 
 Training: ``disel-train --config recipes/<recipe>.yaml [--override key=value ...]`` or, from Python,
-``from disel.experiments.train import train; train(load_config(path))`` (the function is not re-exported
+``from disel.experiments.train.run import train; train(load_config(path))`` (the function is not re-exported
 here: the package attribute ``train`` is the submodule). Submodules import ``torch``/``transformers`` only
-when used, so ``import disel.experiments`` (and ``disel.experiments.io``) stays cheap.
+when used, so ``import disel.experiments`` (and ``disel.io``) stays cheap.
 """
 
 from __future__ import annotations

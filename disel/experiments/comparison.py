@@ -3,9 +3,9 @@
 One command (``python -m disel.experiments.comparison``) runs the whole comparison, the CPU-sized analogue
 of the paper's Llama-2/MetaMathQA experiment:
 
-1. seeded arithmetic word problems (:mod:`disel.experiments.arithmetic`): a training set and a held-out
+1. seeded arithmetic word problems (:mod:`disel.experiments.data.arithmetic`): a training set and a held-out
    test set with no question in common;
-2. for each method and rank: fine-tune with :func:`disel.experiments.train.train` (Alpaca template, loss on
+2. for each method and rank: fine-tune with :func:`disel.experiments.train.run.train` (Alpaca template, loss on
    the response only, all seven decoder projections adapted, checkpoints every ``save_steps``);
 3. for the base model and every checkpoint: (a) exact match on held-out problems (strict ``#### n``),
    (b) retention as perplexity on general English (Python's ``pydoc_data`` topics) and on code
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .io import read_json, write_json_atomic, write_text_atomic
+from disel.io import read_json, write_json_atomic, write_text_atomic
 
 __all__ = ["ComparisonConfig", "run_comparison", "main"]
 
@@ -94,7 +94,7 @@ class ComparisonConfig:
 
 def _problems(config: ComparisonConfig):
     """Training and held-out test problems (``ArithmeticProblem`` lists) with no question in common."""
-    from .arithmetic import generate_problems
+    from .data.arithmetic import generate_problems
 
     train_problems = generate_problems(config.train_problems, config.data_seed)
     seen = {p.instruction for p in train_problems}
@@ -147,18 +147,18 @@ def _final_row(table: dict[str, Any]) -> dict[str, Any]:
 def run_comparison(config: ComparisonConfig, progress=print) -> dict[str, Any]:
     """Run (or resume) the whole comparison; returns the ``disel.comparison/1`` dict also written to
     ``<output_dir>/comparison.json``."""
-    from .arithmetic import write_jsonl
-    from .evaluate import GenerationSettings, load_model_for_eval
-    from .gates import analyze_gates, default_offline_domains, save_gates
-    from .offline_text import general_english_texts, python_code_texts
-    from .retention import Gsm8kEvaluator, PerplexityEvaluator, evaluate_checkpoints
-    from .train import RESULT_FILE, TrainResult, train
+    from .data.arithmetic import write_jsonl
+    from .eval.generation import GenerationSettings, load_model_for_eval
+    from .eval.gates import analyze_gates, default_offline_domains, save_gates
+    from .data.offline_text import general_english_texts, python_code_texts
+    from .eval.retention import Gsm8kEvaluator, PerplexityEvaluator, evaluate_checkpoints
+    from .train.run import RESULT_FILE, TrainResult, train
 
     config.validate()
     started = time.perf_counter()
     out = Path(config.output_dir)
     if config.model_path is None:
-        from .smollm import smollm2_path
+        from .models import smollm2_path
 
         model_path = str(smollm2_path())
     else:
@@ -240,7 +240,7 @@ def run_comparison(config: ComparisonConfig, progress=print) -> dict[str, Any]:
 
     assert base_row is not None
     base = {"exact_match": base_row["exact_match"], "ppl_english": base_row["english"], "ppl_code": base_row["code"]}
-    from .results import write_tradeoff_table
+    from .schemas import write_tradeoff_table
 
     for corpus in ("english", "code"):
         write_tradeoff_table(

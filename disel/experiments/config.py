@@ -96,7 +96,7 @@ class DataConfig:
     dataset_validation_split: str | None = None
     """Split of ``dataset`` to evaluate on (e.g. ``validation``), or None."""
     template: Literal["alpaca", "magicoder", "none"] = "alpaca"
-    """Prompt template (``disel.experiments.data.TEMPLATES``): ``alpaca`` (math), ``magicoder`` (code), or
+    """Prompt template (``disel.experiments.data.datasets.TEMPLATES``): ``alpaca`` (math), ``magicoder`` (code), or
     ``none`` (raw text from ``text_field``, loss on every token). Ignored for sequence classification."""
     instruction_field: str = "instruction"
     """Key of the instruction in each row (MetaMathQA: ``query``)."""

@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, ExperimentConfig, MethodConfig, ModelConfig, TrainingConfig
-from .data import CausalLMCollator, PreparedData, prepare_data
-from .io import read_json, write_json_atomic, write_yaml_atomic
+from ..config import ConfigError, ExperimentConfig, MethodConfig, ModelConfig, TrainingConfig
+from ..data.datasets import CausalLMCollator, PreparedData, prepare_data
+from disel.io import read_json, write_json_atomic, write_yaml_atomic
 
 __all__ = [
     "RESULT_FILE",
@@ -650,7 +650,7 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
     Raises:
         ConfigError: inconsistent settings (also an ``output_dir`` with checkpoints but no ``resume``).
         FileNotFoundError: ``model.path`` is not a local model.
-        disel.experiments.data.DataFormatError: a missing file or a malformed row (file, line, expected key).
+        disel.experiments.data.datasets.DataFormatError: a missing file or a malformed row (file, line, expected key).
     """
     from transformers import enable_full_determinism, set_seed
 

@@ -1,4 +1,4 @@
-"""Evaluation command line: ``python -m disel.experiments.eval_cli <command> [flags]``.
+"""Evaluation command line: ``python -m disel.experiments.cli.eval <command> [flags]``.
 
 Commands (each writes one JSON file atomically; ``--help`` on a command lists its flags):
 
@@ -76,7 +76,7 @@ def _add_perplexity_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m disel.experiments.eval_cli", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m disel.experiments.cli.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="JSON/YAML file of flag values (flags override it)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -197,13 +197,13 @@ def _dtype(name: str):
 
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    from .evaluate import _resolve_dtype
+    from ..eval.generation import _resolve_dtype
 
     return _resolve_dtype(name)
 
 
 def _load(args: argparse.Namespace, **kwargs):
-    from .evaluate import load_model_for_eval
+    from ..eval.generation import load_model_for_eval
 
     return load_model_for_eval(
         args.base, args.adapter, dtype=_dtype(args.dtype), gguf_file=args.gguf_file, device=args.device, **kwargs
@@ -211,7 +211,7 @@ def _load(args: argparse.Namespace, **kwargs):
 
 
 def _lm_eval_settings(args: argparse.Namespace):
-    from .lm_eval_bridge import LmEvalSettings
+    from ..eval.lm_eval_bridge import LmEvalSettings
 
     limit = args.limit
     if limit is not None and float(limit).is_integer() and limit >= 1:
@@ -229,8 +229,8 @@ def _lm_eval_settings(args: argparse.Namespace):
 
 
 def _corpora(args: argparse.Namespace, text_seed: int) -> dict[str, list[str]]:
-    from .offline_text import general_english_texts, python_code_texts
-    from .perplexity import read_text_files
+    from ..data.offline_text import general_english_texts, python_code_texts
+    from ..eval.perplexity import read_text_files
 
     corpora: dict[str, list[str]] = {}
     for path in args.text:
@@ -245,13 +245,13 @@ def _corpora(args: argparse.Namespace, text_seed: int) -> dict[str, list[str]]:
 
 
 def _prompt_formatter(template: str):
-    from .data import format_prompt
+    from ..data.datasets import format_prompt
 
     return lambda instruction: format_prompt(template, instruction)
 
 
 def _write(path: str, record: dict[str, Any]) -> None:
-    from .io import write_json_atomic
+    from disel.io import write_json_atomic
 
     write_json_atomic(path, record)
     print(f"wrote {path}")
@@ -274,19 +274,19 @@ def _num_labels_from_adapter(adapter: str) -> int | None:
 def _run(args: argparse.Namespace) -> None:
     command = args.command
     if command == "smollm2":
-        from .smollm import smollm2_path
+        from ..models import smollm2_path
 
         print(smollm2_path(args.cache_dir))
         return
 
     if command == "lm-eval":
-        from .lm_eval_bridge import evaluate_lm_eval
+        from ..eval.lm_eval_bridge import evaluate_lm_eval
 
         loaded = _load(args)
         _write(args.out, evaluate_lm_eval(loaded.model, loaded.tokenizer, _lm_eval_settings(args), description=loaded.description))
 
     elif command == "gsm8k":
-        from .evaluate import GenerationSettings, evaluate_gsm8k, read_jsonl
+        from ..eval.generation import GenerationSettings, evaluate_gsm8k, read_jsonl
 
         loaded = _load(args)
         record = evaluate_gsm8k(
@@ -300,7 +300,7 @@ def _run(args: argparse.Namespace) -> None:
     elif command == "humaneval":
         if not args.allow_code_execution:
             raise SystemExit("humaneval executes model-generated code: pass --allow-code-execution to confirm")
-        from .evaluate import GenerationSettings, evaluate_humaneval, read_jsonl
+        from ..eval.generation import GenerationSettings, evaluate_humaneval, read_jsonl
 
         loaded = _load(args)
         template = _prompt_formatter(args.template)
@@ -315,7 +315,7 @@ def _run(args: argparse.Namespace) -> None:
         _write(args.out, record)
 
     elif command == "perplexity":
-        from .perplexity import causal_lm_perplexity
+        from ..eval.perplexity import causal_lm_perplexity
 
         loaded = _load(args)
         corpora = {
@@ -330,8 +330,8 @@ def _run(args: argparse.Namespace) -> None:
     elif command == "mlm-perplexity":
         from transformers import AutoModelForSequenceClassification
 
-        from .evaluate import load_model_for_eval
-        from .perplexity import masked_lm_perplexity, mlm_with_original_head
+        from ..eval.generation import load_model_for_eval
+        from ..eval.perplexity import masked_lm_perplexity, mlm_with_original_head
 
         num_labels = args.num_labels or (_num_labels_from_adapter(args.adapter) if args.adapter else None)
 
@@ -357,8 +357,8 @@ def _run(args: argparse.Namespace) -> None:
                           "mean_perplexity": sum(values) / len(values)})
 
     elif command == "retention":
-        from .evaluate import GenerationSettings, read_jsonl
-        from .retention import (
+        from ..eval.generation import GenerationSettings, read_jsonl
+        from ..eval.retention import (
             Gsm8kEvaluator,
             HumanEvalEvaluator,
             LmEvalEvaluator,
@@ -398,8 +398,8 @@ def _run(args: argparse.Namespace) -> None:
         print(f"{len(table['rows'])} rows; columns: {table['metric_columns']}")
 
     elif command == "gates":
-        from .evaluate import read_jsonl
-        from .gates import analyze_gates, default_offline_domains, domain_from_rows, save_gates
+        from ..eval.generation import read_jsonl
+        from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, save_gates
 
         domains = []
         for spec in args.domain:

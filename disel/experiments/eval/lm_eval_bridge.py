@@ -1,7 +1,7 @@
 """Retention through lm-evaluation-harness, for models lm-eval cannot load by itself.
 
 lm-eval's ``hf`` model loads LoRA-family adapters from a path, but knows nothing of DISeL. We load the
-model ourselves (:func:`~disel.experiments.evaluate.load_model_for_eval`: base + adapter, not merged)
+model ourselves (:func:`~disel.experiments.eval.generation.load_model_for_eval`: base + adapter, not merged)
 and hand the live ``PeftModel`` to lm-eval's ``HFLM`` wrapper (``HFLM(pretrained=<model>,
 tokenizer=...)``), which then scores it exactly as it scores any Hugging Face model.
 

@@ -212,7 +212,7 @@ def gsm8k_reference_answer(row: dict[str, Any]) -> str:
     """The reference answer of a GSM8K-style row, normalised like predictions.
 
     GSM8K rows carry the worked solution in ``answer`` ending ``#### <n>``; the offline arithmetic
-    problems (:mod:`disel.experiments.arithmetic`) carry a bare ``answer`` and the worked ``output``.
+    problems (:mod:`disel.experiments.data.arithmetic`) carry a bare ``answer`` and the worked ``output``.
     """
     answer = row.get("answer")
     if answer is None:
@@ -319,7 +319,7 @@ def generate_responses(
 
 
 def _default_math_prompt(question: str) -> str:
-    from .data import format_prompt  # the training template, so evaluation asks as training taught
+    from ..data.datasets import format_prompt  # the training template, so evaluation asks as training taught
 
     return format_prompt("alpaca", question)
 
@@ -548,7 +548,7 @@ def humaneval_program(problem: CodeProblem, completion: str) -> str:
 
 
 def _default_code_prompt(problem: CodeProblem) -> str:
-    from .data import format_prompt
+    from ..data.datasets import format_prompt
 
     instruction = f"Complete the following Python function.\n```python\n{problem.prompt}```"
     return format_prompt("magicoder", instruction)

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import torch
 
-from .evaluate import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval, load_model_for_eval
-from .io import write_json_atomic, write_text_atomic
+from .generation import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval, load_model_for_eval
+from disel.io import write_json_atomic, write_text_atomic
 from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
 from .perplexity import causal_lm_perplexity
 
@@ -160,7 +160,7 @@ class HumanEvalEvaluator:
     """Column ``pass@1`` (greedy, one sample per problem; the code runs, so it must be allowed); mean: pass@1.
 
     The source of the code-model FT-accuracy curve (Figure 9). ``allow_code_execution`` must be True, as for
-    :func:`~disel.experiments.evaluate.evaluate_humaneval`, which refuses otherwise.
+    :func:`~disel.experiments.eval.generation.evaluate_humaneval`, which refuses otherwise.
     """
 
     problems: Sequence[dict[str, Any]]

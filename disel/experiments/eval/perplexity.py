@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import right_pad
+from ..data.collator import right_pad
 
 __all__ = [
     "causal_lm_perplexity",

@@ -1,4 +1,4 @@
-"""``disel-train``: the command line over :func:`disel.experiments.train.train`.
+"""``disel-train``: the command line over :func:`disel.experiments.train.run.train`.
 
 Usage::
 
@@ -48,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(variable, "1")  # before transformers/datasets read them at import
     args = build_parser().parse_args(argv)
 
-    from .config import ConfigError, load_config
-    from .data import DataFormatError
+    from ..config import ConfigError, load_config
+    from ..data.datasets import DataFormatError
 
     try:
         config = load_config(args.config, args.override)
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
-        from .train import RESULT_FILE, train
+        from ..train.run import RESULT_FILE, train
 
         result = train(config)
     except (ConfigError, DataFormatError, FileNotFoundError) as error:

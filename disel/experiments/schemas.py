@@ -4,10 +4,10 @@ The figure scripts (``paper_figs/``) read result files only through this module,
 wrong schema or a missing key fails with one message naming the file and what was expected, before
 anything is drawn. The module itself uses no torch (importing the ``disel`` package still loads it).
 
-* ``<run>/train_result.json`` — ``disel.train_result/1``, written by :func:`disel.experiments.train.train`;
+* ``<run>/train_result.json`` — ``disel.train_result/1``, written by :func:`disel.experiments.train.run.train`;
 * ``<run>/retention_<evaluator>.json`` — ``disel.retention/1``, written by
-  :func:`disel.experiments.retention.evaluate_checkpoints` (``eval_cli retention``);
-* a gates file (any name) — ``disel.gates/1``, written by :func:`disel.experiments.gates.analyze_gates` and
+  :func:`disel.experiments.eval.retention.evaluate_checkpoints` (``eval_cli retention``);
+* a gates file (any name) — ``disel.gates/1``, written by :func:`disel.experiments.eval.gates.analyze_gates` and
   ``save_gates`` (``eval_cli gates``);
 * a tradeoff table (any name) — ``disel.tradeoff/1``, written by :func:`write_tradeoff_table` (defined here).
 
@@ -26,7 +26,7 @@ The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tun
 ``(method, rank)`` with the mean and the sample standard deviation across seeds (Figure 2's error bars).
 :func:`tradeoff_table_from_runs` builds the table from training runs: in each run the checkpoint with
 the best fine-tuning score is selected (paper, Appendix II.5) and its retention read from the same
-checkpoint's row of the retention table; from the shell, ``python -m disel.experiments.results tradeoff``.
+checkpoint's row of the retention table; from the shell, ``python -m disel.experiments.schemas tradeoff``.
 
 Runs for the checkpoint figures (6–9): a run directory holds ``train_result.json`` (method, rank and
 seed are read from it, so no separate manifest can disagree with the run) and one
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..recording import DEPTH_GROUPS
+from disel.recording import DEPTH_GROUPS
 
 __all__ = [
     "DEPTH_THIRDS",
@@ -204,7 +204,7 @@ def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
     """Read ``train_result.json`` (``path`` is the file or the run directory holding it)."""
     path = Path(path)
     file = path / TRAIN_RESULT_FILE if path.is_dir() else path
-    raw = _load(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.train")
+    raw = _load(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train")
     method = _get(file, raw, "method", "str", "")
     rank = _get(file, raw, "rank", "int", "", nullable=True)
     name = _get(file, raw, "name", "str", "", nullable=True) if "name" in raw else None
@@ -291,7 +291,7 @@ class RetentionTable:
 def read_retention_table(path: str | os.PathLike) -> RetentionTable:
     """Read and check a ``disel.retention/1`` table (``retention_<evaluator>.json``)."""
     path = Path(path)
-    raw = _load(path, RETENTION_SCHEMA, "written by disel.experiments.retention.evaluate_checkpoints")
+    raw = _load(path, RETENTION_SCHEMA, "written by disel.experiments.eval.retention.evaluate_checkpoints")
     evaluator = _get(path, raw, "evaluator", "str", "")
     columns = _get(path, raw, "metric_columns", "list", "")
     if not all(isinstance(column, str) for column in columns):
@@ -355,7 +355,7 @@ def read_run(run_dir: str | os.PathLike, evaluator: str) -> RunResults:
         raise MissingResultFileError(
             table_path,
             f"does not exist; expected the {RETENTION_SCHEMA} table of evaluator {evaluator!r} "
-            f"(python -m disel.experiments.eval_cli retention ...); the run has {present or 'no retention table'}",
+            f"(python -m disel.experiments.cli.eval retention ...); the run has {present or 'no retention table'}",
         )
     return RunResults(info, read_retention_table(table_path))
 
@@ -473,7 +473,7 @@ class GateHistogram:
 
 @dataclass(frozen=True)
 class GateDomainSummary:
-    """The gate summaries of one input domain, grouped as :mod:`disel.experiments.gates` describes."""
+    """The gate summaries of one input domain, grouped as :mod:`disel.experiments.eval.gates` describes."""
 
     name: str
     token_selection: str | None
@@ -518,7 +518,7 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
     """Read and check a ``disel.gates/1`` file: every histogram has ``len(bin_edges) - 1`` bins that
     add up to its ``count`` (> 0)."""
     path = Path(path)
-    raw = _load(path, GATES_SCHEMA, "written by disel.experiments.gates.save_gates / eval_cli gates")
+    raw = _load(path, GATES_SCHEMA, "written by disel.experiments.eval.gates.save_gates / eval_cli gates")
     edges = _get(path, raw, "bin_edges", "list", "")
     if (
         len(edges) < 2
@@ -680,7 +680,7 @@ def _check_tradeoff(raw: Mapping[str, Any], path: Path) -> TradeoffTable:
 def read_tradeoff_table(path: str | os.PathLike) -> TradeoffTable:
     """Read and check a ``disel.tradeoff/1`` table."""
     path = Path(path)
-    raw = _load(path, TRADEOFF_SCHEMA, "written by disel.experiments.results.write_tradeoff_table")
+    raw = _load(path, TRADEOFF_SCHEMA, "written by disel.experiments.schemas.write_tradeoff_table")
     return _check_tradeoff(raw, path)
 
 
@@ -695,13 +695,13 @@ def write_tradeoff_table(
     base_ft_score: float | None = None,
     title: str | None = None,
 ) -> Path:
-    """Check and write a ``disel.tradeoff/1`` table atomically (:mod:`disel.experiments.io`).
+    """Check and write a ``disel.tradeoff/1`` table atomically (:mod:`disel.io`).
 
     ``rows``: :class:`TradeoffRow` objects or mappings with ``method``, ``rank``, ``seed``, ``ft_score``,
     ``retention``. Raises :class:`MalformedResultFileError` (naming ``path``, nothing written) on a missing
     or mistyped field, a non-finite score or a repeated ``(method, rank, seed)``.
     """
-    from .io import write_json_atomic
+    from disel.io import write_json_atomic
 
     path = Path(path)
     row_dicts = []
@@ -854,12 +854,12 @@ def tradeoff_table_from_runs(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m disel.experiments.results tradeoff --runs-dir DIR --ft-evaluator gsm8k
+    """``python -m disel.experiments.schemas tradeoff --runs-dir DIR --ft-evaluator gsm8k
     --retention-evaluator lm-eval --out tradeoff_llm.json``: :func:`tradeoff_table_from_runs` + write."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m disel.experiments.results", description="Result-file tools.")
+    parser = argparse.ArgumentParser(prog="python -m disel.experiments.schemas", description="Result-file tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser(
         "tradeoff", help="a disel.tradeoff/1 table from training runs and their per-checkpoint tables"

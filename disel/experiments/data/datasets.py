@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .config import DataConfig
+from ..config import DataConfig
 
 __all__ = [
     "ALPACA",

@@ -1,4 +1,6 @@
-"""Atomic result-file writes: a crash mid-write leaves the old file or the new one, never half of one.
+"""File I/O shared by the core, the toy, the figures and the experiments: atomic writes and one JSONL reader.
+
+Atomic writes: a crash mid-write leaves the old file or the new one, never half of one.
 
 Each writer puts the bytes in a temporary file in the destination's directory (same filesystem, so the
 rename is atomic), flushes and fsyncs it, then ``os.replace``s it over the destination and fsyncs the
@@ -16,7 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json", "write_bytes_atomic", "write_json_atomic", "write_text_atomic", "write_yaml_atomic"]
+__all__ = [
+    "read_json",
+    "read_jsonl",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+    "write_yaml_atomic",
+]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -75,6 +84,30 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(stream)
 
 
+def read_jsonl(
+    path: str | os.PathLike, *, limit: int | None = None, error: type[Exception] = ValueError
+) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per non-blank line, at most ``limit`` of them.
+
+    A line that is not JSON, or not a JSON object, raises ``error`` naming the file and the line number.
+    """
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if limit is not None and len(rows) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as parse_error:
+                raise error(f"{path}, line {number}: not valid JSON ({parse_error.msg})") from None
+            if not isinstance(value, dict):
+                raise error(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
+            rows.append(value)
+    return rows
+
+
 def _jsonable(obj: Any) -> Any:
     """A copy of ``obj`` with tuples as lists, non-finite floats as None, paths as strings."""
     if isinstance(obj, dict):
@@ -104,3 +137,23 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` (a folder for result files) if needed and check that files can be written into it.
+
+    Called before any long computation, so a bad output path fails in a second, not after training.
+
+    Raises:
+        ValueError: ``path`` is an existing file, cannot be created, or is not writable (the message says which).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{str(path)!r} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the folder {str(path)!r}: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"the folder {str(path)!r} is not writable")
+    return path

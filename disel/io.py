@@ -11,14 +11,18 @@ never see a truncated JSON.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "check_output_dir",
+    "iter_jsonl",
     "read_json",
     "read_jsonl",
     "write_bytes_atomic",
@@ -84,18 +88,13 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(stream)
 
 
-def read_jsonl(
-    path: str | os.PathLike, *, limit: int | None = None, error: type[Exception] = ValueError
-) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file, one per non-blank line, at most ``limit`` of them.
+def iter_jsonl(path: str | os.PathLike, *, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file (line numbers from 1).
 
     A line that is not JSON, or not a JSON object, raises ``error`` naming the file and the line number.
     """
-    rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as stream:
         for number, line in enumerate(stream, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
             if not line.strip():
                 continue
             try:
@@ -104,8 +103,12 @@ def read_jsonl(
                 raise error(f"{path}, line {number}: not valid JSON ({parse_error.msg})") from None
             if not isinstance(value, dict):
                 raise error(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
-            rows.append(value)
-    return rows
+            yield number, value
+
+
+def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (blank lines skipped), at most ``limit`` of them."""
+    return [value for _, value in itertools.islice(iter_jsonl(path), limit)]
 
 
 def _jsonable(obj: Any) -> Any:

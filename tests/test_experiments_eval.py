@@ -231,7 +231,7 @@ def test_humaneval_evaluator_for_checkpoint_tables(monkeypatch):
     """The per-checkpoint HumanEval evaluator (Figure 9's source) reports pass@1 as its column and mean,
     and refuses to run code without the explicit opt-in."""
     from disel.experiments.eval.generation import LoadedModel
-    from disel.experiments.eval.retention import HumanEvalEvaluator
+    from disel.experiments.eval.evaluators import HumanEvalEvaluator
 
     canned = ["    return a + b\n"]
     monkeypatch.setattr(evaluate_module, "generate_responses", lambda *args, **kwargs: canned)
@@ -399,7 +399,8 @@ def test_retention_table_over_checkpoints(tiny_causal_dir, tmp_path):
     """evaluate_checkpoints: base row (step 0) then checkpoints by numeric step, one metric column per
     corpus plus mean, JSON and CSV agree; an at-init checkpoint scores exactly like the base; a rerun
     resumes without evaluating again."""
-    from disel.experiments.eval.retention import PerplexityEvaluator, evaluate_checkpoints, list_checkpoints
+    from disel.experiments.eval.evaluators import PerplexityEvaluator
+    from disel.experiments.eval.retention import evaluate_checkpoints, list_checkpoints
 
     run = tmp_path / "run"
     _disel(_load_base(tiny_causal_dir).model).save_pretrained(run / "checkpoint-2")
@@ -442,7 +443,8 @@ def test_retention_table_over_checkpoints(tiny_causal_dir, tmp_path):
 def test_gate_analysis_over_domains(tiny_causal_dir):
     """analyze_gates: per domain, summaries per (layer, module) and grouped by depth third, module,
     attention/MLP and depth × kind; instruction domains record only response tokens, raw text every token."""
-    from disel.experiments.data.datasets import IGNORE_INDEX, format_prompt, tokenize_instruction
+    from disel.experiments.data.datasets import tokenize_instruction
+    from disel.experiments.data.templates import IGNORE_INDEX, format_prompt
     from disel.experiments.eval.gates import GateDomain, analyze_gates
 
     loaded = _load_base(tiny_causal_dir)
@@ -577,3 +579,44 @@ def test_eval_cli_gates_on_offline_domains(tiny_causal_dir, tmp_path):
     assert record["schema"] == "disel.gates/1" and record["model"]["peft_type"] == "DISEL"
     assert list(record["domains"]) == ["math", "general", "code"]
     assert [record["domains"][d]["token_selection"] for d in record["domains"]] == ["response", "all", "response"]
+
+
+def test_humaneval_standalone_equals_retention_on_the_same_checkpoint(tiny_causal_dir, tmp_path):
+    """`disel-eval humaneval` and `disel-eval retention --evaluator humaneval` build the same evaluator: on the
+    same checkpoint, with the same --template, they ask the same prompts, stop at the same strings and give
+    the same pass@1 (the per-checkpoint numbers behind Figure 9 equal the standalone number)."""
+    from dataclasses import asdict
+
+    from disel.experiments.cli.eval import main
+
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    _disel(_load_base(tiny_causal_dir).model, init_weights=False).save_pretrained(checkpoint)
+    data = tmp_path / "humaneval.jsonl"
+    data.write_text(json.dumps(asdict(_PROBLEM)) + "\n" + json.dumps({**asdict(_PROBLEM), "task_id": "toy/1"}) + "\n")
+    common = ["--base", str(tiny_causal_dir), "--data", str(data), "--template", "alpaca", "--max-new-tokens", "6",
+              "--allow-code-execution", "--dtype", "float32"]
+    out = tmp_path / "humaneval.json"
+    assert main(["humaneval", *common, "--adapter", str(checkpoint), "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["retention", *common, "--output-dir", str(tmp_path / "run"), "--evaluator", "humaneval",
+                 "--no-base-row"]) == 0
+
+    standalone = json.loads(out.read_text())
+    table = json.loads((tmp_path / "run" / "retention_humaneval.json").read_text())
+    per_checkpoint = json.loads((tmp_path / "run" / "retention_humaneval_details" / "checkpoint-1.json").read_text())
+    assert [row["checkpoint"] for row in table["rows"]] == ["checkpoint-1"]
+    assert table["rows"][0]["pass@1"] == standalone["pass@1"]
+    assert per_checkpoint["generation"] == standalone["generation"]
+    assert standalone["generation"]["stop_strings"] == ["### Instruction", "\n\n\n"]  # the alpaca template's
+    assert [s["response"] for s in per_checkpoint["samples"]] == [s["response"] for s in standalone["samples"]]
+    assert table["settings"]["template"] == "alpaca"
+
+
+def test_eval_cli_uses_its_command_name_and_refuses_abbreviations(capsys):
+    """`disel-eval` names itself in usage and errors, and an abbreviated flag is an error, not another flag."""
+    from disel.experiments.cli.eval import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gsm8k", "--base", "b", "--data", "d.jsonl", "--out", "o.json", "--max-new", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: disel-eval") and "disel-eval: error: unrecognized arguments: --max-new" in err

@@ -24,17 +24,9 @@ from tiny_models import (
 from disel import io as experiment_io
 from disel.experiments.cli.train import main as cli_main
 from disel.experiments.config import ConfigError, ExperimentConfig, config_from_dict, load_config
-from disel.experiments.data.datasets import (
-    ALPACA,
-    IGNORE_INDEX,
-    MAGICODER,
-    CausalLMCollator,
-    DataFormatError,
-    format_prompt,
-    read_rows,
-    split_rows,
-    tokenize_instruction,
-)
+from disel.experiments.data.collator import CausalLMCollator
+from disel.experiments.data.datasets import DataFormatError, read_rows, split_rows, tokenize_instruction
+from disel.experiments.data.templates import ALPACA, IGNORE_INDEX, MAGICODER, format_prompt
 from disel.experiments.train.run import RESULT_FILE, TrainResult, complete_checkpoints, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ _EXPORTS = {
     "ConfigError": "config",
     "ExperimentConfig": "config",
     "load_config": "config",
-    "DataFormatError": "data",
-    "format_prompt": "data",
+    "DataFormatError": "data.datasets",
+    "format_prompt": "data.templates",
     "TrainResult": "train",
 }
 

@@ -151,7 +151,8 @@ def run_comparison(config: ComparisonConfig, progress=print) -> dict[str, Any]:
     from .eval.generation import GenerationSettings, load_model_for_eval
     from .eval.gates import analyze_gates, default_offline_domains, save_gates
     from .data.offline_text import general_english_texts, python_code_texts
-    from .eval.retention import Gsm8kEvaluator, PerplexityEvaluator, evaluate_checkpoints
+    from .eval.evaluators import Gsm8kEvaluator, PerplexityEvaluator
+    from .eval.retention import evaluate_checkpoints
     from .train.run import RESULT_FILE, TrainResult, train
 
     config.validate()

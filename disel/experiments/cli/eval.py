@@ -1,4 +1,4 @@
-"""Evaluation command line: ``python -m disel.experiments.cli.eval <command> [flags]``.
+"""``disel-eval <command> [flags]``: the evaluation command line, one small function per command.
 
 Commands (each writes one JSON file atomically; ``--help`` on a command lists its flags):
 
@@ -12,7 +12,9 @@ Commands (each writes one JSON file atomically; ``--help`` on a command lists it
 * ``smollm2``: convert the offline SmolLM2-135M-Instruct once and print its directory.
 
 ``--config FILE`` (JSON or YAML, keys as the flags with ``_`` or ``-``) sets a command's defaults;
-flags given on the command line override it.
+flags given on the command line override it. ``gsm8k``, ``humaneval``, ``perplexity`` and ``lm-eval`` build
+the same evaluator object (:mod:`disel.experiments.eval.evaluators`) as ``retention --evaluator ...``, so a
+checkpoint scores the same either way.
 """
 
 from __future__ import annotations
@@ -48,12 +50,6 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, base_required: bool = T
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
 
 
-def _add_generation_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke tests)")
-
-
 def _add_lm_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="paper-retention", help="paper-retention, or 'none' to run --tasks only")
     parser.add_argument("--tasks", nargs="*", default=[], help="extra tasks, each 'task' or 'task:metric,filter'")
@@ -75,38 +71,53 @@ def _add_perplexity_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
 
 
+def _add_evaluator_flags(parser: argparse.ArgumentParser, evaluator: str) -> None:
+    """The flags an evaluator is built from (:func:`_evaluator`); ``retention`` takes the union of them all."""
+    if evaluator in ("gsm8k", "humaneval"):
+        parser.add_argument("--data", required=True,
+                            help="JSONL: question/answer (gsm8k) or task_id, prompt, test, entry_point (humaneval)")
+        parser.add_argument("--template", default=None,
+                            help="prompt template (default: alpaca for gsm8k, magicoder for humaneval); its stop strings end answers")
+        parser.add_argument("--max-new-tokens", type=int, default=512)
+    if evaluator in ("humaneval", "retention"):
+        parser.add_argument("--allow-code-execution", action="store_true", help="required: confirms running generated code")
+        parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HumanEval program")
+
+
+def _subparser(commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=help_text, allow_abbrev=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m disel.experiments.cli.eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="disel-eval", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--config", default=None, help="JSON/YAML file of flag values (flags override it)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("lm-eval", help="lm-evaluation-harness (the paper's retention suite by default)")
+    p = _subparser(commands, "lm-eval", "lm-evaluation-harness (the paper's retention suite by default)")
     _add_model_flags(p)
     _add_lm_eval_flags(p)
     p.add_argument("--out", required=True, help="result JSON (schema disel.lm_eval/1)")
+    p.set_defaults(handler=_cmd_evaluate, evaluator="lm-eval")
 
-    p = commands.add_parser("gsm8k", help="GSM8K-style strict exact match")
-    _add_model_flags(p)
-    p.add_argument("--data", required=True, help="JSONL with question (or instruction) and answer")
-    p.add_argument("--template", default="alpaca", help="training template the prompt is formatted with")
-    _add_generation_flags(p, max_new_tokens=512)
-    p.add_argument("--out", required=True, help="result JSON (schema disel.gsm8k/1)")
+    for name, help_text, schema in (
+        ("gsm8k", "GSM8K-style strict exact match", "disel.gsm8k/1"),
+        ("humaneval", "HumanEval-style pass@1 (executes generated code)", "disel.humaneval/1"),
+    ):
+        p = _subparser(commands, name, help_text)
+        _add_model_flags(p)
+        _add_evaluator_flags(p, name)
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke tests)")
+        p.add_argument("--out", required=True, help=f"result JSON (schema {schema})")
+        p.set_defaults(handler=_cmd_evaluate, evaluator=name)
 
-    p = commands.add_parser("humaneval", help="HumanEval-style pass@1 (executes generated code)")
-    _add_model_flags(p)
-    p.add_argument("--data", required=True, help="JSONL with task_id, prompt, test, entry_point")
-    p.add_argument("--template", default="magicoder")
-    p.add_argument("--allow-code-execution", action="store_true", help="required: confirms running generated code")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
-    _add_generation_flags(p, max_new_tokens=512)
-    p.add_argument("--out", required=True, help="result JSON (schema disel.humaneval/1)")
-
-    p = commands.add_parser("perplexity", help="causal-LM perplexity over texts")
+    p = _subparser(commands, "perplexity", "causal-LM perplexity over texts")
     _add_model_flags(p)
     _add_perplexity_flags(p)
     p.add_argument("--out", required=True, help="result JSON (schema disel.perplexity/1)")
+    p.set_defaults(handler=_cmd_evaluate, evaluator="perplexity")
 
-    p = commands.add_parser("mlm-perplexity", help="masked-LM perplexity with the original MLM head")
+    p = _subparser(commands, "mlm-perplexity", "masked-LM perplexity with the original MLM head")
     _add_model_flags(p)
     p.add_argument("--pretrained-mlm", default=None, help="checkpoint with the original MLM head (default --base)")
     p.add_argument("--num-labels", type=int, default=None, help="classifier size (default: read from the adapter)")
@@ -119,36 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="result JSON (schema disel.mlm_perplexity/1)")
+    p.set_defaults(handler=_cmd_mlm_perplexity)
 
-    p = commands.add_parser("retention", help="evaluate every checkpoint-* of a training output into one table")
+    p = _subparser(commands, "retention", "evaluate every checkpoint-* of a training output into one table")
     p.add_argument("--output-dir", required=True, help="training output directory with checkpoint-<step>/ folders")
     p.add_argument("--base", default=None, help="pre-trained model (default: from the adapter config)")
     p.add_argument("--evaluator", required=True, choices=["lm-eval", "perplexity", "gsm8k", "humaneval"])
     p.add_argument("--table", default=None, help="table JSON path (default <output-dir>/retention_<evaluator>.json)")
-    p.add_argument("--allow-code-execution", action="store_true",
-                   help="required with --evaluator humaneval: confirms running generated code")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per HumanEval program")
     p.add_argument("--no-base-row", action="store_true", help="do not evaluate the base model as step 0")
     p.add_argument("--no-resume", action="store_true", help="re-evaluate checkpoints already in the table")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--preset", default="paper-retention")
-    p.add_argument("--tasks", nargs="*", default=[])
-    p.add_argument("--include-path", nargs="*", default=[])
-    p.add_argument("--no-default-tasks", action="store_true")
-    p.add_argument("--num-fewshot", type=int, default=0)
-    p.add_argument("--limit", type=float, default=None)
+    _add_lm_eval_flags(p)  # also --max-length, --batch-size, --limit
     p.add_argument("--text", nargs="*", default=[])
     p.add_argument("--offline", nargs="*", default=[], choices=["english", "code"])
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--stride", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--data", default=None, help="gsm8k: JSONL with question/answer")
-    p.add_argument("--template", default="alpaca")
+    p.add_argument("--data", default=None, help="gsm8k / humaneval: the JSONL of questions or problems")
+    p.add_argument("--template", default=None, help="gsm8k / humaneval prompt template (default alpaca / magicoder)")
     p.add_argument("--max-new-tokens", type=int, default=512)
+    _add_evaluator_flags(p, "retention")
+    p.set_defaults(handler=_cmd_retention)
 
-    p = commands.add_parser("gates", help="gate histograms over domains")
+    p = _subparser(commands, "gates", "gate histograms over domains")
     _add_model_flags(p)
     p.add_argument(
         "--domain", nargs="*", default=[],
@@ -162,16 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="result JSON (schema disel.gates/1)")
+    p.set_defaults(handler=_cmd_gates)
 
-    p = commands.add_parser("smollm2", help="convert the offline SmolLM2-135M-Instruct once; print its directory")
+    p = _subparser(commands, "smollm2", "convert the offline SmolLM2-135M-Instruct once; print its directory")
     p.add_argument("--cache-dir", default=None, help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")
+    p.set_defaults(handler=_cmd_smollm2)
     return parser
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    config_only = argparse.ArgumentParser(add_help=False)
+    config_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     config_only.add_argument("--config", default=None)
     config_path = config_only.parse_known_args(argv)[0].config
     if config_path is not None:
@@ -244,10 +250,114 @@ def _corpora(args: argparse.Namespace, text_seed: int) -> dict[str, list[str]]:
     return corpora
 
 
-def _prompt_formatter(template: str):
-    from ..data.datasets import format_prompt
+def _evaluator(args: argparse.Namespace, kind: str):
+    """The evaluator ``kind`` built from the flags: the one definition behind both a standalone command and
+    ``retention --evaluator kind``."""
+    from disel.io import read_jsonl
 
-    return lambda instruction: format_prompt(template, instruction)
+    from ..eval import evaluators
+    from ..eval.generation import GenerationSettings
+
+    if kind == "lm-eval":
+        return evaluators.LmEvalEvaluator(_lm_eval_settings(args))
+    if kind == "perplexity":
+        return evaluators.PerplexityEvaluator(
+            _corpora(args, args.seed), max_length=args.max_length, stride=args.stride, batch_size=args.batch_size
+        )
+    if not args.data:
+        raise SystemExit(f"{kind} needs --data FILE.jsonl")
+    rows = read_jsonl(args.data, int(args.limit) if args.limit is not None else None)
+    generation = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    template = {"template": args.template} if args.template else {}
+    if kind == "gsm8k":
+        return evaluators.Gsm8kEvaluator(rows, generation, **template)
+    if not args.allow_code_execution:
+        raise SystemExit("humaneval executes model-generated code: pass --allow-code-execution to confirm")
+    return evaluators.HumanEvalEvaluator(
+        rows, allow_code_execution=True, generation=generation, timeout_s=args.timeout, **template
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    """``lm-eval``, ``gsm8k``, ``humaneval``, ``perplexity``: one evaluator on one model, its record written."""
+    evaluator = _evaluator(args, args.evaluator)
+    outcome = evaluator(_load(args))
+    record = dict(outcome.detail)
+    if getattr(args, "data", None):
+        record["data"] = str(args.data)
+    _write(args.out, record)
+    scores = ", ".join(f"{name}={value:.4g}" for name, value in outcome.metrics.items())
+    print(f"{evaluator.name}: {scores}; mean={outcome.mean:.4g}")
+
+
+def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from ..eval.generation import load_model_for_eval
+    from ..eval.perplexity import masked_lm_perplexity, mlm_with_original_head
+
+    num_labels = args.num_labels or (_num_labels_from_adapter(args.adapter) if args.adapter else None)
+
+    class _Classifier:  # AutoModelForSequenceClassification with the classifier size of the adapter
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            extra = {"num_labels": num_labels} if num_labels else {}
+            return AutoModelForSequenceClassification.from_pretrained(path, **kwargs, **extra)
+
+    loaded = load_model_for_eval(
+        args.base, args.adapter, dtype=_dtype(args.dtype), device=args.device, model_class=_Classifier,
+        padding_side="right",
+    )
+    mlm = mlm_with_original_head(args.pretrained_mlm or args.base, loaded.model)
+    corpora = {
+        name: masked_lm_perplexity(mlm, loaded.tokenizer, texts, mask_prob=args.mask_prob, seed=args.seed,
+                                   max_length=args.max_length, batch_size=args.batch_size)
+        for name, texts in _corpora(args, args.text_seed).items()
+    }
+    values = [c["perplexity"] for c in corpora.values()]
+    _write(args.out, {"schema": "disel.mlm_perplexity/1", "model": loaded.description,
+                      "pretrained_mlm": str(args.pretrained_mlm or args.base), "corpora": corpora,
+                      "mean_perplexity": sum(values) / len(values)})
+    print(f"mlm-perplexity: mean={sum(values) / len(values):.4g}")
+
+
+def _cmd_retention(args: argparse.Namespace) -> None:
+    from ..eval.retention import evaluate_checkpoints
+
+    table = evaluate_checkpoints(
+        args.output_dir, _evaluator(args, args.evaluator), base_path=args.base, table_path=args.table,
+        include_base=not args.no_base_row, dtype=_dtype(args.dtype), resume=not args.no_resume,
+    )
+    print(f"{len(table['rows'])} rows; columns: {table['metric_columns']}")
+    for row in table["rows"]:
+        print(f"  {row['checkpoint']} (step {row['step']}): mean={row['mean']:.4g}")
+
+
+def _cmd_gates(args: argparse.Namespace) -> None:
+    from disel.io import read_jsonl
+
+    from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, save_gates
+
+    domains = []
+    for spec in args.domain:
+        name, sep, rest = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
+        path, _, template = rest.partition(":")
+        domains.append(domain_from_rows(name, read_jsonl(path, args.n), template or "alpaca"))
+    if not domains:
+        domains = default_offline_domains(args.n, args.seed)
+    loaded = _load(args)
+    result = analyze_gates(loaded.model, loaded.tokenizer, domains, bins=args.bins, batch_size=args.batch_size,
+                           max_length=args.max_length, description=loaded.description)
+    save_gates(result, args.out)
+    print(f"wrote {args.out}")
+
+
+def _cmd_smollm2(args: argparse.Namespace) -> None:
+    from ..models import smollm2_path
+
+    print(smollm2_path(args.cache_dir))
 
 
 def _write(path: str, record: dict[str, Any]) -> None:
@@ -271,155 +381,9 @@ def _num_labels_from_adapter(adapter: str) -> int | None:
     return None
 
 
-def _run(args: argparse.Namespace) -> None:
-    command = args.command
-    if command == "smollm2":
-        from ..models import smollm2_path
-
-        print(smollm2_path(args.cache_dir))
-        return
-
-    if command == "lm-eval":
-        from ..eval.lm_eval_bridge import evaluate_lm_eval
-
-        loaded = _load(args)
-        _write(args.out, evaluate_lm_eval(loaded.model, loaded.tokenizer, _lm_eval_settings(args), description=loaded.description))
-
-    elif command == "gsm8k":
-        from ..eval.generation import GenerationSettings, evaluate_gsm8k, read_jsonl
-
-        loaded = _load(args)
-        record = evaluate_gsm8k(
-            loaded.model, loaded.tokenizer, read_jsonl(args.data, args.limit),
-            settings=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
-            format_prompt=_prompt_formatter(args.template),
-        )
-        record.update(model=loaded.description, data=str(args.data))
-        _write(args.out, record)
-
-    elif command == "humaneval":
-        if not args.allow_code_execution:
-            raise SystemExit("humaneval executes model-generated code: pass --allow-code-execution to confirm")
-        from ..eval.generation import GenerationSettings, evaluate_humaneval, read_jsonl
-
-        loaded = _load(args)
-        template = _prompt_formatter(args.template)
-        record = evaluate_humaneval(
-            loaded.model, loaded.tokenizer, read_jsonl(args.data, args.limit),
-            allow_code_execution=True, timeout_s=args.timeout,
-            settings=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                        stop_strings=("@@ Instruction",)),
-            format_prompt=lambda p: template(f"Complete the following Python function.\n```python\n{p.prompt}```"),
-        )
-        record.update(model=loaded.description, data=str(args.data))
-        _write(args.out, record)
-
-    elif command == "perplexity":
-        from ..eval.perplexity import causal_lm_perplexity
-
-        loaded = _load(args)
-        corpora = {
-            name: causal_lm_perplexity(loaded.model, loaded.tokenizer, texts, max_length=args.max_length,
-                                       stride=args.stride, batch_size=args.batch_size)
-            for name, texts in _corpora(args, args.seed).items()
-        }
-        values = [c["perplexity"] for c in corpora.values()]
-        _write(args.out, {"schema": "disel.perplexity/1", "model": loaded.description, "corpora": corpora,
-                          "mean_perplexity": sum(values) / len(values)})
-
-    elif command == "mlm-perplexity":
-        from transformers import AutoModelForSequenceClassification
-
-        from ..eval.generation import load_model_for_eval
-        from ..eval.perplexity import masked_lm_perplexity, mlm_with_original_head
-
-        num_labels = args.num_labels or (_num_labels_from_adapter(args.adapter) if args.adapter else None)
-
-        class _Classifier:  # AutoModelForSequenceClassification with the classifier size of the adapter
-            @staticmethod
-            def from_pretrained(path, **kwargs):
-                extra = {"num_labels": num_labels} if num_labels else {}
-                return AutoModelForSequenceClassification.from_pretrained(path, **kwargs, **extra)
-
-        loaded = load_model_for_eval(
-            args.base, args.adapter, dtype=_dtype(args.dtype), device=args.device, model_class=_Classifier,
-            padding_side="right",
-        )
-        mlm = mlm_with_original_head(args.pretrained_mlm or args.base, loaded.model)
-        corpora = {
-            name: masked_lm_perplexity(mlm, loaded.tokenizer, texts, mask_prob=args.mask_prob, seed=args.seed,
-                                       max_length=args.max_length, batch_size=args.batch_size)
-            for name, texts in _corpora(args, args.text_seed).items()
-        }
-        values = [c["perplexity"] for c in corpora.values()]
-        _write(args.out, {"schema": "disel.mlm_perplexity/1", "model": loaded.description,
-                          "pretrained_mlm": str(args.pretrained_mlm or args.base), "corpora": corpora,
-                          "mean_perplexity": sum(values) / len(values)})
-
-    elif command == "retention":
-        from ..eval.generation import GenerationSettings, read_jsonl
-        from ..eval.retention import (
-            Gsm8kEvaluator,
-            HumanEvalEvaluator,
-            LmEvalEvaluator,
-            PerplexityEvaluator,
-            evaluate_checkpoints,
-        )
-
-        if args.evaluator == "lm-eval":
-            evaluator = LmEvalEvaluator(_lm_eval_settings(args))
-        elif args.evaluator == "perplexity":
-            evaluator = PerplexityEvaluator(_corpora(args, args.seed), max_length=args.max_length,
-                                            stride=args.stride, batch_size=args.batch_size)
-        elif args.evaluator == "humaneval":
-            if not args.data:
-                raise SystemExit("--evaluator humaneval needs --data HumanEval.jsonl")
-            if not args.allow_code_execution:
-                raise SystemExit("--evaluator humaneval executes model-generated code: pass --allow-code-execution to confirm")
-            limit = int(args.limit) if args.limit is not None else None
-            evaluator = HumanEvalEvaluator(
-                read_jsonl(args.data, limit), allow_code_execution=True,
-                generation=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
-                timeout_s=args.timeout,
-            )
-        else:
-            if not args.data:
-                raise SystemExit("--evaluator gsm8k needs --data FILE.jsonl")
-            limit = int(args.limit) if args.limit is not None else None
-            evaluator = Gsm8kEvaluator(
-                read_jsonl(args.data, limit),
-                GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
-                format_prompt=_prompt_formatter(args.template),
-            )
-        table = evaluate_checkpoints(
-            args.output_dir, evaluator, base_path=args.base, table_path=args.table,
-            include_base=not args.no_base_row, dtype=_dtype(args.dtype), resume=not args.no_resume,
-        )
-        print(f"{len(table['rows'])} rows; columns: {table['metric_columns']}")
-
-    elif command == "gates":
-        from ..eval.generation import read_jsonl
-        from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, save_gates
-
-        domains = []
-        for spec in args.domain:
-            name, sep, rest = spec.partition("=")
-            if not sep:
-                raise SystemExit(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
-            path, _, template = rest.partition(":")
-            domains.append(domain_from_rows(name, read_jsonl(path, args.n), template or "alpaca"))
-        if not domains:
-            domains = default_offline_domains(args.n, args.seed)
-        loaded = _load(args)
-        result = analyze_gates(loaded.model, loaded.tokenizer, domains, bins=args.bins, batch_size=args.batch_size,
-                               max_length=args.max_length, description=loaded.description)
-        save_gates(result, args.out)
-        print(f"wrote {args.out}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    _run(args)
+    args.handler(args)
     return 0
 
 

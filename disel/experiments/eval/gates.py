@@ -84,7 +84,8 @@ def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[
             ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
             encoded.append((ids, [True] * len(ids)))
         return encoded
-    from ..data.datasets import IGNORE_INDEX, tokenize_instruction
+    from ..data.datasets import tokenize_instruction
+    from ..data.templates import IGNORE_INDEX
 
     encoded = []
     for example in domain.examples:
@@ -170,7 +171,7 @@ def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = 
     """A domain from JSONL-style rows: ``text`` rows are raw text (all tokens); rows with
     ``instruction``/``output``, ``question``/``answer`` (GSM8K) or ``prompt``/``canonical_solution``
     (HumanEval) are instruction examples in the named training template (response tokens only)."""
-    from ..data.datasets import format_prompt
+    from ..data.templates import format_prompt
 
     if not rows:
         raise ValueError(f"domain {name!r} has no rows")
@@ -195,7 +196,7 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
     * ``code``: documented standard-library functions in the Magicoder template; response tokens.
     """
     from ..data.arithmetic import generate_problems
-    from ..data.datasets import format_prompt
+    from ..data.templates import format_prompt
     from ..data.offline_text import general_english_texts, python_function_tasks
 
     math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]

@@ -34,6 +34,7 @@ __all__ = [
     "GenerationSettings",
     "LoadedModel",
     "check_program",
+    "code_instruction",
     "evaluate_gsm8k",
     "evaluate_humaneval",
     "extract_code_completion",
@@ -42,7 +43,6 @@ __all__ = [
     "gsm8k_reference_answer",
     "humaneval_program",
     "load_model_for_eval",
-    "read_jsonl",
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,22 +145,6 @@ def load_model_for_eval(
     return LoadedModel(model, tokenizer, description)
 
 
-def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file (blank lines skipped), at most ``limit`` of them."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number} is not valid JSON: {error}") from None
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------------
 # GSM8K-style answers
 # ---------------------------------------------------------------------------------------------------
@@ -247,19 +231,29 @@ class GenerationSettings:
     ``batch_size``: prompts per ``generate`` call; prompts are sorted by length first, so a batch
     holds similar lengths and little padding.
     ``stop_strings``: text after the first of these in a response is cut off (and generation of a
-    row stops once one appears): a model that keeps going writes a new ``### Instruction:``.
+    row stops once one appears): a model that keeps going writes a new ``### Instruction:``. None: the
+    prompt template's own (:attr:`~disel.experiments.data.templates.PromptTemplate.stop_strings`).
     """
 
     max_new_tokens: int = 512
     batch_size: int = 8
-    stop_strings: tuple[str, ...] = ("### Instruction", "\n\n\n")
+    stop_strings: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"GenerationSettings.max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"GenerationSettings.batch_size must be a positive int, got {self.batch_size!r}")
-        self.stop_strings = tuple(self.stop_strings)
+        if self.stop_strings is not None:
+            self.stop_strings = tuple(self.stop_strings)
+
+    def for_template(self, template: str) -> GenerationSettings:
+        """These settings with the stop strings of ``template`` filled in (when not set explicitly)."""
+        from ..data.templates import get_template
+
+        if self.stop_strings is not None:
+            return self
+        return GenerationSettings(self.max_new_tokens, self.batch_size, get_template(template).stop_strings)
 
 
 def _cut_at_stop(text: str, stop_strings: Iterable[str]) -> str:
@@ -283,7 +277,7 @@ def generate_responses(
     Batches are left-padded (``tokenizer.padding_side`` is set to ``"left"`` for the call), so each
     prompt's last token is at the end of its row and generation continues it directly.
     """
-    settings = settings or GenerationSettings()
+    settings = (settings or GenerationSettings()).for_template("alpaca")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token) before generating")
     device = next(model.parameters()).device
@@ -318,27 +312,23 @@ def generate_responses(
 # ---------------------------------------------------------------------------------------------------
 
 
-def _default_math_prompt(question: str) -> str:
-    from ..data.datasets import format_prompt  # the training template, so evaluation asks as training taught
-
-    return format_prompt("alpaca", question)
-
-
 def evaluate_gsm8k(
     model: torch.nn.Module,
     tokenizer: Any,
     rows: Sequence[dict[str, Any]],
     *,
     settings: GenerationSettings | None = None,
+    template: str = "alpaca",
     format_prompt: Callable[[str], str] | None = None,
     keep_samples: bool = True,
 ) -> dict[str, Any]:
     """GSM8K-style exact match (zero-shot, greedy) of ``model`` on ``rows``.
 
     Each row has a question (``question`` or ``instruction``) and an ``answer`` (GSM8K's worked
-    solution ending ``#### n``, or a bare number). The prompt is ``format_prompt(question)``,
-    by default the Alpaca template the math runs were trained with. Returns the ``disel.gsm8k/1``
-    record::
+    solution ending ``#### n``, or a bare number). The prompt is the question in ``template`` (the
+    Alpaca template the math runs were trained with by default; ``format_prompt(question)`` replaces
+    it), and generation stops at the template's stop strings unless ``settings`` sets them.
+    Returns the ``disel.gsm8k/1`` record::
 
         {"schema": "disel.gsm8k/1", "metric": "exact_match,strict-match",
          "exact_match": 0.41,             # strict: the paper's number
@@ -351,8 +341,10 @@ def evaluate_gsm8k(
     """
     if len(rows) == 0:
         raise ValueError("rows is empty: nothing to evaluate")
-    settings = settings or GenerationSettings()
-    format_prompt = format_prompt or _default_math_prompt
+    from ..data.templates import get_template
+
+    settings = (settings or GenerationSettings()).for_template(template)
+    format_prompt = format_prompt or get_template(template).format_prompt
     questions = [_question_of(row) for row in rows]
     references = [gsm8k_reference_answer(row) for row in rows]
     prompts = [format_prompt(q) for q in questions]
@@ -547,11 +539,9 @@ def humaneval_program(problem: CodeProblem, completion: str) -> str:
     return f"{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
-def _default_code_prompt(problem: CodeProblem) -> str:
-    from ..data.datasets import format_prompt
-
-    instruction = f"Complete the following Python function.\n```python\n{problem.prompt}```"
-    return format_prompt("magicoder", instruction)
+def code_instruction(problem: CodeProblem) -> str:
+    """The instruction a HumanEval problem is asked with (inside the evaluator's prompt template)."""
+    return f"Complete the following Python function.\n```python\n{problem.prompt}```"
 
 
 def evaluate_humaneval(
@@ -561,6 +551,7 @@ def evaluate_humaneval(
     *,
     allow_code_execution: bool = False,
     settings: GenerationSettings | None = None,
+    template: str = "magicoder",
     format_prompt: Callable[[CodeProblem], str] | None = None,
     timeout_s: float = 10.0,
     keep_samples: bool = True,
@@ -568,8 +559,9 @@ def evaluate_humaneval(
     """HumanEval-style pass@1 with one greedy sample per problem (the paper's setting).
 
     Refuses before generating anything unless ``allow_code_execution=True`` (see :func:`check_program`).
-    ``format_prompt(problem)`` builds the model input; by default the Magicoder template the code runs
-    were trained with, asking to complete the function. Returns the ``disel.humaneval/1`` record::
+    The model input asks to complete the function (:func:`code_instruction`) in ``template``, by default the
+    Magicoder template the code runs were trained with (``format_prompt(problem)`` replaces it); generation
+    stops at the template's stop strings unless ``settings`` sets them. Returns the ``disel.humaneval/1`` record::
 
         {"schema": "disel.humaneval/1", "metric": "pass@1", "pass@1": 0.5, "n": 164, "generation": {...},
          "samples": [{"task_id", "response", "status": "passed" | "failed" | "timeout", "detail"}, ...]}
@@ -579,8 +571,12 @@ def evaluate_humaneval(
     problems = [p if isinstance(p, CodeProblem) else CodeProblem.from_row(p) for p in problems]
     if not problems:
         raise ValueError("problems is empty: nothing to evaluate")
-    settings = settings or GenerationSettings(stop_strings=("@@ Instruction",))
-    format_prompt = format_prompt or _default_code_prompt
+    from ..data.templates import get_template
+
+    settings = (settings or GenerationSettings()).for_template(template)
+    if format_prompt is None:
+        prompt_template = get_template(template)
+        format_prompt = lambda problem: prompt_template.format_prompt(code_instruction(problem))  # noqa: E731
     responses = generate_responses(model, tokenizer, [format_prompt(p) for p in problems], settings)
     outcomes = []
     for problem, response in zip(problems, responses):

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from disel.io import iter_jsonl
+
 from ..data.collator import right_pad
 
 __all__ = [
@@ -36,19 +38,15 @@ __all__ = [
 def read_text_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Texts of the given files (UTF-8), one text per file; a ``.jsonl`` file gives one text per row
     (its ``"text"`` field)."""
-    import json
-
     texts = []
     for path in map(Path, paths):
-        if path.suffix == ".jsonl":
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    if "text" not in row:
-                        raise KeyError(f"{path}: every JSONL row needs a 'text' field, got fields {sorted(row)}")
-                    texts.append(row["text"])
-        else:
+        if path.suffix != ".jsonl":
             texts.append(path.read_text(encoding="utf-8"))
+            continue
+        for number, row in iter_jsonl(path):
+            if "text" not in row:
+                raise KeyError(f"{path}, line {number}: every JSONL row needs a 'text' field, got fields {sorted(row)}")
+            texts.append(row["text"])
     return texts
 
 

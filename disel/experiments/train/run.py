@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, ExperimentConfig, MethodConfig, ModelConfig, TrainingConfig
-from ..data.datasets import CausalLMCollator, PreparedData, prepare_data
+from ..data.collator import CausalLMCollator
+from ..data.datasets import PreparedData, prepare_data
 from disel.io import read_json, write_json_atomic, write_yaml_atomic
 
 __all__ = [

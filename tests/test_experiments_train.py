@@ -291,6 +291,42 @@ def test_overrides_parse_yaml_values_and_json_configs_load(tmp_path):
     assert config_from_dict(config.to_dict()) == config
 
 
+def test_recipes_compose_from_a_setting_and_a_method_overlay(tmp_path):
+    """`base` files are merged key by key (later bases, then the recipe, win); lora_alpha follows 2r when only
+    method.r is overridden; a base chain that comes back to itself is refused."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "setting.yaml").write_text(
+        "model: {path: /m}\ndata: {train_files: [a.jsonl], max_length: 64}\n"
+        "method: {r: 4, target_modules: [q_proj]}\ntraining: {output_dir: o, learning_rate: 1.0e-3, seed: 7}\n"
+    )
+    (tmp_path / "method.yaml").write_text("method: {name: disel, gate_lr_ratio: 3.0}\ntraining: {learning_rate: 2.0e-3}\n")
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text("base: [base/setting.yaml, method.yaml]\ntraining: {output_dir: runs/x}\n")
+    config = load_config(recipe, ["method.r=16"])
+    assert config.method.r == 16 and config.method.scaling_alpha == 32.0
+    assert config.method.target_modules == ["q_proj"] and config.method.gate_lr_ratio == 3.0
+    assert config.training.learning_rate == 2.0e-3 and config.training.seed == 7
+    assert config.training.output_dir == "runs/x" and config.data.max_length == 64
+    from disel.experiments.train.run import build_peft_config
+
+    peft_config = build_peft_config(config)
+    assert peft_config.lora_alpha == 32.0 and peft_config.gate_lr_ratio == 3.0  # the optimizer reads it there
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="comes back to itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "typo.yaml").write_text("base: method.yaml\ntraining: {output_dir: o, lerning_rate: 1}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'training.lerning_rate' in .*typo.yaml; did you mean learning_rate"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_training_section_is_validated_by_transformers(tmp_path, llama_dir, math_file):
+    """A value of the right type that TrainingArguments itself refuses fails with a ConfigError naming the
+    training section, before the model is loaded."""
+    config = _config(llama_dir, math_file, tmp_path / "run", training={"lr_scheduler_type": "no-such-schedule"})
+    with pytest.raises(ConfigError, match=r"training in .*TrainingArguments refused it.*no-such-schedule"):
+        train(config)
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path, math_file):
     """A recipe whose placeholder model path was never set fails before anything is loaded, naming the key."""
     config = _config(tmp_path / "no-such-model", math_file, tmp_path / "out")
@@ -312,7 +348,7 @@ def test_every_recipe_loads_and_validates(recipe):
     """Each recipe is a valid config with the paper's shared settings (Appendices II–III, THEORY.md §1)."""
     config = load_config(recipe)
     assert config.model.path.startswith("/path/to/")  # a placeholder for the user: never a hub id
-    assert config.training.precision == "bf16" and config.training.lr_scheduler_type == "cosine"
+    assert config.training.bf16 is True and config.training.lr_scheduler_type == "cosine"
     assert config.method.scaling_alpha == 2 * config.method.r or config.method.name == "full"
     effective = config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps
     if config.model.task_type == "causal_lm":
@@ -321,13 +357,15 @@ def test_every_recipe_loads_and_validates(recipe):
             assert config.method.target_modules == list(LLAMA_TARGET_MODULES)
         if config.method.name == "disel":
             assert config.method.gate_bias_init == -3.0
-            assert config.training.learning_rate == 2.0e-4 and config.method.gate_lr == 1.0e-3
+            assert config.training.learning_rate == 2.0e-4
+            assert config.method.gate_lr_ratio * config.training.learning_rate == pytest.approx(1.0e-3)
     else:
         assert config.method.target_modules == list(ROBERTA_TARGET_MODULES)
         assert config.method.modules_to_save == ["classifier"]
         if config.method.name == "disel":
             task = recipe.stem.split("_")[2]
-            assert config.method.gate_lr == (1.0e-3 if task in ("cola", "mrpc") else 1.0e-4)
+            gate_lr = config.method.gate_lr_ratio * config.training.learning_rate
+            assert gate_lr == pytest.approx(1.0e-3 if task in ("cola", "mrpc") else 1.0e-4)
             if task in ("mnli", "sst2", "qnli"):
                 assert config.method.gate_bias_init == -7.0
 
@@ -362,7 +400,7 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
     assert any("disel_gate" in name for name in tensors)
     assert any(bool(t.abs().sum() > 0) for name, t in tensors.items() if "disel_B" in name)  # B moved off zero
     # A finished output_dir is not silently overwritten by a second run without resume.
-    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-4\).*resume=auto"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-4\).*resume_from_checkpoint=auto"):
         train(config)
     for checkpoint in complete_checkpoints(output):  # nor is one whose only trace is its result file
         (checkpoint / "trainer_state.json").unlink()
@@ -371,7 +409,8 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
 
 
 def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, llama_dir, math_file):
-    """The optimizer has a gate group at gate_lr with no weight decay (checked through a callback)."""
+    """The optimizer has a gate group at gate_lr_ratio x learning_rate with no weight decay (checked through a
+    callback): method.gate_lr_ratio reaches the optimizer through the adapter's DiselConfig."""
     from transformers import TrainerCallback
 
     seen = {}
@@ -381,10 +420,10 @@ def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, llama_dir, math_fil
             seen.update({g["name"]: (g["initial_lr"] if "initial_lr" in g else g["lr"], g["weight_decay"])
                          for g in optimizer.param_groups})
 
-    config = _config(llama_dir, math_file, tmp_path / "run", method={"gate_lr": 3.0e-2},
+    config = _config(llama_dir, math_file, tmp_path / "run", method={"gate_lr_ratio": 3.0},
                      training={"max_steps": 1, "weight_decay": 0.1, "save_strategy": "no"})
     train(config, callbacks=[_Groups()])
-    assert seen["gate"] == (3.0e-2, 0.0) and seen["decay"] == (1.0e-2, 0.1)
+    assert seen["gate"] == (pytest.approx(3.0e-2), 0.0) and seen["decay"] == (1.0e-2, 0.1)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora", "full"])
@@ -439,7 +478,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, llama_dir, math_f
         train(crashed, callbacks=[_crash_after_checkpoint(3)])
     assert [p.name for p in complete_checkpoints(tmp_path / "crashed")] == ["checkpoint-3"]
     assert not (tmp_path / "crashed" / RESULT_FILE).exists()
-    crashed.training.resume = "auto"
+    crashed.training.resume_from_checkpoint = "auto"
     resumed = train(crashed)
 
     assert resumed.resumed_from == str(tmp_path / "crashed" / "checkpoint-3")
@@ -456,7 +495,7 @@ def test_resume_auto_skips_a_checkpoint_interrupted_mid_save(tmp_path, llama_dir
     train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1}))
     (output / "checkpoint-2" / "trainer_state.json").unlink()  # as if the process died while saving step 2
     assert [p.name for p in complete_checkpoints(output)] == ["checkpoint-1"]
-    result = train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1, "resume": "auto"}))
+    result = train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1, "resume_from_checkpoint": "auto"}))
     assert result.resumed_from.endswith("checkpoint-1") and result.global_step == 2
 
 

@@ -203,9 +203,9 @@ def _dtype(name: str):
 
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    from ..eval.generation import _resolve_dtype
+    from ..models import resolve_dtype
 
-    return _resolve_dtype(name)
+    return resolve_dtype(name)
 
 
 def _load(args: argparse.Namespace, **kwargs):

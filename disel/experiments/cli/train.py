@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, train, print a summary; return the exit status (0, or 2 for a usage/data error)."""
-    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(variable, "1")  # before transformers/datasets read them at import
+    from ..models import force_offline
+
+    force_offline()  # before transformers/datasets read the variables at import
     args = build_parser().parse_args(argv)
 
     from ..config import ConfigError, load_config

@@ -60,16 +60,6 @@ class LoadedModel(NamedTuple):
     description: dict[str, Any]
 
 
-def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"dtype must be a torch.dtype or one of {sorted(names)}, got dtype={dtype!r}")
-    return names[dtype]
-
-
 def load_model_for_eval(
     base_path: str | os.PathLike,
     adapter_path: str | os.PathLike | None = None,
@@ -84,8 +74,7 @@ def load_model_for_eval(
     """Base model + optional PEFT adapter, not merged, in eval mode.
 
     Args:
-        base_path: directory (or hub id, when online) of the pre-trained model, or of a fully
-            fine-tuned checkpoint.
+        base_path: local directory of the pre-trained model, or of a fully fine-tuned checkpoint.
         adapter_path: directory holding ``adapter_config.json`` and the adapter weights (a training
             output or one ``checkpoint-*``), or ``None`` for the base model alone. Any PEFT method
             works; DISeL's type is known to PEFT because importing ``disel`` registers it.
@@ -99,14 +88,12 @@ def load_model_for_eval(
         padding_side: ``"left"`` so batched generation continues every prompt right after its text.
     """
     import peft
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import disel  # noqa: F401  (registers the DISEL PEFT type, needed to read adapter_config.json)
 
-    model_class = AutoModelForCausalLM if model_class is None else model_class
-    torch_dtype = _resolve_dtype(dtype)
-    gguf_kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
-    model = model_class.from_pretrained(base_path, dtype=torch_dtype, **gguf_kwargs)
+    from ..models import load_model, load_tokenizer, resolve_dtype
+
+    model = load_model(base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path")
     peft_type = None
     if adapter_path is not None:
         adapter_dir = Path(adapter_path)
@@ -124,22 +111,16 @@ def load_model_for_eval(
     model.eval()
 
     if tokenizer_path is None:
-        if adapter_path is not None and any((Path(adapter_path) / name).is_file() for name in _TOKENIZER_FILES):
-            tokenizer_path = adapter_path
-        else:
-            tokenizer_path = base_path
-    tokenizer_kwargs = gguf_kwargs if Path(tokenizer_path) == Path(base_path) else {}
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
-    tokenizer.padding_side = padding_side
-    if tokenizer.pad_token is None:
-        # Generation needs a pad id; eos is never attended to under the attention mask, so it is safe.
-        tokenizer.pad_token = tokenizer.eos_token
+        has_own = adapter_path is not None and any((Path(adapter_path) / n).is_file() for n in _TOKENIZER_FILES)
+        tokenizer_path = adapter_path if has_own else base_path
+    from_base = Path(tokenizer_path) == Path(base_path)
+    tokenizer = load_tokenizer(tokenizer_path, gguf_file=gguf_file if from_base else None, padding_side=padding_side)
     description = {
         "base_path": str(base_path),
         "adapter_path": None if adapter_path is None else str(adapter_path),
         "peft_type": peft_type,
         "gguf_file": gguf_file,
-        "dtype": str(torch_dtype).removeprefix("torch."),
+        "dtype": str(resolve_dtype(dtype)).removeprefix("torch."),
         "device": str(device),
     }
     return LoadedModel(model, tokenizer, description)

@@ -1,10 +1,11 @@
-"""Typed readers of every result file the paper's figures read, and the one schema defined here.
+"""The result files: one schema name and one typed reader (and writer) per file, in one module.
 
 The figure scripts (``paper_figs/``) read result files only through this module, so a missing file, a
 wrong schema or a missing key fails with one message naming the file and what was expected, before
 anything is drawn. The module itself uses no torch (importing the ``disel`` package still loads it).
 
-* ``<run>/train_result.json`` — ``disel.train_result/1``, written by :func:`disel.experiments.train.run.train`;
+* ``<run>/train_result.json`` — ``disel.train_result/1``, :class:`TrainResult`, written by
+  :func:`disel.experiments.train.run.train` (:func:`read_train_result` is the figures' view of it);
 * ``<run>/retention_<evaluator>.json`` — ``disel.retention/1``, written by
   :func:`disel.experiments.eval.retention.evaluate_checkpoints` (``eval_cli retention``);
 * a gates file (any name) — ``disel.gates/1``, written by :func:`disel.experiments.eval.gates.analyze_gates` and
@@ -67,9 +68,11 @@ __all__ = [
     "TradeoffPoint",
     "TradeoffRow",
     "TradeoffTable",
+    "TrainResult",
     "TrainRunInfo",
     "checkpoint_curves",
     "find_run_dirs",
+    "load_result_json",
     "main",
     "read_gates",
     "read_retention_table",
@@ -118,7 +121,7 @@ class MalformedResultFileError(ResultFileError, ValueError):
     """The file exists but is not valid JSON, has another schema, or lacks / mistypes a field."""
 
 
-def _load(path: str | os.PathLike, schema: str, made_by: str) -> dict[str, Any]:
+def load_result_json(path: str | os.PathLike, schema: str, made_by: str) -> dict[str, Any]:
     """The JSON object in ``path``, checked to carry ``schema``."""
     path = Path(path)
     if not path.is_file():
@@ -185,6 +188,101 @@ def _describe(kind: str, nullable: bool) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class TrainResult:
+    """What one :func:`train` call produced; ``to_dict()`` is the content of ``train_result.json``.
+
+    Schema ``disel.train_result/1`` (JSON; non-finite floats are ``null``):
+
+    ``schema`` (str)
+        ``"disel.train_result/1"``.
+    ``name`` (str | null)
+        ``config.name``.
+    ``method`` (str), ``rank`` (int | null), ``task_type`` (str), ``model_path`` (str)
+        Copied from the config for quick filtering (``rank`` is ``method.r``; null for ``full``).
+    ``config`` (object)
+        The full resolved :class:`~disel.experiments.config.ExperimentConfig` (``to_dict()``).
+    ``output_dir`` (str)
+        Where the run lives; the final adapter (or full model) is saved there.
+    ``world_size`` (int)
+        Number of data-parallel processes.
+    ``global_step`` (int), ``epoch`` (float)
+        Optimizer steps done and epochs completed (fractional) at the end.
+    ``final_train_loss`` (float | null)
+        The last logged training loss (mean over the last ``logging_steps`` steps).
+    ``train_loss`` (float | null)
+        The Trainer's mean training loss over the steps run by this invocation.
+    ``eval`` (object)
+        Final evaluation metrics on the validation set (``eval_loss``; ``eval_accuracy`` for
+        classification); empty without validation data.
+    ``loss_history`` (list of [step, loss])
+        Every logged training loss, across resumes.
+    ``eval_history`` (list of objects)
+        Every evaluation log entry (``step``, ``eval_loss``, ...), across resumes.
+    ``log_history`` (list of objects)
+        The Trainer's complete ``state.log_history``.
+    ``checkpoints`` (list of {"path", "step"})
+        Complete checkpoints left in ``output_dir`` (``path`` relative to it), oldest first.
+    ``resumed_from`` (str | null)
+        The checkpoint this invocation resumed from.
+    ``runtime_s`` (float)
+        Wall-clock seconds of this invocation (loading, training, saving).
+    ``data`` (object)
+        Row and example counts (``train_rows``, ``train_examples``, ``train_dropped_no_response``, ...).
+    ``parameters`` (object)
+        ``trainable`` and ``total`` parameter counts.
+    ``parameter_sha256_per_rank`` (list of str)
+        SHA-256 of the trainable parameters on each rank after training (equal = replicas in sync).
+    ``versions`` (object)
+        ``torch``, ``transformers``, ``peft``, ``accelerate``, ``disel`` versions.
+    ``finished_at`` (str)
+        UTC time, ISO 8601.
+    """
+
+    name: str | None
+    method: str
+    rank: int | None
+    task_type: str
+    model_path: str
+    config: dict[str, Any]
+    output_dir: str
+    world_size: int
+    global_step: int
+    epoch: float | None
+    final_train_loss: float | None
+    train_loss: float | None
+    eval: dict[str, float]
+    loss_history: list[list[float]]
+    eval_history: list[dict[str, Any]]
+    log_history: list[dict[str, Any]]
+    checkpoints: list[dict[str, Any]]
+    resumed_from: str | None
+    runtime_s: float
+    data: dict[str, int]
+    parameters: dict[str, int]
+    parameter_sha256_per_rank: list[str]
+    versions: dict[str, str]
+    finished_at: str
+    schema: str = TRAIN_RESULT_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        result = dataclasses.asdict(self)
+        return {"schema": result.pop("schema"), **result}
+
+    @classmethod
+    def read(cls, output_dir: str | os.PathLike) -> TrainResult:
+        """Read ``<output_dir>/train_result.json`` (files of older runs also carry ``adapter_dir``, the same
+        folder as ``output_dir``: it is dropped)."""
+        path = Path(output_dir) / TRAIN_RESULT_FILE
+        raw = load_result_json(path, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train")
+        raw.pop("adapter_dir", None)
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in raw and name != "schema"]
+        if missing:
+            raise MalformedResultFileError(path, f"missing keys {missing}")
+        return cls(**{name: raw[name] for name in names})
+
+
 @dataclass(frozen=True)
 class TrainRunInfo:
     """What the figures need from a run's ``train_result.json`` (schema ``disel.train_result/1``).
@@ -204,7 +302,7 @@ def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
     """Read ``train_result.json`` (``path`` is the file or the run directory holding it)."""
     path = Path(path)
     file = path / TRAIN_RESULT_FILE if path.is_dir() else path
-    raw = _load(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train")
+    raw = load_result_json(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train")
     method = _get(file, raw, "method", "str", "")
     rank = _get(file, raw, "rank", "int", "", nullable=True)
     name = _get(file, raw, "name", "str", "", nullable=True) if "name" in raw else None
@@ -291,7 +389,7 @@ class RetentionTable:
 def read_retention_table(path: str | os.PathLike) -> RetentionTable:
     """Read and check a ``disel.retention/1`` table (``retention_<evaluator>.json``)."""
     path = Path(path)
-    raw = _load(path, RETENTION_SCHEMA, "written by disel.experiments.eval.retention.evaluate_checkpoints")
+    raw = load_result_json(path, RETENTION_SCHEMA, "written by disel.experiments.eval.retention.evaluate_checkpoints")
     evaluator = _get(path, raw, "evaluator", "str", "")
     columns = _get(path, raw, "metric_columns", "list", "")
     if not all(isinstance(column, str) for column in columns):
@@ -518,7 +616,7 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
     """Read and check a ``disel.gates/1`` file: every histogram has ``len(bin_edges) - 1`` bins that
     add up to its ``count`` (> 0)."""
     path = Path(path)
-    raw = _load(path, GATES_SCHEMA, "written by disel.experiments.eval.gates.save_gates / eval_cli gates")
+    raw = load_result_json(path, GATES_SCHEMA, "written by disel.experiments.eval.gates.save_gates / eval_cli gates")
     edges = _get(path, raw, "bin_edges", "list", "")
     if (
         len(edges) < 2
@@ -680,7 +778,7 @@ def _check_tradeoff(raw: Mapping[str, Any], path: Path) -> TradeoffTable:
 def read_tradeoff_table(path: str | os.PathLike) -> TradeoffTable:
     """Read and check a ``disel.tradeoff/1`` table."""
     path = Path(path)
-    raw = _load(path, TRADEOFF_SCHEMA, "written by disel.experiments.schemas.write_tradeoff_table")
+    raw = load_result_json(path, TRADEOFF_SCHEMA, "written by disel.experiments.schemas.write_tradeoff_table")
     return _check_tradeoff(raw, path)
 
 

@@ -26,17 +26,18 @@ import torch
 
 from disel.io import write_json_atomic, write_text_atomic
 
+from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
+from ..schemas import load_result_json
+
 from .evaluators import Evaluator
 from .generation import LoadedModel, load_model_for_eval
 
 __all__ = [
     "evaluate_checkpoints",
     "list_checkpoints",
-    "read_retention_table",
 ]
 
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-TABLE_SCHEMA = "disel.retention/1"
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -86,14 +87,6 @@ def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def read_retention_table(path: str | Path) -> dict[str, Any]:
-    """Read a ``disel.retention/1`` table written by :func:`evaluate_checkpoints`."""
-    table = json.loads(Path(path).read_text())
-    if table.get("schema") != TABLE_SCHEMA:
-        raise ValueError(f"{path} is not a retention table (schema {table.get('schema')!r}, expected {TABLE_SCHEMA!r})")
-    return table
-
-
 def evaluate_checkpoints(
     output_dir: str | Path,
     evaluator: Evaluator,
@@ -135,7 +128,7 @@ def evaluate_checkpoints(
 
     rows: list[dict[str, Any]] = []
     if resume and table_path.is_file():
-        previous = read_retention_table(table_path)
+        previous = load_result_json(table_path, TABLE_SCHEMA, "an earlier evaluate_checkpoints")
         if previous.get("evaluator") == evaluator.name and previous.get("settings") == settings:
             rows = previous["rows"]
     done = {row["checkpoint"] for row in rows}

@@ -17,7 +17,7 @@ Files written to ``training.output_dir``:
   ``trainer_state.json`` last; AdaLoRA adds ``adalora_state.pt``);
 * the final adapter (``adapter_config.json`` + ``adapter_model.safetensors``; the whole model for ``full``)
   and the tokenizer;
-* ``train_result.json`` — written atomically, last, by the main process (schema in :class:`TrainResult`).
+* ``train_result.json`` — written atomically, last, by the main process (:class:`~disel.experiments.schemas.TrainResult`).
   Its presence means the run finished and the final adapter beside it is complete.
 """
 
@@ -37,9 +37,12 @@ from typing import Any
 
 import torch
 
-from disel.io import read_json, write_json_atomic, write_yaml_atomic
+from disel.io import write_json_atomic, write_yaml_atomic
 
 from ..config import ConfigError, ExperimentConfig, ModelConfig
+from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
+from ..schemas import TRAIN_RESULT_SCHEMA as RESULT_SCHEMA
+from ..schemas import TrainResult
 from ..data.collator import CausalLMCollator
 from ..data.datasets import PreparedData, prepare_data
 from ..models import check_model_dir, force_offline, load_model, load_tokenizer
@@ -56,103 +59,8 @@ __all__ = [
     "training_arguments",
 ]
 
-RESULT_FILE = "train_result.json"
-RESULT_SCHEMA = "disel.train_result/1"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _ADALORA_STATE = "adalora_state.pt"
-
-
-@dataclass
-class TrainResult:
-    """What one :func:`train` call produced; ``to_dict()`` is the content of ``train_result.json``.
-
-    Schema ``disel.train_result/1`` (JSON; non-finite floats are ``null``):
-
-    ``schema`` (str)
-        ``"disel.train_result/1"``.
-    ``name`` (str | null)
-        ``config.name``.
-    ``method`` (str), ``rank`` (int | null), ``task_type`` (str), ``model_path`` (str)
-        Copied from the config for quick filtering (``rank`` is ``method.r``; null for ``full``).
-    ``config`` (object)
-        The full resolved :class:`~disel.experiments.config.ExperimentConfig` (``to_dict()``).
-    ``output_dir`` (str), ``adapter_dir`` (str)
-        Where the run lives and where the final adapter (or full model) is saved (the same folder).
-    ``world_size`` (int)
-        Number of data-parallel processes.
-    ``global_step`` (int), ``epoch`` (float)
-        Optimizer steps done and epochs completed (fractional) at the end.
-    ``final_train_loss`` (float | null)
-        The last logged training loss (mean over the last ``logging_steps`` steps).
-    ``train_loss`` (float | null)
-        The Trainer's mean training loss over the steps run by this invocation.
-    ``eval`` (object)
-        Final evaluation metrics on the validation set (``eval_loss``; ``eval_accuracy`` for
-        classification); empty without validation data.
-    ``loss_history`` (list of [step, loss])
-        Every logged training loss, across resumes.
-    ``eval_history`` (list of objects)
-        Every evaluation log entry (``step``, ``eval_loss``, ...), across resumes.
-    ``log_history`` (list of objects)
-        The Trainer's complete ``state.log_history``.
-    ``checkpoints`` (list of {"path", "step"})
-        Complete checkpoints left in ``output_dir`` (``path`` relative to it), oldest first.
-    ``resumed_from`` (str | null)
-        The checkpoint this invocation resumed from.
-    ``runtime_s`` (float)
-        Wall-clock seconds of this invocation (loading, training, saving).
-    ``data`` (object)
-        Row and example counts (``train_rows``, ``train_examples``, ``train_dropped_no_response``, ...).
-    ``parameters`` (object)
-        ``trainable`` and ``total`` parameter counts.
-    ``parameter_sha256_per_rank`` (list of str)
-        SHA-256 of the trainable parameters on each rank after training (equal = replicas in sync).
-    ``versions`` (object)
-        ``torch``, ``transformers``, ``peft``, ``accelerate``, ``disel`` versions.
-    ``finished_at`` (str)
-        UTC time, ISO 8601.
-    """
-
-    name: str | None
-    method: str
-    rank: int | None
-    task_type: str
-    model_path: str
-    config: dict[str, Any]
-    output_dir: str
-    adapter_dir: str
-    world_size: int
-    global_step: int
-    epoch: float | None
-    final_train_loss: float | None
-    train_loss: float | None
-    eval: dict[str, float]
-    loss_history: list[list[float]]
-    eval_history: list[dict[str, Any]]
-    log_history: list[dict[str, Any]]
-    checkpoints: list[dict[str, Any]]
-    resumed_from: str | None
-    runtime_s: float
-    data: dict[str, int]
-    parameters: dict[str, int]
-    parameter_sha256_per_rank: list[str]
-    versions: dict[str, str]
-    finished_at: str
-    schema: str = RESULT_SCHEMA
-
-    def to_dict(self) -> dict[str, Any]:
-        result = dataclasses.asdict(self)
-        return {"schema": result.pop("schema"), **result}
-
-    @classmethod
-    def read(cls, output_dir: str | os.PathLike) -> TrainResult:
-        """Read ``<output_dir>/train_result.json``."""
-        raw = read_json(Path(output_dir) / RESULT_FILE)
-        if raw.get("schema") != RESULT_SCHEMA:
-            raise ValueError(
-                f"{Path(output_dir) / RESULT_FILE}: expected schema {RESULT_SCHEMA!r}, got {raw.get('schema')!r}"
-            )
-        return cls(**raw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -583,7 +491,6 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
         model_path=config.model.path,
         config=config.to_dict(),
         output_dir=str(output_dir),
-        adapter_dir=str(output_dir),
         world_size=trainer.args.world_size,
         global_step=state.global_step,
         epoch=_float_or_none(state.epoch),

@@ -61,78 +61,79 @@ def _add_lm_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=float, default=None, help="documents per task (smoke tests only)")
 
 
-def _add_perplexity_flags(parser: argparse.ArgumentParser) -> None:
+def _add_corpus_flags(parser: argparse.ArgumentParser, seed_flag: str) -> None:
+    """The texts a perplexity is measured on; ``seed_flag`` names the flag that picks the offline texts."""
     parser.add_argument("--text", nargs="*", default=[], help="text files (one text each) or .jsonl files ('text' field)")
     parser.add_argument("--offline", nargs="*", default=[], choices=["english", "code"], help="offline corpora to add")
     parser.add_argument("--n", type=int, default=200, help="texts per offline corpus")
-    parser.add_argument("--seed", type=int, default=1, help="seed choosing the offline texts")
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--stride", type=int, default=None, help="window step (default max_length // 2)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(seed_flag, type=int, default=1, help="seed choosing the offline texts")
 
 
 def _add_evaluator_flags(parser: argparse.ArgumentParser, evaluator: str) -> None:
-    """The flags an evaluator is built from (:func:`_evaluator`); ``retention`` takes the union of them all."""
-    if evaluator in ("gsm8k", "humaneval"):
-        parser.add_argument("--data", required=True,
-                            help="JSONL: question/answer (gsm8k) or task_id, prompt, test, entry_point (humaneval)")
-        parser.add_argument("--template", default=None,
-                            help="prompt template (default: alpaca for gsm8k, magicoder for humaneval); its stop strings end answers")
-        parser.add_argument("--max-new-tokens", type=int, default=512)
+    """The flags a generation evaluator is built from (:func:`_evaluator`); ``retention`` takes them all."""
+    parser.add_argument("--data", required=evaluator != "retention", default=None,
+                        help="JSONL: question/answer (gsm8k) or task_id, prompt, test, entry_point (humaneval)")
+    parser.add_argument("--template", default=None,
+                        help="prompt template (default: alpaca for gsm8k, magicoder for humaneval); its stop strings end answers")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
     if evaluator in ("humaneval", "retention"):
         parser.add_argument("--allow-code-execution", action="store_true", help="required: confirms running generated code")
         parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HumanEval program")
 
 
-def _subparser(commands, name: str, help_text: str) -> argparse.ArgumentParser:
-    return commands.add_parser(name, help=help_text, allow_abbrev=False)
+def _subparser(commands, name: str, help_text: str, **defaults) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help_text, allow_abbrev=False)
+    parser.set_defaults(**defaults)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="disel-eval", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--config", default=None, help="JSON/YAML file of flag values (flags override it)")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_one_model_commands(commands)
+    _add_checkpoint_and_gate_commands(commands)
+    return parser
 
-    p = _subparser(commands, "lm-eval", "lm-evaluation-harness (the paper's retention suite by default)")
+
+def _add_one_model_commands(commands) -> None:
+    """``lm-eval``, ``gsm8k``, ``humaneval``, ``perplexity``, ``mlm-perplexity``: one model, one JSON."""
+    p = _subparser(commands, "lm-eval", "lm-evaluation-harness (the paper's retention suite by default)",
+                   handler=_cmd_evaluate, evaluator="lm-eval")
     _add_model_flags(p)
     _add_lm_eval_flags(p)
     p.add_argument("--out", required=True, help="result JSON (schema disel.lm_eval/1)")
-    p.set_defaults(handler=_cmd_evaluate, evaluator="lm-eval")
-
-    for name, help_text, schema in (
-        ("gsm8k", "GSM8K-style strict exact match", "disel.gsm8k/1"),
-        ("humaneval", "HumanEval-style pass@1 (executes generated code)", "disel.humaneval/1"),
-    ):
-        p = _subparser(commands, name, help_text)
+    for name, help_text in (("gsm8k", "GSM8K-style strict exact match"),
+                            ("humaneval", "HumanEval-style pass@1 (executes generated code)")):
+        p = _subparser(commands, name, help_text, handler=_cmd_evaluate, evaluator=name)
         _add_model_flags(p)
         _add_evaluator_flags(p, name)
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke tests)")
-        p.add_argument("--out", required=True, help=f"result JSON (schema {schema})")
-        p.set_defaults(handler=_cmd_evaluate, evaluator=name)
-
-    p = _subparser(commands, "perplexity", "causal-LM perplexity over texts")
+        p.add_argument("--out", required=True, help=f"result JSON (schema disel.{name}/1)")
+    p = _subparser(commands, "perplexity", "causal-LM perplexity over texts", handler=_cmd_evaluate, evaluator="perplexity")
     _add_model_flags(p)
-    _add_perplexity_flags(p)
+    _add_corpus_flags(p, "--seed")
+    p.add_argument("--stride", type=int, default=None, help="window step (default max_length // 2)")
     p.add_argument("--out", required=True, help="result JSON (schema disel.perplexity/1)")
-    p.set_defaults(handler=_cmd_evaluate, evaluator="perplexity")
-
-    p = _subparser(commands, "mlm-perplexity", "masked-LM perplexity with the original MLM head")
+    p = _subparser(commands, "mlm-perplexity", "masked-LM perplexity with the original MLM head",
+                   handler=_cmd_mlm_perplexity)
     _add_model_flags(p)
     p.add_argument("--pretrained-mlm", default=None, help="checkpoint with the original MLM head (default --base)")
     p.add_argument("--num-labels", type=int, default=None, help="classifier size (default: read from the adapter)")
-    p.add_argument("--text", nargs="*", default=[], help="text files or .jsonl files ('text' field)")
-    p.add_argument("--offline", nargs="*", default=[], choices=["english", "code"])
-    p.add_argument("--n", type=int, default=200)
+    _add_corpus_flags(p, "--text-seed")
     p.add_argument("--seed", type=int, default=0, help="masking seed (the offline texts use --text-seed)")
-    p.add_argument("--text-seed", type=int, default=1)
     p.add_argument("--mask-prob", type=float, default=0.15)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="result JSON (schema disel.mlm_perplexity/1)")
-    p.set_defaults(handler=_cmd_mlm_perplexity)
+    for p in (commands.choices["perplexity"], commands.choices["mlm-perplexity"]):
+        p.add_argument("--max-length", type=int, default=512)
+        p.add_argument("--batch-size", type=int, default=8)
 
-    p = _subparser(commands, "retention", "evaluate every checkpoint-* of a training output into one table")
+
+def _add_checkpoint_and_gate_commands(commands) -> None:
+    """``retention`` (every checkpoint of a run), ``gates`` and ``smollm2``."""
+    p = _subparser(commands, "retention", "evaluate every checkpoint-* of a training output into one table",
+                   handler=_cmd_retention)
     p.add_argument("--output-dir", required=True, help="training output directory with checkpoint-<step>/ folders")
     p.add_argument("--base", default=None, help="pre-trained model (default: from the adapter config)")
     p.add_argument("--evaluator", required=True, choices=["lm-eval", "perplexity", "gsm8k", "humaneval"])
@@ -141,18 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="re-evaluate checkpoints already in the table")
     p.add_argument("--dtype", default="auto")
     _add_lm_eval_flags(p)  # also --max-length, --batch-size, --limit
-    p.add_argument("--text", nargs="*", default=[])
-    p.add_argument("--offline", nargs="*", default=[], choices=["english", "code"])
-    p.add_argument("--n", type=int, default=200)
-    p.add_argument("--seed", type=int, default=1)
+    _add_corpus_flags(p, "--seed")
     p.add_argument("--stride", type=int, default=None)
-    p.add_argument("--data", default=None, help="gsm8k / humaneval: the JSONL of questions or problems")
-    p.add_argument("--template", default=None, help="gsm8k / humaneval prompt template (default alpaca / magicoder)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
     _add_evaluator_flags(p, "retention")
-    p.set_defaults(handler=_cmd_retention)
 
-    p = _subparser(commands, "gates", "gate histograms over domains")
+    p = _subparser(commands, "gates", "gate histograms over domains", handler=_cmd_gates)
     _add_model_flags(p)
     p.add_argument(
         "--domain", nargs="*", default=[],
@@ -166,12 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="result JSON (schema disel.gates/1)")
-    p.set_defaults(handler=_cmd_gates)
 
-    p = _subparser(commands, "smollm2", "convert the offline SmolLM2-135M-Instruct once; print its directory")
+    p = _subparser(commands, "smollm2", "convert the offline SmolLM2-135M-Instruct once; print its directory",
+                   handler=_cmd_smollm2)
     p.add_argument("--cache-dir", default=None, help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")
-    p.set_defaults(handler=_cmd_smollm2)
-    return parser
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -348,15 +348,8 @@ def evaluate_gsm8k(
     }
     if keep_samples:
         result["samples"] = [
-            {
-                "index": i,
-                "question": questions[i],
-                "reference": references[i],
-                "response": responses[i],
-                "prediction_strict": strict[i],
-                "prediction_flexible": flexible[i],
-                "correct": strict_correct[i],
-            }
+            {"index": i, "question": questions[i], "reference": references[i], "response": responses[i],
+             "prediction_strict": strict[i], "prediction_flexible": flexible[i], "correct": strict_correct[i]}
             for i in range(len(rows))
         ]
     return result

@@ -123,55 +123,42 @@ def evaluate_checkpoints(
         raise FileNotFoundError(f"no checkpoint-<step> folders in {output_dir}")
     base_path = str(base_path) if base_path is not None else _base_model_path(checkpoints)
     table_path = Path(table_path) if table_path is not None else Path(output_dir) / f"retention_{evaluator.name}.json"
-    details_dir = table_path.with_name(table_path.stem + "_details")
     settings = json.loads(json.dumps(evaluator.settings(), default=str))
-
+    header = {"schema": TABLE_SCHEMA, "evaluator": evaluator.name, "settings": settings,
+              "output_dir": str(output_dir), "base_path": base_path}
     rows: list[dict[str, Any]] = []
     if resume and table_path.is_file():
         previous = load_result_json(table_path, TABLE_SCHEMA, "an earlier evaluate_checkpoints")
         if previous.get("evaluator") == evaluator.name and previous.get("settings") == settings:
             rows = previous["rows"]
     done = {row["checkpoint"] for row in rows}
-
     todo: list[tuple[int, str, Callable[[], LoadedModel]]] = []
     if include_base:
         todo.append((0, "base", lambda: load_model_for_eval(base_path, None, dtype=dtype)))
     for step, path in checkpoints:
         todo.append((step, path.name, lambda path=path: _load_checkpoint(path, base_path, dtype)))
-
-    def table() -> dict[str, Any]:
-        columns: list[str] = []
-        for row in rows:
-            columns += [key for key in row if key not in ("step", "checkpoint", "mean") and key not in columns]
-        return {
-            "schema": TABLE_SCHEMA,
-            "evaluator": evaluator.name,
-            "settings": settings,
-            "output_dir": str(output_dir),
-            "base_path": base_path,
-            "metric_columns": columns,
-            "rows": rows,
-        }
-
     for step, name, load in todo:
         if name in done:
             continue
         if progress is not None:
             progress(f"[retention] {evaluator.name}: evaluating {name} (step {step})")
-        loaded = load()
-        outcome = evaluator(loaded)
-        del loaded
-        write_json_atomic(details_dir / f"{name}.json", outcome.detail)
-        row = {"step": step, "checkpoint": name, **outcome.metrics, "mean": outcome.mean}
-        rows.append(row)
+        outcome = evaluator(load())
+        write_json_atomic(table_path.with_name(table_path.stem + "_details") / f"{name}.json", outcome.detail)
+        rows.append({"step": step, "checkpoint": name, **outcome.metrics, "mean": outcome.mean})
         rows.sort(key=lambda r: (r["step"], r["checkpoint"] != "base"))
-        current = table()
-        write_json_atomic(table_path, current)
-        write_text_atomic(table_path.with_suffix(".csv"), _csv_text(current["metric_columns"], rows))
-    final = table()
-    write_json_atomic(table_path, final)
-    write_text_atomic(table_path.with_suffix(".csv"), _csv_text(final["metric_columns"], rows))
-    if any(isinstance(v, float) and math.isnan(v) for row in rows for v in row.values()):
-        if progress is not None:
-            progress("[retention] warning: some values are NaN")
+        _write_table(table_path, header, rows)  # after every row: an interrupted run resumes from here
+    final = _write_table(table_path, header, rows)
+    if progress is not None and any(isinstance(v, float) and math.isnan(v) for row in rows for v in row.values()):
+        progress("[retention] warning: some values are NaN")
     return final
+
+
+def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the table (JSON and CSV, atomically) and return it; columns in order of first appearance."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in ("step", "checkpoint", "mean") and key not in columns]
+    table = {**header, "metric_columns": columns, "rows": rows}
+    write_json_atomic(table_path, table)
+    write_text_atomic(table_path.with_suffix(".csv"), _csv_text(columns, rows))
+    return table

@@ -424,6 +424,65 @@ def _float_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, reseed):
+    """Tokenizer, data, training arguments, model with its adapter, and the Trainer, in that order: data and
+    arguments before the model, so a malformed row or setting surfaces in seconds, not after loading 7B
+    parameters."""
+    model_config, training = config.model, config.training
+    check_model_dir(model_config.path, model_config.gguf_file)
+    tokenizer = load_tokenizer(
+        model_config.path, gguf_file=model_config.gguf_file, trust_remote_code=model_config.trust_remote_code
+    )
+    data = prepare_data(config.data, tokenizer, model_config.task_type, model_config.num_labels)
+    args = training_arguments(config, data.validation is not None)
+    model = _load_base_model(model_config, tokenizer.pad_token_id)
+    if model_config.task_type == "causal_lm" and (training.gradient_checkpointing or training.activation_checkpointing):
+        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    reseed()  # the adapter's initialisation must not depend on what model loading drew
+    model = _apply_method(model, config, len(data.train))
+    return _build_trainer(config, args, model, tokenizer, data, callbacks, resume_from), data
+
+
+def _result(config: ExperimentConfig, trainer, data, train_output, eval_metrics, resume_from, runtime_s) -> TrainResult:
+    """The :class:`TrainResult` of a finished run (gathers every rank's parameter hash: call on all ranks)."""
+    from accelerate.utils import gather_object
+
+    sha_per_rank = gather_object([_parameter_sha256(trainer.model)])
+    state, output_dir = trainer.state, Path(config.training.output_dir)
+    log_history = list(state.log_history)
+    parameters = list(trainer.model.parameters())
+    return TrainResult(
+        name=config.name,
+        method=config.method.name,
+        rank=None if config.method.name == "full" else config.method.r,
+        task_type=config.model.task_type,
+        model_path=config.model.path,
+        config=config.to_dict(),
+        output_dir=str(output_dir),
+        world_size=trainer.args.world_size,
+        global_step=state.global_step,
+        epoch=_float_or_none(state.epoch),
+        final_train_loss=next((_float_or_none(e["loss"]) for e in reversed(log_history) if "loss" in e), None),
+        train_loss=_float_or_none(train_output.training_loss),
+        eval={k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+        loss_history=[[e["step"], float(e["loss"])] for e in log_history if "loss" in e],
+        eval_history=[e for e in log_history if any(k.startswith("eval_") for k in e)],
+        log_history=log_history,
+        checkpoints=[
+            {"path": path.name, "step": int(_CHECKPOINT.match(path.name).group(1))}
+            for path in complete_checkpoints(output_dir)
+        ],
+        resumed_from=resume_from,
+        runtime_s=runtime_s,
+        data=dict(data.stats),
+        parameters={"trainable": sum(p.numel() for p in parameters if p.requires_grad),
+                    "total": sum(p.numel() for p in parameters)},
+        parameter_sha256_per_rank=list(sha_per_rank),
+        versions=_versions(),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
 def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.method``; return (and save) the result.
 
@@ -450,22 +509,7 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
     resume_from = resolve_resume(training)
     seed_everything = enable_full_determinism if training.full_determinism else set_seed
     seed_everything(training.seed)
-
-    # Data before the model: a malformed row surfaces in seconds, not after loading 7B parameters.
-    model_config = config.model
-    check_model_dir(model_config.path, model_config.gguf_file)
-    tokenizer = load_tokenizer(
-        model_config.path, gguf_file=model_config.gguf_file, trust_remote_code=model_config.trust_remote_code
-    )
-    data = prepare_data(config.data, tokenizer, model_config.task_type, model_config.num_labels)
-    args = training_arguments(config, data.validation is not None)
-    model = _load_base_model(model_config, tokenizer.pad_token_id)
-    if config.model.task_type == "causal_lm" and (training.gradient_checkpointing or training.activation_checkpointing):
-        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
-    seed_everything(training.seed)  # the adapter's initialisation must not depend on what model loading drew
-    model = _apply_method(model, config, len(data.train))
-
-    trainer = _build_trainer(config, args, model, tokenizer, data, callbacks, resume_from)
+    trainer, data = _prepare(config, callbacks, resume_from, reseed=lambda: seed_everything(training.seed))
     is_main = trainer.is_world_process_zero()
     output_dir = Path(training.output_dir)
     if is_main:
@@ -476,45 +520,7 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))
     eval_metrics = _final_evaluation(trainer) if data.validation is not None else {}
-
-    from accelerate.utils import gather_object
-
-    sha_per_rank = gather_object([_parameter_sha256(trainer.model)])
-    state = trainer.state
-    log_history = list(state.log_history)
-    unwrapped = trainer.model
-    result = TrainResult(
-        name=config.name,
-        method=config.method.name,
-        rank=None if config.method.name == "full" else config.method.r,
-        task_type=config.model.task_type,
-        model_path=config.model.path,
-        config=config.to_dict(),
-        output_dir=str(output_dir),
-        world_size=trainer.args.world_size,
-        global_step=state.global_step,
-        epoch=_float_or_none(state.epoch),
-        final_train_loss=next((_float_or_none(e["loss"]) for e in reversed(log_history) if "loss" in e), None),
-        train_loss=_float_or_none(train_output.training_loss),
-        eval={k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
-        loss_history=[[e["step"], float(e["loss"])] for e in log_history if "loss" in e],
-        eval_history=[e for e in log_history if any(k.startswith("eval_") for k in e)],
-        log_history=log_history,
-        checkpoints=[
-            {"path": path.name, "step": int(_CHECKPOINT.match(path.name).group(1))}
-            for path in complete_checkpoints(output_dir)
-        ],
-        resumed_from=resume_from,
-        runtime_s=time.time() - started,
-        data=dict(data.stats),
-        parameters={
-            "trainable": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
-            "total": sum(p.numel() for p in unwrapped.parameters()),
-        },
-        parameter_sha256_per_rank=list(sha_per_rank),
-        versions=_versions(),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    result = _result(config, trainer, data, train_output, eval_metrics, resume_from, time.time() - started)
     if is_main:
         write_json_atomic(output_dir / RESULT_FILE, result.to_dict())
     trainer.accelerator.wait_for_everyone()

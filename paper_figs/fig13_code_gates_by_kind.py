@@ -23,7 +23,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = figure_parser(__doc__, "python -m paper_figs.fig13_code_gates_by_kind")
-    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (eval_cli gates)")
+    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (disel-eval gates)")
     parser.add_argument("--domain", default="code", help="input domain (default: code)")
     args = parser.parse_args(argv)
     return render(lambda: gates_by_kind_figure(read_gates(args.gates), domain=args.domain), args.out / "figure13")

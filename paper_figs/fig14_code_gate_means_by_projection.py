@@ -23,7 +23,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = figure_parser(__doc__, "python -m paper_figs.fig14_code_gate_means_by_projection")
-    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (eval_cli gates)")
+    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (disel-eval gates)")
     parser.add_argument("--domain", default="code", help="input domain (default: code)")
     parser.add_argument("--modules", nargs="+", default=None, help="projections to show (default: all recorded)")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = figure_parser(__doc__, "python -m paper_figs.fig4_gates_by_domain")
-    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (eval_cli gates)")
+    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (disel-eval gates)")
     parser.add_argument("--domains", nargs="+", default=None, help="domains to overlay, in order (default: all)")
     args = parser.parse_args(argv)
     return render(lambda: gates_by_domain_figure(read_gates(args.gates), domains=args.domains), args.out / "figure4")

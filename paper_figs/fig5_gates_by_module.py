@@ -24,7 +24,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = figure_parser(__doc__, "python -m paper_figs.fig5_gates_by_module")
-    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (eval_cli gates)")
+    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (disel-eval gates)")
     parser.add_argument("--domain", default="math", help="input domain (default: math, the fine-tuning domain)")
     parser.add_argument("--modules", nargs="+", default=["v_proj", "up_proj", "down_proj"], help="modules to overlay")
     args = parser.parse_args(argv)

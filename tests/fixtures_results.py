@@ -140,7 +140,7 @@ def make_tiny_results(root: Path, *, steps: int = 4, save_steps: int = 2) -> Tin
     tick = time.perf_counter()
     from toy.__main__ import main as toy_main
 
-    toy_main(["figure1", "--steps", "20", "--no-progress", "--no-figure", "--out", str(root)])
+    toy_main(["figure1", "--steps", "20", "--no-progress", "--out", str(root)])
     seconds["toy"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
     return TinyResults(

@@ -2,9 +2,9 @@
 and evaluation (GSM8K, HumanEval, lm-eval retention, perplexity, gate analysis).
 
 Training: ``disel-train --config recipes/<recipe>.yaml [--override key=value ...]`` or, from Python,
-``from disel.experiments.train.run import train; train(load_config(path))`` (the function is not re-exported
-here: the package attribute ``train`` is the submodule). Submodules import ``torch``/``transformers`` only
-when used, so ``import disel.experiments`` (and ``disel.io``) stays cheap.
+``from disel.experiments.train import train; train(load_config(path))``. Layout: ``config`` (recipes),
+``schemas`` (result files), ``models`` (the loader), ``data/``, ``train/``, ``eval/``, ``cli/``, ``comparison``.
+Submodules import ``torch``/``transformers`` only when used, so ``import disel.experiments`` stays cheap.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _EXPORTS = {
     "load_config": "config",
     "DataFormatError": "data.datasets",
     "format_prompt": "data.templates",
-    "TrainResult": "train",
+    "TrainResult": "schemas",
 }
 
 

@@ -7,9 +7,9 @@ anything is drawn. The module itself uses no torch (importing the ``disel`` pack
 * ``<run>/train_result.json`` — ``disel.train_result/1``, :class:`TrainResult`, written by
   :func:`disel.experiments.train.run.train` (:func:`read_train_result` is the figures' view of it);
 * ``<run>/retention_<evaluator>.json`` — ``disel.retention/1``, written by
-  :func:`disel.experiments.eval.retention.evaluate_checkpoints` (``eval_cli retention``);
+  :func:`disel.experiments.eval.retention.evaluate_checkpoints` (``disel-eval retention``);
 * a gates file (any name) — ``disel.gates/1``, written by :func:`disel.experiments.eval.gates.analyze_gates` and
-  ``save_gates`` (``eval_cli gates``);
+  ``save_gates`` (``disel-eval gates``);
 * a tradeoff table (any name) — ``disel.tradeoff/1``, written by :func:`write_tradeoff_table` (defined here).
 
 The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tuned model)::
@@ -616,7 +616,7 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
     """Read and check a ``disel.gates/1`` file: every histogram has ``len(bin_edges) - 1`` bins that
     add up to its ``count`` (> 0)."""
     path = Path(path)
-    raw = load_result_json(path, GATES_SCHEMA, "written by disel.experiments.eval.gates.save_gates / eval_cli gates")
+    raw = load_result_json(path, GATES_SCHEMA, "written by disel.experiments.eval.gates.save_gates / disel-eval gates")
     edges = _get(path, raw, "bin_edges", "list", "")
     if (
         len(edges) < 2

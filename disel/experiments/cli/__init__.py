@@ -1,1 +1,1 @@
-"""cli"""
+"""The command lines: ``disel-train`` (:mod:`.train`), ``disel-eval`` (:mod:`.eval`), ``disel-compare`` (:mod:`.compare`)."""

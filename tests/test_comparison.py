@@ -7,7 +7,7 @@ import pytest
 from disel.experiments.cli.compare import main
 from disel.experiments.comparison import ComparisonConfig, run_comparison
 from disel.experiments.config import ConfigError
-from disel.experiments.schemas import read_tradeoff_table
+from disel.experiments.schemas import read_comparison, read_tradeoff_table
 
 from tiny_models import make_tiny_causal_lm
 
@@ -34,7 +34,9 @@ def test_comparison_runs_end_to_end_and_resumes(tmp_path):
         assert [c["step"] for c in run["checkpoints"]] == [0, 1, 2]  # base row + every checkpoint
         assert 0.0 <= run["exact_match"] <= 1.0 and run["ppl_english"] > 1.0
     assert summary["runs"][1]["gates_file"] and json.loads((out / "disel-r2" / "gates.json").read_text())["schema"] == "disel.gates/1"
-    assert json.loads((out / "comparison.json").read_text())["schema"] == "disel.comparison/1"
+    written = read_comparison(out / "comparison.json")
+    assert written.schema == "disel.comparison/2" and written.base == summary["base"]
+    assert written.config["overrides"] == config.overrides  # the sweep says how it was run
     for corpus in ("english", "code"):
         table = read_tradeoff_table(out / f"tradeoff_{corpus}.json")
         assert table.base_retention == summary["base"][f"ppl_{corpus}"] and len(table.rows) == 2
@@ -63,3 +65,18 @@ def test_comparison_rejects_bad_settings(tmp_path):
     config_file.write_text(json.dumps({"max_step": 3}))
     with pytest.raises(SystemExit):
         main(["--config", str(config_file)])
+
+
+def test_committed_results_still_read(tmp_path):
+    """The committed SmolLM2 comparison (schema version 1) reads, and a file of an unknown version is refused
+    naming the expected schema."""
+    from pathlib import Path
+
+    from disel.experiments.schemas import MalformedResultFileError
+
+    committed = read_comparison(Path(__file__).resolve().parents[1] / "paper_figs" / "smollm2" / "comparison.json")
+    assert committed.schema == "disel.comparison/1" and [r["method"] for r in committed.runs][:2] == ["lora", "lora"]
+    future = tmp_path / "comparison.json"
+    future.write_text(json.dumps({"schema": "disel.comparison/9", "base": {}, "runs": []}))
+    with pytest.raises(MalformedResultFileError, match=r"expected schema 'disel.comparison/2'.*found schema 'disel.comparison/9'"):
+        read_comparison(future)

@@ -178,3 +178,10 @@ def test_cli_sweeps_smoke(tmp_path: Path, capsys, argv, name):
 
 def test_run_all_discovers_the_figure1_module():
     assert "paper_figs.fig1_toy" in figure_modules()
+
+
+def test_committed_figure1_numbers_still_draw(tmp_path: Path):
+    """The committed paper_figs/out/figure1.json (written before the toy stopped drawing) redraws as it is."""
+    committed = Path(fig1_toy.__file__).parent / "out" / "figure1.json"
+    assert fig1_toy.main(["--from-json", str(committed), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "figure1.png").stat().st_size > 0 and (tmp_path / "figure1.pdf").stat().st_size > 0

@@ -12,7 +12,7 @@ Llama-2/MetaMathQA experiment: one recipe (``recipes/comparison/smollm2_arithmet
    (standard-library sources), both never trained on — one ``disel.retention/1`` table per evaluator
    in each run directory (Figures 6–9);
 4. for DISeL runs: gate statistics on math vs English vs code (``disel.gates/1``, Figures 4, 5, 10–14);
-5. ``comparison.json`` (schema ``disel.comparison/1``: every number, per run) and two tradeoff tables
+5. ``comparison.json`` (schema ``disel.comparison/2``, :func:`~disel.experiments.schemas.read_comparison`) and two tradeoff tables
    (``disel.tradeoff/1``: accuracy vs English / code perplexity, Figure 3), written atomically.
 
 Every stage is resumable: a finished training run (``train_result.json`` present) is not retrained, a
@@ -30,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from disel.io import write_json_atomic, write_text_atomic
 
+from .schemas import COMPARISON_SCHEMA
+
 __all__ = ["ComparisonConfig", "format_table", "run_comparison"]
 
-COMPARISON_SCHEMA = "disel.comparison/1"
 
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "comparison" / "smollm2_arithmetic.yaml"

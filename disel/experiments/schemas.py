@@ -55,7 +55,9 @@ __all__ = [
     "RETENTION_SCHEMA",
     "TRADEOFF_SCHEMA",
     "TRAIN_RESULT_SCHEMA",
+    "COMPARISON_SCHEMA",
     "CheckpointCurve",
+    "Comparison",
     "GateDomainSummary",
     "GateHistogram",
     "GatesFile",
@@ -74,6 +76,7 @@ __all__ = [
     "find_run_dirs",
     "load_result_json",
     "main",
+    "read_comparison",
     "read_gates",
     "read_retention_table",
     "read_run",
@@ -90,6 +93,8 @@ TRAIN_RESULT_SCHEMA = "disel.train_result/1"
 RETENTION_SCHEMA = "disel.retention/1"
 GATES_SCHEMA = "disel.gates/1"
 TRADEOFF_SCHEMA = "disel.tradeoff/1"
+COMPARISON_SCHEMA = "disel.comparison/2"
+"""``disel-compare``'s ``comparison.json``; version 1 (before recipes) had a flat ``config`` and still reads."""
 
 TRAIN_RESULT_FILE = "train_result.json"
 
@@ -121,8 +126,8 @@ class MalformedResultFileError(ResultFileError, ValueError):
     """The file exists but is not valid JSON, has another schema, or lacks / mistypes a field."""
 
 
-def load_result_json(path: str | os.PathLike, schema: str, made_by: str) -> dict[str, Any]:
-    """The JSON object in ``path``, checked to carry ``schema``."""
+def load_result_json(path: str | os.PathLike, schema: str, made_by: str, accept: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON object in ``path``, checked to carry ``schema`` (or an older version listed in ``accept``)."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
@@ -139,7 +144,7 @@ def load_result_json(path: str | os.PathLike, schema: str, made_by: str) -> dict
         raise MalformedResultFileError(
             path, f"expected a JSON object with schema {schema!r}, got a JSON {type(raw).__name__}"
         )
-    if raw.get("schema") != schema:
+    if raw.get("schema") != schema and raw.get("schema") not in accept:
         found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
         raise MalformedResultFileError(path, f"expected schema {schema!r} ({made_by}), found {found}")
     return raw
@@ -281,6 +286,31 @@ class TrainResult:
         if missing:
             raise MalformedResultFileError(path, f"missing keys {missing}")
         return cls(**{name: raw[name] for name in names})
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``comparison.json`` of ``disel-compare``: the base model's and every run's final numbers."""
+
+    schema: str
+    config: dict[str, Any]
+    base: dict[str, float]
+    runs: list[dict[str, Any]]
+
+
+def read_comparison(path: str | os.PathLike) -> Comparison:
+    """Read ``comparison.json`` (schema ``disel.comparison/2``, or ``/1`` written before recipes composed)."""
+    path = Path(path)
+    made_by = "written by disel-compare"
+    raw = load_result_json(path, COMPARISON_SCHEMA, made_by, accept=("disel.comparison/1",))
+    base = _get(path, raw, "base", "object", "")
+    for key in ("exact_match", "ppl_english", "ppl_code"):
+        _get(path, base, key, "number", "base")
+    runs = _get(path, raw, "runs", "list", "")
+    for index, run in enumerate(runs):
+        for key, kind in (("method", "str"), ("rank", "int"), ("exact_match", "number"), ("checkpoints", "list")):
+            _get(path, run, key, kind, f"runs[{index}]")
+    return Comparison(raw["schema"], _get(path, raw, "config", "object", ""), base, runs)
 
 
 @dataclass(frozen=True)

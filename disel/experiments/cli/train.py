@@ -25,6 +25,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="disel-train",
+        allow_abbrev=False,
         description="Fine-tune a local model with DISeL, LoRA, DoRA, AdaLoRA or full fine-tuning from a recipe file.",
     )
     parser.add_argument(

@@ -30,17 +30,15 @@ from matplotlib.lines import Line2D
 from disel.experiments.schemas import (
     DEPTH_THIRDS,
     MODULE_ORDER,
-    CheckpointCurve,
     GateHistogram,
     GatesFile,
     MissingResultFileError,
     RunResults,
     TradeoffTable,
-    checkpoint_curves,
     shared_base_value,
-    summarize_over_seeds,
 )
 
+from .aggregate import CheckpointCurve, checkpoint_curves, summarize_over_seeds
 from .style import METHOD_COLORS, METHOD_LABELS, TEXT_WIDTH_IN, palette_color, rank_colors
 
 __all__ = [

@@ -23,8 +23,7 @@ The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tun
      "rows": [{"method": "disel", "rank": 8, "seed": 0, "ft_score": 0.41, "retention": 0.61}, ...]}
 
 ``rank`` is an integer, or ``null`` for full fine-tuning; ``seed`` an integer or ``null``. Each
-``(method, rank, seed)`` appears once. :func:`summarize_over_seeds` turns the rows into one point per
-``(method, rank)`` with the mean and the sample standard deviation across seeds (Figure 2's error bars).
+``(method, rank, seed)`` appears once (``paper_figs.aggregate`` averages the seeds for the figures).
 :func:`tradeoff_table_from_runs` builds the table from training runs: in each run the checkpoint with
 the best fine-tuning score is selected (paper, Appendix II.5) and its retention read from the same
 checkpoint's row of the retention table; from the shell, ``python -m disel.experiments.schemas tradeoff``.
@@ -32,7 +31,7 @@ checkpoint's row of the retention table; from the shell, ``python -m disel.exper
 Runs for the checkpoint figures (6–9): a run directory holds ``train_result.json`` (method, rank and
 seed are read from it, so no separate manifest can disagree with the run) and one
 ``retention_<evaluator>.json`` per evaluator. :func:`find_run_dirs` lists the runs under a folder and
-:func:`checkpoint_curves` averages runs that share ``(method, rank)`` (several seeds) step by step.
+``paper_figs.aggregate.checkpoint_curves`` averages runs that share ``(method, rank)`` step by step.
 """
 
 from __future__ import annotations
@@ -56,7 +55,6 @@ __all__ = [
     "TRADEOFF_SCHEMA",
     "TRAIN_RESULT_SCHEMA",
     "COMPARISON_SCHEMA",
-    "CheckpointCurve",
     "Comparison",
     "GateDomainSummary",
     "GateHistogram",
@@ -67,12 +65,10 @@ __all__ = [
     "RetentionRow",
     "RetentionTable",
     "RunResults",
-    "TradeoffPoint",
     "TradeoffRow",
     "TradeoffTable",
     "TrainResult",
     "TrainRunInfo",
-    "checkpoint_curves",
     "find_run_dirs",
     "load_result_json",
     "main",
@@ -84,7 +80,6 @@ __all__ = [
     "read_tradeoff_table",
     "read_train_result",
     "shared_base_value",
-    "summarize_over_seeds",
     "tradeoff_table_from_runs",
     "write_tradeoff_table",
 ]
@@ -195,79 +190,34 @@ def _describe(kind: str, nullable: bool) -> str:
 
 @dataclass
 class TrainResult:
-    """What one :func:`train` call produced; ``to_dict()`` is the content of ``train_result.json``.
+    """What one ``train`` call produced; ``to_dict()`` is ``train_result.json`` (schema ``disel.train_result/1``,
+    non-finite floats written as null). Its presence means the run finished and the final adapter (or full
+    model) in ``output_dir`` is complete."""
 
-    Schema ``disel.train_result/1`` (JSON; non-finite floats are ``null``):
-
-    ``schema`` (str)
-        ``"disel.train_result/1"``.
-    ``name`` (str | null)
-        ``config.name``.
-    ``method`` (str), ``rank`` (int | null), ``task_type`` (str), ``model_path`` (str)
-        Copied from the config for quick filtering (``rank`` is ``method.r``; null for ``full``).
-    ``config`` (object)
-        The full resolved :class:`~disel.experiments.config.ExperimentConfig` (``to_dict()``).
-    ``output_dir`` (str)
-        Where the run lives; the final adapter (or full model) is saved there.
-    ``world_size`` (int)
-        Number of data-parallel processes.
-    ``global_step`` (int), ``epoch`` (float)
-        Optimizer steps done and epochs completed (fractional) at the end.
-    ``final_train_loss`` (float | null)
-        The last logged training loss (mean over the last ``logging_steps`` steps).
-    ``train_loss`` (float | null)
-        The Trainer's mean training loss over the steps run by this invocation.
-    ``eval`` (object)
-        Final evaluation metrics on the validation set (``eval_loss``; ``eval_accuracy`` for
-        classification); empty without validation data.
-    ``loss_history`` (list of [step, loss])
-        Every logged training loss, across resumes.
-    ``eval_history`` (list of objects)
-        Every evaluation log entry (``step``, ``eval_loss``, ...), across resumes.
-    ``log_history`` (list of objects)
-        The Trainer's complete ``state.log_history``.
-    ``checkpoints`` (list of {"path", "step"})
-        Complete checkpoints left in ``output_dir`` (``path`` relative to it), oldest first.
-    ``resumed_from`` (str | null)
-        The checkpoint this invocation resumed from.
-    ``runtime_s`` (float)
-        Wall-clock seconds of this invocation (loading, training, saving).
-    ``data`` (object)
-        Row and example counts (``train_rows``, ``train_examples``, ``train_dropped_no_response``, ...).
-    ``parameters`` (object)
-        ``trainable`` and ``total`` parameter counts.
-    ``parameter_sha256_per_rank`` (list of str)
-        SHA-256 of the trainable parameters on each rank after training (equal = replicas in sync).
-    ``versions`` (object)
-        ``torch``, ``transformers``, ``peft``, ``accelerate``, ``disel`` versions.
-    ``finished_at`` (str)
-        UTC time, ISO 8601.
-    """
-
-    name: str | None
-    method: str
-    rank: int | None
+    name: str | None  # config.name
+    method: str  # copied from the config for quick filtering
+    rank: int | None  # method.r; null for full fine-tuning
     task_type: str
     model_path: str
-    config: dict[str, Any]
-    output_dir: str
-    world_size: int
+    config: dict[str, Any]  # the full resolved recipe (ExperimentConfig.to_dict())
+    output_dir: str  # the run folder; the final adapter is saved there
+    world_size: int  # data-parallel processes
     global_step: int
-    epoch: float | None
-    final_train_loss: float | None
-    train_loss: float | None
-    eval: dict[str, float]
-    loss_history: list[list[float]]
-    eval_history: list[dict[str, Any]]
-    log_history: list[dict[str, Any]]
-    checkpoints: list[dict[str, Any]]
-    resumed_from: str | None
-    runtime_s: float
-    data: dict[str, int]
-    parameters: dict[str, int]
-    parameter_sha256_per_rank: list[str]
-    versions: dict[str, str]
-    finished_at: str
+    epoch: float | None  # epochs completed (fractional)
+    final_train_loss: float | None  # the last logged training loss
+    train_loss: float | None  # the Trainer's mean loss over this invocation's steps
+    eval: dict[str, float]  # final metrics on the validation set (eval_loss, eval_accuracy); {} without one
+    loss_history: list[list[float]]  # every logged [step, loss], across resumes
+    eval_history: list[dict[str, Any]]  # every evaluation log entry, across resumes
+    log_history: list[dict[str, Any]]  # the Trainer's state.log_history
+    checkpoints: list[dict[str, Any]]  # complete checkpoints left ({"path" relative to output_dir, "step"}), oldest first
+    resumed_from: str | None  # the checkpoint this invocation resumed from
+    runtime_s: float  # wall-clock seconds of this invocation
+    data: dict[str, int]  # row and example counts (train_rows, train_examples, train_dropped_no_response ...)
+    parameters: dict[str, int]  # trainable and total parameter counts
+    parameter_sha256_per_rank: list[str]  # per rank, after training: equal hashes = replicas in sync
+    versions: dict[str, str]  # torch, transformers, peft, accelerate, disel
+    finished_at: str  # UTC, ISO 8601
     schema: str = TRAIN_RESULT_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -514,71 +464,6 @@ def shared_base_value(runs: Sequence[RunResults], metric: str, *, rel_tol: float
     return first
 
 
-@dataclass(frozen=True)
-class CheckpointCurve:
-    """``metric`` over training steps for one ``(method, rank)``: the mean over its runs (seeds) at each
-    step and the sample standard deviation (0 with one run)."""
-
-    method: str
-    rank: int | None
-    steps: tuple[int, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    run_dirs: tuple[Path, ...]
-
-
-def checkpoint_curves(runs: Sequence[RunResults], metric: str) -> list[CheckpointCurve]:
-    """One :class:`CheckpointCurve` per ``(method, rank)``, ordered by method (first appearance) then rank.
-
-    Runs that share ``(method, rank)`` must have checkpoints at the same steps.
-    """
-    groups: dict[tuple[str, int | None], list[RunResults]] = {}
-    for run in runs:
-        groups.setdefault((run.info.method, run.info.rank), []).append(run)
-    methods = list(dict.fromkeys(method for method, _ in groups))
-    curves = []
-    for (method, rank), members in sorted(
-        groups.items(), key=lambda item: (methods.index(item[0][0]), _rank_key(item[0][1]))
-    ):
-        series = [(run, *run.table.series(metric)) for run in members]
-        steps = series[0][1]
-        for run, other_steps, _ in series[1:]:
-            if other_steps != steps:
-                raise MalformedResultFileError(
-                    run.table.path,
-                    f"has checkpoints at steps {other_steps} but {series[0][0].table.path} (same method {method!r}, "
-                    f"rank {rank}) has {steps}: seeds of one configuration must save at the same steps",
-                )
-        columns = list(zip(*(values for _, _, values in series)))
-        curves.append(
-            CheckpointCurve(
-                method,
-                rank,
-                tuple(steps),
-                tuple(_mean(c) for c in columns),
-                tuple(_sample_std(c) for c in columns),
-                tuple(run.info.run_dir for run in members),
-            )
-        )
-    return curves
-
-
-def _rank_key(rank: int | None) -> float:
-    return math.inf if rank is None else rank
-
-
-def _mean(values: Sequence[float]) -> float:
-    return math.fsum(values) / len(values)
-
-
-def _sample_std(values: Sequence[float]) -> float:
-    """Sample standard deviation (n − 1); 0 for a single value."""
-    if len(values) < 2:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 # ------------------------------------------------------------------------------------------------
 # disel.gates/1
 # ------------------------------------------------------------------------------------------------
@@ -642,6 +527,25 @@ class GatesFile:
         return entry[sub_key]
 
 
+def _gate_histogram(path: Path, obj: Any, where: str, bins: int) -> GateHistogram:
+    """One histogram of a gates file, checked: ``bins`` non-negative counts adding up to ``count`` > 0."""
+    if not isinstance(obj, dict):
+        raise MalformedResultFileError(path, f"{where!r} must be a JSON object, got {obj!r}")
+    counts = _get(path, obj, "histogram", "list", where)
+    count = _get(path, obj, "count", "int", where)
+    if len(counts) != bins or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        raise MalformedResultFileError(
+            path, f"'{where}.histogram' must be {bins} non-negative integers (one per bin)"
+        )
+    if count <= 0 or sum(counts) != count:
+        raise MalformedResultFileError(
+            path, f"'{where}': histogram adds up to {sum(counts)} but count is {count} (must be equal and positive)"
+        )
+    return GateHistogram(
+        tuple(counts), count, _get(path, obj, "mean", "number", where), _get(path, obj, "std", "number", where)
+    )
+
+
 def read_gates(path: str | os.PathLike) -> GatesFile:
     """Read and check a ``disel.gates/1`` file: every histogram has ``len(bin_edges) - 1`` bins that
     add up to its ``count`` (> 0)."""
@@ -662,21 +566,7 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
         raise MalformedResultFileError(path, "'domains' is empty: no domain was recorded")
 
     def histogram(obj: Any, where: str) -> GateHistogram:
-        if not isinstance(obj, dict):
-            raise MalformedResultFileError(path, f"{where!r} must be a JSON object, got {obj!r}")
-        counts = _get(path, obj, "histogram", "list", where)
-        count = _get(path, obj, "count", "int", where)
-        if len(counts) != bins or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-            raise MalformedResultFileError(
-                path, f"'{where}.histogram' must be {bins} non-negative integers (one per bin)"
-            )
-        if count <= 0 or sum(counts) != count:
-            raise MalformedResultFileError(
-                path, f"'{where}': histogram adds up to {sum(counts)} but count is {count} (must be equal and positive)"
-            )
-        return GateHistogram(
-            tuple(counts), count, _get(path, obj, "mean", "number", where), _get(path, obj, "std", "number", where)
-        )
+        return _gate_histogram(path, obj, where, bins)
 
     def flat(obj: Mapping[str, Any], key: str, where: str) -> dict[str, GateHistogram]:
         table = _get(path, obj, key, "object", where)
@@ -865,44 +755,20 @@ def _plain_number(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class TradeoffPoint:
-    """One ``(method, rank)`` of a tradeoff table: mean and sample standard deviation over its seeds."""
-
-    method: str
-    rank: int | None
-    seeds: tuple[int | None, ...]
-    ft_mean: float
-    ft_std: float
-    retention_mean: float
-    retention_std: float
-
-
-def summarize_over_seeds(table: TradeoffTable) -> list[TradeoffPoint]:
-    """One :class:`TradeoffPoint` per ``(method, rank)``, ordered by method (first appearance) then
-    rank; the standard deviation is the sample one (n − 1), 0 for a single seed."""
-    groups: dict[tuple[str, int | None], list[TradeoffRow]] = {}
-    for row in table.rows:
-        groups.setdefault((row.method, row.rank), []).append(row)
-    methods = list(dict.fromkeys(method for method, _ in groups))
-    points = []
-    for (method, rank), rows in sorted(
-        groups.items(), key=lambda item: (methods.index(item[0][0]), _rank_key(item[0][1]))
-    ):
-        ft = [r.ft_score for r in rows]
-        retention = [r.retention for r in rows]
-        points.append(
-            TradeoffPoint(
-                method,
-                rank,
-                tuple(r.seed for r in rows),
-                _mean(ft),
-                _sample_std(ft),
-                _mean(retention),
-                _sample_std(retention),
-            )
-        )
-    return points
+def _selected_row(ft_run: RunResults, retention_run: RunResults, ft_metric: str, retention_metric: str,
+                  select: str) -> TradeoffRow:
+    """One run's point: its best (ties: the earliest) or last checkpoint by ``ft_metric``, and that
+    checkpoint's retention."""
+    candidates = ft_run.table.checkpoints
+    if not candidates:
+        raise MalformedResultFileError(ft_run.table.path, "has no checkpoint rows to select from")
+    if select == "best":
+        chosen = max(candidates, key=lambda row: (ft_run.table.value(row, ft_metric), -row.step))
+    else:
+        chosen = candidates[-1]
+    retention = retention_run.table.value(retention_run.table.row(chosen.checkpoint), retention_metric)
+    info = ft_run.info
+    return TradeoffRow(info.method, info.rank, info.seed, ft_run.table.value(chosen, ft_metric), retention)
 
 
 def tradeoff_table_from_runs(
@@ -936,26 +802,7 @@ def tradeoff_table_from_runs(
         raise ValueError("run_dirs is empty: no run to put in the table")
     ft_runs = read_runs(run_dirs, ft_evaluator)
     retention_runs = read_runs(run_dirs, retention_evaluator)
-    rows = []
-    for ft_run, retention_run in zip(ft_runs, retention_runs):
-        candidates = ft_run.table.checkpoints
-        if not candidates:
-            raise MalformedResultFileError(ft_run.table.path, "has no checkpoint rows to select from")
-        if select == "best":
-            chosen = max(candidates, key=lambda row: (ft_run.table.value(row, ft_metric), -row.step))
-        else:
-            chosen = candidates[-1]
-        retention_row = retention_run.table.row(chosen.checkpoint)
-        info = ft_run.info
-        rows.append(
-            TradeoffRow(
-                info.method,
-                info.rank,
-                info.seed,
-                ft_run.table.value(chosen, ft_metric),
-                retention_run.table.value(retention_row, retention_metric),
-            )
-        )
+    rows = [_selected_row(ft, retention, ft_metric, retention_metric, select) for ft, retention in zip(ft_runs, retention_runs)]
     base_retention = shared_base_value(retention_runs, retention_metric)
     if base_retention is None:
         raise MalformedResultFileError(

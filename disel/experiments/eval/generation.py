@@ -60,6 +60,25 @@ class LoadedModel(NamedTuple):
     description: dict[str, Any]
 
 
+def _attach_adapter(model: torch.nn.Module, adapter_path: str | os.PathLike) -> tuple[torch.nn.Module, str]:
+    """``model`` with the saved PEFT adapter in ``adapter_path`` (frozen, not merged) and the adapter's PEFT type."""
+    import peft
+
+    import disel  # noqa: F401  (registers the DISEL PEFT type, needed to read adapter_config.json)
+
+    adapter_dir = Path(adapter_path)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"adapter_path={str(adapter_dir)!r} has no adapter_config.json; pass a directory written by "
+            "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
+            "adapter_path=None for a full model"
+        )
+    # is_trainable=False: inference mode, adapters frozen; nothing is merged.
+    model = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    peft_type = model.peft_config["default"].peft_type
+    return model, str(getattr(peft_type, "value", peft_type))
+
+
 def load_model_for_eval(
     base_path: str | os.PathLike,
     adapter_path: str | os.PathLike | None = None,
@@ -87,25 +106,10 @@ def load_model_for_eval(
             tokenizer files (training saves them there), else ``base_path``.
         padding_side: ``"left"`` so batched generation continues every prompt right after its text.
     """
-    import peft
-
-    import disel  # noqa: F401  (registers the DISEL PEFT type, needed to read adapter_config.json)
-
     from ..models import load_model, load_tokenizer, resolve_dtype
 
     model = load_model(base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path")
-    peft_type = None
-    if adapter_path is not None:
-        adapter_dir = Path(adapter_path)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"adapter_path={str(adapter_dir)!r} has no adapter_config.json; pass a directory written by "
-                "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
-                "adapter_path=None for a full model"
-            )
-        # is_trainable=False: inference mode, adapters frozen; nothing is merged.
-        model = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
-        peft_type = str(getattr(model.peft_config["default"].peft_type, "value", model.peft_config["default"].peft_type))
+    model, peft_type = _attach_adapter(model, adapter_path) if adapter_path is not None else (model, None)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     model.eval()

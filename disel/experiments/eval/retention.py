@@ -112,11 +112,8 @@ def evaluate_checkpoints(
         resume: keep rows of an existing table made with the same evaluator settings, and evaluate
             only the checkpoints it lacks.
 
-    Returns the table (schema ``disel.retention/1``)::
-
-        {"schema": "disel.retention/1", "evaluator": "lm-eval", "settings": {...},
-         "output_dir": ..., "base_path": ..., "metric_columns": ["hellaswag", ...],
-         "rows": [{"step": 0, "checkpoint": "base", "hellaswag": 0.57, ..., "mean": 0.52}, ...]}
+    Returns the table (``disel.retention/1``: ``evaluator``, ``settings``, ``output_dir``, ``base_path``,
+    ``metric_columns`` and ``rows`` such as ``{"step": 0, "checkpoint": "base", "hellaswag": 0.57, "mean": 0.52}``).
     """
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints and not include_base:

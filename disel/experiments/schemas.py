@@ -50,6 +50,11 @@ from disel.recording import DEPTH_GROUPS
 __all__ = [
     "DEPTH_THIRDS",
     "GATES_SCHEMA",
+    "GSM8K_SCHEMA",
+    "HUMANEVAL_SCHEMA",
+    "LM_EVAL_SCHEMA",
+    "MLM_PERPLEXITY_SCHEMA",
+    "PERPLEXITY_SCHEMA",
     "MODULE_ORDER",
     "RETENTION_SCHEMA",
     "TRADEOFF_SCHEMA",
@@ -88,6 +93,11 @@ TRAIN_RESULT_SCHEMA = "disel.train_result/1"
 RETENTION_SCHEMA = "disel.retention/1"
 GATES_SCHEMA = "disel.gates/1"
 TRADEOFF_SCHEMA = "disel.tradeoff/1"
+GSM8K_SCHEMA = "disel.gsm8k/1"
+HUMANEVAL_SCHEMA = "disel.humaneval/1"
+PERPLEXITY_SCHEMA = "disel.perplexity/1"
+MLM_PERPLEXITY_SCHEMA = "disel.mlm_perplexity/1"
+LM_EVAL_SCHEMA = "disel.lm_eval/1"
 COMPARISON_SCHEMA = "disel.comparison/2"
 """``disel-compare``'s ``comparison.json``; version 1 (before recipes) had a flat ``config`` and still reads."""
 

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..schemas import MLM_PERPLEXITY_SCHEMA
+
 __all__ = ["build_parser", "main"]
 
 
@@ -307,7 +309,7 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
         for name, texts in _corpora(args, args.text_seed).items()
     }
     values = [c["perplexity"] for c in corpora.values()]
-    _write(args.out, {"schema": "disel.mlm_perplexity/1", "model": loaded.description,
+    _write(args.out, {"schema": MLM_PERPLEXITY_SCHEMA, "model": loaded.description,
                       "pretrained_mlm": str(args.pretrained_mlm or args.base), "corpora": corpora,
                       "mean_perplexity": sum(values) / len(values)})
     print(f"mlm-perplexity: mean={sum(values) / len(values):.4g}")

@@ -124,8 +124,9 @@ def _read_csv(path: Path, delimiter: str) -> list[Row]:
 def load_dataset_rows(name: str, config_name: str | None = None, split: str = "train") -> list[Row]:
     """Rows of a ``datasets`` source available locally: a ``save_to_disk`` folder, a local dataset folder,
     or a name already in the local cache. Never downloads (offline mode is forced)."""
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    from ..models import force_offline
+
+    force_offline()
     import datasets
 
     datasets.config.HF_DATASETS_OFFLINE = True  # the env var is only read at import time

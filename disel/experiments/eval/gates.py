@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 from disel.recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
+
 from ..data.collator import right_pad
+from ..schemas import GATES_SCHEMA
 
 __all__ = ["GateDomain", "analyze_gates", "default_offline_domains", "domain_from_rows", "save_gates"]
 
@@ -135,7 +137,7 @@ def analyze_gates(
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    result: dict[str, Any] = {"schema": "disel.gates/1", "model": dict(description or {}), "bins": bins, "domains": {}}
+    result: dict[str, Any] = {"schema": GATES_SCHEMA, "model": dict(description or {}), "bins": bins, "domains": {}}
     for domain in domains:
         encoded = [(ids, mask) for ids, mask in _encode_domain(domain, tokenizer, max_length) if any(mask)]
         if not encoded:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from ..schemas import GSM8K_SCHEMA, HUMANEVAL_SCHEMA
 
 __all__ = [
     "CodeProblem",
@@ -341,7 +342,7 @@ def evaluate_gsm8k(
     strict_correct = [p is not None and p == ref for p, ref in zip(strict, references)]
     flexible_correct = [p is not None and p == ref for p, ref in zip(flexible, references)]
     result: dict[str, Any] = {
-        "schema": "disel.gsm8k/1",
+        "schema": GSM8K_SCHEMA,
         "metric": "exact_match,strict-match",
         "exact_match": sum(strict_correct) / len(rows),
         "exact_match_flexible": sum(flexible_correct) / len(rows),
@@ -561,7 +562,7 @@ def evaluate_humaneval(
         program = humaneval_program(problem, extract_code_completion(problem, response))
         outcomes.append(check_program(program, timeout_s=timeout_s, allow_code_execution=True))
     result: dict[str, Any] = {
-        "schema": "disel.humaneval/1",
+        "schema": HUMANEVAL_SCHEMA,
         "metric": "pass@1",
         "pass@1": sum(o.passed for o in outcomes) / len(problems),
         "n": len(problems),

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..schemas import LM_EVAL_SCHEMA
+
 __all__ = [
     "Benchmark",
     "LmEvalSettings",
@@ -237,7 +239,7 @@ def evaluate_lm_eval(
     raw = run_lm_eval(model, tokenizer, settings)
     summary = summarize_lm_eval(raw, resolve_benchmarks(settings))
     return {
-        "schema": "disel.lm_eval/1",
+        "schema": LM_EVAL_SCHEMA,
         "model": dict(description or {}),
         "settings": asdict(settings),
         "lm_eval_version": getattr(lm_eval, "__version__", "unknown"),

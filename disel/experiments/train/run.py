@@ -23,14 +23,12 @@ Files written to ``training.output_dir``:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any

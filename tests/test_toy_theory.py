@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -345,15 +346,13 @@ def _independent_bayes_mse(p: float, a_ft: float, a_pt: float, s: float, nu: np.
     cross = float(G[0, 1:] @ nu)
     values = {}
     for population, mean, sign in (("ft", a_ft, -1.0), ("pt", a_pt, 1.0)):
-        def weight(x1):  # h(x₁) φ_k(x₁), in log space: both factors can be astronomically small
+        def moment(x1, q, mean=mean, sign=sign):  # h(x₁) φ_k(x₁) x₁^q; the weight in log space (it can be tiny)
             log_odds = log_density(x1, a_ft) - log_density(x1, a_pt) + log_prior_odds
-            return exp(2 * log_sigmoid(sign * log_odds) + log_density(x1, mean))
+            return exp(2 * log_sigmoid(sign * log_odds) + log_density(x1, mean)) * x1**q
 
-        points = sorted({boundary_guess, mean})
-        edges = [-np.inf, *points, np.inf]
+        edges = [-np.inf, *sorted({boundary_guess, mean}), np.inf]
         moments = [
-            sum(quad(lambda x1: weight(x1) * x1**q, lo, hi, epsabs=0, epsrel=1e-11, limit=500)[0]
-                for lo, hi in zip(edges[:-1], edges[1:]))
+            sum(quad(moment, lo, hi, args=(q,), epsabs=0, epsrel=1e-11, limit=500)[0] for lo, hi in pairwise(edges))
             for q in (0, 1, 2)
         ]
         values[population] = G[0, 0] * moments[2] + 2 * cross * moments[1] + other * moments[0]

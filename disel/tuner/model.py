@@ -6,13 +6,19 @@ Matching, freezing, saving, loading, several adapters, ``disable_adapter`` and `
 
 from __future__ import annotations
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-import torch
 from torch import nn
 
 from .config import DiselConfig
-from .layer import MERGE_REFUSAL, SUPPORTED_BASE_LAYERS, DiselLayer, DiselLinearLayer, validate_config_in_use
+from .layer import (
+    MERGE_REFUSAL,
+    SUPPORTED_BASE_LAYERS,
+    DiselLayer,
+    DiselLinearLayer,
+    validate_config_in_use,
+)
 
 __all__ = ["DiselModel"]
 
@@ -83,13 +89,18 @@ def _is_disel_key(key: str) -> bool:
     return any(part.startswith(DiselModel.prefix) for part in key.split("."))
 
 
-def _adapter_of_key(key: str) -> str | None:
-    """The adapter name in a model key such as ``...q_proj.disel_A.default.weight`` (None for other keys)."""
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if part.startswith(DiselModel.prefix):
-            return parts[i + 1]
-    return None
+def _adapter_parameter_keys(model: nn.Module, adapter_name: str) -> set[str]:
+    """State-dict keys of adapter ``adapter_name``'s parameters on every DISeL layer, found by type."""
+    keys = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, DiselLayer):
+            continue
+        for layer_name in module.adapter_layer_names:
+            per_adapter = getattr(module, layer_name)
+            if adapter_name in per_adapter:
+                for parameter_name, _ in per_adapter[adapter_name].named_parameters():
+                    keys.add(f"{module_name}.{layer_name}.{adapter_name}.{parameter_name}".lstrip("."))
+    return keys
 
 
 def _listing(keys: list[str], limit: int = 8) -> str:
@@ -120,10 +131,10 @@ def check_saved_weights_land(model: nn.Module, adapter_name: str, remapped: dict
         raise ValueError(
             f"Loading DISeL adapter {adapter_name!r} would drop {len(dropped)} saved tensor(s) that match no DISeL "
             f"parameter of the model: {_listing(dropped)}. The adapter_config.json (target_modules, exclude_modules, "
-            "layers_to_transform, r) must describe the layers the weights were saved from."
+            "layers_to_transform) must describe the layers the weights were saved from."
         )
     loaded = {model_key(key) for key in remapped}
-    unset = sorted(key for key in model_keys if _adapter_of_key(key) == adapter_name and key not in loaded)
+    unset = sorted(_adapter_parameter_keys(model, adapter_name) - loaded)
     if unset:
         raise ValueError(
             f"Loading DISeL adapter {adapter_name!r} would leave {len(unset)} DISeL parameter(s) of the model at their "

@@ -385,3 +385,39 @@ def test_a_saved_config_with_a_bad_value_is_refused_naming_it(saved_adapter, tmp
     with pytest.raises(ValueError) as caught:
         PeftModel.from_pretrained(tiny_llama(), path)
     assert_names_argument(caught.value, "DiselConfig", "lora_alpha", -7.0)
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_a_stray_saved_tensor_of_any_kind_is_an_error_naming_it(saved_adapter, tmp_path, loader):
+    """Not only disel_* tensors: a saved tensor for a module the model does not have is refused too."""
+    stray = "base_model.model.model.layers.0.self_attn.rotary.bias"
+    path = edited_copy(saved_adapter, tmp_path / "edited", weights_edit=lambda w: w.update({stray: torch.zeros(2)}))
+    with pytest.raises(ValueError, match=rf"would drop 1 saved tensor\(s\).*{re.escape(stray)}"):
+        LOADERS[loader](path)
+
+
+def test_an_edited_rank_is_a_size_mismatch_naming_the_tensor(saved_adapter, tmp_path):
+    path = edited_copy(saved_adapter, tmp_path / "edited", config_edit=lambda c: c.update(r=4))
+    with pytest.raises(RuntimeError, match=r"size mismatch for base_model\.model\.model\.layers\.0\..*disel_"):
+        PeftModel.from_pretrained(tiny_llama(), path)
+
+
+def test_saved_base_biases_land_even_without_the_bias_field(tmp_path):
+    """bias="all" saves the base layers' biases; a config without "bias" still loads them (nothing dropped)."""
+
+    def biased_llama() -> LlamaForCausalLM:
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, vocab_size=64, attention_bias=True,
+        )
+        return LlamaForCausalLM(config).eval()
+
+    model = get_peft_model(biased_llama(), DiselConfig(r=2, target_modules=["q_proj"], bias="all"))
+    with torch.no_grad():
+        model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.bias.fill_(5.0)
+        model.base_model.model.model.layers[0].self_attn.k_proj.bias.fill_(-2.0)
+    model.save_pretrained(tmp_path / "saved")
+    path = edited_copy(tmp_path / "saved", tmp_path / "edited", config_edit=lambda c: c.pop("bias"))
+    attention = PeftModel.from_pretrained(biased_llama(), path).base_model.model.model.layers[0].self_attn
+    assert torch.all(attention.q_proj.base_layer.bias == 5.0) and torch.all(attention.k_proj.bias == -2.0)

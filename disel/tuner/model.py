@@ -85,10 +85,6 @@ class DiselModel(BaseTuner):
 _PEFT_MODEL_PREFIX = "base_model.model."
 
 
-def _is_disel_key(key: str) -> bool:
-    return any(part.startswith(DiselModel.prefix) for part in key.split("."))
-
-
 def _adapter_parameter_keys(model: nn.Module, adapter_name: str) -> set[str]:
     """State-dict keys of adapter ``adapter_name``'s parameters on every DISeL layer, found by type."""
     keys = set()
@@ -112,8 +108,8 @@ def check_saved_weights_land(model: nn.Module, adapter_name: str, remapped: dict
     """Refuse a load that would drop saved DISeL weights or leave DISeL parameters of the model unset.
 
     ``remapped`` is the saved state dict with its keys already renamed to model keys (PEFT's remapping
-    passes a key it cannot place through unchanged). A saved ``disel_*`` tensor whose key is not a model
-    key would be dropped by PEFT's ``strict=False`` load; a ``disel_*`` parameter of adapter
+    passes a key it cannot place through unchanged). A saved tensor whose key is not a model key would be
+    dropped by PEFT's ``strict=False`` load; a ``disel_*`` parameter of adapter
     ``adapter_name`` that no saved tensor fills would keep its fresh initialisation. Either means the
     adapter_config.json does not describe the saved weights, and raises ``ValueError`` naming the tensors.
     """
@@ -126,12 +122,14 @@ def check_saved_weights_land(model: nn.Module, adapter_name: str, remapped: dict
                 return candidate
         return None
 
-    dropped = sorted(key for key in remapped if _is_disel_key(key) and model_key(key) is None)
+    # Every saved tensor must land: the DISeL ones and any other (trained biases with bias="all", a
+    # modules_to_save head, already renamed to its wrapper's key by PEFT).
+    dropped = sorted(key for key in remapped if model_key(key) is None)
     if dropped:
         raise ValueError(
-            f"Loading DISeL adapter {adapter_name!r} would drop {len(dropped)} saved tensor(s) that match no DISeL "
+            f"Loading DISeL adapter {adapter_name!r} would drop {len(dropped)} saved tensor(s) that match no "
             f"parameter of the model: {_listing(dropped)}. The adapter_config.json (target_modules, exclude_modules, "
-            "layers_to_transform) must describe the layers the weights were saved from."
+            "layers_to_transform, modules_to_save) must describe the layers the weights were saved from."
         )
     loaded = {model_key(key) for key in remapped}
     unset = sorted(_adapter_parameter_keys(model, adapter_name) - loaded)

@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "GATE_WEIGHT_INITS",
     "ArgumentTypeError",
+    "check_adapter_hyperparameters",
     "check_bool",
     "check_choice",
     "check_finite",
@@ -27,6 +29,10 @@ __all__ = [
     "check_probability",
     "check_rank",
 ]
+
+
+# The initialisations of the gate weight W_g (disel.layers.init_disel_parameters implements them).
+GATE_WEIGHT_INITS: tuple[str, ...] = ("kaiming", "zero")
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -115,3 +121,40 @@ def check_parameter_tensor(owner: str, name: str, value: Any, shape: tuple[int, 
         if bad:
             raise ValueError(f"{owner}: {name} must be finite, got {bad} NaN or infinite value(s) of {tensor.numel()}")
     return tensor
+
+
+def check_adapter_hyperparameters(
+    owner: str,
+    *,
+    r: Any,
+    lora_alpha: Any,
+    dropout: Any,
+    init_weights: Any,
+    gate_weight_init: Any,
+    gate_bias_init: Any,
+    dropout_name: str = "dropout",
+    alpha_may_be_none: bool = False,
+) -> dict[str, Any]:
+    """The hyperparameters every DISeL adapter has, checked the same way for ``DiselLinear`` and ``DiselConfig``.
+
+    ``dropout_name`` is the dropout argument's name at the entry point (``lora_dropout`` in the config);
+    ``alpha_may_be_none`` lets ``DiselLinear`` take ``lora_alpha=None`` (scaling 1). Returns the values as
+    plain Python numbers, keyed by argument name.
+    """
+    alpha_expected = "a positive finite number (the scaling is lora_alpha / r)"
+    if alpha_may_be_none:
+        alpha_expected = "None or " + alpha_expected
+    return {
+        "r": check_rank(owner, "r", r, "a positive integer (the number of gated rank-one components)"),
+        "lora_alpha": None
+        if alpha_may_be_none and lora_alpha is None
+        else check_positive_finite(owner, "lora_alpha", lora_alpha, alpha_expected),
+        dropout_name: check_probability(owner, dropout_name, dropout),
+        "init_weights": check_bool(
+            owner, "init_weights", init_weights, "True (B = 0, start at the base model) or False (random B, for tests)"
+        ),
+        "gate_weight_init": check_choice(owner, "gate_weight_init", gate_weight_init, GATE_WEIGHT_INITS),
+        "gate_bias_init": check_finite(
+            owner, "gate_bias_init", gate_bias_init, "a finite number (negative keeps the gates nearly closed at init)"
+        ),
+    }

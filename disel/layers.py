@@ -13,20 +13,18 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import (
+    GATE_WEIGHT_INITS,
+    check_adapter_hyperparameters,
     check_bool,
     check_choice,
     check_finite,
     check_parameter_tensor,
-    check_positive_finite,
-    check_probability,
-    check_rank,
 )
 from .functional import disel_update, gate_values
 
 __all__ = ["DiselGate", "DiselLinear", "init_disel_parameters", "GateWeightInit"]
 
 GateWeightInit = Literal["kaiming", "zero"]
-GATE_WEIGHT_INITS: tuple[str, ...] = ("kaiming", "zero")
 
 
 class DiselGate(nn.Linear):
@@ -70,23 +68,6 @@ def init_disel_parameters(
         nn.init.constant_(gate.bias, float(gate_bias_init))
 
 
-def validate_disel_linear_arguments(
-    r, lora_alpha, dropout, init_weights, gate_weight_init, gate_bias_init
-) -> tuple[int, float | None, float]:
-    """Check :class:`DiselLinear`'s hyperparameters (the same checks as ``DiselConfig``); returns r, lora_alpha, dropout."""
-    owner = "DiselLinear"
-    r = check_rank(owner, "r", r, "a positive integer (the number of gated rank-one components)")
-    if lora_alpha is not None:
-        lora_alpha = check_positive_finite(
-            owner, "lora_alpha", lora_alpha, "None or a positive finite number (the scaling is lora_alpha / r)"
-        )
-    dropout = check_probability(owner, "dropout", dropout)
-    check_bool(owner, "init_weights", init_weights, "True (B = 0, start at the base layer) or False (random B)")
-    check_choice(owner, "gate_weight_init", gate_weight_init, GATE_WEIGHT_INITS)
-    check_finite(owner, "gate_bias_init", gate_bias_init, "a finite number (negative keeps the gates nearly closed)")
-    return r, lora_alpha, dropout
-
-
 class DiselLinear(nn.Module):
     """``h = W0 x + s · B diag(σ(W_g x + b_g)) A x`` around a frozen ``nn.Linear``.
 
@@ -114,9 +95,17 @@ class DiselLinear(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"DiselLinear wraps an nn.Linear, got base={type(base).__name__}")
-        r, lora_alpha, dropout = validate_disel_linear_arguments(
-            r, lora_alpha, dropout, init_weights, gate_weight_init, gate_bias_init
+        checked = check_adapter_hyperparameters(
+            "DiselLinear",
+            r=r,
+            lora_alpha=lora_alpha,
+            dropout=dropout,
+            init_weights=init_weights,
+            gate_weight_init=gate_weight_init,
+            gate_bias_init=gate_bias_init,
+            alpha_may_be_none=True,
         )
+        r, lora_alpha, dropout = checked["r"], checked["lora_alpha"], checked["dropout"]
         self.base = base
         self.base.requires_grad_(False)
         self.r = r

@@ -11,14 +11,10 @@ from typing import Optional, Union
 from peft import PeftConfig
 
 from .._validate import (
-    check_bool,
+    check_adapter_hyperparameters,
     check_choice,
-    check_finite,
     check_positive_finite,
-    check_probability,
-    check_rank,
 )
-from ..layers import GATE_WEIGHT_INITS
 
 __all__ = ["DiselConfig", "DiselPeftType", "DISEL_BIAS_OPTIONS", "REQUIRED_SAVED_FIELDS"]
 
@@ -156,11 +152,18 @@ class DiselConfig(PeftConfig):
             raise ValueError(f"DiselConfig.{name} must be {expected}, got {name}={getattr(self, name)!r}")
 
         owner = "DiselConfig"
-        self.r = check_rank(owner, "r", self.r, "a positive integer (the number of gated rank-one components)")
-        self.lora_alpha = check_positive_finite(
-            owner, "lora_alpha", self.lora_alpha, "a positive finite number (the scaling is lora_alpha / r)"
+        checked = check_adapter_hyperparameters(
+            owner,
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            init_weights=self.init_weights,
+            gate_weight_init=self.gate_weight_init,
+            gate_bias_init=self.gate_bias_init,
+            dropout_name="lora_dropout",
         )
-        self.lora_dropout = check_probability(owner, "lora_dropout", self.lora_dropout)
+        for name, value in checked.items():  # plain Python numbers, so adapter_config.json can hold them
+            setattr(self, name, value)
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str) and not _is_str_list(value):
@@ -185,13 +188,6 @@ class DiselConfig(PeftConfig):
         ):
             fail("layers_pattern", "None, a module-list name or a list of names")
         check_choice(owner, "bias", self.bias, DISEL_BIAS_OPTIONS)
-        check_bool(
-            owner, "init_weights", self.init_weights, "True (B = 0, start at the base model) or False (random B, for tests)"
-        )
-        self.gate_bias_init = check_finite(
-            owner, "gate_bias_init", self.gate_bias_init, "a finite number (negative keeps the gates nearly closed at init)"
-        )
-        check_choice(owner, "gate_weight_init", self.gate_weight_init, GATE_WEIGHT_INITS)
         self.gate_lr_ratio = check_positive_finite(
             owner, "gate_lr_ratio", self.gate_lr_ratio, "a positive finite number (gate learning rate / base learning rate)"
         )

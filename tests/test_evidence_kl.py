@@ -114,3 +114,34 @@ def test_bad_inputs_are_named():
         mean_token_kl(model, right_padded_batches([[3], [4]], 2, 0), base_model=model)
     with pytest.raises(ValueError, match="batch_size"):
         next(right_padded_batches([[1, 2]], 0, 0))
+
+
+def test_perplexities_come_from_the_same_pass():
+    """nll / base_nll are the mean next-token negative log-likelihoods (brute force), and are equal (and
+    KL is 0) when the tuned model is the base."""
+    base = _tiny_llama(0)
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        tuned.lm_head.weight.mul_(1.5)
+    sequences = _sequences()
+    result = mean_token_kl(tuned, right_padded_batches(sequences, 2, 0), base_model=base)
+    nll, base_nll, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for seq in sequences:
+            if len(seq) < 2:
+                continue
+            ids = torch.tensor([seq])
+            targets = ids[0, 1:]
+            for model, acc in ((tuned, "t"), (base, "b")):
+                logp = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
+                value = -float(logp[torch.arange(len(targets)), targets].sum())
+                if acc == "t":
+                    nll += value
+                else:
+                    base_nll += value
+            n += len(targets)
+    assert result.nll == pytest.approx(nll / n, rel=1e-5)
+    assert result.base_nll == pytest.approx(base_nll / n, rel=1e-5)
+    assert result.perplexity == pytest.approx(torch.tensor(nll / n).exp().item(), rel=1e-5)
+    same = mean_token_kl(base, right_padded_batches(sequences, 2, 0), base_model=base)
+    assert same.nll == pytest.approx(same.base_nll, rel=1e-7) and same.nll != pytest.approx(result.nll)

@@ -18,6 +18,7 @@ inside ``disable_adapter()`` (one set of weights in memory, two forward passes p
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,22 +38,37 @@ class KLResult:
     ``mean_kl``: per-token average (total KL over all scored positions / ``tokens``), the headline number;
     ``sequence_mean_kl``: average over sequences of each sequence's per-token mean (every text weighs the
     same, however long); ``tokens``: number of scored positions; ``sequences``: sequences with at least
-    one scored position.
+    one scored position. From the same forward passes, at no extra cost: ``nll`` / ``base_nll``, the mean
+    negative log-likelihood (nats per token) of the real next tokens under the tuned / base model, whose
+    ``exp`` is the perplexity (:attr:`perplexity`, :attr:`base_perplexity`).
     """
 
     mean_kl: float
     sequence_mean_kl: float
     tokens: int
     sequences: int
+    nll: float = math.nan
+    base_nll: float = math.nan
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll)
+
+    @property
+    def base_perplexity(self) -> float:
+        return math.exp(self.base_nll)
 
 
 def token_kl_divergence(base_logits: Tensor, tuned_logits: Tensor) -> Tensor:
     """Per-position KL(p_base ‖ p_tuned) from logits, in float32: (..., V), (..., V) → (...)."""
     if base_logits.shape != tuned_logits.shape:
         raise ValueError(f"base_logits {tuple(base_logits.shape)} and tuned_logits {tuple(tuned_logits.shape)} differ")
-    log_p = base_logits.float().log_softmax(dim=-1)  # (..., V)
-    log_q = tuned_logits.float().log_softmax(dim=-1)  # (..., V)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (...)
+    return _kl_from_log_probs(base_logits.float().log_softmax(dim=-1), tuned_logits.float().log_softmax(dim=-1))
+
+
+def _kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Σ_v p (log p − log q) over the last dimension: (..., V), (..., V) → (...)."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
 def right_padded_batches(
@@ -116,6 +132,8 @@ def mean_token_kl(
         )
     device = _device_of(model)
     total = torch.zeros((), dtype=torch.float64)
+    nll_total = torch.zeros((), dtype=torch.float64)
+    base_nll_total = torch.zeros((), dtype=torch.float64)
     tokens = 0
     sequence_means: list[Tensor] = []
     models = (model,) if base_model is None else (model, base_model)
@@ -140,10 +158,19 @@ def mean_token_kl(
             tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (b, s-1, V)
             rows = scored.nonzero(as_tuple=True)
             base_sel, tuned_sel = base_logits[rows], tuned_logits[rows]  # (n, V)
-            kl = torch.cat([
-                token_kl_divergence(base_sel[i : i + _CHUNK_POSITIONS], tuned_sel[i : i + _CHUNK_POSITIONS])
-                for i in range(0, base_sel.shape[0], _CHUNK_POSITIONS)
-            ])  # (n,)
+            targets = ids[:, 1:][rows]  # (n,): the real next tokens
+            kl_parts, nll_parts, base_nll_parts = [], [], []
+            for i in range(0, base_sel.shape[0], _CHUNK_POSITIONS):
+                chunk = slice(i, i + _CHUNK_POSITIONS)
+                log_p = base_sel[chunk].float().log_softmax(dim=-1)  # (c, V)
+                log_q = tuned_sel[chunk].float().log_softmax(dim=-1)  # (c, V)
+                kl_parts.append(_kl_from_log_probs(log_p, log_q))  # (c,)
+                target = targets[chunk, None]  # (c, 1)
+                nll_parts.append(-log_q.gather(-1, target)[:, 0])  # (c,)
+                base_nll_parts.append(-log_p.gather(-1, target)[:, 0])
+            kl = torch.cat(kl_parts)  # (n,)
+            nll_total += torch.cat(nll_parts).double().sum().cpu()
+            base_nll_total += torch.cat(base_nll_parts).double().sum().cpu()
             per_sequence = torch.zeros(ids.shape[0], dtype=torch.float64, device=kl.device)
             per_sequence.index_add_(0, rows[0], kl.double())  # (b,)
             counts = scored.sum(dim=1)  # (b,)
@@ -159,4 +186,6 @@ def mean_token_kl(
         sequence_mean_kl=float(means.mean()),
         tokens=tokens,
         sequences=int(means.numel()),
+        nll=float(nll_total) / tokens,
+        base_nll=float(base_nll_total) / tokens,
     )

@@ -7,7 +7,11 @@ import torch
 from torch import nn
 
 import disel
-from disel.experiments.evidence.diagnostics import gate_alignment, gate_means_by_domain, row_cosines
+from disel.experiments.evidence.diagnostics import (
+    gate_alignment,
+    gate_means_by_domain,
+    row_cosines,
+)
 from disel.experiments.evidence.kl import right_padded_batches
 from disel.tuner.layer import DiselLayer
 

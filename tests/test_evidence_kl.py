@@ -5,8 +5,12 @@ import copy
 import pytest
 import torch
 
-import disel  # noqa: F401  (registers the DISEL PEFT type)
-from disel.experiments.evidence.kl import mean_token_kl, right_padded_batches, token_kl_divergence
+import disel
+from disel.experiments.evidence.kl import (
+    mean_token_kl,
+    right_padded_batches,
+    token_kl_divergence,
+)
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

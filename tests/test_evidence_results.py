@@ -13,6 +13,7 @@ from disel.experiments.evidence.results import (
     Interval,
     MatchedComparison,
     RunRecord,
+    compare_arms,
     load_results,
     save_results,
 )
@@ -96,3 +97,13 @@ def test_inconsistent_records_are_refused():
         EvidenceResults(model="m", task="t", n_test_problems=30, runs=[run])
     with pytest.raises(ValueError, match="no kl for domain 'german'"):
         run.path("kl", "german")
+
+
+def test_compare_arms_equals_the_direct_statistics():
+    """compare_arms is matched_differences on the stored paths at choose_levels' levels (same generator seed)."""
+    results = _results()
+    direct = results.comparisons[0]
+    via = compare_arms(results.runs, "disel_paper", "lora", "kl", "english", np.random.default_rng(0), replicates=200)
+    assert via == direct
+    with pytest.raises(ValueError, match="arms present"):
+        compare_arms(results.runs, "dora", "lora", "kl", "english", np.random.default_rng(0))

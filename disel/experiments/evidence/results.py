@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import MatchedDifference, RunPath
+from .stats import MatchedDifference, RunPath, choose_levels, matched_differences
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -34,6 +34,7 @@ __all__ = [
     "Interval",
     "MatchedComparison",
     "RunRecord",
+    "compare_arms",
     "load_results",
     "save_results",
 ]
@@ -298,6 +299,31 @@ class EvidenceResults:
             recipe=data.get("recipe", {}),
             schema_version=version,
         )
+
+
+def compare_arms(
+    runs: list[RunRecord],
+    arm: str,
+    reference_arm: str,
+    kind: str,
+    domain: str,
+    rng: np.random.Generator,
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75),
+    replicates: int = 2000,
+) -> MatchedComparison:
+    """``arm`` minus ``reference_arm`` retention at exact-match levels every run of both arms crosses
+    (:func:`~.stats.choose_levels` at ``fractions``), with bootstrap intervals over problems and seeds.
+
+    The comparison has no differences when the arms share no exact-match range.
+    """
+    ours = [run.path(kind, domain) for run in runs if run.arm == arm]
+    theirs = [run.path(kind, domain) for run in runs if run.arm == reference_arm]
+    if not ours or not theirs:
+        raise ValueError(f"no runs of arm {arm!r} or of reference_arm {reference_arm!r} "
+                         f"(arms present: {sorted({run.arm for run in runs})})")
+    levels = choose_levels([*ours, *theirs], fractions)
+    differences = matched_differences(ours, theirs, levels, rng, replicates=replicates) if levels.size else []
+    return MatchedComparison(arm, reference_arm, kind, domain, differences)
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -45,11 +45,15 @@ __all__ = ["MatmulThroughput", "StepFlops", "measure_matmul_throughput", "tokens
 
 @dataclass(frozen=True)
 class MatmulThroughput:
-    """Measured float32 matmul throughput: ``best_gflops`` (fastest repetition) and ``median_gflops``,
-    for ``shape`` = (tokens, d_in, d_out) on ``threads`` threads, over ``repetitions`` repetitions."""
+    """Measured float32 matmul throughput: ``best_gflops`` (fastest repetition, wall time) and
+    ``median_gflops``, for ``shape`` = (tokens, d_in, d_out) on ``threads`` threads, over ``repetitions``
+    repetitions. ``cpu_gflops`` divides by the median process CPU time instead (summed over threads):
+    on a shared machine waiting for a core adds wall time but not CPU time, so with one thread it is
+    the throughput the core delivers when it runs, the less noisy estimate of the FLOP limit."""
 
     best_gflops: float
     median_gflops: float
+    cpu_gflops: float
     shape: tuple[int, int, int]
     threads: int
     repetitions: int
@@ -76,15 +80,18 @@ def measure_matmul_throughput(
     out = torch.empty(tokens, d_out)
     torch.mm(x, w, out=out)  # warm-up
     times: list[float] = []
+    cpu_times: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(times) < min_repetitions or time.perf_counter() < deadline:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         torch.mm(x, w, out=out)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     flops = 2.0 * tokens * d_in * d_out
     return MatmulThroughput(
         best_gflops=flops / min(times) / 1e9,
         median_gflops=flops / statistics.median(times) / 1e9,
+        cpu_gflops=flops / max(statistics.median(cpu_times), 1e-9) / 1e9,
         shape=(tokens, d_in, d_out),
         threads=torch.get_num_threads(),
         repetitions=len(times),

@@ -48,3 +48,15 @@ def test_gradient_check_catches_a_wrong_backward():
     assert ok is False and errors["b_g"][0] > 0.05
     ok, _ = module.check_gradients(case, 2e-2)
     assert ok is True
+
+
+def test_speed_runs_work_under_bf16_autocast():
+    """The GPU timing path (bf16 autocast, bf16 base weight, float32 upstream gradient) runs on a CPU too,
+    and every run leaves the parameters' gradients cleared."""
+    module = _module()
+    case = module.make_case(32, 48, 4, 2, 8, torch.device("cpu"), torch.bfloat16)
+    runs = module.speed_runs(case, autocast=True)
+    assert set(runs) == {f"{m}/{p}" for m in ("lora", "disel", "disel_ref") for p in ("branch", "layer")}
+    for run in runs.values():
+        run()
+        assert all(t.grad is None for t in case.params())

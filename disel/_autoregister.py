@@ -5,7 +5,8 @@ executes this file's source (standard library only, so start-up imports nothing 
 ``peft``) and calls :func:`install`, which puts :class:`PeftImportWatcher` at the front of ``sys.meta_path``.
 The watcher does nothing until the first ``import peft`` (or ``import peft.<submodule>``); then it lets
 PEFT's own loader run and afterwards imports ``disel``, whose import registers the type ``"DISEL"``.
-From then on it is out of the way: it removes itself from ``sys.meta_path`` at that first import.
+It removes itself from ``sys.meta_path`` once ``peft`` has been imported; until then a lookup that does not
+import (``importlib.util.find_spec("peft")``, as libraries probe for PEFT) changes nothing.
 
 * ``DISEL_NO_AUTO_REGISTER=1`` (any value but ``""`` or ``"0"``) switches it off: at start-up nothing is
   installed, and a watcher installed earlier in the process does nothing.
@@ -38,18 +39,19 @@ class PeftImportWatcher:
     is_disel_peft_import_watcher = True
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "peft":
+        if fullname != "peft" or disabled():
             return None
-        self.remove()  # one shot; also keeps the find_spec below from coming back here
-        if disabled():
-            return None
-        import importlib.util
-
-        spec = importlib.util.find_spec("peft")
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _RegisteringLoader(spec.loader)
-        return spec
+        # Ask the other finders. Not importlib.util.find_spec: that is also how libraries probe
+        # whether peft is installed (transformers does), and a probe must neither recurse here nor use us up.
+        for finder in list(sys.meta_path):
+            if getattr(finder, "is_disel_peft_import_watcher", False) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _RegisteringLoader(spec.loader, self)
+                return spec
+        return None
 
     def remove(self) -> None:
         while self in sys.meta_path:
@@ -57,10 +59,12 @@ class PeftImportWatcher:
 
 
 class _RegisteringLoader:
-    """Delegates to PEFT's loader, then imports ``disel`` (whose import calls ``register_disel``)."""
+    """Delegates to PEFT's loader; once ``peft`` has executed, retires the watcher and imports ``disel``
+    (whose import calls ``register_disel``)."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, watcher):
         self.loader = loader
+        self.watcher = watcher
 
     def __getattr__(self, name):  # get_resource_reader, is_package, get_source, ... stay PEFT's
         return getattr(self.loader, name)
@@ -69,7 +73,12 @@ class _RegisteringLoader:
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
+        # peft sees its own loader, as if this wrapper had never been there
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
         self.loader.exec_module(module)
+        self.watcher.remove()  # peft is in sys.modules now: the watcher has nothing left to watch
         register_quietly()
 
 

@@ -328,4 +328,11 @@ def test_lm_eval_command_line_loads_a_disel_adapter(tiny_dir, saved_adapter, tmp
     assert len(result_files) == 1, result_files
     results = json.loads(result_files[0].read_text())
     assert "acc,none" in results["results"]["disel_tiny_mc"]
-    assert f"peft={adapter_dir}" in json.dumps(results["config"])
+    assert results["config"]["model_args"]["peft"] == str(adapter_dir)
+    # The evaluated model is the base plus the adapter (lm-eval counts the parameters it evaluated).
+    from safetensors.torch import load_file
+
+    base_count = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
+    adapter_count = sum(t.numel() for t in load_file(adapter_dir / "adapter_model.safetensors").values())
+    assert adapter_count > 0
+    assert results["config"]["model_num_parameters"] == base_count + adapter_count

@@ -34,7 +34,6 @@ class BuildPyWithPth(build_py):
             target = Path(self.build_lib)
         target.mkdir(parents=True, exist_ok=True)
         (target / PTH_NAME).write_text(pth_line(), encoding="utf-8")
-        self._pth_output = str(target / PTH_NAME)
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs = super().get_outputs(include_bytecode)

@@ -19,6 +19,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
 import disel
+import disel._autoregister
 from disel import DiselConfig
 from disel import optim as disel_optim
 from disel._autoregister import ENV_VAR, PTH_NAME
@@ -197,6 +198,10 @@ def _installed_pth() -> Path:
     assert path.is_file(), (
         f"{path} is missing: the auto-registration hook is installed by `pip install -e .` / `pip install .` "
         "(setup.py's build_py); reinstall the package into this environment"
+    )
+    source = Path(disel._autoregister.__file__).read_text(encoding="utf-8")
+    assert repr(source) in path.read_text(encoding="utf-8"), (
+        f"{path} holds an older disel/_autoregister.py: reinstall the package (pip install -e .)"
     )
     return path
 

@@ -200,7 +200,7 @@ def _installed_pth() -> Path:
         "(setup.py's build_py); reinstall the package into this environment"
     )
     source = Path(disel._autoregister.__file__).read_text(encoding="utf-8")
-    assert repr(source) in path.read_text(encoding="utf-8"), (
+    assert repr(source)[1:-1] in path.read_text(encoding="utf-8"), (  # the escaped text, without its quotes
         f"{path} holds an older disel/_autoregister.py: reinstall the package (pip install -e .)"
     )
     return path

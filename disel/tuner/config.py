@@ -212,3 +212,11 @@ class DiselConfig(PeftConfig):
     def scaling(self) -> float:
         """``s = lora_alpha / r``, the factor in front of the DISeL update."""
         return self.lora_alpha / self.r
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """``PeftConfig.save_pretrained``, then tag PEFT's model card ``disel`` and note that loading needs
+        the ``disel`` package (see :mod:`disel.tuner.card`)."""
+        super().save_pretrained(save_directory, **kwargs)
+        from .card import note_disel_in_model_card
+
+        note_disel_in_model_card(save_directory)

@@ -11,6 +11,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
+from ..optim import watch_gate_groups
 from .config import DiselConfig
 from .layer import (
     MERGE_REFUSAL,
@@ -46,6 +47,7 @@ class DiselModel(BaseTuner):
         current_key: str,
         **optional_kwargs,
     ) -> None:
+        watch_gate_groups(self.model)  # warn if it is then trained without the gate optimizer group
         if isinstance(target, DiselLayer):
             target.update_layer(adapter_name, peft_config)
             return

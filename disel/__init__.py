@@ -3,12 +3,13 @@
 LoRA whose rank-one components are each multiplied by an input-dependent sigmoid gate,
 ``h = W0 x + s · B diag(σ(W_g x + b_g)) A x``. Importing ``disel`` registers the PEFT type ``"DISEL"``,
 so ``peft.get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`` work with
-:class:`DiselConfig`; any process that loads a saved DISeL adapter must ``import disel`` first.
+:class:`DiselConfig`. The install also registers DISeL whenever ``peft`` is imported (``disel._autoregister``;
+off with ``DISEL_NO_AUTO_REGISTER=1``), so a process that only loads a saved adapter needs no ``import disel``.
 """
 
 from .functional import disel_update, disel_update_reference, gate_values
 from .layers import DiselGate, DiselLinear, init_disel_parameters
-from .optim import DEFAULT_GATE_LR_RATIO, param_groups
+from .optim import DEFAULT_GATE_LR_RATIO, DiselGateGroupWarning, DiselOptimizerMixin, param_groups
 from .recording import GateRecorder, GateStats, record_gates
 from .tuner import DiselConfig, DiselModel, register_disel
 
@@ -30,8 +31,10 @@ __all__ = [
     "DEFAULT_GATE_LR_RATIO",
     "DiselConfig",
     "DiselGate",
+    "DiselGateGroupWarning",
     "DiselLinear",
     "DiselModel",
+    "DiselOptimizerMixin",
     "DiselTrainer",
     "GateRecorder",
     "GateStats",

@@ -8,21 +8,34 @@ dependence.
 
 * :func:`param_groups` builds AdamW-ready groups for any model containing :class:`~disel.layers.DiselGate`
   modules (the standalone :class:`~disel.layers.DiselLinear` or the PEFT model).
-* :class:`DiselTrainer` is a ``transformers.Trainer`` whose optimizer is built from those groups, so a
-  Trainer recipe needs no hand-written optimizer.
+* :class:`DiselOptimizerMixin` builds a trainer's optimizer from those groups; it composes with any
+  ``transformers.Trainer`` subclass (TRL's ``SFTTrainer``, ``DPOTrainer``, ...). :class:`DiselTrainer` is the
+  mixin + ``Trainer``, so a Trainer recipe needs no hand-written optimizer.
+* :func:`watch_gate_groups` warns once when a DISeL model is trained by an optimizer without the gate group.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import nn
 
 from .layers import DiselGate
 
-__all__ = ["DEFAULT_GATE_LR_RATIO", "DiselTrainer", "gate_lr_ratio_from_config", "param_groups"]
+__all__ = [
+    "DEFAULT_GATE_LR_RATIO",
+    "DiselGateGroupWarning",
+    "DiselOptimizerMixin",
+    "DiselTrainer",
+    "gate_lr_ratio_from_config",
+    "param_groups",
+    "watch_gate_groups",
+]
 
 # Published ratio of the gate learning rate to the LoRA learning rate (1e-3 / 2e-4, Llama/Mistral runs).
 DEFAULT_GATE_LR_RATIO = 5.0
@@ -150,6 +163,146 @@ def param_groups(
     return groups
 
 
+class DiselOptimizerMixin:
+    """Gives any ``transformers.Trainer`` subclass the DISeL optimizer groups (:func:`param_groups`).
+
+    Put it first among the bases, so its ``create_optimizer`` runs before the trainer's::
+
+        from trl import SFTTrainer
+
+        class DiselSFTTrainer(DiselOptimizerMixin, SFTTrainer):
+            pass
+
+        trainer = DiselSFTTrainer(model=..., args=..., train_dataset=..., peft_config=disel.DiselConfig(...))
+
+    The optimizer class and its settings come from the ``TrainingArguments`` exactly as in ``Trainer``
+    (``optim``, default AdamW, with ``learning_rate``, ``adam_beta1``/``adam_beta2``, ``adam_epsilon``);
+    the parameters are grouped by :func:`param_groups` with ``lr = args.learning_rate``,
+    ``weight_decay = args.weight_decay`` and the gate learning rate from ``gate_lr`` / ``gate_lr_ratio``
+    (default: the PEFT config's ``gate_lr_ratio``, else 5×). The scheduler then scales every group's
+    learning rate by the same factor, so the ratio holds throughout training. An optimizer passed as
+    ``optimizers=(optimizer, scheduler)`` is used as given. The groups are built from the model the trainer
+    trains, so a trainer that wraps the model itself (TRL's ``peft_config=``) is covered.
+
+    Args (keyword-only, beyond the trainer's own):
+        gate_lr: absolute learning rate of the gate parameters.
+        gate_lr_ratio: gate learning rate / ``args.learning_rate`` (not together with ``gate_lr``).
+    """
+
+    def __init__(self, *args: Any, gate_lr: float | None = None, gate_lr_ratio: float | None = None,
+                 **kwargs: Any) -> None:
+        if gate_lr is not None and gate_lr_ratio is not None:
+            raise ValueError(
+                f"give either gate_lr or gate_lr_ratio, not both (got gate_lr={gate_lr!r}, "
+                f"gate_lr_ratio={gate_lr_ratio!r})"
+            )
+        if gate_lr is not None:
+            _check_positive("gate_lr", gate_lr)
+        if gate_lr_ratio is not None:
+            _check_positive("gate_lr_ratio", gate_lr_ratio)
+        self.gate_lr = gate_lr
+        self.gate_lr_ratio = gate_lr_ratio
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        opt_model = self.model if model is None else model
+        if self.optimizer is not None:
+            return self._finish_optimizer(model)
+        given = getattr(self, "optimizer_cls_and_kwargs", None)  # Trainer(optimizer_cls_and_kwargs=...)
+        if given is not None:
+            optimizer_cls, optimizer_kwargs = given
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = dict(optimizer_kwargs)
+        special = {"params", "model", "optimizer_dict"} & optimizer_kwargs.keys()
+        if special or not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+            raise ValueError(
+                f"{type(self).__name__} groups parameters for a standard torch optimizer, but "
+                f"args.optim={self.args.optim!r} builds its own parameter layout; use optim='adamw_torch' (or "
+                "another plain optimizer), or pass optimizers=(optimizer, scheduler) built from disel.param_groups"
+            )
+        groups = param_groups(
+            opt_model,
+            lr=self.args.learning_rate,
+            gate_lr=self.gate_lr,
+            weight_decay=self.args.weight_decay,
+            gate_lr_ratio=self.gate_lr_ratio,
+        )
+        optimizer_kwargs.pop("weight_decay", None)  # per group, set above
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self._finish_optimizer(model)
+
+    def _finish_optimizer(self, model: nn.Module | None) -> torch.optim.Optimizer:
+        # Trainer's create_optimizer with self.optimizer set only applies its own wrapping (SageMaker
+        # model parallelism). transformers < 4.48 has create_optimizer(self), without the model argument.
+        return super().create_optimizer() if model is None else super().create_optimizer(model)
+
+
+# --- Warning when the gates are trained without their group -----------------------------------------------
+
+
+class DiselGateGroupWarning(UserWarning):
+    """A DISeL model's gate parameters are optimized without their own group (see :func:`watch_gate_groups`)."""
+
+
+GATE_GROUP_WARNING = (
+    "DISeL gate parameters (W_g, b_g) are being trained in an optimizer group shared with other parameters or "
+    "with weight decay: one learning rate for gates and A, B, and decay pulling W_g to 0, unlike the published "
+    "recipe (gate learning rate 5x, no decay). Fix: use disel.DiselTrainer, or mix disel.DiselOptimizerMixin into "
+    "your trainer class (class MyTrainer(disel.DiselOptimizerMixin, SFTTrainer): ...), or build the optimizer "
+    "from disel.param_groups(model, lr=...). Silence with warnings.filterwarnings('ignore', "
+    "category=disel.optim.DiselGateGroupWarning)."
+)
+
+_watched_models: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_checked_optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+_hook_handle = None
+_warned = False
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters of every :class:`~disel.layers.DiselGate` in ``model`` (found by type)."""
+    return [p for m in model.modules() if isinstance(m, DiselGate) for p in m.parameters() if p.requires_grad]
+
+
+def has_gate_group(optimizer: torch.optim.Optimizer, gates: set[int]) -> bool:
+    """Whether every group of ``optimizer`` that holds a gate parameter (ids in ``gates``) holds only gate
+    parameters and has no weight decay. True also when the optimizer holds no gate parameter at all."""
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & gates and (ids - gates or group.get("weight_decay", 0.0)):
+            return False
+    return True
+
+
+def _check_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    global _hook_handle, _warned
+    if optimizer in _checked_optimizers:
+        return
+    _checked_optimizers.add(optimizer)
+    gates = {id(p) for model in list(_watched_models) for p in gate_parameters(model)}
+    if gates and not has_gate_group(optimizer, gates):
+        warnings.warn(GATE_GROUP_WARNING, DiselGateGroupWarning, stacklevel=3)
+        _warned = True
+        if _hook_handle is not None:  # warn once per process: the hook has done its job
+            _hook_handle.remove()
+            _hook_handle = None
+
+
+def watch_gate_groups(model: nn.Module) -> None:
+    """Warn (once per process) if an optimizer steps ``model``'s gate parameters without a gate group.
+
+    Called by :class:`~disel.tuner.DiselModel` for every DISeL model, so a trainer that builds a plain
+    optimizer (``transformers.Trainer``, TRL's trainers, a hand-made ``AdamW(model.parameters())``) is noticed
+    whoever built it. A global optimizer step pre-hook checks each optimizer once, at its first step; after
+    that its cost is one set lookup per step, and none after the warning.
+    """
+    global _hook_handle
+    _watched_models.add(model)
+    if _hook_handle is None and not _warned:
+        _hook_handle = register_optimizer_step_pre_hook(_check_before_step)
+
+
 def __getattr__(name: str):
     # ``DiselTrainer`` subclasses transformers.Trainer, whose import takes seconds: the class is built on
     # first access (PEP 562), so `from disel.optim import param_groups` does not pay for it.
@@ -163,70 +316,11 @@ def __getattr__(name: str):
 def _make_disel_trainer() -> type:
     from transformers import Trainer
 
-    class DiselTrainer(Trainer):
-        """``transformers.Trainer`` whose default optimizer uses :func:`param_groups`.
+    class DiselTrainer(DiselOptimizerMixin, Trainer):
+        """``transformers.Trainer`` with the DISeL optimizer groups: :class:`DiselOptimizerMixin` + ``Trainer``.
 
-        The optimizer class and its settings come from the ``TrainingArguments`` exactly as in ``Trainer``
-        (``optim``, default AdamW, with ``learning_rate``, ``adam_beta1``/``adam_beta2``, ``adam_epsilon``);
-        the parameters are grouped by :func:`param_groups` with ``lr = args.learning_rate``,
-        ``weight_decay = args.weight_decay`` and the gate learning rate from ``gate_lr`` /
-        ``gate_lr_ratio`` (default: the PEFT config's ``gate_lr_ratio``, else 5×). The scheduler then
-        scales every group's learning rate by the same factor, so the ratio holds throughout training.
-        An optimizer passed as ``optimizers=(optimizer, scheduler)`` is used as given.
-
-        Args (beyond ``Trainer``'s):
-            gate_lr: absolute learning rate of the gate parameters.
-            gate_lr_ratio: gate learning rate / ``args.learning_rate`` (not together with ``gate_lr``).
+        Args (beyond ``Trainer``'s): ``gate_lr`` or ``gate_lr_ratio``, see :class:`DiselOptimizerMixin`.
         """
-
-        def __init__(self, *args: Any, gate_lr: float | None = None, gate_lr_ratio: float | None = None,
-                     **kwargs: Any) -> None:
-            if gate_lr is not None and gate_lr_ratio is not None:
-                raise ValueError(
-                    f"give either gate_lr or gate_lr_ratio, not both (got gate_lr={gate_lr!r}, "
-                    f"gate_lr_ratio={gate_lr_ratio!r})"
-                )
-            if gate_lr is not None:
-                _check_positive("gate_lr", gate_lr)
-            if gate_lr_ratio is not None:
-                _check_positive("gate_lr_ratio", gate_lr_ratio)
-            self.gate_lr = gate_lr
-            self.gate_lr_ratio = gate_lr_ratio
-            super().__init__(*args, **kwargs)
-
-        def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-            opt_model = self.model if model is None else model
-            if self.optimizer is not None:
-                return self._finish_optimizer(model)
-            given = getattr(self, "optimizer_cls_and_kwargs", None)  # Trainer(optimizer_cls_and_kwargs=...)
-            if given is not None:
-                optimizer_cls, optimizer_kwargs = given
-            else:
-                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            optimizer_kwargs = dict(optimizer_kwargs)
-            special = {"params", "model", "optimizer_dict"} & optimizer_kwargs.keys()
-            if special or not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-                raise ValueError(
-                    "DiselTrainer groups parameters for a standard torch optimizer, but "
-                    f"args.optim={self.args.optim!r} "
-                    f"builds its own parameter layout; use optim='adamw_torch' (or another plain optimizer), or pass "
-                    "optimizers=(optimizer, scheduler) built from disel.param_groups"
-                )
-            groups = param_groups(
-                opt_model,
-                lr=self.args.learning_rate,
-                gate_lr=self.gate_lr,
-                weight_decay=self.args.weight_decay,
-                gate_lr_ratio=self.gate_lr_ratio,
-            )
-            optimizer_kwargs.pop("weight_decay", None)  # per group, set above
-            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-            return self._finish_optimizer(model)
-
-        def _finish_optimizer(self, model: nn.Module | None) -> torch.optim.Optimizer:
-            # Trainer's create_optimizer with self.optimizer set only applies its own wrapping (SageMaker
-            # model parallelism). transformers < 4.48 has create_optimizer(self), without the model argument.
-            return super().create_optimizer() if model is None else super().create_optimizer(model)
 
     DiselTrainer.__module__ = __name__
     DiselTrainer.__qualname__ = "DiselTrainer"

@@ -472,7 +472,8 @@ def test_reload_in_a_fresh_process_gives_identical_logits(tmp_path):
     with torch.no_grad():
         expected = peft_model(ids).logits
     script = Path(__file__).with_name("peft_fresh_process_load.py")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    # Auto-registration off (tests/test_ecosystem.py covers it): this checks the explicit `import disel` path.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", DISEL_NO_AUTO_REGISTER="1")
     completed = subprocess.run(
         [sys.executable, str(script), str(adapter_dir), str(tmp_path / "ids.pt"), str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=300,

@@ -35,17 +35,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..comparison import ComparisonConfig, format_table, run_comparison
     from ..config import ConfigError, read_recipe
+    from . import preflight
 
-    fields = read_recipe(args.config) if args.config else {}
-    for name in ("recipe", "output_dir", "model_path", "methods", "ranks"):
-        if getattr(args, name) is not None:
-            fields[name] = getattr(args, name)
-    extra = [*args.override, *([f"training.max_steps={args.max_steps}"] if args.max_steps is not None else [])]
-    fields["overrides"] = [*fields.get("overrides", []), *extra]
     try:
+        fields = read_recipe(args.config) if args.config else {}
+        for name in ("recipe", "output_dir", "model_path", "methods", "ranks"):
+            if getattr(args, name) is not None:
+                fields[name] = getattr(args, name)
+        extra = [*args.override, *([f"training.max_steps={args.max_steps}"] if args.max_steps is not None else [])]
+        fields["overrides"] = [*fields.get("overrides", []), *extra]
         config = ComparisonConfig(**fields)
-    except ValidationError as error:
-        parser.error(f"{args.config or 'the flags'}: {error}")
+        preflight.check_positive(args.threads, "--threads")
+        preflight.check_comparison(config)  # before any model is loaded or trained
+    except (ConfigError, ValidationError, preflight.UsageError) as error:
+        return preflight.report("disel-compare", error)
     if args.threads:
         import torch
 
@@ -53,8 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_comparison(config)
     except ConfigError as error:
-        print(f"disel-compare: error: {error}", file=sys.stderr)
-        return 2
+        return preflight.report("disel-compare", error)
     print(format_table(summary))
     print(f"this invocation took {summary['invocation_runtime_s']:.0f} s; results in {Path(config.output_dir) / 'comparison.json'}")
     return 0

@@ -20,27 +20,19 @@ checkpoint scores the same either way.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..schemas import MLM_PERPLEXITY_SCHEMA
+from . import preflight
 
 __all__ = ["build_parser", "main"]
 
 
 def _load_config_file(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise SystemExit(f"--config {path}: expected a mapping of flag names to values, got {type(data).__name__}")
+    data = preflight.read_mapping_file(path, "--config")
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
@@ -183,7 +175,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             known = {action.dest for action in subparser._actions}  # noqa: SLF001
             unknown = sorted(set(values) - known)
             if unknown:
-                raise SystemExit(f"--config {config_path}: unknown keys for '{command}': {unknown}")
+                raise preflight.UsageError(f"--config {config_path}: unknown keys for '{command}': {unknown}")
             # The config supplies defaults: a flag it sets is no longer required, and the command line still wins.
             for action in subparser._actions:  # noqa: SLF001
                 if action.dest in values:
@@ -376,7 +368,11 @@ def _num_labels_from_adapter(adapter: str) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+    try:
+        args = _parse(argv)
+        preflight.check_evaluation(args)  # before any model is loaded
+    except preflight.UsageError as error:
+        return preflight.report("disel-eval", error)
     args.handler(args)
     return 0
 

@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="set a config value, e.g. training.max_steps=100 method.r=16 (values parsed as YAML); repeatable",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument(
+        "--allow-config-change",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY",
+        help="on resume, accept these changed config keys (dotted, wildcards allowed), e.g. training.logging_steps",
+    )
     return parser
 
 
@@ -52,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..config import ConfigError, load_config
     from ..data.datasets import DataFormatError
+    from ..train.checkpoints import DamagedCheckpointError
+    from . import preflight
 
     try:
         config = load_config(args.config, args.override)
@@ -62,10 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from ..train.run import RESULT_FILE, train
 
-        result = train(config)
-    except (ConfigError, DataFormatError, FileNotFoundError) as error:
-        print(f"disel-train: error: {error}", file=sys.stderr)
-        return 2
+        preflight.check_training(config)  # before any weights are read
+        result = train(config, allow_config_change=args.allow_config_change)
+    except (ConfigError, preflight.UsageError, DataFormatError, FileNotFoundError,
+            DamagedCheckpointError) as error:
+        return preflight.report("disel-train", error)
     if _is_main_process():
         eval_text = ", ".join(f"{k}={v:.4g}" for k, v in result.eval.items() if k in ("eval_loss", "eval_accuracy"))
         print(

@@ -44,6 +44,7 @@ from ..schemas import TrainResult
 from ..data.collator import CausalLMCollator
 from ..data.datasets import PreparedData, prepare_data
 from ..models import check_model_dir, force_offline, load_model, load_tokenizer
+from .checkpoints import RUN_CONFIG_FILE, check_config_unchanged, newest_intact_checkpoint, verify_checkpoint
 
 __all__ = [
     "RESULT_FILE",
@@ -92,6 +93,7 @@ def resolve_resume(training: Any) -> str | None:
     Raises:
         ConfigError: ``resume`` is a path that is not a checkpoint, or is None while ``output_dir``
             already holds checkpoints or a result (a restarted job must say ``resume: auto`` or use a new folder).
+        DamagedCheckpointError: the checkpoint named is damaged, or (``auto``) every checkpoint is.
     """
     existing = complete_checkpoints(training.output_dir)
     resume = training.resume_from_checkpoint
@@ -103,14 +105,16 @@ def resolve_resume(training: Any) -> str | None:
                 "set training.resume_from_checkpoint=auto to continue it, or choose a new output_dir"
             )
         return None
-    if resume == "auto":
-        return str(existing[-1]) if existing else None
+    if resume == "auto":  # the newest checkpoint whose files all read whole (a warning per damaged one)
+        newest = newest_intact_checkpoint(existing)
+        return None if newest is None else str(newest)
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
         raise ConfigError(
             f"training.resume_from_checkpoint {resume!r} is not a complete checkpoint folder (no trainer_state.json); "
             "give 'auto', a checkpoint-<step> folder, or null"
         )
+    verify_checkpoint(path)
     return str(path)
 
 
@@ -481,7 +485,9 @@ def _result(config: ExperimentConfig, trainer, data, train_output, eval_metrics,
     )
 
 
-def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
+def train(
+    config: ExperimentConfig, *, callbacks: Sequence[Any] = (), allow_config_change: Sequence[str] = ()
+) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.method``; return (and save) the result.
 
     Every process of a data-parallel launch calls this; the main process writes the files. Seeds are set
@@ -492,9 +498,13 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
     Args:
         config: the run (see :mod:`disel.experiments.config`).
         callbacks: extra ``transformers.TrainerCallback`` objects (progress reporting, tests).
+        allow_config_change: dotted config keys (wildcards allowed) that may differ from the saved
+            ``run_config.yaml`` when resuming; any other change is refused.
 
     Raises:
-        ConfigError: inconsistent settings (also an ``output_dir`` with checkpoints but no ``resume``).
+        ConfigError: inconsistent settings (also an ``output_dir`` with checkpoints but no ``resume``, or a
+            resume whose config changed).
+        DamagedCheckpointError: no intact checkpoint to resume from (the message names the damaged file).
         FileNotFoundError: ``model.path`` is not a local model.
         disel.experiments.data.datasets.DataFormatError: a missing file or a malformed row (file, line, expected key).
     """
@@ -505,13 +515,15 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
     force_offline()
     training = config.training
     resume_from = resolve_resume(training)
+    if resume_from is not None:  # before run_config.yaml is replaced by this config
+        check_config_unchanged(config, allow_config_change)
     seed_everything = enable_full_determinism if training.full_determinism else set_seed
     seed_everything(training.seed)
     trainer, data = _prepare(config, callbacks, resume_from, reseed=lambda: seed_everything(training.seed))
     is_main = trainer.is_world_process_zero()
     output_dir = Path(training.output_dir)
     if is_main:
-        write_yaml_atomic(output_dir / "run_config.yaml", config.to_dict())
+        write_yaml_atomic(output_dir / RUN_CONFIG_FILE, config.to_dict())
 
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_fsdp_enabled:  # the final adapter / model as one full state dict, not per-rank shards

@@ -1,0 +1,258 @@
+"""Checks every command line runs on its arguments before any heavy work (loading a model, training, evaluating).
+
+A bad argument becomes one :class:`UsageError` whose message starts with the argument's name; each entry
+(``disel-train``, ``disel-eval``, ``disel-compare``) prints it with :func:`report` as one line
+``<prog>: error: <message>`` and exits with status 2, argparse's status for a usage error. Nothing here
+loads weights: the target-module check builds the model on the ``meta`` device from its ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TOKENIZER_FILES",
+    "UsageError",
+    "check_comparison",
+    "check_evaluation",
+    "check_input_files",
+    "check_model_dir",
+    "check_output_dir",
+    "check_output_file",
+    "check_positive",
+    "check_target_modules",
+    "check_training",
+    "one_line",
+    "read_mapping_file",
+    "report",
+]
+
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+    "sentencepiece.bpe.model",
+)
+"""Any one of these makes a directory a tokenizer source for ``AutoTokenizer.from_pretrained``."""
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work; the message starts with the argument's name."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
+
+
+def report(prog: str, error: BaseException) -> int:
+    """Print ``error`` as the single line ``<prog>: error: <message>`` on stderr; return the exit status 2."""
+    print(f"{prog}: error: {one_line(_describe(error))}", file=sys.stderr)
+    return 2
+
+
+def _describe(error: BaseException) -> str:
+    """pydantic's ValidationError as 'field: message (got value)'; anything else as its text."""
+    errors = getattr(error, "errors", None)
+    if callable(errors) and type(error).__name__ == "ValidationError":
+        first = errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "the input"
+        return f"{field}: {first['msg']} (got {first.get('input')!r})"
+    return str(error)
+
+
+# ------------------------------------------------------------------------------------------------
+# Files and directories
+# ------------------------------------------------------------------------------------------------
+
+
+def read_mapping_file(path: str, what: str = "--config") -> dict[str, Any]:
+    """The mapping in a YAML (``.yaml``/``.yml``) or JSON file; UsageError naming ``what`` if it is missing,
+    unparsable or not a mapping."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as error:
+        raise UsageError(f"{what} {path}: cannot read it: {error}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path}: expected a mapping of names to values, got {type(data).__name__}")
+    return data
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` can be used as an output directory: it is one (or can be created), and files can be written in it."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} {str(path)!r} is a file, not a directory")
+    _check_creatable(folder, path, what)
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` can be written as a file: it is not a directory and its folder is (or can be made) writable."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise UsageError(f"{what} {str(path)!r} is a directory; give a file path")
+    _check_creatable(file.parent, path, what)
+    return file
+
+
+def _check_creatable(folder: Path, path: str | os.PathLike, what: str) -> None:
+    """``folder`` exists or can be made, and takes files: one probe file is written and removed in its nearest
+    existing ancestor (``os.access`` says yes to root even on a read-only mount)."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {str(path)!r} cannot be created: {str(existing)!r} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".disel-write-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UsageError(f"{what} {str(path)!r} is not writable ({reason} in {str(existing)!r})") from None
+
+
+def check_input_files(paths: Iterable[str | os.PathLike], what: str) -> None:
+    """Every path is an existing file."""
+    for path in paths:
+        if not Path(path).expanduser().is_file():
+            raise UsageError(f"{what} {str(path)!r} does not exist or is not a file")
+
+
+def check_model_dir(
+    path: str | os.PathLike, what: str, *, gguf_file: str | None = None, tokenizer_dirs: Iterable[str | os.PathLike] = ()
+) -> None:
+    """``path`` is a local transformers checkpoint (``config.json``, or ``gguf_file`` in it), and a tokenizer is
+    found in it or in one of ``tokenizer_dirs`` (a GGUF file carries its own)."""
+    from ..models import check_model_dir as check_local_model
+
+    try:
+        check_local_model(path, gguf_file, what=what)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    if gguf_file is None and not any(_has_tokenizer(folder) for folder in (path, *tokenizer_dirs)):
+        raise UsageError(
+            f"{what} {str(path)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer next to the model (tokenizer.save_pretrained)"
+        )
+
+
+def _has_tokenizer(folder: str | os.PathLike) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def check_positive(value: Any, what: str) -> None:
+    """``value`` is a positive integer (None is allowed: the setting is unused)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UsageError(f"{what} must be a positive integer, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# disel-train
+# ------------------------------------------------------------------------------------------------
+
+
+def check_training(config: Any) -> None:
+    """Everything ``disel-train`` can check about ``config`` (an ``ExperimentConfig``) without loading
+    weights: the output directory, the model and its tokenizer, the batch sizes, the target modules."""
+    training, model = config.training, config.model
+    check_output_dir(training.output_dir, "training.output_dir")
+    check_model_dir(model.path, "model.path", gguf_file=model.gguf_file)
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        check_positive(getattr(training, key), f"training.{key}")
+    check_target_modules(config)
+
+
+def check_target_modules(config: Any) -> None:
+    """``method.target_modules`` name modules that exist in ``model.path``'s architecture and that the method
+    can adapt: the adapter is attached to the model built on the ``meta`` device (no weights are read)."""
+    if config.method.name == "full":
+        return
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from ..train.run import build_peft_config
+
+    model = config.model
+    options: dict[str, Any] = {"trust_remote_code": model.trust_remote_code, "local_files_only": True}
+    if model.gguf_file is not None:
+        options["gguf_file"] = model.gguf_file
+    architecture = AutoConfig.from_pretrained(model.path, **options)
+    if model.task_type == "sequence_classification":
+        architecture.num_labels = model.num_labels
+        model_class = AutoModelForSequenceClassification
+    else:
+        model_class = AutoModelForCausalLM
+    peft_config = build_peft_config(config, total_step=1_000_000)  # a schedule length only AdaLoRA reads
+    with torch.device("meta"):
+        skeleton = model_class.from_config(architecture, trust_remote_code=model.trust_remote_code)
+        try:
+            get_peft_model(skeleton, peft_config)
+        except (ValueError, TypeError) as error:
+            targets = config.method.target_modules
+            raise UsageError(f"method.target_modules {targets!r} for {config.method.name}: {error}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# disel-eval and disel-compare
+# ------------------------------------------------------------------------------------------------
+
+_POSITIVE_EVAL_FLAGS = ("batch_size", "max_length", "max_new_tokens", "n", "bins")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_evaluation(args: Any) -> None:
+    """Everything ``disel-eval <command>`` can check about its parsed flags before loading a model: sizes,
+    the output file, the model, adapter and tokenizer directories, and the input files."""
+    for dest in _POSITIVE_EVAL_FLAGS:
+        if hasattr(args, dest):
+            check_positive(getattr(args, dest), _flag(dest))
+    if getattr(args, "out", None) is not None:
+        check_output_file(args.out, "--out")
+    tokenizer_dirs: list[Path] = []
+    if args.command == "retention":
+        tokenizer_dirs = _check_retention_output(args)
+    adapter = getattr(args, "adapter", None)
+    if adapter is not None:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UsageError(f"--adapter {adapter!r} is not an adapter directory (no adapter_config.json)")
+        tokenizer_dirs.append(Path(adapter))
+    if getattr(args, "base", None) is not None:
+        check_model_dir(args.base, "--base", gguf_file=getattr(args, "gguf_file", None), tokenizer_dirs=tokenizer_dirs)
+    if getattr(args, "pretrained_mlm", None) is not None:
+        check_model_dir(args.pretrained_mlm, "--pretrained-mlm")
+    if getattr(args, "data", None) is not None:
+        check_input_files([args.data], "--data")
+    check_input_files(getattr(args, "text", None) or [], "--text")
+
+
+def _check_retention_output(args: Any) -> list[Path]:
+    """``retention``: the training output exists and its table can be written; returns its tokenizer folders."""
+    output_dir = Path(args.output_dir)
+    if not output_dir.is_dir():
+        raise UsageError(f"--output-dir {args.output_dir!r} is not a directory (expected a training output)")
+    if args.table is not None:
+        check_output_file(args.table, "--table")
+    else:
+        check_output_dir(output_dir, "--output-dir")
+    return [output_dir, *sorted(output_dir.glob("checkpoint-*"))]
+
+
+def check_comparison(config: Any) -> None:
+    """``disel-compare``: the output directory, the model directory (when given) and the recipe file."""
+    check_output_dir(config.output_dir, "--output-dir")
+    if config.model_path is not None:
+        check_model_dir(config.model_path, "--model-path")
+    check_input_files([config.recipe], "--recipe")

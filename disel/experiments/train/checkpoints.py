@@ -1,0 +1,236 @@
+"""Which checkpoint a resumed run can trust, and whether the run it resumes had the same recipe.
+
+* :func:`checkpoint_damage` reads every weight, optimizer, scheduler, RNG and state file of a
+  ``checkpoint-<step>`` folder just far enough to see that it is whole (a safetensors header against the
+  file size, a ``torch.save`` archive's directory and checksums, a JSON parse) and names the first that is
+  not. :func:`newest_intact_checkpoint` falls back past damaged checkpoints with a warning naming the file;
+  :func:`verify_checkpoint` refuses a damaged one chosen explicitly.
+* :func:`check_config_unchanged` compares the config a run is resumed with against the one it started with
+  (``run_config.yaml``) and refuses, listing every changed key ``old -> new``, unless the key is allowed.
+
+A checkpoint the Trainer loads while a file is truncated fails deep in ``torch.load`` or safetensors with
+an error that names no file; these checks run first and say which file of which checkpoint is damaged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import struct
+import warnings
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+
+__all__ = [
+    "ALWAYS_ALLOWED_CHANGES",
+    "RUN_CONFIG_FILE",
+    "DamagedCheckpointError",
+    "DamagedCheckpointWarning",
+    "changed_keys",
+    "check_config_unchanged",
+    "checkpoint_damage",
+    "newest_intact_checkpoint",
+    "verify_checkpoint",
+]
+
+RUN_CONFIG_FILE = "run_config.yaml"
+"""The resolved config of a run, written into its output directory when it starts."""
+
+ALWAYS_ALLOWED_CHANGES: tuple[str, ...] = ("training.resume_from_checkpoint", "training.output_dir")
+"""Keys that may differ on every resume: the switch that asks for the resume, and the folder's spelling (the
+saved config is read from that folder, so it is the same run however the path is written)."""
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint to resume from has a truncated or unreadable file (the message names it)."""
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped; the run resumes from an older one."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Damaged files
+# ------------------------------------------------------------------------------------------------
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """Why a safetensors file is not whole: its header must parse and its tensors must end at the file's end."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return f"{size} bytes, shorter than the 8-byte header length"
+        (header_length,) = struct.unpack("<Q", prefix)
+        if 8 + header_length > size:
+            return f"header of {header_length} bytes does not fit in the file's {size} bytes"
+        try:
+            header = json.loads(handle.read(header_length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"header is not valid JSON ({error})"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_length + max(ends, default=0)
+    if expected != size:
+        return f"the tensors need {expected} bytes but the file has {size} (truncated?)"
+    return None
+
+
+def _torch_archive_damage(path: Path) -> str | None:
+    """Why a ``torch.save`` file is not whole: it is a zip archive whose directory and checksums must be intact."""
+    if not zipfile.is_zipfile(path):
+        return f"not a complete torch.save archive ({path.stat().st_size} bytes, no zip end record: truncated?)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"unreadable torch.save archive ({error})"
+    return None if bad_member is None else f"member {bad_member!r} fails its checksum"
+
+
+def _json_damage(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"not valid JSON ({error})"
+    return None
+
+
+def checkpoint_damage(folder: str | os.PathLike) -> tuple[Path, str] | None:
+    """The first damaged file of a checkpoint folder and why, or None if every file reads whole.
+
+    Checks ``*.safetensors`` (weights), ``*.pt`` / ``*.pth`` / ``*.bin`` (optimizer, scheduler, RNG states,
+    training arguments, AdaLoRA state; ``torch.save`` zip archives) and ``*.json`` (``trainer_state.json``,
+    configs, tokenizer) without loading any tensor.
+    """
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                reason = _safetensors_damage(path)
+            elif path.suffix in _TORCH_SUFFIXES:
+                reason = _torch_archive_damage(path)
+            elif path.suffix == ".json":
+                reason = _json_damage(path)
+            else:
+                continue
+        except (OSError, KeyError, TypeError, IndexError, AttributeError) as error:
+            reason = f"unreadable ({type(error).__name__}: {error})"
+        if reason is not None:
+            return path, reason
+    return None
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> None:
+    """Raise :class:`DamagedCheckpointError` naming the file if ``folder`` has a damaged file."""
+    damage = checkpoint_damage(folder)
+    if damage is not None:
+        path, reason = damage
+        raise DamagedCheckpointError(f"checkpoint {str(folder)!r} is damaged: {path.name}: {reason}")
+
+
+def newest_intact_checkpoint(checkpoints: Sequence[Path]) -> Path | None:
+    """The newest of ``checkpoints`` (oldest first) whose files all read whole; each newer damaged one is
+    skipped with a :class:`DamagedCheckpointWarning` naming its file. None if ``checkpoints`` is empty.
+
+    Raises:
+        DamagedCheckpointError: every checkpoint is damaged (the message names each damaged file).
+    """
+    problems = []
+    for folder in reversed(checkpoints):
+        damage = checkpoint_damage(folder)
+        if damage is None:
+            for problem in problems:
+                warnings.warn(
+                    f"{problem}; resuming from the previous complete checkpoint {str(folder)!r} instead "
+                    "(the damaged one is overwritten when training reaches its step again)",
+                    DamagedCheckpointWarning, stacklevel=2,
+                )
+            return folder
+        path, reason = damage
+        problems.append(f"checkpoint {str(folder)!r} is damaged: {path.name}: {reason}")
+    if problems:
+        raise DamagedCheckpointError(
+            "; ".join(problems) + "; no intact checkpoint is left to resume from: delete the damaged checkpoint "
+            "folders to start over, or set training.resume_from_checkpoint to null with a new output_dir"
+        )
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Changed recipe
+# ------------------------------------------------------------------------------------------------
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"section.key": value}`` (lists are values)."""
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two nested dicts: ``{key: (old, new)}``; a key present on one
+    side only has ``"<unset>"`` on the other."""
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    missing = "<unset>"
+    return {
+        key: (old_flat.get(key, missing), new_flat.get(key, missing))
+        for key in sorted(old_flat.keys() | new_flat.keys())
+        if old_flat.get(key, missing) != new_flat.get(key, missing)
+    }
+
+
+def _effective_values(config: Any) -> dict[str, Any]:
+    """Every value ``config`` runs with, defaults included (a default written out is no change)."""
+    values = config.model_dump(mode="json", exclude={"training"})
+    values["training"] = config.training.model_dump(mode="json")
+    return values
+
+
+def check_config_unchanged(config: Any, allowed: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """Compare ``config`` with the ``run_config.yaml`` its output directory was started with.
+
+    Args:
+        config: the ``ExperimentConfig`` of the resumed run.
+        allowed: dotted keys (``fnmatch`` patterns, e.g. ``training.logging_*``) that may change.
+
+    Returns:
+        The allowed changes ``{key: (old, new)}`` (empty when there is no saved config to compare with).
+
+    Raises:
+        ConfigError: a key not in ``allowed`` changed (every such key is listed, ``old -> new``), or the saved
+            config cannot be read.
+    """
+    from ..config import config_from_dict
+
+    saved_path = Path(config.training.output_dir) / RUN_CONFIG_FILE
+    if not saved_path.is_file():
+        return {}
+    import yaml
+
+    try:
+        saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), source=str(saved_path))
+    except (OSError, yaml.YAMLError, ConfigError) as error:
+        raise ConfigError(f"{saved_path}: cannot read the config the run started with: {error}") from None
+    patterns = (*ALWAYS_ALLOWED_CHANGES, *allowed)
+    changes = changed_keys(_effective_values(saved), _effective_values(config))
+    refused = {key: change for key, change in changes.items() if not any(fnmatch.fnmatchcase(key, p) for p in patterns)}
+    if refused:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+        raise ConfigError(
+            f"resuming {config.training.output_dir!r} with a changed config (saved in {saved_path}): {listed}. "
+            "Resume with the saved values, start a new output_dir, or accept the changes explicitly with "
+            f"--allow-config-change {' '.join(refused)}"
+        )
+    return {key: change for key, change in changes.items() if key not in ALWAYS_ALLOWED_CHANGES}

@@ -54,6 +54,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "load_config",
+    "merge",
     "read_recipe",
 ]
 
@@ -302,16 +303,16 @@ def read_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         raise ConfigError(f"base in {path}: expected a recipe file path or a list of them, got {bases!r}")
     merged: dict[str, Any] = {}
     for base in bases:  # later bases overlay earlier ones, and the recipe overlays them all
-        merged = _merge(merged, read_recipe(path.parent / base, (*_seen, path.resolve())))
-    return _merge(merged, raw)
+        merged = merge(merged, read_recipe(path.parent / base, (*_seen, path.resolve())))
+    return merge(merged, raw)
 
 
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """``base`` updated by ``overlay``, nested dicts merged key by key (lists and scalars replaced)."""
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -352,7 +353,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             if node is not None and not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {'.'.join(sections[:depth])} is not a section")
         functools.reduce(lambda d, k: d.setdefault(k, {}), sections, overlay)[leaf] = value
-    return _merge(raw, overlay)
+    return merge(raw, overlay)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:

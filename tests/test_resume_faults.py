@@ -20,7 +20,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from tiny_models import make_tiny_causal_lm
 
@@ -39,14 +38,6 @@ CHECKPOINT_FILES = [
     "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
     "training_args.bin",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

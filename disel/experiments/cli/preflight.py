@@ -178,7 +178,11 @@ def check_target_modules(config: Any) -> None:
         return
     import torch
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+    )
 
     from ..train.run import build_peft_config
 

@@ -1,6 +1,11 @@
 """Training: :func:`train` (config → trained adapter + ``train_result.json``), in :mod:`.run`."""
 
-from .checkpoints import DamagedCheckpointError, DamagedCheckpointWarning, check_config_unchanged, checkpoint_damage
+from .checkpoints import (
+    DamagedCheckpointError,
+    DamagedCheckpointWarning,
+    check_config_unchanged,
+    checkpoint_damage,
+)
 from .run import RESULT_FILE, AdaLoraScheduleCallback, build_peft_config, complete_checkpoints, resolve_resume, train, training_arguments
 
 __all__ = [

@@ -45,10 +45,13 @@ def places(tmp_path_factory, llama_dir, no_tokenizer_dir) -> dict[str, str]:
     (root / "a_dir").mkdir()
     (root / "bad.yaml").write_text("model: {path: [unclosed\n  training: :\n")
     (root / "data.jsonl").write_text(json.dumps({"instruction": "What is 1 + 1?", "output": "2"}) + "\n")
+    checkpoint = root / "run" / "checkpoint-1"  # an adapter whose base model folder has since been removed
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(root / "gone")}))
     return {
         "llama": str(llama_dir), "no_tokenizer": str(no_tokenizer_dir), "file": str(root / "a_file"),
         "dir": str(root / "a_dir"), "bad_yaml": str(root / "bad.yaml"), "data": str(root / "data.jsonl"),
-        "root": str(root), "missing": str(root / "no" / "such" / "model"), "unwritable": UNWRITABLE,
+        "root": str(root), "run": str(root / "run"), "missing": str(root / "no" / "such" / "model"), "unwritable": UNWRITABLE,
     }
 
 
@@ -156,8 +159,12 @@ EVAL_CASES = [
     ("gates batch size 0", ["gates", "--base", "{llama}", "--batch-size", "0", "--out", "{root}/g.json"], ("--batch-size",)),
     ("retention output missing", ["retention", "--output-dir", "{missing}", "--evaluator", "perplexity"],
      ("--output-dir", "not a directory")),
-    ("retention table is a directory", ["retention", "--output-dir", "{dir}", "--evaluator", "perplexity", "--table", "{dir}"],
+    ("retention without checkpoints", ["retention", "--output-dir", "{dir}", "--evaluator", "perplexity"],
+     ("--output-dir", "no checkpoint")),
+    ("retention table is a directory", ["retention", "--output-dir", "{run}", "--evaluator", "perplexity", "--table", "{dir}"],
      ("--table", "is a directory")),
+    ("retention base named by the adapter is gone", ["retention", "--output-dir", "{run}", "--evaluator", "perplexity"],
+     ("--base", "base_model_name_or_path", "does not exist")),
     ("config yaml error", ["--config", "{bad_yaml}", *_PERPLEXITY, "--out", "{root}/o.json"], ("--config", "bad.yaml")),
     ("config not a mapping", ["--config", "{data}", *_PERPLEXITY, "--out", "{root}/o.json"], ("--config",)),
 ]

@@ -243,15 +243,28 @@ def check_evaluation(args: Any) -> None:
 
 
 def _check_retention_output(args: Any) -> list[Path]:
-    """``retention``: the training output exists and its table can be written; returns its tokenizer folders."""
+    """``retention``: the training output holds checkpoints, its table can be written, and the base model
+    (``--base``, else the one the adapters name) is a local model; returns the folders a tokenizer may be in."""
+    from ..eval.retention import _base_model_path, list_checkpoints
+
     output_dir = Path(args.output_dir)
     if not output_dir.is_dir():
         raise UsageError(f"--output-dir {args.output_dir!r} is not a directory (expected a training output)")
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        raise UsageError(f"--output-dir {args.output_dir!r} holds no checkpoint-<step> folders")
     if args.table is not None:
         check_output_file(args.table, "--table")
     else:
         check_output_dir(output_dir, "--output-dir")
-    return [output_dir, *sorted(output_dir.glob("checkpoint-*"))]
+    tokenizer_dirs = [output_dir, *(path for _, path in checkpoints)]
+    if args.base is None:
+        try:
+            default_base = _base_model_path(checkpoints)
+        except ValueError as error:
+            raise UsageError(f"--base: not given, and {error}") from None
+        check_model_dir(default_base, "--base (from the adapters' base_model_name_or_path)", tokenizer_dirs=tokenizer_dirs)
+    return tokenizer_dirs
 
 
 def check_comparison(config: Any) -> None:

@@ -8,8 +8,11 @@ Usage::
     accelerate launch --config_file accelerate_configs/ddp.yaml -m disel.experiments --config recipe.yaml
     torchrun --nproc_per_node 4 -m disel.experiments --config recipe.yaml
 
-A config error, a malformed data row or a missing model path prints one line naming the key / file /
-line and exits with status 2; anything else raises with its traceback.
+A config error, a malformed data row, a missing model path or tokenizer, an unusable output directory,
+target modules the model lacks, a damaged checkpoint or a resume with a changed recipe prints one line
+naming the key / file / line and exits with status 2 (:mod:`.preflight` checks the arguments before any
+weights are read); anything else raises with its traceback. ``--allow-config-change KEY ...`` accepts
+the named changes when resuming.
 """
 
 from __future__ import annotations

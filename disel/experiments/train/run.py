@@ -12,9 +12,11 @@ parameters (equal hashes = the replicas stayed identical).
 
 Files written to ``training.output_dir``:
 
-* ``run_config.yaml`` — the resolved config, at the start (atomic);
+* ``run_config.yaml`` — the resolved config, at the start (atomic); a resume compares its config with it
+  and refuses changed keys (:func:`~disel.experiments.train.checkpoints.check_config_unchanged`);
 * ``checkpoint-<step>/`` — the Trainer's checkpoints (adapter, optimizer, scheduler, RNG states,
-  ``trainer_state.json`` last; AdaLoRA adds ``adalora_state.pt``);
+  ``trainer_state.json`` last; AdaLoRA adds ``adalora_state.pt``); a resume checks that their files read
+  whole and falls back past a damaged one (:mod:`~disel.experiments.train.checkpoints`);
 * the final adapter (``adapter_config.json`` + ``adapter_model.safetensors``; the whole model for ``full``)
   and the tokenizer;
 * ``train_result.json`` — written atomically, last, by the main process (:class:`~disel.experiments.schemas.TrainResult`).

@@ -132,6 +132,19 @@ def test_intact_checkpoints_pass_and_damage_is_found_in_each_kind_of_file(templa
     assert checkpoint_damage(folder)[0].name == "optimizer.pt"
 
 
+def test_large_archives_are_checked_for_truncation_without_reading_them(template, tmp_path, monkeypatch):
+    """Above the checksum limit only the archive's structure is read: a truncation is still found."""
+    from disel.experiments.train import checkpoints
+
+    monkeypatch.setattr(checkpoints, "_CHECKSUM_LIMIT", 0)
+    folder = tmp_path / "checkpoint-2"
+    shutil.copytree(template[0] / "checkpoint-2", folder)
+    assert checkpoint_damage(folder) is None
+    data = (folder / "optimizer.pt").read_bytes()
+    (folder / "optimizer.pt").write_bytes(data[:-100])  # the end record and part of the directory are gone
+    assert checkpoint_damage(folder)[0].name == "optimizer.pt"
+
+
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(template, tmp_path, llama_dir, math_file, name):
     """The warning names the file and the checkpoint; the run resumes from checkpoint-1 and ends exactly as the

@@ -46,6 +46,10 @@ ALWAYS_ALLOWED_CHANGES: tuple[str, ...] = ("training.resume_from_checkpoint", "t
 saved config is read from that folder, so it is the same run however the path is written)."""
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_CHECKSUM_LIMIT = 1 << 30
+"""``torch.save`` files up to this size (adapter optimizers, schedulers, RNG states) are read in full to check
+their checksums; a larger one (a full fine-tune's optimizer) only has its structure checked, so verifying
+does not double the time to resume."""
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -83,12 +87,18 @@ def _safetensors_damage(path: Path) -> str | None:
 
 
 def _torch_archive_damage(path: Path) -> str | None:
-    """Why a ``torch.save`` file is not whole: it is a zip archive whose directory and checksums must be intact."""
+    """Why a ``torch.save`` file is not whole: it is a zip archive whose directory must be intact (a truncated
+    file has lost it: the directory is written last), whose members lie inside the file, and, up to
+    :data:`_CHECKSUM_LIMIT` bytes, whose members match their checksums."""
+    size = path.stat().st_size
     if not zipfile.is_zipfile(path):
-        return f"not a complete torch.save archive ({path.stat().st_size} bytes, no zip end record: truncated?)"
+        return f"not a complete torch.save archive ({size} bytes, no zip end record: truncated?)"
     try:
         with zipfile.ZipFile(path) as archive:
-            bad_member = archive.testzip()
+            outside = [m.filename for m in archive.infolist() if m.header_offset + m.compress_size > size]
+            if outside:
+                return f"member {outside[0]!r} extends past the end of the file (truncated?)"
+            bad_member = archive.testzip() if size <= _CHECKSUM_LIMIT else None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         return f"unreadable torch.save archive ({error})"
     return None if bad_member is None else f"member {bad_member!r} fails its checksum"

@@ -39,6 +39,8 @@ class DiselModel(BaseTuner):
         current_key: str,
         **optional_kwargs,
     ) -> None:
+        # rank_pattern / alpha_pattern resolved for this module, matched as PEFT's LoRA matches them.
+        peft_config = peft_config.for_module(current_key)
         if isinstance(target, DiselLayer):
             target.update_layer(adapter_name, peft_config)
             return

@@ -11,6 +11,18 @@ from .layers import DiselGate, DiselLinear, init_disel_parameters
 from .optim import DEFAULT_GATE_LR_RATIO, param_groups
 from .recording import GateRecorder, GateStats, record_gates
 from .tuner import DiselConfig, DiselModel, register_disel
+from .components import (
+    ComponentStatistics,
+    LayerComponents,
+    MergeReport,
+    OutputChange,
+    PruneReport,
+    component_statistics,
+    merge_static,
+    prune,
+    prune_adapter_dir,
+    unmerge_static,
+)
 
 register_disel()  # makes PEFT know peft_type "DISEL" (idempotent)
 
@@ -27,6 +39,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ComponentStatistics",
     "DEFAULT_GATE_LR_RATIO",
     "DiselConfig",
     "DiselGate",
@@ -35,11 +48,20 @@ __all__ = [
     "DiselTrainer",
     "GateRecorder",
     "GateStats",
+    "LayerComponents",
+    "MergeReport",
+    "OutputChange",
+    "PruneReport",
+    "component_statistics",
     "disel_update",
     "disel_update_reference",
     "gate_values",
     "init_disel_parameters",
+    "merge_static",
     "param_groups",
+    "prune",
+    "prune_adapter_dir",
     "record_gates",
     "register_disel",
+    "unmerge_static",
 ]

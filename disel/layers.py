@@ -120,6 +120,8 @@ class DiselLinear(nn.Module):
     def update(self, x: Tensor) -> Tensor:
         """The adapter's correction ``s · B diag(g(x)) A x``: (..., d) → (..., m)."""
         x = self.dropout(x)
+        if self.disel_A.weight.shape[0] == 0:  # every component pruned or statically merged (disel.components)
+            return x.new_zeros(*x.shape[:-1], self.out_features)
         return disel_update(
             x,
             self.disel_A.weight,

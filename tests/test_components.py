@@ -115,3 +115,247 @@ def test_rank_pattern_round_trips_in_a_fresh_process(tmp_path):
     with torch.no_grad():
         expected = model(token_ids()).logits
     assert torch.equal(_fresh_process_logits(tmp_path, adapter_dir), expected)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def _standalone(seed: int = 0, d: int = 6, m: int = 5, r: int = 4) -> disel.DiselLinear:
+    torch.manual_seed(seed)
+    layer = disel.DiselLinear(torch.nn.Linear(d, m), r, lora_alpha=2 * r, init_weights=False).double()
+    with torch.no_grad():
+        layer.disel_gate.weight.normal_(0, 0.5)
+    return layer.eval()
+
+
+def test_statistics_match_their_definitions():
+    """gate mean/std, contribution s·E[g_i|a_iᵀx|]·‖b_i‖ and the merge bound s‖b_i‖·sd_i·sqrt(E[(a_iᵀx)²]) equal
+    direct computations; per-domain entries are each domain's own, and the pooled entry pools the tokens."""
+    layer = _standalone()
+    torch.manual_seed(3)
+    math_batches = [torch.randn(5, 6, dtype=torch.float64) for _ in range(3)]
+    prose_batches = [torch.randn(4, 2, 6, dtype=torch.float64) + 1.0]
+    stats = disel.component_statistics(layer, {"math": math_batches, "prose": prose_batches})
+
+    def direct(xs):
+        x = torch.cat([b.reshape(-1, 6) for b in xs])
+        g = layer.gates(x)
+        ax = x @ layer.disel_A.weight.T
+        b_norm = layer.disel_B.weight.norm(dim=0)
+        s = layer.scaling
+        return x.shape[0], g.mean(0), g.std(0, unbiased=False), s * (g * ax.abs()).mean(0) * b_norm, (
+            s * b_norm * g.std(0, unbiased=False) * ax.pow(2).mean(0).sqrt()
+        )
+
+    for domain, xs in (("math", math_batches), ("prose", prose_batches), (None, math_batches + prose_batches)):
+        entry = stats.get("", "default", domain)
+        n, mean, std, contribution, bound = direct(xs)
+        assert entry.tokens == n
+        torch.testing.assert_close(torch.tensor(entry.gate_mean, dtype=torch.float64), mean)
+        torch.testing.assert_close(torch.tensor(entry.gate_std, dtype=torch.float64), std)
+        torch.testing.assert_close(torch.tensor(entry.contribution, dtype=torch.float64), contribution)
+        torch.testing.assert_close(torch.tensor(entry.merge_error_bound, dtype=torch.float64), bound)
+    assert disel.ComponentStatistics.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
+
+
+def test_statistics_count_only_masked_tokens():
+    """With dict batches, positions where attention_mask = 0 are left out of the statistics."""
+    model = random_adapter()
+    ids = token_ids(batch=2, length=6)
+    mask = torch.ones_like(ids)
+    mask[1, 3:] = 0
+    full = disel.component_statistics(model, [{"input_ids": ids, "attention_mask": mask}])
+    assert full.layers[0].tokens == int(mask.sum())
+
+
+# ------------------------------------------------------------------------------------------ prune
+
+
+def _zero_b(model, picks: dict[str, list[int]]) -> None:
+    layers = disel_layers(model)
+    with torch.no_grad():
+        for path, components in picks.items():
+            layers[path].disel_B["default"].weight[:, components] = 0
+
+
+def test_prune_removes_exactly_the_zero_b_components_and_keeps_outputs(tmp_path):
+    """Components with b_i = 0 contribute exactly 0 (c_i = 0): prune(threshold=0) removes exactly those, a
+    layer left with none loses its adapter, the output does not move, and plain save_pretrained +
+    PeftModel.from_pretrained (in a fresh process) rebuild the pruned model with the same logits."""
+    model = random_adapter()
+    picks = {"model.layers.0.self_attn.q_proj": [1, 3], "model.layers.1.mlp.up_proj": [0], "model.layers.1.self_attn.k_proj": [0, 1, 2, 3]}
+    _zero_b(model, picks)
+    ids = token_ids()
+    with torch.no_grad():
+        before = model(ids).logits
+    stats = disel.component_statistics(model, [ids])
+    report = disel.prune(model, stats, threshold=0.0, batches=[ids])
+    layers = disel_layers(model)
+    for path, layer in layers.items():
+        expected = [i for i in range(4) if i not in picks.get(path, [])]
+        assert report.kept[path] == expected
+        if expected:
+            assert layer.r["default"] == len(expected) and layer.disel_A["default"].weight.shape[0] == len(expected)
+        else:
+            assert "default" not in layer.disel_A
+    assert report.removed_layers == ["model.layers.1.self_attn.k_proj"]
+    # Each component holds an A row (d), a gate row and bias (d + 1) and a B column (m).
+    assert report.parameters_before - report.parameters_after == sum(
+        len(v) * (2 * 32 + 1 + layers[k].out_features) for k, v in picks.items()
+    )
+    assert report.output_change.max_abs < 1e-5
+    with torch.no_grad():
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "pruned"
+    tiny_llama().save_pretrained(base_dir)
+    model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    model.save_pretrained(adapter_dir)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    # The emptied layer is excluded on reload: not wrapped at all.
+    assert {p: l.r["default"] for p, l in disel_layers(reloaded).items()} == {
+        p: l.r["default"] for p, l in layers.items() if "default" in l.r
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, after, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(_fresh_process_logits(tmp_path, adapter_dir), after, rtol=1e-6, atol=1e-6)
+
+
+def test_prune_removes_components_with_shut_gates_exactly():
+    """A gate at σ(−200) = 0 in float32 makes c_i = 0 even with b_i ≠ 0: pruning it leaves the output unchanged."""
+    model = random_adapter()
+    layer = disel_layers(model)["model.layers.0.mlp.down_proj"]
+    with torch.no_grad():
+        layer.disel_gate["default"].weight[2] = 0
+        layer.disel_gate["default"].bias[2] = -200.0
+    ids = token_ids()
+    with torch.no_grad():
+        before = model(ids).logits
+    stats = disel.component_statistics(model, [ids])
+    assert stats.get("model.layers.0.mlp.down_proj").contribution[2] == 0.0
+    report = disel.prune(model, stats, threshold=0.0)
+    assert report.kept["model.layers.0.mlp.down_proj"] == [0, 1, 3]
+    assert sum(report.rank_after.values()) == 14 * 4 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-6)
+
+
+def test_keep_fraction_keeps_the_largest_contributions_over_all_layers():
+    """keep_fraction keeps ceil(f · N) components, the largest contributions over all layers together."""
+    model = random_adapter()
+    ids = token_ids()
+    stats = disel.component_statistics(model, [ids])
+    everything = sorted((c for e in stats.layers for c in e.contribution), reverse=True)
+    report = disel.prune(model, stats, keep_fraction=0.25)
+    kept = [stats.get(path).contribution[i] for path, idx in report.kept.items() for i in idx]
+    assert len(kept) == 14
+    assert sorted(kept, reverse=True) == everything[:14]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "exactly one"),
+        ({"threshold": 0.1, "keep_fraction": 0.5}, "exactly one"),
+        ({"threshold": -1.0}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"keep_fraction": 0.0}, "keep_fraction"),
+        ({"keep_fraction": 1.5}, "keep_fraction"),
+    ],
+)
+def test_prune_refuses_bad_criteria(kwargs, message):
+    """prune needs exactly one valid criterion, and names the argument when it is wrong."""
+    model = random_adapter()
+    stats = disel.component_statistics(model, [token_ids()])
+    with pytest.raises(ValueError, match=message):
+        disel.prune(model, stats, **kwargs)
+
+
+def test_stale_statistics_are_refused():
+    """Statistics computed before a prune no longer match the layers' ranks: refused with the fix named."""
+    model = random_adapter()
+    stats = disel.component_statistics(model, [token_ids()])
+    disel.prune(model, stats, keep_fraction=0.5)
+    with pytest.raises(ValueError, match="recompute component_statistics"):
+        disel.prune(model, stats, keep_fraction=0.5)
+
+
+# ------------------------------------------------------------------------------------------ merge_static
+
+
+def _constant_gates(model, picks: dict[str, list[int]]) -> None:
+    """Set W_g rows to 0 (each picked gate is the constant σ(b_g,i) whatever the input)."""
+    layers = disel_layers(model)
+    with torch.no_grad():
+        for path, components in picks.items():
+            layers[path].disel_gate["default"].weight[components] = 0
+
+
+def test_merge_static_folds_exactly_the_constant_gates_and_undoes_exactly():
+    """Components whose W_g row is 0 have a constant gate (std 0): merge_static folds exactly those into W0,
+    the output is unchanged to float precision, the measured error is at float precision, and unmerge_static
+    restores base weights, adapter parameters, config and outputs bit for bit."""
+    model = random_adapter()
+    picks = {"model.layers.0.self_attn.v_proj": [0, 2], "model.layers.1.mlp.gate_proj": [0, 1, 2, 3]}
+    _constant_gates(model, picks)
+    ids = token_ids()
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    config_before = model.peft_config["default"].to_dict()
+    with torch.no_grad():
+        before = model(ids).logits
+    stats = disel.component_statistics(model, {"a": [ids], "b": [token_ids(seed=5)]})
+    report = disel.merge_static(model, stats, std_threshold=1e-6, batches=[ids])
+    for path, layer in disel_layers(model).items():
+        assert report.merged[path] == picks.get(path, [])
+        assert report.remaining_rank[path] == 4 - len(picks.get(path, []))
+    assert "default" not in disel_layers(model)["model.layers.1.mlp.gate_proj"].disel_A
+    assert report.output_change.relative_rms < 1e-6 and not report.fully_static
+    with torch.no_grad():
+        merged = model(ids).logits
+    torch.testing.assert_close(merged, before, rtol=1e-5, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="depends on the input"):
+        model.merge_and_unload()
+
+    assert disel.unmerge_static(model) == 2
+    after = model.state_dict()
+    assert after.keys() == state_before.keys()
+    assert all(torch.equal(after[k], state_before[k]) for k in after)
+    assert model.peft_config["default"].to_dict() == config_before
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+
+
+def test_fully_static_adapter_merges_completely():
+    """When every gate is constant, merge_static folds everything and merge_and_unload gives a plain model
+    with the same output (to float precision)."""
+    model = random_adapter()
+    _constant_gates(model, {path: [0, 1, 2, 3] for path in disel_layers(model)})
+    ids = token_ids()
+    with torch.no_grad():
+        before = model(ids).logits
+    report = disel.merge_static(model, disel.component_statistics(model, [ids]), std_threshold=1e-6)
+    assert report.fully_static
+    plain = model.merge_and_unload()
+    assert not any(isinstance(m, DiselLayer) for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, before, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_static_measured_error_is_within_the_bound_for_varying_gates():
+    """Folding input-dependent gates changes the output; the measured single-layer change is positive and the
+    error bound Σ e_i of a lone adapted layer bounds its mean output change (Cauchy–Schwarz)."""
+    layer = _standalone(seed=2)
+    torch.manual_seed(4)
+    xs = [torch.randn(64, 6, dtype=torch.float64)]
+    stats = disel.component_statistics(layer, xs)
+    with torch.no_grad():
+        y0 = layer(xs[0])
+    report = disel.merge_static(layer, stats, std_threshold=1.0)  # every gate counts as static
+    assert report.merged[""] == [0, 1, 2, 3] and layer.r == 0
+    with torch.no_grad():
+        change = (layer(xs[0]) - y0).norm(dim=-1).mean()
+    assert 0 < float(change) <= report.error_bound[""] * (1 + 1e-9)
+    disel.unmerge_static(layer)
+    with torch.no_grad():
+        assert torch.equal(layer(xs[0]), y0)

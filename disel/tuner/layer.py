@@ -89,7 +89,10 @@ class DiselLayer(BaseTunerLayer):
         return [(name, self.disel_gate[name]) for name in self.active_adapters if name in self.disel_gate]
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        raise NotImplementedError(MERGE_REFUSAL)
+        names = self.active_adapters if adapter_names is None else adapter_names
+        if any(name in self.disel_A for name in names):
+            raise NotImplementedError(MERGE_REFUSAL)
+        # No gated component left here: disel.merge_static already folded the static ones into the base weight.
 
     def unmerge(self) -> None:
         # Nothing is ever merged (merge refuses), so there is nothing to undo.

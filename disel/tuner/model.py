@@ -59,4 +59,6 @@ class DiselModel(BaseTuner):
         self._replace_module(parent, target_name, new_module, target)
 
     def _check_merge_allowed(self) -> None:
-        raise NotImplementedError(MERGE_REFUSAL)
+        # Allowed only for a fully static adapter: disel.merge_static folded every component into W0.
+        if any(len(layer.disel_A) for layer in self.model.modules() if isinstance(layer, DiselLayer)):
+            raise NotImplementedError(MERGE_REFUSAL)

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .functional import disel_update, gate_values
+from .functional import StackedWeightCache, disel_update, gate_values
 
 __all__ = ["DiselGate", "DiselLinear", "init_disel_parameters", "GateWeightInit"]
 
@@ -100,6 +100,7 @@ class DiselLinear(nn.Module):
         self.disel_B = nn.Linear(r, m, bias=False, **factory)
         self.disel_gate = DiselGate(d, r, bias=True, **factory)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._stacked_cache = StackedWeightCache()  # [A; W_g] kept between inference calls
         init_disel_parameters(
             self.disel_A,
             self.disel_B,
@@ -129,6 +130,7 @@ class DiselLinear(nn.Module):
             self.disel_gate.weight,
             self.disel_gate.bias,
             self.scaling,
+            cache=self._stacked_cache,
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -41,11 +41,13 @@ from .layers import DiselLinear
 from .tuner.layer import DiselLayer
 
 __all__ = [
+    "CAT_ONLY_REASON",
     "ComponentStatistics",
     "LayerComponents",
     "MergeReport",
     "OutputChange",
     "PruneReport",
+    "combine_cat",
     "component_statistics",
     "merge_static",
     "prune",
@@ -832,3 +834,100 @@ def prune_adapter_dir(
     model.save_pretrained(os.fspath(out_dir))
     _write_json_atomic(os.path.join(out_dir, report_name), report.to_dict())
     return report
+
+
+# ----------------------------------------------------------------------------------------- composition
+
+CAT_ONLY_REASON = (
+    "DISeL adapters combine only with combination_type='cat': a DISeL update s · B diag(g(x)) A x has no "
+    "fixed weight ΔW (each component carries its own input-dependent gate), so combinations that sum or "
+    "SVD-compress B A products, or average A, B and W_g entry-wise (linear, svd, ties, dare_*, "
+    "magnitude_prune*), do not give the weighted sum of the adapters' gated updates. 'cat' stacks the "
+    "components with their gates and is exact (the new rank is the sum of the ranks)."
+)
+
+
+def combine_cat(
+    tuner: nn.Module,
+    adapters: Sequence[str],
+    weights: Sequence[float],
+    adapter_name: str,
+    *,
+    combination_type: str = "cat",
+    **unused_options: Any,
+) -> None:
+    """Add ``adapter_name`` computing exactly ``Σ_k weights[k] · update_k(x)`` on every layer.
+
+    Per layer, the components of the adapters present there are stacked: ``A``, ``W_g``, ``b_g`` rows
+    concatenated, ``B`` columns concatenated after scaling by ``weights[k] · s_k``, and the new scaling is
+    1 (``lora_alpha = r``). The new config targets exactly those layers, with their ranks in
+    ``rank_pattern``, so it saves and reloads with plain PEFT calls. The new adapter is not activated.
+    """
+    import dataclasses
+
+    from .tuner.model import DiselModel
+
+    if isinstance(tuner, nn.Module) and not isinstance(tuner, DiselModel):
+        tuner = _tuner(tuner)
+    if not isinstance(tuner, DiselModel):
+        raise TypeError("combine_cat needs a PEFT DISeL model (peft.get_peft_model(model, DiselConfig(...)))")
+    if combination_type != "cat":
+        raise ValueError(f"combination_type={combination_type!r} is not supported. {CAT_ONLY_REASON}")
+    options = {k: v for k, v in unused_options.items() if v is not None and not (k == "svd_full_matrices" and v is True)
+               and not (k == "majority_sign_method" and v == "total")}
+    if options:
+        raise ValueError(f"add_weighted_adapter: {sorted(options)} apply to other combination types only. {CAT_ONLY_REASON}")
+    if isinstance(adapters, str) or not isinstance(adapters, Sequence) or not adapters:
+        raise ValueError(f"adapters must be a non-empty list of adapter names, got adapters={adapters!r}")
+    missing = [a for a in adapters if a not in tuner.peft_config]
+    if missing:
+        raise ValueError(f"adapters {missing} do not exist; the model holds {sorted(tuner.peft_config)}")
+    if len(set(adapters)) != len(adapters):
+        raise ValueError(f"adapters must not repeat a name, got adapters={list(adapters)!r}")
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or len(weights) != len(adapters) or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights
+    ):
+        raise ValueError(f"weights must be {len(adapters)} finite numbers (one per adapter), got weights={weights!r}")
+    if not isinstance(adapter_name, str) or not adapter_name or adapter_name in tuner.peft_config:
+        raise ValueError(f"adapter_name must be a new adapter name, got adapter_name={adapter_name!r} "
+                         f"(existing: {sorted(tuner.peft_config)})")
+    with_heads = [a for a in adapters if tuner.peft_config[a].modules_to_save]
+    if with_heads:
+        raise ValueError(f"adapters {with_heads} train modules_to_save (full modules), which cannot be stacked")
+
+    layers = [(path, m) for path, m in tuner.model.named_modules() if isinstance(m, DiselLayer)]
+    plan = []  # (path, layer, [(adapter, weight)])
+    for path, layer in layers:
+        present = [(a, float(w)) for a, w in zip(adapters, weights) if a in layer.disel_A]
+        if present:
+            plan.append((path, layer, present))
+    if not plan:
+        raise ValueError(f"adapters {list(adapters)} adapt no layer of the model")
+    ranks = {path: sum(layer.r[a] for a, _ in present) for path, layer, present in plan}
+    keys = {path: "^" + re.escape(path) for path in ranks}
+    config = dataclasses.replace(
+        tuner.peft_config[adapters[0]],
+        r=max(ranks.values()),
+        lora_alpha=max(ranks.values()),
+        target_modules=set(ranks),
+        exclude_modules=None,
+        layers_to_transform=None,
+        layers_pattern=None,
+        rank_pattern={keys[p]: r for p, r in ranks.items()},
+        alpha_pattern={keys[p]: float(r) for p, r in ranks.items()},  # scaling 1: the weights go into B
+    )
+    tuner.peft_config[adapter_name] = config
+    tuner.inject_adapter(tuner.model, adapter_name)
+    with torch.no_grad():
+        for path, layer, present in plan:
+            A = torch.cat([layer.disel_A[a].weight for a, _ in present])  # (R, d)
+            W = torch.cat([layer.disel_gate[a].weight for a, _ in present])  # (R, d)
+            b = torch.cat([layer.disel_gate[a].bias for a, _ in present])  # (R,)
+            B = torch.cat([layer.disel_B[a].weight * (w * layer.scaling[a]) for a, w in present], dim=1)  # (m, R)
+            layer.disel_A[adapter_name].weight.copy_(A)
+            layer.disel_gate[adapter_name].weight.copy_(W)
+            layer.disel_gate[adapter_name].bias.copy_(b)
+            layer.disel_B[adapter_name].weight.copy_(B)
+            if layer.scaling[adapter_name] != 1.0:
+                raise AssertionError(f"combined adapter scaling at {path!r} is {layer.scaling[adapter_name]}, expected 1")
+

@@ -359,3 +359,77 @@ def test_merge_static_measured_error_is_within_the_bound_for_varying_gates():
     disel.unmerge_static(layer)
     with torch.no_grad():
         assert torch.equal(layer(xs[0]), y0)
+
+
+# ------------------------------------------------------------------------------------------ add_weighted_adapter
+
+
+def test_cat_combination_is_exactly_the_weighted_sum_of_gated_updates(tmp_path):
+    """add_weighted_adapter(..., "cat") stacks components with their gates: on random inputs, every layer's
+    combined update equals Σ_k w_k · update_k(x) (different ranks, scalings and target sets), the new adapter
+    is frozen and inactive, and it saves and reloads with plain PEFT calls."""
+    model = random_adapter(r=3, lora_alpha=5)
+    model.add_adapter("other", DiselConfig(r=2, lora_alpha=7, target_modules=["q_proj", "down_proj"], init_weights=False,
+                                           rank_pattern={"down_proj": 5}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".other" in name:
+                p.normal_(0, 0.4)
+    weights = [0.7, -1.3]
+    model.add_weighted_adapter(["default", "other"], weights, "combo", combination_type="cat")
+    assert model.active_adapters == ["default"]
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".combo" in n)
+    generator = torch.Generator().manual_seed(7)
+    from disel.components import _branches
+
+    branches = {(b.path, b.adapter): b for b in _branches(model)}
+    combined_layers = {b.path for b in branches.values() if b.adapter == "combo"}
+    assert combined_layers == {b.path for b in branches.values() if b.adapter == "default"}
+    for path in combined_layers:
+        layer = branches[(path, "combo")]
+        xin = torch.randn(4, 3, layer.A.weight.shape[1], generator=generator)
+        with torch.no_grad():
+            expected = sum(
+                w * branches[(path, a)].update(xin, torch.arange(branches[(path, a)].rank))
+                for a, w in zip(["default", "other"], weights) if (path, a) in branches
+            )
+            got = layer.update(xin, torch.arange(layer.rank))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # float32 sums in another order
+        assert layer.rank == sum(branches[(path, a)].rank for a in ("default", "other") if (path, a) in branches)
+    assert branches[("model.layers.0.mlp.down_proj", "combo")].rank == 3 + 5
+
+    model.set_adapter("combo")
+    ids = token_ids()
+    with torch.no_grad():
+        expected_logits = model(ids).logits
+    model.save_pretrained(tmp_path / "saved", selected_adapters=["combo"])
+    reloaded = PeftModel.from_pretrained(tiny_llama(), tmp_path / "saved" / "combo").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected_logits, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("combination_type", ["svd", "linear", "ties", "dare_linear", "magnitude_prune_svd"])
+def test_other_combination_types_are_refused_with_the_reason(combination_type):
+    """Combinations of fixed weights (svd, linear, ties, dare, magnitude) are refused, saying why and naming 'cat'."""
+    model = random_adapter()
+    model.add_adapter("other", DiselConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="combination_type='cat'") as error:
+        model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "combo", combination_type=combination_type)
+    assert "gate" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((["default", "missing"], [1.0, 1.0], "combo"), "do not exist"),
+        ((["default"], [1.0, 2.0], "combo"), "weights"),
+        ((["default"], [float("inf")], "combo"), "weights"),
+        ((["default"], [1.0], "default"), "adapter_name"),
+        (("default", [1.0], "combo"), "adapters"),
+    ],
+)
+def test_add_weighted_adapter_refuses_bad_arguments(args, message):
+    """Unknown adapters, mismatched or non-finite weights and an existing name are refused, naming the argument."""
+    model = random_adapter()
+    with pytest.raises(ValueError, match=message):
+        model.add_weighted_adapter(*args)

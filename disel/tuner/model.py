@@ -62,3 +62,19 @@ class DiselModel(BaseTuner):
         # Allowed only for a fully static adapter: disel.merge_static folded every component into W0.
         if any(len(layer.disel_A) for layer in self.model.modules() if isinstance(layer, DiselLayer)):
             raise NotImplementedError(MERGE_REFUSAL)
+
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: str = "cat",
+        **svd_and_density_options,
+    ) -> None:
+        """Add ``adapter_name`` = Σ_k weights[k] · adapters[k]. Only ``"cat"`` exists for DISeL, and it is
+        exact: the components (rows of A, W_g, b_g; columns of B scaled by the weights) are stacked, each
+        keeping its own gate. See :func:`disel.components.combine_cat`."""
+        from ..components import combine_cat
+
+        combine_cat(self, adapters, weights, adapter_name, combination_type=combination_type, **svd_and_density_options)
+

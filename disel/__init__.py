@@ -12,11 +12,13 @@ from .optim import DEFAULT_GATE_LR_RATIO, param_groups
 from .recording import GateRecorder, GateStats, record_gates
 from .tuner import DiselConfig, DiselModel, register_disel
 from .components import (
+    AlignReport,
     ComponentStatistics,
     LayerComponents,
     MergeReport,
     OutputChange,
     PruneReport,
+    align_components,
     component_statistics,
     merge_static,
     prune,
@@ -39,6 +41,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AlignReport",
     "ComponentStatistics",
     "DEFAULT_GATE_LR_RATIO",
     "DiselConfig",
@@ -52,6 +55,7 @@ __all__ = [
     "MergeReport",
     "OutputChange",
     "PruneReport",
+    "align_components",
     "component_statistics",
     "disel_update",
     "disel_update_reference",

@@ -41,12 +41,14 @@ from .layers import DiselLinear
 from .tuner.layer import DiselLayer
 
 __all__ = [
+    "AlignReport",
     "CAT_ONLY_REASON",
     "ComponentStatistics",
     "LayerComponents",
     "MergeReport",
     "OutputChange",
     "PruneReport",
+    "align_components",
     "combine_cat",
     "component_statistics",
     "merge_static",
@@ -171,6 +173,7 @@ class LayerComponents:
     contribution: list[float]  # c_i = s · E[g_i |a_iᵀx|] · ‖b_i‖
     merge_error_bound: list[float]  # e_i = s · ‖b_i‖ · sd_i · sqrt(E[(a_iᵀx)²])
     b_norm: list[float]  # ‖b_i‖
+    gate_correlation: list[list[float]] | None = None  # corr(g_i, g_j), with pairwise=True only
 
     @property
     def rank(self) -> int:
@@ -226,32 +229,69 @@ class ComponentStatistics:
 
 
 class _Accumulator:
-    """Streaming float64 sums per component: count, Σg, Σg², Σ g·|aᵀx|, Σ (aᵀx)²."""
+    """Streaming float64 sums per component over N tokens, gates taken about a shift c (the first batch's
+    mean gate) so that a constant gate has a variance of exactly 0 (no cancellation in E[g²] − ḡ²):
+    Σ(g − c), Σ(g − c)², Σ g·|aᵀx|, Σ (aᵀx)², and Σ (g − c)(g − c)ᵀ if pairwise."""
 
-    def __init__(self, rank: int, device: torch.device) -> None:
+    def __init__(self, rank: int, device: torch.device, pairwise: bool = False) -> None:
         self.count = 0
+        self.shift = torch.zeros(rank, dtype=torch.float64, device=device)
         self.sums = torch.zeros(4, rank, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(rank, rank, dtype=torch.float64, device=device) if pairwise else None
 
     def add(self, gates: Tensor, projections: Tensor) -> None:
         g, ax = gates.double(), projections.double()  # (N, r)
+        if g.shape[0] == 0:
+            return
+        if self.count == 0:
+            self.shift = g.mean(0)
+        gc = g - self.shift  # (N, r)
         self.count += g.shape[0]
-        self.sums += torch.stack([g.sum(0), (g * g).sum(0), (g * ax.abs()).sum(0), (ax * ax).sum(0)])
+        self.sums += torch.stack([gc.sum(0), (gc * gc).sum(0), (g * ax.abs()).sum(0), (ax * ax).sum(0)])
+        if self.gram is not None:
+            self.gram += gc.T @ gc  # (r, r)
+
+    def _shifted(self, shift: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The sums re-expressed about another shift (exact algebra, for pooling)."""
+        d = self.shift - shift  # (g − shift) = (g − c) + d
+        s1, s2 = self.sums[0], self.sums[1]
+        sums = self.sums.clone()
+        sums[0] = s1 + self.count * d
+        sums[1] = s2 + 2 * d * s1 + self.count * d * d
+        gram = None
+        if self.gram is not None:
+            gram = self.gram + torch.outer(s1, d) + torch.outer(d, s1) + self.count * torch.outer(d, d)
+        return sums, gram
 
     def merged(self, other: _Accumulator) -> _Accumulator:
-        out = _Accumulator(self.sums.shape[1], self.sums.device)
-        out.count, out.sums = self.count + other.count, self.sums + other.sums
+        out = _Accumulator(self.sums.shape[1], self.sums.device, self.gram is not None)
+        if self.count == 0 or other.count == 0:
+            source = other if self.count == 0 else self
+            out.count, out.shift, out.sums, out.gram = source.count, source.shift, source.sums, source.gram
+            return out
+        out.count, out.shift = self.count + other.count, self.shift
+        sums_other, gram_other = other._shifted(self.shift)
+        out.sums = self.sums + sums_other
+        out.gram = None if self.gram is None else self.gram + gram_other
         return out
 
     def summary(self, branch: _Branch) -> LayerComponents:
         n = max(self.count, 1)
-        mean_g, mean_g2, mean_gax, mean_ax2 = (self.sums / n).cpu().unbind(0)
-        std = (mean_g2 - mean_g**2).clamp_min(0).sqrt()
+        mean_gc, mean_gc2, mean_gax, mean_ax2 = (self.sums / n).cpu().unbind(0)
+        mean_g = self.shift.cpu() + mean_gc
+        std = (mean_gc2 - mean_gc**2).clamp_min(0).sqrt()
         b_norm = branch.B.weight.detach().double().norm(dim=0).cpu()  # (r,)
         s = branch.scaling
+        correlation = None
+        if self.gram is not None:
+            covariance = self.gram.cpu() / n - torch.outer(mean_gc, mean_gc)  # (r, r)
+            denominator = torch.outer(std, std)
+            correlation = torch.where(denominator > 0, covariance / denominator.clamp_min(1e-300), 0.0).tolist()
         return LayerComponents(
             module=branch.path, adapter=branch.adapter, scaling=s, tokens=self.count,
             gate_mean=mean_g.tolist(), gate_std=std.tolist(), contribution=(s * mean_gax * b_norm).tolist(),
             merge_error_bound=(s * b_norm * std * mean_ax2.sqrt()).tolist(), b_norm=b_norm.tolist(),
+            gate_correlation=correlation,
         )
 
 
@@ -319,6 +359,7 @@ def component_statistics(
     *,
     adapter_name: str | None = None,
     token_mask_key: str | None = "attention_mask",
+    pairwise: bool = False,
 ) -> ComponentStatistics:
     """Measure per-component gate mean/std, contribution and merge error bound (module docstring) on data.
 
@@ -329,6 +370,7 @@ def component_statistics(
             (``model(*batch)``) or a dict (``model(**batch)``).
         adapter_name: only this adapter (default: every adapter that is active).
         token_mask_key: in dict batches, the (batch, seq) mask of tokens to count (padding left out).
+        pairwise: also record the gate correlation matrix (r × r per layer), for :func:`align_components`.
 
     The model runs in eval mode under ``no_grad`` (no dropout); its training mode is restored after.
     """
@@ -338,7 +380,7 @@ def component_statistics(
     sources = _domains(batches)
     per_domain: dict[str | None, dict[int, _Accumulator]] = {}
     for name, source in sources.items():
-        accumulators = {i: _Accumulator(b.rank, b.A.weight.device) for i, b in enumerate(branches)}
+        accumulators = {i: _Accumulator(b.rank, b.A.weight.device, pairwise) for i, b in enumerate(branches)}
         state = {"mask": None}
         by_layer: dict[int, list[int]] = {}
         for i, branch in enumerate(branches):
@@ -629,6 +671,114 @@ def prune(
         else:
             report.parameters_after += branch.num_parameters()
     _sync_peft_config(model, [b.adapter for b, _ in pairs])
+    return report
+
+
+# ----------------------------------------------------------------------------------------- align
+
+
+@dataclass
+class AlignReport:
+    """What :func:`align_components` did: per layer, the groups of components that now share one gate
+    (component indices), and the measured output change on the given data (``None`` without data)."""
+
+    groups: dict[str, list[list[int]]]
+    min_gate_correlation: float
+    output_change: OutputChange | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _correlated_groups(correlation: list[list[float]], stds: list[float], threshold: float) -> list[list[int]]:
+    """Connected components of the graph "corr(g_i, g_j) ≥ threshold" (constant gates stay alone)."""
+    r = len(stds)
+    parent = list(range(r))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(r):
+        for j in range(i + 1, r):
+            if stds[i] > 0 and stds[j] > 0 and correlation[i][j] >= threshold:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(r):
+        groups.setdefault(find(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def align_components(
+    model: nn.Module,
+    stats: ComponentStatistics,
+    *,
+    min_gate_correlation: float = 0.99,
+    adapter_name: str | None = None,
+    batches: Iterable | Mapping[str, Iterable] | None = None,
+) -> AlignReport:
+    """Re-express components that share (nearly) one gate in the SVD basis of their summed update, in place.
+
+    Components whose gates are perfectly correlated act as one gate times ``Σ_i b_i a_iᵀ``; gradient
+    training spreads such an update over all of them, so no single component is negligible and
+    :func:`prune` cannot lower the rank. Within each group of components with pairwise gate correlation
+    ``≥ min_gate_correlation`` (``stats`` from ``component_statistics(..., pairwise=True)``), ``B_G A_G``
+    is replaced by its SVD factors ``b'_j = u_j √σ_j``, ``a'_j = √σ_j v_jᵀ`` (same number of components,
+    so the rank does not change) and every gate of the group by one gate: the contribution-weighted mean
+    of the group's ``(W_g, b_g)`` rows. Exact when the group's gates are identical; otherwise the output
+    change is measured on ``batches``. The small singular directions then have small contributions:
+    recompute the statistics and :func:`prune` them.
+    """
+    if not 0 < min_gate_correlation <= 1:
+        raise ValueError(f"min_gate_correlation must be in (0, 1], got min_gate_correlation={min_gate_correlation!r}")
+    pairs = _matched(model, stats, adapter_name)
+    plan = []
+    for branch, entry in pairs:
+        if entry.gate_correlation is None:
+            raise ValueError("align_components needs component_statistics(..., pairwise=True) (gate correlations)")
+        groups = _correlated_groups(entry.gate_correlation, entry.gate_std, min_gate_correlation)
+        new = {}
+        with torch.no_grad():
+            A, B = branch.A.weight.detach().double(), branch.B.weight.detach().double()
+            W, b = branch.gate.weight.detach().double(), branch.gate.bias.detach().double()
+            A, B, W, b = A.clone(), B.clone(), W.clone(), b.clone()
+            for group in groups:
+                index = torch.tensor(group, device=A.device)
+                U, S, Vh = torch.linalg.svd(B[:, index] @ A[index], full_matrices=False)  # (m, k), (k,), (k, d)
+                k = len(group)
+                root = S[:k].sqrt()
+                B[:, index] = U[:, :k] * root
+                A[index] = root[:, None] * Vh[:k]
+                weights = torch.tensor([entry.contribution[i] for i in group], dtype=torch.float64, device=A.device)
+                weights = weights / weights.sum() if float(weights.sum()) > 0 else torch.full_like(weights, 1 / k)
+                W[index] = (weights[:, None] * W[index]).sum(0)
+                b[index] = (weights * b[index]).sum()
+            new = {"A": A, "B": B, "W": W, "b": b}
+        plan.append((branch, groups, new))
+    output_change = None
+    if batches is not None:
+        corrections: dict[int, tuple[nn.Module, list]] = {}
+        for branch, groups, new in plan:
+            if groups:
+                def fn(x, br=branch, p=new):
+                    x = br.adapter_input(x)
+                    dt = br.A.weight.dtype
+                    aligned = disel_update(x, p["A"].to(dt), p["B"].to(dt), p["W"].to(dt), p["b"].to(dt), br.scaling)
+                    return aligned - br.update(x, torch.arange(br.rank, device=x.device))
+
+                corrections.setdefault(id(branch.layer), (branch.layer, []))[1].append(fn)
+        output_change = _measure_output_change(model, batches, corrections)
+    report = AlignReport(groups={}, min_gate_correlation=float(min_gate_correlation), output_change=output_change)
+    for branch, groups, new in plan:
+        report.groups[_layer_name(branch)] = groups
+        if groups:
+            with torch.no_grad():
+                branch.A.weight.copy_(new["A"])
+                branch.B.weight.copy_(new["B"])
+                branch.gate.weight.copy_(new["W"])
+                branch.gate.bias.copy_(new["b"])
     return report
 
 

@@ -433,3 +433,37 @@ def test_add_weighted_adapter_refuses_bad_arguments(args, message):
     model = random_adapter()
     with pytest.raises(ValueError, match=message):
         model.add_weighted_adapter(*args)
+
+
+# ------------------------------------------------------------------------------------------ toy evidence
+
+
+def test_toy_planted_layer_prunes_zero_b_and_folds_constant_gates_exactly():
+    """On the planted Bayes layer (eq. 31–33) with extra components: prune(threshold=0) removes exactly the
+    zero-B components, merge_static folds exactly the constant-gate ones (leaving W0 and the rank-Δ Bayes
+    layer), and the output is unchanged to float64 precision."""
+    from toy.compress import planted_compression
+
+    result = planted_compression(samples=2000, eval_samples=2000, extra_zero_b=2, extra_constant=3, seed=1)
+    assert result["pruned"] == result["components"]["zero_b"]
+    assert result["folded"] == result["components"]["constant_gate"]
+    assert result["remaining_rank"] == result["rank_delta"]
+    assert result["max_abs_output_change_prune"] < 1e-12
+    assert result["max_abs_output_change_merge"] < 1e-12
+    assert result["measured_relative_rms_merge"] < 1e-12
+    assert result["max_abs_base_minus_W0_after_merge"] < 1e-12
+    assert result["mse_after"] == pytest.approx(result["mse_before"], rel=1e-10)
+
+
+def test_toy_trained_disel_with_excess_rank_prunes_to_rank_delta():
+    """DISeL trained with r = 5 > rank Δ = 2 spreads the update over all components (none negligible); after
+    aligning its correlated gates, prune keeps rank Δ components and the excess MSE stays within 2 % of the
+    trained layer's on the same evaluation samples."""
+    from toy.compress import trained_rank_recovery
+    from toy.train import ToyTrainConfig
+
+    config = ToyTrainConfig(steps=800, eval_samples=1000)
+    result = trained_rank_recovery(rank=5, config=config, samples=5000, eval_samples=20_000, seed=0)
+    assert result["components_above_threshold_without_align"] > result["rank_delta"]
+    assert result["rank_after_prune"] == result["rank_delta"]
+    assert result["mse_pruned"] <= 1.02 * result["mse_trained"]

@@ -20,6 +20,7 @@ exact for DISeL). :func:`prune_adapter_dir` is the adapter-directory-in, adapter
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -812,6 +813,10 @@ class _StaticMerge:
     scaling: float
     delta: Tensor  # the folded s · B_S diag(ḡ_S) A_S, (m, d), for inspection
     config_before: Any = None
+    sequence: int = field(default_factory=lambda: next(_FOLD_SEQUENCE))  # order of folds across layers
+
+
+_FOLD_SEQUENCE = itertools.count()
 
 
 _STATIC_MERGES = "_disel_static_merges"
@@ -911,6 +916,7 @@ def unmerge_static(model: nn.Module) -> int:
     restored bit for bit); returns the number of layer folds undone."""
     undone = 0
     tuner = _tuner(model)
+    earliest: dict[str, _StaticMerge] = {}  # per adapter, the first fold: its config is the one before any fold
     for path, layer in _root(model).named_modules():
         records = layer.__dict__.get(_STATIC_MERGES)
         if not records:
@@ -921,9 +927,21 @@ def unmerge_static(model: nn.Module) -> int:
             with torch.no_grad():
                 branch.base.weight.copy_(record.weight_before)
             _restore_modules(branch, record.modules, record.rank, record.scaling)
-            if tuner is not None and record.config_before is not None:
-                tuner.peft_config[record.adapter] = record.config_before
+            if record.adapter not in earliest or record.sequence < earliest[record.adapter].sequence:
+                earliest[record.adapter] = record
             undone += 1
+    if tuner is not None:
+        for adapter, record in earliest.items():
+            if record.config_before is not None:
+                tuner.peft_config[adapter] = record.config_before
+            # A prune after the merge changed ranks that config does not know: write the ranks as they are.
+            config = tuner.peft_config[adapter]
+            for path, layer in tuner.model.named_modules():
+                if isinstance(layer, DiselLayer) and adapter in layer.disel_A:
+                    r, alpha = config.rank_and_alpha(path)
+                    if r != layer.r[adapter] or not math.isclose(alpha / r, layer.scaling[adapter], rel_tol=1e-12):
+                        _sync_peft_config(model, [adapter])
+                        break
     return undone
 
 

@@ -467,3 +467,66 @@ def test_toy_trained_disel_with_excess_rank_prunes_to_rank_delta():
     assert result["components_above_threshold_without_align"] > result["rank_delta"]
     assert result["rank_after_prune"] == result["rank_delta"]
     assert result["mse_pruned"] <= 1.02 * result["mse_trained"]
+
+
+def test_prune_adapter_dir_writes_a_loadable_adapter_and_its_report(tmp_path):
+    """prune_adapter_dir: adapter dir + statistics JSON in, pruned adapter dir + report JSON out, loadable."""
+    base_dir = tmp_path / "base"
+    tiny_llama().save_pretrained(base_dir)
+    model = random_adapter()
+    _zero_b(model, {"model.layers.0.mlp.up_proj": [0, 2]})
+    model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    model.save_pretrained(tmp_path / "adapter")
+    ids = token_ids()
+    disel.component_statistics(model, [ids]).save_json(tmp_path / "stats.json")
+    with torch.no_grad():
+        expected = model(ids).logits
+    report = disel.prune_adapter_dir(tmp_path / "adapter", tmp_path / "pruned", tmp_path / "stats.json", threshold=0.0)
+    assert report.kept["model.layers.0.mlp.up_proj"] == [1, 3]
+    saved = json.loads((tmp_path / "pruned" / "prune_report.json").read_text())
+    assert saved["rank_after"]["model.layers.0.mlp.up_proj"] == 2
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "pruned").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="out_dir"):
+        disel.prune_adapter_dir(tmp_path / "adapter", tmp_path / "adapter", tmp_path / "stats.json", threshold=0.0)
+
+
+def test_merge_static_folds_into_transposed_conv1d_weights():
+    """GPT-2's Conv1D stores W transposed (d_in, d_out): folding constant gates there keeps the output too."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=VOCAB, n_positions=32)).eval()
+    model = get_peft_model(base, DiselConfig(r=3, target_modules=["c_attn", "c_fc"], init_weights=False)).eval()
+    with torch.no_grad():
+        for layer in disel_layers(model).values():
+            layer.disel_gate["default"].weight[1] = 0
+    ids = token_ids()
+    with torch.no_grad():
+        before = model(ids).logits
+    report = disel.merge_static(model, disel.component_statistics(model, [ids]), std_threshold=1e-9)
+    assert all(v == [1] for v in report.merged.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=1e-5, atol=1e-5)
+
+
+def test_two_merges_then_unmerge_restore_everything():
+    """Two successive merge_static calls on different layers are undone together: weights, parameters and the
+    config before the first fold come back bit for bit."""
+    model = random_adapter()
+    config = model.peft_config["default"].to_dict()
+    ids = token_ids()
+    _constant_gates(model, {"model.layers.1.self_attn.o_proj": [3]})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    disel.merge_static(model, disel.component_statistics(model, [ids]), std_threshold=1e-9)
+    _constant_gates(model, {"model.layers.0.self_attn.q_proj": [0]})
+    state_between = {k: v.clone() for k, v in model.state_dict().items()}
+    disel.merge_static(model, disel.component_statistics(model, [ids]), std_threshold=1e-9)
+    assert model.peft_config["default"].to_dict() != config
+    assert disel.unmerge_static(model) == 2
+    after = model.state_dict()
+    q_gate = "base_model.model.model.layers.0.self_attn.q_proj.disel_gate.default.weight"
+    assert torch.equal(after[q_gate], state_between[q_gate])  # the second fold's gate edit is kept (made by us)
+    assert all(torch.equal(after[k], state[k]) for k in after if k != q_gate)
+    assert model.peft_config["default"].to_dict() == config

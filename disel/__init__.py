@@ -41,9 +41,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DEFAULT_GATE_LR_RATIO",
     "AlignReport",
     "ComponentStatistics",
-    "DEFAULT_GATE_LR_RATIO",
     "DiselConfig",
     "DiselGate",
     "DiselLinear",

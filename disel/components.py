@@ -42,8 +42,8 @@ from .layers import DiselLinear
 from .tuner.layer import DiselLayer
 
 __all__ = [
-    "AlignReport",
     "CAT_ONLY_REASON",
+    "AlignReport",
     "ComponentStatistics",
     "LayerComponents",
     "MergeReport",
@@ -387,7 +387,7 @@ def component_statistics(
         for i, branch in enumerate(branches):
             by_layer.setdefault(id(branch.layer), []).append(i)
 
-        def make_hook(indices: list[int]) -> Callable:
+        def make_hook(indices: list[int], state=state, accumulators=accumulators) -> Callable:
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
                 for i in indices:
                     branch = branches[i]

@@ -96,7 +96,7 @@ def _fresh_process_logits(tmp_path: Path, adapter_dir: Path) -> torch.Tensor:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, str(script), str(adapter_dir), str(tmp_path / "ids.pt"), str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(out / "peft_model.pt")
@@ -306,7 +306,7 @@ def test_merge_static_folds_exactly_the_constant_gates_and_undoes_exactly():
         before = model(ids).logits
     stats = disel.component_statistics(model, {"a": [ids], "b": [token_ids(seed=5)]})
     report = disel.merge_static(model, stats, std_threshold=1e-6, batches=[ids])
-    for path, layer in disel_layers(model).items():
+    for path in disel_layers(model):
         assert report.merged[path] == picks.get(path, [])
         assert report.remaining_rank[path] == 4 - len(picks.get(path, []))
     assert "default" not in disel_layers(model)["model.layers.1.mlp.gate_proj"].disel_A

@@ -14,7 +14,11 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import disel
-from disel.functional import StackedWeightCache, disel_update_reference, stacked_weight_cache_enabled
+from disel.functional import (
+    StackedWeightCache,
+    disel_update_reference,
+    stacked_weight_cache_enabled,
+)
 
 
 def layer(seed: int = 0) -> disel.DiselLinear:

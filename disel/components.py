@@ -856,6 +856,8 @@ def merge_static(
     ``merge_and_unload`` still refuses while any gated component is left; once every component of every
     layer is folded (``report.fully_static``) it merges completely. The saved adapter of a partially
     merged model holds only the gated rest: deploy the merged model itself (or undo first to save).
+    The folds live in the base weights, so ``disable_adapter()`` and ``unload()`` keep them: call
+    :func:`unmerge_static` first to get the pre-trained base back.
 
     With ``batches``, the output error is measured before the fold, by replacing each static component's
     gate by its mean at each layer: ``E‖s (g_i(x) − ḡ_i) b_i a_iᵀx‖`` summed through the model.

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import gate_values
+from .io import write_text_atomic
 
 __all__ = [
     "ATTENTION_CONTAINERS",
@@ -451,17 +451,7 @@ class GateRecorder:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` as JSON atomically (a temporary file in the same folder, then ``os.replace``)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".gates-", suffix=".json.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1, allow_nan=True)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
 
 
 def record_gates(model: nn.Module, token_mask: Tensor | None = None, bins: int = 20,

@@ -1,7 +1,7 @@
 """The paper's figures: one ``figN_*.py`` module per figure, all drawn with :mod:`paper_figs.style`.
 
 Each figure module has a ``main(argv=None)`` that reads its result files through the library
-(:mod:`disel.experiments.results`; Figure 1 computes its numbers with :mod:`toy`) and writes
+(:mod:`disel.experiments.schemas`; Figure 1 computes its numbers with :mod:`toy`) and writes
 ``<out>/<name>.png`` and ``.pdf``. ``python -m paper_figs.run_all`` regenerates all of them; see
 ``paper_figs/README.md`` for each figure's command and inputs.
 """

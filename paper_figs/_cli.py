@@ -1,7 +1,7 @@
 """The command-line frame every result-reading figure script shares: draw, save, report.
 
 A figure script's ``main(argv)`` parses its flags and hands :func:`render` a function that reads its
-result files (through :mod:`disel.experiments.results`) and returns the figure. A missing or malformed
+result files (through :mod:`disel.experiments.schemas`) and returns the figure. A missing or malformed
 result file ends the script with exit status 2 and one line naming the file and what was wrong; no
 partial figure is written.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from disel.experiments.results import ResultFileError
+from disel.experiments.schemas import ResultFileError
 
 from .style import paper_style, savefig
 
@@ -38,7 +38,7 @@ def render(draw: Callable[[], Figure], stem: Path) -> int:
     """Draw (inside the paper style) and write ``stem.png`` and ``stem.pdf`` atomically.
 
     Returns 0, or :data:`EXIT_BAD_INPUT` after printing the error if a result file is missing or
-    malformed (:class:`~disel.experiments.results.ResultFileError`).
+    malformed (:class:`~disel.experiments.schemas.ResultFileError`).
     """
     try:
         with paper_style():
@@ -74,7 +74,7 @@ def add_runs_arguments(parser: argparse.ArgumentParser, *, evaluator: str, what:
 
 def read_runs_from_args(args: argparse.Namespace):
     """The runs named by :func:`add_runs_arguments`' flags, with ``args.evaluator``'s tables."""
-    from disel.experiments.results import find_run_dirs, read_runs
+    from disel.experiments.schemas import find_run_dirs, read_runs
 
     run_dirs = args.run if args.run else find_run_dirs(args.runs_dir)
     return read_runs(run_dirs, args.evaluator)

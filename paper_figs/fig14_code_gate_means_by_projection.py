@@ -1,7 +1,7 @@
 """Figure 14: mean gate value per projection and depth third, second model (code-tuned).
 
-Reads one ``disel.gates/1`` file (:func:`disel.experiments.gates.analyze_gates`, or
-``python -m disel.experiments.eval_cli gates``): post-sigmoid gate values of a trained DISeL adapter
+Reads one ``disel.gates/1`` file (:func:`disel.experiments.eval.gates.analyze_gates`, or
+``python -m disel.experiments.cli.eval gates``): post-sigmoid gate values of a trained DISeL adapter
 on held-out inputs, grouped by depth third (early / mid / late layers). The view of Figure 11 for the second
 model, on ``--domain`` (default ``code``, its fine-tuning domain).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from disel.experiments.results import read_gates
+from disel.experiments.schemas import read_gates
 
 from ._cli import figure_parser, render
 from .plots import gate_means_figure
@@ -23,7 +23,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = figure_parser(__doc__, "python -m paper_figs.fig14_code_gate_means_by_projection")
-    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (eval_cli gates)")
+    parser.add_argument("--gates", type=Path, required=True, help="disel.gates/1 file (disel-eval gates)")
     parser.add_argument("--domain", default="code", help="input domain (default: code)")
     parser.add_argument("--modules", nargs="+", default=None, help="projections to show (default: all recorded)")
     args = parser.parse_args(argv)

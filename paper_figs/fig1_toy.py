@@ -6,8 +6,10 @@ reference lines over each group: the best fixed correction (``¼ tr(Δ S Δᵀ)`
 ``toy.fixed_mse(problem, toy.fixed_optimum(problem))``) and the Bayes-optimal input-dependent correction
 (eq. 25, ``toy.bayes_mse``). Every number drawn comes from ``toy.run_figure1`` (or the JSON it wrote).
 
-    python -m toy figure1                      # train, write paper_figs/out/figure1.{json,png,pdf}
+    python -m paper_figs.fig1_toy [--steps N] [--seed N]   # train (python -m toy figure1), then draw
     python -m paper_figs.fig1_toy --from-json paper_figs/out/figure1.json   # redraw from the numbers
+
+The toy never imports this module: it computes and writes ``figure1.json``; this module draws.
 """
 
 from __future__ import annotations
@@ -90,16 +92,21 @@ def render_figure1(numbers: Mapping[str, Any], stem: str | Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Redraw Figure 1 from a JSON (``--from-json``), or train and draw it (``python -m toy figure1``)."""
-    parser = argparse.ArgumentParser(prog="python -m paper_figs.fig1_toy", description=__doc__.split("\n\n")[0])
+    """Redraw Figure 1 from a JSON (``--from-json``), or train (``python -m toy figure1``) and draw it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m paper_figs.fig1_toy", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--from-json", type=Path, default=None, help="numbers written by `python -m toy figure1`")
     parser.add_argument("--out", type=Path, default=Path("paper_figs") / "out", help="output folder")
     args, rest = parser.parse_known_args(argv)
     if args.from_json is None:
         from toy.__main__ import main as toy_main  # train (all of `python -m toy figure1`'s options apply)
 
-        return toy_main(["figure1", "--out", str(args.out), *rest])
-    if rest:
+        status = toy_main(["figure1", "--out", str(args.out), *rest])
+        if status != 0:
+            return status
+        args.from_json = args.out / "figure1.json"
+    elif rest:
         parser.error(f"unrecognised arguments with --from-json: {' '.join(rest)}")
     numbers = json.loads(args.from_json.read_text(encoding="utf-8"))
     paths = render_figure1(numbers, args.out / "figure1")

@@ -1,6 +1,6 @@
 """Figure 2: GLUE accuracy against masked-LM perplexity (log scale), one marker per method and rank.
 
-Reads one ``disel.tradeoff/1`` table (:mod:`disel.experiments.results`): per (method, rank, seed) the
+Reads one ``disel.tradeoff/1`` table (:mod:`disel.experiments.schemas`): per (method, rank, seed) the
 mean GLUE accuracy (``ft_score``) and the mean masked-LM perplexity of the fine-tuned encoder with the
 original MLM head (``retention``, lower is better; paper Appendix II.5). Markers are means over seeds
 with ± one standard deviation error bars; the dashed line is the pre-trained model's perplexity.
@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from disel.experiments.results import TradeoffTable, read_tradeoff_table
+from disel.experiments.schemas import TradeoffTable, read_tradeoff_table
 
 from ._cli import figure_parser, render
 from .plots import draw_tradeoff

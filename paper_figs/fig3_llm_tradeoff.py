@@ -1,6 +1,6 @@
 """Figure 3: fine-tuning accuracy against retention, one panel per model, one marker per method and rank.
 
-Reads one ``disel.tradeoff/1`` table per panel (:mod:`disel.experiments.results`; the paper: Llama-2-7B
+Reads one ``disel.tradeoff/1`` table per panel (:mod:`disel.experiments.schemas`; the paper: Llama-2-7B
 on MetaMathQA scored by GSM8K, Mistral-7B on Magicoder scored by HumanEval; retention = mean accuracy
 over the 14-benchmark lm-eval suite). Markers are means over seeds (error bars with two or more seeds);
 the dashed line is the base model's retention. A table's optional ``title`` names its panel.
@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from disel.experiments.results import TradeoffTable, read_tradeoff_table
+from disel.experiments.schemas import TradeoffTable, read_tradeoff_table
 
 from ._cli import figure_parser, render
 from .plots import draw_tradeoff

@@ -11,7 +11,7 @@
   the same code: :func:`gates_by_domain_figure` (4, 12), :func:`gates_by_module_figure` (5),
   :func:`gates_by_kind_figure` (10, 13), :func:`gate_means_figure` (11, 14), :func:`checkpoint_figure` (6–9).
 
-Inputs are the typed results of :mod:`disel.experiments.results`; nothing here reads files. Call inside
+Inputs are the typed results of :mod:`disel.experiments.schemas`; nothing here reads files. Call inside
 :func:`paper_figs.style.paper_style`.
 """
 
@@ -27,20 +27,18 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from disel.experiments.results import (
+from disel.experiments.schemas import (
     DEPTH_THIRDS,
     MODULE_ORDER,
-    CheckpointCurve,
     GateHistogram,
     GatesFile,
     MissingResultFileError,
     RunResults,
     TradeoffTable,
-    checkpoint_curves,
     shared_base_value,
-    summarize_over_seeds,
 )
 
+from .aggregate import CheckpointCurve, checkpoint_curves, summarize_over_seeds
 from .style import METHOD_COLORS, METHOD_LABELS, TEXT_WIDTH_IN, palette_color, rank_colors
 
 __all__ = [

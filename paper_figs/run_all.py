@@ -143,28 +143,16 @@ def build_jobs(args: argparse.Namespace) -> tuple[list[FigureJob], dict[int, str
 
     gates = _default(args.gates, results, "gates_math.json")
     gates_code = _default(args.gates_code, results, "gates_code.json")
-    add(4, ["--gates", str(gates)], [gates], "math gates file (--gates)")
-    add(
-        5,
-        ["--gates", str(gates), "--domain", args.ft_domain, "--modules", *args.modules],
-        [gates],
-        "math gates file (--gates)",
-    )
-    add(10, ["--gates", str(gates), "--domain", args.ft_domain], [gates], "math gates file (--gates)")
-    add(11, ["--gates", str(gates), "--domain", args.ft_domain], [gates], "math gates file (--gates)")
-    add(12, ["--gates", str(gates_code)], [gates_code], "code gates file (--gates-code)")
-    add(
-        13,
-        ["--gates", str(gates_code), "--domain", args.code_ft_domain],
-        [gates_code],
-        "code gates file (--gates-code)",
-    )
-    add(
-        14,
-        ["--gates", str(gates_code), "--domain", args.code_ft_domain],
-        [gates_code],
-        "code gates file (--gates-code)",
-    )
+    for figure, path, extra, what in (
+        (4, gates, [], "math gates file (--gates)"),
+        (5, gates, ["--domain", args.ft_domain, "--modules", *args.modules], "math gates file (--gates)"),
+        (10, gates, ["--domain", args.ft_domain], "math gates file (--gates)"),
+        (11, gates, ["--domain", args.ft_domain], "math gates file (--gates)"),
+        (12, gates_code, [], "code gates file (--gates-code)"),
+        (13, gates_code, ["--domain", args.code_ft_domain], "code gates file (--gates-code)"),
+        (14, gates_code, ["--domain", args.code_ft_domain], "code gates file (--gates-code)"),
+    ):
+        add(figure, ["--gates", str(path), *extra], [path], what)
 
     runs = _default(args.runs_dir, results, "runs_math")
     runs_code = _default(args.runs_dir_code, results, "runs_code")

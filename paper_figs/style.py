@@ -168,13 +168,13 @@ def paper_style() -> Iterator[None]:
 def savefig(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write ``fig`` as ``stem.png`` and ``stem.pdf`` (by default), each file atomically.
 
-    Each format is rendered in memory and written with :func:`disel.experiments.io.write_bytes_atomic`,
+    Each format is rendered in memory and written with :func:`disel.io.write_bytes_atomic`,
     so a reader (or an interrupted run) never sees a half-written figure. The folder is created.
     PDFs carry no creation date, so a rerun with the same numbers writes the same bytes.
 
     Returns the written paths, in ``formats`` order.
     """
-    from disel.experiments.io import write_bytes_atomic
+    from disel.io import write_bytes_atomic
 
     stem = Path(stem)
     if stem.suffix.lstrip(".") in formats:

@@ -3,15 +3,15 @@
 :func:`make_tiny_results` runs, on the CPU in well under a minute, what the paper's GPU runs do at scale:
 
 1. trains a 3-layer tiny Llama (``tiny_models.make_tiny_causal_lm``) with
-   :func:`disel.experiments.train.train` on arithmetic word problems, for DISeL and LoRA at ranks 2 and 4
+   :func:`disel.experiments.train.run.train` on arithmetic word problems, for DISeL and LoRA at ranks 2 and 4
    and seeds 0 and 1, saving a checkpoint every 2 steps;
 2. evaluates the base model and every checkpoint with
-   :func:`disel.experiments.retention.evaluate_checkpoints`: perplexity on English prose and code
+   :func:`disel.experiments.eval.retention.evaluate_checkpoints`: perplexity on English prose and code
    (the retention stand-in) and GSM8K-style exact match on held-out problems (the fine-tuning score);
 3. records the gates of two DISeL adapters on three domains (math, general text, code) with
-   :func:`disel.experiments.gates.analyze_gates`;
+   :func:`disel.experiments.eval.gates.analyze_gates`;
 4. builds the tradeoff table from those tables with
-   :func:`disel.experiments.results.tradeoff_table_from_runs` and writes it;
+   :func:`disel.experiments.schemas.tradeoff_table_from_runs` and writes it;
 5. writes Figure 1's numbers with a short run of ``python -m toy figure1``.
 
 The layout is the one ``python -m paper_figs.run_all --results ROOT`` reads (module doc there), with
@@ -60,15 +60,16 @@ class TinyResults:
 
 def make_tiny_results(root: Path, *, steps: int = 4, save_steps: int = 2) -> TinyResults:
     """Train, evaluate and record into ``root`` (see the module docstring); returns the paths."""
-    from disel.experiments.arithmetic import generate_problems, write_jsonl
+    from disel.experiments.data.arithmetic import generate_problems, write_jsonl
     from disel.experiments.config import config_from_dict
-    from disel.experiments.data import format_prompt
-    from disel.experiments.evaluate import GenerationSettings, load_model_for_eval
-    from disel.experiments.gates import GateDomain, analyze_gates, save_gates
-    from disel.experiments.offline_text import general_english_texts, python_function_tasks
-    from disel.experiments.results import tradeoff_table_from_runs
-    from disel.experiments.retention import Gsm8kEvaluator, PerplexityEvaluator, evaluate_checkpoints
-    from disel.experiments.train import train
+    from disel.experiments.data.templates import format_prompt
+    from disel.experiments.eval.generation import GenerationSettings, load_model_for_eval
+    from disel.experiments.eval.gates import GateDomain, analyze_gates, save_gates
+    from disel.experiments.data.offline_text import general_english_texts, python_function_tasks
+    from disel.experiments.schemas import tradeoff_table_from_runs
+    from disel.experiments.eval.evaluators import Gsm8kEvaluator, PerplexityEvaluator
+    from disel.experiments.eval.retention import evaluate_checkpoints
+    from disel.experiments.train.run import train
 
     root = Path(root)
     seconds: dict[str, float] = {}
@@ -139,7 +140,7 @@ def make_tiny_results(root: Path, *, steps: int = 4, save_steps: int = 2) -> Tin
     tick = time.perf_counter()
     from toy.__main__ import main as toy_main
 
-    toy_main(["figure1", "--steps", "20", "--no-progress", "--no-figure", "--out", str(root)])
+    toy_main(["figure1", "--steps", "20", "--no-progress", "--out", str(root)])
     seconds["toy"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
     return TinyResults(

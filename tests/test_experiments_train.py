@@ -21,21 +21,13 @@ from tiny_models import (
     make_tiny_roberta_mlm,
 )
 
-from disel.experiments import io as experiment_io
-from disel.experiments.cli import main as cli_main
+from disel import io as experiment_io
+from disel.experiments.cli.train import main as cli_main
 from disel.experiments.config import ConfigError, ExperimentConfig, config_from_dict, load_config
-from disel.experiments.data import (
-    ALPACA,
-    IGNORE_INDEX,
-    MAGICODER,
-    CausalLMCollator,
-    DataFormatError,
-    format_prompt,
-    read_rows,
-    split_rows,
-    tokenize_instruction,
-)
-from disel.experiments.train import RESULT_FILE, TrainResult, complete_checkpoints, train
+from disel.experiments.data.collator import CausalLMCollator
+from disel.experiments.data.datasets import DataFormatError, read_rows, split_rows, tokenize_instruction
+from disel.experiments.data.templates import ALPACA, IGNORE_INDEX, MAGICODER, format_prompt
+from disel.experiments.train.run import RESULT_FILE, TrainResult, complete_checkpoints, train
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_TEXT = REPO.parent / "shared" / "paper" / "paper_text.txt"
@@ -299,6 +291,42 @@ def test_overrides_parse_yaml_values_and_json_configs_load(tmp_path):
     assert config_from_dict(config.to_dict()) == config
 
 
+def test_recipes_compose_from_a_setting_and_a_method_overlay(tmp_path):
+    """`base` files are merged key by key (later bases, then the recipe, win); lora_alpha follows 2r when only
+    method.r is overridden; a base chain that comes back to itself is refused."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "setting.yaml").write_text(
+        "model: {path: /m}\ndata: {train_files: [a.jsonl], max_length: 64}\n"
+        "method: {r: 4, target_modules: [q_proj]}\ntraining: {output_dir: o, learning_rate: 1.0e-3, seed: 7}\n"
+    )
+    (tmp_path / "method.yaml").write_text("method: {name: disel, gate_lr_ratio: 3.0}\ntraining: {learning_rate: 2.0e-3}\n")
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text("base: [base/setting.yaml, method.yaml]\ntraining: {output_dir: runs/x}\n")
+    config = load_config(recipe, ["method.r=16"])
+    assert config.method.r == 16 and config.method.scaling_alpha == 32.0
+    assert config.method.target_modules == ["q_proj"] and config.method.gate_lr_ratio == 3.0
+    assert config.training.learning_rate == 2.0e-3 and config.training.seed == 7
+    assert config.training.output_dir == "runs/x" and config.data.max_length == 64
+    from disel.experiments.train.run import build_peft_config
+
+    peft_config = build_peft_config(config)
+    assert peft_config.lora_alpha == 32.0 and peft_config.gate_lr_ratio == 3.0  # the optimizer reads it there
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="comes back to itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "typo.yaml").write_text("base: method.yaml\ntraining: {output_dir: o, lerning_rate: 1}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'training.lerning_rate' in .*typo.yaml; did you mean learning_rate"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_training_section_is_validated_by_transformers(tmp_path, llama_dir, math_file):
+    """A value of the right type that TrainingArguments itself refuses fails with a ConfigError naming the
+    training section, before the model is loaded."""
+    config = _config(llama_dir, math_file, tmp_path / "run", training={"lr_scheduler_type": "no-such-schedule"})
+    with pytest.raises(ConfigError, match=r"training in .*TrainingArguments refused it.*no-such-schedule"):
+        train(config)
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path, math_file):
     """A recipe whose placeholder model path was never set fails before anything is loaded, naming the key."""
     config = _config(tmp_path / "no-such-model", math_file, tmp_path / "out")
@@ -320,7 +348,7 @@ def test_every_recipe_loads_and_validates(recipe):
     """Each recipe is a valid config with the paper's shared settings (Appendices II–III, THEORY.md §1)."""
     config = load_config(recipe)
     assert config.model.path.startswith("/path/to/")  # a placeholder for the user: never a hub id
-    assert config.training.precision == "bf16" and config.training.lr_scheduler_type == "cosine"
+    assert config.training.bf16 is True and config.training.lr_scheduler_type == "cosine"
     assert config.method.scaling_alpha == 2 * config.method.r or config.method.name == "full"
     effective = config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps
     if config.model.task_type == "causal_lm":
@@ -329,13 +357,15 @@ def test_every_recipe_loads_and_validates(recipe):
             assert config.method.target_modules == list(LLAMA_TARGET_MODULES)
         if config.method.name == "disel":
             assert config.method.gate_bias_init == -3.0
-            assert config.training.learning_rate == 2.0e-4 and config.method.gate_lr == 1.0e-3
+            assert config.training.learning_rate == 2.0e-4
+            assert config.method.gate_lr_ratio * config.training.learning_rate == pytest.approx(1.0e-3)
     else:
         assert config.method.target_modules == list(ROBERTA_TARGET_MODULES)
         assert config.method.modules_to_save == ["classifier"]
         if config.method.name == "disel":
             task = recipe.stem.split("_")[2]
-            assert config.method.gate_lr == (1.0e-3 if task in ("cola", "mrpc") else 1.0e-4)
+            gate_lr = config.method.gate_lr_ratio * config.training.learning_rate
+            assert gate_lr == pytest.approx(1.0e-3 if task in ("cola", "mrpc") else 1.0e-4)
             if task in ("mnli", "sst2", "qnli"):
                 assert config.method.gate_bias_init == -7.0
 
@@ -354,12 +384,17 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
     assert written == json.loads(json.dumps(result.to_dict()))
     assert TrainResult.read(output) == TrainResult(**written)
     expected_keys = {
-        "schema", "name", "method", "rank", "task_type", "model_path", "config", "output_dir", "adapter_dir",
+        "schema", "name", "method", "rank", "task_type", "model_path", "config", "output_dir",
         "world_size", "global_step", "epoch", "final_train_loss", "train_loss", "eval", "loss_history",
         "eval_history", "log_history", "checkpoints", "resumed_from", "runtime_s", "data", "parameters",
         "parameter_sha256_per_rank", "versions", "finished_at",
     }
-    assert set(written) == expected_keys and written["schema"] == "disel.train_result/1"
+    assert set(written) == expected_keys and written["schema"] == "disel.train_result/2"
+    # A version-1 file (it also had adapter_dir, always equal to output_dir) still reads.
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / RESULT_FILE).write_text(json.dumps({**written, "schema": "disel.train_result/1", "adapter_dir": str(output)}))
+    assert TrainResult.read(old) == TrainResult.read(output)
     assert written["method"] == "disel" and written["world_size"] == 1 and written["global_step"] == 4
     assert [step for step, _ in written["loss_history"]] == [1, 2, 3, 4]
     assert [c["path"] for c in written["checkpoints"]] == ["checkpoint-2", "checkpoint-4"]
@@ -370,7 +405,7 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
     assert any("disel_gate" in name for name in tensors)
     assert any(bool(t.abs().sum() > 0) for name, t in tensors.items() if "disel_B" in name)  # B moved off zero
     # A finished output_dir is not silently overwritten by a second run without resume.
-    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-4\).*resume=auto"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-4\).*resume_from_checkpoint=auto"):
         train(config)
     for checkpoint in complete_checkpoints(output):  # nor is one whose only trace is its result file
         (checkpoint / "trainer_state.json").unlink()
@@ -379,7 +414,8 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
 
 
 def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, llama_dir, math_file):
-    """The optimizer has a gate group at gate_lr with no weight decay (checked through a callback)."""
+    """The optimizer has a gate group at gate_lr_ratio x learning_rate with no weight decay (checked through a
+    callback): method.gate_lr_ratio reaches the optimizer through the adapter's DiselConfig."""
     from transformers import TrainerCallback
 
     seen = {}
@@ -389,10 +425,10 @@ def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, llama_dir, math_fil
             seen.update({g["name"]: (g["initial_lr"] if "initial_lr" in g else g["lr"], g["weight_decay"])
                          for g in optimizer.param_groups})
 
-    config = _config(llama_dir, math_file, tmp_path / "run", method={"gate_lr": 3.0e-2},
+    config = _config(llama_dir, math_file, tmp_path / "run", method={"gate_lr_ratio": 3.0},
                      training={"max_steps": 1, "weight_decay": 0.1, "save_strategy": "no"})
     train(config, callbacks=[_Groups()])
-    assert seen["gate"] == (3.0e-2, 0.0) and seen["decay"] == (1.0e-2, 0.1)
+    assert seen["gate"] == (pytest.approx(3.0e-2), 0.0) and seen["decay"] == (1.0e-2, 0.1)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora", "full"])
@@ -447,7 +483,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, llama_dir, math_f
         train(crashed, callbacks=[_crash_after_checkpoint(3)])
     assert [p.name for p in complete_checkpoints(tmp_path / "crashed")] == ["checkpoint-3"]
     assert not (tmp_path / "crashed" / RESULT_FILE).exists()
-    crashed.training.resume = "auto"
+    crashed.training.resume_from_checkpoint = "auto"
     resumed = train(crashed)
 
     assert resumed.resumed_from == str(tmp_path / "crashed" / "checkpoint-3")
@@ -464,7 +500,7 @@ def test_resume_auto_skips_a_checkpoint_interrupted_mid_save(tmp_path, llama_dir
     train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1}))
     (output / "checkpoint-2" / "trainer_state.json").unlink()  # as if the process died while saving step 2
     assert [p.name for p in complete_checkpoints(output)] == ["checkpoint-1"]
-    result = train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1, "resume": "auto"}))
+    result = train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1, "resume_from_checkpoint": "auto"}))
     assert result.resumed_from.endswith("checkpoint-1") and result.global_step == 2
 
 
@@ -552,3 +588,23 @@ def test_atomic_json_write_replaces_whole_file_or_nothing(tmp_path, monkeypatch)
         experiment_io.write_json_atomic(path, {"loss": 1.0})
     assert json.loads(path.read_text()) == {"loss": None, "steps": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+@pytest.mark.parametrize(
+    "module, argv, abbreviated",
+    [
+        ("disel.experiments.cli.train", ["--config", "r.yaml", "--print-conf"], "--print-conf"),
+        ("disel.experiments.cli.eval", ["perplexity", "--base", "b", "--out", "o.json", "--max-len", "8"], "--max-len"),
+        ("disel.experiments.cli.compare", ["--max-step", "3"], "--max-step"),
+    ],
+)
+def test_every_cli_names_itself_and_refuses_abbreviated_flags(module, argv, abbreviated, capsys):
+    """Each console script shows its own name (not `python -m ...`) and never takes a prefix for another flag."""
+    import importlib
+
+    command = {"train": "disel-train", "eval": "disel-eval", "compare": "disel-compare"}[module.rsplit(".", 1)[1]]
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {command}") and f"{command}: error: unrecognized arguments: {abbreviated}" in err

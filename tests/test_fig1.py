@@ -99,8 +99,9 @@ def test_paper_style_does_not_leak_rcparams():
 
 
 def test_cli_figure1_smoke(tmp_path: Path, capsys):
-    """`python -m toy figure1` writes figure1.json/.png/.pdf and prints the table with the closed forms."""
-    assert toy_main(["figure1", "--steps", "40", "--out", str(tmp_path), "--no-progress"]) == 0
+    """`python -m paper_figs.fig1_toy` (what scripts/figure1.sh runs) trains through `python -m toy figure1`,
+    which prints the table and writes only figure1.json, then draws figure1.png/.pdf from that JSON."""
+    assert fig1_toy.main(["--steps", "40", "--out", str(tmp_path), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for label in ("Full FT", "LoRA", "DISeL", "fixed optimum (closed form)", "Bayes (closed form)"):
         assert label in printed
@@ -110,10 +111,52 @@ def test_cli_figure1_smoke(tmp_path: Path, capsys):
     assert (tmp_path / "figure1.png").stat().st_size > 0 and (tmp_path / "figure1.pdf").stat().st_size > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
+    # The toy alone computes and writes the numbers, no figure.
+    alone = tmp_path / "toy_only"
+    assert toy_main(["figure1", "--steps", "8", "--out", str(alone), "--no-progress"]) == 0
+    assert sorted(p.name for p in alone.iterdir()) == ["figure1.json"]
+
     # Redraw from the JSON alone (no training) through the figure script's main().
     redraw = tmp_path / "redraw"
     assert fig1_toy.main(["--from-json", str(tmp_path / "figure1.json"), "--out", str(redraw)]) == 0
     assert (redraw / "figure1.png").exists() and (redraw / "figure1.pdf").exists()
+
+
+def test_toy_does_not_import_the_figures():
+    """The toy is a library the figures use, never the other way round (no import cycle)."""
+    import ast
+
+    for path in Path(toy_main.__code__.co_filename).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.split(".")[0] == "paper_figs"], path
+
+
+def test_toy_cli_checks_out_before_training(tmp_path: Path, capsys, monkeypatch):
+    """A bad --out is a one-line usage error (exit 2) before any training starts."""
+    import toy.__main__ as toy_cli
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(toy_cli, "run_figure1", no_training)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "below"):
+        with pytest.raises(SystemExit) as exit_info:
+            toy_main(["figure1", "--out", str(out), "--no-progress"])
+        assert exit_info.value.code == 2
+        assert "--out" in capsys.readouterr().err
+
+
+def test_toy_cli_refuses_abbreviated_flags(tmp_path: Path, capsys):
+    """`--step 4` is not silently taken as `--steps 4` (prefix matching is off)."""
+    with pytest.raises(SystemExit) as exit_info:
+        toy_main(["figure1", "--step", "4", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--step" in capsys.readouterr().err
+    assert not (tmp_path / "figure1.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -135,3 +178,10 @@ def test_cli_sweeps_smoke(tmp_path: Path, capsys, argv, name):
 
 def test_run_all_discovers_the_figure1_module():
     assert "paper_figs.fig1_toy" in figure_modules()
+
+
+def test_committed_figure1_numbers_still_draw(tmp_path: Path):
+    """The committed paper_figs/out/figure1.json (written before the toy stopped drawing) redraws as it is."""
+    committed = Path(fig1_toy.__file__).parent / "out" / "figure1.json"
+    assert fig1_toy.main(["--from-json", str(committed), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "figure1.png").stat().st_size > 0 and (tmp_path / "figure1.pdf").stat().st_size > 0

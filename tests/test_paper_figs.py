@@ -23,8 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from fixtures_results import TinyResults, make_tiny_results  # noqa: E402
 
-from disel.experiments import results  # noqa: E402
-from disel.experiments.results import (  # noqa: E402
+from disel.experiments import schemas as results  # noqa: E402
+from disel.experiments.schemas import (  # noqa: E402
     MalformedResultFileError,
     MissingResultFileError,
     ResultFileError,
@@ -34,9 +34,9 @@ from disel.experiments.results import (  # noqa: E402
     read_runs,
     read_tradeoff_table,
     read_train_result,
-    summarize_over_seeds,
     write_tradeoff_table,
 )
+from paper_figs.aggregate import checkpoint_curves, summarize_over_seeds  # noqa: E402
 from paper_figs import fig2_glue_tradeoff, fig4_gates_by_domain, fig6_retention_over_time, figure_modules, plots, style  # noqa: E402  # noqa: E402
 
 # The module, not the package-level helper function of the same name in paper_figs/__init__.py.
@@ -395,7 +395,7 @@ def test_seeds_saving_at_different_steps_are_refused(tiny, tmp_path):
     )
     runs = read_runs(results.find_run_dirs(runs_dir), "perplexity")
     with pytest.raises(MalformedResultFileError, match=r"checkpoints at steps \[2, 5\]"):
-        results.checkpoint_curves(runs, "mean")
+        checkpoint_curves(runs, "mean")
 
 
 def test_run_all_stops_on_missing_inputs_unless_allowed(tiny, tmp_path, capsys):
@@ -426,7 +426,7 @@ def test_run_all_fails_on_a_malformed_file_even_with_allow_missing(tiny, tmp_pat
 
 
 def test_tradeoff_command_line_writes_the_table_from_runs(tiny, tmp_path, capsys):
-    """`python -m disel.experiments.results tradeoff` writes the same rows as tradeoff_table_from_runs,
+    """`python -m disel.experiments.schemas tradeoff` writes the same rows as tradeoff_table_from_runs,
     and names a missing per-checkpoint table instead of writing anything."""
     out = tmp_path / "tradeoff.json"
     argv = ["tradeoff", "--runs-dir", str(tiny.runs_dir), "--ft-evaluator", "gsm8k", "--retention-evaluator",

@@ -5,10 +5,11 @@
     python -m toy sweep-rank [--seed N] [--out DIR] [--steps N] [--ranks ...] [--trained ...] [--rank-delta K]
 
 ``figure1`` trains full FT, LoRA and DISeL (``toy.run_figure1``), prints a table next to the closed
-forms, and writes ``DIR/figure1.json`` (the numbers) and ``DIR/figure1.png`` / ``.pdf`` (drawn by
-``paper_figs.fig1_toy`` from those numbers). The sweeps write ``DIR/sweep_<name>.json`` and print a table.
-``DIR`` defaults to ``paper_figs/out`` under the current directory (run from the repository root, as
-``scripts/figure1.sh`` does). Every file is written atomically (temporary file, then rename).
+forms, and writes ``DIR/figure1.json`` (the numbers). The toy computes and writes; drawing is
+``paper_figs.fig1_toy``'s job (``python -m paper_figs.fig1_toy`` trains through this command, then draws;
+``scripts/figure1.sh`` runs that). The sweeps write ``DIR/sweep_<name>.json`` and print a table.
+``DIR`` defaults to ``paper_figs/out`` under the current directory; it is checked before any training.
+Every file is written atomically (temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -16,34 +17,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from disel.io import check_output_dir, write_json_atomic
 
 from .train import METHODS, ToyTrainConfig, run_figure1
 
 DEFAULT_OUT = Path("paper_figs") / "out"
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return path
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -87,17 +70,7 @@ def _figure1(args: argparse.Namespace) -> int:
         "Bayes = E[(1−π)²‖Δx‖²] on P_ft, E[π²‖Δx‖²] on P_pt (eq. 25)"
     )
     print(f"trained and evaluated in {seconds:.1f} s")
-    paths = [json_path]
-    if args.figure:
-        try:
-            from paper_figs.fig1_toy import render_figure1
-        except ImportError as error:
-            raise SystemExit(
-                f"cannot draw the figure: paper_figs is not importable ({error}); run from the repository "
-                "root (as scripts/figure1.sh does) or pass --no-figure"
-            ) from None
-        paths += render_figure1(numbers, args.out / "figure1")
-    print("wrote " + ", ".join(str(path) for path in paths))
+    print(f"wrote {json_path}")
     return 0
 
 
@@ -126,7 +99,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m toy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m toy", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:
@@ -140,12 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
-    figure1 = commands.add_parser("figure1", help="train full FT, LoRA, DISeL; write figure1.{json,png,pdf}")
+    figure1 = commands.add_parser(
+        "figure1", help="train full FT, LoRA, DISeL; write figure1.json (python -m paper_figs.fig1_toy draws it)",
+        allow_abbrev=False,
+    )
     common(figure1)
-    figure1.add_argument("--no-figure", dest="figure", action="store_false", help="write the JSON and table only")
     figure1.set_defaults(handler=_figure1)
 
-    separation = commands.add_parser("sweep-separation", help="mixture MSE against |μ| (closed forms + DISeL)")
+    separation = commands.add_parser(
+        "sweep-separation", help="mixture MSE against |μ| (closed forms + DISeL)", allow_abbrev=False
+    )
     common(separation)
     separation.add_argument("--means", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0])
     separation.add_argument(
@@ -153,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     separation.set_defaults(handler=_sweep)
 
-    rank = commands.add_parser("sweep-rank", help="mixture MSE against rank r (closed forms + LoRA, DISeL)")
+    rank = commands.add_parser(
+        "sweep-rank", help="mixture MSE against rank r (closed forms + LoRA, DISeL)", allow_abbrev=False
+    )
     common(rank)
     rank.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8])
     rank.add_argument(
@@ -165,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_output_dir(args.out)  # before training: a bad --out must not cost a run
+    except ValueError as error:
+        parser.error(f"--out: {error}")
     return args.handler(args)
 
 

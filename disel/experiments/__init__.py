@@ -2,9 +2,9 @@
 and evaluation (GSM8K, HumanEval, lm-eval retention, perplexity, gate analysis).
 
 Training: ``disel-train --config recipes/<recipe>.yaml [--override key=value ...]`` or, from Python,
-``from disel.experiments.train import train; train(load_config(path))`` (the function is not re-exported
-here: the package attribute ``train`` is the submodule). Submodules import ``torch``/``transformers`` only
-when used, so ``import disel.experiments`` (and ``disel.experiments.io``) stays cheap.
+``from disel.experiments.train import train; train(load_config(path))``. Layout: ``config`` (recipes),
+``schemas`` (result files), ``models`` (the loader), ``data/``, ``train/``, ``eval/``, ``cli/``, ``comparison``.
+Submodules import ``torch``/``transformers`` only when used, so ``import disel.experiments`` stays cheap.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ _EXPORTS = {
     "ConfigError": "config",
     "ExperimentConfig": "config",
     "load_config": "config",
-    "DataFormatError": "data",
-    "format_prompt": "data",
-    "TrainResult": "train",
+    "DataFormatError": "data.datasets",
+    "format_prompt": "data.templates",
+    "TrainResult": "schemas",
 }
 
 

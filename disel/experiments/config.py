@@ -1,19 +1,28 @@
-"""The typed configuration of one training run: nested dataclasses read from YAML or JSON.
+"""The typed configuration of one training run (a *recipe*), read from YAML or JSON and validated by pydantic.
 
-A recipe file has four sections, each a dataclass below, plus an optional ``name``::
+A recipe has four sections plus an optional ``name`` and an optional ``base``::
 
+    base: [base/llama2_7b_metamath.yaml, methods/disel.yaml]   # files this one overlays (relative paths)
     name: llama2-7b-metamath-disel-r8
     model:    {path: /path/to/Llama-2-7b-hf, task_type: causal_lm, dtype: bfloat16}
-    data:     {train_files: [/path/to/MetaMathQA-395K.json], template: alpaca,
-               instruction_field: query, response_field: response, validation_fraction: 0.01}
-    method:   {name: disel, r: 8, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}
-    training: {output_dir: runs/llama-disel-r8, learning_rate: 2.0e-4, precision: bf16}
+    data:     {train_files: [/path/to/MetaMathQA-395K.json], template: alpaca, instruction_field: query}
+    method:   {name: disel, r: 8, target_modules: [q_proj, v_proj], gate_lr_ratio: 5.0}
+    training: {output_dir: runs/llama-disel-r8, learning_rate: 2.0e-4, bf16: true}
 
-:func:`load_config` reads a file, applies ``key.path=value`` overrides (values parsed as YAML, so
-``training.max_steps=10`` is an int and ``method.target_modules=[q_proj,v_proj]`` a list), and builds
-the dataclasses with type checks. An unknown key is an error naming the key, the file and the known
-keys (a typo must not silently fall back to a default). Floats may be written ``1e-3``: YAML 1.1 reads
-that as a string, so numeric strings are accepted for float fields.
+One home for each setting:
+
+* ``training`` IS ``transformers.TrainingArguments``: every key is one of its fields, type-checked against
+  its annotations here and validated by transformers itself when the run starts
+  (:func:`disel.experiments.train.run.training_arguments`). :data:`TRAINING_DEFAULTS` lists the few
+  values where this path's defaults differ from transformers'. ``resume_from_checkpoint`` (``auto``, a
+  checkpoint folder, or null) says whether to continue a run.
+* ``method``: the adapter. ``gate_bias_init``, ``gate_weight_init`` and ``gate_lr_ratio`` are passed to
+  :class:`disel.DiselConfig`, which holds their defaults, and the optimizer (:class:`disel.DiselTrainer`)
+  reads the gate learning rate from there. ``lora_alpha`` follows ``2r`` unless set.
+
+:func:`load_config` reads a file, resolves ``base`` overlays (dicts merged key by key, the overlay wins),
+applies ``key.path=value`` overrides (values parsed as YAML) and validates. An unknown key is an error
+naming the key, the file and the known keys; a wrong type names the key, the file and the expected type.
 
 The whole config is stored in ``train_result.json`` (:meth:`ExperimentConfig.to_dict`), so every result
 file says exactly how it was produced.
@@ -23,14 +32,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import functools
 import json
-import math
 import os
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, create_model, field_validator
 
 __all__ = [
     "AdaLoraSettings",
@@ -40,24 +50,47 @@ __all__ = [
     "METHODS",
     "MethodConfig",
     "ModelConfig",
-    "TrainingConfig",
+    "TRAINING_DEFAULTS",
     "apply_overrides",
     "config_from_dict",
     "load_config",
+    "merge",
+    "read_recipe",
 ]
 
 METHODS: tuple[str, ...] = ("disel", "lora", "dora", "adalora", "full")
-TASK_TYPES: tuple[str, ...] = ("causal_lm", "sequence_classification")
-TEMPLATE_NAMES: tuple[str, ...] = ("alpaca", "magicoder", "none")
+
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2.0e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,  # a float below 1 is a fraction of the steps (the paper's ratio was lost; our default)
+    "per_device_train_batch_size": 4,
+    "logging_steps": 10,
+    "report_to": "none",
+}
+"""Where the experiment path's training defaults differ from ``TrainingArguments``' own."""
+
+_SET_BY_DISEL = {
+    "remove_unused_columns": "our datasets hold exactly the model inputs",
+    "label_names": "PEFT wraps forward(**kwargs), so it is always ['labels']",
+}
+
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+"""A number in [0, 1)."""
 
 
 class ConfigError(ValueError):
     """A recipe that cannot be run: an unknown key, a wrong type, or values that do not fit together."""
 
 
-@dataclass
-class ModelConfig:
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+
+class ModelConfig(_Section):
     """The pre-trained model. Loaded from local files only: ``disel`` never downloads from a hub."""
+
 
     path: str = ""
     """Local directory of a ``transformers`` checkpoint (``config.json`` + weights + tokenizer), or the
@@ -67,24 +100,23 @@ class ModelConfig:
     task_type: Literal["causal_lm", "sequence_classification"] = "causal_lm"
     """``causal_lm``: instruction tuning with loss on response tokens. ``sequence_classification``: a fresh
     classification head (``num_labels`` classes) on the encoder, accuracy as the evaluation metric."""
-    num_labels: int | None = None
+    num_labels: PositiveInt | None = None
     """Number of classes; required for ``sequence_classification``."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """Dtype of the loaded (frozen) weights. ``bfloat16`` halves the memory of a 7B base; trainable adapter
-    weights are kept in float32 by PEFT either way. Mixed precision is ``training.precision``."""
+    weights are kept in float32 by PEFT either way. Mixed precision is ``training.bf16``."""
     attn_implementation: str | None = None
     """``eager``, ``sdpa``, ``flash_attention_2`` ...; None lets ``transformers`` choose."""
     trust_remote_code: bool = False
     """Allow model code shipped inside ``path``; off unless the checkpoint needs it."""
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Training and validation examples and how they become token sequences."""
 
-    train_files: list[str] = field(default_factory=list)
+    train_files: list[str] = []
     """Local JSON (a list of objects) or JSONL files; CSV/TSV for sequence classification. Concatenated."""
-    validation_files: list[str] = field(default_factory=list)
+    validation_files: list[str] = []
     """Held-out files (e.g. a GLUE dev set). Exclusive with ``validation_fraction``."""
     dataset: str | None = None
     """Instead of files: a name or path for ``datasets.load_dataset``, resolved from local disk or the local
@@ -96,8 +128,8 @@ class DataConfig:
     dataset_validation_split: str | None = None
     """Split of ``dataset`` to evaluate on (e.g. ``validation``), or None."""
     template: Literal["alpaca", "magicoder", "none"] = "alpaca"
-    """Prompt template (``disel.experiments.data.TEMPLATES``): ``alpaca`` (math), ``magicoder`` (code), or
-    ``none`` (raw text from ``text_field``, loss on every token). Ignored for sequence classification."""
+    """Prompt template (``disel.experiments.data.templates.TEMPLATES``): ``alpaca`` (math), ``magicoder``
+    (code), or ``none`` (raw text from ``text_field``, loss on every token). Ignored for sequence classification."""
     instruction_field: str = "instruction"
     """Key of the instruction in each row (MetaMathQA: ``query``)."""
     response_field: str = "output"
@@ -110,26 +142,26 @@ class DataConfig:
     """Key of the class label: an int in [0, num_labels), or a string listed in ``label_names``."""
     label_names: list[str] | None = None
     """Class names in id order, for files whose labels are strings (e.g. ``[entailment, neutral, contradiction]``)."""
-    validation_fraction: float = 0.0
+    validation_fraction: Fraction = 0.0
     """Fraction of the training rows held out for validation, in [0, 1). 0: no held-out split."""
     split_seed: int = 42
     """Seed of the held-out split; the same seed gives the same split on any number of processes."""
-    max_length: int = 512
+    max_length: PositiveInt = 512
     """Sequences are truncated to this many tokens (prompt kept first; examples left without a response
     token are dropped and counted)."""
-    max_train_samples: int | None = None
+    max_train_samples: PositiveInt | None = None
     """Use only the first N training rows after the split (quick runs)."""
-    max_validation_samples: int | None = None
+    max_validation_samples: PositiveInt | None = None
     """Use only the first N validation rows."""
 
 
-@dataclass
-class AdaLoraSettings:
+class AdaLoraSettings(_Section):
     """AdaLoRA's rank-budget schedule (``peft.AdaLoraConfig``); used only when ``method.name`` is ``adalora``.
 
     The schedule: ``tinit`` warm-up steps at ``init_r``, then the budget shrinks (every ``deltaT`` steps)
     until step ``total_step - tfinal``, then the final ranks are kept. ``method.r`` is the target rank.
     """
+
 
     init_r: int | None = None
     """Initial rank per matrix; None: ceil(1.5 · target rank), PEFT's default ratio 12 / 8."""
@@ -137,9 +169,9 @@ class AdaLoraSettings:
     """Warm-up steps before pruning starts (exclusive with ``tinit_ratio``)."""
     tfinal: int = 0
     """Steps at the end with the final ranks (exclusive with ``tfinal_ratio``)."""
-    tinit_ratio: float | None = None
+    tinit_ratio: Fraction | None = None
     """``tinit`` as a fraction of ``total_step`` (the paper states the schedule in fractions)."""
-    tfinal_ratio: float | None = None
+    tfinal_ratio: Fraction | None = None
     """``tfinal`` as a fraction of ``total_step``."""
     deltaT: int = 1
     """Steps between two budget allocations."""
@@ -149,37 +181,36 @@ class AdaLoraSettings:
     """EMA coefficient of the importance uncertainty."""
     orth_reg_weight: float = 0.5
     """Weight of the orthogonality regulariser added to the loss."""
-    total_step: int | None = None
+    total_step: PositiveInt | None = None
     """Total optimizer steps of the schedule; None: the Trainer's own number of steps (computed from the data,
     batch size, accumulation and epochs, or ``max_steps``). PEFT requires it before training."""
 
 
-@dataclass
-class MethodConfig:
-    """The fine-tuning method and its adapter settings."""
+class MethodConfig(_Section):
+    """The fine-tuning method and its adapter settings. DISeL's own settings are None unless the recipe sets
+    them: :class:`disel.DiselConfig` holds their defaults and validates their values."""
 
     name: Literal["disel", "lora", "dora", "adalora", "full"] = "disel"
     """``disel``; PEFT's ``lora``, ``dora`` (``LoraConfig(use_dora=True)``), ``adalora``; or ``full``
     (every parameter trained, no adapter)."""
-    r: int = 8
+    r: PositiveInt = 8
     """Adapter rank (AdaLoRA: the target average rank)."""
-    lora_alpha: float | None = None
-    """Scaling numerator, s = lora_alpha / r. None: 2r, the published recipe."""
-    lora_dropout: float = 0.05
+    lora_alpha: PositiveFloat | None = None
+    """Scaling numerator, s = lora_alpha / r. None: 2r (the published recipe), so overriding ``r`` keeps it."""
+    lora_dropout: Fraction = 0.05
     """Dropout on the adapter input (the paper's value was lost in the text; 0.05 is our default)."""
     target_modules: list[str] | str | None = None
     """Module names (suffix match) or a regex; None: PEFT's per-architecture default."""
     modules_to_save: list[str] | None = None
     """Modules trained in full and saved with the adapter (a fresh head: ``[classifier]``)."""
-    gate_bias_init: float = -3.0
-    """DISeL: initial gate bias b_g (σ(-3) ≈ 0.047, gates start nearly closed)."""
-    gate_weight_init: Literal["kaiming", "zero"] = "kaiming"
-    """DISeL: initial gate weight W_g."""
-    gate_lr: float | None = None
-    """DISeL: absolute learning rate of W_g, b_g (separate AdamW group, no weight decay)."""
-    gate_lr_ratio: float | None = None
-    """DISeL: gate learning rate / ``training.learning_rate`` (exclusive with ``gate_lr``). Neither: 5."""
-    adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
+    gate_bias_init: float | None = None
+    """DISeL: initial gate bias b_g (``DiselConfig.gate_bias_init``)."""
+    gate_weight_init: Literal["kaiming", "zero"] | None = None
+    """DISeL: initial gate weight W_g (``DiselConfig.gate_weight_init``)."""
+    gate_lr_ratio: PositiveFloat | None = None
+    """DISeL: gate learning rate / ``training.learning_rate`` (``DiselConfig.gate_lr_ratio``; the optimizer
+    reads it from there)."""
+    adalora: AdaLoraSettings = AdaLoraSettings()
     """AdaLoRA's schedule (only read for ``name: adalora``)."""
 
     @property
@@ -187,91 +218,56 @@ class MethodConfig:
         """``lora_alpha`` with its default (2r) filled in."""
         return float(2 * self.r if self.lora_alpha is None else self.lora_alpha)
 
-
-@dataclass
-class TrainingConfig:
-    """Optimisation, schedule, precision, checkpoints: what becomes ``transformers.TrainingArguments``."""
-
-    output_dir: str = ""
-    """Checkpoints (``checkpoint-<step>/``), the final adapter and ``train_result.json`` go here. Required."""
-    learning_rate: float = 2.0e-4
-    """Peak learning rate of A, B (and of every parameter for ``full``)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay; never applied to biases, norms or gates."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1.0e-8
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm (0 disables clipping)."""
-    lr_scheduler_type: str = "cosine"
-    """Any ``transformers`` scheduler name (``cosine``, ``linear``, ``constant_with_warmup`` ...)."""
-    warmup_ratio: float | None = None
-    """Linear warm-up over this fraction of the steps (exclusive with ``warmup_steps``). Neither: 0.03
-    (the paper's ratio was lost in the text; our default)."""
-    warmup_steps: int | None = None
-    """Linear warm-up over this many steps."""
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    """Effective batch = per_device_train_batch_size × gradient_accumulation_steps × number of processes."""
-    num_train_epochs: float = 3.0
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (overrides ``num_train_epochs``)."""
-    precision: Literal["bf16", "fp32"] = "fp32"
-    """``bf16``: bfloat16 autocast (the paper's runs); ``fp32``: full precision (CPU tests)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (non-reentrant), trading compute for memory."""
-    seed: int = 42
-    """Seed of initialisation, dropout and data order (``transformers.set_seed``)."""
-    data_seed: int | None = None
-    """Seed of the data order alone; None: ``seed``."""
-    full_determinism: bool = False
-    """``transformers.enable_full_determinism``: deterministic kernels (slower), for bit-exact reruns on GPU."""
-    logging_steps: int = 10
-    eval_strategy: Literal["no", "steps", "epoch"] | None = None
-    """When to evaluate; None: ``epoch`` if there is validation data, else ``no``."""
-    eval_steps: int | None = None
-    save_strategy: Literal["steps", "epoch", "no"] = "steps"
-    save_steps: float = 500
-    """Steps between checkpoints; a float in (0, 1) is a fraction of the total steps."""
-    save_total_limit: int | None = None
-    """Keep only the newest N checkpoints (oldest pruned); None keeps all."""
-    resume: str | None = None
-    """``auto``: continue from the newest complete checkpoint in ``output_dir`` (start fresh if there is
-    none); a path: that checkpoint; None: start fresh (an ``output_dir`` that already holds checkpoints is
-    then an error, so a restarted job cannot silently overwrite a run)."""
-    dataloader_num_workers: int = 0
-    report_to: list[str] = field(default_factory=list)
-    """Loggers (``tensorboard``, ``wandb`` ...); empty: none."""
-    disable_tqdm: bool | None = None
-    """None: progress bars on the main process (``transformers``' default)."""
-    use_cpu: bool = False
-    """Train on the CPU even if an accelerator is present."""
-    ddp_find_unused_parameters: bool | None = None
-    """DDP's ``find_unused_parameters``; None: False for adapters (every trainable parameter is used)."""
-    trainer_args: dict[str, Any] = field(default_factory=dict)
-    """Further ``TrainingArguments`` fields not covered above (e.g. ``optim``, ``ddp_timeout``), passed as
-    is. A field this config already sets is refused, so each setting has one place."""
+    def disel_settings(self) -> dict[str, Any]:
+        """The DISeL keys the recipe sets (the rest keep :class:`disel.DiselConfig`'s defaults)."""
+        keys = ("gate_bias_init", "gate_weight_init", "gate_lr_ratio")
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
 
 
-@dataclass
-class ExperimentConfig:
-    """One training run: model, data, method, training, and an optional run name."""
+@functools.cache
+def training_section_model() -> type[BaseModel]:
+    """A pydantic model with one field per ``transformers.TrainingArguments`` init field, same type and default
+    (built once, on first use: importing transformers takes seconds)."""
+    from transformers import TrainingArguments
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    hints = typing.get_type_hints(TrainingArguments)
+    fields: dict[str, Any] = {}
+    for spec in dataclasses.fields(TrainingArguments):
+        if spec.init:
+            default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+            fields[spec.name] = (hints[spec.name], None if default is dataclasses.MISSING else default)
+    config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True, arbitrary_types_allowed=True)
+    return create_model("TrainingArguments", __config__=config, **fields)
+
+
+class ExperimentConfig(_Section):
+    """One training run: model, data, method, training (``TrainingArguments`` fields), and an optional name."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: MethodConfig = MethodConfig()
+    training: Any = None
+    """The ``TrainingArguments`` fields of the run, with :data:`TRAINING_DEFAULTS` (a model of
+    :func:`training_section_model`; attribute access as on ``TrainingArguments``)."""
     name: str | None = None
     """Free-form run name, stored in the result file."""
 
+    @field_validator("training", mode="before")
+    @classmethod
+    def _training_section(cls, value: Any) -> BaseModel:
+        if isinstance(value, training_section_model()):
+            return value
+        return training_section_model().model_validate({**TRAINING_DEFAULTS, **(value or {})})
+
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serialisable dict; ``config_from_dict(c.to_dict())`` rebuilds an equal config."""
-        return dataclasses.asdict(self)
+        result = self.model_dump(mode="json", exclude={"training"})
+        result["training"] = self.training.model_dump(mode="json", exclude_unset=True)
+        return result
 
-    def validate(self, source: str = "<config>") -> ExperimentConfig:
+    def validate_values(self, source: str = "<config>") -> ExperimentConfig:
         """Check that the values fit together (beyond their types); raise :class:`ConfigError`; return self."""
-        _validate(self, source)
+        _check_values(self, source)
         return self
 
 
@@ -280,8 +276,50 @@ class ExperimentConfig:
 # ------------------------------------------------------------------------------------------------
 
 
+def read_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw dict of a YAML/JSON recipe with its ``base`` resolved: one recipe file, or a list of them (e.g. a
+    setting and a method overlay), paths relative to this file; the recipe's own keys win."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {str(path)!r}: its base chain comes back to itself")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except Exception as error:  # noqa: BLE001 — re-raised with the file name
+        raise ConfigError(f"cannot parse config file {str(path)!r}: {error}") from error
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(raw).__name__}")
+    bases = raw.pop("base", None)
+    bases = [bases] if isinstance(bases, str) else [] if bases is None else bases
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"base in {path}: expected a recipe file path or a list of them, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:  # later bases overlay earlier ones, and the recipe overlays them all
+        merged = merge(merged, read_recipe(path.parent / base, (*_seen, path.resolve())))
+    return merge(merged, raw)
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``overlay``, nested dicts merged key by key (lists and scalars replaced)."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) recipe, apply overrides, type-check, validate.
+    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) recipe, resolve its base, apply overrides, validate.
 
     Args:
         path: the recipe file.
@@ -292,32 +330,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         ConfigError: unreadable file, unknown key, wrong type, or inconsistent values (the message names
             the key and ``path``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text)
-    except Exception as error:  # noqa: BLE001 — re-raised with the file name
-        raise ConfigError(f"cannot parse config file {str(path)!r}: {error}") from error
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
-    return config_from_dict(raw, source=str(path))
+    return config_from_dict(apply_overrides(read_recipe(path), overrides), source=str(path))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A copy of ``raw`` with each ``"a.b.c=value"`` set (value parsed as YAML). Unknown keys are caught later."""
     import yaml
 
-    result = copy.deepcopy(raw)
+    overlay: dict[str, Any] = {}
     for override in overrides:
         key, sep, value_text = override.partition("=")
         key = key.strip()
@@ -327,109 +347,88 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             value = yaml.safe_load(value_text) if value_text.strip() else None
         except yaml.YAMLError as error:
             raise ConfigError(f"override {override!r}: cannot parse the value: {error}") from error
-        node = result
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {override!r}: {'.'.join(parts[: depth + 1])} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return result
+        *sections, leaf = key.split(".")
+        for depth in range(1, len(sections) + 1):
+            node = functools.reduce(lambda d, k: d.get(k) if isinstance(d, dict) else None, sections[:depth], raw)
+            if node is not None and not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {'.'.join(sections[:depth])} is not a section")
+        functools.reduce(lambda d, k: d.setdefault(k, {}), sections, overlay)[leaf] = value
+    return merge(raw, overlay)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from a nested dict (``source`` names it in errors)."""
-    config = _build(ExperimentConfig, raw, "", source)
-    return config.validate(source)
-
-
-def _build(cls: type, raw: Any, where: str, source: str) -> Any:
-    label = where or "the top level"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{label} in {source}: expected a mapping of {cls.__name__} fields, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in raw.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in known:
-            raise ConfigError(f"unknown key {path!r} in {source}; the keys of {label} are: {', '.join(known)}")
-        values[key] = _convert(hints[key], value, path, source)
-    return cls(**values)
+        raise ConfigError(f"the top level in {source}: expected a mapping of recipe sections, got {raw!r}")
+    raw = dict(raw)
+    try:
+        training = ExperimentConfig._training_section(raw.pop("training", None))
+    except ValidationError as error:
+        raise _config_error(error, source, prefix=("training",), model=training_section_model()) from None
+    try:
+        config = ExperimentConfig.model_validate({**raw, "training": training})
+    except ValidationError as error:
+        raise _config_error(error, source, prefix=(), model=ExperimentConfig) from None
+    return config.validate_values(source)
 
 
-def _convert(annotation: Any, value: Any, path: str, source: str) -> Any:
-    """``value`` checked (and, for floats, coerced) against ``annotation``; ConfigError naming ``path``."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(option, value, path, source)
-            except ConfigError as error:
-                errors.append(error)
-        raise ConfigError(f"{path} in {source}: expected {_describe(annotation)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{path} in {source}: expected one of {choices}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value if value is not None else {}, path, source)
-    if origin is list:
-        (item_type,) = args
-        if not isinstance(value, list):
-            raise ConfigError(f"{path} in {source}: expected a list of {_describe(item_type)}, got {value!r}")
-        return [_convert(item_type, item, f"{path}[{i}]", source) for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} in {source}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation is Any:
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} in {source}: expected true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} in {source}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        # YAML 1.1 reads "1e-3" (no dot) as a string; accept any string that is a float literal.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{path} in {source}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{path} in {source}: expected a finite number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} in {source}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"config field {path} has an unsupported annotation {annotation!r}")  # a bug here, not the user's
+_EXPECTED = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string", "list": "a list",
+    "dict": "a mapping", "finite_number": "a finite number", "model": "a mapping of fields",
+}
 
 
-def _describe(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is list:
-        return f"a list of {_describe(args[0])}"
-    if annotation is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
-        annotation, getattr(annotation, "__name__", str(annotation))
+def _config_error(error: ValidationError, source: str, prefix: tuple, model: type[BaseModel]) -> ConfigError:
+    """pydantic's first error in this module's words: the dotted key, the file, what was expected (for a
+    union, every member's expectation)."""
+    errors = error.errors()
+    location = _field_location(errors[0]["loc"])
+    same_field = [e for e in errors if _field_location(e["loc"]) == location]
+    first = same_field[0]
+    key = ".".join(str(part) for part in (*prefix, *location)).replace(".[", "[")
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        section = _section_model(model, location[:-1])
+        label = ".".join(str(part) for part in (*prefix, *location[:-1])) or "the top level"
+        near = difflib.get_close_matches(str(location[-1]), section.model_fields, n=3)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        return ConfigError(
+            f"unknown key {key!r} in {source}; {hint}the keys of {label} are: {', '.join(section.model_fields)}"
+        )
+    expected = " or ".join(dict.fromkeys(_expected(e) for e in same_field))
+    return ConfigError(f"{key} in {source}: expected {expected}, got {first['input']!r}")
+
+
+def _field_location(loc: tuple) -> tuple:
+    """``loc`` without pydantic's union-member tags (``list[str]``, ``str`` ...); list indices as ``[i]``."""
+    tags = {"str", "int", "float", "bool", "dict", "list", "none"}
+    return tuple(
+        f"[{part}]" if isinstance(part, int) else part
+        for part in loc
+        if not (isinstance(part, str) and ("[" in part or part in tags))
     )
+
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _expected(error: dict[str, Any]) -> str:
+    if error["type"] == "literal_error":
+        return f"one of {error['ctx']['expected']}"
+    if error["type"] in _BOUNDS:
+        return f"a number {_BOUNDS[error['type']]} {next(iter(error['ctx'].values()))}"
+    return next((text for name, text in _EXPECTED.items() if error["type"].startswith(name)), error["msg"])
+
+
+def _section_model(model: type[BaseModel], location: tuple) -> type[BaseModel]:
+    for part in location:
+        if isinstance(part, str) and part.startswith("["):
+            continue
+        if model is ExperimentConfig and part == "training":
+            return training_section_model()
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+    return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,7 +436,7 @@ def _describe(annotation: Any) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _validate(config: ExperimentConfig, source: str) -> None:
+def _check_values(config: ExperimentConfig, source: str) -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{key} in {source}: {message}")
 
@@ -445,106 +444,31 @@ def _validate(config: ExperimentConfig, source: str) -> None:
     if not model.path:
         fail("model.path", "required: a local directory holding the model (disel never downloads)")
     if model.task_type == "sequence_classification":
-        if model.num_labels is None or model.num_labels < 1:
-            fail("model.num_labels", f"required for sequence_classification (a positive int), got {model.num_labels}")
+        if model.num_labels is None:
+            fail("model.num_labels", "required for sequence_classification (a positive int)")
         if data.label_names is not None and len(data.label_names) != model.num_labels:
             fail("data.label_names", f"has {len(data.label_names)} names but model.num_labels is {model.num_labels}")
     if not data.train_files and data.dataset is None:
         fail("data.train_files", "give local training files, or data.dataset (a locally available `datasets` source)")
     if data.train_files and data.dataset is not None:
         fail("data.dataset", "give either data.train_files or data.dataset, not both")
-    if not 0.0 <= data.validation_fraction < 1.0:
-        fail("data.validation_fraction", f"must be in [0, 1), got {data.validation_fraction}")
     if data.validation_fraction > 0 and (data.validation_files or data.dataset_validation_split):
         fail("data.validation_fraction", "hold out a fraction OR give validation files/split, not both")
-    for key in ("max_length",):
-        if getattr(data, key) < 1:
-            fail(f"data.{key}", f"must be a positive integer, got {getattr(data, key)}")
-    for key in ("max_train_samples", "max_validation_samples"):
-        if getattr(data, key) is not None and getattr(data, key) < 1:
-            fail(f"data.{key}", f"must be a positive integer or null, got {getattr(data, key)}")
 
-    if method.r < 1:
-        fail("method.r", f"must be a positive integer, got {method.r}")
-    if method.lora_alpha is not None and method.lora_alpha <= 0:
-        fail("method.lora_alpha", f"must be positive (or null for 2r), got {method.lora_alpha}")
-    if not 0.0 <= method.lora_dropout < 1.0:
-        fail("method.lora_dropout", f"must be in [0, 1), got {method.lora_dropout}")
-    if method.gate_lr is not None and method.gate_lr_ratio is not None:
-        fail("method.gate_lr", "give gate_lr or gate_lr_ratio, not both")
-    for key in ("gate_lr", "gate_lr_ratio"):
-        value = getattr(method, key)
-        if value is not None and value <= 0:
-            fail(f"method.{key}", f"must be positive, got {value}")
-    if method.name != "disel" and (method.gate_lr is not None or method.gate_lr_ratio is not None):
-        fail("method.gate_lr", f"gate learning rates apply to method disel only, not {method.name!r}")
+    if method.name != "disel" and method.disel_settings():
+        keys = ", ".join(f"method.{key}" for key in method.disel_settings())
+        fail(keys, f"DISeL settings apply to method disel only, not {method.name!r} (set them to null)")
     ada = method.adalora
     if method.name == "adalora":
         if ada.tinit_ratio is not None and ada.tinit:
             fail("method.adalora.tinit_ratio", "give tinit or tinit_ratio, not both")
         if ada.tfinal_ratio is not None and ada.tfinal:
             fail("method.adalora.tfinal_ratio", "give tfinal or tfinal_ratio, not both")
-        for key in ("tinit_ratio", "tfinal_ratio"):
-            value = getattr(ada, key)
-            if value is not None and not 0.0 <= value < 1.0:
-                fail(f"method.adalora.{key}", f"must be in [0, 1), got {value}")
         if ada.init_r is not None and ada.init_r < method.r:
             fail("method.adalora.init_r", f"must be >= the target rank method.r={method.r}, got {ada.init_r}")
-        if ada.total_step is not None and ada.total_step < 1:
-            fail("method.adalora.total_step", f"must be a positive integer or null, got {ada.total_step}")
 
     if not training.output_dir:
         fail("training.output_dir", "required: the directory for checkpoints and train_result.json")
-    if training.learning_rate <= 0:
-        fail("training.learning_rate", f"must be positive, got {training.learning_rate}")
-    if training.warmup_steps is not None and training.warmup_ratio is not None:
-        fail("training.warmup_steps", "give warmup_steps or warmup_ratio, not both")
-    if training.warmup_steps is not None and training.warmup_steps < 0:
-        fail("training.warmup_steps", f"must be >= 0, got {training.warmup_steps}")
-    if training.warmup_ratio is not None and not 0.0 <= training.warmup_ratio < 1.0:
-        fail("training.warmup_ratio", f"must be in [0, 1), got {training.warmup_ratio}")
-    positive = (
-        "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"
-    )
-    for key in positive:
-        if getattr(training, key) < 1:
-            fail(f"training.{key}", f"must be a positive integer, got {getattr(training, key)}")
-    if training.max_steps is not None and training.max_steps < 1:
-        fail("training.max_steps", f"must be a positive integer or null, got {training.max_steps}")
-    if training.max_steps is None and training.num_train_epochs <= 0:
-        fail("training.num_train_epochs", f"must be positive, got {training.num_train_epochs}")
-    if training.save_strategy == "steps" and training.save_steps <= 0:
-        fail("training.save_steps", f"must be positive, got {training.save_steps}")
-    if training.save_steps > 1 and training.save_steps != int(training.save_steps):
-        fail("training.save_steps", f"must be an integer or a fraction in (0, 1), got {training.save_steps}")
-    if training.save_total_limit is not None and training.save_total_limit < 1:
-        fail("training.save_total_limit", f"must be a positive integer or null, got {training.save_total_limit}")
-    if training.eval_strategy == "steps" and training.eval_steps is None:
-        fail("training.eval_steps", "required when eval_strategy is 'steps'")
-    _check_trainer_args(training.trainer_args, fail)
-
-
-# TrainingArguments fields that TrainingConfig (or train()) already sets: refused in trainer_args.
-_SET_BY_CONFIG = {
-    "output_dir", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "per_device_train_batch_size", "per_device_eval_batch_size",
-    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "bf16", "fp16", "gradient_checkpointing",
-    "gradient_checkpointing_kwargs", "activation_checkpointing", "activation_checkpointing_kwargs",
-    "prediction_loss_only", "seed", "data_seed", "full_determinism", "logging_steps", "eval_strategy",
-    "eval_steps", "save_strategy", "save_steps", "save_total_limit", "dataloader_num_workers", "report_to",
-    "disable_tqdm", "use_cpu", "ddp_find_unused_parameters", "resume_from_checkpoint", "remove_unused_columns",
-    "label_names",
-}
-
-
-def _check_trainer_args(trainer_args: dict[str, Any], fail) -> None:
-    if not trainer_args:
-        return
-    from transformers import TrainingArguments
-
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for key in trainer_args:
-        if key in _SET_BY_CONFIG:
-            fail(f"training.trainer_args.{key}", "is set by a training.* key of this config; set it there")
-        if key not in known:
-            fail(f"training.trainer_args.{key}", "is not a transformers.TrainingArguments field")
+    for key, reason in _SET_BY_DISEL.items():
+        if key in training.model_fields_set:
+            fail(f"training.{key}", f"is set by disel ({reason}); remove it from the recipe")

@@ -1,4 +1,6 @@
-"""Atomic result-file writes: a crash mid-write leaves the old file or the new one, never half of one.
+"""File I/O shared by the core, the toy, the figures and the experiments: atomic writes and one JSONL reader.
+
+Atomic writes: a crash mid-write leaves the old file or the new one, never half of one.
 
 Each writer puts the bytes in a temporary file in the destination's directory (same filesystem, so the
 rename is atomic), flushes and fsyncs it, then ``os.replace``s it over the destination and fsyncs the
@@ -9,14 +11,25 @@ never see a truncated JSON.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json", "write_bytes_atomic", "write_json_atomic", "write_text_atomic", "write_yaml_atomic"]
+__all__ = [
+    "check_output_dir",
+    "iter_jsonl",
+    "read_json",
+    "read_jsonl",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+    "write_yaml_atomic",
+]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -75,6 +88,29 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(stream)
 
 
+def iter_jsonl(path: str | os.PathLike, *, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file (line numbers from 1).
+
+    A line that is not JSON, or not a JSON object, raises ``error`` naming the file and the line number.
+    """
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as parse_error:
+                raise error(f"{path}, line {number}: not valid JSON ({parse_error.msg})") from None
+            if not isinstance(value, dict):
+                raise error(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
+            yield number, value
+
+
+def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (blank lines skipped), at most ``limit`` of them."""
+    return [value for _, value in itertools.islice(iter_jsonl(path), limit)]
+
+
 def _jsonable(obj: Any) -> Any:
     """A copy of ``obj`` with tuples as lists, non-finite floats as None, paths as strings."""
     if isinstance(obj, dict):
@@ -104,3 +140,23 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` (a folder for result files) if needed and check that files can be written into it.
+
+    Called before any long computation, so a bad output path fails in a second, not after training.
+
+    Raises:
+        ValueError: ``path`` is an existing file, cannot be created, or is not writable (the message says which).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{str(path)!r} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the folder {str(path)!r}: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"the folder {str(path)!r} is not writable")
+    return path

@@ -1,4 +1,4 @@
-"""``disel-train``: the command line over :func:`disel.experiments.train.train`.
+"""``disel-train``: the command line over :func:`disel.experiments.train.run.train`.
 
 Usage::
 
@@ -25,6 +25,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="disel-train",
+        allow_abbrev=False,
         description="Fine-tune a local model with DISeL, LoRA, DoRA, AdaLoRA or full fine-tuning from a recipe file.",
     )
     parser.add_argument(
@@ -44,12 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, train, print a summary; return the exit status (0, or 2 for a usage/data error)."""
-    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(variable, "1")  # before transformers/datasets read them at import
+    from ..models import force_offline
+
+    force_offline()  # before transformers/datasets read the variables at import
     args = build_parser().parse_args(argv)
 
-    from .config import ConfigError, load_config
-    from .data import DataFormatError
+    from ..config import ConfigError, load_config
+    from ..data.datasets import DataFormatError
 
     try:
         config = load_config(args.config, args.override)
@@ -58,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
-        from .train import RESULT_FILE, train
+        from ..train.run import RESULT_FILE, train
 
         result = train(config)
     except (ConfigError, DataFormatError, FileNotFoundError) as error:

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import right_pad
+from disel.io import iter_jsonl
+
+from ..data.collator import right_pad
 
 __all__ = [
     "causal_lm_perplexity",
@@ -36,19 +38,15 @@ __all__ = [
 def read_text_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Texts of the given files (UTF-8), one text per file; a ``.jsonl`` file gives one text per row
     (its ``"text"`` field)."""
-    import json
-
     texts = []
     for path in map(Path, paths):
-        if path.suffix == ".jsonl":
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    if "text" not in row:
-                        raise KeyError(f"{path}: every JSONL row needs a 'text' field, got fields {sorted(row)}")
-                    texts.append(row["text"])
-        else:
+        if path.suffix != ".jsonl":
             texts.append(path.read_text(encoding="utf-8"))
+            continue
+        for number, row in iter_jsonl(path):
+            if "text" not in row:
+                raise KeyError(f"{path}, line {number}: every JSONL row needs a 'text' field, got fields {sorted(row)}")
+            texts.append(row["text"])
     return texts
 
 
@@ -105,25 +103,27 @@ def causal_lm_perplexity(
             end = min(end + stride, len(ids))
     if not windows:
         raise ValueError("every text tokenized to fewer than 2 tokens: nothing to score")
+    # Labels: only the window's last n_scored tokens are scored (-100 elsewhere).
+    pairs = [(ids, [-100] * (len(ids) - n_scored) + ids[len(ids) - n_scored :]) for ids, n_scored in windows]
+    mean_nll, tokens = _mean_nll(model, tokenizer, pairs, batch_size, shift=True)
+    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": tokens, "texts": len(texts)}
+
+
+def _mean_nll(model: nn.Module, tokenizer: Any, pairs, batch_size: int, *, shift: bool) -> tuple[float, int]:
+    """Mean NLL over the scored tokens of ``(ids, labels)`` pairs (label -100: not scored), right-padded into
+    batches; ``shift``: position t predicts token t+1 (causal LM), else each position its own token (masked LM)."""
     device = _device_of(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total_nll = 0.0
-    total_tokens = 0
-    for start in range(0, len(windows), batch_size):
-        # Labels: only the window's last n_scored tokens are scored (-100 elsewhere).
-        batch = [
-            (ids, [-100] * (len(ids) - n_scored) + ids[len(ids) - n_scored :])
-            for ids, n_scored in windows[start : start + batch_size]
-        ]
-        input_ids, attention, labels = right_pad(batch, pad_id, fill=-100, dtype=torch.long)  # (b, T) each
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(pairs), batch_size):
+        input_ids, attention, labels = right_pad(pairs[start : start + batch_size], pad_id, fill=-100, dtype=torch.long)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, T, V)
-        shifted_logits = logits[:, :-1].float()  # (b, T-1, V): position t predicts token t+1
-        shifted_labels = labels[:, 1:].to(device)  # (b, T-1)
-        nll = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels, ignore_index=-100, reduction="sum")
-        total_nll += float(nll)
-        total_tokens += int((shifted_labels != -100).sum())
-    mean_nll = total_nll / total_tokens
-    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": total_tokens, "texts": len(texts)}
+        if shift:
+            logits, labels = logits[:, :-1], labels[:, 1:]  # (b, T-1, V), (b, T-1)
+        labels = labels.to(device)
+        total_nll += float(F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum"))
+        total_tokens += int((labels != -100).sum())
+    return total_nll / total_tokens, total_tokens
 
 
 def _mask_positions(candidates: torch.Tensor, mask_prob: float, generator: torch.Generator) -> torch.Tensor:
@@ -182,26 +182,9 @@ def masked_lm_perplexity(
             pieces.append((masked, labels))
     if not pieces:
         raise ValueError("every text is empty after tokenization: nothing to score")
-    device = _device_of(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total_nll = 0.0
-    total_tokens = 0
-    for start in range(0, len(pieces), batch_size):
-        input_ids, attention, labels = right_pad(pieces[start : start + batch_size], pad_id, fill=-100, dtype=torch.long)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, T, V)
-        labels = labels.to(device)
-        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum")
-        total_nll += float(nll)
-        total_tokens += int((labels != -100).sum())
-    mean_nll = total_nll / total_tokens
-    return {
-        "perplexity": math.exp(mean_nll),
-        "nll": mean_nll,
-        "tokens": total_tokens,
-        "texts": len(texts),
-        "mask_prob": mask_prob,
-        "seed": seed,
-    }
+    mean_nll, tokens = _mean_nll(model, tokenizer, pieces, batch_size, shift=False)
+    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": tokens, "texts": len(texts),
+            "mask_prob": mask_prob, "seed": seed}
 
 
 def _encoder_of(model: nn.Module) -> nn.Module:

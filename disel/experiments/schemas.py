@@ -1,14 +1,15 @@
-"""Typed readers of every result file the paper's figures read, and the one schema defined here.
+"""The result files: one schema name and one typed reader (and writer) per file, in one module.
 
 The figure scripts (``paper_figs/``) read result files only through this module, so a missing file, a
 wrong schema or a missing key fails with one message naming the file and what was expected, before
 anything is drawn. The module itself uses no torch (importing the ``disel`` package still loads it).
 
-* ``<run>/train_result.json`` — ``disel.train_result/1``, written by :func:`disel.experiments.train.train`;
+* ``<run>/train_result.json`` — ``disel.train_result/2``, :class:`TrainResult`, written by
+  :func:`disel.experiments.train.run.train` (:func:`read_train_result` is the figures' view of it);
 * ``<run>/retention_<evaluator>.json`` — ``disel.retention/1``, written by
-  :func:`disel.experiments.retention.evaluate_checkpoints` (``eval_cli retention``);
-* a gates file (any name) — ``disel.gates/1``, written by :func:`disel.experiments.gates.analyze_gates` and
-  ``save_gates`` (``eval_cli gates``);
+  :func:`disel.experiments.eval.retention.evaluate_checkpoints` (``disel-eval retention``);
+* a gates file (any name) — ``disel.gates/1``, written by :func:`disel.experiments.eval.gates.analyze_gates` and
+  ``save_gates`` (``disel-eval gates``);
 * a tradeoff table (any name) — ``disel.tradeoff/1``, written by :func:`write_tradeoff_table` (defined here).
 
 The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tuned model)::
@@ -22,16 +23,15 @@ The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tun
      "rows": [{"method": "disel", "rank": 8, "seed": 0, "ft_score": 0.41, "retention": 0.61}, ...]}
 
 ``rank`` is an integer, or ``null`` for full fine-tuning; ``seed`` an integer or ``null``. Each
-``(method, rank, seed)`` appears once. :func:`summarize_over_seeds` turns the rows into one point per
-``(method, rank)`` with the mean and the sample standard deviation across seeds (Figure 2's error bars).
+``(method, rank, seed)`` appears once (``paper_figs.aggregate`` averages the seeds for the figures).
 :func:`tradeoff_table_from_runs` builds the table from training runs: in each run the checkpoint with
 the best fine-tuning score is selected (paper, Appendix II.5) and its retention read from the same
-checkpoint's row of the retention table; from the shell, ``python -m disel.experiments.results tradeoff``.
+checkpoint's row of the retention table; from the shell, ``python -m disel.experiments.schemas tradeoff``.
 
 Runs for the checkpoint figures (6–9): a run directory holds ``train_result.json`` (method, rank and
 seed are read from it, so no separate manifest can disagree with the run) and one
 ``retention_<evaluator>.json`` per evaluator. :func:`find_run_dirs` lists the runs under a folder and
-:func:`checkpoint_curves` averages runs that share ``(method, rank)`` (several seeds) step by step.
+``paper_figs.aggregate.checkpoint_curves`` averages runs that share ``(method, rank)`` step by step.
 """
 
 from __future__ import annotations
@@ -45,16 +45,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..recording import DEPTH_GROUPS
+from disel.recording import DEPTH_GROUPS
 
 __all__ = [
     "DEPTH_THIRDS",
     "GATES_SCHEMA",
+    "GSM8K_SCHEMA",
+    "HUMANEVAL_SCHEMA",
+    "LM_EVAL_SCHEMA",
+    "MLM_PERPLEXITY_SCHEMA",
+    "PERPLEXITY_SCHEMA",
     "MODULE_ORDER",
     "RETENTION_SCHEMA",
     "TRADEOFF_SCHEMA",
     "TRAIN_RESULT_SCHEMA",
-    "CheckpointCurve",
+    "COMPARISON_SCHEMA",
+    "Comparison",
     "GateDomainSummary",
     "GateHistogram",
     "GatesFile",
@@ -64,13 +70,14 @@ __all__ = [
     "RetentionRow",
     "RetentionTable",
     "RunResults",
-    "TradeoffPoint",
     "TradeoffRow",
     "TradeoffTable",
+    "TrainResult",
     "TrainRunInfo",
-    "checkpoint_curves",
     "find_run_dirs",
+    "load_result_json",
     "main",
+    "read_comparison",
     "read_gates",
     "read_retention_table",
     "read_run",
@@ -78,15 +85,22 @@ __all__ = [
     "read_tradeoff_table",
     "read_train_result",
     "shared_base_value",
-    "summarize_over_seeds",
     "tradeoff_table_from_runs",
     "write_tradeoff_table",
 ]
 
-TRAIN_RESULT_SCHEMA = "disel.train_result/1"
+TRAIN_RESULT_SCHEMA = "disel.train_result/2"
+"""Version 1 (before recipes composed) also had ``adapter_dir`` (always ``output_dir``); it still reads."""
 RETENTION_SCHEMA = "disel.retention/1"
 GATES_SCHEMA = "disel.gates/1"
 TRADEOFF_SCHEMA = "disel.tradeoff/1"
+GSM8K_SCHEMA = "disel.gsm8k/1"
+HUMANEVAL_SCHEMA = "disel.humaneval/1"
+PERPLEXITY_SCHEMA = "disel.perplexity/1"
+MLM_PERPLEXITY_SCHEMA = "disel.mlm_perplexity/1"
+LM_EVAL_SCHEMA = "disel.lm_eval/1"
+COMPARISON_SCHEMA = "disel.comparison/2"
+"""``disel-compare``'s ``comparison.json``; version 1 (before recipes) had a flat ``config`` and still reads."""
 
 TRAIN_RESULT_FILE = "train_result.json"
 
@@ -118,8 +132,8 @@ class MalformedResultFileError(ResultFileError, ValueError):
     """The file exists but is not valid JSON, has another schema, or lacks / mistypes a field."""
 
 
-def _load(path: str | os.PathLike, schema: str, made_by: str) -> dict[str, Any]:
-    """The JSON object in ``path``, checked to carry ``schema``."""
+def load_result_json(path: str | os.PathLike, schema: str, made_by: str, accept: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON object in ``path``, checked to carry ``schema`` (or an older version listed in ``accept``)."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
@@ -136,7 +150,7 @@ def _load(path: str | os.PathLike, schema: str, made_by: str) -> dict[str, Any]:
         raise MalformedResultFileError(
             path, f"expected a JSON object with schema {schema!r}, got a JSON {type(raw).__name__}"
         )
-    if raw.get("schema") != schema:
+    if raw.get("schema") != schema and raw.get("schema") not in accept:
         found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
         raise MalformedResultFileError(path, f"expected schema {schema!r} ({made_by}), found {found}")
     return raw
@@ -185,9 +199,89 @@ def _describe(kind: str, nullable: bool) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class TrainResult:
+    """What one ``train`` call produced; ``to_dict()`` is ``train_result.json`` (schema ``disel.train_result/2``,
+    non-finite floats written as null). Its presence means the run finished and the final adapter (or full
+    model) in ``output_dir`` is complete."""
+
+    name: str | None  # config.name
+    method: str  # copied from the config for quick filtering
+    rank: int | None  # method.r; null for full fine-tuning
+    task_type: str
+    model_path: str
+    config: dict[str, Any]  # the full resolved recipe (ExperimentConfig.to_dict())
+    output_dir: str  # the run folder; the final adapter is saved there
+    world_size: int  # data-parallel processes
+    global_step: int
+    epoch: float | None  # epochs completed (fractional)
+    final_train_loss: float | None  # the last logged training loss
+    train_loss: float | None  # the Trainer's mean loss over this invocation's steps
+    eval: dict[str, float]  # final metrics on the validation set (eval_loss, eval_accuracy); {} without one
+    loss_history: list[list[float]]  # every logged [step, loss], across resumes
+    eval_history: list[dict[str, Any]]  # every evaluation log entry, across resumes
+    log_history: list[dict[str, Any]]  # the Trainer's state.log_history
+    checkpoints: list[dict[str, Any]]  # complete checkpoints left ({"path" relative to output_dir, "step"}), oldest first
+    resumed_from: str | None  # the checkpoint this invocation resumed from
+    runtime_s: float  # wall-clock seconds of this invocation
+    data: dict[str, int]  # row and example counts (train_rows, train_examples, train_dropped_no_response ...)
+    parameters: dict[str, int]  # trainable and total parameter counts
+    parameter_sha256_per_rank: list[str]  # per rank, after training: equal hashes = replicas in sync
+    versions: dict[str, str]  # torch, transformers, peft, accelerate, disel
+    finished_at: str  # UTC, ISO 8601
+    schema: str = TRAIN_RESULT_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        result = dataclasses.asdict(self)
+        return {"schema": result.pop("schema"), **result}
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> TrainResult:
+        """Read ``train_result.json`` (``path`` is the file or the run folder holding it). Version-1 files also
+        carry ``adapter_dir``, always equal to ``output_dir``: it is dropped."""
+        path = Path(path)
+        file = path / TRAIN_RESULT_FILE if path.is_dir() or not path.suffix else path
+        raw = load_result_json(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train",
+                               accept=("disel.train_result/1",))
+        raw.pop("adapter_dir", None)
+        raw["schema"] = TRAIN_RESULT_SCHEMA
+        for key, kind, nullable in (("method", "str", False), ("rank", "int", True), ("name", "str", True),
+                                    ("global_step", "int", False), ("config", "object", False)):
+            _get(file, raw, key, kind, "", nullable=nullable)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+        if missing:
+            raise MalformedResultFileError(file, f"missing key {missing[0]!r} (and {len(missing) - 1} more)")
+        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``comparison.json`` of ``disel-compare``: the base model's and every run's final numbers."""
+
+    schema: str
+    config: dict[str, Any]
+    base: dict[str, float]
+    runs: list[dict[str, Any]]
+
+
+def read_comparison(path: str | os.PathLike) -> Comparison:
+    """Read ``comparison.json`` (schema ``disel.comparison/2``, or ``/1`` written before recipes composed)."""
+    path = Path(path)
+    made_by = "written by disel-compare"
+    raw = load_result_json(path, COMPARISON_SCHEMA, made_by, accept=("disel.comparison/1",))
+    base = _get(path, raw, "base", "object", "")
+    for key in ("exact_match", "ppl_english", "ppl_code"):
+        _get(path, base, key, "number", "base")
+    runs = _get(path, raw, "runs", "list", "")
+    for index, run in enumerate(runs):
+        for key, kind in (("method", "str"), ("rank", "int"), ("exact_match", "number"), ("checkpoints", "list")):
+            _get(path, run, key, kind, f"runs[{index}]")
+    return Comparison(raw["schema"], _get(path, raw, "config", "object", ""), base, runs)
+
+
 @dataclass(frozen=True)
 class TrainRunInfo:
-    """What the figures need from a run's ``train_result.json`` (schema ``disel.train_result/1``).
+    """What the figures need from a run's ``train_result.json`` (schema ``disel.train_result/2``).
 
     ``run_dir`` is the folder holding the file; ``seed`` is ``config.training.seed`` (``None`` if absent).
     """
@@ -201,19 +295,17 @@ class TrainRunInfo:
 
 
 def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
-    """Read ``train_result.json`` (``path`` is the file or the run directory holding it)."""
+    """What the figures need from ``train_result.json`` (``path`` is the file or the run directory holding it),
+    read with :meth:`TrainResult.read`."""
     path = Path(path)
     file = path / TRAIN_RESULT_FILE if path.is_dir() else path
-    raw = _load(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.train")
-    method = _get(file, raw, "method", "str", "")
-    rank = _get(file, raw, "rank", "int", "", nullable=True)
-    name = _get(file, raw, "name", "str", "", nullable=True) if "name" in raw else None
-    global_step = _get(file, raw, "global_step", "int", "", nullable=True) if "global_step" in raw else None
+    result = TrainResult.read(file)
+    training = result.config.get("training")
     seed = None
-    config = raw.get("config")
-    if isinstance(config, dict) and isinstance(config.get("training"), dict) and "seed" in config["training"]:
-        seed = _get(file, config["training"], "seed", "int", "config.training", nullable=True)
-    return TrainRunInfo(file.parent, method, None if method == "full" else rank, name, seed, global_step)
+    if isinstance(training, dict) and "seed" in training:
+        seed = _get(file, training, "seed", "int", "config.training", nullable=True)
+    rank = None if result.method == "full" else result.rank
+    return TrainRunInfo(file.parent, result.method, rank, result.name, seed, result.global_step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +383,7 @@ class RetentionTable:
 def read_retention_table(path: str | os.PathLike) -> RetentionTable:
     """Read and check a ``disel.retention/1`` table (``retention_<evaluator>.json``)."""
     path = Path(path)
-    raw = _load(path, RETENTION_SCHEMA, "written by disel.experiments.retention.evaluate_checkpoints")
+    raw = load_result_json(path, RETENTION_SCHEMA, "written by disel.experiments.eval.retention.evaluate_checkpoints")
     evaluator = _get(path, raw, "evaluator", "str", "")
     columns = _get(path, raw, "metric_columns", "list", "")
     if not all(isinstance(column, str) for column in columns):
@@ -355,7 +447,7 @@ def read_run(run_dir: str | os.PathLike, evaluator: str) -> RunResults:
         raise MissingResultFileError(
             table_path,
             f"does not exist; expected the {RETENTION_SCHEMA} table of evaluator {evaluator!r} "
-            f"(python -m disel.experiments.eval_cli retention ...); the run has {present or 'no retention table'}",
+            f"(python -m disel.experiments.cli.eval retention ...); the run has {present or 'no retention table'}",
         )
     return RunResults(info, read_retention_table(table_path))
 
@@ -386,71 +478,6 @@ def shared_base_value(runs: Sequence[RunResults], metric: str, *, rel_tol: float
     return first
 
 
-@dataclass(frozen=True)
-class CheckpointCurve:
-    """``metric`` over training steps for one ``(method, rank)``: the mean over its runs (seeds) at each
-    step and the sample standard deviation (0 with one run)."""
-
-    method: str
-    rank: int | None
-    steps: tuple[int, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    run_dirs: tuple[Path, ...]
-
-
-def checkpoint_curves(runs: Sequence[RunResults], metric: str) -> list[CheckpointCurve]:
-    """One :class:`CheckpointCurve` per ``(method, rank)``, ordered by method (first appearance) then rank.
-
-    Runs that share ``(method, rank)`` must have checkpoints at the same steps.
-    """
-    groups: dict[tuple[str, int | None], list[RunResults]] = {}
-    for run in runs:
-        groups.setdefault((run.info.method, run.info.rank), []).append(run)
-    methods = list(dict.fromkeys(method for method, _ in groups))
-    curves = []
-    for (method, rank), members in sorted(
-        groups.items(), key=lambda item: (methods.index(item[0][0]), _rank_key(item[0][1]))
-    ):
-        series = [(run, *run.table.series(metric)) for run in members]
-        steps = series[0][1]
-        for run, other_steps, _ in series[1:]:
-            if other_steps != steps:
-                raise MalformedResultFileError(
-                    run.table.path,
-                    f"has checkpoints at steps {other_steps} but {series[0][0].table.path} (same method {method!r}, "
-                    f"rank {rank}) has {steps}: seeds of one configuration must save at the same steps",
-                )
-        columns = list(zip(*(values for _, _, values in series)))
-        curves.append(
-            CheckpointCurve(
-                method,
-                rank,
-                tuple(steps),
-                tuple(_mean(c) for c in columns),
-                tuple(_sample_std(c) for c in columns),
-                tuple(run.info.run_dir for run in members),
-            )
-        )
-    return curves
-
-
-def _rank_key(rank: int | None) -> float:
-    return math.inf if rank is None else rank
-
-
-def _mean(values: Sequence[float]) -> float:
-    return math.fsum(values) / len(values)
-
-
-def _sample_std(values: Sequence[float]) -> float:
-    """Sample standard deviation (n − 1); 0 for a single value."""
-    if len(values) < 2:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 # ------------------------------------------------------------------------------------------------
 # disel.gates/1
 # ------------------------------------------------------------------------------------------------
@@ -473,7 +500,7 @@ class GateHistogram:
 
 @dataclass(frozen=True)
 class GateDomainSummary:
-    """The gate summaries of one input domain, grouped as :mod:`disel.experiments.gates` describes."""
+    """The gate summaries of one input domain, grouped as :mod:`disel.experiments.eval.gates` describes."""
 
     name: str
     token_selection: str | None
@@ -514,11 +541,30 @@ class GatesFile:
         return entry[sub_key]
 
 
+def _gate_histogram(path: Path, obj: Any, where: str, bins: int) -> GateHistogram:
+    """One histogram of a gates file, checked: ``bins`` non-negative counts adding up to ``count`` > 0."""
+    if not isinstance(obj, dict):
+        raise MalformedResultFileError(path, f"{where!r} must be a JSON object, got {obj!r}")
+    counts = _get(path, obj, "histogram", "list", where)
+    count = _get(path, obj, "count", "int", where)
+    if len(counts) != bins or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        raise MalformedResultFileError(
+            path, f"'{where}.histogram' must be {bins} non-negative integers (one per bin)"
+        )
+    if count <= 0 or sum(counts) != count:
+        raise MalformedResultFileError(
+            path, f"'{where}': histogram adds up to {sum(counts)} but count is {count} (must be equal and positive)"
+        )
+    return GateHistogram(
+        tuple(counts), count, _get(path, obj, "mean", "number", where), _get(path, obj, "std", "number", where)
+    )
+
+
 def read_gates(path: str | os.PathLike) -> GatesFile:
     """Read and check a ``disel.gates/1`` file: every histogram has ``len(bin_edges) - 1`` bins that
     add up to its ``count`` (> 0)."""
     path = Path(path)
-    raw = _load(path, GATES_SCHEMA, "written by disel.experiments.gates.save_gates / eval_cli gates")
+    raw = load_result_json(path, GATES_SCHEMA, "written by disel.experiments.eval.gates.save_gates / disel-eval gates")
     edges = _get(path, raw, "bin_edges", "list", "")
     if (
         len(edges) < 2
@@ -534,21 +580,7 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
         raise MalformedResultFileError(path, "'domains' is empty: no domain was recorded")
 
     def histogram(obj: Any, where: str) -> GateHistogram:
-        if not isinstance(obj, dict):
-            raise MalformedResultFileError(path, f"{where!r} must be a JSON object, got {obj!r}")
-        counts = _get(path, obj, "histogram", "list", where)
-        count = _get(path, obj, "count", "int", where)
-        if len(counts) != bins or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-            raise MalformedResultFileError(
-                path, f"'{where}.histogram' must be {bins} non-negative integers (one per bin)"
-            )
-        if count <= 0 or sum(counts) != count:
-            raise MalformedResultFileError(
-                path, f"'{where}': histogram adds up to {sum(counts)} but count is {count} (must be equal and positive)"
-            )
-        return GateHistogram(
-            tuple(counts), count, _get(path, obj, "mean", "number", where), _get(path, obj, "std", "number", where)
-        )
+        return _gate_histogram(path, obj, where, bins)
 
     def flat(obj: Mapping[str, Any], key: str, where: str) -> dict[str, GateHistogram]:
         table = _get(path, obj, key, "object", where)
@@ -680,7 +712,7 @@ def _check_tradeoff(raw: Mapping[str, Any], path: Path) -> TradeoffTable:
 def read_tradeoff_table(path: str | os.PathLike) -> TradeoffTable:
     """Read and check a ``disel.tradeoff/1`` table."""
     path = Path(path)
-    raw = _load(path, TRADEOFF_SCHEMA, "written by disel.experiments.results.write_tradeoff_table")
+    raw = load_result_json(path, TRADEOFF_SCHEMA, "written by disel.experiments.schemas.write_tradeoff_table")
     return _check_tradeoff(raw, path)
 
 
@@ -695,13 +727,13 @@ def write_tradeoff_table(
     base_ft_score: float | None = None,
     title: str | None = None,
 ) -> Path:
-    """Check and write a ``disel.tradeoff/1`` table atomically (:mod:`disel.experiments.io`).
+    """Check and write a ``disel.tradeoff/1`` table atomically (:mod:`disel.io`).
 
     ``rows``: :class:`TradeoffRow` objects or mappings with ``method``, ``rank``, ``seed``, ``ft_score``,
     ``retention``. Raises :class:`MalformedResultFileError` (naming ``path``, nothing written) on a missing
     or mistyped field, a non-finite score or a repeated ``(method, rank, seed)``.
     """
-    from .io import write_json_atomic
+    from disel.io import write_json_atomic
 
     path = Path(path)
     row_dicts = []
@@ -737,44 +769,20 @@ def _plain_number(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class TradeoffPoint:
-    """One ``(method, rank)`` of a tradeoff table: mean and sample standard deviation over its seeds."""
-
-    method: str
-    rank: int | None
-    seeds: tuple[int | None, ...]
-    ft_mean: float
-    ft_std: float
-    retention_mean: float
-    retention_std: float
-
-
-def summarize_over_seeds(table: TradeoffTable) -> list[TradeoffPoint]:
-    """One :class:`TradeoffPoint` per ``(method, rank)``, ordered by method (first appearance) then
-    rank; the standard deviation is the sample one (n − 1), 0 for a single seed."""
-    groups: dict[tuple[str, int | None], list[TradeoffRow]] = {}
-    for row in table.rows:
-        groups.setdefault((row.method, row.rank), []).append(row)
-    methods = list(dict.fromkeys(method for method, _ in groups))
-    points = []
-    for (method, rank), rows in sorted(
-        groups.items(), key=lambda item: (methods.index(item[0][0]), _rank_key(item[0][1]))
-    ):
-        ft = [r.ft_score for r in rows]
-        retention = [r.retention for r in rows]
-        points.append(
-            TradeoffPoint(
-                method,
-                rank,
-                tuple(r.seed for r in rows),
-                _mean(ft),
-                _sample_std(ft),
-                _mean(retention),
-                _sample_std(retention),
-            )
-        )
-    return points
+def _selected_row(ft_run: RunResults, retention_run: RunResults, ft_metric: str, retention_metric: str,
+                  select: str) -> TradeoffRow:
+    """One run's point: its best (ties: the earliest) or last checkpoint by ``ft_metric``, and that
+    checkpoint's retention."""
+    candidates = ft_run.table.checkpoints
+    if not candidates:
+        raise MalformedResultFileError(ft_run.table.path, "has no checkpoint rows to select from")
+    if select == "best":
+        chosen = max(candidates, key=lambda row: (ft_run.table.value(row, ft_metric), -row.step))
+    else:
+        chosen = candidates[-1]
+    retention = retention_run.table.value(retention_run.table.row(chosen.checkpoint), retention_metric)
+    info = ft_run.info
+    return TradeoffRow(info.method, info.rank, info.seed, ft_run.table.value(chosen, ft_metric), retention)
 
 
 def tradeoff_table_from_runs(
@@ -808,26 +816,7 @@ def tradeoff_table_from_runs(
         raise ValueError("run_dirs is empty: no run to put in the table")
     ft_runs = read_runs(run_dirs, ft_evaluator)
     retention_runs = read_runs(run_dirs, retention_evaluator)
-    rows = []
-    for ft_run, retention_run in zip(ft_runs, retention_runs):
-        candidates = ft_run.table.checkpoints
-        if not candidates:
-            raise MalformedResultFileError(ft_run.table.path, "has no checkpoint rows to select from")
-        if select == "best":
-            chosen = max(candidates, key=lambda row: (ft_run.table.value(row, ft_metric), -row.step))
-        else:
-            chosen = candidates[-1]
-        retention_row = retention_run.table.row(chosen.checkpoint)
-        info = ft_run.info
-        rows.append(
-            TradeoffRow(
-                info.method,
-                info.rank,
-                info.seed,
-                ft_run.table.value(chosen, ft_metric),
-                retention_run.table.value(retention_row, retention_metric),
-            )
-        )
+    rows = [_selected_row(ft, retention, ft_metric, retention_metric, select) for ft, retention in zip(ft_runs, retention_runs)]
     base_retention = shared_base_value(retention_runs, retention_metric)
     if base_retention is None:
         raise MalformedResultFileError(
@@ -854,12 +843,12 @@ def tradeoff_table_from_runs(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m disel.experiments.results tradeoff --runs-dir DIR --ft-evaluator gsm8k
+    """``python -m disel.experiments.schemas tradeoff --runs-dir DIR --ft-evaluator gsm8k
     --retention-evaluator lm-eval --out tradeoff_llm.json``: :func:`tradeoff_table_from_runs` + write."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m disel.experiments.results", description="Result-file tools.")
+    parser = argparse.ArgumentParser(prog="python -m disel.experiments.schemas", description="Result-file tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser(
         "tradeoff", help="a disel.tradeoff/1 table from training runs and their per-checkpoint tables"

@@ -1,7 +1,7 @@
 """Retention through lm-evaluation-harness, for models lm-eval cannot load by itself.
 
 lm-eval's ``hf`` model loads LoRA-family adapters from a path, but knows nothing of DISeL. We load the
-model ourselves (:func:`~disel.experiments.evaluate.load_model_for_eval`: base + adapter, not merged)
+model ourselves (:func:`~disel.experiments.eval.generation.load_model_for_eval`: base + adapter, not merged)
 and hand the live ``PeftModel`` to lm-eval's ``HFLM`` wrapper (``HFLM(pretrained=<model>,
 tokenizer=...)``), which then scores it exactly as it scores any Hugging Face model.
 
@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from ..schemas import LM_EVAL_SCHEMA
 
 __all__ = [
     "Benchmark",
@@ -237,7 +239,7 @@ def evaluate_lm_eval(
     raw = run_lm_eval(model, tokenizer, settings)
     summary = summarize_lm_eval(raw, resolve_benchmarks(settings))
     return {
-        "schema": "disel.lm_eval/1",
+        "schema": LM_EVAL_SCHEMA,
         "model": dict(description or {}),
         "settings": asdict(settings),
         "lm_eval_version": getattr(lm_eval, "__version__", "unknown"),

@@ -1,12 +1,15 @@
-"""Right-padding of token sequences into batches, shared by the perplexity and gate-analysis loops."""
+"""Right-padding of token sequences into batches: the one padding helper of training, perplexity and gates."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["right_pad"]
+from .templates import IGNORE_INDEX
+
+__all__ = ["CausalLMCollator", "right_pad"]
 
 
 def right_pad(
@@ -31,3 +34,16 @@ def right_pad(
         attention[row, : len(ids)] = 1
         values[row, : len(ids)] = torch.as_tensor(per_token)
     return input_ids, attention, values
+
+
+@dataclass
+class CausalLMCollator:
+    """The ``Trainer``'s collator for causal LM examples: :func:`right_pad` of ``input_ids`` (with
+    ``pad_token_id``) and ``labels`` (with -100). Tensors of shape (batch, longest sequence in the batch)."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        pairs = [(example["input_ids"], example["labels"]) for example in examples]
+        input_ids, attention_mask, labels = right_pad(pairs, self.pad_token_id, fill=IGNORE_INDEX, dtype=torch.long)
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

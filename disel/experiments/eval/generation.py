@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -28,12 +27,15 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..schemas import GSM8K_SCHEMA, HUMANEVAL_SCHEMA
+
 __all__ = [
     "CodeProblem",
     "ExecutionResult",
     "GenerationSettings",
     "LoadedModel",
     "check_program",
+    "code_instruction",
     "evaluate_gsm8k",
     "evaluate_humaneval",
     "extract_code_completion",
@@ -42,7 +44,6 @@ __all__ = [
     "gsm8k_reference_answer",
     "humaneval_program",
     "load_model_for_eval",
-    "read_jsonl",
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -60,14 +61,23 @@ class LoadedModel(NamedTuple):
     description: dict[str, Any]
 
 
-def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"dtype must be a torch.dtype or one of {sorted(names)}, got dtype={dtype!r}")
-    return names[dtype]
+def _attach_adapter(model: torch.nn.Module, adapter_path: str | os.PathLike) -> tuple[torch.nn.Module, str]:
+    """``model`` with the saved PEFT adapter in ``adapter_path`` (frozen, not merged) and the adapter's PEFT type."""
+    import peft
+
+    import disel  # noqa: F401  (registers the DISEL PEFT type, needed to read adapter_config.json)
+
+    adapter_dir = Path(adapter_path)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"adapter_path={str(adapter_dir)!r} has no adapter_config.json; pass a directory written by "
+            "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
+            "adapter_path=None for a full model"
+        )
+    # is_trainable=False: inference mode, adapters frozen; nothing is merged.
+    model = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    peft_type = model.peft_config["default"].peft_type
+    return model, str(getattr(peft_type, "value", peft_type))
 
 
 def load_model_for_eval(
@@ -84,8 +94,7 @@ def load_model_for_eval(
     """Base model + optional PEFT adapter, not merged, in eval mode.
 
     Args:
-        base_path: directory (or hub id, when online) of the pre-trained model, or of a fully
-            fine-tuned checkpoint.
+        base_path: local directory of the pre-trained model, or of a fully fine-tuned checkpoint.
         adapter_path: directory holding ``adapter_config.json`` and the adapter weights (a training
             output or one ``checkpoint-*``), or ``None`` for the base model alone. Any PEFT method
             works; DISeL's type is known to PEFT because importing ``disel`` registers it.
@@ -98,67 +107,28 @@ def load_model_for_eval(
             tokenizer files (training saves them there), else ``base_path``.
         padding_side: ``"left"`` so batched generation continues every prompt right after its text.
     """
-    import peft
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..models import load_model, load_tokenizer, resolve_dtype
 
-    import disel  # noqa: F401  (registers the DISEL PEFT type, needed to read adapter_config.json)
-
-    model_class = AutoModelForCausalLM if model_class is None else model_class
-    torch_dtype = _resolve_dtype(dtype)
-    gguf_kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
-    model = model_class.from_pretrained(base_path, dtype=torch_dtype, **gguf_kwargs)
-    peft_type = None
-    if adapter_path is not None:
-        adapter_dir = Path(adapter_path)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"adapter_path={str(adapter_dir)!r} has no adapter_config.json; pass a directory written by "
-                "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
-                "adapter_path=None for a full model"
-            )
-        # is_trainable=False: inference mode, adapters frozen; nothing is merged.
-        model = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
-        peft_type = str(getattr(model.peft_config["default"].peft_type, "value", model.peft_config["default"].peft_type))
+    model = load_model(base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path")
+    model, peft_type = _attach_adapter(model, adapter_path) if adapter_path is not None else (model, None)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     model.eval()
 
     if tokenizer_path is None:
-        if adapter_path is not None and any((Path(adapter_path) / name).is_file() for name in _TOKENIZER_FILES):
-            tokenizer_path = adapter_path
-        else:
-            tokenizer_path = base_path
-    tokenizer_kwargs = gguf_kwargs if Path(tokenizer_path) == Path(base_path) else {}
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
-    tokenizer.padding_side = padding_side
-    if tokenizer.pad_token is None:
-        # Generation needs a pad id; eos is never attended to under the attention mask, so it is safe.
-        tokenizer.pad_token = tokenizer.eos_token
+        has_own = adapter_path is not None and any((Path(adapter_path) / n).is_file() for n in _TOKENIZER_FILES)
+        tokenizer_path = adapter_path if has_own else base_path
+    from_base = Path(tokenizer_path) == Path(base_path)
+    tokenizer = load_tokenizer(tokenizer_path, gguf_file=gguf_file if from_base else None, padding_side=padding_side)
     description = {
         "base_path": str(base_path),
         "adapter_path": None if adapter_path is None else str(adapter_path),
         "peft_type": peft_type,
         "gguf_file": gguf_file,
-        "dtype": str(torch_dtype).removeprefix("torch."),
+        "dtype": str(resolve_dtype(dtype)).removeprefix("torch."),
         "device": str(device),
     }
     return LoadedModel(model, tokenizer, description)
-
-
-def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file (blank lines skipped), at most ``limit`` of them."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number} is not valid JSON: {error}") from None
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,7 +182,7 @@ def gsm8k_reference_answer(row: dict[str, Any]) -> str:
     """The reference answer of a GSM8K-style row, normalised like predictions.
 
     GSM8K rows carry the worked solution in ``answer`` ending ``#### <n>``; the offline arithmetic
-    problems (:mod:`disel.experiments.arithmetic`) carry a bare ``answer`` and the worked ``output``.
+    problems (:mod:`disel.experiments.data.arithmetic`) carry a bare ``answer`` and the worked ``output``.
     """
     answer = row.get("answer")
     if answer is None:
@@ -247,19 +217,29 @@ class GenerationSettings:
     ``batch_size``: prompts per ``generate`` call; prompts are sorted by length first, so a batch
     holds similar lengths and little padding.
     ``stop_strings``: text after the first of these in a response is cut off (and generation of a
-    row stops once one appears): a model that keeps going writes a new ``### Instruction:``.
+    row stops once one appears): a model that keeps going writes a new ``### Instruction:``. None: the
+    prompt template's own (:attr:`~disel.experiments.data.templates.PromptTemplate.stop_strings`).
     """
 
     max_new_tokens: int = 512
     batch_size: int = 8
-    stop_strings: tuple[str, ...] = ("### Instruction", "\n\n\n")
+    stop_strings: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"GenerationSettings.max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"GenerationSettings.batch_size must be a positive int, got {self.batch_size!r}")
-        self.stop_strings = tuple(self.stop_strings)
+        if self.stop_strings is not None:
+            self.stop_strings = tuple(self.stop_strings)
+
+    def for_template(self, template: str) -> GenerationSettings:
+        """These settings with the stop strings of ``template`` filled in (when not set explicitly)."""
+        from ..data.templates import get_template
+
+        if self.stop_strings is not None:
+            return self
+        return GenerationSettings(self.max_new_tokens, self.batch_size, get_template(template).stop_strings)
 
 
 def _cut_at_stop(text: str, stop_strings: Iterable[str]) -> str:
@@ -283,7 +263,7 @@ def generate_responses(
     Batches are left-padded (``tokenizer.padding_side`` is set to ``"left"`` for the call), so each
     prompt's last token is at the end of its row and generation continues it directly.
     """
-    settings = settings or GenerationSettings()
+    settings = (settings or GenerationSettings()).for_template("alpaca")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token) before generating")
     device = next(model.parameters()).device
@@ -318,27 +298,23 @@ def generate_responses(
 # ---------------------------------------------------------------------------------------------------
 
 
-def _default_math_prompt(question: str) -> str:
-    from .data import format_prompt  # the training template, so evaluation asks as training taught
-
-    return format_prompt("alpaca", question)
-
-
 def evaluate_gsm8k(
     model: torch.nn.Module,
     tokenizer: Any,
     rows: Sequence[dict[str, Any]],
     *,
     settings: GenerationSettings | None = None,
+    template: str = "alpaca",
     format_prompt: Callable[[str], str] | None = None,
     keep_samples: bool = True,
 ) -> dict[str, Any]:
     """GSM8K-style exact match (zero-shot, greedy) of ``model`` on ``rows``.
 
     Each row has a question (``question`` or ``instruction``) and an ``answer`` (GSM8K's worked
-    solution ending ``#### n``, or a bare number). The prompt is ``format_prompt(question)``,
-    by default the Alpaca template the math runs were trained with. Returns the ``disel.gsm8k/1``
-    record::
+    solution ending ``#### n``, or a bare number). The prompt is the question in ``template`` (the
+    Alpaca template the math runs were trained with by default; ``format_prompt(question)`` replaces
+    it), and generation stops at the template's stop strings unless ``settings`` sets them.
+    Returns the ``disel.gsm8k/1`` record::
 
         {"schema": "disel.gsm8k/1", "metric": "exact_match,strict-match",
          "exact_match": 0.41,             # strict: the paper's number
@@ -351,8 +327,10 @@ def evaluate_gsm8k(
     """
     if len(rows) == 0:
         raise ValueError("rows is empty: nothing to evaluate")
-    settings = settings or GenerationSettings()
-    format_prompt = format_prompt or _default_math_prompt
+    from ..data.templates import get_template
+
+    settings = (settings or GenerationSettings()).for_template(template)
+    format_prompt = format_prompt or get_template(template).format_prompt
     questions = [_question_of(row) for row in rows]
     references = [gsm8k_reference_answer(row) for row in rows]
     prompts = [format_prompt(q) for q in questions]
@@ -364,7 +342,7 @@ def evaluate_gsm8k(
     strict_correct = [p is not None and p == ref for p, ref in zip(strict, references)]
     flexible_correct = [p is not None and p == ref for p, ref in zip(flexible, references)]
     result: dict[str, Any] = {
-        "schema": "disel.gsm8k/1",
+        "schema": GSM8K_SCHEMA,
         "metric": "exact_match,strict-match",
         "exact_match": sum(strict_correct) / len(rows),
         "exact_match_flexible": sum(flexible_correct) / len(rows),
@@ -375,15 +353,8 @@ def evaluate_gsm8k(
     }
     if keep_samples:
         result["samples"] = [
-            {
-                "index": i,
-                "question": questions[i],
-                "reference": references[i],
-                "response": responses[i],
-                "prediction_strict": strict[i],
-                "prediction_flexible": flexible[i],
-                "correct": strict_correct[i],
-            }
+            {"index": i, "question": questions[i], "reference": references[i], "response": responses[i],
+             "prediction_strict": strict[i], "prediction_flexible": flexible[i], "correct": strict_correct[i]}
             for i in range(len(rows))
         ]
     return result
@@ -547,11 +518,9 @@ def humaneval_program(problem: CodeProblem, completion: str) -> str:
     return f"{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
-def _default_code_prompt(problem: CodeProblem) -> str:
-    from .data import format_prompt
-
-    instruction = f"Complete the following Python function.\n```python\n{problem.prompt}```"
-    return format_prompt("magicoder", instruction)
+def code_instruction(problem: CodeProblem) -> str:
+    """The instruction a HumanEval problem is asked with (inside the evaluator's prompt template)."""
+    return f"Complete the following Python function.\n```python\n{problem.prompt}```"
 
 
 def evaluate_humaneval(
@@ -561,6 +530,7 @@ def evaluate_humaneval(
     *,
     allow_code_execution: bool = False,
     settings: GenerationSettings | None = None,
+    template: str = "magicoder",
     format_prompt: Callable[[CodeProblem], str] | None = None,
     timeout_s: float = 10.0,
     keep_samples: bool = True,
@@ -568,8 +538,9 @@ def evaluate_humaneval(
     """HumanEval-style pass@1 with one greedy sample per problem (the paper's setting).
 
     Refuses before generating anything unless ``allow_code_execution=True`` (see :func:`check_program`).
-    ``format_prompt(problem)`` builds the model input; by default the Magicoder template the code runs
-    were trained with, asking to complete the function. Returns the ``disel.humaneval/1`` record::
+    The model input asks to complete the function (:func:`code_instruction`) in ``template``, by default the
+    Magicoder template the code runs were trained with (``format_prompt(problem)`` replaces it); generation
+    stops at the template's stop strings unless ``settings`` sets them. Returns the ``disel.humaneval/1`` record::
 
         {"schema": "disel.humaneval/1", "metric": "pass@1", "pass@1": 0.5, "n": 164, "generation": {...},
          "samples": [{"task_id", "response", "status": "passed" | "failed" | "timeout", "detail"}, ...]}
@@ -579,15 +550,19 @@ def evaluate_humaneval(
     problems = [p if isinstance(p, CodeProblem) else CodeProblem.from_row(p) for p in problems]
     if not problems:
         raise ValueError("problems is empty: nothing to evaluate")
-    settings = settings or GenerationSettings(stop_strings=("@@ Instruction",))
-    format_prompt = format_prompt or _default_code_prompt
+    from ..data.templates import get_template
+
+    settings = (settings or GenerationSettings()).for_template(template)
+    if format_prompt is None:
+        prompt_template = get_template(template)
+        format_prompt = lambda problem: prompt_template.format_prompt(code_instruction(problem))  # noqa: E731
     responses = generate_responses(model, tokenizer, [format_prompt(p) for p in problems], settings)
     outcomes = []
     for problem, response in zip(problems, responses):
         program = humaneval_program(problem, extract_code_completion(problem, response))
         outcomes.append(check_program(program, timeout_s=timeout_s, allow_code_execution=True))
     result: dict[str, Any] = {
-        "schema": "disel.humaneval/1",
+        "schema": HUMANEVAL_SCHEMA,
         "metric": "pass@1",
         "pass@1": sum(o.passed for o in outcomes) / len(problems),
         "n": len(problems),

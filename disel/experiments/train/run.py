@@ -17,29 +17,33 @@ Files written to ``training.output_dir``:
   ``trainer_state.json`` last; AdaLoRA adds ``adalora_state.pt``);
 * the final adapter (``adapter_config.json`` + ``adapter_model.safetensors``; the whole model for ``full``)
   and the tokenizer;
-* ``train_result.json`` — written atomically, last, by the main process (schema in :class:`TrainResult`).
+* ``train_result.json`` — written atomically, last, by the main process (:class:`~disel.experiments.schemas.TrainResult`).
   Its presence means the run finished and the final adapter beside it is complete.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import ConfigError, ExperimentConfig, MethodConfig, ModelConfig, TrainingConfig
-from .data import CausalLMCollator, PreparedData, prepare_data
-from .io import read_json, write_json_atomic, write_yaml_atomic
+from disel.io import write_json_atomic, write_yaml_atomic
+
+from ..config import ConfigError, ExperimentConfig, ModelConfig
+from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
+from ..schemas import TRAIN_RESULT_SCHEMA as RESULT_SCHEMA
+from ..schemas import TrainResult
+from ..data.collator import CausalLMCollator
+from ..data.datasets import PreparedData, prepare_data
+from ..models import check_model_dir, force_offline, load_model, load_tokenizer
 
 __all__ = [
     "RESULT_FILE",
@@ -48,109 +52,13 @@ __all__ = [
     "TrainResult",
     "build_peft_config",
     "complete_checkpoints",
-    "load_model",
-    "load_tokenizer",
     "resolve_resume",
     "train",
+    "training_arguments",
 ]
 
-RESULT_FILE = "train_result.json"
-RESULT_SCHEMA = "disel.train_result/1"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _ADALORA_STATE = "adalora_state.pt"
-
-
-@dataclass
-class TrainResult:
-    """What one :func:`train` call produced; ``to_dict()`` is the content of ``train_result.json``.
-
-    Schema ``disel.train_result/1`` (JSON; non-finite floats are ``null``):
-
-    ``schema`` (str)
-        ``"disel.train_result/1"``.
-    ``name`` (str | null)
-        ``config.name``.
-    ``method`` (str), ``rank`` (int | null), ``task_type`` (str), ``model_path`` (str)
-        Copied from the config for quick filtering (``rank`` is ``method.r``; null for ``full``).
-    ``config`` (object)
-        The full resolved :class:`~disel.experiments.config.ExperimentConfig` (``to_dict()``).
-    ``output_dir`` (str), ``adapter_dir`` (str)
-        Where the run lives and where the final adapter (or full model) is saved (the same folder).
-    ``world_size`` (int)
-        Number of data-parallel processes.
-    ``global_step`` (int), ``epoch`` (float)
-        Optimizer steps done and epochs completed (fractional) at the end.
-    ``final_train_loss`` (float | null)
-        The last logged training loss (mean over the last ``logging_steps`` steps).
-    ``train_loss`` (float | null)
-        The Trainer's mean training loss over the steps run by this invocation.
-    ``eval`` (object)
-        Final evaluation metrics on the validation set (``eval_loss``; ``eval_accuracy`` for
-        classification); empty without validation data.
-    ``loss_history`` (list of [step, loss])
-        Every logged training loss, across resumes.
-    ``eval_history`` (list of objects)
-        Every evaluation log entry (``step``, ``eval_loss``, ...), across resumes.
-    ``log_history`` (list of objects)
-        The Trainer's complete ``state.log_history``.
-    ``checkpoints`` (list of {"path", "step"})
-        Complete checkpoints left in ``output_dir`` (``path`` relative to it), oldest first.
-    ``resumed_from`` (str | null)
-        The checkpoint this invocation resumed from.
-    ``runtime_s`` (float)
-        Wall-clock seconds of this invocation (loading, training, saving).
-    ``data`` (object)
-        Row and example counts (``train_rows``, ``train_examples``, ``train_dropped_no_response``, ...).
-    ``parameters`` (object)
-        ``trainable`` and ``total`` parameter counts.
-    ``parameter_sha256_per_rank`` (list of str)
-        SHA-256 of the trainable parameters on each rank after training (equal = replicas in sync).
-    ``versions`` (object)
-        ``torch``, ``transformers``, ``peft``, ``accelerate``, ``disel`` versions.
-    ``finished_at`` (str)
-        UTC time, ISO 8601.
-    """
-
-    name: str | None
-    method: str
-    rank: int | None
-    task_type: str
-    model_path: str
-    config: dict[str, Any]
-    output_dir: str
-    adapter_dir: str
-    world_size: int
-    global_step: int
-    epoch: float | None
-    final_train_loss: float | None
-    train_loss: float | None
-    eval: dict[str, float]
-    loss_history: list[list[float]]
-    eval_history: list[dict[str, Any]]
-    log_history: list[dict[str, Any]]
-    checkpoints: list[dict[str, Any]]
-    resumed_from: str | None
-    runtime_s: float
-    data: dict[str, int]
-    parameters: dict[str, int]
-    parameter_sha256_per_rank: list[str]
-    versions: dict[str, str]
-    finished_at: str
-    schema: str = RESULT_SCHEMA
-
-    def to_dict(self) -> dict[str, Any]:
-        result = dataclasses.asdict(self)
-        return {"schema": result.pop("schema"), **result}
-
-    @classmethod
-    def read(cls, output_dir: str | os.PathLike) -> TrainResult:
-        """Read ``<output_dir>/train_result.json``."""
-        raw = read_json(Path(output_dir) / RESULT_FILE)
-        if raw.get("schema") != RESULT_SCHEMA:
-            raise ValueError(
-                f"{Path(output_dir) / RESULT_FILE}: expected schema {RESULT_SCHEMA!r}, got {raw.get('schema')!r}"
-            )
-        return cls(**raw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,28 +83,32 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def resolve_resume(training: TrainingConfig) -> str | None:
-    """The checkpoint to resume from, per ``training.resume`` (see :class:`TrainingConfig`).
+def resolve_resume(training: Any) -> str | None:
+    """The checkpoint to resume from, per ``training.resume_from_checkpoint``: ``auto`` (the newest complete
+    checkpoint in ``output_dir``, or a fresh start if there is none), a checkpoint folder, or None (a fresh
+    start; an ``output_dir`` that already holds a run is then an error, so a restarted job cannot
+    silently overwrite it).
 
     Raises:
         ConfigError: ``resume`` is a path that is not a checkpoint, or is None while ``output_dir``
             already holds checkpoints or a result (a restarted job must say ``resume: auto`` or use a new folder).
     """
     existing = complete_checkpoints(training.output_dir)
-    if training.resume is None:
+    resume = training.resume_from_checkpoint
+    if resume is None:
         if existing or (Path(training.output_dir) / RESULT_FILE).exists():
             found = existing[-1].name if existing else RESULT_FILE
             raise ConfigError(
                 f"training.output_dir {training.output_dir!r} already holds a run ({found}); "
-                "set training.resume=auto to continue it, or choose a new output_dir"
+                "set training.resume_from_checkpoint=auto to continue it, or choose a new output_dir"
             )
         return None
-    if training.resume == "auto":
+    if resume == "auto":
         return str(existing[-1]) if existing else None
-    path = Path(training.resume)
+    path = Path(resume)
     if not (path / "trainer_state.json").is_file():
         raise ConfigError(
-            f"training.resume {training.resume!r} is not a complete checkpoint folder (no trainer_state.json); "
+            f"training.resume_from_checkpoint {resume!r} is not a complete checkpoint folder (no trainer_state.json); "
             "give 'auto', a checkpoint-<step> folder, or null"
         )
     return str(path)
@@ -207,94 +119,19 @@ def resolve_resume(training: TrainingConfig) -> str | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _force_offline() -> None:
-    """disel never downloads at run time: models and data come from local files only."""
-    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(variable, "1")
+def _load_base_model(model_config: ModelConfig, pad_token_id: int | None) -> torch.nn.Module:
+    """The base model of the recipe; a sequence classifier gets a fresh ``num_labels`` head."""
+    from transformers import AutoModelForSequenceClassification
 
-
-def _check_model_path(model: ModelConfig) -> Path:
-    path = Path(model.path).expanduser()
-    hint = (
-        "set model.path in the recipe (or --override model.path=/your/dir) to a local directory holding the "
-        "model; disel never downloads from a hub"
-    )
-    if not path.is_dir():
-        raise FileNotFoundError(f"model.path {model.path!r} does not exist or is not a directory; {hint}")
-    if model.gguf_file is not None:
-        if not (path / model.gguf_file).is_file():
-            raise FileNotFoundError(f"model.gguf_file {model.gguf_file!r} is not a file in model.path {model.path!r}")
-    elif not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.path {model.path!r} has no config.json (not a transformers checkpoint); {hint}")
-    return path
-
-
-def load_tokenizer(model_config: ModelConfig) -> Any:
-    """The model's tokenizer from local files only. Without a pad token it pads with EOS (padding is masked)."""
-    from transformers import AutoTokenizer
-
-    path = _check_model_path(model_config)
-    tokenizer = AutoTokenizer.from_pretrained(path, **_local_kwargs(model_config))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model(model_config: ModelConfig, pad_token_id: int | None = None) -> torch.nn.Module:
-    """The base model (``AutoModelForCausalLM`` / ``AutoModelForSequenceClassification`` with a fresh head),
-    from local files only."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    path = _check_model_path(model_config)
-    dtype = model_config.dtype if model_config.dtype == "auto" else getattr(torch, model_config.dtype)
-    kwargs = {**_local_kwargs(model_config), _dtype_keyword(): dtype}
+    kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code}
     if model_config.attn_implementation is not None:
         kwargs["attn_implementation"] = model_config.attn_implementation
-    if model_config.gguf_file is not None:
-        kwargs.update(_gguf_dequantize_kwargs())
-    if model_config.task_type == "causal_lm":
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=model_config.num_labels, **kwargs)
+    if model_config.task_type == "sequence_classification":
+        kwargs.update(model_class=AutoModelForSequenceClassification, num_labels=model_config.num_labels)
+    model = load_model(model_config.path, dtype=model_config.dtype, gguf_file=model_config.gguf_file, **kwargs)
     if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
         model.config.pad_token_id = pad_token_id
     return model
-
-
-def _gguf_dequantize_kwargs() -> dict[str, Any]:
-    """Ask for plain dense weights from a GGUF file. transformers >= 5 may keep GGUF blocks (when a matmul
-    kernel exists) and then refuses to train the model; dequantized, it is an ordinary float model."""
-    import inspect
-
-    try:
-        from transformers.utils.quantization_config import GgufConfig
-    except ImportError:  # older transformers always dequantize GGUF weights
-        return {}
-    if "dequantize" not in inspect.signature(GgufConfig).parameters:
-        return {}
-    return {"quantization_config": GgufConfig(dequantize=True)}
-
-
-def _dtype_keyword() -> str:
-    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
-    import transformers
-    from packaging.version import Version
-
-    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-
-
-def _local_kwargs(model_config: ModelConfig) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": model_config.trust_remote_code}
-    if model_config.gguf_file is not None:
-        kwargs["gguf_file"] = model_config.gguf_file
-    return kwargs
-
-
-def _gate_lr_ratio(method: MethodConfig, learning_rate: float) -> float:
-    from disel.optim import DEFAULT_GATE_LR_RATIO
-
-    if method.gate_lr is not None:
-        return method.gate_lr / learning_rate
-    return DEFAULT_GATE_LR_RATIO if method.gate_lr_ratio is None else method.gate_lr_ratio
 
 
 def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
@@ -313,13 +150,7 @@ def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
     if method.name == "disel":
         import disel
 
-        return disel.DiselConfig(
-            r=method.r,
-            gate_bias_init=method.gate_bias_init,
-            gate_weight_init=method.gate_weight_init,
-            gate_lr_ratio=_gate_lr_ratio(method, config.training.learning_rate),
-            **common,
-        )
+        return disel.DiselConfig(r=method.r, **method.disel_settings(), **common)
     if method.name in ("lora", "dora"):
         from peft import LoraConfig
 
@@ -473,71 +304,31 @@ def _adalora_trainer_class():
 # ------------------------------------------------------------------------------------------------
 
 
-def _training_arguments(config: ExperimentConfig, has_validation: bool):
+def training_arguments(config: ExperimentConfig, has_validation: bool, source: str = "the recipe"):
+    """The recipe's ``training`` section as ``transformers.TrainingArguments``, validated by transformers.
+
+    Filled in where the recipe leaves them unset: evaluation each epoch when there is validation data,
+    ``ddp_find_unused_parameters=False`` for adapters (every trainable parameter takes part in every step),
+    loss-only evaluation for causal LMs (gathering (batch, length, vocab) logits would only cost memory),
+    non-reentrant activation checkpointing (the embeddings are frozen, so no input requires grad).
+    """
     from transformers import TrainingArguments
 
-    training = config.training
-    eval_strategy = training.eval_strategy or ("epoch" if has_validation else "no")
-    if eval_strategy != "no" and not has_validation:
-        raise ConfigError(f"training.eval_strategy is {eval_strategy!r} but there is no validation data")
-    argument_names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    if training.warmup_steps is not None:
-        warmup = {"warmup_steps": training.warmup_steps}
-    else:
-        ratio = 0.03 if training.warmup_ratio is None else training.warmup_ratio
-        # transformers 5 reads a float warmup_steps < 1 as a ratio; 4.x has warmup_ratio.
-        warmup = {"warmup_ratio": ratio} if "warmup_ratio" in argument_names else {"warmup_steps": ratio}
-    save_steps = training.save_steps
-    find_unused = training.ddp_find_unused_parameters
-    if find_unused is None and config.method.name != "full":
-        find_unused = False  # every trainable adapter parameter takes part in every step
-    return TrainingArguments(
-        output_dir=training.output_dir,
-        learning_rate=training.learning_rate,
-        weight_decay=training.weight_decay,
-        adam_beta1=training.adam_beta1,
-        adam_beta2=training.adam_beta2,
-        adam_epsilon=training.adam_epsilon,
-        max_grad_norm=training.max_grad_norm,
-        lr_scheduler_type=training.lr_scheduler_type,
-        **warmup,
-        per_device_train_batch_size=training.per_device_train_batch_size,
-        per_device_eval_batch_size=training.per_device_eval_batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        num_train_epochs=training.num_train_epochs,
-        max_steps=training.max_steps if training.max_steps is not None else -1,
-        bf16=training.precision == "bf16",
-        seed=training.seed,
-        data_seed=training.data_seed,
-        full_determinism=training.full_determinism,
-        logging_steps=training.logging_steps,
-        eval_strategy=eval_strategy,
-        eval_steps=training.eval_steps,
-        save_strategy=training.save_strategy,
-        save_steps=int(save_steps) if save_steps >= 1 else save_steps,
-        save_total_limit=training.save_total_limit,
-        dataloader_num_workers=training.dataloader_num_workers,
-        report_to=list(training.report_to) or "none",
-        disable_tqdm=training.disable_tqdm,
-        use_cpu=training.use_cpu,
-        ddp_find_unused_parameters=find_unused,
-        remove_unused_columns=False,  # our datasets hold exactly the model inputs
-        label_names=["labels"],  # PEFT wraps forward(**kwargs): the Trainer cannot infer it
-        # Causal LM evaluation is the loss; gathering (batch, length, vocab) logits would only cost memory.
-        prediction_loss_only=config.model.task_type == "causal_lm",
-        **_checkpointing_arguments(training.gradient_checkpointing),
-        **training.trainer_args,
-    )
-
-
-def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
-    """Activation checkpointing in this transformers version's terms (renamed from gradient_checkpointing in v5)."""
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    # Non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen).
-    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
+    values = config.training.model_dump(exclude_unset=True)
+    values.setdefault("eval_strategy", "epoch" if has_validation else "no")
+    if values["eval_strategy"] != "no" and not has_validation:
+        raise ConfigError(f"training.eval_strategy in {source} is {values['eval_strategy']!r} but there is no validation data")
+    if config.method.name != "full":
+        values.setdefault("ddp_find_unused_parameters", False)
+    values.setdefault("prediction_loss_only", config.model.task_type == "causal_lm")
+    for prefix in ("gradient_checkpointing", "activation_checkpointing"):
+        if values.get(prefix):
+            values.setdefault(f"{prefix}_kwargs", {"use_reentrant": False})
+    values.update(remove_unused_columns=False, label_names=["labels"])
+    try:
+        return TrainingArguments(**values)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"training in {source}: transformers.TrainingArguments refused it: {error}") from error
 
 
 def _accuracy(eval_prediction) -> dict[str, float]:
@@ -547,10 +338,9 @@ def _accuracy(eval_prediction) -> dict[str, float]:
     return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
 
 
-def _build_trainer(config, model, tokenizer, data: PreparedData, callbacks, resume_from):
+def _build_trainer(config, args, model, tokenizer, data: PreparedData, callbacks, resume_from):
     from transformers import DataCollatorWithPadding, Trainer
 
-    args = _training_arguments(config, data.validation is not None)
     if config.model.task_type == "causal_lm":
         collator = CausalLMCollator(pad_token_id=int(tokenizer.pad_token_id))
         compute_metrics = None
@@ -575,10 +365,7 @@ def _build_trainer(config, model, tokenizer, data: PreparedData, callbacks, resu
     if config.method.name == "disel":
         from disel.optim import DiselTrainer
 
-        method = config.method
-        if method.gate_lr is not None:
-            return DiselTrainer(gate_lr=method.gate_lr, **kwargs)
-        return DiselTrainer(gate_lr_ratio=_gate_lr_ratio(method, config.training.learning_rate), **kwargs)
+        return DiselTrainer(**kwargs)  # the gate learning rate: the model's DiselConfig.gate_lr_ratio
     return Trainer(**kwargs)
 
 
@@ -635,6 +422,65 @@ def _float_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, reseed):
+    """Tokenizer, data, training arguments, model with its adapter, and the Trainer, in that order: data and
+    arguments before the model, so a malformed row or setting surfaces in seconds, not after loading 7B
+    parameters."""
+    model_config, training = config.model, config.training
+    check_model_dir(model_config.path, model_config.gguf_file)
+    tokenizer = load_tokenizer(
+        model_config.path, gguf_file=model_config.gguf_file, trust_remote_code=model_config.trust_remote_code
+    )
+    data = prepare_data(config.data, tokenizer, model_config.task_type, model_config.num_labels)
+    args = training_arguments(config, data.validation is not None)
+    model = _load_base_model(model_config, tokenizer.pad_token_id)
+    if model_config.task_type == "causal_lm" and (training.gradient_checkpointing or training.activation_checkpointing):
+        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    reseed()  # the adapter's initialisation must not depend on what model loading drew
+    model = _apply_method(model, config, len(data.train))
+    return _build_trainer(config, args, model, tokenizer, data, callbacks, resume_from), data
+
+
+def _result(config: ExperimentConfig, trainer, data, train_output, eval_metrics, resume_from, runtime_s) -> TrainResult:
+    """The :class:`TrainResult` of a finished run (gathers every rank's parameter hash: call on all ranks)."""
+    from accelerate.utils import gather_object
+
+    sha_per_rank = gather_object([_parameter_sha256(trainer.model)])
+    state, output_dir = trainer.state, Path(config.training.output_dir)
+    log_history = list(state.log_history)
+    parameters = list(trainer.model.parameters())
+    return TrainResult(
+        name=config.name,
+        method=config.method.name,
+        rank=None if config.method.name == "full" else config.method.r,
+        task_type=config.model.task_type,
+        model_path=config.model.path,
+        config=config.to_dict(),
+        output_dir=str(output_dir),
+        world_size=trainer.args.world_size,
+        global_step=state.global_step,
+        epoch=_float_or_none(state.epoch),
+        final_train_loss=next((_float_or_none(e["loss"]) for e in reversed(log_history) if "loss" in e), None),
+        train_loss=_float_or_none(train_output.training_loss),
+        eval={k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+        loss_history=[[e["step"], float(e["loss"])] for e in log_history if "loss" in e],
+        eval_history=[e for e in log_history if any(k.startswith("eval_") for k in e)],
+        log_history=log_history,
+        checkpoints=[
+            {"path": path.name, "step": int(_CHECKPOINT.match(path.name).group(1))}
+            for path in complete_checkpoints(output_dir)
+        ],
+        resumed_from=resume_from,
+        runtime_s=runtime_s,
+        data=dict(data.stats),
+        parameters={"trainable": sum(p.numel() for p in parameters if p.requires_grad),
+                    "total": sum(p.numel() for p in parameters)},
+        parameter_sha256_per_rank=list(sha_per_rank),
+        versions=_versions(),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
 def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.method``; return (and save) the result.
 
@@ -650,28 +496,18 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
     Raises:
         ConfigError: inconsistent settings (also an ``output_dir`` with checkpoints but no ``resume``).
         FileNotFoundError: ``model.path`` is not a local model.
-        disel.experiments.data.DataFormatError: a missing file or a malformed row (file, line, expected key).
+        disel.experiments.data.datasets.DataFormatError: a missing file or a malformed row (file, line, expected key).
     """
     from transformers import enable_full_determinism, set_seed
 
     started = time.time()
-    config.validate()
-    _force_offline()
+    config.validate_values()
+    force_offline()
     training = config.training
     resume_from = resolve_resume(training)
     seed_everything = enable_full_determinism if training.full_determinism else set_seed
     seed_everything(training.seed)
-
-    # Data before the model: a malformed row surfaces in seconds, not after loading 7B parameters.
-    tokenizer = load_tokenizer(config.model)
-    data = prepare_data(config.data, tokenizer, config.model.task_type, config.model.num_labels)
-    model = load_model(config.model, pad_token_id=tokenizer.pad_token_id)
-    if config.model.task_type == "causal_lm" and training.gradient_checkpointing:
-        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
-    seed_everything(training.seed)  # the adapter's initialisation must not depend on what model loading drew
-    model = _apply_method(model, config, len(data.train))
-
-    trainer = _build_trainer(config, model, tokenizer, data, callbacks, resume_from)
+    trainer, data = _prepare(config, callbacks, resume_from, reseed=lambda: seed_everything(training.seed))
     is_main = trainer.is_world_process_zero()
     output_dir = Path(training.output_dir)
     if is_main:
@@ -682,46 +518,7 @@ def train(config: ExperimentConfig, *, callbacks: Sequence[Any] = ()) -> TrainRe
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))
     eval_metrics = _final_evaluation(trainer) if data.validation is not None else {}
-
-    from accelerate.utils import gather_object
-
-    sha_per_rank = gather_object([_parameter_sha256(trainer.model)])
-    state = trainer.state
-    log_history = list(state.log_history)
-    unwrapped = trainer.model
-    result = TrainResult(
-        name=config.name,
-        method=config.method.name,
-        rank=None if config.method.name == "full" else config.method.r,
-        task_type=config.model.task_type,
-        model_path=config.model.path,
-        config=config.to_dict(),
-        output_dir=str(output_dir),
-        adapter_dir=str(output_dir),
-        world_size=trainer.args.world_size,
-        global_step=state.global_step,
-        epoch=_float_or_none(state.epoch),
-        final_train_loss=next((_float_or_none(e["loss"]) for e in reversed(log_history) if "loss" in e), None),
-        train_loss=_float_or_none(train_output.training_loss),
-        eval={k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
-        loss_history=[[e["step"], float(e["loss"])] for e in log_history if "loss" in e],
-        eval_history=[e for e in log_history if any(k.startswith("eval_") for k in e)],
-        log_history=log_history,
-        checkpoints=[
-            {"path": path.name, "step": int(_CHECKPOINT.match(path.name).group(1))}
-            for path in complete_checkpoints(output_dir)
-        ],
-        resumed_from=resume_from,
-        runtime_s=time.time() - started,
-        data=dict(data.stats),
-        parameters={
-            "trainable": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
-            "total": sum(p.numel() for p in unwrapped.parameters()),
-        },
-        parameter_sha256_per_rank=list(sha_per_rank),
-        versions=_versions(),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    result = _result(config, trainer, data, train_output, eval_metrics, resume_from, time.time() - started)
     if is_main:
         write_json_atomic(output_dir / RESULT_FILE, result.to_dict())
     trainer.accelerator.wait_for_everyone()

@@ -36,8 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
-from .batching import right_pad
+from disel.recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
+
+from ..data.collator import right_pad
+from ..schemas import GATES_SCHEMA
 
 __all__ = ["GateDomain", "analyze_gates", "default_offline_domains", "domain_from_rows", "save_gates"]
 
@@ -76,7 +78,7 @@ class GateDomain:
 
 def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[tuple[list[int], list[bool]]]:
     """(token ids, record-this-token flags) per sequence. Instruction examples are tokenized exactly as
-    for training (:func:`disel.experiments.data.tokenize_instruction`: prompt + response + EOS), and
+    for training (:func:`disel.experiments.data.datasets.tokenize_instruction`: prompt + response + EOS), and
     the recorded tokens are the ones training puts a loss on (the response and its EOS)."""
     if domain.texts is not None:
         encoded = []
@@ -84,7 +86,8 @@ def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[
             ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
             encoded.append((ids, [True] * len(ids)))
         return encoded
-    from .data import IGNORE_INDEX, tokenize_instruction
+    from ..data.datasets import tokenize_instruction
+    from ..data.templates import IGNORE_INDEX
 
     encoded = []
     for example in domain.examples:
@@ -134,7 +137,7 @@ def analyze_gates(
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    result: dict[str, Any] = {"schema": "disel.gates/1", "model": dict(description or {}), "bins": bins, "domains": {}}
+    result: dict[str, Any] = {"schema": GATES_SCHEMA, "model": dict(description or {}), "bins": bins, "domains": {}}
     for domain in domains:
         encoded = [(ids, mask) for ids, mask in _encode_domain(domain, tokenizer, max_length) if any(mask)]
         if not encoded:
@@ -170,7 +173,7 @@ def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = 
     """A domain from JSONL-style rows: ``text`` rows are raw text (all tokens); rows with
     ``instruction``/``output``, ``question``/``answer`` (GSM8K) or ``prompt``/``canonical_solution``
     (HumanEval) are instruction examples in the named training template (response tokens only)."""
-    from .data import format_prompt
+    from ..data.templates import format_prompt
 
     if not rows:
         raise ValueError(f"domain {name!r} has no rows")
@@ -189,14 +192,14 @@ def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = 
 def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Sequence[str] = ()) -> list[GateDomain]:
     """The three domains of the paper, from offline sources.
 
-    * ``math``: arithmetic word problems (:mod:`disel.experiments.arithmetic`) in the Alpaca template;
+    * ``math``: arithmetic word problems (:mod:`disel.experiments.data.arithmetic`) in the Alpaca template;
       response tokens. Use a ``seed`` different from the training data's.
     * ``general``: English prose from Python's documentation; all tokens.
     * ``code``: documented standard-library functions in the Magicoder template; response tokens.
     """
-    from .arithmetic import generate_problems
-    from .data import format_prompt
-    from .offline_text import general_english_texts, python_function_tasks
+    from ..data.arithmetic import generate_problems
+    from ..data.templates import format_prompt
+    from ..data.offline_text import general_english_texts, python_function_tasks
 
     math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]
     return [
@@ -212,6 +215,6 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
 
 def save_gates(result: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a ``disel.gates/1`` dict atomically."""
-    from .io import write_json_atomic
+    from disel.io import write_json_atomic
 
     write_json_atomic(path, result)

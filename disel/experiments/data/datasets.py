@@ -1,15 +1,8 @@
-"""Training data: prompt templates, reading local files, the held-out split, tokenisation with masked prompts.
+"""Training data: reading local files, the held-out split, tokenisation with masked prompts.
 
-Instruction tuning (the paper's Appendix III.1): each row's instruction is put into a prompt template, the
-response follows it, EOS is appended, and the loss is computed on the response tokens only (every prompt
-label is ``-100``). Sequences are truncated to ``max_length`` with the prompt kept first.
-
-The two templates are copied verbatim from the paper's text (``paper_text.txt``, Appendix III.1): each
-quoted line becomes one line, joined by a single newline, and the response starts right after the final
-``### Response:`` / ``@@ Response`` line. The extracted text has no blank lines anywhere in the paper, so
-blank lines that the original typesetting may have had cannot be recovered; we follow the text as quoted.
-The Magicoder system line is broken after "delivers" exactly as quoted. Evaluation builds prompts with the
-same :func:`format_prompt`, so training and evaluation always agree.
+Instruction tuning (the paper's Appendix III.1): each row's instruction is put into a prompt template
+(:mod:`.templates`), the response follows it, EOS is appended, and the loss is computed on the response tokens
+only (every prompt label is ``-100``). Sequences are truncated to ``max_length`` with the prompt kept first.
 
 Rows come from local JSON (a list of objects) / JSONL files, CSV/TSV files (classification), or a
 ``datasets`` source available locally. A malformed row raises :class:`DataFormatError` naming the file, the
@@ -29,17 +22,14 @@ from typing import Any
 
 import torch
 
-from .config import DataConfig
+from disel.io import iter_jsonl
+
+from ..config import DataConfig
+from .templates import IGNORE_INDEX, format_prompt
 
 __all__ = [
-    "ALPACA",
-    "IGNORE_INDEX",
-    "MAGICODER",
-    "TEMPLATES",
-    "CausalLMCollator",
     "DataFormatError",
     "PreparedData",
-    "PromptTemplate",
     "Row",
     "TokenizedDataset",
     "format_prompt",
@@ -51,47 +41,6 @@ __all__ = [
     "tokenize_instruction",
     "tokenize_text",
 ]
-
-IGNORE_INDEX = -100
-"""Label of tokens without loss (the prompt, padding): ``torch.nn.CrossEntropyLoss``'s ignore_index."""
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """A prompt with one ``{instruction}`` slot; the response is appended right after it."""
-
-    name: str
-    prompt: str
-
-    def format_prompt(self, instruction: str) -> str:
-        """The text before the response. Braces in ``instruction`` (code!) are kept as they are."""
-        return self.prompt.replace("{instruction}", instruction)
-
-
-ALPACA = PromptTemplate("alpaca", "### Instruction:\n{instruction}\n### Response:\n")
-"""Math runs (Llama-2-7B on MetaMathQA), as quoted in Appendix III.1."""
-
-MAGICODER = PromptTemplate(
-    "magicoder",
-    "You are an exceptionally intelligent coding assistant that consistently delivers\n"
-    "accurate and reliable responses to user instructions.\n"
-    "@@ Instruction\n"
-    "{instruction}\n"
-    "@@ Response\n",
-)
-"""Code runs (Mistral-7B on Magicoder-Evol-Instruct-110K), as quoted in Appendix III.1."""
-
-TEMPLATES: dict[str, PromptTemplate] = {template.name: template for template in (ALPACA, MAGICODER)}
-
-
-def format_prompt(template: str, instruction: str) -> str:
-    """The prompt for ``instruction`` in the named template (``alpaca``, ``magicoder``; ``none``: unchanged)."""
-    if template == "none":
-        return instruction
-    if template not in TEMPLATES:
-        raise ValueError(f"template must be one of {sorted(TEMPLATES) + ['none']}, got template={template!r}")
-    return TEMPLATES[template].format_prompt(instruction)
-
 
 # ------------------------------------------------------------------------------------------------
 # Reading rows
@@ -135,19 +84,7 @@ def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
 
 
 def _read_jsonl(path: Path) -> list[Row]:
-    rows = []
-    with path.open(encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                values = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(values, dict):
-                raise DataFormatError(f"{path}, line {number}: expected a JSON object, got {type(values).__name__}")
-            rows.append(Row(values, str(path), f"line {number}"))
-    return rows
+    return [Row(values, str(path), f"line {number}") for number, values in iter_jsonl(path, error=DataFormatError)]
 
 
 def _read_json(path: Path) -> list[Row]:
@@ -187,8 +124,9 @@ def _read_csv(path: Path, delimiter: str) -> list[Row]:
 def load_dataset_rows(name: str, config_name: str | None = None, split: str = "train") -> list[Row]:
     """Rows of a ``datasets`` source available locally: a ``save_to_disk`` folder, a local dataset folder,
     or a name already in the local cache. Never downloads (offline mode is forced)."""
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    from ..models import force_offline
+
+    force_offline()
     import datasets
 
     datasets.config.HF_DATASETS_OFFLINE = True  # the env var is only read at import time
@@ -307,28 +245,6 @@ class TokenizedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.examples[index]
-
-
-@dataclass
-class CausalLMCollator:
-    """Right-pads ``input_ids`` with ``pad_token_id``, ``labels`` with ``-100``; builds ``attention_mask``.
-
-    Returns tensors of shape (batch, longest sequence in the batch).
-    """
-
-    pad_token_id: int
-
-    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        length = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)  # (B, T)
-        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)  # (B, T)
-        for i, example in enumerate(examples):
-            n = len(example["input_ids"])
-            input_ids[i, :n] = torch.tensor(example["input_ids"])
-            labels[i, :n] = torch.tensor(example["labels"])
-            attention_mask[i, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
 @dataclass

@@ -103,6 +103,6 @@ def generate_problems(n: int, seed: int = 0) -> list[ArithmeticProblem]:
 
 def write_jsonl(problems: list[ArithmeticProblem], path: str | Path) -> Path:
     """Write problems as JSONL rows (``instruction``, ``output``, ``answer``) atomically; returns the path."""
-    from .io import write_text_atomic
+    from disel.io import write_text_atomic
 
     return write_text_atomic(path, "".join(json.dumps(problem.as_row()) + "\n" for problem in problems))

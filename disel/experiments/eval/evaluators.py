@@ -1,0 +1,152 @@
+"""The evaluators, defined once: each owns its prompt template and stop strings.
+
+An evaluator is a small object with ``name``, ``settings()`` and ``__call__(loaded) -> EvalOutcome``. The
+standalone ``disel-eval`` commands (one model) and ``disel-eval retention`` (every checkpoint of a run,
+:func:`~disel.experiments.eval.retention.evaluate_checkpoints`) build and call the same objects, so the two
+give the same number on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ..schemas import PERPLEXITY_SCHEMA
+from .generation import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval
+from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
+from .perplexity import causal_lm_perplexity
+
+__all__ = [
+    "EvalOutcome",
+    "Evaluator",
+    "Gsm8kEvaluator",
+    "HumanEvalEvaluator",
+    "LmEvalEvaluator",
+    "PerplexityEvaluator",
+]
+
+
+@dataclass
+class EvalOutcome:
+    """One evaluation: ``metrics`` (table columns → value), ``mean`` (the row's headline number) and
+    ``detail`` (the evaluator's full JSON record, saved next to the table)."""
+
+    metrics: dict[str, float]
+    mean: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator(Protocol):
+    name: str
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome: ...
+
+
+@dataclass
+class LmEvalEvaluator:
+    """Columns: one per benchmark (its headline metric); mean: their unweighted mean (the paper's retention)."""
+
+    lm_eval: LmEvalSettings = field(default_factory=LmEvalSettings)
+    name: str = "lm-eval"
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self.lm_eval)
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        record = evaluate_lm_eval(loaded.model, loaded.tokenizer, self.lm_eval, description=loaded.description)
+        metrics = {task: entry["value"] for task, entry in record["benchmarks"].items()}
+        return EvalOutcome(metrics, record["mean"], record)
+
+
+@dataclass
+class PerplexityEvaluator:
+    """Columns: perplexity of each named corpus; mean: their unweighted mean.
+
+    ``corpora`` maps a column name to its texts (e.g. ``{"english": general_english_texts(200, 1),
+    "code": python_code_texts(200, 1)}``). The texts are part of the settings by count only.
+    """
+
+    corpora: dict[str, Sequence[str]]
+    max_length: int = 512
+    stride: int | None = None
+    batch_size: int = 8
+    name: str = "perplexity"
+
+    def __post_init__(self) -> None:
+        if not self.corpora:
+            raise ValueError("PerplexityEvaluator.corpora is empty: name at least one corpus of texts")
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "corpora": {name: len(texts) for name, texts in self.corpora.items()},
+            "max_length": self.max_length,
+            "stride": self.stride,
+            "batch_size": self.batch_size,
+        }
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        per_corpus = {
+            name: causal_lm_perplexity(
+                loaded.model, loaded.tokenizer, texts,
+                max_length=self.max_length, stride=self.stride, batch_size=self.batch_size,
+            )
+            for name, texts in self.corpora.items()
+        }
+        metrics = {name: result["perplexity"] for name, result in per_corpus.items()}
+        mean = sum(metrics.values()) / len(metrics)
+        detail = {"schema": PERPLEXITY_SCHEMA, "model": loaded.description, "corpora": per_corpus,
+                  "mean_perplexity": mean}
+        return EvalOutcome(metrics, mean, detail)
+
+
+@dataclass
+class Gsm8kEvaluator:
+    """Column ``exact_match`` (strict, the paper's number) and ``exact_match_flexible``; mean: strict exact match."""
+
+    rows: Sequence[dict[str, Any]]
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    template: str = "alpaca"
+    """Prompt template of the questions; its stop strings end the answers (unless ``generation`` sets them)."""
+    name: str = "gsm8k"
+
+    def settings(self) -> dict[str, Any]:
+        return {"rows": len(self.rows), "template": self.template,
+                "generation": asdict(self.generation.for_template(self.template))}
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        record = evaluate_gsm8k(loaded.model, loaded.tokenizer, self.rows, settings=self.generation, template=self.template)
+        record["model"] = loaded.description
+        metrics = {"exact_match": record["exact_match"], "exact_match_flexible": record["exact_match_flexible"]}
+        return EvalOutcome(metrics, record["exact_match"], record)
+
+
+@dataclass
+class HumanEvalEvaluator:
+    """Column ``pass@1`` (greedy, one sample per problem; the code runs, so it must be allowed); mean: pass@1.
+
+    The source of the code-model FT-accuracy curve (Figure 9). ``allow_code_execution`` must be True, as for
+    :func:`~disel.experiments.eval.generation.evaluate_humaneval`, which refuses otherwise.
+    """
+
+    problems: Sequence[dict[str, Any]]
+    allow_code_execution: bool = False
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    template: str = "magicoder"
+    """Prompt template the function is asked in; its stop strings end the answers (unless ``generation`` sets them)."""
+    timeout_s: float = 10.0
+    name: str = "humaneval"
+
+    def settings(self) -> dict[str, Any]:
+        return {"problems": len(self.problems), "template": self.template, "timeout_s": self.timeout_s,
+                "generation": asdict(self.generation.for_template(self.template))}
+
+    def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        record = evaluate_humaneval(
+            loaded.model, loaded.tokenizer, self.problems, allow_code_execution=self.allow_code_execution,
+            settings=self.generation, template=self.template, timeout_s=self.timeout_s,
+        )
+        record["model"] = loaded.description
+        return EvalOutcome({"pass@1": record["pass@1"]}, record["pass@1"], record)

@@ -1,0 +1,13 @@
+"""Training: :func:`train` (config → trained adapter + ``train_result.json``), in :mod:`.run`."""
+
+from .run import RESULT_FILE, AdaLoraScheduleCallback, build_peft_config, complete_checkpoints, resolve_resume, train, training_arguments
+
+__all__ = [
+    "RESULT_FILE",
+    "AdaLoraScheduleCallback",
+    "build_peft_config",
+    "complete_checkpoints",
+    "resolve_resume",
+    "train",
+    "training_arguments",
+]

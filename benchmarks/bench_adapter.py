@@ -22,7 +22,9 @@ the CPU-time ratio are the steadier estimates:
 
 * training step: forward + loss + backward + AdamW step (``fused=True``, the Trainer's default on CPU;
   DISeL's optimizer groups come from :func:`disel.optim.param_groups`);
-* inference: one forward under ``torch.inference_mode`` in ``eval()``;
+* inference: one forward under ``torch.inference_mode`` in ``eval()``, with the stacked ``[A; W_g]``
+  cached between calls (``disel``, the default) and re-concatenated every call (``disel_nocache``); the
+  time ratios are also shown divided by the FLOP ratio (1.000: the extra time is just the extra FLOPs);
 * floating-point operations of a training step and of an inference forward (``FlopCounterMode``): the
   noise-free ratio that the time ratios approach when matmuls dominate;
 * adapter branch alone: forward + backward of the seven adapters of one layer on 1024 tokens
@@ -126,8 +128,11 @@ def reference_update() -> Iterator[None]:
                if name.startswith("disel.") and m is not None and getattr(m, "disel_update", None) is fused]
     if not any(m is not disel.functional for m in patched):
         raise RuntimeError("no DISeL layer module imports disel_update; cannot switch to the reference")
+    def reference_ignoring_cache(*args, cache=None, **kwargs):  # the reference has no [A; W_g] to cache
+        return reference(*args, **kwargs)
+
     for module in patched:
-        module.disel_update = reference
+        module.disel_update = reference_ignoring_cache
     try:
         yield
     finally:
@@ -229,6 +234,16 @@ def inference(model: nn.Module, batch: torch.Tensor) -> Callable[[], None]:
             model(input_ids=batch)
 
     return run
+
+
+def without_stacked_cache(run: Callable[[], None]) -> Callable[[], None]:
+    """The same run with the inference cache of ``[A; W_g]`` turned off (re-concatenated every call)."""
+
+    def wrapped() -> None:
+        with disel.functional.stacked_weight_cache_enabled(False):
+            run()
+
+    return wrapped
 
 
 def with_reference(run: Callable[[], None]) -> Callable[[], None]:
@@ -344,13 +359,21 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, str]]:
                 model.eval()
             runs = {"lora": inference(models["lora"], batch), "disel": inference(models["disel"], batch)}
             runs["disel_ref"] = with_reference(runs["disel"])
+            runs["disel_nocache"] = without_stacked_cache(runs["disel"])
             flops = {name: flops_of(run) for name, run in runs.items()}
-            ratios["inference FLOP DISeL/LoRA"] = f"{flops['disel'] / flops['lora']:.3f}"
+            flop_ratio = flops["disel"] / flops["lora"]
+            ratios["inference FLOP DISeL/LoRA"] = f"{flop_ratio:.3f}"
             times = interleaved(runs, args.reps, args.warmup)
             for name, seconds in times.items():
-                print(f"inference    {name:9s} {summary(seconds)}")
+                print(f"inference    {name:13s} {summary(seconds)}")
             time_ratios(ratios, "inference DISeL/LoRA", times, "disel", "lora")
+            time_ratios(ratios, "inference DISeL-nocache/LoRA", times, "disel_nocache", "lora")
             time_ratios(ratios, "inference fused/ref", times, "disel", "disel_ref")
+            # How far the time ratio is above the FLOP ratio (1.000 = the extra time is exactly the extra FLOPs).
+            for name in ("disel", "disel_nocache"):
+                excess = statistics.median(times[name]["wall"]) / statistics.median(times["lora"]["wall"]) / flop_ratio
+                excess_min = min(times[name]["wall"]) / min(times["lora"]["wall"]) / flop_ratio
+                ratios[f"inference {name}/LoRA ÷ FLOP ratio"] = f"{excess:.3f}   (wall min {excess_min:.3f})"
 
         if "memory" not in args.skip:
             memory = {}

@@ -12,6 +12,20 @@ from .layers import DiselGate, DiselLinear, init_disel_parameters
 from .optim import DEFAULT_GATE_LR_RATIO, DiselGateGroupWarning, DiselOptimizerMixin, param_groups
 from .recording import GateRecorder, GateStats, record_gates
 from .tuner import DiselConfig, DiselModel, register_disel
+from .components import (
+    AlignReport,
+    ComponentStatistics,
+    LayerComponents,
+    MergeReport,
+    OutputChange,
+    PruneReport,
+    align_components,
+    component_statistics,
+    merge_static,
+    prune,
+    prune_adapter_dir,
+    unmerge_static,
+)
 
 register_disel()  # makes PEFT know peft_type "DISEL" (idempotent)
 
@@ -29,6 +43,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "DEFAULT_GATE_LR_RATIO",
+    "AlignReport",
+    "ComponentStatistics",
     "DiselConfig",
     "DiselGate",
     "DiselGateGroupWarning",
@@ -38,11 +54,21 @@ __all__ = [
     "DiselTrainer",
     "GateRecorder",
     "GateStats",
+    "LayerComponents",
+    "MergeReport",
+    "OutputChange",
+    "PruneReport",
+    "align_components",
+    "component_statistics",
     "disel_update",
     "disel_update_reference",
     "gate_values",
     "init_disel_parameters",
+    "merge_static",
     "param_groups",
+    "prune",
+    "prune_adapter_dir",
     "record_gates",
     "register_disel",
+    "unmerge_static",
 ]

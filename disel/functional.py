@@ -15,15 +15,91 @@ Two equivalent implementations of the update are kept:
   bound by memory traffic: stacking ``[A; W_g]`` reads ``x`` once for both projections, and a custom
   autograd function saves only the ``(..., 2r)`` pre-activations (not the gate, the gated product and
   the projection separately), recomputing the cheap element-wise parts in backward.
+
+At inference (no autograd), re-concatenating ``[A; W_g]`` on every call costs a read and a write of
+``2r × d`` per layer and call, a few percent of a small-batch forward; a layer may pass a
+:class:`StackedWeightCache` to keep the stacked weight between calls (see there for when it is rebuilt).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gate_values", "disel_update", "disel_update_reference"]
+__all__ = ["StackedWeightCache", "disel_update", "disel_update_reference", "gate_values", "stacked_weight_cache_enabled"]
+
+_CACHE_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def stacked_weight_cache_enabled(enabled: bool) -> Iterator[None]:
+    """Turn every :class:`StackedWeightCache` on or off within the block (benchmarks, debugging)."""
+    previous = _CACHE_ENABLED[0]
+    _CACHE_ENABLED[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _CACHE_ENABLED[0] = previous
+
+
+class StackedWeightCache:
+    """``[A; W_g]`` (2r, d) and ``[0; b_g]`` (2r,) kept between inference calls of one layer's adapter.
+
+    Used only where no autograd graph is built (training always re-concatenates, so gradients flow to the
+    parameters themselves) and not while ``torch.compile`` traces. The cached pair is rebuilt when any of
+    ``A``, ``W_g``, ``b_g`` changes identity, storage, shape, stride, dtype, device or version counter:
+    optimizer steps, ``load_state_dict``, ``copy_`` and other in-place writes bump the version; ``.to()``,
+    ``param.data = ...`` and ``nn.Parameter`` replacement change the storage. The cache keeps the source
+    storages alive, so a freed address cannot be reused by new values that would look the same.
+    One write escapes version counting in PyTorch: in-place ops on ``param.data`` (e.g.
+    ``param.data.copy_(...)``); after such a write call :meth:`clear` (or write under ``torch.no_grad()``
+    on the parameter itself, which is tracked). Memory: one extra ``2r × d`` copy per cached adapter.
+    """
+
+    __slots__ = ("_key", "_sources", "_value")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._key = None
+        self._sources = None
+        self._value = None
+
+    @staticmethod
+    def _fingerprint(tensors: tuple[Tensor | None, ...]):
+        return tuple(
+            None if t is None else (id(t), t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
+            for t in tensors
+        )
+
+    def get(self, lora_A: Tensor, gate_weight: Tensor, gate_bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The stacked weight (2r, d) and bias (2r,) or ``None``, from the cache or freshly built."""
+        tensors = (lora_A, gate_weight, gate_bias)
+        try:
+            key = self._fingerprint(tensors)
+        except RuntimeError:  # inference tensors have no version counter: do not cache them
+            return _stack(lora_A, gate_weight, gate_bias)
+        if key != self._key:
+            self._value = _stack(lora_A, gate_weight, gate_bias)
+            self._sources = tuple(None if t is None else t.untyped_storage() for t in tensors)
+            self._key = key
+        return self._value
+
+    def __reduce__(self):
+        return (StackedWeightCache, ())  # copied or pickled layers have new parameters: start empty
+
+
+def _stack(lora_A: Tensor, gate_weight: Tensor, gate_bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``[A; W_g]`` (2r, d) and ``[0; b_g]`` (2r,) (``None`` without a gate bias)."""
+    r = lora_A.shape[0]
+    stacked = torch.cat([lora_A, gate_weight], dim=0)  # (2r, d)
+    bias = None if gate_bias is None else torch.cat([gate_bias.new_zeros(r), gate_bias])  # (2r,)
+    return stacked, bias
 
 
 def gate_values(x: Tensor, gate_weight: Tensor, gate_bias: Tensor | None) -> Tensor:
@@ -52,23 +128,25 @@ def disel_update_reference(
     return F.linear(ax * g, lora_B) * scaling  # (..., m)
 
 
-def _stacked_preactivations(x: Tensor, lora_A: Tensor, gate_weight: Tensor, gate_bias: Tensor | None) -> Tensor:
+def _stacked_preactivations(
+    x: Tensor, lora_A: Tensor, gate_weight: Tensor, gate_bias: Tensor | None, cache: StackedWeightCache | None = None
+) -> Tensor:
     """``u = [A x, W_g x + b_g]`` in one matmul over ``[A; W_g]``: (..., d) → (..., 2r).
 
-    Not cached across calls: the concatenated weight is (2r, d), 1/N of the (N, d) · (d, 2r) matmul it
-    feeds, and a cache keyed on parameter versions could silently go stale (``param.data = ...`` does not
-    bump the version counter).
+    The stacked weight is rebuilt on every call unless a ``cache`` is given (inference only, see
+    :class:`StackedWeightCache`).
     """
-    r = lora_A.shape[0]
-    stacked = torch.cat([lora_A, gate_weight], dim=0)  # (2r, d)
-    bias = None if gate_bias is None else torch.cat([gate_bias.new_zeros(r), gate_bias])  # (2r,)
+    if cache is not None and _CACHE_ENABLED[0] and not torch.compiler.is_compiling():
+        stacked, bias = cache.get(lora_A, gate_weight, gate_bias)  # (2r, d), (2r,)
+    else:
+        stacked, bias = _stack(lora_A, gate_weight, gate_bias)  # (2r, d), (2r,)
     return F.linear(x, stacked, bias)  # (..., 2r)
 
 
-def _disel_update_no_grad(x, lora_A, lora_B, gate_weight, gate_bias, scaling: float) -> Tensor:
+def _disel_update_no_grad(x, lora_A, lora_B, gate_weight, gate_bias, scaling: float, cache=None) -> Tensor:
     """The fused forward without autograd bookkeeping (inference, or nothing requires grad)."""
     r = lora_A.shape[0]
-    ax, pre_gate = _stacked_preactivations(x, lora_A, gate_weight, gate_bias).split(r, dim=-1)  # (..., r) each
+    ax, pre_gate = _stacked_preactivations(x, lora_A, gate_weight, gate_bias, cache).split(r, dim=-1)  # (..., r) each
     z = torch.sigmoid(pre_gate).mul_(ax).mul_(scaling)  # (..., r): s · (A x) ⊙ g
     return F.linear(z, lora_B)  # (..., m)
 
@@ -158,15 +236,16 @@ def disel_update(
     gate_weight: Tensor,
     gate_bias: Tensor | None,
     scaling: float,
+    cache: StackedWeightCache | None = None,
 ) -> Tensor:
     """``s · B diag(σ(W_g x + b_g)) A x`` (eq. DISeL), the fused implementation used for training.
 
     Shapes: ``x`` (..., d), ``lora_A`` (r, d), ``lora_B`` (m, r), ``gate_weight`` (r, d),
     ``gate_bias`` (r,) → (..., m). Numerically equal to :func:`disel_update_reference` (tested), in
     values and gradients. When no argument requires grad (or grad mode is off) it skips the autograd
-    function and saves nothing.
+    function and saves nothing, and reuses ``[A; W_g]`` from ``cache`` if one is given.
     """
     tensors = (x, lora_A, lora_B, gate_weight, gate_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _FusedDiselUpdate.apply(x, lora_A, lora_B, gate_weight, gate_bias, float(scaling))
-    return _disel_update_no_grad(x, lora_A, lora_B, gate_weight, gate_bias, float(scaling))
+    return _disel_update_no_grad(x, lora_A, lora_B, gate_weight, gate_bias, float(scaling), cache)

@@ -20,7 +20,7 @@ from ._validate import (
     check_finite,
     check_parameter_tensor,
 )
-from .functional import disel_update, gate_values
+from .functional import StackedWeightCache, disel_update, gate_values
 
 __all__ = ["DiselGate", "DiselLinear", "init_disel_parameters", "GateWeightInit"]
 
@@ -116,6 +116,7 @@ class DiselLinear(nn.Module):
         self.disel_B = nn.Linear(r, m, bias=False, **factory)
         self.disel_gate = DiselGate(d, r, bias=True, **factory)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._stacked_cache = StackedWeightCache()  # [A; W_g] kept between inference calls
         init_disel_parameters(
             self.disel_A,
             self.disel_B,
@@ -136,6 +137,8 @@ class DiselLinear(nn.Module):
     def update(self, x: Tensor) -> Tensor:
         """The adapter's correction ``s · B diag(g(x)) A x``: (..., d) → (..., m)."""
         x = self.dropout(x)
+        if self.disel_A.weight.shape[0] == 0:  # every component pruned or statically merged (disel.components)
+            return x.new_zeros(*x.shape[:-1], self.out_features)
         return disel_update(
             x,
             self.disel_A.weight,
@@ -143,6 +146,7 @@ class DiselLinear(nn.Module):
             self.disel_gate.weight,
             self.disel_gate.bias,
             self.scaling,
+            cache=self._stacked_cache,
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -4,16 +4,19 @@ One typed dataclass: each field says what it sets and why its default was chosen
 checks the values and names the field and what was expected when one is wrong.
 """
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from peft import PeftConfig
+from peft.utils.other import get_pattern_key
 
 from .._validate import (
     check_adapter_hyperparameters,
     check_choice,
     check_positive_finite,
+    check_rank,
 )
 
 __all__ = ["DiselConfig", "DiselPeftType", "DISEL_BIAS_OPTIONS", "REQUIRED_SAVED_FIELDS"]
@@ -128,6 +131,21 @@ class DiselConfig(PeftConfig):
             "the published choice) or 'zero' (every gate starts at σ(b_g) whatever the input)."
         },
     )
+    rank_pattern: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per-layer ranks that differ from r: module name or regex → rank, matched as in peft.LoraConfig "
+            "(the first key that matches the end of the module path, at a '.' boundary, wins), e.g. "
+            "{'^model.layers.0.self_attn.q_proj': 16}. disel.prune writes one exact entry per pruned layer."
+        },
+    )
+    alpha_pattern: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per-layer lora_alpha that differs from lora_alpha, keyed like rank_pattern; a layer's scaling is "
+            "its alpha / its rank. disel.prune writes alpha = s · r_new so the kept components keep their scaling s."
+        },
+    )
     gate_lr_ratio: float = field(
         default=5.0,
         metadata={
@@ -188,6 +206,15 @@ class DiselConfig(PeftConfig):
         ):
             fail("layers_pattern", "None, a module-list name or a list of names")
         check_choice(owner, "bias", self.bias, DISEL_BIAS_OPTIONS)
+        for name in ("rank_pattern", "alpha_pattern"):
+            if getattr(self, name) is None:  # PEFT-style "no pattern"
+                setattr(self, name, {})
+            if not isinstance(getattr(self, name), dict) or not all(isinstance(k, str) for k in getattr(self, name)):
+                fail(name, "a dict from module name or regex to a value")
+        for key, value in self.rank_pattern.items():
+            self.rank_pattern[key] = check_rank(owner, f"rank_pattern[{key!r}]", value, "a positive integer rank")
+        for key, value in self.alpha_pattern.items():
+            self.alpha_pattern[key] = check_positive_finite(owner, f"alpha_pattern[{key!r}]", value)
         self.gate_lr_ratio = check_positive_finite(
             owner, "gate_lr_ratio", self.gate_lr_ratio, "a positive finite number (gate learning rate / base learning rate)"
         )
@@ -207,6 +234,24 @@ class DiselConfig(PeftConfig):
                 "adapter_config.json."
             )
         return kwargs
+
+    def rank_and_alpha(self, module_key: str) -> tuple[int, float]:
+        """``(r, lora_alpha)`` of the module at path ``module_key`` (relative to the base model), after
+        ``rank_pattern`` / ``alpha_pattern``, matched with PEFT's own ``get_pattern_key`` as LoRA does."""
+        r = self.rank_pattern.get(get_pattern_key(self.rank_pattern.keys(), module_key), self.r)
+        alpha = self.alpha_pattern.get(get_pattern_key(self.alpha_pattern.keys(), module_key), self.lora_alpha)
+        return r, alpha
+
+    def for_module(self, module_key: str) -> "DiselConfig":
+        """This config with ``r`` and ``lora_alpha`` resolved for one module (itself if no pattern applies).
+
+        The tuner layer reads ``r`` and ``scaling`` from the config it is given, so per-layer ranks need no
+        extra arguments threaded through the layer code.
+        """
+        r, alpha = self.rank_and_alpha(module_key)
+        if r == self.r and alpha == self.lora_alpha:
+            return self
+        return dataclasses.replace(self, r=r, lora_alpha=alpha, rank_pattern={}, alpha_pattern={})
 
     @property
     def scaling(self) -> float:

@@ -13,7 +13,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from ..functional import disel_update
+from ..functional import StackedWeightCache, disel_update
 from ..layers import DiselGate, init_disel_parameters
 from .config import DiselConfig
 
@@ -97,8 +97,16 @@ class DiselLayer(BaseTunerLayer):
             return []
         return [(name, self.disel_gate[name]) for name in self.active_adapters if name in self.disel_gate]
 
+    def _stacked_weight_cache(self, adapter_name: str) -> StackedWeightCache:
+        """The inference cache of ``[A; W_g]`` for one adapter (rebuilt when a parameter changes)."""
+        caches = self.__dict__.setdefault("_disel_stacked_caches", {})
+        return caches.setdefault(adapter_name, StackedWeightCache())
+
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        raise NotImplementedError(MERGE_REFUSAL)
+        names = self.active_adapters if adapter_names is None else adapter_names
+        if any(name in self.disel_A for name in names):
+            raise NotImplementedError(MERGE_REFUSAL)
+        # No gated component left here: disel.merge_static already folded the static ones into the base weight.
 
     def unmerge(self) -> None:
         # Nothing is ever merged (merge refuses), so there is nothing to undo.
@@ -136,6 +144,7 @@ class DiselLinearLayer(nn.Module, DiselLayer):
                 gate.weight,
                 gate.bias,
                 self.scaling[name],
+                cache=self._stacked_weight_cache(name),
             )  # (..., m)
         return result.to(result_dtype)
 

@@ -48,6 +48,8 @@ class DiselModel(BaseTuner):
         **optional_kwargs,
     ) -> None:
         watch_gate_groups(self.model)  # warn if it is then trained without the gate optimizer group
+        # rank_pattern / alpha_pattern resolved for this module, matched as PEFT's LoRA matches them.
+        peft_config = peft_config.for_module(current_key)
         if isinstance(target, DiselLayer):
             target.update_layer(adapter_name, peft_config)
             return
@@ -66,7 +68,24 @@ class DiselModel(BaseTuner):
         self._replace_module(parent, target_name, new_module, target)
 
     def _check_merge_allowed(self) -> None:
-        raise NotImplementedError(MERGE_REFUSAL)
+        # Allowed only for a fully static adapter: disel.merge_static folded every component into W0.
+        if any(len(layer.disel_A) for layer in self.model.modules() if isinstance(layer, DiselLayer)):
+            raise NotImplementedError(MERGE_REFUSAL)
+
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: str = "cat",
+        **svd_and_density_options,
+    ) -> None:
+        """Add ``adapter_name`` = Σ_k weights[k] · adapters[k]. Only ``"cat"`` exists for DISeL, and it is
+        exact: the components (rows of A, W_g, b_g; columns of B scaled by the weights) are stacked, each
+        keeping its own gate. See :func:`disel.components.combine_cat`."""
+        from ..components import combine_cat
+
+        combine_cat(self, adapters, weights, adapter_name, combination_type=combination_type, **svd_and_density_options)
 
     def _check_new_adapter_config(self, config: DiselConfig) -> None:
         # Before any layer is replaced, so a config changed after construction fails with the model untouched.

@@ -224,7 +224,8 @@ def test_allowed_changes_resume_and_are_recorded(template, tmp_path, llama_dir, 
     config = _config(llama_dir, math_file, spelled, training={"logging_steps": 1, "save_total_limit": 5, "seed": 42})
     with warnings.catch_warnings():
         warnings.simplefilter("error", DamagedCheckpointWarning)
-        result = train(config, allow_config_change=["training.save_*"])
+        with pytest.warns(UserWarning, match=r"allowed config changes: training.save_total_limit: None -> 5$"):
+            result = train(config, allow_config_change=["training.save_*"])
     assert result.resumed_from.endswith("checkpoint-1") and result.loss_history == straight.loss_history
     assert yaml.safe_load((run / RUN_CONFIG_FILE).read_text())["training"]["save_total_limit"] == 5
 

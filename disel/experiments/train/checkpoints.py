@@ -201,6 +201,10 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[An
     }
 
 
+def _listing(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+
+
 def _effective_values(config: Any) -> dict[str, Any]:
     """Every value ``config`` runs with, defaults included (a default written out is no change)."""
     values = config.model_dump(mode="json", exclude={"training"})
@@ -237,10 +241,15 @@ def check_config_unchanged(config: Any, allowed: Iterable[str] = ()) -> dict[str
     changes = changed_keys(_effective_values(saved), _effective_values(config))
     refused = {key: change for key, change in changes.items() if not any(fnmatch.fnmatchcase(key, p) for p in patterns)}
     if refused:
-        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+        listed = _listing(refused)
         raise ConfigError(
             f"resuming {config.training.output_dir!r} with a changed config (saved in {saved_path}): {listed}. "
             "Resume with the saved values, start a new output_dir, or accept the changes explicitly with "
             f"--allow-config-change {' '.join(refused)}"
         )
-    return {key: change for key, change in changes.items() if key not in ALWAYS_ALLOWED_CHANGES}
+    accepted = {key: change for key, change in changes.items() if key not in ALWAYS_ALLOWED_CHANGES}
+    if accepted:  # run_config.yaml is about to record the new values: say once what the checkpoint ran with
+        warnings.warn(
+            f"resuming {config.training.output_dir!r} with allowed config changes: {_listing(accepted)}", stacklevel=2
+        )
+    return accepted

@@ -232,6 +232,8 @@ def merge_static_adapter_dir(
     if not report.fully_static:
         for config in model.peft_config.values():
             config.base_model_name_or_path = str(merged_base.resolve())
+        # PEFT's save reads the base's config.json (to see whether the vocabulary changed): write it first.
+        model.get_base_model().config.save_pretrained(merged_base)
         model.save_pretrained(os.fspath(out_dir))
     model.unload().save_pretrained(os.fspath(merged_base))  # unload keeps the folds in the base weights
     write_json_atomic(out_dir / report_name, report.to_dict())

@@ -24,7 +24,13 @@ from __future__ import annotations
 
 from .align import AlignReport, align_components
 from .measure import OutputChange
-from .merge import MergeReport, has_static_merges, merge_static, merge_static_adapter_dir, unmerge_static
+from .merge import (
+    MergeReport,
+    has_static_merges,
+    merge_static,
+    merge_static_adapter_dir,
+    unmerge_static,
+)
 from .prune import PruneReport, prune, prune_adapter_dir
 from .statistics import ComponentStatistics, LayerComponents, component_statistics
 

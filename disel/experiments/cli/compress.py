@@ -241,14 +241,21 @@ def _load_stats(path: str):
         raise ArgumentProblem(f"--stats {path!r} is not a component statistics JSON: {error}") from None
 
 
-def _run(prog: str, args: argparse.Namespace, checks, work) -> int:
-    """``checks()`` (ArgumentProblem → one line, status 2), then ``work()``."""
+def _compress(prog: str, args: argparse.Namespace, numbers: list[tuple[float | None, str, bool]], act) -> int:
+    """Check the ``numbers`` ((value, flag, at_most_one) for :func:`_check_number`), ``--stats`` and the other
+    inputs (a problem: one line, status 2); then load the base and the data and call
+    ``act(stats, base, tokenizer, batches)`` (``batches`` None with ``--no-measure``)."""
     try:
-        prepared = checks()
+        for value, flag, at_most_one in numbers:
+            _check_number(value, flag, at_most_one=at_most_one)
+        stats = _load_stats(args.stats)
+        check_inputs(args, out_dir=args.out)
     except ArgumentProblem as problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
-    work(prepared)
+    base, tokenizer, device = _load_base(args)
+    batches = None if args.no_measure else _with_progress(_data(args, tokenizer, device), "measuring")
+    act(stats, base, tokenizer, batches)
     return 0
 
 
@@ -260,18 +267,9 @@ def main_prune(argv: Sequence[str] | None = None) -> int:
     criterion.add_argument("--threshold", type=float, help="keep the components contributing more than this")
     args = parser.parse_args(argv)
 
-    def checks():
-        _check_number(args.keep_fraction, "--keep-fraction", at_most_one=True)
-        _check_number(args.threshold, "--threshold")
-        stats = _load_stats(args.stats)
-        check_inputs(args, out_dir=args.out)
-        return stats
-
-    def work(stats) -> None:
+    def act(stats, base, tokenizer, batches) -> None:
         import disel
 
-        base, tokenizer, device = _load_base(args)
-        batches = None if args.no_measure else _with_progress(_data(args, tokenizer, device), "measuring")
         report = disel.prune_adapter_dir(args.adapter, args.out, stats, base_model=base, threshold=args.threshold,
                                          keep_fraction=args.keep_fraction, batches=batches)
         rank_before, rank_after = sum(report.rank_before.values()), sum(report.rank_after.values())
@@ -279,7 +277,8 @@ def main_prune(argv: Sequence[str] | None = None) -> int:
               f"{report.parameters_before} -> {report.parameters_after}" + _change_text(report.output_change))
         print(f"wrote {args.out} (adapter) and {Path(args.out) / 'prune_report.json'}")
 
-    return _run("disel-prune", args, checks, work)
+    numbers = [(args.keep_fraction, "--keep-fraction", True), (args.threshold, "--threshold", False)]
+    return _compress("disel-prune", args, numbers, act)
 
 
 def main_merge_static(argv: Sequence[str] | None = None) -> int:
@@ -290,18 +289,10 @@ def main_merge_static(argv: Sequence[str] | None = None) -> int:
                         help="fold the components whose gate std is below this on every domain")
     args = parser.parse_args(argv)
 
-    def checks():
-        _check_number(args.std_threshold, "--std-threshold")
-        stats = _load_stats(args.stats)
-        check_inputs(args, out_dir=args.out)
-        return stats
-
-    def work(stats) -> None:
+    def act(stats, base, tokenizer, batches) -> None:
         import disel
         from disel.components.merge import MERGED_BASE_DIR
 
-        base, tokenizer, device = _load_base(args)
-        batches = None if args.no_measure else _with_progress(_data(args, tokenizer, device), "measuring")
         report = disel.merge_static_adapter_dir(args.adapter, args.out, stats, base_model=base,
                                                 std_threshold=args.std_threshold, batches=batches)
         merged_base = Path(args.out) / MERGED_BASE_DIR
@@ -312,7 +303,7 @@ def main_merge_static(argv: Sequence[str] | None = None) -> int:
         where = "the merged base is the whole model" if report.fully_static else f"adapter in {args.out}"
         print(f"wrote {merged_base} ({where}) and {Path(args.out) / 'merge_report.json'}")
 
-    return _run("disel-merge-static", args, checks, work)
+    return _compress("disel-merge-static", args, [(args.std_threshold, "--std-threshold", False)], act)
 
 
 def _change_text(change) -> str:

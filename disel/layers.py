@@ -12,12 +12,19 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ._validate import (
+    GATE_WEIGHT_INITS,
+    check_adapter_hyperparameters,
+    check_bool,
+    check_choice,
+    check_finite,
+    check_parameter_tensor,
+)
 from .functional import disel_update, gate_values
 
 __all__ = ["DiselGate", "DiselLinear", "init_disel_parameters", "GateWeightInit"]
 
 GateWeightInit = Literal["kaiming", "zero"]
-GATE_WEIGHT_INITS: tuple[str, ...] = ("kaiming", "zero")
 
 
 class DiselGate(nn.Linear):
@@ -43,8 +50,10 @@ def init_disel_parameters(
     Kaiming-uniform (for tests that need a non-trivial update); ``W_g`` Kaiming-uniform or zero;
     ``b_g = gate_bias_init`` (default -3: σ(-3) ≈ 0.047, gates start nearly closed).
     """
-    if gate_weight_init not in GATE_WEIGHT_INITS:
-        raise ValueError(f"gate_weight_init must be one of {GATE_WEIGHT_INITS}, got {gate_weight_init!r}")
+    owner = "init_disel_parameters"
+    check_bool(owner, "init_weights", init_weights)
+    check_choice(owner, "gate_weight_init", gate_weight_init, GATE_WEIGHT_INITS)
+    gate_bias_init = check_finite(owner, "gate_bias_init", gate_bias_init)
     with torch.no_grad():
         # a = sqrt(5) is nn.Linear's own default, the one LoRA implementations use for A.
         nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5))
@@ -86,10 +95,17 @@ class DiselLinear(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"DiselLinear wraps an nn.Linear, got base={type(base).__name__}")
-        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-            raise ValueError(f"r must be a positive integer, got r={r!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout!r}")
+        checked = check_adapter_hyperparameters(
+            "DiselLinear",
+            r=r,
+            lora_alpha=lora_alpha,
+            dropout=dropout,
+            init_weights=init_weights,
+            gate_weight_init=gate_weight_init,
+            gate_bias_init=gate_bias_init,
+            alpha_may_be_none=True,
+        )
+        r, lora_alpha, dropout = checked["r"], checked["lora_alpha"], checked["dropout"]
         self.base = base
         self.base.requires_grad_(False)
         self.r = r
@@ -152,7 +168,8 @@ class DiselLinear(nn.Module):
         """Plant exact parameter values (the toy plants the Bayes-optimal gate, eq. 31).
 
         Shapes: ``lora_A`` (r, d), ``lora_B`` (m, r), ``gate_weight`` (r, d), ``gate_bias`` (r,).
-        Values are copied (and cast to the layer's dtype); a wrong shape raises ``ValueError``.
+        Values are copied (and cast to the layer's dtype). A wrong shape or a NaN / infinite value raises
+        ``ValueError``, a non-numeric value ``TypeError``, each naming the argument; nothing is copied then.
         """
         targets = {
             "lora_A": self.disel_A.weight,
@@ -161,17 +178,14 @@ class DiselLinear(nn.Module):
             "gate_bias": self.disel_gate.bias,
         }
         given = {"lora_A": lora_A, "lora_B": lora_B, "gate_weight": gate_weight, "gate_bias": gate_bias}
-        for name, value in given.items():
-            if value is None:
-                continue
-            value = torch.as_tensor(value)
-            if tuple(value.shape) != tuple(targets[name].shape):
-                raise ValueError(
-                    f"{name} must have shape {tuple(targets[name].shape)}, got {tuple(value.shape)}"
-                )
-        for name, value in given.items():
-            if value is not None:
-                targets[name].copy_(torch.as_tensor(value))
+        # Check every argument before copying any, so a refused call changes nothing.
+        checked = {
+            name: check_parameter_tensor("DiselLinear.set_parameters", name, value, tuple(targets[name].shape))
+            for name, value in given.items()
+            if value is not None
+        }
+        for name, value in checked.items():
+            targets[name].copy_(value)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, scaling={self.scaling:g}"

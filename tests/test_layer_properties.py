@@ -287,7 +287,7 @@ def test_disel_linear_rejects_bad_rank(r):
 @pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5])
 def test_disel_linear_rejects_bad_dropout(dropout):
     """dropout must lie in [0, 1); the error names dropout."""
-    with pytest.raises(ValueError, match="dropout must be in"):
+    with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\)"):
         DiselLinear(nn.Linear(4, 3), 2, dropout=dropout)
 
 

@@ -5,17 +5,24 @@ checks the values and names the field and what was expected when one is wrong.
 """
 
 import enum
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from peft import PeftConfig
 
-from ..layers import GATE_WEIGHT_INITS
+from .._validate import (
+    check_adapter_hyperparameters,
+    check_choice,
+    check_positive_finite,
+)
 
-__all__ = ["DiselConfig", "DiselPeftType", "DISEL_BIAS_OPTIONS"]
+__all__ = ["DiselConfig", "DiselPeftType", "DISEL_BIAS_OPTIONS", "REQUIRED_SAVED_FIELDS"]
 
 DISEL_BIAS_OPTIONS: tuple[str, ...] = ("none", "all", "disel_only")
+
+# Fields a saved adapter_config.json must hold: each changes what the loaded adapter computes (the scaling
+# lora_alpha / r, which layers carry the saved weights), so a file without one must not load with the default.
+REQUIRED_SAVED_FIELDS: tuple[str, ...] = ("r", "lora_alpha", "target_modules")
 
 
 class DiselPeftType(str, enum.Enum):
@@ -144,16 +151,19 @@ class DiselConfig(PeftConfig):
         def fail(name: str, expected: str) -> None:
             raise ValueError(f"DiselConfig.{name} must be {expected}, got {name}={getattr(self, name)!r}")
 
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            fail("r", "a positive integer (the number of gated rank-one components)")
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not (
-            math.isfinite(self.lora_alpha) and self.lora_alpha > 0
-        ):
-            fail("lora_alpha", "a positive finite number (the scaling is lora_alpha / r)")
-        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) or not (
-            0.0 <= self.lora_dropout < 1.0
-        ):
-            fail("lora_dropout", "a probability in [0, 1)")
+        owner = "DiselConfig"
+        checked = check_adapter_hyperparameters(
+            owner,
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            init_weights=self.init_weights,
+            gate_weight_init=self.gate_weight_init,
+            gate_bias_init=self.gate_bias_init,
+            dropout_name="lora_dropout",
+        )
+        for name, value in checked.items():  # plain Python numbers, so adapter_config.json can hold them
+            setattr(self, name, value)
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str) and not _is_str_list(value):
@@ -169,20 +179,34 @@ class DiselConfig(PeftConfig):
                 "DiselConfig.layers_pattern only selects where layer indices are read; set layers_to_transform "
                 f"too (got layers_pattern={self.layers_pattern!r}, layers_to_transform=None)"
             )
-        if self.bias not in DISEL_BIAS_OPTIONS:
-            fail("bias", f"one of {DISEL_BIAS_OPTIONS}")
-        if not isinstance(self.init_weights, bool):
-            fail("init_weights", "True (B = 0, start at the base model) or False (random B, for tests)")
-        if isinstance(self.gate_bias_init, bool) or not isinstance(self.gate_bias_init, (int, float)) or not (
-            math.isfinite(self.gate_bias_init)
+        if self.layers_to_transform is not None:
+            indices = self.layers_to_transform if isinstance(self.layers_to_transform, list) else [self.layers_to_transform]
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+                fail("layers_to_transform", "None, a layer index (int >= 0) or a list of layer indices")
+        if self.layers_pattern is not None and not isinstance(self.layers_pattern, str) and not _is_str_list(
+            self.layers_pattern
         ):
-            fail("gate_bias_init", "a finite number (negative keeps the gates nearly closed at init)")
-        if self.gate_weight_init not in GATE_WEIGHT_INITS:
-            fail("gate_weight_init", f"one of {GATE_WEIGHT_INITS}")
-        if isinstance(self.gate_lr_ratio, bool) or not isinstance(self.gate_lr_ratio, (int, float)) or not (
-            math.isfinite(self.gate_lr_ratio) and self.gate_lr_ratio > 0
-        ):
-            fail("gate_lr_ratio", "a positive finite number (gate learning rate / base learning rate)")
+            fail("layers_pattern", "None, a module-list name or a list of names")
+        check_choice(owner, "bias", self.bias, DISEL_BIAS_OPTIONS)
+        self.gate_lr_ratio = check_positive_finite(
+            owner, "gate_lr_ratio", self.gate_lr_ratio, "a positive finite number (gate learning rate / base learning rate)"
+        )
+
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """PEFT's hook on the fields read from ``adapter_config.json`` (``DiselConfig.from_pretrained``, which
+        ``PeftModel.from_pretrained`` and ``load_adapter`` use): refuse a file that lacks a field of
+        :data:`REQUIRED_SAVED_FIELDS` instead of filling in its default."""
+        kwargs = super().check_kwargs(**kwargs)
+        missing = [name for name in REQUIRED_SAVED_FIELDS if name not in kwargs]
+        if missing:
+            raise ValueError(
+                f"The saved DISeL adapter config lacks {', '.join(repr(name) for name in missing)}: each of "
+                f"{REQUIRED_SAVED_FIELDS} changes what the adapter computes (the scaling lora_alpha / r, the adapted "
+                "layers), so it is not filled in with a default. Add the value the adapter was trained with to "
+                "adapter_config.json."
+            )
+        return kwargs
 
     @property
     def scaling(self) -> float:

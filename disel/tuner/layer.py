@@ -30,6 +30,14 @@ MERGE_REFUSAL = (
 )
 
 
+def validate_config_in_use(config: DiselConfig) -> None:
+    """Check ``config`` again where it is applied: fields set after construction (``config.r = 0``) are
+    only seen here, and would otherwise build a broken adapter (a division by zero in the scaling)."""
+    if not isinstance(config, DiselConfig):
+        raise TypeError(f"a DISeL layer is built from a DiselConfig, got config={type(config).__name__}")
+    config._validate()
+
+
 def _in_out_features(base_layer: nn.Module) -> tuple[int, int]:
     if isinstance(base_layer, nn.Linear):
         return base_layer.in_features, base_layer.out_features
@@ -62,6 +70,7 @@ class DiselLayer(BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: DiselConfig) -> None:
         """Create and initialise the adapter ``adapter_name`` from ``config`` (THEORY.md §1, "Initialisation")."""
+        validate_config_in_use(config)
         d, m, r = self.in_features, self.out_features, config.r
         self.r[adapter_name] = r
         self.scaling[adapter_name] = config.scaling

@@ -6,12 +6,19 @@ Matching, freezing, saving, loading, several adapters, ``disable_adapter`` and `
 
 from __future__ import annotations
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 from .config import DiselConfig
-from .layer import MERGE_REFUSAL, SUPPORTED_BASE_LAYERS, DiselLayer, DiselLinearLayer
+from .layer import (
+    MERGE_REFUSAL,
+    SUPPORTED_BASE_LAYERS,
+    DiselLayer,
+    DiselLinearLayer,
+    validate_config_in_use,
+)
 
 __all__ = ["DiselModel"]
 
@@ -58,3 +65,77 @@ class DiselModel(BaseTuner):
 
     def _check_merge_allowed(self) -> None:
         raise NotImplementedError(MERGE_REFUSAL)
+
+    def _check_new_adapter_config(self, config: DiselConfig) -> None:
+        # Before any layer is replaced, so a config changed after construction fails with the model untouched.
+        validate_config_in_use(config)
+        super()._check_new_adapter_config(config)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: DiselConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        # PEFT's one hook between reading the saved weights and loading them (set_peft_model_state_dict, used by
+        # PeftModel.from_pretrained and load_adapter); it loads with strict=False, so check here that they fit.
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_saved_weights_land(model, adapter_name, remapped)
+        return remapped
+
+
+_PEFT_MODEL_PREFIX = "base_model.model."
+
+
+def _adapter_parameter_keys(model: nn.Module, adapter_name: str) -> set[str]:
+    """State-dict keys of adapter ``adapter_name``'s parameters on every DISeL layer, found by type."""
+    keys = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, DiselLayer):
+            continue
+        for layer_name in module.adapter_layer_names:
+            per_adapter = getattr(module, layer_name)
+            if adapter_name in per_adapter:
+                for parameter_name, _ in per_adapter[adapter_name].named_parameters():
+                    keys.add(f"{module_name}.{layer_name}.{adapter_name}.{parameter_name}".lstrip("."))
+    return keys
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_saved_weights_land(model: nn.Module, adapter_name: str, remapped: dict[str, torch.Tensor]) -> None:
+    """Refuse a load that would drop saved DISeL weights or leave DISeL parameters of the model unset.
+
+    ``remapped`` is the saved state dict with its keys already renamed to model keys (PEFT's remapping
+    passes a key it cannot place through unchanged). A saved tensor whose key is not a model key would be
+    dropped by PEFT's ``strict=False`` load; a ``disel_*`` parameter of adapter
+    ``adapter_name`` that no saved tensor fills would keep its fresh initialisation. Either means the
+    adapter_config.json does not describe the saved weights, and raises ``ValueError`` naming the tensors.
+    """
+    model_keys = set(model.state_dict())
+
+    def model_key(key: str) -> str | None:
+        # Without a PeftModel around (layers injected directly) the model keys lack the "base_model.model." prefix.
+        for candidate in (key, key.removeprefix(_PEFT_MODEL_PREFIX)):
+            if candidate in model_keys:
+                return candidate
+        return None
+
+    # Every saved tensor must land: the DISeL ones and any other (trained biases with bias="all", a
+    # modules_to_save head, already renamed to its wrapper's key by PEFT).
+    dropped = sorted(key for key in remapped if model_key(key) is None)
+    if dropped:
+        raise ValueError(
+            f"Loading DISeL adapter {adapter_name!r} would drop {len(dropped)} saved tensor(s) that match no "
+            f"parameter of the model: {_listing(dropped)}. The adapter_config.json (target_modules, exclude_modules, "
+            "layers_to_transform, modules_to_save) must describe the layers the weights were saved from."
+        )
+    loaded = {model_key(key) for key in remapped}
+    unset = sorted(_adapter_parameter_keys(model, adapter_name) - loaded)
+    if unset:
+        raise ValueError(
+            f"Loading DISeL adapter {adapter_name!r} would leave {len(unset)} DISeL parameter(s) of the model at their "
+            f"fresh initialisation, with no saved value: {_listing(unset)}. The adapter_config.json (target_modules, "
+            "exclude_modules, layers_to_transform) adapts layers the saved weights do not cover."
+        )

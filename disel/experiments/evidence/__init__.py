@@ -1,0 +1,15 @@
+"""Evidence for issue 9: does DISeL forget less than LoRA at equal task accuracy?
+
+Building blocks of the SmolLM2 experiment, independent of how the experiment is orchestrated:
+
+* :mod:`.stats` — matched-accuracy comparison of (exact match, retention) paths, bootstrap intervals
+  (NumPy only);
+* :mod:`.kl` — mean token-level KL divergence of a tuned causal LM from its base model;
+* :mod:`.diagnostics` — the toy's failure signature (gate rows anti-aligned with their A rows) and gate
+  means per text domain;
+* :mod:`.throughput` — this CPU's matmul throughput and the FLOP count of a training step;
+* :mod:`.results` — the typed results file of the experiment.
+
+Submodules are imported explicitly (``from disel.experiments.evidence.stats import ...``), so that the
+NumPy-only statistics do not pull in torch.
+"""

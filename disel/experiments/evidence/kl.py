@@ -1,0 +1,191 @@
+"""Mean token-level KL divergence of a fine-tuned causal LM from its base model on held-out text.
+
+    KL(p_base ‖ p_tuned) = Σ_v p_base(v | x_<t) · (log p_base(v | x_<t) − log p_tuned(v | x_<t))
+
+averaged over the scored positions of the text. It measures how far fine-tuning moved the model's
+next-token distribution, including moves that leave the reference token's probability (and hence
+perplexity) unchanged, so it is the more sensitive retention metric of the two.
+
+Scored positions are those perplexity scores: position ``t`` of a sequence where both token ``t`` and
+token ``t + 1`` are real (``attention_mask`` 1), i.e. every prediction of a real next token. Padding on
+either side is ignored. Log-probabilities are computed in float32 with ``log_softmax`` whatever the
+model's dtype.
+
+The efficient path needs no second model: for a PEFT model, the base distribution is the same model
+inside ``disable_adapter()`` (one set of weights in memory, two forward passes per batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["KLResult", "mean_token_kl", "right_padded_batches", "token_kl_divergence"]
+
+# Positions per float32 log_softmax chunk: bounds the temporaries at (chunk, vocab) for large vocabularies.
+_CHUNK_POSITIONS = 1024
+
+
+@dataclass(frozen=True)
+class KLResult:
+    """KL(p_base ‖ p_tuned) over held-out text.
+
+    ``mean_kl``: per-token average (total KL over all scored positions / ``tokens``), the headline number;
+    ``sequence_mean_kl``: average over sequences of each sequence's per-token mean (every text weighs the
+    same, however long); ``tokens``: number of scored positions; ``sequences``: sequences with at least
+    one scored position. From the same forward passes, at no extra cost: ``nll`` / ``base_nll``, the mean
+    negative log-likelihood (nats per token) of the real next tokens under the tuned / base model, whose
+    ``exp`` is the perplexity (:attr:`perplexity`, :attr:`base_perplexity`).
+    """
+
+    mean_kl: float
+    sequence_mean_kl: float
+    tokens: int
+    sequences: int
+    nll: float = math.nan
+    base_nll: float = math.nan
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll)
+
+    @property
+    def base_perplexity(self) -> float:
+        return math.exp(self.base_nll)
+
+
+def token_kl_divergence(base_logits: Tensor, tuned_logits: Tensor) -> Tensor:
+    """Per-position KL(p_base ‖ p_tuned) from logits, in float32: (..., V), (..., V) → (...)."""
+    if base_logits.shape != tuned_logits.shape:
+        raise ValueError(f"base_logits {tuple(base_logits.shape)} and tuned_logits {tuple(tuned_logits.shape)} differ")
+    return _kl_from_log_probs(base_logits.float().log_softmax(dim=-1), tuned_logits.float().log_softmax(dim=-1))
+
+
+def _kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Σ_v p (log p − log q) over the last dimension: (..., V), (..., V) → (...)."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def right_padded_batches(
+    sequences: Sequence[Sequence[int]], batch_size: int, pad_token_id: int
+) -> Iterator[dict[str, Tensor]]:
+    """``{"input_ids", "attention_mask"}`` batches (batch, longest) of token-id lists, padded on the right.
+
+    Sequences are taken in the given order; sort them by length beforehand to cut padding waste.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        longest = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), longest), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+        for row, tokens in enumerate(chunk):
+            ids[row, : len(tokens)] = torch.as_tensor(list(tokens), dtype=torch.long)
+            mask[row, : len(tokens)] = 1
+        yield {"input_ids": ids, "attention_mask": mask}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout: KL of a stochastic forward would be noise) restored afterwards."""
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in zip(models, was_training):
+            m.train(training)
+
+
+def mean_token_kl(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Tensor]],
+    base_model: nn.Module | None = None,
+) -> KLResult:
+    """KL(p_base ‖ p_model) averaged over the scored positions of ``batches`` (module docstring).
+
+    Args:
+        model: the fine-tuned causal LM (a PEFT model or any model returning ``.logits``).
+        batches: mappings with ``input_ids`` (batch, seq) and optionally ``attention_mask`` (batch, seq)
+            (all ones if absent), e.g. from :func:`right_padded_batches`.
+        base_model: the reference model. ``None`` uses ``model`` itself inside ``model.disable_adapter()``
+            (PEFT), which needs no second copy of the weights.
+
+    Raises ``ValueError`` if ``base_model`` is ``None`` and ``model`` has no ``disable_adapter``, if a
+    batch lacks ``input_ids`` or its mask has another shape, or if no position was scored.
+    """
+    if base_model is None and not callable(getattr(model, "disable_adapter", None)):
+        raise ValueError(
+            f"base_model is None but the {type(model).__name__} has no disable_adapter(); pass base_model "
+            "or a PEFT model"
+        )
+    device = _device_of(model)
+    total = torch.zeros((), dtype=torch.float64)
+    nll_total = torch.zeros((), dtype=torch.float64)
+    base_nll_total = torch.zeros((), dtype=torch.float64)
+    tokens = 0
+    sequence_means: list[Tensor] = []
+    models = (model,) if base_model is None else (model, base_model)
+    with _eval_mode(*models), torch.inference_mode():
+        for index, batch in enumerate(batches):
+            if "input_ids" not in batch:
+                raise ValueError(f"batch {index} has no 'input_ids' (keys: {sorted(batch)})")
+            ids = batch["input_ids"].to(device)  # (b, s)
+            mask = batch.get("attention_mask")
+            mask = torch.ones_like(ids) if mask is None else mask.to(device)  # (b, s)
+            if mask.shape != ids.shape:
+                raise ValueError(f"batch {index}: attention_mask {tuple(mask.shape)} differs from input_ids {tuple(ids.shape)}")
+            scored = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)  # (b, s-1): a real token predicting a real token
+            if not scored.any():
+                continue
+            if base_model is None:
+                with model.disable_adapter():
+                    base_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (b, s-1, V)
+            else:
+                base_logits = base_model(input_ids=ids.to(_device_of(base_model)),
+                                         attention_mask=mask.to(_device_of(base_model))).logits[:, :-1].to(device)
+            tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (b, s-1, V)
+            rows = scored.nonzero(as_tuple=True)
+            base_sel, tuned_sel = base_logits[rows], tuned_logits[rows]  # (n, V)
+            targets = ids[:, 1:][rows]  # (n,): the real next tokens
+            kl_parts, nll_parts, base_nll_parts = [], [], []
+            for i in range(0, base_sel.shape[0], _CHUNK_POSITIONS):
+                chunk = slice(i, i + _CHUNK_POSITIONS)
+                log_p = base_sel[chunk].float().log_softmax(dim=-1)  # (c, V)
+                log_q = tuned_sel[chunk].float().log_softmax(dim=-1)  # (c, V)
+                kl_parts.append(_kl_from_log_probs(log_p, log_q))  # (c,)
+                target = targets[chunk, None]  # (c, 1)
+                nll_parts.append(-log_q.gather(-1, target)[:, 0])  # (c,)
+                base_nll_parts.append(-log_p.gather(-1, target)[:, 0])
+            kl = torch.cat(kl_parts)  # (n,)
+            nll_total += torch.cat(nll_parts).double().sum().cpu()
+            base_nll_total += torch.cat(base_nll_parts).double().sum().cpu()
+            per_sequence = torch.zeros(ids.shape[0], dtype=torch.float64, device=kl.device)
+            per_sequence.index_add_(0, rows[0], kl.double())  # (b,)
+            counts = scored.sum(dim=1)  # (b,)
+            has = counts > 0
+            sequence_means.append((per_sequence[has] / counts[has]).cpu())
+            total += kl.double().sum().cpu()
+            tokens += int(counts.sum())
+    if tokens == 0:
+        raise ValueError("no position was scored: every sequence has fewer than two real tokens")
+    means = torch.cat(sequence_means)
+    return KLResult(
+        mean_kl=float(total) / tokens,
+        sequence_mean_kl=float(means.mean()),
+        tokens=tokens,
+        sequences=int(means.numel()),
+        nll=float(nll_total) / tokens,
+        base_nll=float(base_nll_total) / tokens,
+    )

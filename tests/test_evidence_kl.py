@@ -1,0 +1,151 @@
+"""Token-level KL divergence from the base model (disel.experiments.evidence.kl) on a tiny Llama."""
+
+import copy
+
+import pytest
+import torch
+
+import disel
+from disel.experiments.evidence.kl import (
+    mean_token_kl,
+    right_padded_batches,
+    token_kl_divergence,
+)
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _tiny_llama(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=50, max_position_embeddings=64, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+def _sequences():
+    gen = torch.Generator().manual_seed(0)
+    lengths = [7, 3, 12, 1, 9]
+    return [torch.randint(1, 50, (n,), generator=gen).tolist() for n in lengths]
+
+
+def _peft(model, kind):
+    from peft import LoraConfig, get_peft_model
+
+    config = (LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS) if kind == "lora"
+              else disel.DiselConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    return get_peft_model(model, config)
+
+
+def test_kl_of_the_base_against_itself_is_zero():
+    """KL(p ‖ p) = 0 for every position."""
+    model = _tiny_llama()
+    result = mean_token_kl(model, right_padded_batches(_sequences(), 2, 0), base_model=model)
+    assert abs(result.mean_kl) < 1e-7 and abs(result.sequence_mean_kl) < 1e-7
+    # 6 + 2 + 11 + 0 + 8 positions predict a real next token; the 1-token sequence has none.
+    assert result.tokens == 27 and result.sequences == 4
+
+
+@pytest.mark.parametrize("kind", ["lora", "disel"])
+def test_kl_is_zero_at_adapter_init_and_positive_after_a_perturbation(kind):
+    """B = 0 at init makes the adapter a no-op (KL 0 via disable_adapter); perturbing B makes KL > 0."""
+    model = _peft(_tiny_llama(), kind)
+    batches = list(right_padded_batches(_sequences(), 3, 0))
+    assert abs(mean_token_kl(model, batches).mean_kl) < 1e-7
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "disel_B" in name:
+                param.normal_(0, 0.5)
+    assert mean_token_kl(model, batches).mean_kl > 1e-4
+
+
+def test_disable_adapter_path_equals_a_separate_base_model():
+    """The memory-saving path (same PeftModel, adapters disabled) gives the separate-base-model answer."""
+    base = _tiny_llama()
+    reference = copy.deepcopy(base)
+    model = _peft(base, "disel")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, disel.tuner.layer.DiselLayer):
+                module.disel_B["default"].weight.normal_(0, 0.5)
+    batches = list(right_padded_batches(_sequences(), 2, 0))
+    shared = mean_token_kl(model, batches)
+    separate = mean_token_kl(model, batches, base_model=reference)
+    assert shared.mean_kl == pytest.approx(separate.mean_kl, rel=1e-6)
+    assert shared.tokens == separate.tokens
+
+
+def test_kl_equals_a_brute_force_per_position_computation():
+    """Padded batches give the same per-token and per-sequence means as each sequence scored alone in float64."""
+    base = _tiny_llama(0)
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        tuned.model.layers[0].mlp.up_proj.weight.add_(0.3 * torch.randn_like(tuned.model.layers[0].mlp.up_proj.weight))
+    sequences = _sequences()
+    result = mean_token_kl(tuned, right_padded_batches(sequences, 4, 0), base_model=base)
+    per_token, per_sequence = [], []
+    with torch.no_grad():
+        for seq in sequences:
+            if len(seq) < 2:
+                continue
+            ids = torch.tensor([seq])
+            p = base(input_ids=ids).logits[0, :-1].double().softmax(-1)  # (n, V)
+            q = tuned(input_ids=ids).logits[0, :-1].double().softmax(-1)
+            kls = [float((p[t] * (p[t].log() - q[t].log())).sum()) for t in range(p.shape[0])]
+            per_token += kls
+            per_sequence.append(sum(kls) / len(kls))
+    assert result.tokens == len(per_token)
+    assert result.mean_kl == pytest.approx(sum(per_token) / len(per_token), rel=1e-4)
+    assert result.sequence_mean_kl == pytest.approx(sum(per_sequence) / len(per_sequence), rel=1e-4)
+    assert result.mean_kl > 0
+
+
+def test_token_kl_divergence_matches_torch_kl_div():
+    """The per-position formula equals torch's kl_div(log q, log p, log_target=True) summed over the vocabulary."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 11, generator=gen), torch.randn(5, 11, generator=gen)
+    expected = torch.nn.functional.kl_div(b.log_softmax(-1), a.log_softmax(-1), log_target=True,
+                                          reduction="none").sum(-1)
+    torch.testing.assert_close(token_kl_divergence(a, b), expected)
+
+
+def test_bad_inputs_are_named():
+    model = _tiny_llama()
+    with pytest.raises(ValueError, match="disable_adapter"):
+        mean_token_kl(model, right_padded_batches(_sequences(), 2, 0))
+    with pytest.raises(ValueError, match="no position was scored"):
+        mean_token_kl(model, right_padded_batches([[3], [4]], 2, 0), base_model=model)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(right_padded_batches([[1, 2]], 0, 0))
+
+
+def test_perplexities_come_from_the_same_pass():
+    """nll / base_nll are the mean next-token negative log-likelihoods (brute force), and are equal (and
+    KL is 0) when the tuned model is the base."""
+    base = _tiny_llama(0)
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        tuned.lm_head.weight.mul_(1.5)
+    sequences = _sequences()
+    result = mean_token_kl(tuned, right_padded_batches(sequences, 2, 0), base_model=base)
+    nll, base_nll, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for seq in sequences:
+            if len(seq) < 2:
+                continue
+            ids = torch.tensor([seq])
+            targets = ids[0, 1:]
+            for model, acc in ((tuned, "t"), (base, "b")):
+                logp = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
+                value = -float(logp[torch.arange(len(targets)), targets].sum())
+                if acc == "t":
+                    nll += value
+                else:
+                    base_nll += value
+            n += len(targets)
+    assert result.nll == pytest.approx(nll / n, rel=1e-5)
+    assert result.base_nll == pytest.approx(base_nll / n, rel=1e-5)
+    assert result.perplexity == pytest.approx(torch.tensor(nll / n).exp().item(), rel=1e-5)
+    same = mean_token_kl(base, right_padded_batches(sequences, 2, 0), base_model=base)
+    assert same.nll == pytest.approx(same.base_nll, rel=1e-7) and same.nll != pytest.approx(result.nll)

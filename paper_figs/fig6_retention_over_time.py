@@ -1,7 +1,7 @@
 """Figure 6: retention at every checkpoint, per rank, DISeL (left) vs LoRA (right); math-tuned model.
 
 Reads, in every run directory (``--runs-dir`` holding one sub-folder per run, or ``--run`` listing them),
-``train_result.json`` (``disel.train_result/1``: the run's method, rank and seed) and
+``train_result.json`` (``disel.train_result/2``: the run's method, rank and seed) and
 ``retention_<evaluator>.json`` (``disel.retention/1``, written by
 :func:`disel.experiments.eval.retention.evaluate_checkpoints`: one row per saved checkpoint plus the base
 model). One panel per method (DISeL left, LoRA right), one line per rank (the mean over seeds at each

@@ -384,12 +384,17 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
     assert written == json.loads(json.dumps(result.to_dict()))
     assert TrainResult.read(output) == TrainResult(**written)
     expected_keys = {
-        "schema", "name", "method", "rank", "task_type", "model_path", "config", "output_dir", "adapter_dir",
+        "schema", "name", "method", "rank", "task_type", "model_path", "config", "output_dir",
         "world_size", "global_step", "epoch", "final_train_loss", "train_loss", "eval", "loss_history",
         "eval_history", "log_history", "checkpoints", "resumed_from", "runtime_s", "data", "parameters",
         "parameter_sha256_per_rank", "versions", "finished_at",
     }
-    assert set(written) == expected_keys and written["schema"] == "disel.train_result/1"
+    assert set(written) == expected_keys and written["schema"] == "disel.train_result/2"
+    # A version-1 file (it also had adapter_dir, always equal to output_dir) still reads.
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / RESULT_FILE).write_text(json.dumps({**written, "schema": "disel.train_result/1", "adapter_dir": str(output)}))
+    assert TrainResult.read(old) == TrainResult.read(output)
     assert written["method"] == "disel" and written["world_size"] == 1 and written["global_step"] == 4
     assert [step for step, _ in written["loss_history"]] == [1, 2, 3, 4]
     assert [c["path"] for c in written["checkpoints"]] == ["checkpoint-2", "checkpoint-4"]

@@ -34,8 +34,6 @@ from .schemas import COMPARISON_SCHEMA
 
 __all__ = ["ComparisonConfig", "format_table", "run_comparison"]
 
-
-
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "comparison" / "smollm2_arithmetic.yaml"
 
 
@@ -70,12 +68,17 @@ class ComparisonConfig(BaseModel):
 
     def run_config(self, model_path: str, train_file: Path, method: str, rank: int):
         """The recipe of one run of the sweep (a validated :class:`~disel.experiments.config.ExperimentConfig`)."""
-        from .config import load_config
+        from .config import apply_overrides, config_from_dict, merge, read_recipe
 
-        run_dir = Path(self.output_dir) / f"{method}-r{rank}"
-        sweep = [f"model.path={model_path}", f"data.train_files=[{train_file}]", f"method.name={method}",
-                 f"method.r={rank}", f"training.output_dir={run_dir}"]
-        return load_config(self.recipe, [*self.overrides, *sweep])
+        # A baseline swept from a DISeL recipe drops the DISeL-only settings (they would be refused).
+        disel_only = {} if method == "disel" else {"gate_bias_init": None, "gate_weight_init": None, "gate_lr_ratio": None}
+        sweep = {
+            "model": {"path": model_path},
+            "data": {"train_files": [str(train_file)]},
+            "method": {"name": method, "r": rank, **disel_only},
+            "training": {"output_dir": str(Path(self.output_dir) / f"{method}-r{rank}")},
+        }
+        return config_from_dict(merge(apply_overrides(read_recipe(self.recipe), self.overrides), sweep), self.recipe)
 
 
 def _problems(config: ComparisonConfig):
@@ -97,7 +100,7 @@ def _final_row(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_comparison(config: ComparisonConfig, progress=print) -> dict[str, Any]:
-    """Run (or resume) the whole comparison; returns the ``disel.comparison/1`` dict also written to
+    """Run (or resume) the whole comparison; returns the ``disel.comparison/2`` dict also written to
     ``<output_dir>/comparison.json``."""
     from .data.arithmetic import write_jsonl
 

@@ -38,9 +38,9 @@ import json
 import os
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, create_model, field_validator
 
 __all__ = [
     "AdaLoraSettings",
@@ -54,6 +54,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "load_config",
+    "merge",
     "read_recipe",
 ]
 
@@ -73,6 +74,10 @@ _SET_BY_DISEL = {
     "remove_unused_columns": "our datasets hold exactly the model inputs",
     "label_names": "PEFT wraps forward(**kwargs), so it is always ['labels']",
 }
+
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+"""A number in [0, 1)."""
 
 
 class ConfigError(ValueError):
@@ -95,7 +100,7 @@ class ModelConfig(_Section):
     task_type: Literal["causal_lm", "sequence_classification"] = "causal_lm"
     """``causal_lm``: instruction tuning with loss on response tokens. ``sequence_classification``: a fresh
     classification head (``num_labels`` classes) on the encoder, accuracy as the evaluation metric."""
-    num_labels: int | None = None
+    num_labels: PositiveInt | None = None
     """Number of classes; required for ``sequence_classification``."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """Dtype of the loaded (frozen) weights. ``bfloat16`` halves the memory of a 7B base; trainable adapter
@@ -137,16 +142,16 @@ class DataConfig(_Section):
     """Key of the class label: an int in [0, num_labels), or a string listed in ``label_names``."""
     label_names: list[str] | None = None
     """Class names in id order, for files whose labels are strings (e.g. ``[entailment, neutral, contradiction]``)."""
-    validation_fraction: float = 0.0
+    validation_fraction: Fraction = 0.0
     """Fraction of the training rows held out for validation, in [0, 1). 0: no held-out split."""
     split_seed: int = 42
     """Seed of the held-out split; the same seed gives the same split on any number of processes."""
-    max_length: int = 512
+    max_length: PositiveInt = 512
     """Sequences are truncated to this many tokens (prompt kept first; examples left without a response
     token are dropped and counted)."""
-    max_train_samples: int | None = None
+    max_train_samples: PositiveInt | None = None
     """Use only the first N training rows after the split (quick runs)."""
-    max_validation_samples: int | None = None
+    max_validation_samples: PositiveInt | None = None
     """Use only the first N validation rows."""
 
 
@@ -164,9 +169,9 @@ class AdaLoraSettings(_Section):
     """Warm-up steps before pruning starts (exclusive with ``tinit_ratio``)."""
     tfinal: int = 0
     """Steps at the end with the final ranks (exclusive with ``tfinal_ratio``)."""
-    tinit_ratio: float | None = None
+    tinit_ratio: Fraction | None = None
     """``tinit`` as a fraction of ``total_step`` (the paper states the schedule in fractions)."""
-    tfinal_ratio: float | None = None
+    tfinal_ratio: Fraction | None = None
     """``tfinal`` as a fraction of ``total_step``."""
     deltaT: int = 1
     """Steps between two budget allocations."""
@@ -176,7 +181,7 @@ class AdaLoraSettings(_Section):
     """EMA coefficient of the importance uncertainty."""
     orth_reg_weight: float = 0.5
     """Weight of the orthogonality regulariser added to the loss."""
-    total_step: int | None = None
+    total_step: PositiveInt | None = None
     """Total optimizer steps of the schedule; None: the Trainer's own number of steps (computed from the data,
     batch size, accumulation and epochs, or ``max_steps``). PEFT requires it before training."""
 
@@ -188,11 +193,11 @@ class MethodConfig(_Section):
     name: Literal["disel", "lora", "dora", "adalora", "full"] = "disel"
     """``disel``; PEFT's ``lora``, ``dora`` (``LoraConfig(use_dora=True)``), ``adalora``; or ``full``
     (every parameter trained, no adapter)."""
-    r: int = 8
+    r: PositiveInt = 8
     """Adapter rank (AdaLoRA: the target average rank)."""
-    lora_alpha: float | None = None
+    lora_alpha: PositiveFloat | None = None
     """Scaling numerator, s = lora_alpha / r. None: 2r (the published recipe), so overriding ``r`` keeps it."""
-    lora_dropout: float = 0.05
+    lora_dropout: Fraction = 0.05
     """Dropout on the adapter input (the paper's value was lost in the text; 0.05 is our default)."""
     target_modules: list[str] | str | None = None
     """Module names (suffix match) or a regex; None: PEFT's per-architecture default."""
@@ -202,7 +207,7 @@ class MethodConfig(_Section):
     """DISeL: initial gate bias b_g (``DiselConfig.gate_bias_init``)."""
     gate_weight_init: Literal["kaiming", "zero"] | None = None
     """DISeL: initial gate weight W_g (``DiselConfig.gate_weight_init``)."""
-    gate_lr_ratio: float | None = None
+    gate_lr_ratio: PositiveFloat | None = None
     """DISeL: gate learning rate / ``training.learning_rate`` (``DiselConfig.gate_lr_ratio``; the optimizer
     reads it from there)."""
     gate_delay_steps: int | None = None
@@ -300,16 +305,16 @@ def read_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         raise ConfigError(f"base in {path}: expected a recipe file path or a list of them, got {bases!r}")
     merged: dict[str, Any] = {}
     for base in bases:  # later bases overlay earlier ones, and the recipe overlays them all
-        merged = _merge(merged, read_recipe(path.parent / base, (*_seen, path.resolve())))
-    return _merge(merged, raw)
+        merged = merge(merged, read_recipe(path.parent / base, (*_seen, path.resolve())))
+    return merge(merged, raw)
 
 
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """``base`` updated by ``overlay``, nested dicts merged key by key (lists and scalars replaced)."""
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -350,7 +355,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             if node is not None and not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {'.'.join(sections[:depth])} is not a section")
         functools.reduce(lambda d, k: d.setdefault(k, {}), sections, overlay)[leaf] = value
-    return _merge(raw, overlay)
+    return merge(raw, overlay)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
@@ -406,9 +411,14 @@ def _field_location(loc: tuple) -> tuple:
     )
 
 
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
 def _expected(error: dict[str, Any]) -> str:
     if error["type"] == "literal_error":
         return f"one of {error['ctx']['expected']}"
+    if error["type"] in _BOUNDS:
+        return f"a number {_BOUNDS[error['type']]} {next(iter(error['ctx'].values()))}"
     return next((text for name, text in _EXPECTED.items() if error["type"].startswith(name)), error["msg"])
 
 
@@ -436,31 +446,17 @@ def _check_values(config: ExperimentConfig, source: str) -> None:
     if not model.path:
         fail("model.path", "required: a local directory holding the model (disel never downloads)")
     if model.task_type == "sequence_classification":
-        if model.num_labels is None or model.num_labels < 1:
-            fail("model.num_labels", f"required for sequence_classification (a positive int), got {model.num_labels}")
+        if model.num_labels is None:
+            fail("model.num_labels", "required for sequence_classification (a positive int)")
         if data.label_names is not None and len(data.label_names) != model.num_labels:
             fail("data.label_names", f"has {len(data.label_names)} names but model.num_labels is {model.num_labels}")
     if not data.train_files and data.dataset is None:
         fail("data.train_files", "give local training files, or data.dataset (a locally available `datasets` source)")
     if data.train_files and data.dataset is not None:
         fail("data.dataset", "give either data.train_files or data.dataset, not both")
-    if not 0.0 <= data.validation_fraction < 1.0:
-        fail("data.validation_fraction", f"must be in [0, 1), got {data.validation_fraction}")
     if data.validation_fraction > 0 and (data.validation_files or data.dataset_validation_split):
         fail("data.validation_fraction", "hold out a fraction OR give validation files/split, not both")
-    for key in ("max_length",):
-        if getattr(data, key) < 1:
-            fail(f"data.{key}", f"must be a positive integer, got {getattr(data, key)}")
-    for key in ("max_train_samples", "max_validation_samples"):
-        if getattr(data, key) is not None and getattr(data, key) < 1:
-            fail(f"data.{key}", f"must be a positive integer or null, got {getattr(data, key)}")
 
-    if method.r < 1:
-        fail("method.r", f"must be a positive integer, got {method.r}")
-    if method.lora_alpha is not None and method.lora_alpha <= 0:
-        fail("method.lora_alpha", f"must be positive (or null for 2r), got {method.lora_alpha}")
-    if not 0.0 <= method.lora_dropout < 1.0:
-        fail("method.lora_dropout", f"must be in [0, 1), got {method.lora_dropout}")
     if method.name != "disel" and method.disel_settings():
         keys = ", ".join(f"method.{key}" for key in method.disel_settings())
         fail(keys, f"DISeL settings apply to method disel only, not {method.name!r} (set them to null)")
@@ -470,14 +466,8 @@ def _check_values(config: ExperimentConfig, source: str) -> None:
             fail("method.adalora.tinit_ratio", "give tinit or tinit_ratio, not both")
         if ada.tfinal_ratio is not None and ada.tfinal:
             fail("method.adalora.tfinal_ratio", "give tfinal or tfinal_ratio, not both")
-        for key in ("tinit_ratio", "tfinal_ratio"):
-            value = getattr(ada, key)
-            if value is not None and not 0.0 <= value < 1.0:
-                fail(f"method.adalora.{key}", f"must be in [0, 1), got {value}")
         if ada.init_r is not None and ada.init_r < method.r:
             fail("method.adalora.init_r", f"must be >= the target rank method.r={method.r}, got {ada.init_r}")
-        if ada.total_step is not None and ada.total_step < 1:
-            fail("method.adalora.total_step", f"must be a positive integer or null, got {ada.total_step}")
 
     if not training.output_dir:
         fail("training.output_dir", "required: the directory for checkpoints and train_result.json")

@@ -4,7 +4,7 @@ The figure scripts (``paper_figs/``) read result files only through this module,
 wrong schema or a missing key fails with one message naming the file and what was expected, before
 anything is drawn. The module itself uses no torch (importing the ``disel`` package still loads it).
 
-* ``<run>/train_result.json`` — ``disel.train_result/1``, :class:`TrainResult`, written by
+* ``<run>/train_result.json`` — ``disel.train_result/2``, :class:`TrainResult`, written by
   :func:`disel.experiments.train.run.train` (:func:`read_train_result` is the figures' view of it);
 * ``<run>/retention_<evaluator>.json`` — ``disel.retention/1``, written by
   :func:`disel.experiments.eval.retention.evaluate_checkpoints` (``disel-eval retention``);
@@ -89,7 +89,8 @@ __all__ = [
     "write_tradeoff_table",
 ]
 
-TRAIN_RESULT_SCHEMA = "disel.train_result/1"
+TRAIN_RESULT_SCHEMA = "disel.train_result/2"
+"""Version 1 (before recipes composed) also had ``adapter_dir`` (always ``output_dir``); it still reads."""
 RETENTION_SCHEMA = "disel.retention/1"
 GATES_SCHEMA = "disel.gates/1"
 TRADEOFF_SCHEMA = "disel.tradeoff/1"
@@ -200,7 +201,7 @@ def _describe(kind: str, nullable: bool) -> str:
 
 @dataclass
 class TrainResult:
-    """What one ``train`` call produced; ``to_dict()`` is ``train_result.json`` (schema ``disel.train_result/1``,
+    """What one ``train`` call produced; ``to_dict()`` is ``train_result.json`` (schema ``disel.train_result/2``,
     non-finite floats written as null). Its presence means the run finished and the final adapter (or full
     model) in ``output_dir`` is complete."""
 
@@ -239,8 +240,10 @@ class TrainResult:
         """Read ``<output_dir>/train_result.json`` (files of older runs also carry ``adapter_dir``, the same
         folder as ``output_dir``: it is dropped)."""
         path = Path(output_dir) / TRAIN_RESULT_FILE
-        raw = load_result_json(path, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train")
+        raw = load_result_json(path, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train",
+                               accept=("disel.train_result/1",))
         raw.pop("adapter_dir", None)
+        raw["schema"] = TRAIN_RESULT_SCHEMA
         names = [f.name for f in dataclasses.fields(cls)]
         missing = [name for name in names if name not in raw and name != "schema"]
         if missing:
@@ -275,7 +278,7 @@ def read_comparison(path: str | os.PathLike) -> Comparison:
 
 @dataclass(frozen=True)
 class TrainRunInfo:
-    """What the figures need from a run's ``train_result.json`` (schema ``disel.train_result/1``).
+    """What the figures need from a run's ``train_result.json`` (schema ``disel.train_result/2``).
 
     ``run_dir`` is the folder holding the file; ``seed`` is ``config.training.seed`` (``None`` if absent).
     """
@@ -292,7 +295,8 @@ def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
     """Read ``train_result.json`` (``path`` is the file or the run directory holding it)."""
     path = Path(path)
     file = path / TRAIN_RESULT_FILE if path.is_dir() else path
-    raw = load_result_json(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train")
+    raw = load_result_json(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train",
+                           accept=("disel.train_result/1",))
     method = _get(file, raw, "method", "str", "")
     rank = _get(file, raw, "rank", "int", "", nullable=True)
     name = _get(file, raw, "name", "str", "", nullable=True) if "name" in raw else None

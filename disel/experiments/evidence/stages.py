@@ -138,8 +138,8 @@ def run_job(spec: RunSpec, config: EvidenceConfig, manifest: dict[str, Any], mod
 
     if not (spec.run_dir / RESULT_FILE).is_file():
         result = train(spec.config)
-        report(f"{spec.label} train", f"{result.global_step} steps, final loss {result.final_train_loss:.3f}, "
-                                      f"{result.runtime_s:.0f} s")
+        loss = "n/a" if result.final_train_loss is None else f"{result.final_train_loss:.3f}"
+        report(f"{spec.label} train", f"{result.global_step} steps, last logged loss {loss}, {result.runtime_s:.0f} s")
     for step, path in list_checkpoints(spec.run_dir):
         target = spec.run_dir / "eval" / f"step-{step}.json"
         if target.is_file():

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 
-from .evidence_plots import arm_colors, evidence_parser, read_evidence
 from ._cli import render
+from .evidence_plots import arm_colors, evidence_parser, read_evidence
 from .style import TEXT_WIDTH_IN
 
 __all__ = ["main", "plot_evidence_gates"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tiny_models import make_tiny_causal_lm
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evidence" / "smollm2_tradeoff.yaml"

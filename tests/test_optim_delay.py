@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_optim import LLAMA_TARGETS, _tiny_llama, _TokenDataset, _training_args
 from torch import nn
 
 from disel.layers import DiselGate, DiselLinear
 from disel.optim import delay_gate_updates, param_groups
-
-from test_optim import LLAMA_TARGETS, _TokenDataset, _tiny_llama, _training_args
 
 
 def _model() -> nn.Module:

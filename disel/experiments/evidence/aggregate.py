@@ -15,9 +15,16 @@ from typing import Any
 import numpy as np
 
 from .config import EvidenceConfig, RunSpec
-from .results import CheckpointRecord, EvidenceResults, Interval, MatchedComparison, RunRecord, compare_arms
-from .stats import exact_match_interval
+from .results import (
+    CheckpointRecord,
+    EvidenceResults,
+    Interval,
+    MatchedComparison,
+    RunRecord,
+    compare_arms,
+)
 from .stages import DOMAINS, read_json
+from .stats import exact_match_interval
 
 __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
 

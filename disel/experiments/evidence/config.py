@@ -18,7 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from ..config import ConfigError, ExperimentConfig, apply_overrides, load_config, read_recipe
+from ..config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    load_config,
+    read_recipe,
+)
 
 __all__ = ["ArmConfig", "EvaluationConfig", "EvidenceConfig", "ProblemsConfig", "RunSpec", "load_evidence_config"]
 

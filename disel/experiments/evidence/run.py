@@ -11,10 +11,9 @@ Output folder layout: ``data/``, ``base.json``, ``runs/<arm>-seed<k>/`` (the Tra
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import multiprocessing
-import time
 from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 

@@ -16,7 +16,11 @@ import torch
 
 from .config import RunSpec
 from .stages import read_json
-from .throughput import measure_matmul_throughput, tokens_per_second_bound, training_step_flops
+from .throughput import (
+    measure_matmul_throughput,
+    tokens_per_second_bound,
+    training_step_flops,
+)
 
 __all__ = ["measure_training_throughput", "padded_lengths"]
 
@@ -44,6 +48,7 @@ def _trainable(model_path: str, spec: RunSpec) -> torch.nn.Module:
     import peft
 
     import disel  # noqa: F401  (registers the DISeL PEFT type)
+
     from ..models import load_model
 
     base = load_model(model_path, dtype=spec.config.model.dtype)

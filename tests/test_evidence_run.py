@@ -109,3 +109,18 @@ def test_bad_arguments_give_one_line_errors(argv, message, capsys, tmp_path):
         code = exit_.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("low, high, expected", [(-0.3, -0.1, "retains MORE"), (0.1, 0.3, "retains LESS"),
+                                                 (-0.1, 0.2, "NO clear retention difference")])
+def test_verdict_follows_the_intervals(low, high, expected):
+    from disel.experiments.evidence.aggregate import _sentence
+    from disel.experiments.evidence.results import MatchedComparison
+    from disel.experiments.evidence.stats import MatchedDifference
+
+    differences = [MatchedDifference(level=level, disel=1.0, lora=1.2, difference=(low + high) / 2, low=low,
+                                     high=high, confidence=0.95, defined_fraction=1.0, replicates=100)
+                   for level in (0.2, 0.4)]
+    sentence = _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", differences))
+    assert expected in sentence and f"{(low + high) / 2:+.4f} [{low:+.4f}, {high:+.4f}]" in sentence
+    assert "cannot be compared" in _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", []))

@@ -11,6 +11,7 @@ Output folder layout: ``data/``, ``base.json``, ``runs/<arm>-seed<k>/`` (the Tra
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from collections.abc import Callable
 from concurrent import futures
@@ -26,26 +27,44 @@ __all__ = ["Progress", "run_evidence"]
 
 
 class Progress:
-    """A tqdm bar over every stage, with an ETA, and one printed line per finished stage."""
+    """A tqdm bar over every stage, weighted by each stage's estimated cost so the ETA is meaningful, and one
+    printed line per finished stage."""
 
-    def __init__(self, total: int, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, weights: dict[str, float], echo: Callable[[str], None] = print) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, unit="stage", dynamic_ncols=True)
+        self.weights = weights
+        self.bar = tqdm(total=round(sum(weights.values())), unit="est.s", dynamic_ncols=True)
         self.echo = echo
 
+    def skip(self, label: str) -> None:
+        """Count a stage done by an earlier invocation."""
+        self.bar.update(round(self.weights.get(label, 0.0)))
+
     def done(self, label: str, text: str) -> None:
-        self.bar.update(1)
+        self.skip(label)
         self.bar.write(f"[{label}] {text}") if self.echo is print else self.echo(f"[{label}] {text}")
 
     def close(self) -> None:
         self.bar.close()
 
 
-def _stage_count(specs: list[RunSpec]) -> int:
-    """data + base + per run (train + its checkpoints) + throughput + results."""
-    per_run = [1 + s.config.training.max_steps // max(1, int(s.config.training.save_steps)) for s in specs]
-    return 2 + sum(per_run) + 2
+# Single-core seconds on the 2-core CPU this was written on (SmolLM2-135M): only the ETA uses them.
+_TRAIN_STEP_S, _PROBLEM_S, _TOKEN_S = 6.0, 0.5, 0.01
+
+
+def stage_weights(config: EvidenceConfig, specs: list[RunSpec]) -> dict[str, float]:
+    """Every stage's label (as reported) and estimated cost."""
+    settings = config.evaluation
+    evaluation = config.problems.test * _PROBLEM_S + 2 * settings.retention_tokens * _TOKEN_S + 10
+    weights = {"data": 5.0, "base": evaluation}
+    for spec in specs:
+        training = spec.config.training
+        weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
+        every = int(training.save_steps) if training.save_steps >= 1 else math.ceil(training.save_steps * training.max_steps)
+        for step in range(every, training.max_steps + 1, every):
+            weights[f"{spec.label} step {step}"] = evaluation
+    return {**weights, "throughput": 30.0, "results": 10.0}
 
 
 def _model_path(config: EvidenceConfig) -> str:
@@ -88,17 +107,18 @@ def _worker_job(label: str, config: EvidenceConfig, out: Path, manifest: dict[st
     return run_job(spec, config, manifest, model_path, lambda stage, text: queue.put((stage, text)))
 
 
-def _pending(spec: RunSpec) -> int:
-    """Stages of a run already done (for the bar): training, and evaluated checkpoints."""
-    done = int((spec.run_dir / "train_result.json").is_file())
-    return done + len(list((spec.run_dir / "eval").glob("step-*.json"))) if spec.run_dir.is_dir() else 0
+def _done_before(spec: RunSpec) -> list[str]:
+    """Labels of a run's stages done by an earlier invocation: training, and evaluated checkpoints."""
+    done = [f"{spec.label} train"] if (spec.run_dir / "train_result.json").is_file() else []
+    return done + [f"{spec.label} step {p.stem.removeprefix('step-')}" for p in (spec.run_dir / "eval").glob("step-*.json")]
 
 
 def _run_jobs(specs: list[RunSpec], config: EvidenceConfig, out: Path, manifest: dict, model_path: str, workers: int,
               progress: Progress) -> None:
     """Every (arm, seed) job: in this process (``workers`` 1) or in ``workers`` single-thread processes."""
     for spec in specs:
-        progress.bar.update(_pending(spec))
+        for label in _done_before(spec):
+            progress.skip(label)
     if workers == 1:
         for spec in specs:
             run_job(spec, config, manifest, model_path, progress.done)
@@ -131,7 +151,7 @@ def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int
     specs = config.run_specs(model_path, out / "data" / "train.jsonl", out)  # every recipe validated up front
     check_model_dir(model_path, what="model_path")
     manifest = prepare_data(config, out, load_tokenizer(model_path))
-    progress = Progress(_stage_count(specs), echo)
+    progress = Progress(stage_weights(config, specs), echo)
     progress.done("data", f"{config.problems.train} training / {len(manifest['test_rows'])} test problems, "
                           f"{len(manifest['retention']['english'])} English and {len(manifest['retention']['code'])} code texts")
     try:

@@ -236,19 +236,22 @@ class TrainResult:
         return {"schema": result.pop("schema"), **result}
 
     @classmethod
-    def read(cls, output_dir: str | os.PathLike) -> TrainResult:
-        """Read ``<output_dir>/train_result.json`` (files of older runs also carry ``adapter_dir``, the same
-        folder as ``output_dir``: it is dropped)."""
-        path = Path(output_dir) / TRAIN_RESULT_FILE
-        raw = load_result_json(path, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train",
+    def read(cls, path: str | os.PathLike) -> TrainResult:
+        """Read ``train_result.json`` (``path`` is the file or the run folder holding it). Version-1 files also
+        carry ``adapter_dir``, always equal to ``output_dir``: it is dropped."""
+        path = Path(path)
+        file = path / TRAIN_RESULT_FILE if path.is_dir() or not path.suffix else path
+        raw = load_result_json(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train",
                                accept=("disel.train_result/1",))
         raw.pop("adapter_dir", None)
         raw["schema"] = TRAIN_RESULT_SCHEMA
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in raw and name != "schema"]
+        for key, kind, nullable in (("method", "str", False), ("rank", "int", True), ("name", "str", True),
+                                    ("global_step", "int", False), ("config", "object", False)):
+            _get(file, raw, key, kind, "", nullable=nullable)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
         if missing:
-            raise MalformedResultFileError(path, f"missing keys {missing}")
-        return cls(**{name: raw[name] for name in names})
+            raise MalformedResultFileError(file, f"missing key {missing[0]!r} (and {len(missing) - 1} more)")
+        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -292,20 +295,17 @@ class TrainRunInfo:
 
 
 def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
-    """Read ``train_result.json`` (``path`` is the file or the run directory holding it)."""
+    """What the figures need from ``train_result.json`` (``path`` is the file or the run directory holding it),
+    read with :meth:`TrainResult.read`."""
     path = Path(path)
     file = path / TRAIN_RESULT_FILE if path.is_dir() else path
-    raw = load_result_json(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train",
-                           accept=("disel.train_result/1",))
-    method = _get(file, raw, "method", "str", "")
-    rank = _get(file, raw, "rank", "int", "", nullable=True)
-    name = _get(file, raw, "name", "str", "", nullable=True) if "name" in raw else None
-    global_step = _get(file, raw, "global_step", "int", "", nullable=True) if "global_step" in raw else None
+    result = TrainResult.read(file)
+    training = result.config.get("training")
     seed = None
-    config = raw.get("config")
-    if isinstance(config, dict) and isinstance(config.get("training"), dict) and "seed" in config["training"]:
-        seed = _get(file, config["training"], "seed", "int", "config.training", nullable=True)
-    return TrainRunInfo(file.parent, method, None if method == "full" else rank, name, seed, global_step)
+    if isinstance(training, dict) and "seed" in training:
+        seed = _get(file, training, "seed", "int", "config.training", nullable=True)
+    rank = None if result.method == "full" else result.rank
+    return TrainRunInfo(file.parent, result.method, rank, result.name, seed, result.global_step)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def plot_evidence_gates(results):
         steps = [c.step for c in runs[0].checkpoints[1:]]  # step 0 is the base model: no adapter
         left.plot(steps, _seed_mean(runs, lambda c: c.anti_aligned_fraction), marker="o", ms=2.5, color=colors[arm], label=arm)
         for domain, style in _DOMAIN_STYLES.items():
-            right.plot(steps, _seed_mean(runs, lambda c, d=domain: c.gate_means[d]), style, color=colors[arm],
+            right.plot(steps, _seed_mean(runs, lambda c, d=domain: c.gate_means[d]), style, marker="o", ms=2, color=colors[arm],
                        label=f"{arm} {domain}")
     left.set_ylabel("anti-aligned fraction (cos < −0.5)")
     right.set_ylabel("mean gate")

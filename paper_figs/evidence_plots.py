@@ -1,4 +1,4 @@
-"""Shared reading and drawing of the evidence experiment's figures (``fig_evidence_*.py``; issue 9).
+"""Shared reading and drawing of the evidence experiment's figures (``evidence_*.py``; issue 9).
 
 Every figure reads one ``results.json`` (:mod:`disel.experiments.evidence.results`, written by
 ``disel-evidence``). Arms are coloured in results order (LoRA first), seeds of an arm share the colour;

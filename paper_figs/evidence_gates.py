@@ -3,7 +3,7 @@
 Left: the fraction of rank components whose gate row is anti-aligned with its A row (cosine < −0.5).
 Right: the mean gate on math (solid), English (dashed) and code (dotted) text. Mean over seeds.
 
-    python -m paper_figs.fig_evidence_gates --results runs/evidence/results.json
+    python -m paper_figs.evidence_gates --results runs/evidence/results.json
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def plot_evidence_gates(results):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = evidence_parser(__doc__, "python -m paper_figs.fig_evidence_gates").parse_args(argv)
+    args = evidence_parser(__doc__, "python -m paper_figs.evidence_gates").parse_args(argv)
     return render(lambda: plot_evidence_gates(read_evidence(args.results)), args.out / "evidence_gates")
 
 

@@ -4,7 +4,7 @@ Each (arm, seed) run is a path from the base model (step 0) through its checkpoi
 exact match) space; left English, right Python code. Seeds of an arm share a colour. A path further left at
 the same height keeps more of the base model at equal accuracy.
 
-    python -m paper_figs.fig_evidence_tradeoff --results runs/evidence/results.json --out paper_figs/evidence
+    python -m paper_figs.evidence_tradeoff --results runs/evidence/results.json --out paper_figs/evidence
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def plot_evidence_tradeoff(results, kind: str = "kl"):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = evidence_parser(__doc__, "python -m paper_figs.fig_evidence_tradeoff")
+    parser = evidence_parser(__doc__, "python -m paper_figs.evidence_tradeoff")
     parser.add_argument("--kind", choices=("kl", "perplexity"), default="kl", help="retention metric (x axis)")
     args = parser.parse_args(argv)
     return render(lambda: plot_evidence_tradeoff(read_evidence(args.results), args.kind),

@@ -3,7 +3,7 @@
 The mean over seeds of KL to the base model (``--kind kl``) or perplexity, the min–max over seeds shaded;
 dashed: the base model (perplexity only; its KL is 0).
 
-    python -m paper_figs.fig_evidence_retention_over_time --results runs/evidence/results.json
+    python -m paper_figs.evidence_retention_over_time --results runs/evidence/results.json
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def plot_retention_over_time(results, kind: str = "kl"):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = evidence_parser(__doc__, "python -m paper_figs.fig_evidence_retention_over_time")
+    parser = evidence_parser(__doc__, "python -m paper_figs.evidence_retention_over_time")
     parser.add_argument("--kind", choices=("kl", "perplexity"), default="kl")
     args = parser.parse_args(argv)
     return render(lambda: plot_retention_over_time(read_evidence(args.results), args.kind),

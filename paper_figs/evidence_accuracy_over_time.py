@@ -3,7 +3,7 @@
 The mean over seeds, shaded: the union of the seeds' 95% bootstrap intervals (over test problems); dashed:
 the base model.
 
-    python -m paper_figs.fig_evidence_accuracy_over_time --results runs/evidence/results.json
+    python -m paper_figs.evidence_accuracy_over_time --results runs/evidence/results.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def plot_accuracy_over_time(results):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = evidence_parser(__doc__, "python -m paper_figs.fig_evidence_accuracy_over_time").parse_args(argv)
+    args = evidence_parser(__doc__, "python -m paper_figs.evidence_accuracy_over_time").parse_args(argv)
     return render(lambda: plot_accuracy_over_time(read_evidence(args.results)), args.out / "evidence_accuracy")
 
 

@@ -83,7 +83,8 @@ class EvidenceConfig(_Strict):
     """``cpu`` or ``cuda`` (then training runs on the GPU: ``training.use_cpu`` is set false)."""
 
     def run_specs(self, model_path: str, train_file: Path, output_dir: Path) -> list[RunSpec]:
-        """Every (arm, seed) with its validated training recipe, in recipe order."""
+        """Every (arm, seed) with its validated training recipe: seed-major (every arm's first seed, then every
+        arm's second, ...), so that an interrupted run already holds one complete comparison of all arms."""
         specs = []
         for arm, settings in self.arms.items():
             for seed in settings.seeds:
@@ -94,7 +95,7 @@ class EvidenceConfig(_Strict):
                          "training.disable_tqdm=true"]
                 config = load_config(self.training_recipe, [*self.overrides, *settings.overrides, *fixed])
                 specs.append(RunSpec(arm=arm, seed=seed, config=config))
-        return specs
+        return sorted(specs, key=lambda spec: self.arms[spec.arm].seeds.index(spec.seed))  # stable: arm order kept
 
 
 class RunSpec(BaseModel):

@@ -210,6 +210,8 @@ class MethodConfig(_Section):
     gate_lr_ratio: PositiveFloat | None = None
     """DISeL: gate learning rate / ``training.learning_rate`` (``DiselConfig.gate_lr_ratio``; the optimizer
     reads it from there)."""
+    gate_delay_steps: int | None = None
+    """DISeL: optimizer steps with the gates held still (``DiselConfig.gate_delay_steps``; the optimizer reads it)."""
     adalora: AdaLoraSettings = AdaLoraSettings()
     """AdaLoRA's schedule (only read for ``name: adalora``)."""
 
@@ -220,7 +222,7 @@ class MethodConfig(_Section):
 
     def disel_settings(self) -> dict[str, Any]:
         """The DISeL keys the recipe sets (the rest keep :class:`disel.DiselConfig`'s defaults)."""
-        keys = ("gate_bias_init", "gate_weight_init", "gate_lr_ratio")
+        keys = ("gate_bias_init", "gate_weight_init", "gate_lr_ratio", "gate_delay_steps")
         return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
 
 

@@ -28,9 +28,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from disel.io import write_json_atomic, write_text_atomic
+from disel.io import write_text_atomic
 
-from .schemas import COMPARISON_SCHEMA
+from .schemas import COMPARISON_SCHEMA, Comparison
 
 __all__ = ["ComparisonConfig", "format_table", "run_comparison"]
 
@@ -133,7 +133,7 @@ def run_comparison(config: ComparisonConfig, progress=print) -> dict[str, Any]:
         "invocation_runtime_s": time.perf_counter() - started,  # this call only: a resumed call skips finished stages
         "threads": torch.get_num_threads(),
     }
-    write_json_atomic(out / "comparison.json", summary)
+    Comparison.from_dict(summary, out / "comparison.json").write(out / "comparison.json")
     write_text_atomic(out / "comparison.md", format_table(summary))
     return summary
 

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..schemas import GSM8K_SCHEMA, HUMANEVAL_SCHEMA
+from ..schemas import Gsm8kResult, HumanEvalResult
 
 __all__ = [
     "CodeProblem",
@@ -341,23 +341,16 @@ def evaluate_gsm8k(
     flexible = [extract_final_number(r, strict=False) for r in responses]
     strict_correct = [p is not None and p == ref for p, ref in zip(strict, references)]
     flexible_correct = [p is not None and p == ref for p, ref in zip(flexible, references)]
-    result: dict[str, Any] = {
-        "schema": GSM8K_SCHEMA,
-        "metric": "exact_match,strict-match",
-        "exact_match": sum(strict_correct) / len(rows),
-        "exact_match_flexible": sum(flexible_correct) / len(rows),
-        "n": len(rows),
-        "n_no_strict_answer": sum(p is None for p in strict),
-        "generation": asdict(settings),
-        "seconds": seconds,
-    }
-    if keep_samples:
-        result["samples"] = [
-            {"index": i, "question": questions[i], "reference": references[i], "response": responses[i],
-             "prediction_strict": strict[i], "prediction_flexible": flexible[i], "correct": strict_correct[i]}
-            for i in range(len(rows))
-        ]
-    return result
+    samples = [
+        {"index": i, "question": questions[i], "reference": references[i], "response": responses[i],
+         "prediction_strict": strict[i], "prediction_flexible": flexible[i], "correct": strict_correct[i]}
+        for i in range(len(rows))
+    ]
+    return Gsm8kResult(
+        exact_match=sum(strict_correct) / len(rows), exact_match_flexible=sum(flexible_correct) / len(rows),
+        n=len(rows), n_no_strict_answer=sum(p is None for p in strict), generation=asdict(settings),
+        seconds=seconds, samples=samples if keep_samples else None,
+    ).to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -561,16 +554,11 @@ def evaluate_humaneval(
     for problem, response in zip(problems, responses):
         program = humaneval_program(problem, extract_code_completion(problem, response))
         outcomes.append(check_program(program, timeout_s=timeout_s, allow_code_execution=True))
-    result: dict[str, Any] = {
-        "schema": HUMANEVAL_SCHEMA,
-        "metric": "pass@1",
-        "pass@1": sum(o.passed for o in outcomes) / len(problems),
-        "n": len(problems),
-        "generation": asdict(settings),
-    }
-    if keep_samples:
-        result["samples"] = [
-            {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
-            for p, r, o in zip(problems, responses, outcomes)
-        ]
-    return result
+    samples = [
+        {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
+        for p, r, o in zip(problems, responses, outcomes)
+    ]
+    return HumanEvalResult(
+        sum(o.passed for o in outcomes) / len(problems), len(problems), asdict(settings),
+        samples=samples if keep_samples else None,
+    ).to_dict()

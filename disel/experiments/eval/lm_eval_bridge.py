@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..schemas import LM_EVAL_SCHEMA
+from ..schemas import LmEvalResult
 
 __all__ = [
     "Benchmark",
@@ -238,11 +238,7 @@ def evaluate_lm_eval(
     started = time.perf_counter()
     raw = run_lm_eval(model, tokenizer, settings)
     summary = summarize_lm_eval(raw, resolve_benchmarks(settings))
-    return {
-        "schema": LM_EVAL_SCHEMA,
-        "model": dict(description or {}),
-        "settings": asdict(settings),
-        "lm_eval_version": getattr(lm_eval, "__version__", "unknown"),
-        **summary,
-        "seconds": time.perf_counter() - started,
-    }
+    return LmEvalResult(
+        model=dict(description or {}), settings=asdict(settings),
+        lm_eval_version=getattr(lm_eval, "__version__", "unknown"), **summary, seconds=time.perf_counter() - started,
+    ).to_dict()

@@ -27,7 +27,7 @@ import torch
 from disel.io import write_json_atomic, write_text_atomic
 
 from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
-from ..schemas import load_result_json
+from ..schemas import RetentionTable, write_record
 
 from .evaluators import Evaluator
 from .generation import LoadedModel, load_model_for_eval
@@ -125,7 +125,7 @@ def evaluate_checkpoints(
               "output_dir": str(output_dir), "base_path": base_path}
     rows: list[dict[str, Any]] = []
     if resume and table_path.is_file():
-        previous = load_result_json(table_path, TABLE_SCHEMA, "an earlier evaluate_checkpoints")
+        previous = RetentionTable.read(table_path).to_dict()
         if previous.get("evaluator") == evaluator.name and previous.get("settings") == settings:
             rows = previous["rows"]
     done = {row["checkpoint"] for row in rows}
@@ -140,7 +140,11 @@ def evaluate_checkpoints(
         if progress is not None:
             progress(f"[retention] {evaluator.name}: evaluating {name} (step {step})")
         outcome = evaluator(load())
-        write_json_atomic(table_path.with_name(table_path.stem + "_details") / f"{name}.json", outcome.detail)
+        details = table_path.with_name(table_path.stem + "_details") / f"{name}.json"
+        if "schema" in outcome.detail:  # a record of schemas.EVAL_RECORDS; another evaluator's detail as it is
+            write_record(details, outcome.detail)
+        else:
+            write_json_atomic(details, outcome.detail)
         rows.append({"step": step, "checkpoint": name, **outcome.metrics, "mean": outcome.mean})
         rows.sort(key=lambda r: (r["step"], r["checkpoint"] != "base"))
         _write_table(table_path, header, rows)  # after every row: an interrupted run resumes from here
@@ -156,6 +160,6 @@ def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, 
     for row in rows:
         columns += [key for key in row if key not in ("step", "checkpoint", "mean") and key not in columns]
     table = {**header, "metric_columns": columns, "rows": rows}
-    write_json_atomic(table_path, table)
+    RetentionTable.from_dict(table, table_path).write(table_path)
     write_text_atomic(table_path.with_suffix(".csv"), _csv_text(columns, rows))
     return table

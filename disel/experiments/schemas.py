@@ -485,7 +485,7 @@ class RetentionTable(ResultFile):
     MADE_BY: ClassVar[str] = "written by disel.experiments.eval.retention.evaluate_checkpoints"
     __pydantic_config__ = _STRICT
 
-    path: Path
+    path: Path = field(compare=False)  # where it was read from
     evaluator: str
     metric_columns: tuple[str, ...]
     rows: tuple[RetentionRow, ...]
@@ -689,7 +689,7 @@ class GatesFile(ResultFile):
     MADE_BY: ClassVar[str] = "written by disel.experiments.eval.gates.save_gates / disel-eval gates"
     __pydantic_config__ = _STRICT
 
-    path: Path
+    path: Path = field(compare=False)  # where it was read from
     model: Mapping[str, Any]
     bin_edges: tuple[float, ...]
     domains: Mapping[str, GateDomainSummary]

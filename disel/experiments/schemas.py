@@ -6,20 +6,13 @@ key fails with one message naming the file, the key's full location and what was
 is drawn. ``write`` refuses what ``read`` would reject. Older schema versions listed in ``ACCEPT`` still read;
 any other version fails naming the expected one. The module uses no torch.
 
-=========================================  ===========================  ==========================================
-file                                       class                        written by
-=========================================  ===========================  ==========================================
-``<run>/train_result.json``                :class:`TrainResult`         ``disel.experiments.train.run.train``
-``<run>/retention_<evaluator>.json``       :class:`RetentionTable`      ``eval.retention.evaluate_checkpoints``
-gates file                                 :class:`GatesFile`           ``eval.gates.analyze_gates`` / ``save_gates``
-tradeoff table                             :class:`TradeoffTable`       :func:`write_tradeoff_table`
-GSM8K record                               :class:`Gsm8kResult`         ``eval.generation.evaluate_gsm8k``
-HumanEval record                           :class:`HumanEvalResult`     ``eval.generation.evaluate_humaneval``
-perplexity record                          :class:`PerplexityResult`    ``eval.evaluators.PerplexityEvaluator``
-MLM perplexity record                      :class:`MlmPerplexityResult` ``disel-eval mlm-perplexity``
-lm-eval record                             :class:`LmEvalResult`        ``eval.lm_eval_bridge.evaluate_lm_eval``
-``comparison.json``                        :class:`Comparison`          ``disel-compare``
-=========================================  ===========================  ==========================================
+Files and their classes: ``<run>/train_result.json`` :class:`TrainResult` (``disel-train``);
+``<run>/retention_<evaluator>.json`` :class:`RetentionTable` (``disel-eval retention``); gates files
+:class:`GatesFile` (``disel-eval gates``); tradeoff tables :class:`TradeoffTable` (:func:`write_tradeoff_table`);
+the records of ``disel-eval`` ``gsm8k`` / ``humaneval`` / ``perplexity`` / ``mlm-perplexity`` / ``lm-eval``
+(also the per-checkpoint details of retention tables): :class:`Gsm8kResult`, :class:`HumanEvalResult`,
+:class:`PerplexityResult`, :class:`MlmPerplexityResult`, :class:`LmEvalResult`; ``comparison.json``
+:class:`Comparison` (``disel-compare``).
 
 The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tuned model)::
 
@@ -130,10 +123,6 @@ MODULE_ORDER: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_p
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
-# ------------------------------------------------------------------------------------------------
-# Errors and the generic versioned reader / writer
-# ------------------------------------------------------------------------------------------------
-
 
 class ResultFileError(Exception):
     """A result file cannot be used; the message starts with the file's path."""
@@ -200,7 +189,13 @@ class ResultFile:
 
     SCHEMA: ClassVar[str]
     ACCEPT: ClassVar[tuple[str, ...]] = ()
-    MADE_BY: ClassVar[str]
+    MADE_BY: ClassVar[str]  # what writes the file, for the error messages
+    __pydantic_config__ = _STRICT  # nested dataclasses inherit it
+
+    def __init_subclass__(cls, schema: str = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if schema:
+            cls.SCHEMA, cls.ACCEPT, cls.MADE_BY = schema, accept, made_by
 
     @classmethod
     def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -246,24 +241,17 @@ def _adapter(cls: type) -> TypeAdapter:
 
 
 def _plain(value: Any) -> Any:
-    """For ``json.dumps``: NumPy / torch scalars as Python numbers, paths and anything else as strings."""
+    """For ``json.dumps``: dataclasses as dicts, NumPy / torch scalars as Python numbers, anything else as a string."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
     return value.item() if callable(getattr(value, "item", None)) else str(value)
 
 
-# ------------------------------------------------------------------------------------------------
-# train_result.json and comparison.json
-# ------------------------------------------------------------------------------------------------
-
 
 @dataclass
-class TrainResult(ResultFile):
+class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_result/1",), made_by="written by disel-train"):
     """What one ``train`` call produced: ``train_result.json`` (non-finite floats written as null). Its presence
     means the run finished and the final adapter (or full model) in ``output_dir`` is complete."""
-
-    SCHEMA: ClassVar[str] = TRAIN_RESULT_SCHEMA
-    ACCEPT: ClassVar[tuple[str, ...]] = ("disel.train_result/1",)
-    MADE_BY: ClassVar[str] = "written at the end of disel.experiments.train.run.train"
-    __pydantic_config__ = _STRICT
 
     name: str | None  # config.name
     method: str  # copied from the config for quick filtering
@@ -295,9 +283,6 @@ class TrainResult(ResultFile):
     def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
         return {**raw, "schema": TRAIN_RESULT_SCHEMA}  # version 1's extra adapter_dir is ignored
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "schema": self.schema}
-
     @classmethod
     def read(cls, path: str | os.PathLike) -> TrainResult:
         """Read ``train_result.json``; ``path`` is the file or the run folder holding it."""
@@ -306,13 +291,8 @@ class TrainResult(ResultFile):
 
 
 @dataclass(frozen=True)
-class Comparison(ResultFile):
+class Comparison(ResultFile, schema=COMPARISON_SCHEMA, accept=("disel.comparison/1",), made_by="written by disel-compare"):
     """``comparison.json`` of ``disel-compare``: the base model's and every run's final numbers."""
-
-    SCHEMA: ClassVar[str] = COMPARISON_SCHEMA
-    ACCEPT: ClassVar[tuple[str, ...]] = ("disel.comparison/1",)
-    MADE_BY: ClassVar[str] = "written by disel-compare"
-    __pydantic_config__ = _STRICT
 
     schema: str
     config: dict[str, Any]
@@ -353,19 +333,11 @@ def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
     return TrainRunInfo(file.parent, result.method, rank, result.name, seed, result.global_step)
 
 
-# ------------------------------------------------------------------------------------------------
-# Evaluation records (one per ``disel-eval`` subcommand; the per-checkpoint details of retention tables)
-# ------------------------------------------------------------------------------------------------
-
 
 @dataclass
-class Gsm8kResult(ResultFile):
+class Gsm8kResult(ResultFile, schema=GSM8K_SCHEMA, made_by="written by disel-eval gsm8k"):
     """GSM8K exact match of one model: ``exact_match`` (strict ``#### N`` / "The answer is", the paper's number)
     and ``exact_match_flexible`` (last number); ``samples`` per question when kept."""
-
-    SCHEMA: ClassVar[str] = GSM8K_SCHEMA
-    MADE_BY: ClassVar[str] = "written by disel-eval gsm8k"
-    __pydantic_config__ = _STRICT
 
     exact_match: float
     exact_match_flexible: float
@@ -380,13 +352,9 @@ class Gsm8kResult(ResultFile):
 
 
 @dataclass
-class HumanEvalResult(ResultFile):
+class HumanEvalResult(ResultFile, schema=HUMANEVAL_SCHEMA, made_by="written by disel-eval humaneval"):
     """HumanEval pass@1 of one model (greedy, one sample per problem); ``samples``: task_id, response,
     status (``passed`` / ``failed`` / ``timeout``), detail."""
-
-    SCHEMA: ClassVar[str] = HUMANEVAL_SCHEMA
-    MADE_BY: ClassVar[str] = "written by disel-eval humaneval"
-    __pydantic_config__ = _STRICT
 
     pass_at_1: Annotated[float, Field(alias="pass@1")]
     n: int
@@ -402,12 +370,8 @@ class HumanEvalResult(ResultFile):
 
 
 @dataclass
-class PerplexityResult(ResultFile):
+class PerplexityResult(ResultFile, schema=PERPLEXITY_SCHEMA, made_by="written by disel-eval perplexity"):
     """Causal-LM perplexity per corpus (``corpora[name]``: perplexity, nll, tokens, texts) and their mean."""
-
-    SCHEMA: ClassVar[str] = PERPLEXITY_SCHEMA
-    MADE_BY: ClassVar[str] = "written by disel-eval perplexity"
-    __pydantic_config__ = _STRICT
 
     model: dict[str, Any]
     corpora: dict[str, dict[str, float]]
@@ -415,23 +379,17 @@ class PerplexityResult(ResultFile):
 
 
 @dataclass
-class MlmPerplexityResult(PerplexityResult):
+class MlmPerplexityResult(PerplexityResult, schema=MLM_PERPLEXITY_SCHEMA, made_by="written by disel-eval mlm-perplexity"):
     """Masked-LM pseudo-perplexity per corpus of an encoder (GLUE runs), scored with the pre-trained MLM head."""
-
-    SCHEMA: ClassVar[str] = MLM_PERPLEXITY_SCHEMA
-    MADE_BY: ClassVar[str] = "written by disel-eval mlm-perplexity"
 
     pretrained_mlm: str = ""
 
 
 @dataclass
-class LmEvalResult(ResultFile):
+class LmEvalResult(ResultFile, schema=LM_EVAL_SCHEMA, made_by="written by disel-eval lm-eval"):
     """lm-eval scores of one model: ``benchmarks[task]`` holds ``metric`` (lm-eval's key), ``paper_metric``,
     ``value``, ``metrics`` (every numeric result) and ``n_samples``; ``mean`` is the unweighted mean of the
     values (the paper's retention)."""
-
-    SCHEMA: ClassVar[str] = LM_EVAL_SCHEMA
-    MADE_BY: ClassVar[str] = "written by disel-eval lm-eval"
     __pydantic_config__ = ConfigDict(strict=True)  # lm-eval may report NaN for a metric (written as null)
 
     model: dict[str, Any]
@@ -456,16 +414,10 @@ def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     return EVAL_RECORDS[schema].from_dict(record, path).write(path)
 
 
-# ------------------------------------------------------------------------------------------------
-# retention_<evaluator>.json
-# ------------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class RetentionRow:
     """One evaluated checkpoint: ``values`` maps each metric column (and ``"mean"``) to its number."""
-
-    __pydantic_config__ = _STRICT
 
     step: int
     checkpoint: str
@@ -477,13 +429,9 @@ class RetentionRow:
 
 
 @dataclass(frozen=True)
-class RetentionTable(ResultFile):
+class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="written by disel-eval retention"):
     """A ``disel.retention/1`` table: the base model's row (``step 0``, ``checkpoint "base"``), if evaluated,
     and one row per checkpoint, by step. In the file a row is flat: ``{"step", "checkpoint", <columns>, "mean"}``."""
-
-    SCHEMA: ClassVar[str] = RETENTION_SCHEMA
-    MADE_BY: ClassVar[str] = "written by disel.experiments.eval.retention.evaluate_checkpoints"
-    __pydantic_config__ = _STRICT
 
     path: Path = field(compare=False)  # where it was read from
     evaluator: str
@@ -561,10 +509,6 @@ def read_retention_table(path: str | os.PathLike) -> RetentionTable:
     return RetentionTable.read(path)
 
 
-# ------------------------------------------------------------------------------------------------
-# Runs (train_result.json + retention tables)
-# ------------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class RunResults:
@@ -634,17 +578,11 @@ def shared_base_value(runs: Sequence[RunResults], metric: str, *, rel_tol: float
     return first
 
 
-# ------------------------------------------------------------------------------------------------
-# disel.gates/1
-# ------------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class GateHistogram:
     """Recorded gate values of one group: counts per bin over the file's ``bin_edges`` (the file's key
     ``histogram``), their number (``count`` = tokens × rank components), ``mean`` and ``std``."""
-
-    __pydantic_config__ = _STRICT
 
     counts: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(alias="histogram")]
     count: int
@@ -669,8 +607,6 @@ _Histograms = Mapping[str, GateHistogram]
 class GateDomainSummary:
     """The gate summaries of one input domain, grouped as :mod:`disel.experiments.eval.gates` describes."""
 
-    __pydantic_config__ = _STRICT
-
     name: str
     by_depth: _Histograms
     by_module: _Histograms
@@ -681,13 +617,9 @@ class GateDomainSummary:
 
 
 @dataclass(frozen=True)
-class GatesFile(ResultFile):
+class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="written by disel-eval gates"):
     """A ``disel.gates/1`` file: shared ``bin_edges`` and one :class:`GateDomainSummary` per domain; every
     histogram has ``len(bin_edges) - 1`` bins that add up to its ``count`` (> 0)."""
-
-    SCHEMA: ClassVar[str] = GATES_SCHEMA
-    MADE_BY: ClassVar[str] = "written by disel.experiments.eval.gates.save_gates / disel-eval gates"
-    __pydantic_config__ = _STRICT
 
     path: Path = field(compare=False)  # where it was read from
     model: Mapping[str, Any]
@@ -744,16 +676,10 @@ def read_gates(path: str | os.PathLike) -> GatesFile:
     return GatesFile.read(path)
 
 
-# ------------------------------------------------------------------------------------------------
-# disel.tradeoff/1
-# ------------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class TradeoffRow:
     """One fine-tuned model: its method, rank (``None`` for full FT), seed and the two scores."""
-
-    __pydantic_config__ = _STRICT
 
     method: str
     rank: int | None
@@ -763,12 +689,8 @@ class TradeoffRow:
 
 
 @dataclass(frozen=True)
-class TradeoffTable(ResultFile):
+class TradeoffTable(ResultFile, schema=TRADEOFF_SCHEMA, made_by="written by write_tradeoff_table"):
     """A ``disel.tradeoff/1`` table (module docstring); ``path`` is ``None`` until written or if built in memory."""
-
-    SCHEMA: ClassVar[str] = TRADEOFF_SCHEMA
-    MADE_BY: ClassVar[str] = "written by disel.experiments.schemas.write_tradeoff_table"
-    __pydantic_config__ = _STRICT
 
     ft_metric: str
     retention_metric: str
@@ -830,7 +752,7 @@ def write_tradeoff_table(
     raw = {"schema": TRADEOFF_SCHEMA, "title": title, "ft_metric": ft_metric, "retention_metric": retention_metric,
            "retention_higher_is_better": retention_higher_is_better,
            "base": {"retention": base_retention, "ft_score": base_ft_score},
-           "rows": [dataclasses.asdict(row) if isinstance(row, TradeoffRow) else dict(row) for row in rows]}
+           "rows": [row if isinstance(row, TradeoffRow) else dict(row) for row in rows]}
     return TradeoffTable.from_dict(raw, path).write(path)
 
 
@@ -881,30 +803,20 @@ def tradeoff_table_from_runs(
         raise ValueError("run_dirs is empty: no run to put in the table")
     ft_runs = read_runs(run_dirs, ft_evaluator)
     retention_runs = read_runs(run_dirs, retention_evaluator)
-    rows = [_selected_row(ft, retention, ft_metric, retention_metric, select) for ft, retention in zip(ft_runs, retention_runs)]
+    rows = [_selected_row(ft, kept, ft_metric, retention_metric, select) for ft, kept in zip(ft_runs, retention_runs)]
     base_retention = shared_base_value(retention_runs, retention_metric)
     if base_retention is None:
         raise MalformedResultFileError(
             retention_runs[0].table.path,
             "has no base-model row (evaluate_checkpoints(include_base=True)); the table needs the base retention",
         )
-    base_ft = shared_base_value(ft_runs, ft_metric)
-    table = TradeoffTable(
-        ft_metric=ft_metric_name or f"{ft_evaluator} {ft_metric}",
-        retention_metric=retention_metric_name or f"{retention_evaluator} {retention_metric}",
-        retention_higher_is_better=retention_higher_is_better,
-        base_retention=base_retention,
-        base_ft_score=base_ft,
-        rows=tuple(rows),
-        title=title,
-    )
-    checked = TradeoffTable.from_dict(table.to_dict(), f"<tradeoff table from runs {run_dirs[0]}, ...>")
-    return dataclasses.replace(checked, path=None)
+    raw = {"ft_metric": ft_metric_name or f"{ft_evaluator} {ft_metric}",
+           "retention_metric": retention_metric_name or f"{retention_evaluator} {retention_metric}",
+           "retention_higher_is_better": retention_higher_is_better, "title": title, "rows": rows,
+           "base": {"retention": base_retention, "ft_score": shared_base_value(ft_runs, ft_metric)}}
+    table = TradeoffTable.from_dict(raw, f"<tradeoff table from runs {run_dirs[0]}, ...>")
+    return dataclasses.replace(table, path=None)
 
-
-# ------------------------------------------------------------------------------------------------
-# Command line: build a tradeoff table from runs
-# ------------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -915,22 +827,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m disel.experiments.schemas", description="Result-file tools.")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser(
-        "tradeoff", help="a disel.tradeoff/1 table from training runs and their per-checkpoint tables"
-    )
+    p = commands.add_parser("tradeoff", help="a disel.tradeoff/1 table from training runs and their retention tables")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--runs-dir", type=Path, help="folder of runs (sub-folders with train_result.json)")
     source.add_argument("--run", type=Path, nargs="+", help="run directories")
     p.add_argument("--ft-evaluator", required=True, help="fine-tuning table: retention_<NAME>.json (e.g. gsm8k)")
     p.add_argument("--ft-metric", default="mean")
-    p.add_argument("--retention-evaluator", required=True, help="retention table: retention_<NAME>.json (e.g. lm-eval)")
+    p.add_argument("--retention-evaluator", required=True, help="retention table: retention_<NAME>.json")
     p.add_argument("--retention-metric", default="mean")
-    p.add_argument(
-        "--lower-is-better", action="store_true", help="the retention metric is a perplexity (lower is better)"
-    )
-    p.add_argument(
-        "--select", choices=["best", "last"], default="best", help="checkpoint per run (default: best FT score)"
-    )
+    p.add_argument("--lower-is-better", action="store_true", help="the retention metric is a perplexity")
+    p.add_argument("--select", choices=["best", "last"], default="best", help="checkpoint per run (default: best FT)")
     p.add_argument("--ft-name", default=None, help="axis name of the fine-tuning score")
     p.add_argument("--retention-name", default=None, help="axis name of the retention score")
     p.add_argument("--title", default=None, help="panel title")

@@ -123,11 +123,7 @@ def evaluate_checkpoints(
     settings = json.loads(json.dumps(evaluator.settings(), default=str))
     header = {"schema": TABLE_SCHEMA, "evaluator": evaluator.name, "settings": settings,
               "output_dir": str(output_dir), "base_path": base_path}
-    rows: list[dict[str, Any]] = []
-    if resume and table_path.is_file():
-        previous = RetentionTable.read(table_path).to_dict()
-        if previous.get("evaluator") == evaluator.name and previous.get("settings") == settings:
-            rows = previous["rows"]
+    rows = _previous_rows(table_path, evaluator.name, settings) if resume else []
     done = {row["checkpoint"] for row in rows}
     todo: list[tuple[int, str, Callable[[], LoadedModel]]] = []
     if include_base:
@@ -140,11 +136,7 @@ def evaluate_checkpoints(
         if progress is not None:
             progress(f"[retention] {evaluator.name}: evaluating {name} (step {step})")
         outcome = evaluator(load())
-        details = table_path.with_name(table_path.stem + "_details") / f"{name}.json"
-        if "schema" in outcome.detail:  # a record of schemas.EVAL_RECORDS; another evaluator's detail as it is
-            write_record(details, outcome.detail)
-        else:
-            write_json_atomic(details, outcome.detail)
+        _write_detail(table_path.with_name(table_path.stem + "_details") / f"{name}.json", outcome.detail)
         rows.append({"step": step, "checkpoint": name, **outcome.metrics, "mean": outcome.mean})
         rows.sort(key=lambda r: (r["step"], r["checkpoint"] != "base"))
         _write_table(table_path, header, rows)  # after every row: an interrupted run resumes from here
@@ -152,6 +144,21 @@ def evaluate_checkpoints(
     if progress is not None and any(isinstance(v, float) and math.isnan(v) for row in rows for v in row.values()):
         progress("[retention] warning: some values are NaN")
     return final
+
+
+def _previous_rows(table_path: Path, evaluator: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an existing table made by the same evaluator with the same settings (to resume), else none."""
+    if not table_path.is_file():
+        return []
+    previous = RetentionTable.read(table_path)
+    return previous.to_dict()["rows"] if (previous.evaluator, previous.settings) == (evaluator, settings) else []
+
+
+def _write_detail(path: Path, detail: dict[str, Any]) -> None:
+    if "schema" in detail:  # a record of schemas.EVAL_RECORDS, checked by its class
+        write_record(path, detail)
+    else:  # the detail of another evaluator, as it is
+        write_json_atomic(path, detail)
 
 
 def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ seed are read from it, so no separate manifest can disagree with the run) and on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -123,7 +124,6 @@ MODULE_ORDER: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_p
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
-
 class ResultFileError(Exception):
     """A result file cannot be used; the message starts with the file's path."""
 
@@ -141,7 +141,9 @@ class MalformedResultFileError(ResultFileError, ValueError):
     """The file exists but is not valid JSON, has another schema, or lacks / mistypes a field."""
 
 
-def load_result_json(path: str | os.PathLike, schema: str, made_by: str, accept: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_result_json(
+    path: str | os.PathLike, schema: str, made_by: str, accept: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The JSON object in ``path``, checked to carry ``schema`` (or an older version listed in ``accept``)."""
     path = Path(path)
     if not path.is_file():
@@ -150,15 +152,12 @@ def load_result_json(path: str | os.PathLike, schema: str, made_by: str, accept:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise MalformedResultFileError(
-            path, f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-        ) from None
+        problem = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+        raise MalformedResultFileError(path, problem) from None
     except UnicodeDecodeError:
         raise MalformedResultFileError(path, "not a UTF-8 text file") from None
     if not isinstance(raw, dict):
-        raise MalformedResultFileError(
-            path, f"expected a JSON object with schema {schema!r}, got a JSON {type(raw).__name__}"
-        )
+        raise MalformedResultFileError(path, f"expected a JSON object with schema {schema!r}, got {type(raw).__name__}")
     if raw.get("schema") != schema and raw.get("schema") not in accept:
         found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
         raise MalformedResultFileError(path, f"expected schema {schema!r} ({made_by}), found {found}")
@@ -189,7 +188,7 @@ class ResultFile:
 
     SCHEMA: ClassVar[str]
     ACCEPT: ClassVar[tuple[str, ...]] = ()
-    MADE_BY: ClassVar[str]  # what writes the file, for the error messages
+    MADE_BY: ClassVar[str]  # the command that writes the file, for the error messages
     __pydantic_config__ = _STRICT  # nested dataclasses inherit it
 
     def __init_subclass__(cls, schema: str = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
@@ -220,7 +219,7 @@ class ResultFile:
 
     @classmethod
     def read(cls: type[_File], path: str | os.PathLike) -> _File:
-        return cls.from_dict(load_result_json(path, cls.SCHEMA, cls.MADE_BY, cls.ACCEPT), path)
+        return cls.from_dict(load_result_json(path, cls.SCHEMA, f"written by {cls.MADE_BY}", cls.ACCEPT), path)
 
     def write(self, path: str | os.PathLike) -> Path:
         """Check (as :meth:`read` would) and write atomically (:mod:`disel.io`); nothing is written on error."""
@@ -231,13 +230,9 @@ class ResultFile:
         return write_json_atomic(path, raw)
 
 
-_ADAPTERS: dict[type, TypeAdapter] = {}
-
-
+@functools.cache
 def _adapter(cls: type) -> TypeAdapter:
-    if cls not in _ADAPTERS:
-        _ADAPTERS[cls] = TypeAdapter(cls)
-    return _ADAPTERS[cls]
+    return TypeAdapter(cls)
 
 
 def _plain(value: Any) -> Any:
@@ -247,9 +242,8 @@ def _plain(value: Any) -> Any:
     return value.item() if callable(getattr(value, "item", None)) else str(value)
 
 
-
 @dataclass
-class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_result/1",), made_by="written by disel-train"):
+class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_result/1",), made_by="disel-train"):
     """What one ``train`` call produced: ``train_result.json`` (non-finite floats written as null). Its presence
     means the run finished and the final adapter (or full model) in ``output_dir`` is complete."""
 
@@ -269,7 +263,7 @@ class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_r
     loss_history: list[list[float | None]]  # every logged [step, loss], across resumes
     eval_history: list[dict[str, Any]]  # every evaluation log entry, across resumes
     log_history: list[dict[str, Any]]  # the Trainer's state.log_history
-    checkpoints: list[dict[str, Any]]  # complete checkpoints left ({"path" relative to output_dir, "step"}), oldest first
+    checkpoints: list[dict[str, Any]]  # complete checkpoints left ({"path" in output_dir, "step"}), oldest first
     resumed_from: str | None  # the checkpoint this invocation resumed from
     runtime_s: float  # wall-clock seconds of this invocation
     data: dict[str, Any]  # row and example counts (train_rows, train_examples, train_dropped_no_response ...)
@@ -291,7 +285,7 @@ class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_r
 
 
 @dataclass(frozen=True)
-class Comparison(ResultFile, schema=COMPARISON_SCHEMA, accept=("disel.comparison/1",), made_by="written by disel-compare"):
+class Comparison(ResultFile, schema=COMPARISON_SCHEMA, accept=("disel.comparison/1",), made_by="disel-compare"):
     """``comparison.json`` of ``disel-compare``: the base model's and every run's final numbers."""
 
     schema: str
@@ -303,9 +297,7 @@ class Comparison(ResultFile, schema=COMPARISON_SCHEMA, accept=("disel.comparison
     threads: int | None = None
 
 
-def read_comparison(path: str | os.PathLike) -> Comparison:
-    """Read ``comparison.json`` (schema ``disel.comparison/2``, or ``/1`` written before recipes composed)."""
-    return Comparison.read(path)
+read_comparison = Comparison.read
 
 
 @dataclass(frozen=True)
@@ -322,7 +314,7 @@ class TrainRunInfo:
 
 
 def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
-    """What the figures need from ``train_result.json`` (the file or its run directory), via :meth:`TrainResult.read`."""
+    """What the figures need from ``train_result.json`` (the file or its run folder), via :meth:`TrainResult.read`."""
     path = Path(path)
     file = path / TRAIN_RESULT_FILE if path.is_dir() else path
     result = TrainResult.read(file)
@@ -333,9 +325,8 @@ def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
     return TrainRunInfo(file.parent, result.method, rank, result.name, seed, result.global_step)
 
 
-
 @dataclass
-class Gsm8kResult(ResultFile, schema=GSM8K_SCHEMA, made_by="written by disel-eval gsm8k"):
+class Gsm8kResult(ResultFile, schema=GSM8K_SCHEMA, made_by="disel-eval gsm8k"):
     """GSM8K exact match of one model: ``exact_match`` (strict ``#### N`` / "The answer is", the paper's number)
     and ``exact_match_flexible`` (last number); ``samples`` per question when kept."""
 
@@ -352,7 +343,7 @@ class Gsm8kResult(ResultFile, schema=GSM8K_SCHEMA, made_by="written by disel-eva
 
 
 @dataclass
-class HumanEvalResult(ResultFile, schema=HUMANEVAL_SCHEMA, made_by="written by disel-eval humaneval"):
+class HumanEvalResult(ResultFile, schema=HUMANEVAL_SCHEMA, made_by="disel-eval humaneval"):
     """HumanEval pass@1 of one model (greedy, one sample per problem); ``samples``: task_id, response,
     status (``passed`` / ``failed`` / ``timeout``), detail."""
 
@@ -370,7 +361,7 @@ class HumanEvalResult(ResultFile, schema=HUMANEVAL_SCHEMA, made_by="written by d
 
 
 @dataclass
-class PerplexityResult(ResultFile, schema=PERPLEXITY_SCHEMA, made_by="written by disel-eval perplexity"):
+class PerplexityResult(ResultFile, schema=PERPLEXITY_SCHEMA, made_by="disel-eval perplexity"):
     """Causal-LM perplexity per corpus (``corpora[name]``: perplexity, nll, tokens, texts) and their mean."""
 
     model: dict[str, Any]
@@ -379,14 +370,14 @@ class PerplexityResult(ResultFile, schema=PERPLEXITY_SCHEMA, made_by="written by
 
 
 @dataclass
-class MlmPerplexityResult(PerplexityResult, schema=MLM_PERPLEXITY_SCHEMA, made_by="written by disel-eval mlm-perplexity"):
+class MlmPerplexityResult(PerplexityResult, schema=MLM_PERPLEXITY_SCHEMA, made_by="disel-eval mlm-perplexity"):
     """Masked-LM pseudo-perplexity per corpus of an encoder (GLUE runs), scored with the pre-trained MLM head."""
 
     pretrained_mlm: str = ""
 
 
 @dataclass
-class LmEvalResult(ResultFile, schema=LM_EVAL_SCHEMA, made_by="written by disel-eval lm-eval"):
+class LmEvalResult(ResultFile, schema=LM_EVAL_SCHEMA, made_by="disel-eval lm-eval"):
     """lm-eval scores of one model: ``benchmarks[task]`` holds ``metric`` (lm-eval's key), ``paper_metric``,
     ``value``, ``metrics`` (every numeric result) and ``n_samples``; ``mean`` is the unweighted mean of the
     values (the paper's retention)."""
@@ -414,7 +405,6 @@ def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     return EVAL_RECORDS[schema].from_dict(record, path).write(path)
 
 
-
 @dataclass(frozen=True)
 class RetentionRow:
     """One evaluated checkpoint: ``values`` maps each metric column (and ``"mean"``) to its number."""
@@ -429,7 +419,7 @@ class RetentionRow:
 
 
 @dataclass(frozen=True)
-class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="written by disel-eval retention"):
+class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval retention"):
     """A ``disel.retention/1`` table: the base model's row (``step 0``, ``checkpoint "base"``), if evaluated,
     and one row per checkpoint, by step. In the file a row is flat: ``{"step", "checkpoint", <columns>, "mean"}``."""
 
@@ -451,8 +441,8 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="written by di
         rows = raw.get("rows")
         if isinstance(rows, list) and all(isinstance(row, dict) for row in rows):
             columns = [*(c for c in raw.get("metric_columns") or () if isinstance(c, str)), "mean"]
-            rows = [{**{k: row[k] for k in ("step", "checkpoint") if k in row}, "values": {c: row.get(c) for c in columns}}
-                    for row in rows]
+            keys = ("step", "checkpoint")  # a missing one is reported as missing
+            rows = [{**{k: row[k] for k in keys if k in row}, "values": {c: row.get(c) for c in columns}} for row in rows]
         return {**raw, "rows": rows}
 
     def to_dict(self) -> dict[str, Any]:
@@ -504,10 +494,7 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="written by di
         )
 
 
-def read_retention_table(path: str | os.PathLike) -> RetentionTable:
-    """Read and check a ``disel.retention/1`` table (``retention_<evaluator>.json``)."""
-    return RetentionTable.read(path)
-
+read_retention_table = RetentionTable.read
 
 
 @dataclass(frozen=True)
@@ -578,7 +565,6 @@ def shared_base_value(runs: Sequence[RunResults], metric: str, *, rel_tol: float
     return first
 
 
-
 @dataclass(frozen=True)
 class GateHistogram:
     """Recorded gate values of one group: counts per bin over the file's ``bin_edges`` (the file's key
@@ -617,7 +603,7 @@ class GateDomainSummary:
 
 
 @dataclass(frozen=True)
-class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="written by disel-eval gates"):
+class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="disel-eval gates"):
     """A ``disel.gates/1`` file: shared ``bin_edges`` and one :class:`GateDomainSummary` per domain; every
     histogram has ``len(bin_edges) - 1`` bins that add up to its ``count`` (> 0)."""
 
@@ -671,10 +657,7 @@ class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="written by disel-eval 
         return entry[sub_key]
 
 
-def read_gates(path: str | os.PathLike) -> GatesFile:
-    """Read and check a ``disel.gates/1`` file (:class:`GatesFile`)."""
-    return GatesFile.read(path)
-
+read_gates = GatesFile.read
 
 
 @dataclass(frozen=True)
@@ -689,7 +672,7 @@ class TradeoffRow:
 
 
 @dataclass(frozen=True)
-class TradeoffTable(ResultFile, schema=TRADEOFF_SCHEMA, made_by="written by write_tradeoff_table"):
+class TradeoffTable(ResultFile, schema=TRADEOFF_SCHEMA, made_by="write_tradeoff_table"):
     """A ``disel.tradeoff/1`` table (module docstring); ``path`` is ``None`` until written or if built in memory."""
 
     ft_metric: str
@@ -727,9 +710,7 @@ class TradeoffTable(ResultFile, schema=TRADEOFF_SCHEMA, made_by="written by writ
         return raw
 
 
-def read_tradeoff_table(path: str | os.PathLike) -> TradeoffTable:
-    """Read and check a ``disel.tradeoff/1`` table."""
-    return TradeoffTable.read(path)
+read_tradeoff_table = TradeoffTable.read
 
 
 def write_tradeoff_table(
@@ -816,7 +797,6 @@ def tradeoff_table_from_runs(
            "base": {"retention": base_retention, "ft_score": shared_base_value(ft_runs, ft_metric)}}
     table = TradeoffTable.from_dict(raw, f"<tradeoff table from runs {run_dirs[0]}, ...>")
     return dataclasses.replace(table, path=None)
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

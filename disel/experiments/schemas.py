@@ -441,8 +441,9 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval re
         rows = raw.get("rows")
         if isinstance(rows, list) and all(isinstance(row, dict) for row in rows):
             columns = [*(c for c in raw.get("metric_columns") or () if isinstance(c, str)), "mean"]
-            keys = ("step", "checkpoint")  # a missing one is reported as missing
-            rows = [{**{k: row[k] for k in keys if k in row}, "values": {c: row.get(c) for c in columns}} for row in rows]
+            # A flat row as RetentionRow's fields; a missing step or checkpoint stays missing (and is reported).
+            rows = [{**{k: row[k] for k in ("step", "checkpoint") if k in row},
+                     "values": {c: row.get(c) for c in columns}} for row in rows]
         return {**raw, "rows": rows}
 
     def to_dict(self) -> dict[str, Any]:

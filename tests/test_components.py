@@ -380,9 +380,9 @@ def test_cat_combination_is_exactly_the_weighted_sum_of_gated_updates(tmp_path):
     assert model.active_adapters == ["default"]
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".combo" in n)
     generator = torch.Generator().manual_seed(7)
-    from disel.components import _branches
+    from disel.components.branches import find_branches
 
-    branches = {(b.path, b.adapter): b for b in _branches(model)}
+    branches = {(b.path, b.adapter): b for b in find_branches(model)}
     combined_layers = {b.path for b in branches.values() if b.adapter == "combo"}
     assert combined_layers == {b.path for b in branches.values() if b.adapter == "default"}
     for path in combined_layers:

@@ -9,6 +9,7 @@ Commands (each writes one JSON file atomically; ``--help`` on a command lists it
 * ``mlm-perplexity``: masked-LM perplexity of a fine-tuned RoBERTa encoder with the original MLM head.
 * ``retention``: one evaluator over every ``checkpoint-*`` of a training output → one table (JSON + CSV).
 * ``gates``: gate histograms of a DISeL model over domains (math / general / code).
+* ``components``: per-component gate statistics of a DISeL adapter (for ``disel-prune`` / ``disel-merge-static``).
 * ``smollm2``: convert the offline SmolLM2-135M-Instruct once and print its directory.
 
 ``--config FILE`` (JSON or YAML, keys as the flags with ``_`` or ``-``) sets a command's defaults;
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_one_model_commands(commands)
     _add_checkpoint_and_gate_commands(commands)
+    _add_components_command(commands)
     return parser
 
 
@@ -345,6 +347,33 @@ def _cmd_gates(args: argparse.Namespace) -> None:
     result = analyze_gates(loaded.model, loaded.tokenizer, domains, bins=args.bins, batch_size=args.batch_size,
                            max_length=args.max_length, description=loaded.description)
     save_gates(result, args.out)
+    print(f"wrote {args.out}")
+
+
+def _add_components_command(commands) -> None:
+    """``components``: the statistics JSON that ``disel-prune`` / ``disel-merge-static --stats`` read."""
+    from .compress import add_data_flags, add_model_flags
+
+    p = _subparser(commands, "components", "per-component gate statistics of a DISeL adapter (issue 11)",
+                   handler=_cmd_components)
+    add_model_flags(p)
+    add_data_flags(p)
+    p.add_argument("--pairwise", action="store_true", help="also record gate correlations (r x r per layer)")
+    p.add_argument("--out", required=True, help="statistics JSON (disel.ComponentStatistics.load_json reads it)")
+
+
+def _cmd_components(args: argparse.Namespace) -> None:
+    from .compress import ArgumentProblem, check_inputs, measure_components, statistics_headline
+
+    try:
+        check_inputs(args, out_file=args.out)
+    except ArgumentProblem as problem:
+        print(f"disel-eval: error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    stats, description = measure_components(args, pairwise=args.pairwise)
+    stats.save_json(args.out, model=description)
+    for line in statistics_headline(stats):
+        print(f"components: {line}")
     print(f"wrote {args.out}")
 
 

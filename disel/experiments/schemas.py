@@ -290,7 +290,7 @@ class Comparison(ResultFile, schema=COMPARISON_SCHEMA, accept=("disel.comparison
 
     schema: str
     config: dict[str, Any]
-    base: dict[str, float]  # exact_match, ppl_english, ppl_code
+    base: dict[str, float | None]  # exact_match, ppl_english, ppl_code
     runs: list[dict[str, Any]]  # method, rank, seed, exact_match, ppl_english, ppl_code, checkpoints, ...
     model_path: str | None = None
     invocation_runtime_s: float | None = None  # this call only: a resumed call skips finished stages

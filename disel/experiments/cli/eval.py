@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..schemas import MLM_PERPLEXITY_SCHEMA
+from ..schemas import MlmPerplexityResult, write_record
 
 __all__ = ["build_parser", "main"]
 
@@ -311,9 +311,9 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
         for name, texts in _corpora(args, args.text_seed).items()
     }
     values = [c["perplexity"] for c in corpora.values()]
-    _write(args.out, {"schema": MLM_PERPLEXITY_SCHEMA, "model": loaded.description,
-                      "pretrained_mlm": str(args.pretrained_mlm or args.base), "corpora": corpora,
-                      "mean_perplexity": sum(values) / len(values)})
+    MlmPerplexityResult(dict(loaded.description), corpora, sum(values) / len(values),
+                        pretrained_mlm=str(args.pretrained_mlm or args.base)).write(args.out)
+    print(f"wrote {args.out}")
     print(f"mlm-perplexity: mean={sum(values) / len(values):.4g}")
 
 
@@ -384,9 +384,7 @@ def _cmd_smollm2(args: argparse.Namespace) -> None:
 
 
 def _write(path: str, record: dict[str, Any]) -> None:
-    from disel.io import write_json_atomic
-
-    write_json_atomic(path, record)
+    write_record(path, record)  # checked and written through the record's typed class (schemas.EVAL_RECORDS)
     print(f"wrote {path}")
 
 

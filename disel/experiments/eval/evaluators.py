@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ..schemas import PERPLEXITY_SCHEMA
+from ..schemas import PerplexityResult
 from .generation import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval
 from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
 from .perplexity import causal_lm_perplexity
@@ -97,8 +97,7 @@ class PerplexityEvaluator:
         }
         metrics = {name: result["perplexity"] for name, result in per_corpus.items()}
         mean = sum(metrics.values()) / len(metrics)
-        detail = {"schema": PERPLEXITY_SCHEMA, "model": loaded.description, "corpora": per_corpus,
-                  "mean_perplexity": mean}
+        detail = PerplexityResult(dict(loaded.description), per_corpus, mean).to_dict()
         return EvalOutcome(metrics, mean, detail)
 
 

@@ -22,8 +22,8 @@ import weakref
 from typing import Any
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .layers import DiselGate
 
@@ -31,7 +31,7 @@ __all__ = [
     "DEFAULT_GATE_LR_RATIO",
     "DiselGateGroupWarning",
     "DiselOptimizerMixin",
-    "DiselTrainer",
+    "DiselTrainer",  # noqa: F822 (built on first access by the module __getattr__ below)
     "delay_gate_updates",
     "gate_lr_ratio_from_config",
     "param_groups",
@@ -140,8 +140,10 @@ def param_groups(
             ``weight_decay``; both ``gate_lr`` and ``gate_lr_ratio`` given; no trainable parameters.
     """
     lr = _check_positive("lr", lr)
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not (
-        math.isfinite(weight_decay) and weight_decay >= 0
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or not (math.isfinite(weight_decay) and weight_decay >= 0)
     ):
         raise ValueError(f"weight_decay must be a finite number >= 0, got weight_decay={weight_decay!r}")
     if gate_lr is not None and gate_lr_ratio is not None:
@@ -182,9 +184,7 @@ def param_groups(
     ]
     groups = [group for group in groups if group["params"]]
     if not groups:
-        raise ValueError(
-            f"model has no trainable parameters (none with requires_grad); got a {type(model).__name__}"
-        )
+        raise ValueError(f"model has no trainable parameters (none with requires_grad); got a {type(model).__name__}")
     return groups
 
 
@@ -214,8 +214,9 @@ class DiselOptimizerMixin:
         gate_lr_ratio: gate learning rate / ``args.learning_rate`` (not together with ``gate_lr``).
     """
 
-    def __init__(self, *args: Any, gate_lr: float | None = None, gate_lr_ratio: float | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, gate_lr: float | None = None, gate_lr_ratio: float | None = None, **kwargs: Any
+    ) -> None:
         if gate_lr is not None and gate_lr_ratio is not None:
             raise ValueError(
                 f"give either gate_lr or gate_lr_ratio, not both (got gate_lr={gate_lr!r}, "

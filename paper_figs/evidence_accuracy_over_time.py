@@ -21,9 +21,14 @@ __all__ = ["main", "plot_accuracy_over_time"]
 
 def plot_accuracy_over_time(results):
     fig, ax = plt.subplots(figsize=(0.6 * TEXT_WIDTH_IN, 2.4), constrained_layout=True)
-    draw_over_time(ax, results, lambda c: c.exact_match.estimate,
-                   band=lambda c: (c.exact_match.low, c.exact_match.high), ylabel="exact match (held-out)",
-                   base=results.base.exact_match.estimate if results.base else None)
+    draw_over_time(
+        ax,
+        results,
+        lambda c: c.exact_match.estimate,
+        band=lambda c: (c.exact_match.low, c.exact_match.high),
+        ylabel="exact match (held-out)",
+        base=results.base.exact_match.estimate if results.base else None,
+    )
     ax.legend(loc="best", fontsize="x-small")
     return fig
 

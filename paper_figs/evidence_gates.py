@@ -32,9 +32,12 @@ def has_gates(results) -> bool:
 
 
 def plot_evidence_gates(results):
-    arms = [arm for arm in results.seeds
-            if all(c.anti_aligned_fraction is not None for c in results.runs_of(arm)[0].checkpoints[1:])
-            and len(results.runs_of(arm)[0].checkpoints) > 1]
+    arms = [
+        arm
+        for arm in results.seeds
+        if all(c.anti_aligned_fraction is not None for c in results.runs_of(arm)[0].checkpoints[1:])
+        and len(results.runs_of(arm)[0].checkpoints) > 1
+    ]
     if not arms:
         raise ValueError("the results hold no DISeL arm (no gate diagnostics to draw)")
     colors = arm_colors(list(results.seeds))
@@ -42,10 +45,19 @@ def plot_evidence_gates(results):
     for arm in arms:
         runs = results.runs_of(arm)
         steps = [c.step for c in runs[0].checkpoints[1:]]  # step 0 is the base model: no adapter
-        left.plot(steps, _seed_mean(runs, lambda c: c.anti_aligned_fraction), marker="o", ms=2.5, color=colors[arm], label=arm)
+        left.plot(
+            steps, _seed_mean(runs, lambda c: c.anti_aligned_fraction), marker="o", ms=2.5, color=colors[arm], label=arm
+        )
         for domain, style in _DOMAIN_STYLES.items():
-            right.plot(steps, _seed_mean(runs, lambda c, d=domain: c.gate_means[d]), style, marker="o", ms=2, color=colors[arm],
-                       label=f"{arm} {domain}")
+            right.plot(
+                steps,
+                _seed_mean(runs, lambda c, d=domain: c.gate_means[d]),
+                style,
+                marker="o",
+                ms=2,
+                color=colors[arm],
+                label=f"{arm} {domain}",
+            )
     left.set_ylabel("anti-aligned fraction (cos < −0.5)")
     right.set_ylabel("mean gate")
     for ax in (left, right):

@@ -59,16 +59,23 @@ def _series(results, arm: str, value) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([[value(c) for c in run.checkpoints] for run in runs], dtype=float)
 
 
-def draw_over_time(ax: Axes, results, value, *, band=None, ylabel: str, base: float | None = None,
-                   arms: Sequence[str] | None = None) -> None:
+def draw_over_time(
+    ax: Axes, results, value, *, band=None, ylabel: str, base: float | None = None, arms: Sequence[str] | None = None
+) -> None:
     """Mean over seeds of ``value(checkpoint)`` per arm, with ``band(checkpoint) -> (low, high)`` (default:
     min–max over seeds) shaded; the base model's value dashed."""
     arms = list(results.seeds) if arms is None else list(arms)
     colors = arm_colors(list(results.seeds))
     for arm in arms:
         steps, values = _series(results, arm, value)
-        ax.plot(steps, values.mean(axis=0), marker="o", ms=2.5, color=colors[arm],
-                label=f"{arm} ({values.shape[0]} seed{'s' if values.shape[0] > 1 else ''})")
+        ax.plot(
+            steps,
+            values.mean(axis=0),
+            marker="o",
+            ms=2.5,
+            color=colors[arm],
+            label=f"{arm} ({values.shape[0]} seed{'s' if values.shape[0] > 1 else ''})",
+        )
         if band is not None:
             low = _series(results, arm, lambda c: band(c)[0])[1].min(axis=0)
             high = _series(results, arm, lambda c: band(c)[1])[1].max(axis=0)

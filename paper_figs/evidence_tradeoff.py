@@ -29,8 +29,15 @@ def plot_evidence_tradeoff(results, kind: str = "kl"):
             x = [c.retention(kind, domain) for c in run.checkpoints]
             y = [c.exact_match.estimate for c in run.checkpoints]
             index = results.seeds[run.arm].index(run.seed)
-            ax.plot(x, y, styles[index % len(styles)], marker="o", ms=2.5, color=colors[run.arm],
-                    label=f"{run.arm} seed {run.seed}")
+            ax.plot(
+                x,
+                y,
+                styles[index % len(styles)],
+                marker="o",
+                ms=2.5,
+                color=colors[run.arm],
+                label=f"{run.arm} seed {run.seed}",
+            )
         ax.set_xlabel(f"{'KL to base' if kind == 'kl' else 'perplexity'} ({domain}; lower keeps more)")
         ax.set_title(domain)
     axes[0].set_ylabel("exact match (held-out)")
@@ -42,8 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = evidence_parser(__doc__, "python -m paper_figs.evidence_tradeoff")
     parser.add_argument("--kind", choices=("kl", "perplexity"), default="kl", help="retention metric (x axis)")
     args = parser.parse_args(argv)
-    return render(lambda: plot_evidence_tradeoff(read_evidence(args.results), args.kind),
-                  args.out / f"evidence_tradeoff_{args.kind}")
+    return render(
+        lambda: plot_evidence_tradeoff(read_evidence(args.results), args.kind),
+        args.out / f"evidence_tradeoff_{args.kind}",
+    )
 
 
 if __name__ == "__main__":

@@ -14,15 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from tiny_models import LLAMA_TARGET_MODULES, make_tiny_causal_lm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import disel
 from disel.experiments.cli import compress
 from disel.experiments.cli import eval as eval_cli
+from tiny_models import LLAMA_TARGET_MODULES, make_tiny_causal_lm
 
 RANK = 4
-TEXTS = ["def add(a, b):\n    return a + b", "The quick brown fox jumps over the lazy dog.", "What is 3 + 4? 3 + 4 = 7."]
+TEXTS = [
+    "def add(a, b):\n    return a + b",
+    "The quick brown fox jumps over the lazy dog.",
+    "What is 3 + 4? 3 + 4 = 7.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,10 @@ def saved(tmp_path_factory):
     """(base dir, planted adapter dir, a JSONL text domain, the adapter's logits on the texts)."""
     root = tmp_path_factory.mktemp("compress")
     base = make_tiny_causal_lm(root / "base")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           disel.DiselConfig(r=RANK, lora_alpha=8, target_modules=list(LLAMA_TARGET_MODULES)))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        disel.DiselConfig(r=RANK, lora_alpha=8, target_modules=list(LLAMA_TARGET_MODULES)),
+    )
     torch.manual_seed(3)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -59,8 +65,22 @@ def _logits(model, base) -> torch.Tensor:
 def _stats(saved, tmp_path, capsys) -> Path:
     base, adapter, data, _ = saved
     out = tmp_path / "stats" / "components.json"
-    assert eval_cli.main(["components", "--base", str(base), "--adapter", str(adapter), "--domain", f"text={data}",
-                          "--out", str(out)]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "components",
+                "--base",
+                str(base),
+                "--adapter",
+                str(adapter),
+                "--domain",
+                f"text={data}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -98,8 +118,25 @@ def test_disel_prune_writes_a_smaller_adapter_that_plain_peft_reloads(saved, tmp
     base, adapter, data, logits = saved
     stats = _stats(saved, tmp_path, capsys)
     out = tmp_path / "pruned"
-    assert compress.main_prune(["--base", str(base), "--adapter", str(adapter), "--stats", str(stats),
-                                "--threshold", "0", "--domain", f"text={data}", "--out", str(out)]) == 0
+    assert (
+        compress.main_prune(
+            [
+                "--base",
+                str(base),
+                "--adapter",
+                str(adapter),
+                "--stats",
+                str(stats),
+                "--threshold",
+                "0",
+                "--domain",
+                f"text={data}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "prune_report.json").read_text())
     assert set(report["rank_after"].values()) == {RANK - 1}
     assert all(kept == list(range(1, RANK)) for kept in report["kept"].values())
@@ -116,15 +153,33 @@ def test_disel_merge_static_folds_the_constant_gates_into_a_base_that_reloads(sa
     base, adapter, data, logits = saved
     stats = _stats(saved, tmp_path, capsys)
     out = tmp_path / "merged"
-    assert compress.main_merge_static(["--base", str(base), "--adapter", str(adapter), "--stats", str(stats),
-                                       "--std-threshold", "1e-6", "--domain", f"text={data}", "--out", str(out)]) == 0
+    assert (
+        compress.main_merge_static(
+            [
+                "--base",
+                str(base),
+                "--adapter",
+                str(adapter),
+                "--stats",
+                str(stats),
+                "--std-threshold",
+                "1e-6",
+                "--domain",
+                f"text={data}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "merge_report.json").read_text())
     assert all(merged == [1] for merged in report["merged"].values()) and not report["fully_static"]
     assert set(report["remaining_rank"].values()) == {RANK - 1}
     merged_base = AutoModelForCausalLM.from_pretrained(out / "merged_base")
     original_base = AutoModelForCausalLM.from_pretrained(base)
-    assert not torch.equal(merged_base.model.layers[0].self_attn.q_proj.weight,
-                           original_base.model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(
+        merged_base.model.layers[0].self_attn.q_proj.weight, original_base.model.layers[0].self_attn.q_proj.weight
+    )
     reloaded = PeftModel.from_pretrained(merged_base, out).eval()
     assert {layer.r["default"] for layer in _adapted_layers(reloaded)} == {RANK - 1}
     torch.testing.assert_close(_logits(reloaded, base), logits, rtol=1e-4, atol=1e-5)
@@ -135,8 +190,24 @@ def test_statistics_on_the_offline_domains_by_default(saved, tmp_path, capsys):
     """Without --domain the offline math / general / code domains are measured, each named in the JSON."""
     base, adapter, _, _ = saved
     out = tmp_path / "offline.json"
-    assert eval_cli.main(["components", "--base", str(base), "--adapter", str(adapter), "--n", "2",
-                          "--max-length", "64", "--out", str(out)]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "components",
+                "--base",
+                str(base),
+                "--adapter",
+                str(adapter),
+                "--n",
+                "2",
+                "--max-length",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     stats = disel.ComponentStatistics.load_json(out)
     assert list(stats.domains) == ["math", "general", "code"]
     assert all(entries[0].tokens > 0 for entries in stats.domains.values())
@@ -160,10 +231,17 @@ def test_disel_prune_refuses_bad_arguments_in_one_line(saved, tmp_path, capsys, 
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("x")
     (tmp_path / "stats.json").write_text(json.dumps({"layers": []}))
-    flags = {"--base": str(base), "--adapter": str(adapter), "--stats": str(tmp_path / "stats.json"),
-             "--keep-fraction": "0.5", "--domain": f"text={data}", "--out": str(tmp_path / "new")}
-    flags.update({k: (str(tmp_path / v) if k in ("--adapter", "--base", "--stats", "--out") else v)
-                  for k, v in change.items()})
+    flags = {
+        "--base": str(base),
+        "--adapter": str(adapter),
+        "--stats": str(tmp_path / "stats.json"),
+        "--keep-fraction": "0.5",
+        "--domain": f"text={data}",
+        "--out": str(tmp_path / "new"),
+    }
+    flags.update(
+        {k: (str(tmp_path / v) if k in ("--adapter", "--base", "--stats", "--out") else v) for k, v in change.items()}
+    )
     assert compress.main_prune([item for pair in flags.items() for item in pair]) == 2
     err = capsys.readouterr().err
     assert err.startswith("disel-prune: error: ") and message in err and err.count("\n") == 1

@@ -6,19 +6,38 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tiny_models import make_tiny_causal_lm
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evidence" / "smollm2_tradeoff.yaml"
-TINY = ["training.max_steps=2", "training.save_steps=1", "training.per_device_train_batch_size=2",
-        "training.logging_steps=1", "training.warmup_steps=0", "training.learning_rate=0.01", "problems.train=12", "problems.test=6",
-        "evaluation.retention_tokens=60", "evaluation.retention_max_length=32", "evaluation.max_new_tokens=4",
-        "evaluation.generation_batch_size=6", "evaluation.gate_sequences=2", "evaluation.bootstrap_replicates=50",
-        "arms.lora.seeds=[0,1]", "arms.disel_paper.seeds=[0]", "arms.disel_toy.seeds=[0]"]
+TINY = [
+    "training.max_steps=2",
+    "training.save_steps=1",
+    "training.per_device_train_batch_size=2",
+    "training.logging_steps=1",
+    "training.warmup_steps=0",
+    "training.learning_rate=0.01",
+    "problems.train=12",
+    "problems.test=6",
+    "evaluation.retention_tokens=60",
+    "evaluation.retention_max_length=32",
+    "evaluation.max_new_tokens=4",
+    "evaluation.generation_batch_size=6",
+    "evaluation.gate_sequences=2",
+    "evaluation.bootstrap_replicates=50",
+    "arms.lora.seeds=[0,1]",
+    "arms.disel_paper.seeds=[0]",
+    "arms.disel_toy.seeds=[0]",
+]
 
 
 def _overrides(tmp_path: Path, model: Path) -> list[str]:
-    return [*TINY, f"model_path={model}", f"figures_dir={tmp_path / 'figs'}",
-            "arms.disel_delay.overrides=[method.name=disel,method.gate_delay_steps=1]"]
+    return [
+        *TINY,
+        f"model_path={model}",
+        f"figures_dir={tmp_path / 'figs'}",
+        "arms.disel_delay.overrides=[method.name=disel,method.gate_delay_steps=1]",
+    ]
 
 
 def _mtimes(out: Path) -> dict[str, int]:
@@ -81,8 +100,11 @@ def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     base loaded in bf16; evidence keys stay in the evidence recipe."""
     from disel.experiments.evidence.config import load_evidence_config
 
-    config = load_evidence_config(RECIPE, ["model.dtype=bfloat16", "training.bf16=true", "problems.test=300",
-                                           "model_path=/some/model"], device="cuda")
+    config = load_evidence_config(
+        RECIPE,
+        ["model.dtype=bfloat16", "training.bf16=true", "problems.test=300", "model_path=/some/model"],
+        device="cuda",
+    )
     assert config.problems.test == 300 and config.device == "cuda"
     specs = config.run_specs("/some/model", tmp_path / "train.jsonl", tmp_path)
     assert len(specs) == 6
@@ -94,12 +116,15 @@ def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     assert (lora.training.max_steps, lora.training.save_steps, lora.training.learning_rate) == (120, 20, 5e-4)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--workers", "0"], "--workers must be a positive integer"),
-    (["--override", "problems.tests=3"], "problems.tests"),
-    (["--override", "reference_arm=dora"], "reference_arm"),
-    (["--override", "training.max_step=3", "model_path=/x"], "max_step"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workers", "0"], "--workers must be a positive integer"),
+        (["--override", "problems.tests=3"], "problems.tests"),
+        (["--override", "reference_arm=dora"], "reference_arm"),
+        (["--override", "training.max_step=3", "model_path=/x"], "max_step"),
+    ],
+)
 def test_bad_arguments_give_one_line_errors(argv, message, capsys, tmp_path):
     from disel.experiments.evidence.cli import main
 
@@ -111,16 +136,29 @@ def test_bad_arguments_give_one_line_errors(argv, message, capsys, tmp_path):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("low, high, expected", [(-0.3, -0.1, "retains MORE"), (0.1, 0.3, "retains LESS"),
-                                                 (-0.1, 0.2, "NO clear retention difference")])
+@pytest.mark.parametrize(
+    "low, high, expected",
+    [(-0.3, -0.1, "retains MORE"), (0.1, 0.3, "retains LESS"), (-0.1, 0.2, "NO clear retention difference")],
+)
 def test_verdict_follows_the_intervals(low, high, expected):
     from disel.experiments.evidence.aggregate import _sentence
     from disel.experiments.evidence.results import MatchedComparison
     from disel.experiments.evidence.stats import MatchedDifference
 
-    differences = [MatchedDifference(level=level, disel=1.0, lora=1.2, difference=(low + high) / 2, low=low,
-                                     high=high, confidence=0.95, defined_fraction=1.0, replicates=100)
-                   for level in (0.2, 0.4)]
+    differences = [
+        MatchedDifference(
+            level=level,
+            disel=1.0,
+            lora=1.2,
+            difference=(low + high) / 2,
+            low=low,
+            high=high,
+            confidence=0.95,
+            defined_fraction=1.0,
+            replicates=100,
+        )
+        for level in (0.2, 0.4)
+    ]
     sentence = _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", differences))
     assert expected in sentence and f"{(low + high) / 2:+.4f} [{low:+.4f}, {high:+.4f}]" in sentence
     assert "cannot be compared" in _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", []))

@@ -14,7 +14,9 @@ from disel.optim import delay_gate_updates, param_groups
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(DiselLinear(nn.Linear(6, 5), 2, lora_alpha=4), nn.Tanh(), DiselLinear(nn.Linear(5, 3), 2, lora_alpha=4))
+    model = nn.Sequential(
+        DiselLinear(nn.Linear(6, 5), 2, lora_alpha=4), nn.Tanh(), DiselLinear(nn.Linear(5, 3), 2, lora_alpha=4)
+    )
     for layer in model:
         if isinstance(layer, DiselLinear):
             layer.base.requires_grad_(False)
@@ -52,7 +54,7 @@ def test_delay_keeps_the_schedule_after_it_and_zero_is_no_delay():
     model = _model()
     optimizer = torch.optim.SGD(param_groups(model, lr=1.0), lr=1.0)
     gate_index = [g["name"] for g in optimizer.param_groups].index("gate")
-    scheduler = delay_gate_updates(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step), steps=2)
+    scheduler = delay_gate_updates(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step), steps=2)
     lrs = []
     for _ in range(4):
         lrs.append(optimizer.param_groups[gate_index]["lr"])
@@ -85,8 +87,9 @@ def test_disel_trainer_reads_the_delay_from_the_peft_config(tmp_path):
     from disel.optim import DiselTrainer
     from disel.tuner import DiselConfig
 
-    model = get_peft_model(_tiny_llama(), DiselConfig(r=4, lora_alpha=8, target_modules=list(LLAMA_TARGETS),
-                                                      gate_delay_steps=2))
+    model = get_peft_model(
+        _tiny_llama(), DiselConfig(r=4, lora_alpha=8, target_modules=list(LLAMA_TARGETS), gate_delay_steps=2)
+    )
     gates, _ = _split(model)
     moved = []
 
@@ -97,8 +100,11 @@ def test_disel_trainer_reads_the_delay_from_the_peft_config(tmp_path):
         def on_step_end(self, args, state, control, **kwargs):
             moved.append(any(not torch.equal(a, g) for a, g in zip(self.before, gates)))
 
-    trainer = DiselTrainer(model=model, args=_training_args(tmp_path, max_steps=4, warmup_steps=0,
-                                                            lr_scheduler_type="constant"), train_dataset=_TokenDataset(),
-                           callbacks=[Watch()])
+    trainer = DiselTrainer(
+        model=model,
+        args=_training_args(tmp_path, max_steps=4, warmup_steps=0, lr_scheduler_type="constant"),
+        train_dataset=_TokenDataset(),
+        callbacks=[Watch()],
+    )
     trainer.train()
     assert moved == [False, False, True, True]

@@ -27,18 +27,45 @@ _CORPORA = {"english": {"perplexity": 12.5, "nll": 2.53, "tokens": 400, "texts":
 def _examples(tmp_path):
     """One instance of each result class that has no figure-side test of its own."""
     return [
-        Gsm8kResult(0.5, 0.75, 4, 1, {"max_new_tokens": 8}, 1.5, samples=[{"index": 0, "correct": True}],
-                    model={"base": "tiny"}, data="test.jsonl"),
+        Gsm8kResult(
+            0.5,
+            0.75,
+            4,
+            1,
+            {"max_new_tokens": 8},
+            1.5,
+            samples=[{"index": 0, "correct": True}],
+            model={"base": "tiny"},
+            data="test.jsonl",
+        ),
         HumanEvalResult(0.25, 4, {"max_new_tokens": 8}, samples=[{"task_id": "t/0", "status": "passed"}]),
         PerplexityResult({"base": "tiny"}, _CORPORA, 12.5),
         MlmPerplexityResult({"base": "tiny"}, _CORPORA, 12.5, pretrained_mlm="roberta"),
-        LmEvalResult({"base": "tiny"}, {"tasks": ["hellaswag"]}, "0.4.9",
-                     {"hellaswag": {"metric": "acc_norm,none", "value": 0.4, "n_samples": 10}}, 0.4, 3.0),
-        RetentionTable(tmp_path / "retention_x.json", "perplexity", ("english",),
-                       (RetentionRow(5, "checkpoint-5", {"english": 13.0, "mean": 13.0}),
-                        RetentionRow(0, "base", {"english": 12.0, "mean": 12.0}))),
-        Comparison("disel.comparison/2", {"methods": ["lora"]}, {"exact_match": 0.1, "ppl_english": 9.0},
-                   [{"method": "lora", "rank": 2}], model_path="m", threads=1),
+        LmEvalResult(
+            {"base": "tiny"},
+            {"tasks": ["hellaswag"]},
+            "0.4.9",
+            {"hellaswag": {"metric": "acc_norm,none", "value": 0.4, "n_samples": 10}},
+            0.4,
+            3.0,
+        ),
+        RetentionTable(
+            tmp_path / "retention_x.json",
+            "perplexity",
+            ("english",),
+            (
+                RetentionRow(5, "checkpoint-5", {"english": 13.0, "mean": 13.0}),
+                RetentionRow(0, "base", {"english": 12.0, "mean": 12.0}),
+            ),
+        ),
+        Comparison(
+            "disel.comparison/2",
+            {"methods": ["lora"]},
+            {"exact_match": 0.1, "ppl_english": 9.0},
+            [{"method": "lora", "rank": 2}],
+            model_path="m",
+            threads=1,
+        ),
     ]
 
 
@@ -99,11 +126,30 @@ def test_write_record_picks_the_class_by_schema(tmp_path):
 def test_older_train_result_version_still_reads(tmp_path):
     """A disel.train_result/1 file (with the dropped adapter_dir) reads as the current version."""
     fields = dict(
-        name="r", method="lora", rank=2, task_type="causal_lm", model_path="m", config={"training": {"seed": 0}},
-        output_dir=str(tmp_path), world_size=1, global_step=3, epoch=1.0, final_train_loss=float("nan"),
-        train_loss=0.5, eval={}, loss_history=[[1, 0.7]], eval_history=[], log_history=[], checkpoints=[],
-        resumed_from=None, runtime_s=2.0, data={"train_rows": 4}, parameters={"trainable": 1, "total": 2},
-        parameter_sha256_per_rank=["ab"], versions={"torch": "2"}, finished_at="2026-01-01T00:00:00+00:00",
+        name="r",
+        method="lora",
+        rank=2,
+        task_type="causal_lm",
+        model_path="m",
+        config={"training": {"seed": 0}},
+        output_dir=str(tmp_path),
+        world_size=1,
+        global_step=3,
+        epoch=1.0,
+        final_train_loss=float("nan"),
+        train_loss=0.5,
+        eval={},
+        loss_history=[[1, 0.7]],
+        eval_history=[],
+        log_history=[],
+        checkpoints=[],
+        resumed_from=None,
+        runtime_s=2.0,
+        data={"train_rows": 4},
+        parameters={"trainable": 1, "total": 2},
+        parameter_sha256_per_rank=["ab"],
+        versions={"torch": "2"},
+        finished_at="2026-01-01T00:00:00+00:00",
     )
     current = TrainResult(**fields)
     current.write(tmp_path / "train_result.json")

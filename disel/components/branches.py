@@ -92,8 +92,12 @@ class Branch:
         """``s · Σ_{i∈components} g_i(x) (a_iᵀx) b_i``: (..., d) → (..., m), for a subset of components."""
         gate = self.gate
         return disel_update(
-            x, self.A.weight[components], self.B.weight[:, components], gate.weight[components],
-            gate.bias[components], self.scaling,
+            x,
+            self.A.weight[components],
+            self.B.weight[:, components],
+            gate.weight[components],
+            gate.bias[components],
+            self.scaling,
         )
 
     def static_update(self, x: Tensor, components: Tensor, gate_means: Tensor) -> Tensor:
@@ -139,7 +143,9 @@ def _sliced(module: nn.Linear, rows: Tensor | None = None, cols: Tensor | None =
     new.weight = nn.Parameter(weight.clone(), requires_grad=module.weight.requires_grad)
     if has_bias:
         bias = module.bias.detach()
-        new.bias = nn.Parameter((bias[rows] if rows is not None else bias).clone(), requires_grad=module.bias.requires_grad)
+        new.bias = nn.Parameter(
+            (bias[rows] if rows is not None else bias).clone(), requires_grad=module.bias.requires_grad
+        )
     return new
 
 
@@ -159,8 +165,11 @@ def keep_components(branch: Branch, keep: Tensor) -> None:
         layer.r.pop(name, None)
         layer.scaling.pop(name, None)
         return
-    new = {"disel_A": _sliced(branch.A, rows=keep), "disel_B": _sliced(branch.B, cols=keep),
-           "disel_gate": _sliced(branch.gate, rows=keep)}
+    new = {
+        "disel_A": _sliced(branch.A, rows=keep),
+        "disel_B": _sliced(branch.B, cols=keep),
+        "disel_gate": _sliced(branch.gate, rows=keep),
+    }
     if branch.peft:
         for attribute, module in new.items():
             getattr(layer, attribute)[name] = module

@@ -75,7 +75,8 @@ def _fold(branch: Branch, components: Tensor, gate_means: Tensor) -> Tensor:
     if not isinstance(base, (nn.Linear, Conv1D)) or not base.weight.dtype.is_floating_point:
         raise TypeError(
             f"merge_static folds into a floating-point nn.Linear / Conv1D weight; {branch.path!r} has "
-            f"{type(base).__name__} with dtype {getattr(base.weight, 'dtype', None)} (quantized bases cannot be folded into)"
+            f"{type(base).__name__} with dtype {getattr(base.weight, 'dtype', None)} "
+            "(quantized bases cannot be folded into)"
         )
     with torch.no_grad():
         A = branch.A.weight[components].double()  # (k, d)
@@ -100,8 +101,12 @@ def _fold_and_record(model: nn.Module, branch: Branch, static: Tensor, means: Te
     """Fold the static components into W0, drop them from the branch, record how to undo it; the rank left."""
     tuner = tuner_of(model)
     record = _StaticMerge(
-        adapter=branch.adapter, weight_before=branch.base.weight.detach().clone(), modules=saved_modules(branch),
-        rank=branch.rank, scaling=branch.scaling, delta=torch.empty(0),
+        adapter=branch.adapter,
+        weight_before=branch.base.weight.detach().clone(),
+        modules=saved_modules(branch),
+        rank=branch.rank,
+        scaling=branch.scaling,
+        delta=torch.empty(0),
         config_before=None if tuner is None else copy.deepcopy(tuner.peft_config[branch.adapter]),
     )
     record.delta = _fold(branch, static.to(branch.A.weight.device), means)
@@ -145,21 +150,28 @@ def merge_static(
     With ``batches``, the output error is measured before the fold, by replacing each static component's
     gate by its mean at each layer: ``E‖s (g_i(x) − ḡ_i) b_i a_iᵀx‖`` summed through the model.
     """
-    if isinstance(std_threshold, bool) or not isinstance(std_threshold, (int, float)) or not (
-        math.isfinite(std_threshold) and std_threshold >= 0
+    if (
+        isinstance(std_threshold, bool)
+        or not isinstance(std_threshold, (int, float))
+        or not (math.isfinite(std_threshold) and std_threshold >= 0)
     ):
         raise ValueError(f"std_threshold must be a finite number >= 0, got std_threshold={std_threshold!r}")
     plan = _static_plan(model, stats, adapter_name, std_threshold)
     output_change = None
     if batches is not None:
-        corrections = [(branch.layer, _gate_to_mean_change(branch, static, means))
-                       for branch, _, static, means in plan if static.numel()]
+        corrections = [
+            (branch.layer, _gate_to_mean_change(branch, static, means))
+            for branch, _, static, means in plan
+            if static.numel()
+        ]
         output_change = measure_output_change(model, batches, corrections)
     report = MergeReport(merged={}, remaining_rank={}, std_threshold=float(std_threshold), output_change=output_change)
     for branch, entry, static, means in plan:
         report.merged[branch.name] = static.tolist()
         report.error_bound[branch.name] = float(sum(entry.merge_error_bound[i] for i in static.tolist()))
-        report.remaining_rank[branch.name] = _fold_and_record(model, branch, static, means) if static.numel() else branch.rank
+        report.remaining_rank[branch.name] = (
+            _fold_and_record(model, branch, static, means) if static.numel() else branch.rank
+        )
     adapters = {b.adapter for b, *_ in plan}
     sync_peft_config(model, adapters)
     report.fully_static = not any(b.rank for adapter in adapters for b in find_branches(model, adapter))

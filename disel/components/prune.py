@@ -43,9 +43,16 @@ def _select_kept(pairs, threshold: float | None, keep_fraction: float | None) ->
     if (threshold is None) == (keep_fraction is None):
         raise ValueError("prune needs exactly one of threshold= (a contribution) or keep_fraction= (in (0, 1])")
     if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold < 0:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not math.isfinite(threshold)
+            or threshold < 0
+        ):
             raise ValueError(f"threshold must be a finite number >= 0 (a contribution), got threshold={threshold!r}")
-        return [torch.tensor([i for i, c in enumerate(e.contribution) if c > threshold], dtype=torch.long) for _, e in pairs]
+        return [
+            torch.tensor([i for i, c in enumerate(e.contribution) if c > threshold], dtype=torch.long) for _, e in pairs
+        ]
     if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)) or not 0 < keep_fraction <= 1:
         raise ValueError(f"keep_fraction must be a number in (0, 1], got keep_fraction={keep_fraction!r}")
     # One ranking over all layers: per-layer ranks then follow the data instead of one global r.
@@ -88,8 +95,13 @@ def prune(
                 corrections.append((branch.layer, lambda x, b=branch, r=removed: -b.update(b.adapter_input(x), r)))
         output_change = measure_output_change(model, batches, corrections)
     report = PruneReport(
-        kept={}, rank_before={}, rank_after={}, parameters_before=sum(b.num_parameters() for b, _ in pairs),
-        parameters_after=0, removed_layers=[], output_change=output_change,
+        kept={},
+        rank_before={},
+        rank_after={},
+        parameters_before=sum(b.num_parameters() for b, _ in pairs),
+        parameters_after=0,
+        removed_layers=[],
+        output_change=output_change,
         criterion={"threshold": threshold, "keep_fraction": keep_fraction},
     )
     for (branch, _), keep in zip(pairs, kept):

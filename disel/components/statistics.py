@@ -77,7 +77,9 @@ class ComponentStatistics:
             raise ValueError("ComponentStatistics.from_dict expects a dict with a 'layers' list (from to_dict)")
         return cls(
             layers=[LayerComponents(**e) for e in data["layers"]],
-            domains={name: [LayerComponents(**e) for e in entries] for name, entries in data.get("domains", {}).items()},
+            domains={
+                name: [LayerComponents(**e) for e in entries] for name, entries in data.get("domains", {}).items()
+            },
         )
 
     def save_json(self, path: str | os.PathLike, **extra: Any) -> None:
@@ -150,9 +152,15 @@ class _Accumulator:
             denominator = torch.outer(std, std)
             correlation = torch.where(denominator > 0, covariance / denominator.clamp_min(1e-300), 0.0).tolist()
         return LayerComponents(
-            module=branch.path, adapter=branch.adapter, scaling=s, tokens=self.count,
-            gate_mean=mean_g.tolist(), gate_std=std.tolist(), contribution=(s * mean_gax * b_norm).tolist(),
-            merge_error_bound=(s * b_norm * std * mean_ax2.sqrt()).tolist(), b_norm=b_norm.tolist(),
+            module=branch.path,
+            adapter=branch.adapter,
+            scaling=s,
+            tokens=self.count,
+            gate_mean=mean_g.tolist(),
+            gate_std=std.tolist(),
+            contribution=(s * mean_gax * b_norm).tolist(),
+            merge_error_bound=(s * b_norm * std * mean_ax2.sqrt()).tolist(),
+            b_norm=b_norm.tolist(),
             gate_correlation=correlation,
         )
 
@@ -244,11 +252,13 @@ def matched_branches(
             continue
         branch = branches.get(entry.key)
         if branch is None:
-            raise ValueError(f"stats name module {entry.module!r} with adapter {entry.adapter!r}, which the model does not hold")
+            raise ValueError(
+                f"stats name module {entry.module!r} with adapter {entry.adapter!r}, which the model does not hold"
+            )
         if entry.rank != branch.rank:
             raise ValueError(
-                f"stats for {branch.path!r} (adapter {branch.adapter!r}) cover {entry.rank} components but the layer now "
-                f"has {branch.rank}: recompute component_statistics on the model as it is now"
+                f"stats for {branch.path!r} (adapter {branch.adapter!r}) cover {entry.rank} components "
+                f"but the layer now has {branch.rank}: recompute component_statistics on the model as it is now"
             )
         pairs.append((branch, entry))
     if not pairs:

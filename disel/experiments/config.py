@@ -40,7 +40,16 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 __all__ = [
     "AdaLoraSettings",
@@ -90,7 +99,6 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     """The pre-trained model. Loaded from local files only: ``disel`` never downloads from a hub."""
-
 
     path: str = ""
     """Local directory of a ``transformers`` checkpoint (``config.json`` + weights + tokenizer), or the
@@ -161,7 +169,6 @@ class AdaLoraSettings(_Section):
     The schedule: ``tinit`` warm-up steps at ``init_r``, then the budget shrinks (every ``deltaT`` steps)
     until step ``total_step - tfinal``, then the final ranks are kept. ``method.r`` is the target rank.
     """
-
 
     init_r: int | None = None
     """Initial rank per matrix; None: ceil(1.5 · target rank), PEFT's default ratio 12 / 8."""
@@ -375,8 +382,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
 
 
 _EXPECTED = {
-    "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string", "list": "a list",
-    "dict": "a mapping", "finite_number": "a finite number", "model": "a mapping of fields",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+    "finite_number": "a finite number",
+    "model": "a mapping of fields",
 }
 
 

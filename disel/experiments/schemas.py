@@ -445,8 +445,10 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval re
         if isinstance(rows, list) and all(isinstance(row, dict) for row in rows):
             columns = [*(c for c in raw.get("metric_columns") or () if isinstance(c, str)), "mean"]
             # A flat row as RetentionRow's fields; a missing step or checkpoint stays missing (and is reported).
-            rows = [{**{k: row[k] for k in ("step", "checkpoint") if k in row},
-                     "values": {c: row.get(c) for c in columns}} for row in rows]
+            rows = [
+                {**{k: row[k] for k in ("step", "checkpoint") if k in row}, "values": {c: row.get(c) for c in columns}}
+                for row in rows
+            ]
         return {**raw, "rows": rows}
 
     def to_dict(self) -> dict[str, Any]:
@@ -625,13 +627,17 @@ class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="disel-eval gates"):
         for name, summary in self.domains.items():
             for grouping in ("by_depth", "by_module", "by_kind", "by_depth_and_kind", "by_depth_and_module"):
                 table = getattr(summary, grouping)
-                flat = table.items() if "_and_" not in grouping else (
-                    (f"{outer}.{key}", entry) for outer, inner in table.items() for key, entry in inner.items()
+                flat = (
+                    table.items()
+                    if "_and_" not in grouping
+                    else ((f"{outer}.{key}", entry) for outer, inner in table.items() for key, entry in inner.items())
                 )
                 for key, histogram in flat:
                     if len(histogram.counts) != len(edges) - 1:
-                        raise ValueError(f"'domains.{name}.{grouping}.{key}.histogram' must have {len(edges) - 1} "
-                                         "non-negative integers (one per bin)")
+                        raise ValueError(
+                            f"'domains.{name}.{grouping}.{key}.histogram' must have {len(edges) - 1} "
+                            "non-negative integers (one per bin)"
+                        )
 
     @classmethod
     def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -695,8 +701,9 @@ class TradeoffTable(ResultFile, schema=TRADEOFF_SCHEMA, made_by="write_tradeoff_
         for index, row in enumerate(self.rows):
             key = (row.method, row.rank, row.seed)
             if key in seen:
-                raise ValueError(f"rows[{index}] repeats (method, rank, seed) = {key} of rows[{seen[key]}]; "
-                                 "each model appears once")
+                raise ValueError(
+                    f"rows[{index}] repeats (method, rank, seed) = {key} of rows[{seen[key]}]; each model appears once"
+                )
             seen[key] = index
 
     @classmethod
@@ -734,15 +741,21 @@ def write_tradeoff_table(
     ``retention``. Raises :class:`MalformedResultFileError` (naming ``path``, nothing written) on a missing
     or mistyped field, a non-finite score or a repeated ``(method, rank, seed)``.
     """
-    raw = {"schema": TRADEOFF_SCHEMA, "title": title, "ft_metric": ft_metric, "retention_metric": retention_metric,
-           "retention_higher_is_better": retention_higher_is_better,
-           "base": {"retention": base_retention, "ft_score": base_ft_score},
-           "rows": [row if isinstance(row, TradeoffRow) else dict(row) for row in rows]}
+    raw = {
+        "schema": TRADEOFF_SCHEMA,
+        "title": title,
+        "ft_metric": ft_metric,
+        "retention_metric": retention_metric,
+        "retention_higher_is_better": retention_higher_is_better,
+        "base": {"retention": base_retention, "ft_score": base_ft_score},
+        "rows": [row if isinstance(row, TradeoffRow) else dict(row) for row in rows],
+    }
     return TradeoffTable.from_dict(raw, path).write(path)
 
 
-def _selected_row(ft_run: RunResults, retention_run: RunResults, ft_metric: str, retention_metric: str,
-                  select: str) -> TradeoffRow:
+def _selected_row(
+    ft_run: RunResults, retention_run: RunResults, ft_metric: str, retention_metric: str, select: str
+) -> TradeoffRow:
     """One run's point: its best (ties: the earliest) or last checkpoint by ``ft_metric``, and that
     checkpoint's retention."""
     candidates = ft_run.table.checkpoints
@@ -795,10 +808,14 @@ def tradeoff_table_from_runs(
             retention_runs[0].table.path,
             "has no base-model row (evaluate_checkpoints(include_base=True)); the table needs the base retention",
         )
-    raw = {"ft_metric": ft_metric_name or f"{ft_evaluator} {ft_metric}",
-           "retention_metric": retention_metric_name or f"{retention_evaluator} {retention_metric}",
-           "retention_higher_is_better": retention_higher_is_better, "title": title, "rows": rows,
-           "base": {"retention": base_retention, "ft_score": shared_base_value(ft_runs, ft_metric)}}
+    raw = {
+        "ft_metric": ft_metric_name or f"{ft_evaluator} {ft_metric}",
+        "retention_metric": retention_metric_name or f"{retention_evaluator} {retention_metric}",
+        "retention_higher_is_better": retention_higher_is_better,
+        "title": title,
+        "rows": rows,
+        "base": {"retention": base_retention, "ft_score": shared_base_value(ft_runs, ft_metric)},
+    }
     table = TradeoffTable.from_dict(raw, f"<tradeoff table from runs {run_dirs[0]}, ...>")
     return dataclasses.replace(table, path=None)
 

@@ -65,7 +65,9 @@ def combine_cat(
         for path, layer, present in plan:
             _copy_stacked(layer, adapter_name, present)
             if layer.scaling[adapter_name] != 1.0:
-                raise AssertionError(f"combined adapter scaling at {path!r} is {layer.scaling[adapter_name]}, expected 1")
+                raise AssertionError(
+                    f"combined adapter scaling at {path!r} is {layer.scaling[adapter_name]}, expected 1"
+                )
 
 
 def _check_cat_arguments(tuner, adapters, weights, adapter_name, combination_type, other_options) -> None:
@@ -82,13 +84,18 @@ def _check_cat_arguments(tuner, adapters, weights, adapter_name, combination_typ
         raise ValueError(f"adapters {missing} do not exist; the model holds {sorted(tuner.peft_config)}")
     if len(set(adapters)) != len(adapters):
         raise ValueError(f"adapters must not repeat a name, got adapters={list(adapters)!r}")
-    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or len(weights) != len(adapters) or not all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights
+    if (
+        isinstance(weights, (str, bytes))
+        or not isinstance(weights, Sequence)
+        or len(weights) != len(adapters)
+        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights)
     ):
         raise ValueError(f"weights must be {len(adapters)} finite numbers (one per adapter), got weights={weights!r}")
     if not isinstance(adapter_name, str) or not adapter_name or adapter_name in tuner.peft_config:
-        raise ValueError(f"adapter_name must be a new adapter name, got adapter_name={adapter_name!r} "
-                         f"(existing: {sorted(tuner.peft_config)})")
+        raise ValueError(
+            f"adapter_name must be a new adapter name, got adapter_name={adapter_name!r} "
+            f"(existing: {sorted(tuner.peft_config)})"
+        )
     with_heads = [a for a in adapters if tuner.peft_config[a].modules_to_save]
     if with_heads:
         raise ValueError(f"adapters {with_heads} train modules_to_save (full modules), which cannot be stacked")

@@ -208,11 +208,15 @@ class DiselConfig(PeftConfig):
                 f"too (got layers_pattern={self.layers_pattern!r}, layers_to_transform=None)"
             )
         if self.layers_to_transform is not None:
-            indices = self.layers_to_transform if isinstance(self.layers_to_transform, list) else [self.layers_to_transform]
+            indices = (
+                self.layers_to_transform if isinstance(self.layers_to_transform, list) else [self.layers_to_transform]
+            )
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
                 fail("layers_to_transform", "None, a layer index (int >= 0) or a list of layer indices")
-        if self.layers_pattern is not None and not isinstance(self.layers_pattern, str) and not _is_str_list(
-            self.layers_pattern
+        if (
+            self.layers_pattern is not None
+            and not isinstance(self.layers_pattern, str)
+            and not _is_str_list(self.layers_pattern)
         ):
             fail("layers_pattern", "None, a module-list name or a list of names")
         check_choice(owner, "bias", self.bias, DISEL_BIAS_OPTIONS)
@@ -226,7 +230,10 @@ class DiselConfig(PeftConfig):
         for key, value in self.alpha_pattern.items():
             self.alpha_pattern[key] = check_positive_finite(owner, f"alpha_pattern[{key!r}]", value)
         self.gate_lr_ratio = check_positive_finite(
-            owner, "gate_lr_ratio", self.gate_lr_ratio, "a positive finite number (gate learning rate / base learning rate)"
+            owner,
+            "gate_lr_ratio",
+            self.gate_lr_ratio,
+            "a positive finite number (gate learning rate / base learning rate)",
         )
         delay = self.gate_delay_steps
         if isinstance(delay, bool) or not isinstance(delay, numbers.Integral) or delay < 0:

@@ -15,12 +15,43 @@ from pathlib import Path
 __all__ = ["ArithmeticProblem", "generate_problems", "write_jsonl"]
 
 _NAMES = (
-    "Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jonas",
-    "Kemi", "Liam", "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tariq",
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Isla",
+    "Jonas",
+    "Kemi",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olga",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tariq",
 )
 _ITEMS = (
-    "apples", "marbles", "stickers", "books", "pencils", "cookies", "stamps", "shells",
-    "coins", "cards", "balloons", "tickets", "oranges", "beads", "toy cars",
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "cookies",
+    "stamps",
+    "shells",
+    "coins",
+    "cards",
+    "balloons",
+    "tickets",
+    "oranges",
+    "beads",
+    "toy cars",
 )
 
 

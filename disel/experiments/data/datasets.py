@@ -226,8 +226,11 @@ def tokenize_classification(
 ) -> dict[str, Any]:
     """``input_ids`` / ``attention_mask`` of the (pair of) sentence(s), truncated to ``max_length``, and ``labels``."""
     encoding = tokenizer(text, text_pair, truncation=True, max_length=max_length)
-    return {"input_ids": list(encoding["input_ids"]), "attention_mask": list(encoding["attention_mask"]),
-            "labels": label}
+    return {
+        "input_ids": list(encoding["input_ids"]),
+        "attention_mask": list(encoding["attention_mask"]),
+        "labels": label,
+    }
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -287,8 +290,13 @@ def prepare_data(config: DataConfig, tokenizer: Any, task_type: str, num_labels:
 
 
 def _tokenize_rows(
-    rows: list[Row], config: DataConfig, tokenizer: Any, task_type: str, num_labels: int | None,
-    stats: dict[str, int], split: str,
+    rows: list[Row],
+    config: DataConfig,
+    tokenizer: Any,
+    task_type: str,
+    num_labels: int | None,
+    stats: dict[str, int],
+    split: str,
 ) -> TokenizedDataset:
     examples = []
     dropped = truncated = 0

@@ -174,8 +174,16 @@ def python_function_tasks(
     the docstring. The code-domain stand-in for HumanEval in the gate analysis (where gates are read
     on response tokens only).
     """
-    definitions = [d for d in stdlib_definitions(exclude, min_chars=min_chars, max_chars=max_chars)
-                   if d.docstring and d.source.lstrip().startswith(("def ", "async def "))]
+    definitions = [
+        d
+        for d in stdlib_definitions(exclude, min_chars=min_chars, max_chars=max_chars)
+        if d.docstring and d.source.lstrip().startswith(("def ", "async def "))
+    ]
     chosen = _sample(definitions, n, seed, "documented Python functions")
-    return [{"instruction": f"Write a Python function `{d.name}`.\n{d.docstring.strip()}",
-             "output": d.body_without_docstring} for d in chosen]
+    return [
+        {
+            "instruction": f"Write a Python function `{d.name}`.\n{d.docstring.strip()}",
+            "output": d.body_without_docstring,
+        }
+        for d in chosen
+    ]

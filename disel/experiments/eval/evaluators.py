@@ -90,8 +90,12 @@ class PerplexityEvaluator:
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
         per_corpus = {
             name: causal_lm_perplexity(
-                loaded.model, loaded.tokenizer, texts,
-                max_length=self.max_length, stride=self.stride, batch_size=self.batch_size,
+                loaded.model,
+                loaded.tokenizer,
+                texts,
+                max_length=self.max_length,
+                stride=self.stride,
+                batch_size=self.batch_size,
             )
             for name, texts in self.corpora.items()
         }
@@ -112,11 +116,16 @@ class Gsm8kEvaluator:
     name: str = "gsm8k"
 
     def settings(self) -> dict[str, Any]:
-        return {"rows": len(self.rows), "template": self.template,
-                "generation": asdict(self.generation.for_template(self.template))}
+        return {
+            "rows": len(self.rows),
+            "template": self.template,
+            "generation": asdict(self.generation.for_template(self.template)),
+        }
 
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
-        record = evaluate_gsm8k(loaded.model, loaded.tokenizer, self.rows, settings=self.generation, template=self.template)
+        record = evaluate_gsm8k(
+            loaded.model, loaded.tokenizer, self.rows, settings=self.generation, template=self.template
+        )
         record["model"] = loaded.description
         metrics = {"exact_match": record["exact_match"], "exact_match_flexible": record["exact_match_flexible"]}
         return EvalOutcome(metrics, record["exact_match"], record)
@@ -139,13 +148,22 @@ class HumanEvalEvaluator:
     name: str = "humaneval"
 
     def settings(self) -> dict[str, Any]:
-        return {"problems": len(self.problems), "template": self.template, "timeout_s": self.timeout_s,
-                "generation": asdict(self.generation.for_template(self.template))}
+        return {
+            "problems": len(self.problems),
+            "template": self.template,
+            "timeout_s": self.timeout_s,
+            "generation": asdict(self.generation.for_template(self.template)),
+        }
 
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
         record = evaluate_humaneval(
-            loaded.model, loaded.tokenizer, self.problems, allow_code_execution=self.allow_code_execution,
-            settings=self.generation, template=self.template, timeout_s=self.timeout_s,
+            loaded.model,
+            loaded.tokenizer,
+            self.problems,
+            allow_code_execution=self.allow_code_execution,
+            settings=self.generation,
+            template=self.template,
+            timeout_s=self.timeout_s,
         )
         record["model"] = loaded.description
         return EvalOutcome({"pass@1": record["pass@1"]}, record["pass@1"], record)

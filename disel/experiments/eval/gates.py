@@ -48,15 +48,18 @@ class GateDomain:
 
     def __post_init__(self) -> None:
         if (self.texts is None) == (self.examples is None):
-            raise ValueError(f"GateDomain {self.name!r} needs exactly one of texts (raw text) or examples "
-                             "(instruction/output)")
+            raise ValueError(
+                f"GateDomain {self.name!r} needs exactly one of texts (raw text) or examples (instruction/output)"
+            )
         if self.examples is not None:
             if self.format_prompt is None:
                 raise ValueError(f"GateDomain {self.name!r} has examples but no format_prompt (the training template)")
             for example in self.examples:
                 if "instruction" not in example or "output" not in example:
-                    raise KeyError(f"GateDomain {self.name!r}: every example needs 'instruction' and 'output', "
-                                   f"got {sorted(example)}")
+                    raise KeyError(
+                        f"GateDomain {self.name!r}: every example needs 'instruction' and 'output', "
+                        f"got {sorted(example)}"
+                    )
         sequences = self.texts if self.texts is not None else self.examples
         if len(sequences) == 0:
             raise ValueError(f"GateDomain {self.name!r} is empty")
@@ -132,8 +135,9 @@ def analyze_gates(
     for domain in domains:
         encoded = [(ids, mask) for ids, mask in _encode_domain(domain, tokenizer, max_length) if any(mask)]
         if not encoded:
-            raise ValueError(f"domain {domain.name!r}: no sequence has a token to record (empty responses, or "
-                             "truncated away)")
+            raise ValueError(
+                f"domain {domain.name!r}: no sequence has a token to record (empty responses, or truncated away)"
+            )
         with record_gates(model, bins=bins) as recorder:
             for start in range(0, len(encoded), batch_size):
                 batch = encoded[start : start + batch_size]
@@ -190,15 +194,18 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
     * ``code``: documented standard-library functions in the Magicoder template; response tokens.
     """
     from ..data.arithmetic import generate_problems
-    from ..data.templates import format_prompt
     from ..data.offline_text import general_english_texts, python_function_tasks
+    from ..data.templates import format_prompt
 
     math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]
     return [
         GateDomain("math", examples=math_examples, format_prompt=lambda q: format_prompt("alpaca", q)),
         GateDomain("general", texts=general_english_texts(n, seed)),
-        GateDomain("code", examples=python_function_tasks(n, seed, exclude=code_exclude),
-                   format_prompt=lambda q: format_prompt("magicoder", q)),
+        GateDomain(
+            "code",
+            examples=python_function_tasks(n, seed, exclude=code_exclude),
+            format_prompt=lambda q: format_prompt("magicoder", q),
+        ),
     ]
 
 

@@ -246,8 +246,9 @@ def _cut_at_stop(text: str, stop_strings: Iterable[str]) -> str:
 
 
 @torch.no_grad()
-def generate_responses(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str],
-                       settings: GenerationSettings | None = None) -> list[str]:
+def generate_responses(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings | None = None
+) -> list[str]:
     """Greedy continuations of ``prompts`` (in order), decoded without special tokens, cut at stop strings.
 
     Batches are left-padded (``tokenizer.padding_side`` is set to ``"left"`` for the call), so each
@@ -322,14 +323,25 @@ def evaluate_gsm8k(
     strict_correct = [p is not None and p == ref for p, ref in zip(strict, references)]
     flexible_correct = [p is not None and p == ref for p, ref in zip(flexible, references)]
     samples = [
-        {"index": i, "question": questions[i], "reference": references[i], "response": responses[i],
-         "prediction_strict": strict[i], "prediction_flexible": flexible[i], "correct": strict_correct[i]}
+        {
+            "index": i,
+            "question": questions[i],
+            "reference": references[i],
+            "response": responses[i],
+            "prediction_strict": strict[i],
+            "prediction_flexible": flexible[i],
+            "correct": strict_correct[i],
+        }
         for i in range(len(rows))
     ]
     return Gsm8kResult(
-        exact_match=sum(strict_correct) / len(rows), exact_match_flexible=sum(flexible_correct) / len(rows),
-        n=len(rows), n_no_strict_answer=sum(p is None for p in strict), generation=asdict(settings),
-        seconds=seconds, samples=samples if keep_samples else None,
+        exact_match=sum(strict_correct) / len(rows),
+        exact_match_flexible=sum(flexible_correct) / len(rows),
+        n=len(rows),
+        n_no_strict_answer=sum(p is None for p in strict),
+        generation=asdict(settings),
+        seconds=seconds,
+        samples=samples if keep_samples else None,
     ).to_dict()
 
 
@@ -386,8 +398,14 @@ class ExecutionResult:
         return self.status == "passed"
 
 
-def check_program(program: str, *, timeout_s: float = 10.0, allow_code_execution: bool = False, memory_mb: int = 1024,
-                  max_file_mb: int = 16) -> ExecutionResult:
+def check_program(
+    program: str,
+    *,
+    timeout_s: float = 10.0,
+    allow_code_execution: bool = False,
+    memory_mb: int = 1024,
+    max_file_mb: int = 16,
+) -> ExecutionResult:
     """Run ``program`` in a fresh, isolated Python process and report whether it exits cleanly.
 
     Refuses (``PermissionError``) unless ``allow_code_execution=True``. The child is
@@ -407,8 +425,15 @@ def check_program(program: str, *, timeout_s: float = 10.0, allow_code_execution
         command = [sys.executable, "-I", "-c", _CHILD_BOOTSTRAP, str(program_path), *map(str, limits)]
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": scratch}
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=scratch, env=environment, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=scratch,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             _, stderr = process.communicate(timeout=timeout_s)
             status = "passed" if process.returncode == 0 else "failed"
@@ -516,6 +541,8 @@ def evaluate_humaneval(
         for p, r, o in zip(problems, responses, outcomes)
     ]
     return HumanEvalResult(
-        sum(o.passed for o in outcomes) / len(problems), len(problems), asdict(settings),
+        sum(o.passed for o in outcomes) / len(problems),
+        len(problems),
+        asdict(settings),
         samples=samples if keep_samples else None,
     ).to_dict()

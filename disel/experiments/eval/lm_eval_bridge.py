@@ -131,8 +131,9 @@ def resolve_benchmarks(settings: LmEvalSettings) -> list[Benchmark]:
     return benchmarks
 
 
-def run_lm_eval(model: torch.nn.Module, tokenizer: Any, settings: LmEvalSettings, *,
-                log_samples: bool = False) -> dict[str, Any]:
+def run_lm_eval(
+    model: torch.nn.Module, tokenizer: Any, settings: LmEvalSettings, *, log_samples: bool = False
+) -> dict[str, Any]:
     """lm-eval's raw result dict for ``model`` (any causal LM, e.g. a DISeL ``PeftModel``) on the settings' tasks.
 
     The model is used as it is (device, dtype, adapters): it is wrapped, not reloaded.
@@ -151,17 +152,27 @@ def run_lm_eval(model: torch.nn.Module, tokenizer: Any, settings: LmEvalSettings
             f"include_path (searched: {include or 'none'}, include_defaults={settings.include_defaults})"
         )
     model.eval()
-    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, max_length=settings.max_length)
+    wrapped = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, max_length=settings.max_length
+    )
     return lm_eval.simple_evaluate(
-        model=wrapped, tasks=[b.task for b in benchmarks], num_fewshot=settings.num_fewshot, limit=settings.limit,
-        bootstrap_iters=settings.bootstrap_iters, log_samples=log_samples,
-        apply_chat_template=settings.apply_chat_template, task_manager=task_manager,
+        model=wrapped,
+        tasks=[b.task for b in benchmarks],
+        num_fewshot=settings.num_fewshot,
+        limit=settings.limit,
+        bootstrap_iters=settings.bootstrap_iters,
+        log_samples=log_samples,
+        apply_chat_template=settings.apply_chat_template,
+        task_manager=task_manager,
     )
 
 
 def _numeric_metrics(task_results: dict[str, Any]) -> dict[str, float]:
-    return {key: float(value) for key, value in task_results.items()
-            if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        key: float(value)
+        for key, value in task_results.items()
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def summarize_lm_eval(raw: dict[str, Any], benchmarks: Sequence[Benchmark]) -> dict[str, Any]:
@@ -195,8 +206,13 @@ def summarize_lm_eval(raw: dict[str, Any], benchmarks: Sequence[Benchmark]) -> d
     return {"benchmarks": summary, "mean": sum(values) / len(values) if values else math.nan}
 
 
-def evaluate_lm_eval(model: torch.nn.Module, tokenizer: Any, settings: LmEvalSettings | None = None, *,
-                     description: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_lm_eval(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    settings: LmEvalSettings | None = None,
+    *,
+    description: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run lm-eval and return the ``disel.lm_eval/1`` record (:class:`~disel.experiments.schemas.LmEvalResult`)."""
     import lm_eval
 
@@ -205,6 +221,9 @@ def evaluate_lm_eval(model: torch.nn.Module, tokenizer: Any, settings: LmEvalSet
     raw = run_lm_eval(model, tokenizer, settings)
     summary = summarize_lm_eval(raw, resolve_benchmarks(settings))
     return LmEvalResult(
-        model=dict(description or {}), settings=asdict(settings),
-        lm_eval_version=getattr(lm_eval, "__version__", "unknown"), **summary, seconds=time.perf_counter() - started,
+        model=dict(description or {}),
+        settings=asdict(settings),
+        lm_eval_version=getattr(lm_eval, "__version__", "unknown"),
+        **summary,
+        seconds=time.perf_counter() - started,
     ).to_dict()

@@ -50,8 +50,15 @@ def _check_texts(texts: Sequence[str]) -> None:
 
 
 @torch.no_grad()
-def causal_lm_perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, max_length: int = 512,
-                         stride: int | None = None, batch_size: int = 8) -> dict[str, float]:
+def causal_lm_perplexity(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int = 512,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, float]:
     """Perplexity of a causal LM over ``texts`` with sliding windows.
 
     Each text is tokenized on its own (with the tokenizer's special tokens, e.g. Llama's BOS). The
@@ -119,8 +126,16 @@ def _mask_positions(candidates: torch.Tensor, mask_prob: float, generator: torch
 
 
 @torch.no_grad()
-def masked_lm_perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, mask_prob: float = 0.15,
-                         seed: int = 0, max_length: int = 512, batch_size: int = 8) -> dict[str, float]:
+def masked_lm_perplexity(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    max_length: int = 512,
+    batch_size: int = 8,
+) -> dict[str, float]:
     """Masked-LM perplexity: exp(mean NLL of the original tokens at masked positions).
 
     Each text is tokenized (with ``<s> … </s>``) and cut into pieces of at most ``max_length`` tokens;
@@ -156,8 +171,14 @@ def masked_lm_perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str],
     if not pieces:
         raise ValueError("every text is empty after tokenization: nothing to score")
     mean_nll, tokens = _mean_nll(model, tokenizer, pieces, batch_size, shift=False)
-    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": tokens, "texts": len(texts),
-            "mask_prob": mask_prob, "seed": seed}
+    return {
+        "perplexity": math.exp(mean_nll),
+        "nll": mean_nll,
+        "tokens": tokens,
+        "texts": len(texts),
+        "mask_prob": mask_prob,
+        "seed": seed,
+    }
 
 
 def _encoder_of(model: nn.Module) -> nn.Module:

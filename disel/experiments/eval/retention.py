@@ -28,7 +28,6 @@ from disel.io import write_json_atomic, write_text_atomic
 
 from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
 from ..schemas import RetentionTable, write_record
-
 from .evaluators import Evaluator
 from .generation import LoadedModel, load_model_for_eval
 
@@ -121,8 +120,13 @@ def evaluate_checkpoints(
     base_path = str(base_path) if base_path is not None else _base_model_path(checkpoints)
     table_path = Path(table_path) if table_path is not None else Path(output_dir) / f"retention_{evaluator.name}.json"
     settings = json.loads(json.dumps(evaluator.settings(), default=str))
-    header = {"schema": TABLE_SCHEMA, "evaluator": evaluator.name, "settings": settings,
-              "output_dir": str(output_dir), "base_path": base_path}
+    header = {
+        "schema": TABLE_SCHEMA,
+        "evaluator": evaluator.name,
+        "settings": settings,
+        "output_dir": str(output_dir),
+        "base_path": base_path,
+    }
     rows = _previous_rows(table_path, evaluator.name, settings) if resume else []
     done = {row["checkpoint"] for row in rows}
     todo: list[tuple[int, str, Callable[[], LoadedModel]]] = []

@@ -19,17 +19,36 @@ DEFAULT_RECIPE = "recipes/evidence/smollm2_tradeoff.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="disel-evidence", allow_abbrev=False, description=(
-        "Does DISeL forget less than LoRA at equal accuracy? Trains every arm and seed of the recipe, evaluates "
-        "each checkpoint, and writes results.json, summary.md, figures and the final adapters (resumable)."))
+    parser = argparse.ArgumentParser(
+        prog="disel-evidence",
+        allow_abbrev=False,
+        description=(
+            "Does DISeL forget less than LoRA at equal accuracy? Trains every arm and seed of the recipe, evaluates "
+            "each checkpoint, and writes results.json, summary.md, figures and the final adapters (resumable)."
+        ),
+    )
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"evidence recipe (default {DEFAULT_RECIPE})")
-    parser.add_argument("--output-dir", default="runs/evidence", help="where every stage writes (default runs/evidence)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="(arm, seed) jobs run at once, each in its own single-thread process (default 1: in this process)")
+    parser.add_argument(
+        "--output-dir", default="runs/evidence", help="where every stage writes (default runs/evidence)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="(arm, seed) jobs run at once, each in its own single-thread process (default 1: in this process)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="e.g. training.max_steps=2 problems.test=8 model.dtype=bfloat16")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's choice)")
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. training.max_steps=2 problems.test=8 model.dtype=bfloat16",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads of this process (default: torch's choice)"
+    )
     return parser
 
 

@@ -89,10 +89,16 @@ class EvidenceConfig(_Strict):
         for arm, settings in self.arms.items():
             for seed in settings.seeds:
                 run_dir = output_dir / "runs" / f"{arm}-seed{seed}"
-                fixed = [f"model.path={model_path}", f"data.train_files=[{train_file}]", f"training.seed={seed}",
-                         f"training.output_dir={run_dir}", "training.resume_from_checkpoint=auto",
-                         f"training.use_cpu={str(self.device == 'cpu').lower()}", "training.report_to=none",
-                         "training.disable_tqdm=true"]
+                fixed = [
+                    f"model.path={model_path}",
+                    f"data.train_files=[{train_file}]",
+                    f"training.seed={seed}",
+                    f"training.output_dir={run_dir}",
+                    "training.resume_from_checkpoint=auto",
+                    f"training.use_cpu={str(self.device == 'cpu').lower()}",
+                    "training.report_to=none",
+                    "training.disable_tqdm=true",
+                ]
                 config = load_config(self.training_recipe, [*self.overrides, *settings.overrides, *fixed])
                 specs.append(RunSpec(arm=arm, seed=seed, config=config))
         return sorted(specs, key=lambda spec: self.arms[spec.arm].seeds.index(spec.seed))  # stable: arm order kept
@@ -119,8 +125,9 @@ class RunSpec(BaseModel):
         return self.config.method.name == "disel"
 
 
-def load_evidence_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
-                         device: str = "cpu") -> EvidenceConfig:
+def load_evidence_config(
+    path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), device: str = "cpu"
+) -> EvidenceConfig:
     """Read an evidence recipe, route ``overrides`` (module docstring), validate; ``ConfigError`` naming the key."""
     raw = read_recipe(path)
     if device not in ("cpu", "cuda"):
@@ -140,7 +147,9 @@ def load_evidence_config(path: str | os.PathLike, overrides: list[str] | tuple[s
         key = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{key} in {path}: {first['msg']} (got {first.get('input')!r})") from None
     if config.reference_arm not in config.arms:
-        raise ConfigError(f"reference_arm in {path}: {config.reference_arm!r} is not an arm (arms: {sorted(config.arms)})")
+        raise ConfigError(
+            f"reference_arm in {path}: {config.reference_arm!r} is not an arm (arms: {sorted(config.arms)})"
+        )
     return config
 
 

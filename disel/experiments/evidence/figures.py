@@ -17,10 +17,13 @@ def draw_figures(results: str | Path, out: str | Path) -> None:
     )
 
     args = ["--results", str(results), "--out", str(out)]
-    calls = [(evidence_tradeoff, ["--kind", "kl"]), (evidence_tradeoff, ["--kind", "perplexity"]),
-             (evidence_retention_over_time, ["--kind", "kl"]),
-             (evidence_retention_over_time, ["--kind", "perplexity"]),
-             (evidence_accuracy_over_time, [])]
+    calls = [
+        (evidence_tradeoff, ["--kind", "kl"]),
+        (evidence_tradeoff, ["--kind", "perplexity"]),
+        (evidence_retention_over_time, ["--kind", "kl"]),
+        (evidence_retention_over_time, ["--kind", "perplexity"]),
+        (evidence_accuracy_over_time, []),
+    ]
     if evidence_gates.has_gates(evidence_gates.read_evidence(Path(results))):
         calls.append((evidence_gates, []))
     for script, extra in calls:

@@ -61,7 +61,11 @@ def stage_weights(config: EvidenceConfig, specs: list[RunSpec]) -> dict[str, flo
     for spec in specs:
         training = spec.config.training
         weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
-        every = int(training.save_steps) if training.save_steps >= 1 else math.ceil(training.save_steps * training.max_steps)
+        every = (
+            int(training.save_steps)
+            if training.save_steps >= 1
+            else math.ceil(training.save_steps * training.max_steps)
+        )
         for step in range(every, training.max_steps + 1, every):
             weights[f"{spec.label} step {step}"] = evaluation
     return {**weights, "throughput": 30.0, "results": 10.0}
@@ -75,8 +79,9 @@ def _model_path(config: EvidenceConfig) -> str:
     return str(smollm2_path())
 
 
-def _base_stage(config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, dtype: str,
-                progress: Progress) -> dict[str, Any]:
+def _base_stage(
+    config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, dtype: str, progress: Progress
+) -> dict[str, Any]:
     from ..eval.generation import load_model_for_eval
 
     path = out / "base.json"
@@ -99,8 +104,9 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_job(label: str, config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str,
-                queue: Any) -> dict:
+def _worker_job(
+    label: str, config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, queue: Any
+) -> dict:
     # A recipe holds a class built at run time (the TrainingArguments section), which does not pickle: the
     # worker rebuilds the specs from the evidence config, which does.
     spec = next(s for s in config.run_specs(model_path, Path(manifest["train_file"]), out) if s.label == label)
@@ -110,11 +116,20 @@ def _worker_job(label: str, config: EvidenceConfig, out: Path, manifest: dict[st
 def _done_before(spec: RunSpec) -> list[str]:
     """Labels of a run's stages done by an earlier invocation: training, and evaluated checkpoints."""
     done = [f"{spec.label} train"] if (spec.run_dir / "train_result.json").is_file() else []
-    return done + [f"{spec.label} step {p.stem.removeprefix('step-')}" for p in (spec.run_dir / "eval").glob("step-*.json")]
+    return done + [
+        f"{spec.label} step {p.stem.removeprefix('step-')}" for p in (spec.run_dir / "eval").glob("step-*.json")
+    ]
 
 
-def _run_jobs(specs: list[RunSpec], config: EvidenceConfig, out: Path, manifest: dict, model_path: str, workers: int,
-              progress: Progress) -> None:
+def _run_jobs(
+    specs: list[RunSpec],
+    config: EvidenceConfig,
+    out: Path,
+    manifest: dict,
+    model_path: str,
+    workers: int,
+    progress: Progress,
+) -> None:
     """Every (arm, seed) job: in this process (``workers`` 1) or in ``workers`` single-thread processes."""
     for spec in specs:
         for label in _done_before(spec):
@@ -124,9 +139,10 @@ def _run_jobs(specs: list[RunSpec], config: EvidenceConfig, out: Path, manifest:
             run_job(spec, config, manifest, model_path, progress.done)
         return
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with context.Manager() as manager, futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_init, initargs=(1,)
-    ) as pool:
+    with (
+        context.Manager() as manager,
+        futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(1,)) as pool,
+    ):
         queue = manager.Queue()
         running = {pool.submit(_worker_job, s.label, config, out, manifest, model_path, queue) for s in specs}
         while running:
@@ -152,8 +168,11 @@ def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int
     check_model_dir(model_path, what="model_path")
     manifest = prepare_data(config, out, load_tokenizer(model_path))
     progress = Progress(stage_weights(config, specs), echo)
-    progress.done("data", f"{config.problems.train} training / {len(manifest['test_rows'])} test problems, "
-                          f"{len(manifest['retention']['english'])} English and {len(manifest['retention']['code'])} code texts")
+    progress.done(
+        "data",
+        f"{config.problems.train} training / {len(manifest['test_rows'])} test problems, "
+        f"{len(manifest['retention']['english'])} English and {len(manifest['retention']['code'])} code texts",
+    )
     try:
         base = _base_stage(config, out, manifest, model_path, specs[0].config.model.dtype, progress)
         _run_jobs(specs, config, out, manifest, model_path, workers, progress)
@@ -171,13 +190,19 @@ def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, manifest
     if not path.is_file():
         write_json_atomic(path, measure_training_throughput(specs, model_path, manifest))
     record = read_json(path)
-    progress.done("throughput", ", ".join(f"{arm} {r['tokens_per_s']:.0f} tok/s = {r['fraction_of_flop_limit']:.0%} "
-                                          f"of the FLOP limit" for arm, r in record["arms"].items()))
+    progress.done(
+        "throughput",
+        ", ".join(
+            f"{arm} {r['tokens_per_s']:.0f} tok/s = {r['fraction_of_flop_limit']:.0%} of the FLOP limit"
+            for arm, r in record["arms"].items()
+        ),
+    )
     return record
 
 
-def _aggregate_stage(config: EvidenceConfig, specs: list[RunSpec], out: Path, base: dict, throughput: dict,
-                     progress: Progress) -> dict[str, Any]:
+def _aggregate_stage(
+    config: EvidenceConfig, specs: list[RunSpec], out: Path, base: dict, throughput: dict, progress: Progress
+) -> dict[str, Any]:
     from .aggregate import build_results, copy_final_adapters, format_table, verdict
     from .figures import draw_figures
     from .results import save_results

@@ -73,7 +73,9 @@ def _retention_texts(config: EvidenceConfig, tokenizer: Any) -> dict[str, list[s
             chosen[domain].append(text)
             total += min(len(tokenizer(text)["input_ids"]), settings.retention_max_length)
         if total < settings.retention_tokens:
-            raise RuntimeError(f"evaluation.retention_tokens={settings.retention_tokens}: only {total} {domain} tokens available")
+            raise RuntimeError(
+                f"evaluation.retention_tokens={settings.retention_tokens}: only {total} {domain} tokens available"
+            )
     return chosen
 
 
@@ -81,12 +83,15 @@ def _token_batches(tokenizer: Any, texts: list[str], max_length: int, batch_size
     """Right-padded batches of the texts, longest first (little padding per batch)."""
     from .kl import right_padded_batches
 
-    ids = sorted((tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts), key=len, reverse=True)
+    ids = sorted(
+        (tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts), key=len, reverse=True
+    )
     return list(right_padded_batches(ids, batch_size, tokenizer.pad_token_id))
 
 
-def evaluate_model(loaded: Any, config: EvidenceConfig, manifest: dict[str, Any], *, is_base: bool,
-                   is_disel: bool) -> dict[str, Any]:
+def evaluate_model(
+    loaded: Any, config: EvidenceConfig, manifest: dict[str, Any], *, is_base: bool, is_disel: bool
+) -> dict[str, Any]:
     """One model's evaluation record: ``correct`` (0/1 per test problem), ``exact_match``, ``perplexity`` and
     ``kl`` per domain (KL 0 for the base by definition), and for DISeL ``anti_aligned_*`` and ``gate_means``."""
     from ..eval.generation import GenerationSettings, evaluate_gsm8k
@@ -97,13 +102,17 @@ def evaluate_model(loaded: Any, config: EvidenceConfig, manifest: dict[str, Any]
     generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.generation_batch_size)
     graded = evaluate_gsm8k(model, tokenizer, manifest["test_rows"], settings=generation)
     record: dict[str, Any] = {
-        "correct": [int(s["correct"]) for s in graded["samples"]], "exact_match": graded["exact_match"],
-        "perplexity": {}, "kl": {}, "generation_s": graded["seconds"],
+        "correct": [int(s["correct"]) for s in graded["samples"]],
+        "exact_match": graded["exact_match"],
+        "perplexity": {},
+        "kl": {},
+        "generation_s": graded["seconds"],
         "longest_response_chars": max(len(s["response"]) for s in graded["samples"]),
     }
     for domain in DOMAINS:
-        batches = _token_batches(tokenizer, manifest["retention"][domain], settings.retention_max_length,
-                                 settings.retention_batch_size)
+        batches = _token_batches(
+            tokenizer, manifest["retention"][domain], settings.retention_max_length, settings.retention_batch_size
+        )
         result = mean_token_kl(model, batches, base_model=model if is_base else None)
         record["perplexity"][domain] = result.base_perplexity if is_base else result.perplexity
         record["kl"][domain] = 0.0 if is_base else result.mean_kl  # the base against itself: 0 by definition
@@ -120,17 +129,26 @@ def _gate_diagnostics(model: Any, tokenizer: Any, config: EvidenceConfig, manife
 
     n, settings = config.evaluation.gate_sequences, config.evaluation
     template = get_template("alpaca")
-    texts = {"math": [template.format_prompt(r["instruction"]) + r["output"] for r in manifest["test_rows"][:n]],
-             **{domain: manifest["retention"][domain][:n] for domain in DOMAINS}}
-    batches = {domain: _token_batches(tokenizer, t, settings.retention_max_length, settings.retention_batch_size)
-               for domain, t in texts.items()}
+    texts = {
+        "math": [template.format_prompt(r["instruction"]) + r["output"] for r in manifest["test_rows"][:n]],
+        **{domain: manifest["retention"][domain][:n] for domain in DOMAINS},
+    }
+    batches = {
+        domain: _token_batches(tokenizer, t, settings.retention_max_length, settings.retention_batch_size)
+        for domain, t in texts.items()
+    }
     alignment = gate_alignment(model)
-    return {"anti_aligned_fraction": alignment.fraction, "anti_aligned_by_layer": alignment.by_layer,
-            "min_cosine": alignment.min_cosine, "gate_means": gate_means_by_domain(model, batches)}
+    return {
+        "anti_aligned_fraction": alignment.fraction,
+        "anti_aligned_by_layer": alignment.by_layer,
+        "min_cosine": alignment.min_cosine,
+        "gate_means": gate_means_by_domain(model, batches),
+    }
 
 
-def run_job(spec: RunSpec, config: EvidenceConfig, manifest: dict[str, Any], model_path: str,
-            report: Report) -> dict[str, Any]:
+def run_job(
+    spec: RunSpec, config: EvidenceConfig, manifest: dict[str, Any], model_path: str, report: Report
+) -> dict[str, Any]:
     """Train one (arm, seed) unless finished, then evaluate every checkpoint not yet evaluated."""
     from ..eval.generation import load_model_for_eval
     from ..eval.retention import list_checkpoints
@@ -153,10 +171,14 @@ def run_job(spec: RunSpec, config: EvidenceConfig, manifest: dict[str, Any], mod
 
 def headline(record: dict[str, Any]) -> str:
     """One line of a checkpoint's numbers."""
-    text = (f"EM {record['exact_match']:.3f}, ppl en/code {record['perplexity']['english']:.2f}/"
-            f"{record['perplexity']['code']:.2f}, KL en/code {record['kl']['english']:.4f}/{record['kl']['code']:.4f}")
+    text = (
+        f"EM {record['exact_match']:.3f}, ppl en/code {record['perplexity']['english']:.2f}/"
+        f"{record['perplexity']['code']:.2f}, KL en/code {record['kl']['english']:.4f}/{record['kl']['code']:.4f}"
+    )
     if record.get("anti_aligned_fraction") is not None:
         gates = record["gate_means"]
-        text += (f", anti-aligned {record['anti_aligned_fraction']:.3f}, gates math/en/code "
-                 f"{gates['math']:.3f}/{gates['english']:.3f}/{gates['code']:.3f}")
+        text += (
+            f", anti-aligned {record['anti_aligned_fraction']:.3f}, gates math/en/code "
+            f"{gates['math']:.3f}/{gates['english']:.3f}/{gates['code']:.3f}"
+        )
     return text

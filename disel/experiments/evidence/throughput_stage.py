@@ -77,7 +77,13 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str, manifest:
         runtime = next((e["train_runtime"] for e in reversed(train["log_history"]) if "train_runtime" in e), None)
         tokens_per_s = train["global_step"] * batch * seq_len / runtime if runtime else float("nan")
         bound = tokens_per_second_bound(flops, matmul.cpu_gflops)
-        arms[spec.arm] = {"tokens_per_s": tokens_per_s, "flop_limit_tokens_per_s": bound,
-                          "fraction_of_flop_limit": tokens_per_s / bound, "mean_padded_length": seq_len,
-                          "padding_fraction": padding, "step_flops": flops.to_dict(), "run": spec.label}
+        arms[spec.arm] = {
+            "tokens_per_s": tokens_per_s,
+            "flop_limit_tokens_per_s": bound,
+            "fraction_of_flop_limit": tokens_per_s / bound,
+            "mean_padded_length": seq_len,
+            "padding_fraction": padding,
+            "step_flops": flops.to_dict(),
+            "run": spec.label,
+        }
     return {"matmul": matmul.to_dict(), "arms": arms}

@@ -98,12 +98,14 @@ def adapt(base: nn.Module, method: str, r: int) -> nn.Module:
     model = copy.deepcopy(base)
     torch.manual_seed(1)
     if method == "lora":
-        return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
-                                                target_modules=list(LLAMA_TARGETS)))
+        return get_peft_model(
+            model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(LLAMA_TARGETS))
+        )
     config_cls = _disel_config_class()
     if config_cls is not None:
-        return get_peft_model(model, config_cls(r=r, lora_alpha=2 * r, lora_dropout=0.0,
-                                                target_modules=list(LLAMA_TARGETS)))
+        return get_peft_model(
+            model, config_cls(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(LLAMA_TARGETS))
+        )
     model.requires_grad_(False)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
@@ -124,10 +126,14 @@ def make_optimizer(model: nn.Module, method: str, lr: float = 1e-4) -> torch.opt
 def reference_update() -> Iterator[None]:
     """Route every ``disel`` module's use of the fused update to the reference (benchmark only)."""
     fused, reference = disel.functional.disel_update, disel.functional.disel_update_reference
-    patched = [m for name, m in list(sys.modules.items())
-               if name.startswith("disel.") and m is not None and getattr(m, "disel_update", None) is fused]
+    patched = [
+        m
+        for name, m in list(sys.modules.items())
+        if name.startswith("disel.") and m is not None and getattr(m, "disel_update", None) is fused
+    ]
     if not any(m is not disel.functional for m in patched):
         raise RuntimeError("no DISeL layer module imports disel_update; cannot switch to the reference")
+
     def reference_ignoring_cache(*args, cache=None, **kwargs):  # the reference has no [A; W_g] to cache
         return reference(*args, **kwargs)
 
@@ -166,8 +172,10 @@ def interleaved(runs: dict[str, Callable[[], None]], reps: int, warmup: int) -> 
 def summary(times: dict[str, list[float]]) -> str:
     wall = times["wall"]
     q = statistics.quantiles(wall, n=4) if len(wall) > 1 else [wall[0]] * 3
-    return (f"wall median {1e3 * q[1]:8.1f} ms (IQR {1e3 * q[0]:.1f}-{1e3 * q[2]:.1f}), min {1e3 * min(wall):8.1f} ms; "
-            f"CPU median {1e3 * statistics.median(times['cpu']):8.1f} ms")
+    return (
+        f"wall median {1e3 * q[1]:8.1f} ms (IQR {1e3 * q[0]:.1f}-{1e3 * q[2]:.1f}), min {1e3 * min(wall):8.1f} ms; "
+        f"CPU median {1e3 * statistics.median(times['cpu']):8.1f} ms"
+    )
 
 
 def time_ratios(ratios: dict[str, str], label: str, times: Timings, num: str, den: str) -> None:
@@ -205,8 +213,12 @@ def memory_of_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: to
     state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     persistent = _nbytes(model.parameters()) + _nbytes(trainable) + _nbytes(state)
     activations = sum(saved.values())
-    return {"activations": activations, "persistent": persistent, "total": activations + persistent,
-            "trainable_params": sum(p.numel() for p in trainable)}
+    return {
+        "activations": activations,
+        "persistent": persistent,
+        "total": activations + persistent,
+        "trainable_params": sum(p.numel() for p in trainable),
+    }
 
 
 def flops_of(run: Callable[[], None]) -> int:
@@ -265,8 +277,10 @@ def adapter_branch_runs(args: argparse.Namespace, r: int) -> dict[str, Callable[
     cases = []
     for d, m in shapes:
         x = torch.randn(args.batch, args.seq, d, generator=gen).requires_grad_(True)
-        params = [torch.randn(*shape, generator=gen).mul_(0.05).requires_grad_(True)
-                  for shape in ((r, d), (m, r), (r, d), (r,))]
+        params = [
+            torch.randn(*shape, generator=gen).mul_(0.05).requires_grad_(True)
+            for shape in ((r, d), (m, r), (r, d), (r,))
+        ]
         grad_out = torch.randn(args.batch, args.seq, m, generator=gen)
         cases.append((x, params, grad_out))
     scaling = 2.0
@@ -321,9 +335,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, str]]:
     torch.set_num_threads(args.threads)
     via = "PEFT DiselConfig" if _disel_config_class() else "DiselLinear swapped in (PEFT integration not found)"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; DISeL via {via}")
-    print(f"tiny Llama: hidden {args.hidden}, {args.layers} layers, intermediate {args.intermediate}, "
-          f"vocab {args.vocab}, batch {args.batch} x {args.seq} tokens; {args.reps} interleaved repetitions "
-          f"after {args.warmup} warmup")
+    print(
+        f"tiny Llama: hidden {args.hidden}, {args.layers} layers, intermediate {args.intermediate}, "
+        f"vocab {args.vocab}, batch {args.batch} x {args.seq} tokens; {args.reps} interleaved repetitions "
+        f"after {args.warmup} warmup"
+    )
     base = build_base(args)
     batch = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
     results: dict[int, dict[str, str]] = {}
@@ -341,8 +357,10 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, str]]:
         if "train" not in args.skip:
             for model in models.values():
                 model.train()
-            runs = {"lora": train_step(models["lora"], optimizers["lora"], batch),
-                    "disel": train_step(models["disel"], optimizers["disel"], batch)}
+            runs = {
+                "lora": train_step(models["lora"], optimizers["lora"], batch),
+                "disel": train_step(models["disel"], optimizers["disel"], batch),
+            }
             runs["disel_ref"] = with_reference(runs["disel"])
             flops = {name: flops_of(run) for name, run in runs.items()}
             print("train step   GFLOP " + ", ".join(f"{name} {f / 1e9:.1f}" for name, f in flops.items()))
@@ -383,12 +401,16 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, str]]:
             with reference_update():
                 memory["disel_ref"] = memory_of_step(models["disel"], optimizers["disel"], batch)
             for name, m in memory.items():
-                print(f"memory       {name:9s} activations {m['activations'] / MIB:8.1f} MiB + params/grads/AdamW "
-                      f"{m['persistent'] / MIB:7.1f} MiB = {m['total'] / MIB:8.1f} MiB "
-                      f"({m['trainable_params'] / 1e6:.2f} M trainable)")
-            for label, num, key in (("memory total DISeL/LoRA", "disel", "total"),
-                                    ("memory activations DISeL/LoRA", "disel", "activations"),
-                                    ("memory total DISeL-ref/LoRA", "disel_ref", "total")):
+                print(
+                    f"memory       {name:9s} activations {m['activations'] / MIB:8.1f} MiB + params/grads/AdamW "
+                    f"{m['persistent'] / MIB:7.1f} MiB = {m['total'] / MIB:8.1f} MiB "
+                    f"({m['trainable_params'] / 1e6:.2f} M trainable)"
+                )
+            for label, num, key in (
+                ("memory total DISeL/LoRA", "disel", "total"),
+                ("memory activations DISeL/LoRA", "disel", "activations"),
+                ("memory total DISeL-ref/LoRA", "disel_ref", "total"),
+            ):
                 ratios[label] = f"{memory[num][key] / memory['lora'][key]:.3f}"
 
         del models, optimizers

@@ -100,7 +100,9 @@ def check_gradients(
     truth = _gradients(case, disel_update_reference, autocast=False)
     fused = _gradients(case, update, autocast=True)
     ref_bf16 = _gradients(case, disel_update_reference, autocast=True)
-    errors = {name: (_relative_error(f, t), _relative_error(r, t)) for name, f, r, t in zip(NAMES, fused, ref_bf16, truth)}
+    errors = {
+        name: (_relative_error(f, t), _relative_error(r, t)) for name, f, r, t in zip(NAMES, fused, ref_bf16, truth)
+    }
     ok = all(f <= tolerance and f <= 2 * r + 1e-3 for f, r in errors.values())
     return ok, errors
 
@@ -126,6 +128,7 @@ def time_ms(run: Callable[[], None], device: torch.device, reps: int, warmup: in
 
 def speed_runs(case: Case, autocast: bool) -> dict[str, Callable[[], None]]:
     """Forward + backward closures: ``{method}/{branch|layer}`` for LoRA, fused DISeL and reference DISeL."""
+
     def lora(x, A, B, W, b, s):  # PEFT LoRA's branch: lora_B(lora_A(x)) * scaling
         return F.linear(F.linear(x, A), B) * s
 
@@ -141,6 +144,7 @@ def speed_runs(case: Case, autocast: bool) -> dict[str, Callable[[], None]]:
             out.backward(case.grad_out)
             for t in params:
                 t.grad = None
+
         return run
 
     runs = {}
@@ -178,8 +182,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     autocast = device.type == "cuda"  # timing precision: bf16 on GPUs, float32 on CPUs
     base_dtype = torch.bfloat16 if autocast else torch.float32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__} on {name}; {'small' if args.small else '7B'} shapes {args.shapes}, "
-          f"ranks {args.ranks}, {args.batch} x {args.seq} tokens; timing in {'bf16 autocast' if autocast else 'float32'}")
+    print(
+        f"torch {torch.__version__} on {name}; {'small' if args.small else '7B'} shapes {args.shapes}, "
+        f"ranks {args.ranks}, {args.batch} x {args.seq} tokens; timing in {'bf16 autocast' if autocast else 'float32'}"
+    )
     all_ok = True
     ratios: dict[str, dict[str, float]] = {}
     for d, m in args.shapes:
@@ -188,10 +194,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             case = make_case(d, m, r, args.batch, args.seq, device, base_dtype)
             ok, errors = check_gradients(case, args.tolerance)
             all_ok &= ok
-            print(f"\n== {label}: bf16-autocast gradients {'OK' if ok else 'FAIL'} "
-                  "(relative error vs float32 reference: fused / reference-in-bf16)")
+            print(
+                f"\n== {label}: bf16-autocast gradients {'OK' if ok else 'FAIL'} "
+                "(relative error vs float32 reference: fused / reference-in-bf16)"
+            )
             print("   " + "   ".join(f"{n} {f:.2e}/{rf:.2e}" for n, (f, rf) in errors.items()))
-            times = {key: time_ms(run, device, args.reps, args.warmup) for key, run in speed_runs(case, autocast).items()}
+            times = {
+                key: time_ms(run, device, args.reps, args.warmup) for key, run in speed_runs(case, autocast).items()
+            }
             ratios[label] = {
                 "branch DISeL/LoRA": times["disel/branch"] / times["lora/branch"],
                 "layer DISeL/LoRA": times["disel/layer"] / times["lora/layer"],

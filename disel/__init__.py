@@ -7,11 +7,6 @@ so ``peft.get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`
 off with ``DISEL_NO_AUTO_REGISTER=1``), so a process that only loads a saved adapter needs no ``import disel``.
 """
 
-from .functional import disel_update, disel_update_reference, gate_values
-from .layers import DiselGate, DiselLinear, init_disel_parameters
-from .optim import DEFAULT_GATE_LR_RATIO, DiselGateGroupWarning, DiselOptimizerMixin, param_groups
-from .recording import GateRecorder, GateStats, record_gates
-from .tuner import DiselConfig, DiselModel, register_disel
 from .components import (
     AlignReport,
     ComponentStatistics,
@@ -22,10 +17,16 @@ from .components import (
     align_components,
     component_statistics,
     merge_static,
+    merge_static_adapter_dir,
     prune,
     prune_adapter_dir,
     unmerge_static,
 )
+from .functional import disel_update, disel_update_reference, gate_values
+from .layers import DiselGate, DiselLinear, init_disel_parameters
+from .optim import DEFAULT_GATE_LR_RATIO, DiselGateGroupWarning, DiselOptimizerMixin, param_groups
+from .recording import GateRecorder, GateStats, record_gates
+from .tuner import DiselConfig, DiselModel, register_disel
 
 register_disel()  # makes PEFT know peft_type "DISEL" (idempotent)
 
@@ -65,6 +66,7 @@ __all__ = [
     "gate_values",
     "init_disel_parameters",
     "merge_static",
+    "merge_static_adapter_dir",
     "param_groups",
     "prune",
     "prune_adapter_dir",

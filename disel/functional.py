@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["StackedWeightCache", "disel_update", "disel_update_reference", "gate_values", "stacked_weight_cache_enabled"]
+__all__ = [
+    "StackedWeightCache",
+    "disel_update",
+    "disel_update_reference",
+    "gate_values",
+    "stacked_weight_cache_enabled",
+]
 
 _CACHE_ENABLED = [True]
 

@@ -22,8 +22,8 @@ import weakref
 from typing import Any
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .layers import DiselGate
 
@@ -31,7 +31,8 @@ __all__ = [
     "DEFAULT_GATE_LR_RATIO",
     "DiselGateGroupWarning",
     "DiselOptimizerMixin",
-    "DiselTrainer",
+    "DiselTrainer",  # noqa: F822 (built on first access by the module __getattr__ below)
+    "delay_gate_updates",
     "gate_lr_ratio_from_config",
     "param_groups",
     "watch_gate_groups",
@@ -82,6 +83,30 @@ def gate_lr_ratio_from_config(model: nn.Module) -> float | None:
     return _check_positive("gate_lr_ratio (from the PEFT config)", next(iter(ratios.values())))
 
 
+def delay_gate_updates(scheduler: torch.optim.lr_scheduler.LambdaLR, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Hold the gates still for the first ``steps`` optimizer steps: the ``"gate"`` group's learning rate is 0
+    there, then follows the scheduler's own factor. Returns ``scheduler``, changed in place.
+
+    Adam's moment estimates still update during the delay (the step runs, with learning rate 0), so the gates
+    start moving with warm moments, as in the toy's recipe. ``LambdaLR`` keeps one factor per parameter
+    group; only the gate group's is wrapped. The group is the one :func:`param_groups` names ``"gate"``.
+    Works with a manual loop as with :class:`DiselTrainer` (which calls it with ``DiselConfig.gate_delay_steps``).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got steps={steps!r}")
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise TypeError(f"scheduler must be a torch LambdaLR (one factor per group), got {type(scheduler).__name__}")
+    groups = scheduler.optimizer.param_groups
+    gate = [i for i, group in enumerate(groups) if group.get("name") == "gate"]
+    if not gate:
+        raise ValueError("the optimizer has no param group named 'gate' (build it from disel.param_groups)")
+    for i in gate:
+        factor = scheduler.lr_lambdas[i]
+        scheduler.lr_lambdas[i] = lambda step, factor=factor: 0.0 if step < steps else factor(step)
+        groups[i]["lr"] = scheduler.base_lrs[i] * scheduler.lr_lambdas[i](scheduler.last_epoch)
+    return scheduler
+
+
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -115,8 +140,10 @@ def param_groups(
             ``weight_decay``; both ``gate_lr`` and ``gate_lr_ratio`` given; no trainable parameters.
     """
     lr = _check_positive("lr", lr)
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not (
-        math.isfinite(weight_decay) and weight_decay >= 0
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or not (math.isfinite(weight_decay) and weight_decay >= 0)
     ):
         raise ValueError(f"weight_decay must be a finite number >= 0, got weight_decay={weight_decay!r}")
     if gate_lr is not None and gate_lr_ratio is not None:
@@ -157,9 +184,7 @@ def param_groups(
     ]
     groups = [group for group in groups if group["params"]]
     if not groups:
-        raise ValueError(
-            f"model has no trainable parameters (none with requires_grad); got a {type(model).__name__}"
-        )
+        raise ValueError(f"model has no trainable parameters (none with requires_grad); got a {type(model).__name__}")
     return groups
 
 
@@ -189,8 +214,9 @@ class DiselOptimizerMixin:
         gate_lr_ratio: gate learning rate / ``args.learning_rate`` (not together with ``gate_lr``).
     """
 
-    def __init__(self, *args: Any, gate_lr: float | None = None, gate_lr_ratio: float | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, gate_lr: float | None = None, gate_lr_ratio: float | None = None, **kwargs: Any
+    ) -> None:
         if gate_lr is not None and gate_lr_ratio is not None:
             raise ValueError(
                 f"give either gate_lr or gate_lr_ratio, not both (got gate_lr={gate_lr!r}, "
@@ -231,6 +257,17 @@ class DiselOptimizerMixin:
         optimizer_kwargs.pop("weight_decay", None)  # per group, set above
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self._finish_optimizer(model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        # DiselConfig.gate_delay_steps: the gate group's learning rate is 0 for the first steps.
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        configs = getattr(self.model, "peft_config", None)
+        delays = {getattr(c, "gate_delay_steps", 0) for c in configs.values()} if isinstance(configs, dict) else set()
+        if len(delays) > 1:
+            raise ValueError(f"the model's DISeL adapters have different gate_delay_steps values {sorted(delays)}")
+        if delays and max(delays) > 0:
+            delay_gate_updates(scheduler, max(delays))
+        return scheduler
 
     def _finish_optimizer(self, model: nn.Module | None) -> torch.optim.Optimizer:
         # Trainer's create_optimizer with self.optimizer set only applies its own wrapping (SageMaker

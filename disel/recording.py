@@ -279,8 +279,9 @@ class GateRecorder:
     shape; on entry, ``ValueError`` if the model has no module with ``active_gates()``.
     """
 
-    def __init__(self, model: nn.Module, token_mask: Tensor | None = None, bins: int = 20,
-                 num_layers: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, token_mask: Tensor | None = None, bins: int = 20, num_layers: int | None = None
+    ) -> None:
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins must be a positive integer, got bins={bins!r}")
         if num_layers is not None and (
@@ -380,8 +381,13 @@ class GateRecorder:
                     stats = self._stats.get(key)
                     if stats is None:
                         stats = self._stats[key] = GateStats.empty(
-                            self.bins, rank=g.shape[-1], device=g.device, paths=(path,),
-                            layer=parse_layer_index(path), module=self._names[path], adapter=adapter,
+                            self.bins,
+                            rank=g.shape[-1],
+                            device=g.device,
+                            paths=(path,),
+                            layer=parse_layer_index(path),
+                            module=self._names[path],
+                            adapter=adapter,
                         )
                     stats.add(g)
 
@@ -454,8 +460,8 @@ class GateRecorder:
         write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
 
 
-def record_gates(model: nn.Module, token_mask: Tensor | None = None, bins: int = 20,
-                 num_layers: int | None = None) -> GateRecorder:
+def record_gates(
+    model: nn.Module, token_mask: Tensor | None = None, bins: int = 20, num_layers: int | None = None
+) -> GateRecorder:
     """``with record_gates(model) as rec: ...``: a :class:`GateRecorder` (see there for the arguments)."""
     return GateRecorder(model, token_mask=token_mask, bins=bins, num_layers=num_layers)
-

@@ -15,6 +15,4 @@ __all__ = ["figure_modules"]
 
 def figure_modules() -> list[str]:
     """Names of the figure modules (``paper_figs.fig*``), in file-name order."""
-    return sorted(
-        f"{__name__}.{info.name}" for info in pkgutil.iter_modules(__path__) if info.name.startswith("fig")
-    )
+    return sorted(f"{__name__}.{info.name}" for info in pkgutil.iter_modules(__path__) if info.name.startswith("fig"))

@@ -60,15 +60,15 @@ class TinyResults:
 
 def make_tiny_results(root: Path, *, steps: int = 4, save_steps: int = 2) -> TinyResults:
     """Train, evaluate and record into ``root`` (see the module docstring); returns the paths."""
-    from disel.experiments.data.arithmetic import generate_problems, write_jsonl
     from disel.experiments.config import config_from_dict
-    from disel.experiments.data.templates import format_prompt
-    from disel.experiments.eval.generation import GenerationSettings, load_model_for_eval
-    from disel.experiments.eval.gates import GateDomain, analyze_gates, save_gates
+    from disel.experiments.data.arithmetic import generate_problems, write_jsonl
     from disel.experiments.data.offline_text import general_english_texts, python_function_tasks
-    from disel.experiments.schemas import tradeoff_table_from_runs
+    from disel.experiments.data.templates import format_prompt
     from disel.experiments.eval.evaluators import Gsm8kEvaluator, PerplexityEvaluator
+    from disel.experiments.eval.gates import GateDomain, analyze_gates, save_gates
+    from disel.experiments.eval.generation import GenerationSettings, load_model_for_eval
     from disel.experiments.eval.retention import evaluate_checkpoints
+    from disel.experiments.schemas import tradeoff_table_from_runs
     from disel.experiments.train.run import train
 
     root = Path(root)

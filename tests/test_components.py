@@ -24,8 +24,13 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        vocab_size=VOCAB, max_position_embeddings=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -96,7 +101,11 @@ def _fresh_process_logits(tmp_path: Path, adapter_dir: Path) -> torch.Tensor:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, str(script), str(adapter_dir), str(tmp_path / "ids.pt"), str(out)],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(out / "peft_model.pt")
@@ -143,8 +152,12 @@ def test_statistics_match_their_definitions():
         ax = x @ layer.disel_A.weight.T
         b_norm = layer.disel_B.weight.norm(dim=0)
         s = layer.scaling
-        return x.shape[0], g.mean(0), g.std(0, unbiased=False), s * (g * ax.abs()).mean(0) * b_norm, (
-            s * b_norm * g.std(0, unbiased=False) * ax.pow(2).mean(0).sqrt()
+        return (
+            x.shape[0],
+            g.mean(0),
+            g.std(0, unbiased=False),
+            s * (g * ax.abs()).mean(0) * b_norm,
+            (s * b_norm * g.std(0, unbiased=False) * ax.pow(2).mean(0).sqrt()),
         )
 
     for domain, xs in (("math", math_batches), ("prose", prose_batches), (None, math_batches + prose_batches)):
@@ -183,7 +196,11 @@ def test_prune_removes_exactly_the_zero_b_components_and_keeps_outputs(tmp_path)
     layer left with none loses its adapter, the output does not move, and plain save_pretrained +
     PeftModel.from_pretrained (in a fresh process) rebuild the pruned model with the same logits."""
     model = random_adapter()
-    picks = {"model.layers.0.self_attn.q_proj": [1, 3], "model.layers.1.mlp.up_proj": [0], "model.layers.1.self_attn.k_proj": [0, 1, 2, 3]}
+    picks = {
+        "model.layers.0.self_attn.q_proj": [1, 3],
+        "model.layers.1.mlp.up_proj": [0],
+        "model.layers.1.self_attn.k_proj": [0, 1, 2, 3],
+    }
     _zero_b(model, picks)
     ids = token_ids()
     with torch.no_grad():
@@ -214,8 +231,8 @@ def test_prune_removes_exactly_the_zero_b_components_and_keeps_outputs(tmp_path)
     model.save_pretrained(adapter_dir)
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
     # The emptied layer is excluded on reload: not wrapped at all.
-    assert {p: l.r["default"] for p, l in disel_layers(reloaded).items()} == {
-        p: l.r["default"] for p, l in layers.items() if "default" in l.r
+    assert {p: layer.r["default"] for p, layer in disel_layers(reloaded).items()} == {
+        p: layer.r["default"] for p, layer in layers.items() if "default" in layer.r
     }
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, after, rtol=1e-6, atol=1e-6)
@@ -369,8 +386,12 @@ def test_cat_combination_is_exactly_the_weighted_sum_of_gated_updates(tmp_path):
     combined update equals Σ_k w_k · update_k(x) (different ranks, scalings and target sets), the new adapter
     is frozen and inactive, and it saves and reloads with plain PEFT calls."""
     model = random_adapter(r=3, lora_alpha=5)
-    model.add_adapter("other", DiselConfig(r=2, lora_alpha=7, target_modules=["q_proj", "down_proj"], init_weights=False,
-                                           rank_pattern={"down_proj": 5}))
+    model.add_adapter(
+        "other",
+        DiselConfig(
+            r=2, lora_alpha=7, target_modules=["q_proj", "down_proj"], init_weights=False, rank_pattern={"down_proj": 5}
+        ),
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".other" in name:
@@ -380,9 +401,9 @@ def test_cat_combination_is_exactly_the_weighted_sum_of_gated_updates(tmp_path):
     assert model.active_adapters == ["default"]
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".combo" in n)
     generator = torch.Generator().manual_seed(7)
-    from disel.components import _branches
+    from disel.components.branches import find_branches
 
-    branches = {(b.path, b.adapter): b for b in _branches(model)}
+    branches = {(b.path, b.adapter): b for b in find_branches(model)}
     combined_layers = {b.path for b in branches.values() if b.adapter == "combo"}
     assert combined_layers == {b.path for b in branches.values() if b.adapter == "default"}
     for path in combined_layers:
@@ -391,7 +412,8 @@ def test_cat_combination_is_exactly_the_weighted_sum_of_gated_updates(tmp_path):
         with torch.no_grad():
             expected = sum(
                 w * branches[(path, a)].update(xin, torch.arange(branches[(path, a)].rank))
-                for a, w in zip(["default", "other"], weights) if (path, a) in branches
+                for a, w in zip(["default", "other"], weights)
+                if (path, a) in branches
             )
             got = layer.update(xin, torch.arange(layer.rank))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # float32 sums in another order

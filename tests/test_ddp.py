@@ -16,11 +16,11 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import make_tiny_causal_lm
 
 from disel.experiments.config import load_config
-from disel.io import write_yaml_atomic
 from disel.experiments.train.run import RESULT_FILE, train
+from disel.io import write_yaml_atomic
+from tiny_models import make_tiny_causal_lm
 
 
 def _free_port() -> int:
@@ -43,16 +43,36 @@ def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path):
         "data": {"train_files": [str(data)], "template": "alpaca", "max_length": 64},
         # Dropout off: each rank would draw its own masks, so the comparison would only hold in distribution.
         "method": {"name": "disel", "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"], "lora_dropout": 0.0},
-        "training": {"output_dir": str(tmp_path / "ddp"), "max_steps": 4, "per_device_train_batch_size": 2,
-                     "learning_rate": 1.0e-2, "logging_steps": 1, "save_strategy": "no", "use_cpu": True,
-                     "disable_tqdm": True},
+        "training": {
+            "output_dir": str(tmp_path / "ddp"),
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 1.0e-2,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "use_cpu": True,
+            "disable_tqdm": True,
+        },
     }
     recipe_path = tmp_path / "recipe.yaml"
     write_yaml_atomic(recipe_path, recipe)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "disel.experiments", "--config", str(recipe_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "disel.experiments",
+        "--config",
+        str(recipe_path),
+    ]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-4000:]
     ddp = json.loads((tmp_path / "ddp" / RESULT_FILE).read_text())
@@ -60,8 +80,11 @@ def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = train(load_config(recipe_path, [f"training.output_dir={tmp_path / 'single'}",
-                                                 "training.per_device_train_batch_size=4"]))
+        single = train(
+            load_config(
+                recipe_path, [f"training.output_dir={tmp_path / 'single'}", "training.per_device_train_batch_size=4"]
+            )
+        )
     finally:
         torch.set_num_threads(threads)
 

@@ -183,8 +183,9 @@ def test_has_gate_group_rules():
     """Gates sharing a group with other parameters, or with weight decay, is not a gate group."""
     gate, other = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     gates = {id(gate)}
-    assert disel_optim.has_gate_group(torch.optim.AdamW([{"params": [gate], "weight_decay": 0.0},
-                                                         {"params": [other]}]), gates)
+    assert disel_optim.has_gate_group(
+        torch.optim.AdamW([{"params": [gate], "weight_decay": 0.0}, {"params": [other]}]), gates
+    )
     assert not disel_optim.has_gate_group(torch.optim.AdamW([gate, other], weight_decay=0.0), gates)
     assert not disel_optim.has_gate_group(torch.optim.AdamW([gate], weight_decay=0.01), gates)
     assert disel_optim.has_gate_group(torch.optim.AdamW([other]), gates)
@@ -264,7 +265,11 @@ def _run_load_script(tmp_path, saved_adapter, tiny_dir, **env) -> dict:
     script.write_text(_LOAD_SCRIPT)
     completed = subprocess.run(
         [sys.executable, str(script), str(adapter_dir), str(tiny_dir), str(ids_path), str(tmp_path)],
-        capture_output=True, text=True, env=_fresh_env(**env), timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_fresh_env(**env),
+        timeout=300,
+        cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads((tmp_path / "report.json").read_text())
@@ -295,8 +300,9 @@ def test_hook_costs_nothing_before_peft_and_never_breaks_its_import(tmp_path):
     ``import peft``."""
     _installed_pth()
     probe = "import sys; print(sorted(m for m in ('disel', 'torch', 'peft') if m in sys.modules))"
-    quiet = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_fresh_env(),
-                           timeout=120, cwd=tmp_path)
+    quiet = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=_fresh_env(), timeout=120, cwd=tmp_path
+    )
     assert quiet.returncode == 0 and quiet.stdout.strip() == "[]", quiet.stderr[-2000:]
 
     # A broken `disel` first on the path (a stand-in package that raises on import).
@@ -305,8 +311,9 @@ def test_hook_costs_nothing_before_peft_and_never_breaks_its_import(tmp_path):
     (broken / "disel" / "__init__.py").write_text("raise RuntimeError('simulated broken disel')\n")
     check = "import warnings; warnings.simplefilter('always'); import peft; print('peft ok', peft.__version__)"
     env = _fresh_env(PYTHONPATH=str(broken))
-    completed = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env,
-                               timeout=300, cwd=tmp_path)
+    completed = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "peft ok" in completed.stdout
     assert "simulated broken disel" in completed.stderr and "import disel" in completed.stderr
@@ -322,10 +329,23 @@ def test_lm_eval_command_line_loads_a_disel_adapter(tiny_dir, saved_adapter, tmp
     (task_dir / "tiny_mc.yaml").write_text(template.replace("{DATA_FILE}", str((DATA / "tiny_mc.jsonl").resolve())))
     adapter_dir = saved_adapter[0]
     command = [
-        sys.executable, "-m", "lm_eval", "--model", "hf",
-        "--model_args", f"pretrained={tiny_dir},peft={adapter_dir},dtype=float32",
-        "--tasks", "disel_tiny_mc", "--include_path", str(task_dir), "--device", "cpu", "--batch_size", "4",
-        "--output_path", str(tmp_path / "results"),
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={tiny_dir},peft={adapter_dir},dtype=float32",
+        "--tasks",
+        "disel_tiny_mc",
+        "--include_path",
+        str(task_dir),
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+        "--output_path",
+        str(tmp_path / "results"),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, env=_fresh_env(), timeout=600, cwd=tmp_path)
     assert completed.returncode == 0, (completed.stdout[-2000:], completed.stderr[-4000:])

@@ -72,10 +72,22 @@ def test_sft_trainer_with_the_mixin_builds_the_gate_group(tmp_path):
     model_dir = make_tiny_causal_lm(tmp_path / "tiny", seed=0)
     script = tmp_path / "sft.py"
     script.write_text(_SCRIPT)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               OMP_NUM_THREADS="1", WANDB_DISABLED="true")
-    completed = subprocess.run([sys.executable, str(script), str(model_dir), str(tmp_path)], capture_output=True,
-                               text=True, env=env, timeout=600, cwd=tmp_path)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        WANDB_DISABLED="true",
+    )
+    completed = subprocess.run(
+        [sys.executable, str(script), str(model_dir), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
     report = json.loads((tmp_path / "report.json").read_text())
 

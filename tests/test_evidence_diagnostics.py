@@ -23,8 +23,16 @@ def _tiny_disel(r=4):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=50, max_position_embeddings=64, pad_token_id=0)
+    config = LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=50,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(config).eval()
     return get_peft_model(model, disel.DiselConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS))
 
@@ -49,7 +57,9 @@ def test_planted_anti_aligned_rows_give_the_planted_fraction():
     with torch.no_grad():
         for path, module in _disel_layers(model):
             A = module.disel_A["default"].weight
-            gate = A.clone() + 0.1 * A.norm(dim=1, keepdim=True) * torch.randn(A.shape, generator=gen) / A.shape[1] ** 0.5
+            gate = (
+                A.clone() + 0.1 * A.norm(dim=1, keepdim=True) * torch.randn(A.shape, generator=gen) / A.shape[1] ** 0.5
+            )
             layer = disel.recording.parse_layer_index(path)
             for i in planted.get((layer, path.split(".")[-1]), []):
                 gate[i] = -gate[i]
@@ -84,8 +94,10 @@ def test_gate_means_equal_sigmoid_of_the_bias_when_gate_weights_are_zero():
             module.disel_gate["default"].weight.zero_()
             module.disel_gate["default"].bias.fill_(0.7)
     gen = torch.Generator().manual_seed(0)
-    domains = {name: list(right_padded_batches([torch.randint(1, 50, (n,), generator=gen).tolist() for n in (5, 9)], 2, 0))
-               for name in ("math", "english")}
+    domains = {
+        name: list(right_padded_batches([torch.randint(1, 50, (n,), generator=gen).tolist() for n in (5, 9)], 2, 0))
+        for name in ("math", "english")
+    }
     means = gate_means_by_domain(model, domains)
     assert set(means) == {"math", "english"}
     for value in means.values():

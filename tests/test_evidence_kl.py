@@ -19,8 +19,16 @@ def _tiny_llama(seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=50, max_position_embeddings=64, pad_token_id=0)
+    config = LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=50,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -33,8 +41,11 @@ def _sequences():
 def _peft(model, kind):
     from peft import LoraConfig, get_peft_model
 
-    config = (LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS) if kind == "lora"
-              else disel.DiselConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    config = (
+        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS)
+        if kind == "lora"
+        else disel.DiselConfig(r=4, lora_alpha=8, target_modules=TARGETS)
+    )
     return get_peft_model(model, config)
 
 
@@ -105,8 +116,9 @@ def test_token_kl_divergence_matches_torch_kl_div():
     """The per-position formula equals torch's kl_div(log q, log p, log_target=True) summed over the vocabulary."""
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(5, 11, generator=gen), torch.randn(5, 11, generator=gen)
-    expected = torch.nn.functional.kl_div(b.log_softmax(-1), a.log_softmax(-1), log_target=True,
-                                          reduction="none").sum(-1)
+    expected = torch.nn.functional.kl_div(b.log_softmax(-1), a.log_softmax(-1), log_target=True, reduction="none").sum(
+        -1
+    )
     torch.testing.assert_close(token_kl_divergence(a, b), expected)
 
 

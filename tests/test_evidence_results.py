@@ -37,8 +37,14 @@ def _run(arm, seed, problems=20, disel=False, rng=None):
         )
         for k, s in enumerate(steps)
     ]
-    return RunRecord(arm=arm, seed=seed, checkpoints=checkpoints, correct=correct, adapter=f"adapters/{arm}-{seed}",
-                     timing={"train_seconds": 12.5})
+    return RunRecord(
+        arm=arm,
+        seed=seed,
+        checkpoints=checkpoints,
+        correct=correct,
+        adapter=f"adapters/{arm}-{seed}",
+        timing={"train_seconds": 12.5},
+    )
 
 
 def _results():
@@ -47,9 +53,16 @@ def _results():
     dis = [r.path("kl", "english") for r in runs[2:]]
     diffs = matched_differences(dis, lora, choose_levels([*dis, *lora]), np.random.default_rng(0), replicates=200)
     comparison = MatchedComparison("disel_paper", "lora", "kl", "english", diffs)
-    return EvidenceResults(model="SmolLM2-135M-Instruct", task="arithmetic", n_test_problems=20, runs=runs,
-                           comparisons=[comparison], base=runs[0].checkpoints[0],
-                           throughput={"matmul_gflops": 40.0}, recipe={"r": 8})
+    return EvidenceResults(
+        model="SmolLM2-135M-Instruct",
+        task="arithmetic",
+        n_test_problems=20,
+        runs=runs,
+        comparisons=[comparison],
+        base=runs[0].checkpoints[0],
+        throughput={"matmul_gflops": 40.0},
+        recipe={"r": 8},
+    )
 
 
 def test_round_trip_through_a_file_keeps_everything(tmp_path):

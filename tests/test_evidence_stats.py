@@ -79,6 +79,7 @@ def test_matched_difference_recovers_a_constant_offset_and_interval_covers_it():
 
 def test_matched_interval_shrinks_with_more_problems():
     """The interval is a sampling interval over problems: ten times the problems makes it narrower."""
+
     def width(problems):
         disel, lora = _synthetic_arms(problems=problems, seed=3)
         levels = np.array([0.3, 0.5])

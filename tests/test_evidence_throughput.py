@@ -18,9 +18,17 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=50, max_position_embeddings=64, pad_token_id=0,
-                         attn_implementation="eager")  # eager attention: matmuls FlopCounterMode counts
+    config = LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=50,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        attn_implementation="eager",
+    )  # eager attention: matmuls FlopCounterMode counts
     return LlamaForCausalLM(config)
 
 
@@ -30,8 +38,11 @@ def _adapted(kind):
     model = _tiny_llama()
     if kind == "full":
         return model.train()
-    config = (LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS) if kind == "lora"
-              else disel.DiselConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    config = (
+        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS)
+        if kind == "lora"
+        else disel.DiselConfig(r=4, lora_alpha=8, target_modules=TARGETS)
+    )
     return get_peft_model(model, config).train()
 
 
@@ -55,8 +66,12 @@ def test_step_flops_formula_matches_counted_matmuls(kind):
     if kind != "full":
         assert formula.adapter_params == sum(p.numel() for p in model.parameters() if p.requires_grad) - (
             # DISeL's gate bias is a parameter but costs no matmul
-            sum(m.disel_gate["default"].bias.numel() for m in model.modules()
-                if isinstance(m, disel.tuner.layer.DiselLayer)))
+            sum(
+                m.disel_gate["default"].bias.numel()
+                for m in model.modules()
+                if isinstance(m, disel.tuner.layer.DiselLayer)
+            )
+        )
         # q, o: 32·32; k, v: 32·16 (2 KV heads of 8); gate, up, down: 32·64; per layer, plus the LM head 32·50
         assert formula.frozen_params == 2 * (2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64) + 32 * 50
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import disel
+from disel.experiments.data.offline_text import general_english_texts, python_code_texts, python_function_tasks
 from disel.experiments.eval import generation as evaluate_module
 from disel.experiments.eval.generation import (
     CodeProblem,
@@ -27,7 +28,6 @@ from disel.experiments.eval.generation import (
     humaneval_program,
     load_model_for_eval,
 )
-from disel.experiments.data.offline_text import general_english_texts, python_code_texts, python_function_tasks
 from disel.experiments.eval.perplexity import causal_lm_perplexity, masked_lm_perplexity, mlm_with_original_head
 from tiny_models import LLAMA_TARGET_MODULES, ROBERTA_TARGET_MODULES, make_tiny_causal_lm, make_tiny_roberta_mlm
 
@@ -162,8 +162,13 @@ def test_evaluate_gsm8k_scores_strict_exact_match(tiny_causal_dir, monkeypatch):
         {"question": "3 + 3?", "answer": "6"},
         {"question": "1,000 + 1?", "answer": "#### 1,001"},
     ]
-    real = evaluate_gsm8k(loaded.model, loaded.tokenizer, rows, format_prompt=lambda q: f"Q: {q}\nA:",
-                          settings=GenerationSettings(max_new_tokens=4))
+    real = evaluate_gsm8k(
+        loaded.model,
+        loaded.tokenizer,
+        rows,
+        format_prompt=lambda q: f"Q: {q}\nA:",
+        settings=GenerationSettings(max_new_tokens=4),
+    )
     assert real["schema"] == "disel.gsm8k/1" and real["n"] == 3 and 0.0 <= real["exact_match"] <= 1.0
     assert {"question", "reference", "response", "prediction_strict", "correct"} <= set(real["samples"][0])
 
@@ -198,11 +203,16 @@ def test_code_execution_requires_explicit_opt_in():
 def test_check_program_pass_fail_timeout(tmp_path):
     """A correct completion passes, a wrong one fails, an infinite loop is killed at the timeout; the
     child runs isolated (-I) in its own scratch directory, not the caller's."""
-    passing = check_program(humaneval_program(_PROBLEM, _PROBLEM.prompt + "    return a + b\n"), allow_code_execution=True)
-    failing = check_program(humaneval_program(_PROBLEM, _PROBLEM.prompt + "    return a - b\n"), allow_code_execution=True)
+    passing = check_program(
+        humaneval_program(_PROBLEM, _PROBLEM.prompt + "    return a + b\n"), allow_code_execution=True
+    )
+    failing = check_program(
+        humaneval_program(_PROBLEM, _PROBLEM.prompt + "    return a - b\n"), allow_code_execution=True
+    )
     looping = check_program(
         humaneval_program(_PROBLEM, _PROBLEM.prompt + "    while True:\n        pass\n"),
-        timeout_s=1.0, allow_code_execution=True,
+        timeout_s=1.0,
+        allow_code_execution=True,
     )
     assert passing.status == "passed" and passing.passed
     assert failing.status == "failed" and "AssertionError" in failing.detail
@@ -230,8 +240,8 @@ def test_evaluate_humaneval_pass_at_1(monkeypatch):
 def test_humaneval_evaluator_for_checkpoint_tables(monkeypatch):
     """The per-checkpoint HumanEval evaluator (Figure 9's source) reports pass@1 as its column and mean,
     and refuses to run code without the explicit opt-in."""
-    from disel.experiments.eval.generation import LoadedModel
     from disel.experiments.eval.evaluators import HumanEvalEvaluator
+    from disel.experiments.eval.generation import LoadedModel
 
     canned = ["    return a + b\n"]
     monkeypatch.setattr(evaluate_module, "generate_responses", lambda *args, **kwargs: canned)
@@ -251,7 +261,9 @@ def _write_local_task(tmp_path: Path) -> Path:
     """A multiple-choice lm-eval task over a local JSONL (absolute path filled in at test time)."""
     task_dir = tmp_path / "tasks"
     task_dir.mkdir()
-    yaml_text = (DATA / "tiny_mc.yaml.template").read_text().replace("{DATA_FILE}", str((DATA / "tiny_mc.jsonl").resolve()))
+    yaml_text = (
+        (DATA / "tiny_mc.yaml.template").read_text().replace("{DATA_FILE}", str((DATA / "tiny_mc.jsonl").resolve()))
+    )
     (task_dir / "tiny_mc.yaml").write_text(yaml_text)
     return task_dir
 
@@ -259,11 +271,20 @@ def _write_local_task(tmp_path: Path) -> Path:
 def test_lm_eval_on_local_task_disel_at_init_equals_base(tiny_causal_dir, tmp_path):
     """lm-eval scores a DISeL PeftModel wrapped in HFLM; at init (B = 0) every log-likelihood and
     hence the accuracy equal the base model's; a random B changes the log-likelihoods."""
-    from disel.experiments.eval.lm_eval_bridge import LmEvalSettings, evaluate_lm_eval, resolve_benchmarks, run_lm_eval, summarize_lm_eval
+    from disel.experiments.eval.lm_eval_bridge import (
+        LmEvalSettings,
+        evaluate_lm_eval,
+        resolve_benchmarks,
+        run_lm_eval,
+        summarize_lm_eval,
+    )
 
     settings = LmEvalSettings(
-        preset=None, tasks=("disel_tiny_mc",), include_path=(str(_write_local_task(tmp_path)),),
-        include_defaults=False, batch_size=4,
+        preset=None,
+        tasks=("disel_tiny_mc",),
+        include_path=(str(_write_local_task(tmp_path)),),
+        include_defaults=False,
+        batch_size=4,
     )
     loaded = _load_base(tiny_causal_dir)
     base_raw = run_lm_eval(loaded.model, loaded.tokenizer, settings, log_samples=True)
@@ -341,7 +362,9 @@ def test_causal_perplexity_matches_direct_computation(tiny_causal_dir):
     shortest = min(len(i) for i in ids)
     assert shortest > 8  # so the windowed runs below really slide
     for stride in (1, 4, 7):
-        windowed = causal_lm_perplexity(loaded.model, loaded.tokenizer, texts, max_length=8, stride=stride, batch_size=3)
+        windowed = causal_lm_perplexity(
+            loaded.model, loaded.tokenizer, texts, max_length=8, stride=stride, batch_size=3
+        )
         assert windowed["tokens"] == count
         assert windowed["nll"] != pytest.approx(nll / count, rel=1e-6)  # less context than the full text
     with pytest.raises(ValueError, match="stride"):
@@ -361,8 +384,11 @@ def _disel_classifier(path, *, init_weights: bool):
     torch.manual_seed(3)
     classifier = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
     config = disel.DiselConfig(
-        r=4, target_modules=list(ROBERTA_TARGET_MODULES), init_weights=init_weights,
-        modules_to_save=["classifier"], task_type="SEQ_CLS",
+        r=4,
+        target_modules=list(ROBERTA_TARGET_MODULES),
+        init_weights=init_weights,
+        modules_to_save=["classifier"],
+        task_type="SEQ_CLS",
     )
     return get_peft_model(classifier, config).eval()
 
@@ -378,10 +404,14 @@ def test_mlm_perplexity_with_original_head(tiny_roberta_dir):
     texts = CORPUS * 2
     reference = masked_lm_perplexity(pretrained, tokenizer, texts, seed=7, max_length=24)
     assert reference["tokens"] >= len(texts)
-    assert masked_lm_perplexity(pretrained, tokenizer, texts, seed=7, max_length=24, batch_size=3) == pytest.approx(reference)
+    assert masked_lm_perplexity(pretrained, tokenizer, texts, seed=7, max_length=24, batch_size=3) == pytest.approx(
+        reference
+    )
 
     at_init = mlm_with_original_head(tiny_roberta_dir, _disel_classifier(tiny_roberta_dir, init_weights=True))
-    assert masked_lm_perplexity(at_init, tokenizer, texts, seed=7, max_length=24)["perplexity"] == reference["perplexity"]
+    assert (
+        masked_lm_perplexity(at_init, tokenizer, texts, seed=7, max_length=24)["perplexity"] == reference["perplexity"]
+    )
     original_head = pretrained.get_output_embeddings().weight
     torch.testing.assert_close(at_init.get_output_embeddings().weight, original_head, rtol=0, atol=0)
 
@@ -417,7 +447,11 @@ def test_retention_table_over_checkpoints(tiny_causal_dir, tmp_path):
     evaluator = Counting({"english": CORPUS[:2], "code": CORPUS[3:4]}, max_length=16)
     table = evaluate_checkpoints(run, evaluator, base_path=tiny_causal_dir, progress=None)
     assert table["schema"] == "disel.retention/1"
-    assert [(r["step"], r["checkpoint"]) for r in table["rows"]] == [(0, "base"), (2, "checkpoint-2"), (10, "checkpoint-10")]
+    assert [(r["step"], r["checkpoint"]) for r in table["rows"]] == [
+        (0, "base"),
+        (2, "checkpoint-2"),
+        (10, "checkpoint-10"),
+    ]
     assert table["metric_columns"] == ["english", "code"]
     base, at_init, moved = table["rows"]
     assert at_init["english"] == base["english"] and at_init["code"] == base["code"]
@@ -450,11 +484,18 @@ def test_gate_analysis_over_domains(tiny_causal_dir):
     loaded = _load_base(tiny_causal_dir)
     model = _disel(loaded.model, init_weights=False)
     prompt = lambda q: format_prompt("alpaca", q)  # noqa: E731
-    examples = [{"instruction": "Add 3 and 4.", "output": "3 + 4 = 7.\n#### 7"},
-                {"instruction": "Double 5.", "output": "The answer is: 10"}]
+    examples = [
+        {"instruction": "Add 3 and 4.", "output": "3 + 4 = 7.\n#### 7"},
+        {"instruction": "Double 5.", "output": "The answer is: 10"},
+    ]
     texts = CORPUS[:3]
-    result = analyze_gates(model, loaded.tokenizer, [GateDomain("math", examples=examples, format_prompt=prompt),
-                                                     GateDomain("general", texts=texts)], bins=10, batch_size=2)
+    result = analyze_gates(
+        model,
+        loaded.tokenizer,
+        [GateDomain("math", examples=examples, format_prompt=prompt), GateDomain("general", texts=texts)],
+        bins=10,
+        batch_size=2,
+    )
     assert result["schema"] == "disel.gates/1" and len(result["bin_edges"]) == 11
     math_domain, general = result["domains"]["math"], result["domains"]["general"]
     assert math_domain["token_selection"] == "response" and general["token_selection"] == "all"
@@ -491,8 +532,11 @@ def test_offline_texts_are_seeded_and_disjoint_by_exclusion():
 
     assert not any(d.module == "textwrap" for d in stdlib_definitions(exclude=["textwrap"]))
     tasks = python_function_tasks(3, seed=0)
-    assert all(t["instruction"].startswith("Write a Python function") and t["output"].lstrip().startswith(("def", "@", "async"))
-               for t in tasks)
+    assert all(
+        t["instruction"].startswith("Write a Python function")
+        and t["output"].lstrip().startswith(("def", "@", "async"))
+        for t in tasks
+    )
     with pytest.raises(ValueError, match="only"):
         general_english_texts(10**6)
 
@@ -526,7 +570,9 @@ def test_smollm2_conversion_matches_gguf_logits(tmp_path, monkeypatch):
     converted = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     ids = tokenizer(["The capital of France is"], return_tensors="pt")["input_ids"]
-    assert ids.tolist() == from_gguf["tokenizer"](["The capital of France is"], return_tensors="pt")["input_ids"].tolist()
+    assert (
+        ids.tolist() == from_gguf["tokenizer"](["The capital of France is"], return_tensors="pt")["input_ids"].tolist()
+    )
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, from_gguf["model"].eval()(ids).logits, rtol=0, atol=0)
     from_gguf.clear()
@@ -572,8 +618,19 @@ def test_eval_cli_gates_on_offline_domains(tiny_causal_dir, tmp_path):
 
     _disel(_load_base(tiny_causal_dir).model, init_weights=False).save_pretrained(tmp_path / "adapter")
     out = tmp_path / "gates.json"
-    argv = ["gates", "--base", str(tiny_causal_dir), "--adapter", str(tmp_path / "adapter"), "--n", "2",
-            "--max-length", "256", "--out", str(out)]
+    argv = [
+        "gates",
+        "--base",
+        str(tiny_causal_dir),
+        "--adapter",
+        str(tmp_path / "adapter"),
+        "--n",
+        "2",
+        "--max-length",
+        "256",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     record = json.loads(out.read_text())
     assert record["schema"] == "disel.gates/1" and record["model"]["peft_type"] == "DISEL"
@@ -593,12 +650,25 @@ def test_humaneval_standalone_equals_retention_on_the_same_checkpoint(tiny_causa
     _disel(_load_base(tiny_causal_dir).model, init_weights=False).save_pretrained(checkpoint)
     data = tmp_path / "humaneval.jsonl"
     data.write_text(json.dumps(asdict(_PROBLEM)) + "\n" + json.dumps({**asdict(_PROBLEM), "task_id": "toy/1"}) + "\n")
-    common = ["--base", str(tiny_causal_dir), "--data", str(data), "--template", "alpaca", "--max-new-tokens", "6",
-              "--allow-code-execution", "--dtype", "float32"]
+    common = [
+        "--base",
+        str(tiny_causal_dir),
+        "--data",
+        str(data),
+        "--template",
+        "alpaca",
+        "--max-new-tokens",
+        "6",
+        "--allow-code-execution",
+        "--dtype",
+        "float32",
+    ]
     out = tmp_path / "humaneval.json"
     assert main(["humaneval", *common, "--adapter", str(checkpoint), "--device", "cpu", "--out", str(out)]) == 0
-    assert main(["retention", *common, "--output-dir", str(tmp_path / "run"), "--evaluator", "humaneval",
-                 "--no-base-row"]) == 0
+    assert (
+        main(["retention", *common, "--output-dir", str(tmp_path / "run"), "--evaluator", "humaneval", "--no-base-row"])
+        == 0
+    )
 
     standalone = json.loads(out.read_text())
     table = json.loads((tmp_path / "run" / "retention_humaneval.json").read_text())

@@ -13,13 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import (
-    LLAMA_TARGET_MODULES,
-    ROBERTA_TARGET_MODULES,
-    make_tiny_causal_lm,
-    make_tiny_roberta_classifier,
-    make_tiny_roberta_mlm,
-)
 
 from disel import io as experiment_io
 from disel.experiments.cli.train import main as cli_main
@@ -28,6 +21,13 @@ from disel.experiments.data.collator import CausalLMCollator
 from disel.experiments.data.datasets import DataFormatError, read_rows, split_rows, tokenize_instruction
 from disel.experiments.data.templates import ALPACA, IGNORE_INDEX, MAGICODER, format_prompt
 from disel.experiments.train.run import RESULT_FILE, TrainResult, complete_checkpoints, train
+from tiny_models import (
+    LLAMA_TARGET_MODULES,
+    ROBERTA_TARGET_MODULES,
+    make_tiny_causal_lm,
+    make_tiny_roberta_classifier,
+    make_tiny_roberta_mlm,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_TEXT = REPO.parent / "shared" / "paper" / "paper_text.txt"
@@ -299,7 +299,9 @@ def test_recipes_compose_from_a_setting_and_a_method_overlay(tmp_path):
         "model: {path: /m}\ndata: {train_files: [a.jsonl], max_length: 64}\n"
         "method: {r: 4, target_modules: [q_proj]}\ntraining: {output_dir: o, learning_rate: 1.0e-3, seed: 7}\n"
     )
-    (tmp_path / "method.yaml").write_text("method: {name: disel, gate_lr_ratio: 3.0}\ntraining: {learning_rate: 2.0e-3}\n")
+    (tmp_path / "method.yaml").write_text(
+        "method: {name: disel, gate_lr_ratio: 3.0}\ntraining: {learning_rate: 2.0e-3}\n"
+    )
     recipe = tmp_path / "run.yaml"
     recipe.write_text("base: [base/setting.yaml, method.yaml]\ntraining: {output_dir: runs/x}\n")
     config = load_config(recipe, ["method.r=16"])
@@ -315,7 +317,9 @@ def test_recipes_compose_from_a_setting_and_a_method_overlay(tmp_path):
     with pytest.raises(ConfigError, match="comes back to itself"):
         load_config(tmp_path / "loop.yaml")
     (tmp_path / "typo.yaml").write_text("base: method.yaml\ntraining: {output_dir: o, lerning_rate: 1}\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'training.lerning_rate' in .*typo.yaml; did you mean learning_rate"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'training.lerning_rate' in .*typo.yaml; did you mean learning_rate"
+    ):
         load_config(tmp_path / "typo.yaml")
 
 
@@ -384,16 +388,39 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
     assert written == json.loads(json.dumps(result.to_dict()))
     assert TrainResult.read(output) == TrainResult(**written)
     expected_keys = {
-        "schema", "name", "method", "rank", "task_type", "model_path", "config", "output_dir",
-        "world_size", "global_step", "epoch", "final_train_loss", "train_loss", "eval", "loss_history",
-        "eval_history", "log_history", "checkpoints", "resumed_from", "runtime_s", "data", "parameters",
-        "parameter_sha256_per_rank", "versions", "finished_at",
+        "schema",
+        "name",
+        "method",
+        "rank",
+        "task_type",
+        "model_path",
+        "config",
+        "output_dir",
+        "world_size",
+        "global_step",
+        "epoch",
+        "final_train_loss",
+        "train_loss",
+        "eval",
+        "loss_history",
+        "eval_history",
+        "log_history",
+        "checkpoints",
+        "resumed_from",
+        "runtime_s",
+        "data",
+        "parameters",
+        "parameter_sha256_per_rank",
+        "versions",
+        "finished_at",
     }
     assert set(written) == expected_keys and written["schema"] == "disel.train_result/2"
     # A version-1 file (it also had adapter_dir, always equal to output_dir) still reads.
     old = tmp_path / "old_run"
     old.mkdir()
-    (old / RESULT_FILE).write_text(json.dumps({**written, "schema": "disel.train_result/1", "adapter_dir": str(output)}))
+    (old / RESULT_FILE).write_text(
+        json.dumps({**written, "schema": "disel.train_result/1", "adapter_dir": str(output)})
+    )
     assert TrainResult.read(old) == TrainResult.read(output)
     assert written["method"] == "disel" and written["world_size"] == 1 and written["global_step"] == 4
     assert [step for step, _ in written["loss_history"]] == [1, 2, 3, 4]
@@ -422,11 +449,20 @@ def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, llama_dir, math_fil
 
     class _Groups(TrainerCallback):
         def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-            seen.update({g["name"]: (g["initial_lr"] if "initial_lr" in g else g["lr"], g["weight_decay"])
-                         for g in optimizer.param_groups})
+            seen.update(
+                {
+                    g["name"]: (g["initial_lr"] if "initial_lr" in g else g["lr"], g["weight_decay"])
+                    for g in optimizer.param_groups
+                }
+            )
 
-    config = _config(llama_dir, math_file, tmp_path / "run", method={"gate_lr_ratio": 3.0},
-                     training={"max_steps": 1, "weight_decay": 0.1, "save_strategy": "no"})
+    config = _config(
+        llama_dir,
+        math_file,
+        tmp_path / "run",
+        method={"gate_lr_ratio": 3.0},
+        training={"max_steps": 1, "weight_decay": 0.1, "save_strategy": "no"},
+    )
     train(config, callbacks=[_Groups()])
     assert seen["gate"] == (pytest.approx(3.0e-2), 0.0) and seen["decay"] == (1.0e-2, 0.1)
 
@@ -436,8 +472,9 @@ def test_baselines_train_and_save(tmp_path, llama_dir, math_file, method):
     """PEFT's LoRA, DoRA, AdaLoRA and full fine-tuning run through the same entry and save their weights."""
     output = tmp_path / method
     adalora = {"tinit": 1, "tfinal": 1, "deltaT": 1}
-    config = _config(llama_dir, math_file, output, method={"name": method, "adalora": adalora},
-                     training={"save_strategy": "no"})
+    config = _config(
+        llama_dir, math_file, output, method={"name": method, "adalora": adalora}, training={"save_strategy": "no"}
+    )
     result = train(config)
     assert result.method == method and result.global_step == 4 and result.final_train_loss is not None
     if method == "full":
@@ -500,7 +537,11 @@ def test_resume_auto_skips_a_checkpoint_interrupted_mid_save(tmp_path, llama_dir
     train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1}))
     (output / "checkpoint-2" / "trainer_state.json").unlink()  # as if the process died while saving step 2
     assert [p.name for p in complete_checkpoints(output)] == ["checkpoint-1"]
-    result = train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1, "resume_from_checkpoint": "auto"}))
+    result = train(
+        _config(
+            llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1, "resume_from_checkpoint": "auto"}
+        )
+    )
     assert result.resumed_from.endswith("checkpoint-1") and result.global_step == 2
 
 
@@ -511,10 +552,23 @@ def test_sequence_classification_with_fresh_head(tmp_path, roberta_dir, sentimen
     raw = {
         "model": {"path": str(roberta_dir), "task_type": "sequence_classification", "num_labels": 2},
         "data": {"train_files": [str(train_csv)], "validation_files": [str(dev_csv)], "text_field": "sentence"},
-        "method": {"name": "disel", "r": 4, "target_modules": ["query", "value", "intermediate.dense", "output.dense"],
-                   "modules_to_save": ["classifier"], "gate_bias_init": -7.0, "lora_dropout": 0.0},
-        "training": {"output_dir": str(output), "num_train_epochs": 2, "per_device_train_batch_size": 8,
-                     "learning_rate": 1.0e-2, "save_strategy": "no", "use_cpu": True, "disable_tqdm": True},
+        "method": {
+            "name": "disel",
+            "r": 4,
+            "target_modules": ["query", "value", "intermediate.dense", "output.dense"],
+            "modules_to_save": ["classifier"],
+            "gate_bias_init": -7.0,
+            "lora_dropout": 0.0,
+        },
+        "training": {
+            "output_dir": str(output),
+            "num_train_epochs": 2,
+            "per_device_train_batch_size": 8,
+            "learning_rate": 1.0e-2,
+            "save_strategy": "no",
+            "use_cpu": True,
+            "disable_tqdm": True,
+        },
     }
     result = train(config_from_dict(raw))
     assert 0.0 <= result.eval["eval_accuracy"] <= 1.0 and result.global_step == 8
@@ -542,8 +596,15 @@ def test_local_datasets_source(tmp_path, llama_dir, math_file):
 
     rows = [json.loads(line) for line in math_file.read_text().splitlines()]
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
-    result = train(_config(llama_dir, math_file, tmp_path / "run",
-                           data={"train_files": [], "dataset": str(tmp_path / "ds")}, training={"max_steps": 1}))
+    result = train(
+        _config(
+            llama_dir,
+            math_file,
+            tmp_path / "run",
+            data={"train_files": [], "dataset": str(tmp_path / "ds")},
+            training={"max_steps": 1},
+        )
+    )
     assert result.data["train_examples"] == 40
 
 
@@ -555,8 +616,10 @@ def test_local_datasets_source(tmp_path, llama_dir, math_file):
 def test_cli_prints_config_and_reports_errors_in_one_line(tmp_path, capsys, llama_dir, math_file):
     """--print-config shows the resolved overrides; a missing model path exits 2 with the key named."""
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"model: {{path: /path/to/model}}\ndata: {{train_files: ['{math_file}']}}\n"
-                    f"training: {{output_dir: '{tmp_path / 'out'}'}}\n")
+    path.write_text(
+        f"model: {{path: /path/to/model}}\ndata: {{train_files: ['{math_file}']}}\n"
+        f"training: {{output_dir: '{tmp_path / 'out'}'}}\n"
+    )
     assert cli_main(["--config", str(path), "--override", "method.r=2", "--print-config"]) == 0
     assert "r: 2" in capsys.readouterr().out
     assert cli_main(["--config", str(path)]) == 2

@@ -15,8 +15,11 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from paper_figs import figure_modules  # noqa: E402
-from paper_figs import fig1_toy, style  # noqa: E402
+from paper_figs import (  # noqa: E402
+    fig1_toy,
+    figure_modules,  # noqa: E402
+    style,
+)
 from toy.__main__ import main as toy_main  # noqa: E402
 
 

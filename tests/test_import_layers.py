@@ -52,7 +52,7 @@ def test_there_is_no_import_cycle():
         state[name] = 1
         for target in sorted(GRAPH[name]):
             if state.get(target) == 1:
-                cycle = path[path.index(target):] + [target]
+                cycle = path[path.index(target) :] + [target]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target, [*path, target])

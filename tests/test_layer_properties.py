@@ -61,12 +61,21 @@ def test_all_gates_open_reduces_to_lora(seed, lead, d, m, r, scaling):
         torch.testing.assert_close(update(x, lora_A, lora_B, gate_weight, gate_bias, scaling), lora)
 
 
-@given(seed=seeds, lead=batch_shapes, d=dims, m=dims, r=ranks, alpha=st.sampled_from([None, 1.0, 16.0]),
-       gate_bias_init=st.floats(-10.0, 10.0), gate_weight_init=st.sampled_from(["kaiming", "zero"]))
+@given(
+    seed=seeds,
+    lead=batch_shapes,
+    d=dims,
+    m=dims,
+    r=ranks,
+    alpha=st.sampled_from([None, 1.0, 16.0]),
+    gate_bias_init=st.floats(-10.0, 10.0),
+    gate_weight_init=st.sampled_from(["kaiming", "zero"]),
+)
 def test_zero_B_reproduces_base_layer_exactly(seed, lead, d, m, r, alpha, gate_bias_init, gate_weight_init):
     """B = 0 ⇒ h = W0 x: a freshly initialised DiselLinear (B = 0) equals its base layer bit for bit."""
-    layer = _disel_linear(d, m, r, seed, lora_alpha=alpha, gate_bias_init=gate_bias_init,
-                          gate_weight_init=gate_weight_init)
+    layer = _disel_linear(
+        d, m, r, seed, lora_alpha=alpha, gate_bias_init=gate_bias_init, gate_weight_init=gate_weight_init
+    )
     assert torch.count_nonzero(layer.disel_B.weight) == 0
     x = torch.randn(*lead, d, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
     assert torch.equal(layer(x), layer.base(x))
@@ -98,12 +107,12 @@ def test_permuting_rank_components_with_their_gates_changes_nothing(seed, lead, 
     permuted = disel_update(x, lora_A[perm], lora_B[:, perm], gate_weight[perm], gate_bias[perm], scaling)
     torch.testing.assert_close(permuted, original)
     # And the gate vector is permuted the same way.
-    torch.testing.assert_close(gate_values(x, gate_weight[perm], gate_bias[perm]),
-                               gate_values(x, gate_weight, gate_bias)[..., perm])
+    torch.testing.assert_close(
+        gate_values(x, gate_weight[perm], gate_bias[perm]), gate_values(x, gate_weight, gate_bias)[..., perm]
+    )
 
 
-@given(seed=seeds, batch=st.integers(2, 9), seq=st.integers(1, 5), d=dims, m=dims, r=ranks,
-       split=st.integers(1, 8))
+@given(seed=seeds, batch=st.integers(2, 9), seq=st.integers(1, 5), d=dims, m=dims, r=ranks, split=st.integers(1, 8))
 def test_output_independent_of_batch_split(seed, batch, seq, d, m, r, split):
     """Each token's output depends only on that token: a batch computed whole equals the concatenation
     of its parts (forward and the input gradient)."""
@@ -123,8 +132,7 @@ def test_output_independent_of_batch_split(seed, batch, seq, d, m, r, split):
 small_floats = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False, allow_infinity=False)
 
 
-@given(d=st.integers(1, 8), r=st.integers(1, 8), data=st.data(),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(d=st.integers(1, 8), r=st.integers(1, 8), data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_gates_strictly_inside_unit_interval_for_moderate_preactivations(d, r, data, dtype):
     """g(x) = σ(W_g x + b_g) ∈ (0, 1) strictly whenever |W_g x + b_g| ≤ 15 (eq. 9).
 
@@ -133,8 +141,9 @@ def test_gates_strictly_inside_unit_interval_for_moderate_preactivations(d, r, d
     bound them by 15.
     """
     x = torch.tensor(data.draw(st.lists(small_floats, min_size=d, max_size=d)), dtype=dtype)
-    weight = torch.tensor(data.draw(st.lists(st.lists(small_floats, min_size=d, max_size=d),
-                                             min_size=r, max_size=r)), dtype=dtype)
+    weight = torch.tensor(
+        data.draw(st.lists(st.lists(small_floats, min_size=d, max_size=d), min_size=r, max_size=r)), dtype=dtype
+    )
     bias = torch.tensor(data.draw(st.lists(st.floats(-7.0, 7.0), min_size=r, max_size=r)), dtype=dtype)
     g = gate_values(x, weight, bias)
     assert g.shape == (r,)
@@ -151,8 +160,9 @@ def test_gates_strictly_inside_unit_interval_at_the_bound(dtype, sign):
     assert 0.0 < g.item() < 1.0
 
 
-@given(t=st.floats(min_value=-1e4, max_value=1e4, allow_nan=False),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(
+    t=st.floats(min_value=-1e4, max_value=1e4, allow_nan=False), dtype=st.sampled_from([torch.float32, torch.float64])
+)
 @example(t=1e4, dtype=torch.float32).via("saturates to exactly 1")
 @example(t=-1e4, dtype=torch.float32).via("saturates to exactly 0")
 def test_gates_in_closed_unit_interval_for_any_finite_preactivation(t, dtype):
@@ -185,7 +195,9 @@ def test_fused_update_equals_reference_in_values_and_gradients(seed, lead, d, m,
     grads_ref = torch.autograd.grad(out_ref, wrt_ref, upstream)
     for name, grad, grad_ref in zip(["x", "lora_A", "lora_B", "gate_weight", "gate_bias"], grads, grads_ref):
         assert grad.shape == grad_ref.shape, name
-        torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12, msg=lambda msg: f"grad of {name}: {msg}")
+        torch.testing.assert_close(
+            grad, grad_ref, rtol=1e-10, atol=1e-12, msg=lambda msg, name=name: f"grad of {name}: {msg}"
+        )
     with torch.no_grad():  # the no-grad fast path
         torch.testing.assert_close(disel_update(*args, scaling), out_ref.detach(), rtol=1e-12, atol=1e-12)
 

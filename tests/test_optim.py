@@ -47,15 +47,26 @@ def test_groups_split_gates_decay_and_no_decay():
     model = _Toy()
     groups = _by_name(param_groups(model, lr=1e-3, weight_decay=0.1))
     assert set(groups) == {"decay", "no_decay", "gate"}
-    gate_params = [model.adapted.disel_gate.weight, model.adapted.disel_gate.bias,
-                   model.oddly_named.weight, model.oddly_named.bias]
+    gate_params = [
+        model.adapted.disel_gate.weight,
+        model.adapted.disel_gate.bias,
+        model.oddly_named.weight,
+        model.oddly_named.bias,
+    ]
     assert _ids(groups["gate"]["params"]) == _ids(gate_params)
     assert groups["gate"]["lr"] == pytest.approx(1e-3 * DEFAULT_GATE_LR_RATIO) and groups["gate"]["weight_decay"] == 0.0
-    assert _ids(groups["decay"]["params"]) == _ids([model.adapted.disel_A.weight, model.adapted.disel_B.weight,
-                                                    model.head.weight, model.disel_gate_lookalike.weight])
+    assert _ids(groups["decay"]["params"]) == _ids(
+        [
+            model.adapted.disel_A.weight,
+            model.adapted.disel_B.weight,
+            model.head.weight,
+            model.disel_gate_lookalike.weight,
+        ]
+    )
     assert groups["decay"]["weight_decay"] == 0.1 and groups["decay"]["lr"] == 1e-3
-    assert _ids(groups["no_decay"]["params"]) == _ids([model.norm.weight, model.norm.bias, model.head.bias,
-                                                       model.disel_gate_lookalike.bias])
+    assert _ids(groups["no_decay"]["params"]) == _ids(
+        [model.norm.weight, model.norm.bias, model.head.bias, model.disel_gate_lookalike.bias]
+    )
     assert groups["no_decay"]["weight_decay"] == 0.0
     listed = [p for group in groups.values() for p in group["params"]]
     assert len(listed) == len(_ids(listed)), "a parameter appears twice"
@@ -155,15 +166,22 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=128, max_position_embeddings=64)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=128,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config)
 
 
 def _swap_in_disel(model: nn.Module, r: int = 4) -> nn.Module:
     """Freeze the model and replace every q,k,v,o,gate,up,down nn.Linear by a DiselLinear around it."""
     model.requires_grad_(False)
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if child_name in LLAMA_TARGETS and isinstance(child, nn.Linear):
                 setattr(module, child_name, DiselLinear(child, r, lora_alpha=2 * r))
@@ -185,10 +203,23 @@ class _TokenDataset(torch.utils.data.Dataset):
 def _training_args(tmp_path, **overrides):
     from transformers import TrainingArguments
 
-    settings = dict(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-                    weight_decay=0.1, adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, report_to=[],
-                    use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True,
-                    dataloader_num_workers=0, seed=0)
+    settings = dict(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        adam_beta1=0.8,
+        adam_beta2=0.95,
+        adam_epsilon=1e-6,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
     settings.update(overrides)
     return TrainingArguments(**settings)
 
@@ -256,8 +287,9 @@ def test_disel_trainer_gate_lr_ratio_argument(tmp_path):
     from disel.optim import DiselTrainer
 
     model = _swap_in_disel(_tiny_llama())
-    trainer = DiselTrainer(model=model, args=_training_args(tmp_path, max_steps=1), train_dataset=_TokenDataset(),
-                           gate_lr_ratio=2.0)
+    trainer = DiselTrainer(
+        model=model, args=_training_args(tmp_path, max_steps=1), train_dataset=_TokenDataset(), gate_lr_ratio=2.0
+    )
     trainer.create_optimizer()
     assert _by_name(trainer.optimizer.param_groups)["gate"]["lr"] == pytest.approx(2e-3)
 
@@ -267,8 +299,9 @@ def test_disel_trainer_rejects_both_gate_arguments(tmp_path):
     from disel.optim import DiselTrainer
 
     with pytest.raises(ValueError, match="either gate_lr or gate_lr_ratio"):
-        DiselTrainer(model=_swap_in_disel(_tiny_llama()), args=_training_args(tmp_path), gate_lr=1e-3,
-                     gate_lr_ratio=2.0)
+        DiselTrainer(
+            model=_swap_in_disel(_tiny_llama()), args=_training_args(tmp_path), gate_lr=1e-3, gate_lr_ratio=2.0
+        )
 
 
 def test_disel_trainer_keeps_a_given_optimizer(tmp_path):
@@ -295,8 +328,9 @@ def test_disel_trainer_trains_peft_model_with_config_gate_lr_ratio(tmp_path):
 
     from disel.optim import DiselTrainer
 
-    model = get_peft_model(_tiny_llama(), DiselConfig(r=4, lora_alpha=8, target_modules=list(LLAMA_TARGETS),
-                                                      gate_lr_ratio=4.0))
+    model = get_peft_model(
+        _tiny_llama(), DiselConfig(r=4, lora_alpha=8, target_modules=list(LLAMA_TARGETS), gate_lr_ratio=4.0)
+    )
     assert len(_gate_params(model)) == 2 * 2 * len(LLAMA_TARGETS)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = _record_lrs(DiselTrainer(model=model, args=_training_args(tmp_path), train_dataset=_TokenDataset()))

@@ -21,7 +21,6 @@ import pytest
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-from fixtures_results import TinyResults, make_tiny_results  # noqa: E402
 
 from disel.experiments import schemas as results  # noqa: E402
 from disel.experiments.schemas import (  # noqa: E402
@@ -36,8 +35,9 @@ from disel.experiments.schemas import (  # noqa: E402
     read_train_result,
     write_tradeoff_table,
 )
-from paper_figs.aggregate import checkpoint_curves, summarize_over_seeds  # noqa: E402
+from fixtures_results import TinyResults, make_tiny_results  # noqa: E402
 from paper_figs import fig2_glue_tradeoff, fig4_gates_by_domain, fig6_retention_over_time, figure_modules, plots, style  # noqa: E402  # noqa: E402
+from paper_figs.aggregate import checkpoint_curves, summarize_over_seeds  # noqa: E402
 
 # The module, not the package-level helper function of the same name in paper_figs/__init__.py.
 run_all = importlib.import_module("paper_figs.run_all")

@@ -118,8 +118,13 @@ def test_bad_config_raises_naming_the_field(kwargs, match):
 def test_config_json_round_trip_and_type(tmp_path):
     """adapter_config.json stores peft_type "DISEL"; PeftConfig.from_pretrained gives back an equal DiselConfig."""
     config = DiselConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], gate_bias_init=-7.0, gate_weight_init="zero",
-        gate_lr_ratio=10.0, task_type="CAUSAL_LM",
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        gate_bias_init=-7.0,
+        gate_weight_init="zero",
+        gate_lr_ratio=10.0,
+        task_type="CAUSAL_LM",
     )
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -473,10 +478,15 @@ def test_reload_in_a_fresh_process_gives_identical_logits(tmp_path):
         expected = peft_model(ids).logits
     script = Path(__file__).with_name("peft_fresh_process_load.py")
     # Auto-registration off (tests/test_ecosystem.py covers it): this checks the explicit `import disel` path.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", DISEL_NO_AUTO_REGISTER="1")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", DISEL_NO_AUTO_REGISTER="1"
+    )
     completed = subprocess.run(
         [sys.executable, str(script), str(adapter_dir), str(tmp_path / "ids.pt"), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "peft_model.pt"), expected)

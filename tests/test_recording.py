@@ -57,6 +57,7 @@ def _capture_inputs(model):
     inputs, handles = {}, []
     for path, module in model.named_modules():
         if isinstance(module, DiselLinear):
+
             def keep(module, args, path=path):
                 inputs.setdefault(path, []).append(args[0].detach())
 
@@ -229,10 +230,15 @@ def test_short_names_are_last_component_extended_only_to_disambiguate():
     """Llama → q_proj …; RoBERTa's three "dense" and GPT-2's two "c_proj" get the shortest distinguishing suffix."""
     llama = [f"model.layers.0.self_attn.{n}" for n in ("q_proj", "k_proj")] + ["model.layers.0.mlp.down_proj"]
     assert list(_short_names(llama).values()) == ["q_proj", "k_proj", "down_proj"]
-    roberta = [f"roberta.encoder.layer.2.{p}" for p in
-               ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")]
+    roberta = [
+        f"roberta.encoder.layer.2.{p}"
+        for p in ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")
+    ]
     assert list(_short_names(roberta).values()) == [
-        "query", "attention.output.dense", "intermediate.dense", "output.dense"
+        "query",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
     ]
     gpt2 = [f"transformer.h.5.{p}" for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
     assert list(_short_names(gpt2).values()) == ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
@@ -243,13 +249,29 @@ def test_short_names_are_last_component_extended_only_to_disambiguate():
 @pytest.mark.parametrize(
     ("name", "kind"),
     [
-        ("q_proj", "attention"), ("k_proj", "attention"), ("v_proj", "attention"), ("o_proj", "attention"),
-        ("gate_proj", "mlp"), ("up_proj", "mlp"), ("down_proj", "mlp"),
-        ("query", "attention"), ("key", "attention"), ("value", "attention"),
-        ("attention.output.dense", "attention"), ("intermediate.dense", "mlp"), ("output.dense", "mlp"),
-        ("c_attn", "attention"), ("attn.c_proj", "attention"), ("c_fc", "mlp"), ("mlp.c_proj", "mlp"),
-        ("fc1", "mlp"), ("fc2", "mlp"), ("model.layers.2.self_attn.q_proj", "attention"),
-        ("transformer.h.0.mlp.c_proj", "mlp"), ("q_proj/other_adapter", "attention"), ("lm_head", "other"),
+        ("q_proj", "attention"),
+        ("k_proj", "attention"),
+        ("v_proj", "attention"),
+        ("o_proj", "attention"),
+        ("gate_proj", "mlp"),
+        ("up_proj", "mlp"),
+        ("down_proj", "mlp"),
+        ("query", "attention"),
+        ("key", "attention"),
+        ("value", "attention"),
+        ("attention.output.dense", "attention"),
+        ("intermediate.dense", "mlp"),
+        ("output.dense", "mlp"),
+        ("c_attn", "attention"),
+        ("attn.c_proj", "attention"),
+        ("c_fc", "mlp"),
+        ("mlp.c_proj", "mlp"),
+        ("fc1", "mlp"),
+        ("fc2", "mlp"),
+        ("model.layers.2.self_attn.q_proj", "attention"),
+        ("transformer.h.0.mlp.c_proj", "mlp"),
+        ("q_proj/other_adapter", "attention"),
+        ("lm_head", "other"),
     ],
 )
 def test_module_kind_mapping(name, kind):
@@ -341,8 +363,15 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=128, max_position_embeddings=64)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=128,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).eval()
 
 

@@ -33,7 +33,11 @@ def reference(module: disel.DiselLinear, x: torch.Tensor) -> torch.Tensor:
     """The output computed from the parameters as they are now, without any cache."""
     with torch.no_grad():
         return module.base(x) + disel_update_reference(
-            x, module.disel_A.weight, module.disel_B.weight, module.disel_gate.weight, module.disel_gate.bias,
+            x,
+            module.disel_A.weight,
+            module.disel_B.weight,
+            module.disel_gate.weight,
+            module.disel_gate.bias,
             module.scaling,
         )
 
@@ -92,7 +96,8 @@ def _to_double(m):
 
 
 @pytest.mark.parametrize(
-    "change", [_in_place_no_grad, _assign_data, _new_parameter, _load_state_dict, _optimizer_step, _set_parameters, _to_double]
+    "change",
+    [_in_place_no_grad, _assign_data, _new_parameter, _load_state_dict, _optimizer_step, _set_parameters, _to_double],
 )
 def test_every_tracked_parameter_change_rebuilds_the_cache(change):
     """After an in-place write, a .data assignment, a new Parameter, load_state_dict, an optimizer step,
@@ -147,8 +152,16 @@ def test_copies_and_pickles_start_with_an_empty_cache():
 def test_peft_layers_cache_per_adapter_and_follow_set_adapter():
     """The PEFT layer keeps one cache per adapter; switching adapters and reloading weights give the right output."""
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=64, vocab_size=64))
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=64,
+        )
+    )
     model = get_peft_model(base, disel.DiselConfig(r=2, target_modules=["q_proj", "v_proj"], init_weights=False)).eval()
     model.add_adapter("other", disel.DiselConfig(r=3, target_modules=["q_proj", "v_proj"], init_weights=False))
     ids = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(2))

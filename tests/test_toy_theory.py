@@ -346,6 +346,7 @@ def _independent_bayes_mse(p: float, a_ft: float, a_pt: float, s: float, nu: np.
     cross = float(G[0, 1:] @ nu)
     values = {}
     for population, mean, sign in (("ft", a_ft, -1.0), ("pt", a_pt, 1.0)):
+
         def moment(x1, q, mean=mean, sign=sign):  # h(x₁) φ_k(x₁) x₁^q; the weight in log space (it can be tiny)
             log_odds = log_density(x1, a_ft) - log_density(x1, a_pt) + log_prior_odds
             return exp(2 * log_sigmoid(sign * log_odds) + log_density(x1, mean)) * x1**q
@@ -458,9 +459,10 @@ def test_bayes_mse_quadrature_is_accurate_for_sharp_gates():
 
     problem = toy.MixtureProblem(W0=[[0.0]], delta=[[1.0]], mu_ft=[5.0], mu_pt=[-5.0], sigma=[[1.0]])
     integrand = lambda x: expit(-10 * x) ** 2 * x**2 * norm.pdf(x, loc=5.0)  # noqa: E731
-    expected = quad(integrand, -np.inf, 0.0, epsabs=0, epsrel=1e-13)[0] + quad(
-        integrand, 0.0, np.inf, epsabs=0, epsrel=1e-13
-    )[0]
+    expected = (
+        quad(integrand, -np.inf, 0.0, epsabs=0, epsrel=1e-13)[0]
+        + quad(integrand, 0.0, np.inf, epsabs=0, epsrel=1e-13)[0]
+    )
     mse = toy.bayes_mse(problem)
     assert mse.ft == pytest.approx(expected, rel=1e-9)
     assert mse.pt == pytest.approx(expected, rel=1e-9)  # the problem is symmetric under x → −x
@@ -512,7 +514,9 @@ def test_bayes_parameters_factorise_delta(problem, scaling):
         + np.log(problem.p_ft / problem.p_pt)
     )  # (20,)
     logits = x @ parameters.gate_weight.T + parameters.gate_bias  # (20, r)
-    np.testing.assert_allclose(logits, np.repeat(log_odds[:, None], rank, 1), rtol=1e-8, atol=1e-8 * (1 + np.abs(log_odds).max()))
+    np.testing.assert_allclose(
+        logits, np.repeat(log_odds[:, None], rank, 1), rtol=1e-8, atol=1e-8 * (1 + np.abs(log_odds).max())
+    )
 
 
 def test_bayes_parameters_refuse_a_rank_below_rank_delta():

@@ -235,8 +235,9 @@ def test_config_mutated_before_add_adapter_is_refused():
     assert list(layer.disel_A) == ["default"]
 
 
-@pytest.mark.parametrize("case", [("r", 0, VALUE), ("lora_alpha", -1.0, VALUE), ("gate_bias_init", INF, VALUE)],
-                         ids=_case_id)
+@pytest.mark.parametrize(
+    "case", [("r", 0, VALUE), ("lora_alpha", -1.0, VALUE), ("gate_bias_init", INF, VALUE)], ids=_case_id
+)
 def test_update_layer_checks_the_config_it_is_given(case):
     """The PEFT layer's own entry point (update_layer, used to add an adapter to an adapted layer) checks too."""
     name, value, error_type = case
@@ -265,8 +266,12 @@ TARGETS = ["q_proj", "k_proj", "v_proj"]
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=64,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -336,6 +341,7 @@ def test_a_saved_config_missing_a_field_that_changes_the_math_is_refused(saved_a
 def test_a_saved_config_missing_only_optional_fields_still_loads(saved_adapter, tmp_path):
     """Fields that do not change the loaded adapter's output (the gate learning-rate ratio, init options) may be
     absent, e.g. in a file written before they existed."""
+
     def drop_optional(saved_config):
         for name in ("gate_lr_ratio", "gate_bias_init", "gate_weight_init", "lora_dropout", "exclude_modules"):
             saved_config.pop(name)
@@ -351,8 +357,12 @@ def test_a_saved_config_missing_only_optional_fields_still_loads(saved_adapter, 
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 def test_saved_weights_for_layers_the_config_does_not_adapt_are_an_error(saved_adapter, tmp_path, loader):
     """target_modules edited to q, v: the saved k_proj tensors would be dropped; the error names them."""
-    path = edited_copy(saved_adapter, tmp_path / "edited", config_edit=lambda c: c.update(target_modules=["q_proj", "v_proj"]))
-    with pytest.raises(ValueError, match=r"would drop 8 saved tensor\(s\).*layers\.0\.self_attn\.k_proj\.disel_A\.weight"):
+    path = edited_copy(
+        saved_adapter, tmp_path / "edited", config_edit=lambda c: c.update(target_modules=["q_proj", "v_proj"])
+    )
+    with pytest.raises(
+        ValueError, match=r"would drop 8 saved tensor\(s\).*layers\.0\.self_attn\.k_proj\.disel_A\.weight"
+    ):
         LOADERS[loader](path)
 
 
@@ -367,7 +377,9 @@ def test_a_stray_saved_disel_tensor_is_an_error_naming_it(saved_adapter, tmp_pat
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 def test_config_adapting_more_layers_than_saved_is_an_error(saved_adapter, tmp_path, loader):
     """target_modules edited to add o_proj: its DISeL parameters would keep a random initialisation."""
-    path = edited_copy(saved_adapter, tmp_path / "edited", config_edit=lambda c: c.update(target_modules=TARGETS + ["o_proj"]))
+    path = edited_copy(
+        saved_adapter, tmp_path / "edited", config_edit=lambda c: c.update(target_modules=TARGETS + ["o_proj"])
+    )
     with pytest.raises(ValueError, match=r"would leave 8 DISeL parameter\(s\).*o_proj\.disel_"):
         LOADERS[loader](path)
 
@@ -376,7 +388,9 @@ def test_config_adapting_more_layers_than_saved_is_an_error(saved_adapter, tmp_p
 def test_a_tensor_missing_from_the_weights_file_is_an_error(saved_adapter, tmp_path, loader):
     removed = "base_model.model.model.layers.1.self_attn.v_proj.disel_B.weight"
     path = edited_copy(saved_adapter, tmp_path / "edited", weights_edit=lambda w: w.pop(removed))
-    with pytest.raises(ValueError, match=r"would leave 1 DISeL parameter\(s\).*layers\.1\.self_attn\.v_proj\.disel_B\.\w+\.weight"):
+    with pytest.raises(
+        ValueError, match=r"would leave 1 DISeL parameter\(s\).*layers\.1\.self_attn\.v_proj\.disel_B\.\w+\.weight"
+    ):
         LOADERS[loader](path)
 
 
@@ -408,8 +422,13 @@ def test_saved_base_biases_land_even_without_the_bias_field(tmp_path):
     def biased_llama() -> LlamaForCausalLM:
         torch.manual_seed(0)
         config = LlamaConfig(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=64, vocab_size=64, attention_bias=True,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=64,
+            attention_bias=True,
         )
         return LlamaForCausalLM(config).eval()
 

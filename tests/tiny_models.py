@@ -40,7 +40,7 @@ CORPUS: tuple[str, ...] = (
     "You are an exceptionally intelligent coding assistant that consistently delivers\n"
     "accurate and reliable responses to user instructions.\n@@ Instruction\nWrite a function.\n@@ Response\n",
     "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n",
-    "def is_even(n: int) -> bool:\n    \"\"\"Return True if n is even.\"\"\"\n    return n % 2 == 0\n",
+    'def is_even(n: int) -> bool:\n    """Return True if n is even."""\n    return n % 2 == 0\n',
     "The quick brown fox jumps over the lazy dog. A cat sat on the mat.",
     "The movie was great and the acting was wonderful. I did not like the ending.",
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",

@@ -62,13 +62,12 @@ def _figure1(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     numbers["runtime_seconds"] = seconds
     json_path = write_json_atomic(args.out / "figure1.json", numbers)
-    print(f"Figure 1 (seed {config.seed}, {config.steps} steps, d = m = {result.problem.d}, "
-          f"r = rank Δ = {result.problem.rank_delta}); excess MSE on fresh samples:")
-    print(result.table())
     print(
-        "fixed optimum = ¼ tr(Δ S Δᵀ) (eq. 19–20); "
-        "Bayes = E[(1−π)²‖Δx‖²] on P_ft, E[π²‖Δx‖²] on P_pt (eq. 25)"
+        f"Figure 1 (seed {config.seed}, {config.steps} steps, d = m = {result.problem.d}, "
+        f"r = rank Δ = {result.problem.rank_delta}); excess MSE on fresh samples:"
     )
+    print(result.table())
+    print("fixed optimum = ¼ tr(Δ S Δᵀ) (eq. 19–20); Bayes = E[(1−π)²‖Δx‖²] on P_ft, E[π²‖Δx‖²] on P_pt (eq. 25)")
     print(f"trained and evaluated in {seconds:.1f} s")
     print(f"wrote {json_path}")
     return 0
@@ -108,13 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
         sub.add_argument(
-            "--steps", type=int, default=None,
+            "--steps",
+            type=int,
+            default=None,
             help=f"optimizer steps per method (default {ToyTrainConfig().steps})",
         )
         sub.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     figure1 = commands.add_parser(
-        "figure1", help="train full FT, LoRA, DISeL; write figure1.json (python -m paper_figs.fig1_toy draws it)",
+        "figure1",
+        help="train full FT, LoRA, DISeL; write figure1.json (python -m paper_figs.fig1_toy draws it)",
         allow_abbrev=False,
     )
     common(figure1)

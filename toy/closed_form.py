@@ -285,9 +285,7 @@ def _bayes_population_mse_quadrature(problem: MixtureProblem, population: Popula
     )[0]
     delta_u_sq = float(delta_u @ delta_u)
     return float(
-        h0 * (trace_delta_sigma - delta_u_sq + delta_mu @ delta_mu)
-        + 2.0 * h1 * (delta_mu @ delta_u)
-        + h2 * delta_u_sq
+        h0 * (trace_delta_sigma - delta_u_sq + delta_mu @ delta_mu) + 2.0 * h1 * (delta_mu @ delta_u) + h2 * delta_u_sq
     )
 
 

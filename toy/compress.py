@@ -86,8 +86,12 @@ def planted_compression(
     zero_b = list(range(k, k + extra_zero_b))
     constant = list(range(k + extra_zero_b, r))
     A = np.concatenate([bayes.lora_A, rng.normal(size=(r - k, problem.d))])  # (r, d)
-    B = np.concatenate([bayes.lora_B, np.zeros((problem.m, extra_zero_b)), rng.normal(size=(problem.m, extra_constant))], axis=1)
-    W = np.concatenate([bayes.gate_weight, rng.normal(size=(extra_zero_b, problem.d)), np.zeros((extra_constant, problem.d))])
+    B = np.concatenate(
+        [bayes.lora_B, np.zeros((problem.m, extra_zero_b)), rng.normal(size=(problem.m, extra_constant))], axis=1
+    )
+    W = np.concatenate(
+        [bayes.gate_weight, rng.normal(size=(extra_zero_b, problem.d)), np.zeros((extra_constant, problem.d))]
+    )
     b = np.concatenate([bayes.gate_bias, rng.normal(size=extra_zero_b), rng.normal(size=extra_constant)])
     gate_constant = 1 / (1 + np.exp(-b[constant]))  # σ(b_g,i): the constant gates
     # W0 minus the constant components' fixed map: the whole layer still computes W0 x + π(x) Δ x.
@@ -97,8 +101,12 @@ def planted_compression(
         base.weight.copy_(torch.from_numpy(np.array(problem.W0) - fixed))
     torch.manual_seed(seed)
     layer = DiselLinear(base, r).double().eval()  # lora_alpha None: s = 1, as disel_bayes_parameters(k) assumed
-    layer.set_parameters(lora_A=torch.from_numpy(A), lora_B=torch.from_numpy(B),
-                         gate_weight=torch.from_numpy(W), gate_bias=torch.from_numpy(b))
+    layer.set_parameters(
+        lora_A=torch.from_numpy(A),
+        lora_B=torch.from_numpy(B),
+        gate_weight=torch.from_numpy(W),
+        gate_bias=torch.from_numpy(b),
+    )
 
     x = _inputs(problem, samples, seed + 2)
     with torch.no_grad():
@@ -234,7 +242,9 @@ def plot_compression(result: dict[str, Any], path: str | os.PathLike) -> None:
     kinds = planted["components"]
     colors = {"bayes": "tab:blue", "zero_b": "tab:gray", "constant_gate": "tab:orange"}
     for kind, indices in kinds.items():
-        left.bar(indices, [planted["contribution"][i] for i in indices], color=colors[kind], label=kind.replace("_", " "))
+        left.bar(
+            indices, [planted["contribution"][i] for i in indices], color=colors[kind], label=kind.replace("_", " ")
+        )
         left.plot(indices, [planted["gate_std"][i] for i in indices], "k_", markersize=12)
     left.set_xlabel("component i")
     left.set_ylabel("contribution $c_i$ (bars), gate std (—)")

@@ -156,8 +156,10 @@ class ToyTrainConfig:
             value = getattr(self, name)
             if not _is_real(value) or not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {name}={value!r}")
-        if not isinstance(self.gate_delay_steps, int) or isinstance(self.gate_delay_steps, bool) or not (
-            0 <= self.gate_delay_steps < self.steps
+        if (
+            not isinstance(self.gate_delay_steps, int)
+            or isinstance(self.gate_delay_steps, bool)
+            or not (0 <= self.gate_delay_steps < self.steps)
         ):
             raise ValueError(
                 f"gate_delay_steps must be an integer in [0, steps) = [0, {self.steps}), "

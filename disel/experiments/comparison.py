@@ -12,8 +12,8 @@ Llama-2/MetaMathQA experiment: one recipe (``recipes/comparison/smollm2_arithmet
    (standard-library sources), both never trained on — one ``disel.retention/1`` table per evaluator
    in each run directory (Figures 6–9);
 4. for DISeL runs: gate statistics on math vs English vs code (``disel.gates/1``, Figures 4, 5, 10–14);
-5. ``comparison.json`` (schema ``disel.comparison/2``, :func:`~disel.experiments.schemas.read_comparison`) and two tradeoff tables
-   (``disel.tradeoff/1``: accuracy vs English / code perplexity, Figure 3), written atomically.
+5. ``comparison.json`` (schema ``disel.comparison/2``, :func:`~disel.experiments.schemas.read_comparison`)
+   and two tradeoff tables (``disel.tradeoff/1``: accuracy vs English / code perplexity, Figure 3), written atomically.
 
 Every stage is resumable: a finished training run (``train_result.json`` present) is not retrained, a
 crashed one resumes from its newest checkpoint, and checkpoint evaluations already in a table are kept.
@@ -28,9 +28,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from disel.io import write_json_atomic, write_text_atomic
+from disel.io import write_text_atomic
 
-from .schemas import COMPARISON_SCHEMA
+from .schemas import COMPARISON_SCHEMA, Comparison
 
 __all__ = ["ComparisonConfig", "format_table", "run_comparison"]
 
@@ -71,7 +71,9 @@ class ComparisonConfig(BaseModel):
         from .config import apply_overrides, config_from_dict, merge, read_recipe
 
         # A baseline swept from a DISeL recipe drops the DISeL-only settings (they would be refused).
-        disel_only = {} if method == "disel" else {"gate_bias_init": None, "gate_weight_init": None, "gate_lr_ratio": None}
+        disel_only = (
+            {} if method == "disel" else {"gate_bias_init": None, "gate_weight_init": None, "gate_lr_ratio": None}
+        )
         sweep = {
             "model": {"path": model_path},
             "data": {"train_files": [str(train_file)]},
@@ -124,16 +126,17 @@ def run_comparison(config: ComparisonConfig, progress=print) -> dict[str, Any]:
         runs.append(run)
     base = {"exact_match": base_rows["exact_match"], "ppl_english": base_rows["english"], "ppl_code": base_rows["code"]}
     _write_tradeoff_tables(out, base, runs)
-    summary = {
-        "schema": COMPARISON_SCHEMA,
-        "config": config.model_dump(),
-        "model_path": model_path,
-        "base": base,
-        "runs": runs,
-        "invocation_runtime_s": time.perf_counter() - started,  # this call only: a resumed call skips finished stages
-        "threads": torch.get_num_threads(),
-    }
-    write_json_atomic(out / "comparison.json", summary)
+    comparison = Comparison(
+        COMPARISON_SCHEMA,
+        config.model_dump(),
+        base,
+        runs,
+        model_path=model_path,
+        invocation_runtime_s=time.perf_counter() - started,
+        threads=torch.get_num_threads(),
+    )
+    comparison.write(out / "comparison.json")
+    summary = comparison.to_dict()
     write_text_atomic(out / "comparison.md", format_table(summary))
     return summary
 
@@ -149,8 +152,10 @@ def _evaluators(config: ComparisonConfig, test_rows: list[dict[str, Any]]) -> tu
         "code": python_code_texts(config.retention_texts, seed=config.data_seed + 202),
     }
     generation = GenerationSettings(max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size)
-    return (PerplexityEvaluator(corpora, max_length=config.perplexity_max_length, batch_size=8),
-            Gsm8kEvaluator(rows=test_rows, generation=generation))
+    return (
+        PerplexityEvaluator(corpora, max_length=config.perplexity_max_length, batch_size=8),
+        Gsm8kEvaluator(rows=test_rows, generation=generation),
+    )
 
 
 def _run_one(run_config, config: ComparisonConfig, model_path: str, evaluators, progress):
@@ -170,19 +175,32 @@ def _run_one(run_config, config: ComparisonConfig, model_path: str, evaluators, 
     progress(f"[{label}] evaluating checkpoints (retention perplexity, exact match)")
     ppl, acc = (evaluate_checkpoints(run_dir, e, base_path=model_path, progress=progress) for e in evaluators)
     gates_file = _record_gates(run_config, config, model_path, progress) if method == "disel" else None
-    base_rows = {k: v for table in (ppl, acc) for row in table["rows"] if row["checkpoint"] == "base" for k, v in row.items()}
+    base_rows = {
+        k: v for table in (ppl, acc) for row in table["rows"] if row["checkpoint"] == "base" for k, v in row.items()
+    }
     final_ppl, final_acc = _final_row(ppl), _final_row(acc)
     acc_by_step = {row["step"]: row for row in acc["rows"]}
     checkpoints = [
-        {"step": row["step"], "ppl_english": row["english"], "ppl_code": row["code"],
-         "exact_match": acc_by_step.get(row["step"], {}).get("exact_match")}
+        {
+            "step": row["step"],
+            "ppl_english": row["english"],
+            "ppl_code": row["code"],
+            "exact_match": acc_by_step.get(row["step"], {}).get("exact_match"),
+        }
         for row in sorted(ppl["rows"], key=lambda row: row["step"])
     ]
     run = {
-        "method": method, "rank": rank, "run_dir": str(run_dir), "seed": run_config.training.seed,
-        "trainable_parameters": result.parameters.get("trainable"), "train_runtime_s": result.runtime_s,
-        "final_train_loss": result.final_train_loss, "exact_match": final_acc["exact_match"],
-        "ppl_english": final_ppl["english"], "ppl_code": final_ppl["code"], "checkpoints": checkpoints,
+        "method": method,
+        "rank": rank,
+        "run_dir": str(run_dir),
+        "seed": run_config.training.seed,
+        "trainable_parameters": result.parameters.get("trainable"),
+        "train_runtime_s": result.runtime_s,
+        "final_train_loss": result.final_train_loss,
+        "exact_match": final_acc["exact_match"],
+        "ppl_english": final_ppl["english"],
+        "ppl_code": final_ppl["code"],
+        "checkpoints": checkpoints,
         "gates_file": None if gates_file is None else str(gates_file),
     }
     return run, base_rows
@@ -199,7 +217,9 @@ def _record_gates(run_config, config: ComparisonConfig, model_path: str, progres
         progress(f"[{run_config.method.name} r={run_config.method.r}] recording gates on math / general / code")
         loaded = load_model_for_eval(model_path, run_dir)
         gates = analyze_gates(
-            loaded.model, loaded.tokenizer, default_offline_domains(config.gate_sequences, seed=config.data_seed + 7),
+            loaded.model,
+            loaded.tokenizer,
+            default_offline_domains(config.gate_sequences, seed=config.data_seed + 7),
             max_length=run_config.data.max_length,
             description={"base": model_path, "adapter": str(run_dir), "method": "disel", "rank": run_config.method.r},
         )
@@ -214,11 +234,22 @@ def _write_tradeoff_tables(out: Path, base: dict[str, float], runs: list[dict[st
     for corpus, text in (("english", "general English"), ("code", "Python code")):
         write_tradeoff_table(
             out / f"tradeoff_{corpus}.json",
-            ft_metric="exact match (held-out arithmetic)", retention_metric=f"perplexity ({text})",
-            retention_higher_is_better=False, base_retention=base[f"ppl_{corpus}"],
-            base_ft_score=base["exact_match"], title=f"retention on {text}",
-            rows=[{"method": run["method"], "rank": run["rank"], "seed": run["seed"],
-                   "ft_score": run["exact_match"], "retention": run[f"ppl_{corpus}"]} for run in runs],
+            ft_metric="exact match (held-out arithmetic)",
+            retention_metric=f"perplexity ({text})",
+            retention_higher_is_better=False,
+            base_retention=base[f"ppl_{corpus}"],
+            base_ft_score=base["exact_match"],
+            title=f"retention on {text}",
+            rows=[
+                {
+                    "method": run["method"],
+                    "rank": run["rank"],
+                    "seed": run["seed"],
+                    "ft_score": run["exact_match"],
+                    "retention": run[f"ppl_{corpus}"],
+                }
+                for run in runs
+            ],
         )
 
 

@@ -40,7 +40,16 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 __all__ = [
     "AdaLoraSettings",
@@ -90,7 +99,6 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     """The pre-trained model. Loaded from local files only: ``disel`` never downloads from a hub."""
-
 
     path: str = ""
     """Local directory of a ``transformers`` checkpoint (``config.json`` + weights + tokenizer), or the
@@ -162,7 +170,6 @@ class AdaLoraSettings(_Section):
     until step ``total_step - tfinal``, then the final ranks are kept. ``method.r`` is the target rank.
     """
 
-
     init_r: int | None = None
     """Initial rank per matrix; None: ceil(1.5 · target rank), PEFT's default ratio 12 / 8."""
     tinit: int = 0
@@ -210,6 +217,8 @@ class MethodConfig(_Section):
     gate_lr_ratio: PositiveFloat | None = None
     """DISeL: gate learning rate / ``training.learning_rate`` (``DiselConfig.gate_lr_ratio``; the optimizer
     reads it from there)."""
+    gate_delay_steps: int | None = None
+    """DISeL: optimizer steps with the gates held still (``DiselConfig.gate_delay_steps``; the optimizer reads it)."""
     adalora: AdaLoraSettings = AdaLoraSettings()
     """AdaLoRA's schedule (only read for ``name: adalora``)."""
 
@@ -220,7 +229,7 @@ class MethodConfig(_Section):
 
     def disel_settings(self) -> dict[str, Any]:
         """The DISeL keys the recipe sets (the rest keep :class:`disel.DiselConfig`'s defaults)."""
-        keys = ("gate_bias_init", "gate_weight_init", "gate_lr_ratio")
+        keys = ("gate_bias_init", "gate_weight_init", "gate_lr_ratio", "gate_delay_steps")
         return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
 
 
@@ -373,8 +382,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
 
 
 _EXPECTED = {
-    "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string", "list": "a list",
-    "dict": "a mapping", "finite_number": "a finite number", "model": "a mapping of fields",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+    "finite_number": "a finite number",
+    "model": "a mapping of fields",
 }
 
 

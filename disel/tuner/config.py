@@ -6,6 +6,7 @@ checks the values and names the field and what was expected when one is wrong.
 
 import dataclasses
 import enum
+import numbers
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -154,6 +155,15 @@ class DiselConfig(PeftConfig):
             "Read by disel.optim when it builds the optimizer; the adapter itself does not use it."
         },
     )
+    gate_delay_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps during which the gates are held still (gate learning rate 0; Adam's moments "
+            "still update), before they follow the schedule. 0: no delay (the published recipe). The toy's recipe "
+            "holds them for the first 10% of steps. Read by disel.optim (DiselTrainer's scheduler, "
+            "disel.optim.delay_gate_updates); the adapter itself does not use it."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -198,11 +208,15 @@ class DiselConfig(PeftConfig):
                 f"too (got layers_pattern={self.layers_pattern!r}, layers_to_transform=None)"
             )
         if self.layers_to_transform is not None:
-            indices = self.layers_to_transform if isinstance(self.layers_to_transform, list) else [self.layers_to_transform]
+            indices = (
+                self.layers_to_transform if isinstance(self.layers_to_transform, list) else [self.layers_to_transform]
+            )
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
                 fail("layers_to_transform", "None, a layer index (int >= 0) or a list of layer indices")
-        if self.layers_pattern is not None and not isinstance(self.layers_pattern, str) and not _is_str_list(
-            self.layers_pattern
+        if (
+            self.layers_pattern is not None
+            and not isinstance(self.layers_pattern, str)
+            and not _is_str_list(self.layers_pattern)
         ):
             fail("layers_pattern", "None, a module-list name or a list of names")
         check_choice(owner, "bias", self.bias, DISEL_BIAS_OPTIONS)
@@ -216,8 +230,15 @@ class DiselConfig(PeftConfig):
         for key, value in self.alpha_pattern.items():
             self.alpha_pattern[key] = check_positive_finite(owner, f"alpha_pattern[{key!r}]", value)
         self.gate_lr_ratio = check_positive_finite(
-            owner, "gate_lr_ratio", self.gate_lr_ratio, "a positive finite number (gate learning rate / base learning rate)"
+            owner,
+            "gate_lr_ratio",
+            self.gate_lr_ratio,
+            "a positive finite number (gate learning rate / base learning rate)",
         )
+        delay = self.gate_delay_steps
+        if isinstance(delay, bool) or not isinstance(delay, numbers.Integral) or delay < 0:
+            fail("gate_delay_steps", "a non-negative integer (optimizer steps with the gates held still)")
+        self.gate_delay_steps = int(delay)
 
     @classmethod
     def check_kwargs(cls, **kwargs):

@@ -12,6 +12,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 from ..optim import watch_gate_groups
+from .combine import combine_cat
 from .config import DiselConfig
 from .layer import (
     MERGE_REFUSAL,
@@ -82,9 +83,7 @@ class DiselModel(BaseTuner):
     ) -> None:
         """Add ``adapter_name`` = Σ_k weights[k] · adapters[k]. Only ``"cat"`` exists for DISeL, and it is
         exact: the components (rows of A, W_g, b_g; columns of B scaled by the weights) are stacked, each
-        keeping its own gate. See :func:`disel.components.combine_cat`."""
-        from ..components import combine_cat
-
+        keeping its own gate. See :func:`disel.tuner.combine.combine_cat`."""
         combine_cat(self, adapters, weights, adapter_name, combination_type=combination_type, **svd_and_density_options)
 
     def _check_new_adapter_config(self, config: DiselConfig) -> None:

@@ -9,6 +9,7 @@ Commands (each writes one JSON file atomically; ``--help`` on a command lists it
 * ``mlm-perplexity``: masked-LM perplexity of a fine-tuned RoBERTa encoder with the original MLM head.
 * ``retention``: one evaluator over every ``checkpoint-*`` of a training output → one table (JSON + CSV).
 * ``gates``: gate histograms of a DISeL model over domains (math / general / code).
+* ``components``: per-component gate statistics of a DISeL adapter (for ``disel-prune`` / ``disel-merge-static``).
 * ``smollm2``: convert the offline SmolLM2-135M-Instruct once and print its directory.
 
 ``--config FILE`` (JSON or YAML, keys as the flags with ``_`` or ``-``) sets a command's defaults;
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..schemas import MLM_PERPLEXITY_SCHEMA
+from ..schemas import MlmPerplexityResult, write_record
 from . import preflight
 
 __all__ = ["build_parser", "main"]
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_one_model_commands(commands)
     _add_checkpoint_and_gate_commands(commands)
+    _add_components_command(commands)
     return parser
 
 
@@ -301,9 +303,9 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
         for name, texts in _corpora(args, args.text_seed).items()
     }
     values = [c["perplexity"] for c in corpora.values()]
-    _write(args.out, {"schema": MLM_PERPLEXITY_SCHEMA, "model": loaded.description,
-                      "pretrained_mlm": str(args.pretrained_mlm or args.base), "corpora": corpora,
-                      "mean_perplexity": sum(values) / len(values)})
+    MlmPerplexityResult(dict(loaded.description), corpora, sum(values) / len(values),
+                        pretrained_mlm=str(args.pretrained_mlm or args.base)).write(args.out)
+    print(f"wrote {args.out}")
     print(f"mlm-perplexity: mean={sum(values) / len(values):.4g}")
 
 
@@ -340,6 +342,33 @@ def _cmd_gates(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _add_components_command(commands) -> None:
+    """``components``: the statistics JSON that ``disel-prune`` / ``disel-merge-static --stats`` read."""
+    from .compress import add_data_flags, add_model_flags
+
+    p = _subparser(commands, "components", "per-component gate statistics of a DISeL adapter (issue 11)",
+                   handler=_cmd_components)
+    add_model_flags(p)
+    add_data_flags(p)
+    p.add_argument("--pairwise", action="store_true", help="also record gate correlations (r x r per layer)")
+    p.add_argument("--out", required=True, help="statistics JSON (disel.ComponentStatistics.load_json reads it)")
+
+
+def _cmd_components(args: argparse.Namespace) -> None:
+    from .compress import ArgumentProblem, check_inputs, measure_components, statistics_headline
+
+    try:
+        check_inputs(args, out_file=args.out)
+    except ArgumentProblem as problem:
+        print(f"disel-eval: error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    stats, description = measure_components(args, pairwise=args.pairwise)
+    stats.save_json(args.out, model=description)
+    for line in statistics_headline(stats):
+        print(f"components: {line}")
+    print(f"wrote {args.out}")
+
+
 def _cmd_smollm2(args: argparse.Namespace) -> None:
     from ..models import smollm2_path
 
@@ -347,9 +376,7 @@ def _cmd_smollm2(args: argparse.Namespace) -> None:
 
 
 def _write(path: str, record: dict[str, Any]) -> None:
-    from disel.io import write_json_atomic
-
-    write_json_atomic(path, record)
+    write_record(path, record)  # checked and written through the record's typed class (schemas.EVAL_RECORDS)
     print(f"wrote {path}")
 
 

@@ -15,12 +15,43 @@ from pathlib import Path
 __all__ = ["ArithmeticProblem", "generate_problems", "write_jsonl"]
 
 _NAMES = (
-    "Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jonas",
-    "Kemi", "Liam", "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tariq",
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Isla",
+    "Jonas",
+    "Kemi",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olga",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tariq",
 )
 _ITEMS = (
-    "apples", "marbles", "stickers", "books", "pencils", "cookies", "stamps", "shells",
-    "coins", "cards", "balloons", "tickets", "oranges", "beads", "toy cars",
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "cookies",
+    "stamps",
+    "shells",
+    "coins",
+    "cards",
+    "balloons",
+    "tickets",
+    "oranges",
+    "beads",
+    "toy cars",
 )
 
 
@@ -37,60 +68,56 @@ class ArithmeticProblem:
         return {"instruction": self.instruction, "output": self.output, "answer": str(self.answer)}
 
 
-def _add_then_remove(rng: random.Random) -> ArithmeticProblem:
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+def _add_then_remove(rng: random.Random) -> dict[str, int]:
     start, more = rng.randint(5, 60), rng.randint(2, 40)
     away = rng.randint(1, start + more - 1)
-    mid = start + more
-    answer = mid - away
-    question = (
-        f"{name} has {start} {item}. {name} gets {more} more and then gives away {away}. "
-        f"How many {item} does {name} have now?"
-    )
-    work = f"{name} starts with {start} {item}. {start} + {more} = {mid}. {mid} - {away} = {answer}.\n#### {answer}"
-    return ArithmeticProblem(question, work, answer)
+    return {"start": start, "more": more, "away": away, "mid": start + more, "answer": start + more - away}
 
 
-def _groups(rng: random.Random) -> ArithmeticProblem:
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+def _groups(rng: random.Random) -> dict[str, int]:
     boxes, per_box, extra = rng.randint(2, 12), rng.randint(2, 15), rng.randint(0, 20)
     mid = boxes * per_box
-    answer = mid + extra
-    question = (
-        f"{name} buys {boxes} boxes of {item} with {per_box} {item} in each box, "
-        f"and already had {extra} {item}. How many {item} does {name} have in total?"
-    )
-    work = f"{boxes} boxes hold {boxes} * {per_box} = {mid} {item}. {mid} + {extra} = {answer}.\n#### {answer}"
-    return ArithmeticProblem(question, work, answer)
+    return {"boxes": boxes, "per_box": per_box, "extra": extra, "mid": mid, "answer": mid + extra}
 
 
-def _share(rng: random.Random) -> ArithmeticProblem:
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+def _share(rng: random.Random) -> dict[str, int]:
     friends, each, kept = rng.randint(2, 9), rng.randint(2, 12), rng.randint(1, 15)
-    total = friends * each + kept
-    question = (
-        f"{name} had {total} {item}, kept {kept} and shared the rest equally among {friends} friends. "
-        f"How many {item} did each friend get?"
-    )
-    shared = total - kept
-    work = f"{name} shared {total} - {kept} = {shared} {item}. {shared} / {friends} = {each}.\n#### {each}"
-    return ArithmeticProblem(question, work, each)
+    return {"friends": friends, "kept": kept, "total": friends * each + kept, "shared": friends * each, "answer": each}
 
 
-def _price(rng: random.Random) -> ArithmeticProblem:
+def _price(rng: random.Random) -> dict[str, int]:
+    count, price, extra = rng.randint(2, 9), rng.randint(2, 20), rng.randint(1, 50)
+    return {"count": count, "price": price, "cost": count * price, "paid": count * price + extra, "answer": extra}
+
+
+# Each kind: the numbers it draws, its question, its worked answer (one step per sentence). Name and item are
+# drawn first, then the numbers: the same seed gives the same problems as before this table existed.
+_KINDS = (
+    (_add_then_remove,
+     "{name} has {start} {item}. {name} gets {more} more and then gives away {away}. How many {item} does {name} "
+     "have now?",
+     "{name} starts with {start} {item}. {start} + {more} = {mid}. {mid} - {away} = {answer}."),
+    (_groups,
+     "{name} buys {boxes} boxes of {item} with {per_box} {item} in each box, and already had {extra} {item}. "
+     "How many {item} does {name} have in total?",
+     "{boxes} boxes hold {boxes} * {per_box} = {mid} {item}. {mid} + {extra} = {answer}."),
+    (_share,
+     "{name} had {total} {item}, kept {kept} and shared the rest equally among {friends} friends. How many {item} "
+     "did each friend get?",
+     "{name} shared {total} - {kept} = {shared} {item}. {shared} / {friends} = {answer}."),
+    (_price,
+     "{name} buys {count} {item} at {price} dollars each and pays with {paid} dollars. How much change does "
+     "{name} get?",
+     "The {item} cost {count} * {price} = {cost} dollars. {paid} - {cost} = {answer}."),
+)  # fmt: skip
+
+
+def _problem(rng: random.Random) -> ArithmeticProblem:
+    draw, question, work = rng.choice(_KINDS)
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    count, price, paid_extra = rng.randint(2, 9), rng.randint(2, 20), rng.randint(1, 50)
-    cost = count * price
-    paid = cost + paid_extra
-    question = (
-        f"{name} buys {count} {item} at {price} dollars each and pays with {paid} dollars. "
-        f"How much change does {name} get?"
-    )
-    work = f"The {item} cost {count} * {price} = {cost} dollars. {paid} - {cost} = {paid_extra}.\n#### {paid_extra}"
-    return ArithmeticProblem(question, work, paid_extra)
-
-
-_KINDS = (_add_then_remove, _groups, _share, _price)
+    values = {"name": name, "item": item, **draw(rng)}
+    answer = values["answer"]
+    return ArithmeticProblem(question.format(**values), f"{work.format(**values)}\n#### {answer}", answer)
 
 
 def generate_problems(n: int, seed: int = 0) -> list[ArithmeticProblem]:
@@ -98,7 +125,7 @@ def generate_problems(n: int, seed: int = 0) -> list[ArithmeticProblem]:
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got n={n!r}")
     rng = random.Random(seed)
-    return [rng.choice(_KINDS)(rng) for _ in range(n)]
+    return [_problem(rng) for _ in range(n)]
 
 
 def write_jsonl(problems: list[ArithmeticProblem], path: str | Path) -> Path:

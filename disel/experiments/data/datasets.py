@@ -97,9 +97,8 @@ def _read_json(path: Path) -> list[Row]:
     rows = []
     for index, values in enumerate(items):
         if not isinstance(values, dict):
-            raise DataFormatError(
-                f"{path}, item {index} (0-based): expected a JSON object, got {type(values).__name__}"
-            )
+            problem = f"expected a JSON object, got {type(values).__name__}"
+            raise DataFormatError(f"{path}, item {index} (0-based): {problem}")
         rows.append(Row(values, str(path), f"item {index} (0-based)"))
     return rows
 
@@ -264,11 +263,8 @@ def prepare_data(config: DataConfig, tokenizer: Any, task_type: str, num_labels:
     """
     if config.dataset is not None:
         train_rows = load_dataset_rows(config.dataset, config.dataset_config, config.dataset_train_split)
-        validation_rows = (
-            load_dataset_rows(config.dataset, config.dataset_config, config.dataset_validation_split)
-            if config.dataset_validation_split
-            else []
-        )
+        split = config.dataset_validation_split
+        validation_rows = load_dataset_rows(config.dataset, config.dataset_config, split) if split else []
     else:
         train_rows = read_rows(config.train_files)
         validation_rows = read_rows(config.validation_files) if config.validation_files else []
@@ -283,11 +279,9 @@ def prepare_data(config: DataConfig, tokenizer: Any, task_type: str, num_labels:
 
     stats = {"train_rows": len(train_rows), "validation_rows": len(validation_rows)}
     train = _tokenize_rows(train_rows, config, tokenizer, task_type, num_labels, stats, "train")
-    validation = (
-        _tokenize_rows(validation_rows, config, tokenizer, task_type, num_labels, stats, "validation")
-        if validation_rows
-        else None
-    )
+    validation = None
+    if validation_rows:
+        validation = _tokenize_rows(validation_rows, config, tokenizer, task_type, num_labels, stats, "validation")
     if len(train) == 0:
         raise DataFormatError(
             f"every training example was dropped: no response token fits in data.max_length={config.max_length}"
@@ -296,17 +290,21 @@ def prepare_data(config: DataConfig, tokenizer: Any, task_type: str, num_labels:
 
 
 def _tokenize_rows(
-    rows: list[Row], config: DataConfig, tokenizer: Any, task_type: str, num_labels: int | None,
-    stats: dict[str, int], split: str,
+    rows: list[Row],
+    config: DataConfig,
+    tokenizer: Any,
+    task_type: str,
+    num_labels: int | None,
+    stats: dict[str, int],
+    split: str,
 ) -> TokenizedDataset:
     examples = []
     dropped = truncated = 0
     for row in rows:
         if task_type == "sequence_classification":
             text = _string_field(row, config.text_field, "data.text_field")
-            pair = None
-            if config.text_pair_field:
-                pair = _string_field(row, config.text_pair_field, "data.text_pair_field")
+            pair_field = config.text_pair_field
+            pair = _string_field(row, pair_field, "data.text_pair_field") if pair_field else None
             label = _label(row, config, num_labels)
             example = tokenize_classification(tokenizer, text, pair, label, config.max_length)
         elif config.template == "none":
@@ -329,12 +327,16 @@ def _tokenize_rows(
     return TokenizedDataset(examples)
 
 
-def _string_field(row: Row, key: str, setting: str) -> str:
+def _field(row: Row, key: str, setting: str) -> Any:
     if key not in row.values:
         raise DataFormatError(
             f"{row.where()}: missing key {key!r} (set by {setting}); the row has keys {sorted(row.values)}"
         )
-    value = row.values[key]
+    return row.values[key]
+
+
+def _string_field(row: Row, key: str, setting: str) -> str:
+    value = _field(row, key, setting)
     if not isinstance(value, str):
         raise DataFormatError(f"{row.where()}: key {key!r} must hold a string, got {type(value).__name__} {value!r}")
     return value
@@ -342,11 +344,7 @@ def _string_field(row: Row, key: str, setting: str) -> str:
 
 def _label(row: Row, config: DataConfig, num_labels: int | None) -> int:
     key = config.label_field
-    if key not in row.values:
-        raise DataFormatError(
-            f"{row.where()}: missing key {key!r} (set by data.label_field); the row has keys {sorted(row.values)}"
-        )
-    value = row.values[key]
+    value = _field(row, key, "data.label_field")
     if config.label_names is not None and isinstance(value, str) and value in config.label_names:
         return config.label_names.index(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # CSV cells are strings

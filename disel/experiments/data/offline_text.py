@@ -108,10 +108,6 @@ class CodeDefinition:
     body_without_docstring: str
 
 
-def _stdlib_dir() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
 def _definitions_in(path: Path, min_chars: int, max_chars: int) -> list[CodeDefinition]:
     try:
         source = path.read_text(encoding="utf-8")
@@ -140,7 +136,7 @@ def _definitions_in(path: Path, min_chars: int, max_chars: int) -> list[CodeDefi
 @lru_cache(maxsize=None)
 def _all_definitions(min_chars: int, max_chars: int) -> tuple[CodeDefinition, ...]:
     definitions: list[CodeDefinition] = []
-    for path in sorted(_stdlib_dir().glob("*.py")):
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
         if path.stem in _SKIPPED_MODULES:
             continue
         definitions.extend(_definitions_in(path, min_chars, max_chars))
@@ -154,14 +150,10 @@ def stdlib_definitions(
     standard-library modules, in sorted module order, skipping modules named in ``exclude``
     (file stems such as ``"json"`` or ``"textwrap"``; use it to keep evaluation code disjoint from
     code that was trained on)."""
-    excluded = _module_names(exclude)
-    return [d for d in _all_definitions(min_chars, max_chars) if d.module not in excluded]
-
-
-def _module_names(exclude: Iterable[str]) -> frozenset[str]:
     if isinstance(exclude, str):
         raise TypeError(f"exclude must be an iterable of module names, not the string {exclude!r}; use [{exclude!r}]")
-    return frozenset(exclude)
+    excluded = frozenset(exclude)
+    return [d for d in _all_definitions(min_chars, max_chars) if d.module not in excluded]
 
 
 def python_code_texts(

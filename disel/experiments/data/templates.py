@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ALPACA", "IGNORE_INDEX", "MAGICODER", "NONE", "TEMPLATES", "PromptTemplate", "format_prompt", "get_template"]
+__all__ = [
+    "ALPACA",
+    "IGNORE_INDEX",
+    "MAGICODER",
+    "NONE",
+    "TEMPLATES",
+    "PromptTemplate",
+    "format_prompt",
+    "get_template",
+]
 
 IGNORE_INDEX = -100
 """Label of tokens without loss (the prompt, padding): ``torch.nn.CrossEntropyLoss``'s ignore_index."""

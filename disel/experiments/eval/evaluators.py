@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ..schemas import PERPLEXITY_SCHEMA
+from ..schemas import PerplexityResult
 from .generation import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval
 from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
 from .perplexity import causal_lm_perplexity
@@ -90,15 +90,18 @@ class PerplexityEvaluator:
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
         per_corpus = {
             name: causal_lm_perplexity(
-                loaded.model, loaded.tokenizer, texts,
-                max_length=self.max_length, stride=self.stride, batch_size=self.batch_size,
+                loaded.model,
+                loaded.tokenizer,
+                texts,
+                max_length=self.max_length,
+                stride=self.stride,
+                batch_size=self.batch_size,
             )
             for name, texts in self.corpora.items()
         }
         metrics = {name: result["perplexity"] for name, result in per_corpus.items()}
         mean = sum(metrics.values()) / len(metrics)
-        detail = {"schema": PERPLEXITY_SCHEMA, "model": loaded.description, "corpora": per_corpus,
-                  "mean_perplexity": mean}
+        detail = PerplexityResult(dict(loaded.description), per_corpus, mean).to_dict()
         return EvalOutcome(metrics, mean, detail)
 
 
@@ -113,11 +116,16 @@ class Gsm8kEvaluator:
     name: str = "gsm8k"
 
     def settings(self) -> dict[str, Any]:
-        return {"rows": len(self.rows), "template": self.template,
-                "generation": asdict(self.generation.for_template(self.template))}
+        return {
+            "rows": len(self.rows),
+            "template": self.template,
+            "generation": asdict(self.generation.for_template(self.template)),
+        }
 
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
-        record = evaluate_gsm8k(loaded.model, loaded.tokenizer, self.rows, settings=self.generation, template=self.template)
+        record = evaluate_gsm8k(
+            loaded.model, loaded.tokenizer, self.rows, settings=self.generation, template=self.template
+        )
         record["model"] = loaded.description
         metrics = {"exact_match": record["exact_match"], "exact_match_flexible": record["exact_match_flexible"]}
         return EvalOutcome(metrics, record["exact_match"], record)
@@ -140,13 +148,22 @@ class HumanEvalEvaluator:
     name: str = "humaneval"
 
     def settings(self) -> dict[str, Any]:
-        return {"problems": len(self.problems), "template": self.template, "timeout_s": self.timeout_s,
-                "generation": asdict(self.generation.for_template(self.template))}
+        return {
+            "problems": len(self.problems),
+            "template": self.template,
+            "timeout_s": self.timeout_s,
+            "generation": asdict(self.generation.for_template(self.template)),
+        }
 
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
         record = evaluate_humaneval(
-            loaded.model, loaded.tokenizer, self.problems, allow_code_execution=self.allow_code_execution,
-            settings=self.generation, template=self.template, timeout_s=self.timeout_s,
+            loaded.model,
+            loaded.tokenizer,
+            self.problems,
+            allow_code_execution=self.allow_code_execution,
+            settings=self.generation,
+            template=self.template,
+            timeout_s=self.timeout_s,
         )
         record["model"] = loaded.description
         return EvalOutcome({"pass@1": record["pass@1"]}, record["pass@1"], record)

@@ -7,23 +7,11 @@ counted (the paper's protocol); for raw text, every token. Per domain the summar
 depth third (early / mid / late), by module (q_proj … down_proj), by kind (attention vs MLP), and by
 depth × kind and depth × module (Figures 10, 11).
 
-Output schema ``disel.gates/1`` (one JSON file for all domains)::
-
-    {"schema": "disel.gates/1", "model": {...}, "bins": 20, "bin_edges": [0.0, 0.05, ..., 1.0],
-     "domains": {
-        "math": {"token_selection": "response", "sequences": 200, "num_layers": 30,
-                 "modules": [STATS, ...],                       # one per (layer, module)
-                 "by_depth": {"early": STATS, "mid": STATS, "late": STATS},
-                 "by_module": {"q_proj": STATS, ...},
-                 "by_kind": {"attention": STATS, "mlp": STATS},
-                 "by_depth_and_kind": {"early": {"attention": STATS, "mlp": STATS}, ...},
-                 "by_depth_and_module": {"early": {"q_proj": STATS, ...}, ...}},
-        ...}}
-
-where ``STATS`` is :meth:`disel.recording.GateStats.to_dict`: ``layer``, ``module``, ``adapter``,
-``paths``, ``rank``, ``count`` (values = tokens × rank components), ``tokens``, ``mean``, ``std``,
-``histogram`` (counts per bin over ``bin_edges``; divide by ``count`` for the paper's normalised
-histograms) and ``component_means`` (per rank component; ``null`` for groups).
+One JSON file for all domains (``disel.gates/1``, read by :class:`~disel.experiments.schemas.GatesFile`):
+``bin_edges`` and per domain ``token_selection``, ``sequences``, ``num_layers``, ``modules`` (one ``STATS`` per
+(layer, module)) and the groupings ``by_depth``, ``by_module``, ``by_kind``, ``by_depth_and_kind``,
+``by_depth_and_module``, where ``STATS`` is :meth:`disel.recording.GateStats.to_dict` (``count`` = tokens × rank
+components, ``mean``, ``std``, ``histogram`` counts per bin, ``component_means`` ...).
 """
 
 from __future__ import annotations
@@ -39,7 +27,7 @@ from torch import nn
 from disel.recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
 
 from ..data.collator import right_pad
-from ..schemas import GATES_SCHEMA
+from ..schemas import GATES_SCHEMA, GatesFile
 
 __all__ = ["GateDomain", "analyze_gates", "default_offline_domains", "domain_from_rows", "save_gates"]
 
@@ -60,13 +48,18 @@ class GateDomain:
 
     def __post_init__(self) -> None:
         if (self.texts is None) == (self.examples is None):
-            raise ValueError(f"GateDomain {self.name!r} needs exactly one of texts (raw text) or examples (instruction/output)")
+            raise ValueError(
+                f"GateDomain {self.name!r} needs exactly one of texts (raw text) or examples (instruction/output)"
+            )
         if self.examples is not None:
             if self.format_prompt is None:
                 raise ValueError(f"GateDomain {self.name!r} has examples but no format_prompt (the training template)")
             for example in self.examples:
                 if "instruction" not in example or "output" not in example:
-                    raise KeyError(f"GateDomain {self.name!r}: every example needs 'instruction' and 'output', got {sorted(example)}")
+                    raise KeyError(
+                        f"GateDomain {self.name!r}: every example needs 'instruction' and 'output', "
+                        f"got {sorted(example)}"
+                    )
         sequences = self.texts if self.texts is not None else self.examples
         if len(sequences) == 0:
             raise ValueError(f"GateDomain {self.name!r} is empty")
@@ -91,7 +84,8 @@ def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[
 
     encoded = []
     for example in domain.examples:
-        tokenized = tokenize_instruction(tokenizer, domain.format_prompt(example["instruction"]), example["output"], max_length)
+        prompt = domain.format_prompt(example["instruction"])
+        tokenized = tokenize_instruction(tokenizer, prompt, example["output"], max_length)
         if tokenized is not None:  # None: no response token survived truncation
             encoded.append((tokenized["input_ids"], [label != IGNORE_INDEX for label in tokenized["labels"]]))
     return encoded
@@ -141,7 +135,9 @@ def analyze_gates(
     for domain in domains:
         encoded = [(ids, mask) for ids, mask in _encode_domain(domain, tokenizer, max_length) if any(mask)]
         if not encoded:
-            raise ValueError(f"domain {domain.name!r}: no sequence has a token to record (empty responses, or truncated away)")
+            raise ValueError(
+                f"domain {domain.name!r}: no sequence has a token to record (empty responses, or truncated away)"
+            )
         with record_gates(model, bins=bins) as recorder:
             for start in range(0, len(encoded), batch_size):
                 batch = encoded[start : start + batch_size]
@@ -198,8 +194,8 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
     * ``code``: documented standard-library functions in the Magicoder template; response tokens.
     """
     from ..data.arithmetic import generate_problems
-    from ..data.templates import format_prompt
     from ..data.offline_text import general_english_texts, python_function_tasks
+    from ..data.templates import format_prompt
 
     math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]
     return [
@@ -214,7 +210,8 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
 
 
 def save_gates(result: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write a ``disel.gates/1`` dict atomically."""
+    """Write a ``disel.gates/1`` dict atomically, once :class:`GatesFile` accepts it (the file keeps every key)."""
     from disel.io import write_json_atomic
 
+    GatesFile.from_dict(result, path)
     write_json_atomic(path, result)

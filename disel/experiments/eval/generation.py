@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from pydantic import PositiveInt
+from pydantic.dataclasses import dataclass as checked_dataclass
 
-from ..schemas import GSM8K_SCHEMA, HUMANEVAL_SCHEMA
+from ..schemas import Gsm8kResult, HumanEvalResult
 
 __all__ = [
     "CodeProblem",
@@ -209,7 +211,7 @@ def _question_of(row: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@checked_dataclass
 class GenerationSettings:
     """Greedy decoding settings shared by the generation-based evaluations.
 
@@ -221,17 +223,9 @@ class GenerationSettings:
     prompt template's own (:attr:`~disel.experiments.data.templates.PromptTemplate.stop_strings`).
     """
 
-    max_new_tokens: int = 512
-    batch_size: int = 8
+    max_new_tokens: PositiveInt = 512
+    batch_size: PositiveInt = 8
     stop_strings: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"GenerationSettings.max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"GenerationSettings.batch_size must be a positive int, got {self.batch_size!r}")
-        if self.stop_strings is not None:
-            self.stop_strings = tuple(self.stop_strings)
 
     def for_template(self, template: str) -> GenerationSettings:
         """These settings with the stop strings of ``template`` filled in (when not set explicitly)."""
@@ -253,10 +247,7 @@ def _cut_at_stop(text: str, stop_strings: Iterable[str]) -> str:
 
 @torch.no_grad()
 def generate_responses(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    settings: GenerationSettings | None = None,
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings | None = None
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (in order), decoded without special tokens, cut at stop strings.
 
@@ -265,7 +256,7 @@ def generate_responses(
     """
     settings = (settings or GenerationSettings()).for_template("alpaca")
     if tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token) before generating")
+        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to eos) before generating")
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     responses: list[str | None] = [None] * len(prompts)
@@ -277,9 +268,7 @@ def generate_responses(
             encoded = tokenizer([prompts[i] for i in batch_ids], return_tensors="pt", padding=True)
             encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
             generate_kwargs: dict[str, Any] = dict(
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
+                max_new_tokens=settings.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
             )
             if settings.stop_strings:
                 generate_kwargs.update(stop_strings=list(settings.stop_strings), tokenizer=tokenizer)
@@ -314,16 +303,8 @@ def evaluate_gsm8k(
     solution ending ``#### n``, or a bare number). The prompt is the question in ``template`` (the
     Alpaca template the math runs were trained with by default; ``format_prompt(question)`` replaces
     it), and generation stops at the template's stop strings unless ``settings`` sets them.
-    Returns the ``disel.gsm8k/1`` record::
-
-        {"schema": "disel.gsm8k/1", "metric": "exact_match,strict-match",
-         "exact_match": 0.41,             # strict: the paper's number
-         "exact_match_flexible": 0.45,    # last number in the response
-         "n": 1319, "n_no_strict_answer": 12, "generation": {...}, "seconds": 95.0,
-         "samples": [{"index", "question", "reference", "response", "prediction_strict",
-                      "prediction_flexible", "correct"}, ...]}   # only if keep_samples
-
-    (the command line adds ``model``, the loaded model's description, and ``data``, the file).
+    Returns the ``disel.gsm8k/1`` record (:class:`~disel.experiments.schemas.Gsm8kResult`; the command line adds
+    ``model`` and ``data``).
     """
     if len(rows) == 0:
         raise ValueError("rows is empty: nothing to evaluate")
@@ -341,23 +322,27 @@ def evaluate_gsm8k(
     flexible = [extract_final_number(r, strict=False) for r in responses]
     strict_correct = [p is not None and p == ref for p, ref in zip(strict, references)]
     flexible_correct = [p is not None and p == ref for p, ref in zip(flexible, references)]
-    result: dict[str, Any] = {
-        "schema": GSM8K_SCHEMA,
-        "metric": "exact_match,strict-match",
-        "exact_match": sum(strict_correct) / len(rows),
-        "exact_match_flexible": sum(flexible_correct) / len(rows),
-        "n": len(rows),
-        "n_no_strict_answer": sum(p is None for p in strict),
-        "generation": asdict(settings),
-        "seconds": seconds,
-    }
-    if keep_samples:
-        result["samples"] = [
-            {"index": i, "question": questions[i], "reference": references[i], "response": responses[i],
-             "prediction_strict": strict[i], "prediction_flexible": flexible[i], "correct": strict_correct[i]}
-            for i in range(len(rows))
-        ]
-    return result
+    samples = [
+        {
+            "index": i,
+            "question": questions[i],
+            "reference": references[i],
+            "response": responses[i],
+            "prediction_strict": strict[i],
+            "prediction_flexible": flexible[i],
+            "correct": strict_correct[i],
+        }
+        for i in range(len(rows))
+    ]
+    return Gsm8kResult(
+        exact_match=sum(strict_correct) / len(rows),
+        exact_match_flexible=sum(flexible_correct) / len(rows),
+        n=len(rows),
+        n_no_strict_answer=sum(p is None for p in strict),
+        generation=asdict(settings),
+        seconds=seconds,
+        samples=samples if keep_samples else None,
+    ).to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -436,16 +421,8 @@ def check_program(
     with tempfile.TemporaryDirectory(prefix="disel-exec-") as scratch:
         program_path = Path(scratch) / "program.py"
         program_path.write_text(program, encoding="utf-8")
-        command = [
-            sys.executable,
-            "-I",
-            "-c",
-            _CHILD_BOOTSTRAP,
-            str(program_path),
-            str(memory_mb * 2**20),
-            str(int(timeout_s) + 1),
-            str(max_file_mb * 2**20),
-        ]
+        limits = (memory_mb * 2**20, int(timeout_s) + 1, max_file_mb * 2**20)  # bytes, CPU seconds, bytes
+        command = [sys.executable, "-I", "-c", _CHILD_BOOTSTRAP, str(program_path), *map(str, limits)]
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": scratch}
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -540,10 +517,8 @@ def evaluate_humaneval(
     Refuses before generating anything unless ``allow_code_execution=True`` (see :func:`check_program`).
     The model input asks to complete the function (:func:`code_instruction`) in ``template``, by default the
     Magicoder template the code runs were trained with (``format_prompt(problem)`` replaces it); generation
-    stops at the template's stop strings unless ``settings`` sets them. Returns the ``disel.humaneval/1`` record::
-
-        {"schema": "disel.humaneval/1", "metric": "pass@1", "pass@1": 0.5, "n": 164, "generation": {...},
-         "samples": [{"task_id", "response", "status": "passed" | "failed" | "timeout", "detail"}, ...]}
+    stops at the template's stop strings unless ``settings`` sets them. Returns the ``disel.humaneval/1`` record
+    (:class:`~disel.experiments.schemas.HumanEvalResult`).
     """
     if allow_code_execution is not True:
         raise PermissionError(_EXECUTION_REFUSAL)
@@ -561,16 +536,13 @@ def evaluate_humaneval(
     for problem, response in zip(problems, responses):
         program = humaneval_program(problem, extract_code_completion(problem, response))
         outcomes.append(check_program(program, timeout_s=timeout_s, allow_code_execution=True))
-    result: dict[str, Any] = {
-        "schema": HUMANEVAL_SCHEMA,
-        "metric": "pass@1",
-        "pass@1": sum(o.passed for o in outcomes) / len(problems),
-        "n": len(problems),
-        "generation": asdict(settings),
-    }
-    if keep_samples:
-        result["samples"] = [
-            {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
-            for p, r, o in zip(problems, responses, outcomes)
-        ]
-    return result
+    samples = [
+        {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
+        for p, r, o in zip(problems, responses, outcomes)
+    ]
+    return HumanEvalResult(
+        sum(o.passed for o in outcomes) / len(problems),
+        len(problems),
+        asdict(settings),
+        samples=samples if keep_samples else None,
+    ).to_dict()

@@ -24,8 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from pydantic import NonNegativeInt, PositiveInt
+from pydantic.dataclasses import dataclass as checked_dataclass
 
-from ..schemas import LM_EVAL_SCHEMA
+from ..schemas import LmEvalResult
 
 __all__ = [
     "Benchmark",
@@ -80,7 +82,7 @@ PRESETS: dict[str, tuple[Benchmark, ...]] = {"paper-retention": PAPER_RETENTION_
 _DEFAULT_METRIC_ORDER = ("acc,none", "exact_match,strict-match", "exact_match,remove_whitespace", "exact_match,none")
 
 
-@dataclass
+@checked_dataclass
 class LmEvalSettings:
     """How to run lm-eval (one place for every knob; the defaults are the paper's retention setting).
 
@@ -98,28 +100,21 @@ class LmEvalSettings:
 
     preset: str | None = "paper-retention"
     tasks: tuple[str, ...] = ()
-    num_fewshot: int = 0
-    max_length: int = 512
-    batch_size: int = 8
+    num_fewshot: NonNegativeInt = 0
+    max_length: PositiveInt = 512
+    batch_size: PositiveInt = 8
     limit: int | float | None = None
-    include_path: tuple[str, ...] = ()
+    include_path: tuple[Any, ...] = ()  # str or os.PathLike; stored as str
     include_defaults: bool = True
     bootstrap_iters: int = 0
     apply_chat_template: bool = False
 
-    def __post_init__(self) -> None:
-        self.tasks = tuple(self.tasks)
+    def __post_init__(self) -> None:  # after pydantic checked the types and ranges
         self.include_path = tuple(str(p) for p in self.include_path)
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"LmEvalSettings.preset must be one of {sorted(PRESETS)} or None, got {self.preset!r}")
         if self.preset is None and not self.tasks:
             raise ValueError("LmEvalSettings needs a preset or at least one task in tasks")
-        if not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
-            raise ValueError(f"LmEvalSettings.num_fewshot must be a non-negative int, got {self.num_fewshot!r}")
-        for name in ("max_length", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"LmEvalSettings.{name} must be a positive int, got {value!r}")
 
 
 def resolve_benchmarks(settings: LmEvalSettings) -> list[Benchmark]:
@@ -148,21 +143,17 @@ def run_lm_eval(
     from lm_eval.tasks import TaskManager
 
     benchmarks = resolve_benchmarks(settings)
-    task_manager = TaskManager(
-        include_path=list(settings.include_path) or None, include_defaults=settings.include_defaults
-    )
+    include = list(settings.include_path) or None
+    task_manager = TaskManager(include_path=include, include_defaults=settings.include_defaults)
     missing = [b.task for b in benchmarks if b.task not in task_manager.all_tasks]
     if missing:
         raise ValueError(
             f"lm-eval does not know the tasks {missing}; check the names (lm_eval/tasks/) or add their YAMLs via "
-            f"include_path (searched: {list(settings.include_path) or 'none'}, include_defaults={settings.include_defaults})"
+            f"include_path (searched: {include or 'none'}, include_defaults={settings.include_defaults})"
         )
     model.eval()
     wrapped = HFLM(
-        pretrained=model,
-        tokenizer=tokenizer,
-        batch_size=settings.batch_size,
-        max_length=settings.max_length,
+        pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, max_length=settings.max_length
     )
     return lm_eval.simple_evaluate(
         model=wrapped,
@@ -222,27 +213,17 @@ def evaluate_lm_eval(
     *,
     description: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run lm-eval and return the ``disel.lm_eval/1`` record::
-
-        {"schema": "disel.lm_eval/1", "model": {...}, "settings": {...}, "lm_eval_version": "0.4.13",
-         "benchmarks": {"hellaswag": {"metric": "acc_norm,none", "paper_metric": "acc_norm",
-                                      "value": 0.41, "metrics": {...}, "n_samples": 10042}, ...},
-         "mean": 0.47, "seconds": 812.3}
-
-    ``value`` is the benchmark's headline metric (``metric``, lm-eval's key), ``metrics`` every numeric
-    result lm-eval reported for it, ``mean`` the unweighted mean of the values (the paper's retention).
-    """
+    """Run lm-eval and return the ``disel.lm_eval/1`` record (:class:`~disel.experiments.schemas.LmEvalResult`)."""
     import lm_eval
 
     settings = settings or LmEvalSettings()
     started = time.perf_counter()
     raw = run_lm_eval(model, tokenizer, settings)
     summary = summarize_lm_eval(raw, resolve_benchmarks(settings))
-    return {
-        "schema": LM_EVAL_SCHEMA,
-        "model": dict(description or {}),
-        "settings": asdict(settings),
-        "lm_eval_version": getattr(lm_eval, "__version__", "unknown"),
+    return LmEvalResult(
+        model=dict(description or {}),
+        settings=asdict(settings),
+        lm_eval_version=getattr(lm_eval, "__version__", "unknown"),
         **summary,
-        "seconds": time.perf_counter() - started,
-    }
+        seconds=time.perf_counter() - started,
+    ).to_dict()

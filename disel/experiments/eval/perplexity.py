@@ -1,14 +1,6 @@
-"""Perplexity as a forgetting measure: causal-LM perplexity over texts, and RoBERTa's masked-LM perplexity.
-
-* :func:`causal_lm_perplexity`: each text is scored on its own with sliding windows of ``max_length``
-  tokens advancing by ``stride``; every token after the first is predicted exactly once, with up to
-  ``max_length - 1`` tokens of context. Perplexity = exp(token-weighted mean NLL) over all texts.
-* :func:`masked_lm_perplexity`: 15% of the (non-special) tokens of each text are replaced by the mask
-  token, chosen by a generator seeded from ``(seed, text index)`` so every model sees the same masks;
-  perplexity = exp(mean NLL of the original tokens at the masked positions).
-* :func:`mlm_with_original_head` (paper, Appendix II.5): the forgetting of a RoBERTa fine-tuned for
-  classification is measured by pairing its fine-tuned encoder (adapters active) with the ORIGINAL
-  pre-trained MLM head.
+"""Perplexity as a forgetting measure: causal-LM perplexity with sliding windows (:func:`causal_lm_perplexity`),
+and masked-LM perplexity with seeded masks (:func:`masked_lm_perplexity`) of a fine-tuned RoBERTa encoder paired
+with its ORIGINAL pre-trained MLM head (:func:`mlm_with_original_head`, paper Appendix II.5).
 """
 
 from __future__ import annotations
@@ -48,10 +40,6 @@ def read_text_files(paths: Sequence[str | os.PathLike]) -> list[str]:
                 raise KeyError(f"{path}, line {number}: every JSONL row needs a 'text' field, got fields {sorted(row)}")
             texts.append(row["text"])
     return texts
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _check_texts(texts: Sequence[str]) -> None:
@@ -112,7 +100,7 @@ def causal_lm_perplexity(
 def _mean_nll(model: nn.Module, tokenizer: Any, pairs, batch_size: int, *, shift: bool) -> tuple[float, int]:
     """Mean NLL over the scored tokens of ``(ids, labels)`` pairs (label -100: not scored), right-padded into
     batches; ``shift``: position t predicts token t+1 (causal LM), else each position its own token (masked LM)."""
-    device = _device_of(model)
+    device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(pairs), batch_size):
@@ -183,8 +171,14 @@ def masked_lm_perplexity(
     if not pieces:
         raise ValueError("every text is empty after tokenization: nothing to score")
     mean_nll, tokens = _mean_nll(model, tokenizer, pieces, batch_size, shift=False)
-    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": tokens, "texts": len(texts),
-            "mask_prob": mask_prob, "seed": seed}
+    return {
+        "perplexity": math.exp(mean_nll),
+        "nll": mean_nll,
+        "tokens": tokens,
+        "texts": len(texts),
+        "mask_prob": mask_prob,
+        "seed": seed,
+    }
 
 
 def _encoder_of(model: nn.Module) -> nn.Module:

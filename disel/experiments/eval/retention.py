@@ -27,8 +27,7 @@ import torch
 from disel.io import write_json_atomic, write_text_atomic
 
 from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
-from ..schemas import load_result_json
-
+from ..schemas import RetentionTable, write_record
 from .evaluators import Evaluator
 from .generation import LoadedModel, load_model_for_eval
 
@@ -121,13 +120,14 @@ def evaluate_checkpoints(
     base_path = str(base_path) if base_path is not None else _base_model_path(checkpoints)
     table_path = Path(table_path) if table_path is not None else Path(output_dir) / f"retention_{evaluator.name}.json"
     settings = json.loads(json.dumps(evaluator.settings(), default=str))
-    header = {"schema": TABLE_SCHEMA, "evaluator": evaluator.name, "settings": settings,
-              "output_dir": str(output_dir), "base_path": base_path}
-    rows: list[dict[str, Any]] = []
-    if resume and table_path.is_file():
-        previous = load_result_json(table_path, TABLE_SCHEMA, "an earlier evaluate_checkpoints")
-        if previous.get("evaluator") == evaluator.name and previous.get("settings") == settings:
-            rows = previous["rows"]
+    header = {
+        "schema": TABLE_SCHEMA,
+        "evaluator": evaluator.name,
+        "settings": settings,
+        "output_dir": str(output_dir),
+        "base_path": base_path,
+    }
+    rows = _previous_rows(table_path, evaluator.name, settings) if resume else []
     done = {row["checkpoint"] for row in rows}
     todo: list[tuple[int, str, Callable[[], LoadedModel]]] = []
     if include_base:
@@ -140,7 +140,7 @@ def evaluate_checkpoints(
         if progress is not None:
             progress(f"[retention] {evaluator.name}: evaluating {name} (step {step})")
         outcome = evaluator(load())
-        write_json_atomic(table_path.with_name(table_path.stem + "_details") / f"{name}.json", outcome.detail)
+        _write_detail(table_path.with_name(table_path.stem + "_details") / f"{name}.json", outcome.detail)
         rows.append({"step": step, "checkpoint": name, **outcome.metrics, "mean": outcome.mean})
         rows.sort(key=lambda r: (r["step"], r["checkpoint"] != "base"))
         _write_table(table_path, header, rows)  # after every row: an interrupted run resumes from here
@@ -150,12 +150,27 @@ def evaluate_checkpoints(
     return final
 
 
+def _previous_rows(table_path: Path, evaluator: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an existing table made by the same evaluator with the same settings (to resume), else none."""
+    if not table_path.is_file():
+        return []
+    previous = RetentionTable.read(table_path)
+    return previous.to_dict()["rows"] if (previous.evaluator, previous.settings) == (evaluator, settings) else []
+
+
+def _write_detail(path: Path, detail: dict[str, Any]) -> None:
+    if "schema" in detail:  # a record of schemas.EVAL_RECORDS, checked by its class
+        write_record(path, detail)
+    else:  # the detail of another evaluator, as it is
+        write_json_atomic(path, detail)
+
+
 def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write the table (JSON and CSV, atomically) and return it; columns in order of first appearance."""
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in ("step", "checkpoint", "mean") and key not in columns]
     table = {**header, "metric_columns": columns, "rows": rows}
-    write_json_atomic(table_path, table)
+    RetentionTable.from_dict(table, table_path).write(table_path)
     write_text_atomic(table_path.with_suffix(".csv"), _csv_text(columns, rows))
     return table

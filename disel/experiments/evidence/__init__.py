@@ -10,6 +10,11 @@ Building blocks of the SmolLM2 experiment, independent of how the experiment is 
 * :mod:`.throughput` — this CPU's matmul throughput and the FLOP count of a training step;
 * :mod:`.results` — the typed results file of the experiment.
 
+and the experiment itself, ``disel-evidence`` (:mod:`.cli`, :func:`.run.run_evidence`): the recipe
+(:mod:`.config`), the resumable stages (:mod:`.stages`), the throughput stage (:mod:`.throughput_stage`),
+the results, table and verdict (:mod:`.aggregate`) and the figures (:mod:`.figures`, drawn by
+``paper_figs/evidence_*.py``).
+
 Submodules are imported explicitly (``from disel.experiments.evidence.stats import ...``), so that the
 NumPy-only statistics do not pull in torch.
 """

@@ -145,7 +145,9 @@ def mean_token_kl(
             mask = batch.get("attention_mask")
             mask = torch.ones_like(ids) if mask is None else mask.to(device)  # (b, s)
             if mask.shape != ids.shape:
-                raise ValueError(f"batch {index}: attention_mask {tuple(mask.shape)} differs from input_ids {tuple(ids.shape)}")
+                raise ValueError(
+                    f"batch {index}: attention_mask {tuple(mask.shape)} differs from input_ids {tuple(ids.shape)}"
+                )
             scored = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)  # (b, s-1): a real token predicting a real token
             if not scored.any():
                 continue
@@ -153,8 +155,11 @@ def mean_token_kl(
                 with model.disable_adapter():
                     base_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (b, s-1, V)
             else:
-                base_logits = base_model(input_ids=ids.to(_device_of(base_model)),
-                                         attention_mask=mask.to(_device_of(base_model))).logits[:, :-1].to(device)
+                base_logits = (
+                    base_model(input_ids=ids.to(_device_of(base_model)), attention_mask=mask.to(_device_of(base_model)))
+                    .logits[:, :-1]
+                    .to(device)
+                )
             tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (b, s-1, V)
             rows = scored.nonzero(as_tuple=True)
             base_sel, tuned_sel = base_logits[rows], tuned_logits[rows]  # (n, V)

@@ -95,7 +95,8 @@ class CheckpointRecord:
             "kl": dict(self.kl),
             "anti_aligned_fraction": self.anti_aligned_fraction,
             # JSON object keys are strings; layer indices come back as ints in from_dict
-            "anti_aligned_by_layer": None if self.anti_aligned_by_layer is None
+            "anti_aligned_by_layer": None
+            if self.anti_aligned_by_layer is None
             else {str(k): v for k, v in self.anti_aligned_by_layer.items()},
             "gate_means": None if self.gate_means is None else dict(self.gate_means),
         }
@@ -319,8 +320,10 @@ def compare_arms(
     ours = [run.path(kind, domain) for run in runs if run.arm == arm]
     theirs = [run.path(kind, domain) for run in runs if run.arm == reference_arm]
     if not ours or not theirs:
-        raise ValueError(f"no runs of arm {arm!r} or of reference_arm {reference_arm!r} "
-                         f"(arms present: {sorted({run.arm for run in runs})})")
+        raise ValueError(
+            f"no runs of arm {arm!r} or of reference_arm {reference_arm!r} "
+            f"(arms present: {sorted({run.arm for run in runs})})"
+        )
     levels = choose_levels([*ours, *theirs], fractions)
     differences = matched_differences(ours, theirs, levels, rng, replicates=replicates) if levels.size else []
     return MatchedComparison(arm, reference_arm, kind, domain, differences)

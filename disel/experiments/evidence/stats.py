@@ -215,10 +215,12 @@ def matched_differences(
     weights = _problem_weights(rng, replicates, problems)  # (B, P)
 
     def arm_replicates(runs: Sequence[RunPath]) -> np.ndarray:
-        per_run = np.stack([
-            interpolate_first_crossing(weights @ r.correct.T.astype(np.float64) / problems, r.retention, levels)
-            for r in runs
-        ])  # (S, B, L)
+        per_run = np.stack(
+            [
+                interpolate_first_crossing(weights @ r.correct.T.astype(np.float64) / problems, r.retention, levels)
+                for r in runs
+            ]
+        )  # (S, B, L)
         drawn = rng.integers(0, len(runs), size=(replicates, len(runs)))  # (B, S): seeds drawn per replicate
         picked = np.take_along_axis(per_run.transpose(1, 0, 2), drawn[..., None], axis=1)  # (B, S, L)
         return picked.mean(axis=1)  # (B, L)
@@ -229,18 +231,20 @@ def matched_differences(
     for j, level in enumerate(levels):
         column = diffs[:, j]
         finite = column[np.isfinite(column)]
-        low, high = (np.quantile(finite, [alpha, 1 - alpha]) if finite.size else (np.nan, np.nan))
-        results.append(MatchedDifference(
-            level=float(level),
-            disel=float(observed_disel[j]),
-            lora=float(observed_lora[j]),
-            difference=float(observed_disel[j] - observed_lora[j]),
-            low=float(low),
-            high=float(high),
-            confidence=confidence,
-            defined_fraction=finite.size / replicates,
-            replicates=replicates,
-        ))
+        low, high = np.quantile(finite, [alpha, 1 - alpha]) if finite.size else (np.nan, np.nan)
+        results.append(
+            MatchedDifference(
+                level=float(level),
+                disel=float(observed_disel[j]),
+                lora=float(observed_lora[j]),
+                difference=float(observed_disel[j] - observed_lora[j]),
+                low=float(low),
+                high=float(high),
+                confidence=confidence,
+                defined_fraction=finite.size / replicates,
+                replicates=replicates,
+            )
+        )
     return results
 
 

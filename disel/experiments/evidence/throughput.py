@@ -39,8 +39,13 @@ from torch import nn
 from disel.layers import DiselLinear
 from disel.tuner.layer import DiselLayer
 
-__all__ = ["MatmulThroughput", "StepFlops", "measure_matmul_throughput", "tokens_per_second_bound",
-           "training_step_flops"]
+__all__ = [
+    "MatmulThroughput",
+    "StepFlops",
+    "measure_matmul_throughput",
+    "tokens_per_second_bound",
+    "training_step_flops",
+]
 
 
 @dataclass(frozen=True)
@@ -134,8 +139,11 @@ def _disel_adapters(module: nn.Module) -> list[tuple[int, int, int]]:
     """(d, m, r) of each active DISeL adapter of a DISeL module."""
     if isinstance(module, DiselLinear):
         return [(module.in_features, module.out_features, module.r)]
-    return [(module.in_features, module.out_features, module.r[name])
-            for name in module.active_adapters if name in module.disel_A]
+    return [
+        (module.in_features, module.out_features, module.r[name])
+        for name in module.active_adapters
+        if name in module.disel_A
+    ]
 
 
 def training_step_flops(model: nn.Module, batch_size: int, seq_len: int) -> StepFlops:
@@ -157,13 +165,16 @@ def training_step_flops(model: nn.Module, batch_size: int, seq_len: int) -> Step
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if args and isinstance(args[0], torch.Tensor):
                 records.append((kind, module, args[0].requires_grad))
+
         return hook
 
     handles = []
     for module in model.modules():
         if isinstance(module, (DiselLinear, DiselLayer)):
             handles.append(module.register_forward_hook(hook_for("disel")))
-        elif isinstance(module, nn.Linear) and (id(module) not in inside_disel or _is_disel_base(module, disel_modules)):
+        elif isinstance(module, nn.Linear) and (
+            id(module) not in inside_disel or _is_disel_base(module, disel_modules)
+        ):
             handles.append(module.register_forward_hook(hook_for("linear")))
     device = next(model.parameters()).device
     was_training = model.training
@@ -200,8 +211,14 @@ def training_step_flops(model: nn.Module, batch_size: int, seq_len: int) -> Step
         raise ValueError("model.config must give num_attention_heads and num_hidden_layers for the attention FLOPs")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     attention = 12 * batch_size * seq_len * seq_len * heads * head_dim * layers
-    return StepFlops(frozen=frozen, adapter=adapter, attention=attention, tokens=tokens,
-                     frozen_params=frozen_params, adapter_params=adapter_params)
+    return StepFlops(
+        frozen=frozen,
+        adapter=adapter,
+        attention=attention,
+        tokens=tokens,
+        frozen_params=frozen_params,
+        adapter_params=adapter_params,
+    )
 
 
 def _is_disel_base(module: nn.Module, disel_modules: list[nn.Module]) -> bool:

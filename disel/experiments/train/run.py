@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from disel.io import write_json_atomic, write_yaml_atomic
+from disel.io import write_yaml_atomic
 
 from ..config import ConfigError, ExperimentConfig, ModelConfig
 from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
@@ -534,6 +534,6 @@ def train(
     eval_metrics = _final_evaluation(trainer) if data.validation is not None else {}
     result = _result(config, trainer, data, train_output, eval_metrics, resume_from, time.time() - started)
     if is_main:
-        write_json_atomic(output_dir / RESULT_FILE, result.to_dict())
+        result.write(output_dir / RESULT_FILE)
     trainer.accelerator.wait_for_everyone()
     return result

@@ -1,0 +1,194 @@
+"""The last stage: the results file (:mod:`.results`), the matched comparisons, the table and the verdict.
+
+The verdict sentence is generated from the numbers: for each compared arm, the retention difference
+against the reference arm at the matched exact-match levels, read on English KL (the more sensitive
+metric), with its 95% interval; it says "retains more", "retains less" or "no difference shown"
+according to whether the intervals exclude 0, and says so plainly when the arms share no accuracy range.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import EvidenceConfig, RunSpec
+from .results import (
+    CheckpointRecord,
+    EvidenceResults,
+    Interval,
+    MatchedComparison,
+    RunRecord,
+    compare_arms,
+)
+from .stages import DOMAINS, read_json
+from .stats import exact_match_interval
+
+__all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
+
+_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def _checkpoint(record: dict[str, Any], rng: np.random.Generator, replicates: int) -> CheckpointRecord:
+    estimate, low, high = exact_match_interval(np.array(record["correct"]), rng, replicates)
+    by_layer = record.get("anti_aligned_by_layer")
+    return CheckpointRecord(
+        step=int(record["step"]),
+        exact_match=Interval(estimate, low, high),
+        perplexity=dict(record["perplexity"]),
+        kl=dict(record["kl"]),
+        anti_aligned_fraction=record.get("anti_aligned_fraction"),
+        anti_aligned_by_layer=None if by_layer is None else {int(k): v for k, v in by_layer.items()},
+        gate_means=record.get("gate_means"),
+    )
+
+
+def _run_record(
+    spec: RunSpec, base: dict[str, Any], rng: np.random.Generator, replicates: int, adapter: str | None
+) -> RunRecord:
+    """The run's path: the base model as step 0, then every evaluated checkpoint."""
+    evals = sorted((read_json(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r["step"])
+    records = [{**base, "step": 0}, *evals]
+    train = read_json(spec.run_dir / "train_result.json")
+    runtime = next(
+        (e["train_runtime"] for e in reversed(train["log_history"]) if "train_runtime" in e), train["runtime_s"]
+    )
+    return RunRecord(
+        arm=spec.arm,
+        seed=spec.seed,
+        checkpoints=[_checkpoint(r, rng, replicates) for r in records],
+        correct=np.array([r["correct"] for r in records], dtype=bool),
+        adapter=adapter,
+        timing={
+            "train_runtime_s": float(runtime),
+            "train_steps": float(train["global_step"]),
+            "eval_s": float(sum(r["seconds"] for r in evals)),
+        },
+    )
+
+
+def build_results(
+    config: EvidenceConfig,
+    specs: list[RunSpec],
+    base: dict[str, Any],
+    throughput: dict[str, Any],
+    adapters: dict[str, str],
+    recipe: dict[str, Any],
+) -> EvidenceResults:
+    """Every run's path, and each arm against the reference arm (perplexity and KL, English and code)."""
+    rng = np.random.default_rng(config.problems.data_seed + 9)
+    replicates = config.evaluation.bootstrap_replicates
+    runs = [_run_record(s, base, rng, replicates, adapters.get(s.label)) for s in specs]
+    comparisons = [
+        compare_arms(
+            runs,
+            arm,
+            config.reference_arm,
+            kind,
+            domain,
+            rng,
+            fractions=tuple(config.evaluation.matched_fractions),
+            replicates=replicates,
+        )
+        for arm in config.arms
+        if arm != config.reference_arm
+        for kind in ("kl", "perplexity")
+        for domain in DOMAINS
+    ]
+    return EvidenceResults(
+        model=recipe.get("model", {}).get("path", ""),
+        task="arithmetic word problems (exact match)",
+        n_test_problems=len(base["correct"]),
+        runs=runs,
+        comparisons=comparisons,
+        base=_checkpoint({**base, "step": 0}, rng, replicates),
+        throughput=throughput,
+        recipe=recipe,
+    )
+
+
+def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
+    """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config); label → folder."""
+    copied = {}
+    for spec in specs:
+        folder = target / spec.label
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in _ADAPTER_FILES:
+            if (spec.run_dir / name).is_file():
+                shutil.copy2(spec.run_dir / name, folder / name)
+        copied[spec.label] = str(folder)
+    return copied
+
+
+def _final(results: EvidenceResults, arm: str, kind: str, domain: str) -> tuple[float, float]:
+    """Mean over seeds of the last checkpoint's exact match and retention."""
+    lasts = [run.checkpoints[-1] for run in results.runs_of(arm)]
+    return (
+        float(np.mean([c.exact_match.estimate for c in lasts])),
+        float(np.mean([c.retention(kind, domain) for c in lasts])),
+    )
+
+
+def format_table(results: EvidenceResults) -> str:
+    """Markdown: final exact match and retention per arm (seed means), then every matched difference."""
+    lines = [
+        "| arm | seeds | exact match | ppl English | ppl code | KL English | KL code |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = results.base
+    lines.append(
+        f"| base | - | {base.exact_match.estimate:.3f} | {base.perplexity['english']:.3f} | "
+        f"{base.perplexity['code']:.3f} | 0 | 0 |"
+    )
+    for arm, seeds in results.seeds.items():
+        em, _ = _final(results, arm, "kl", "english")
+        cells = [
+            f"{_final(results, arm, kind, d)[1]:.{3 if kind == 'perplexity' else 4}f}"
+            for kind in ("perplexity", "kl")
+            for d in DOMAINS
+        ]
+        lines.append(f"| {arm} | {len(seeds)} | {em:.3f} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| arm − reference | retention | exact-match level | difference [95% interval] | defined |",
+        "|---|---|---|---|---|",
+    ]
+    for comp in results.comparisons:
+        for d in comp.differences:
+            lines.append(
+                f"| {comp.arm} − {comp.reference_arm} | {comp.kind} {comp.domain} | {d.level:.3f} | "
+                f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}] | {d.defined_fraction:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _sentence(comp: MatchedComparison) -> str:
+    if not comp.differences:
+        return (
+            f"{comp.arm} and {comp.reference_arm} reach no common exact-match range, so they cannot be "
+            f"compared at equal accuracy."
+        )
+    levels = ", ".join(f"{d.level:.2f}" for d in comp.differences)
+    parts = ", ".join(f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" for d in comp.differences)
+    better = all(d.high < 0 for d in comp.differences)
+    worse = all(d.low > 0 for d in comp.differences)
+    finding = (
+        "retains MORE of the base model than"
+        if better
+        else "retains LESS of the base model than"
+        if worse
+        else "shows NO clear retention difference from"
+    )
+    return (
+        f"At equal exact match ({levels}), {comp.arm} {finding} {comp.reference_arm}: {comp.kind} on "
+        f"{comp.domain} text differs by {parts} (95% bootstrap intervals over test problems and seeds; "
+        f"negative = closer to the base)."
+    )
+
+
+def verdict(results: EvidenceResults) -> str:
+    """One sentence per compared arm, on English KL (module docstring)."""
+    chosen = [c for c in results.comparisons if c.kind == "kl" and c.domain == "english"]
+    return "\n".join(_sentence(c) for c in chosen)

@@ -1,0 +1,219 @@
+"""``disel-evidence``: the whole experiment of issue 9 from one recipe, resumable, with progress and an ETA.
+
+Stages (each skipped when its output file exists; every file is written atomically, so a killed run resumes):
+data → base model evaluation (once) → per (arm, seed): training and checkpoint evaluations
+(:func:`.stages.run_job`; ``workers`` of them in parallel, one single-threaded process each) →
+throughput → ``results.json`` (:mod:`.results`), ``summary.md`` (table + verdict), figures, final adapters.
+
+Output folder layout: ``data/``, ``base.json``, ``runs/<arm>-seed<k>/`` (the Trainer's folder, with
+``eval/step-<N>.json``), ``throughput.json``, ``results.json``, ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+from disel.io import write_json_atomic, write_text_atomic
+
+from .config import EvidenceConfig, RunSpec, resolved_training_recipe
+from .stages import evaluate_model, headline, prepare_data, read_json, run_job
+
+__all__ = ["Progress", "run_evidence"]
+
+
+class Progress:
+    """A tqdm bar over every stage, weighted by each stage's estimated cost so the ETA is meaningful, and one
+    printed line per finished stage."""
+
+    def __init__(self, weights: dict[str, float], echo: Callable[[str], None] = print) -> None:
+        from tqdm.auto import tqdm
+
+        self.weights = weights
+        self.bar = tqdm(total=round(sum(weights.values())), unit="est.s", dynamic_ncols=True)
+        self.echo = echo
+
+    def skip(self, label: str) -> None:
+        """Count a stage done by an earlier invocation."""
+        self.bar.update(round(self.weights.get(label, 0.0)))
+
+    def done(self, label: str, text: str) -> None:
+        self.skip(label)
+        self.bar.write(f"[{label}] {text}") if self.echo is print else self.echo(f"[{label}] {text}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# Single-core seconds on the 2-core CPU this was written on (SmolLM2-135M): only the ETA uses them.
+_TRAIN_STEP_S, _PROBLEM_S, _TOKEN_S = 6.0, 0.5, 0.01
+
+
+def stage_weights(config: EvidenceConfig, specs: list[RunSpec]) -> dict[str, float]:
+    """Every stage's label (as reported) and estimated cost."""
+    settings = config.evaluation
+    evaluation = config.problems.test * _PROBLEM_S + 2 * settings.retention_tokens * _TOKEN_S + 10
+    weights = {"data": 5.0, "base": evaluation}
+    for spec in specs:
+        training = spec.config.training
+        weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
+        every = (
+            int(training.save_steps)
+            if training.save_steps >= 1
+            else math.ceil(training.save_steps * training.max_steps)
+        )
+        for step in range(every, training.max_steps + 1, every):
+            weights[f"{spec.label} step {step}"] = evaluation
+    return {**weights, "throughput": 30.0, "results": 10.0}
+
+
+def _model_path(config: EvidenceConfig) -> str:
+    if config.model_path is not None:
+        return config.model_path
+    from ..models import smollm2_path
+
+    return str(smollm2_path())
+
+
+def _base_stage(
+    config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, dtype: str, progress: Progress
+) -> dict[str, Any]:
+    from ..eval.generation import load_model_for_eval
+
+    path = out / "base.json"
+    if path.is_file():
+        progress.done("base", "already evaluated")
+        return read_json(path)
+    loaded = load_model_for_eval(model_path, None, dtype=dtype, device=config.device)
+    record = evaluate_model(loaded, config, manifest, is_base=True, is_disel=False)
+    write_json_atomic(path, record)
+    progress.done("base", headline(record))
+    return record
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    from ..models import force_offline
+
+    force_offline()
+    torch.set_num_threads(threads)
+
+
+def _worker_job(
+    label: str, config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, queue: Any
+) -> dict:
+    # A recipe holds a class built at run time (the TrainingArguments section), which does not pickle: the
+    # worker rebuilds the specs from the evidence config, which does.
+    spec = next(s for s in config.run_specs(model_path, Path(manifest["train_file"]), out) if s.label == label)
+    return run_job(spec, config, manifest, model_path, lambda stage, text: queue.put((stage, text)))
+
+
+def _done_before(spec: RunSpec) -> list[str]:
+    """Labels of a run's stages done by an earlier invocation: training, and evaluated checkpoints."""
+    done = [f"{spec.label} train"] if (spec.run_dir / "train_result.json").is_file() else []
+    return done + [
+        f"{spec.label} step {p.stem.removeprefix('step-')}" for p in (spec.run_dir / "eval").glob("step-*.json")
+    ]
+
+
+def _run_jobs(
+    specs: list[RunSpec],
+    config: EvidenceConfig,
+    out: Path,
+    manifest: dict,
+    model_path: str,
+    workers: int,
+    progress: Progress,
+) -> None:
+    """Every (arm, seed) job: in this process (``workers`` 1) or in ``workers`` single-thread processes."""
+    for spec in specs:
+        for label in _done_before(spec):
+            progress.skip(label)
+    if workers == 1:
+        for spec in specs:
+            run_job(spec, config, manifest, model_path, progress.done)
+        return
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with (
+        context.Manager() as manager,
+        futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(1,)) as pool,
+    ):
+        queue = manager.Queue()
+        running = {pool.submit(_worker_job, s.label, config, out, manifest, model_path, queue) for s in specs}
+        while running:
+            finished, running = futures.wait(running, timeout=2.0)
+            while not queue.empty():
+                progress.done(*queue.get())
+            for job in finished:
+                job.result()  # re-raises a worker's error here
+        while not queue.empty():
+            progress.done(*queue.get())
+
+
+def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
+    """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``."""
+    from ..models import check_model_dir, force_offline, load_tokenizer
+
+    force_offline()
+    if workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers}")
+    out = Path(output_dir)
+    model_path = _model_path(config)
+    specs = config.run_specs(model_path, out / "data" / "train.jsonl", out)  # every recipe validated up front
+    check_model_dir(model_path, what="model_path")
+    manifest = prepare_data(config, out, load_tokenizer(model_path))
+    progress = Progress(stage_weights(config, specs), echo)
+    progress.done(
+        "data",
+        f"{config.problems.train} training / {len(manifest['test_rows'])} test problems, "
+        f"{len(manifest['retention']['english'])} English and {len(manifest['retention']['code'])} code texts",
+    )
+    try:
+        base = _base_stage(config, out, manifest, model_path, specs[0].config.model.dtype, progress)
+        _run_jobs(specs, config, out, manifest, model_path, workers, progress)
+        throughput = _throughput_stage(specs, out, model_path, manifest, progress)
+        summary = _aggregate_stage(config, specs, out, base, throughput, progress)
+    finally:
+        progress.close()
+    return summary
+
+
+def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, manifest: dict, progress: Progress) -> dict:
+    from .throughput_stage import measure_training_throughput
+
+    path = out / "throughput.json"
+    if not path.is_file():
+        write_json_atomic(path, measure_training_throughput(specs, model_path, manifest))
+    record = read_json(path)
+    progress.done(
+        "throughput",
+        ", ".join(
+            f"{arm} {r['tokens_per_s']:.0f} tok/s = {r['fraction_of_flop_limit']:.0%} of the FLOP limit"
+            for arm, r in record["arms"].items()
+        ),
+    )
+    return record
+
+
+def _aggregate_stage(
+    config: EvidenceConfig, specs: list[RunSpec], out: Path, base: dict, throughput: dict, progress: Progress
+) -> dict[str, Any]:
+    from .aggregate import build_results, copy_final_adapters, format_table, verdict
+    from .figures import draw_figures
+    from .results import save_results
+
+    figures_dir = Path(config.figures_dir)
+    adapters = copy_final_adapters(specs, figures_dir / "adapters")
+    recipe = {"evidence": config.model_dump(mode="json"), "training": resolved_training_recipe(config)}
+    results = build_results(config, specs, base, throughput, adapters, recipe)
+    save_results(results, out / "results.json")
+    table, sentence = format_table(results), verdict(results)
+    write_text_atomic(out / "summary.md", f"{table}\n{sentence}\n")
+    draw_figures(out / "results.json", figures_dir)
+    progress.done("results", f"{out / 'results.json'}, figures in {figures_dir}")
+    return {"results": results, "table": table, "verdict": sentence}

@@ -1,0 +1,89 @@
+"""Training tokens/s of each arm against this machine's measured matmul FLOP limit (:mod:`.throughput`).
+
+Tokens per step = batch × the mean padded length of the training batches (the collator pads to the longest
+sequence of each batch; ``padding_fraction`` says how much of that is padding). Tokens/s = steps × tokens
+per step / the Trainer's ``train_runtime``. The FLOP limit = measured single-thread matmul GFLOP/s (process CPU
+time) / the step's matmul FLOPs per token (:func:`~.throughput.training_step_flops` on the trained adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import torch
+
+from .config import RunSpec
+from .stages import read_json
+from .throughput import (
+    measure_matmul_throughput,
+    tokens_per_second_bound,
+    training_step_flops,
+)
+
+__all__ = ["measure_training_throughput", "padded_lengths"]
+
+
+def padded_lengths(lengths: list[int], batch_size: int, seed: int = 0) -> tuple[float, float]:
+    """(mean padded batch length, padding fraction) for random batches of ``batch_size`` sequences."""
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    padded = sum(max(b) * len(b) for b in batches)
+    return padded / len(order), 1.0 - sum(order) / padded
+
+
+def _train_lengths(spec: RunSpec, tokenizer: Any) -> list[int]:
+    from ..data.templates import get_template
+
+    template = get_template(spec.config.data.template)
+    with open(spec.config.data.train_files[0]) as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    texts = [template.format_prompt(r["instruction"]) + r["output"] for r in rows]
+    return [min(len(tokenizer(t)["input_ids"]) + 1, spec.config.data.max_length) for t in texts]  # + EOS
+
+
+def _trainable(model_path: str, spec: RunSpec) -> torch.nn.Module:
+    import peft
+
+    import disel  # noqa: F401  (registers the DISeL PEFT type)
+
+    from ..models import load_model
+
+    base = load_model(model_path, dtype=spec.config.model.dtype)
+    return peft.PeftModel.from_pretrained(base, spec.run_dir, is_trainable=True)
+
+
+def measure_training_throughput(specs: list[RunSpec], model_path: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``{"matmul": ..., "arms": {arm: {tokens_per_s, flop_limit_tokens_per_s, fraction_of_flop_limit, ...}}}``."""
+    from ..models import load_tokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting: one core per training run
+    try:
+        matmul = measure_matmul_throughput()
+    finally:
+        torch.set_num_threads(threads)
+    tokenizer = load_tokenizer(model_path)
+    arms: dict[str, Any] = {}
+    for spec in specs:
+        if spec.arm in arms:
+            continue
+        batch = spec.config.training.per_device_train_batch_size
+        seq_len, padding = padded_lengths(_train_lengths(spec, tokenizer), batch)
+        flops = training_step_flops(_trainable(model_path, spec), batch, max(1, round(seq_len)))
+        train = read_json(spec.run_dir / "train_result.json")
+        runtime = next((e["train_runtime"] for e in reversed(train["log_history"]) if "train_runtime" in e), None)
+        tokens_per_s = train["global_step"] * batch * seq_len / runtime if runtime else float("nan")
+        bound = tokens_per_second_bound(flops, matmul.cpu_gflops)
+        arms[spec.arm] = {
+            "tokens_per_s": tokens_per_s,
+            "flop_limit_tokens_per_s": bound,
+            "fraction_of_flop_limit": tokens_per_s / bound,
+            "mean_padded_length": seq_len,
+            "padding_fraction": padding,
+            "step_flops": flops.to_dict(),
+            "run": spec.label,
+        }
+    return {"matmul": matmul.to_dict(), "arms": arms}

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import make_tiny_causal_lm
 
 from disel.experiments.cli import compare as compare_cli
 from disel.experiments.cli import eval as eval_cli
 from disel.experiments.cli import preflight
 from disel.experiments.cli import train as train_cli
+from tiny_models import make_tiny_causal_lm
 
 REPO = Path(__file__).resolve().parents[1]
 UNWRITABLE = "/proc/disel-cannot-write-here"  # /proc takes no new files, even from root
@@ -49,9 +49,16 @@ def places(tmp_path_factory, llama_dir, no_tokenizer_dir) -> dict[str, str]:
     checkpoint.mkdir(parents=True)
     (checkpoint / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(root / "gone")}))
     return {
-        "llama": str(llama_dir), "no_tokenizer": str(no_tokenizer_dir), "file": str(root / "a_file"),
-        "dir": str(root / "a_dir"), "bad_yaml": str(root / "bad.yaml"), "data": str(root / "data.jsonl"),
-        "root": str(root), "run": str(root / "run"), "missing": str(root / "no" / "such" / "model"), "unwritable": UNWRITABLE,
+        "llama": str(llama_dir),
+        "no_tokenizer": str(no_tokenizer_dir),
+        "file": str(root / "a_file"),
+        "dir": str(root / "a_dir"),
+        "bad_yaml": str(root / "bad.yaml"),
+        "data": str(root / "data.jsonl"),
+        "root": str(root),
+        "run": str(root / "run"),
+        "missing": str(root / "no" / "such" / "model"),
+        "unwritable": UNWRITABLE,
     }
 
 
@@ -105,7 +112,11 @@ def _recipe(places: dict[str, str]) -> str:
 
 
 TRAIN_CASES = [
-    ("target module not found", ["method.target_modules=[no_such_proj]"], ("method.target_modules", "no_such_proj", "not found")),
+    (
+        "target module not found",
+        ["method.target_modules=[no_such_proj]"],
+        ("method.target_modules", "no_such_proj", "not found"),
+    ),
     ("target regex matches nothing", ["method.target_modules=.*nothing$"], ("method.target_modules", "not found")),
     ("target module not supported", ["method.target_modules=[embed_tokens]"], ("method.target_modules", "Embedding")),
     ("output dir is a file", ["training.output_dir={file}"], ("training.output_dir", "is a file")),
@@ -148,23 +159,52 @@ EVAL_CASES = [
     ("out is a directory", [*_PERPLEXITY, "--out", "{dir}"], ("--out", "is a directory")),
     ("out under a file", [*_PERPLEXITY, "--out", "{file}/result.json"], ("--out", "cannot be created")),
     ("out not writable", [*_PERPLEXITY, "--out", "{unwritable}/result.json"], ("--out", "not writable")),
-    ("missing base", ["perplexity", "--base", "{missing}", "--offline", "english", "--out", "{root}/o.json"],
-     ("--base", "does not exist")),
-    ("base without tokenizer", ["perplexity", "--base", "{no_tokenizer}", "--offline", "english", "--out", "{root}/o.json"],
-     ("--base", "no tokenizer files")),
-    ("adapter not an adapter", [*_PERPLEXITY, "--adapter", "{dir}", "--out", "{root}/o.json"], ("--adapter", "adapter_config.json")),
+    (
+        "missing base",
+        ["perplexity", "--base", "{missing}", "--offline", "english", "--out", "{root}/o.json"],
+        ("--base", "does not exist"),
+    ),
+    (
+        "base without tokenizer",
+        ["perplexity", "--base", "{no_tokenizer}", "--offline", "english", "--out", "{root}/o.json"],
+        ("--base", "no tokenizer files"),
+    ),
+    (
+        "adapter not an adapter",
+        [*_PERPLEXITY, "--adapter", "{dir}", "--out", "{root}/o.json"],
+        ("--adapter", "adapter_config.json"),
+    ),
     ("batch size 0", [*_PERPLEXITY, "--batch-size", "0", "--out", "{root}/o.json"], ("--batch-size", "positive")),
-    ("gsm8k data missing", ["gsm8k", "--base", "{llama}", "--data", "{missing}.jsonl", "--out", "{root}/o.json"],
-     ("--data", "does not exist")),
-    ("gates batch size 0", ["gates", "--base", "{llama}", "--batch-size", "0", "--out", "{root}/g.json"], ("--batch-size",)),
-    ("retention output missing", ["retention", "--output-dir", "{missing}", "--evaluator", "perplexity"],
-     ("--output-dir", "not a directory")),
-    ("retention without checkpoints", ["retention", "--output-dir", "{dir}", "--evaluator", "perplexity"],
-     ("--output-dir", "no checkpoint")),
-    ("retention table is a directory", ["retention", "--output-dir", "{run}", "--evaluator", "perplexity", "--table", "{dir}"],
-     ("--table", "is a directory")),
-    ("retention base named by the adapter is gone", ["retention", "--output-dir", "{run}", "--evaluator", "perplexity"],
-     ("--base", "base_model_name_or_path", "does not exist")),
+    (
+        "gsm8k data missing",
+        ["gsm8k", "--base", "{llama}", "--data", "{missing}.jsonl", "--out", "{root}/o.json"],
+        ("--data", "does not exist"),
+    ),
+    (
+        "gates batch size 0",
+        ["gates", "--base", "{llama}", "--batch-size", "0", "--out", "{root}/g.json"],
+        ("--batch-size",),
+    ),
+    (
+        "retention output missing",
+        ["retention", "--output-dir", "{missing}", "--evaluator", "perplexity"],
+        ("--output-dir", "not a directory"),
+    ),
+    (
+        "retention without checkpoints",
+        ["retention", "--output-dir", "{dir}", "--evaluator", "perplexity"],
+        ("--output-dir", "no checkpoint"),
+    ),
+    (
+        "retention table is a directory",
+        ["retention", "--output-dir", "{run}", "--evaluator", "perplexity", "--table", "{dir}"],
+        ("--table", "is a directory"),
+    ),
+    (
+        "retention base named by the adapter is gone",
+        ["retention", "--output-dir", "{run}", "--evaluator", "perplexity"],
+        ("--base", "base_model_name_or_path", "does not exist"),
+    ),
     ("config yaml error", ["--config", "{bad_yaml}", *_PERPLEXITY, "--out", "{root}/o.json"], ("--config", "bad.yaml")),
     ("config not a mapping", ["--config", "{data}", *_PERPLEXITY, "--out", "{root}/o.json"], ("--config",)),
 ]
@@ -182,13 +222,29 @@ def test_eval_errors_are_one_line_before_loading(places, capsys, no_heavy_work, 
 
 COMPARE_CASES = [
     ("output dir is a file", ["--output-dir", "{file}", "--model-path", "{llama}"], ("--output-dir", "is a file")),
-    ("output dir not writable", ["--output-dir", "{unwritable}/c", "--model-path", "{llama}"], ("--output-dir", "not writable")),
-    ("missing model path", ["--output-dir", "{root}/c", "--model-path", "{missing}"], ("--model-path", "does not exist")),
-    ("model without tokenizer", ["--output-dir", "{root}/c", "--model-path", "{no_tokenizer}"], ("--model-path", "tokenizer")),
+    (
+        "output dir not writable",
+        ["--output-dir", "{unwritable}/c", "--model-path", "{llama}"],
+        ("--output-dir", "not writable"),
+    ),
+    (
+        "missing model path",
+        ["--output-dir", "{root}/c", "--model-path", "{missing}"],
+        ("--model-path", "does not exist"),
+    ),
+    (
+        "model without tokenizer",
+        ["--output-dir", "{root}/c", "--model-path", "{no_tokenizer}"],
+        ("--model-path", "tokenizer"),
+    ),
     ("rank 0", ["--output-dir", "{root}/c", "--model-path", "{llama}", "--ranks", "0"], ("ranks",)),
     ("threads 0", ["--output-dir", "{root}/c", "--model-path", "{llama}", "--threads", "0"], ("--threads",)),
     ("config yaml error", ["--config", "{bad_yaml}"], ("config file", "bad.yaml")),
-    ("recipe missing", ["--output-dir", "{root}/c", "--model-path", "{llama}", "--recipe", "{missing}.yaml"], ("--recipe",)),
+    (
+        "recipe missing",
+        ["--output-dir", "{root}/c", "--model-path", "{llama}", "--recipe", "{missing}.yaml"],
+        ("--recipe",),
+    ),
 ]
 
 
@@ -213,7 +269,12 @@ def test_compare_errors_are_one_line_before_training(places, capsys, no_heavy_wo
 def test_programs_exit_2_with_one_line(places, module, prog, argv, name):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     completed = subprocess.run(
-        [sys.executable, "-m", module, *_fill(argv, places)], check=False, capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", module, *_fill(argv, places)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert completed.returncode == 2, completed.stderr
     # Libraries may log their own notices on import (bitsandbytes does without its CPU kernels); ours is one line.

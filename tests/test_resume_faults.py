@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_models import make_tiny_causal_lm
 
 from disel.experiments.cli.train import main as cli_main
 from disel.experiments.config import ConfigError, config_from_dict
@@ -33,9 +32,14 @@ from disel.experiments.train.checkpoints import (
     checkpoint_damage,
 )
 from disel.experiments.train.run import RESULT_FILE, train
+from tiny_models import make_tiny_causal_lm
 
 CHECKPOINT_FILES = [
-    "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+    "adapter_model.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "trainer_state.json",
     "training_args.bin",
 ]
 
@@ -62,8 +66,16 @@ def _raw(llama_dir: Path, math_file: Path, output_dir: Path) -> dict:
         "model": {"path": str(llama_dir)},
         "data": {"train_files": [str(math_file)], "max_length": 48},
         "method": {"name": "disel", "r": 4, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.1},
-        "training": {"output_dir": str(output_dir), "max_steps": 2, "save_steps": 1, "per_device_train_batch_size": 4,
-                     "learning_rate": 1.0e-2, "logging_steps": 1, "use_cpu": True, "disable_tqdm": True},
+        "training": {
+            "output_dir": str(output_dir),
+            "max_steps": 2,
+            "save_steps": 1,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1.0e-2,
+            "logging_steps": 1,
+            "use_cpu": True,
+            "disable_tqdm": True,
+        },
     }
 
 
@@ -99,7 +111,7 @@ def _middle_of_largest_member(path: Path) -> int:
     """The file offset of the middle byte of the largest member of a zip archive (past its local header)."""
     with zipfile.ZipFile(path) as archive:
         member = max(archive.infolist(), key=lambda info: info.file_size)
-    header = path.read_bytes()[member.header_offset: member.header_offset + 30]
+    header = path.read_bytes()[member.header_offset : member.header_offset + 30]
     name_length, extra_length = struct.unpack("<HH", header[26:30])
     return member.header_offset + 30 + name_length + extra_length + member.compress_size // 2
 
@@ -194,8 +206,11 @@ def test_explicit_damaged_checkpoint_is_refused_not_replaced(template, tmp_path,
 
 CHANGES = [
     ("learning rate", {"training": {"learning_rate": 2.0e-2}}, ["training.learning_rate: 0.01 -> 0.02"]),
-    ("rank and targets", {"method": {"r": 8, "target_modules": ["q_proj"]}},
-     ["method.r: 4 -> 8", "method.target_modules: ['q_proj', 'v_proj'] -> ['q_proj']"]),
+    (
+        "rank and targets",
+        {"method": {"r": 8, "target_modules": ["q_proj"]}},
+        ["method.r: 4 -> 8", "method.target_modules: ['q_proj', 'v_proj'] -> ['q_proj']"],
+    ),
     ("method", {"method": {"name": "lora"}}, ["method.name: 'disel' -> 'lora'"]),
     ("logging without permission", {"training": {"logging_steps": 5}}, ["training.logging_steps: 1.0 -> 5.0"]),
 ]

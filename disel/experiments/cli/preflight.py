@@ -34,7 +34,12 @@ __all__ = [
 ]
 
 TOKENIZER_FILES: tuple[str, ...] = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
     "sentencepiece.bpe.model",
 )
 """Any one of these makes a directory a tokenizer source for ``AutoTokenizer.from_pretrained``."""
@@ -128,7 +133,11 @@ def check_input_files(paths: Iterable[str | os.PathLike], what: str) -> None:
 
 
 def check_model_dir(
-    path: str | os.PathLike, what: str, *, gguf_file: str | None = None, tokenizer_dirs: Iterable[str | os.PathLike] = ()
+    path: str | os.PathLike,
+    what: str,
+    *,
+    gguf_file: str | None = None,
+    tokenizer_dirs: Iterable[str | os.PathLike] = (),
 ) -> None:
     """``path`` is a local transformers checkpoint (``config.json``, or ``gguf_file`` in it), and a tokenizer is
     found in it or in one of ``tokenizer_dirs`` (a GGUF file carries its own)."""
@@ -263,7 +272,9 @@ def _check_retention_output(args: Any) -> list[Path]:
             default_base = _base_model_path(checkpoints)
         except ValueError as error:
             raise UsageError(f"--base: not given, and {error}") from None
-        check_model_dir(default_base, "--base (from the adapters' base_model_name_or_path)", tokenizer_dirs=tokenizer_dirs)
+        check_model_dir(
+            default_base, "--base (from the adapters' base_model_name_or_path)", tokenizer_dirs=tokenizer_dirs
+        )
     return tokenizer_dirs
 
 

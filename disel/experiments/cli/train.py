@@ -77,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         preflight.check_training(config)  # before any weights are read
         result = train(config, allow_config_change=args.allow_config_change)
-    except (ConfigError, preflight.UsageError, DataFormatError, FileNotFoundError,
-            DamagedCheckpointError) as error:
+    except (ConfigError, preflight.UsageError, DataFormatError, FileNotFoundError, DamagedCheckpointError) as error:
         return preflight.report("disel-train", error)
     if _is_main_process():
         eval_text = ", ".join(f"{k}={v:.4g}" for k, v in result.eval.items() if k in ("eval_loss", "eval_accuracy"))

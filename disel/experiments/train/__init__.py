@@ -6,7 +6,15 @@ from .checkpoints import (
     check_config_unchanged,
     checkpoint_damage,
 )
-from .run import RESULT_FILE, AdaLoraScheduleCallback, build_peft_config, complete_checkpoints, resolve_resume, train, training_arguments
+from .run import (
+    RESULT_FILE,
+    AdaLoraScheduleCallback,
+    build_peft_config,
+    complete_checkpoints,
+    resolve_resume,
+    train,
+    training_arguments,
+)
 
 __all__ = [
     "RESULT_FILE",

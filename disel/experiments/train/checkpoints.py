@@ -161,7 +161,8 @@ def newest_intact_checkpoint(checkpoints: Sequence[Path]) -> Path | None:
                 warnings.warn(
                     f"{problem}; resuming from the previous complete checkpoint {str(folder)!r} instead "
                     "(the damaged one is overwritten when training reaches its step again)",
-                    DamagedCheckpointWarning, stacklevel=2,
+                    DamagedCheckpointWarning,
+                    stacklevel=2,
                 )
             return folder
         path, reason = damage

@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "check_output_dir",
+    "check_output_file",
     "iter_jsonl",
     "read_json",
     "read_jsonl",
@@ -142,21 +143,42 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (a folder for result files) if needed and check that files can be written into it.
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check that ``path`` can be an output folder: it is one, or can be created, and takes files.
 
-    Called before any long computation, so a bad output path fails in a second, not after training.
+    Called before any long computation, so a bad output path fails in a second, not after training. Nothing
+    is created: one probe file is written and removed in the nearest existing ancestor (``os.access`` says
+    yes to root even on a read-only mount).
 
     Raises:
-        ValueError: ``path`` is an existing file, cannot be created, or is not writable (the message says which).
+        ValueError: starting with ``what`` and the path: an existing file, not creatable, or not writable.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{str(path)!r} is a file, not a folder")
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a directory")
+    _check_creatable(folder, path, what)
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check that ``path`` can be written as a file: not a directory, and its folder exists or can be made and
+    takes files. Raises ``ValueError`` as :func:`check_output_dir` does."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a directory; give a file path")
+    _check_creatable(file.parent, path, what)
+    return file
+
+
+def _check_creatable(folder: Path, path: str | os.PathLike, what: str) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(existing)!r} is a file")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=existing, prefix=".disel-write-check-"):
+            pass
     except OSError as error:
-        raise ValueError(f"cannot create the folder {str(path)!r}: {error.strerror or error}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"the folder {str(path)!r} is not writable")
-    return path
+        reason = error.strerror or type(error).__name__
+        raise ValueError(f"{what} {str(path)!r} is not writable ({reason} in {str(existing)!r})") from None

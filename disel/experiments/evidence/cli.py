@@ -10,7 +10,6 @@ recipe; other keys set the evidence recipe (``problems.test=8``, ``evaluation.ma
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
@@ -54,16 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        build_parser().error(f"--workers must be a positive integer, got {args.workers}")
+    from ..cli import preflight
     from ..config import ConfigError
     from .config import load_evidence_config
 
-    try:
+    try:  # every argument checked before any model is loaded
+        preflight.check_positive(args.workers, "--workers")
+        preflight.check_positive(args.threads, "--threads")
+        preflight.check_output_dir(args.output_dir, "--output-dir")
         config = load_evidence_config(args.recipe, args.override, device=args.device)
-    except ConfigError as error:
-        print(f"disel-evidence: error: {error}", file=sys.stderr)
-        return 2
+    except (ConfigError, preflight.UsageError) as error:
+        return preflight.report("disel-evidence", error)
     if args.threads:
         import torch
 
@@ -73,12 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_evidence(config, args.output_dir, workers=args.workers)
     except (ConfigError, FileNotFoundError) as error:
-        print(f"disel-evidence: error: {error}", file=sys.stderr)
-        return 2
+        return preflight.report("disel-evidence", error)
     print(summary["table"])
     print(summary["verdict"])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,8 @@ Files written to ``training.output_dir``:
   whole and falls back past a damaged one (:mod:`~disel.experiments.train.checkpoints`);
 * the final adapter (``adapter_config.json`` + ``adapter_model.safetensors``; the whole model for ``full``)
   and the tokenizer;
-* ``train_result.json`` — written atomically, last, by the main process (:class:`~disel.experiments.schemas.TrainResult`).
+* ``train_result.json`` — written atomically, last, by the main process
+  (:class:`~disel.experiments.schemas.TrainResult`).
   Its presence means the run finished and the final adapter beside it is complete.
 """
 
@@ -40,12 +41,12 @@ import torch
 from disel.io import write_yaml_atomic
 
 from ..config import ConfigError, ExperimentConfig, ModelConfig
-from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
-from ..schemas import TRAIN_RESULT_SCHEMA as RESULT_SCHEMA
-from ..schemas import TrainResult
 from ..data.collator import CausalLMCollator
 from ..data.datasets import PreparedData, prepare_data
 from ..models import check_model_dir, force_offline, load_model, load_tokenizer
+from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
+from ..schemas import TRAIN_RESULT_SCHEMA as RESULT_SCHEMA
+from ..schemas import TrainResult
 from .checkpoints import RUN_CONFIG_FILE, check_config_unchanged, newest_intact_checkpoint, verify_checkpoint
 
 __all__ = [
@@ -271,8 +272,10 @@ class AdaLoraScheduleCallback(_callback_base()):
         if state.is_world_process_zero:
             tuner, peft_config = self._tuner(model)
             allocator = tuner.rankallocator
-            saved = {key: {k: v.detach().cpu() for k, v in getattr(allocator, key).items()}
-                     for key in ("ipt", "exp_avg_ipt", "exp_avg_unc")}
+            saved = {
+                key: {k: v.detach().cpu() for k, v in getattr(allocator, key).items()}
+                for key in ("ipt", "exp_avg_ipt", "exp_avg_unc")
+            }
             saved["rank_pattern"] = peft_config.rank_pattern
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             temporary = checkpoint / f".{_ADALORA_STATE}.tmp"
@@ -323,7 +326,9 @@ def training_arguments(config: ExperimentConfig, has_validation: bool, source: s
     values = config.training.model_dump(exclude_unset=True)
     values.setdefault("eval_strategy", "epoch" if has_validation else "no")
     if values["eval_strategy"] != "no" and not has_validation:
-        raise ConfigError(f"training.eval_strategy in {source} is {values['eval_strategy']!r} but there is no validation data")
+        raise ConfigError(
+            f"training.eval_strategy in {source} is {values['eval_strategy']!r} but there is no validation data"
+        )
     if config.method.name != "full":
         values.setdefault("ddp_find_unused_parameters", False)
     values.setdefault("prediction_loss_only", config.model.task_type == "causal_lm")
@@ -479,8 +484,10 @@ def _result(config: ExperimentConfig, trainer, data, train_output, eval_metrics,
         resumed_from=resume_from,
         runtime_s=runtime_s,
         data=dict(data.stats),
-        parameters={"trainable": sum(p.numel() for p in parameters if p.requires_grad),
-                    "total": sum(p.numel() for p in parameters)},
+        parameters={
+            "trainable": sum(p.numel() for p in parameters if p.requires_grad),
+            "total": sum(p.numel() for p in parameters),
+        },
         parameter_sha256_per_rank=list(sha_per_rank),
         versions=_versions(),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -306,9 +306,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     record = dict(outcome.detail)
     if getattr(args, "data", None):
         record["data"] = str(args.data)
+    print(_headline(evaluator.name, outcome.metrics, outcome.mean, outcome.detail.get("n")))
     _write(args.out, record)
-    scores = ", ".join(f"{name}={value:.4g}" for name, value in outcome.metrics.items())
-    print(f"{evaluator.name}: {scores}; mean={outcome.mean:.4g}")
+
+
+def _headline(name: str, metrics: dict[str, float], mean: float, n: int | None = None) -> str:
+    """One line of scores, e.g. ``gsm8k: exact_match=0.25, exact_match_flexible=0.3; mean=0.25 (n=8)``."""
+    scores = ", ".join(f"{metric}={value:.4g}" for metric, value in metrics.items())
+    return f"{name}: {scores}; mean={mean:.4g}" + (f" (n={n})" if n is not None else "")
 
 
 def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
@@ -346,18 +351,17 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
         )
         for name, texts in _corpora(args, args.text_seed).items()
     }
-    values = [c["perplexity"] for c in corpora.values()]
+    metrics = {name: result["perplexity"] for name, result in corpora.items()}
+    mean = sum(metrics.values()) / len(metrics)
+    print(_headline("mlm-perplexity", metrics, mean))
     MlmPerplexityResult(
-        dict(loaded.description),
-        corpora,
-        sum(values) / len(values),
-        pretrained_mlm=str(args.pretrained_mlm or args.base),
+        dict(loaded.description), corpora, mean, pretrained_mlm=str(args.pretrained_mlm or args.base)
     ).write(args.out)
     print(f"wrote {args.out}")
-    print(f"mlm-perplexity: mean={sum(values) / len(values):.4g}")
 
 
 def _cmd_retention(args: argparse.Namespace) -> None:
+    from ..eval.progress import write_line
     from ..eval.retention import evaluate_checkpoints
 
     table = evaluate_checkpoints(
@@ -368,6 +372,7 @@ def _cmd_retention(args: argparse.Namespace) -> None:
         include_base=not args.no_base_row,
         dtype=_dtype(args.dtype),
         resume=not args.no_resume,
+        progress=write_line,  # the per-checkpoint lines, printed above the bar
     )
     print(f"{len(table['rows'])} rows; columns: {table['metric_columns']}")
     for row in table["rows"]:
@@ -398,8 +403,17 @@ def _cmd_gates(args: argparse.Namespace) -> None:
         max_length=args.max_length,
         description=loaded.description,
     )
+    for name, domain in result["domains"].items():
+        kinds = ", ".join(f"{kind}={stats['mean']:.3f}" for kind, stats in domain.get("by_kind", {}).items())
+        print(f"gates {name}: mean gate {_mean_gate(domain['modules']):.3f} ({kinds}); {domain['sequences']} sequences")
     save_gates(result, args.out)
     print(f"wrote {args.out}")
+
+
+def _mean_gate(modules: list[dict[str, Any]]) -> float:
+    """Mean gate value over every recorded (token, rank component) of a domain's modules."""
+    count = sum(m["count"] for m in modules)
+    return sum(m["mean"] * m["count"] for m in modules) / count if count else float("nan")
 
 
 def _add_components_command(commands) -> None:
@@ -461,7 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight.check_evaluation(args)  # before any model is loaded
     except preflight.UsageError as error:
         return preflight.report("disel-eval", error)
-    args.handler(args)
+    from ..eval.progress import show_progress
+
+    with show_progress():  # the command line draws the evaluation loops' bars; library calls stay quiet
+        args.handler(args)
     return 0
 
 

@@ -28,6 +28,7 @@ from disel.recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, r
 
 from ..data.collator import right_pad
 from ..schemas import GATES_SCHEMA, GatesFile
+from .progress import progress_bar
 
 __all__ = ["GateDomain", "analyze_gates", "default_offline_domains", "domain_from_rows", "save_gates"]
 
@@ -139,7 +140,7 @@ def analyze_gates(
                 f"domain {domain.name!r}: no sequence has a token to record (empty responses, or truncated away)"
             )
         with record_gates(model, bins=bins) as recorder:
-            for start in range(0, len(encoded), batch_size):
+            for start in progress_bar(range(0, len(encoded), batch_size), f"gates {domain.name}"):
                 batch = encoded[start : start + batch_size]
                 input_ids, attention, record = right_pad(batch, pad_id, fill=False, dtype=torch.bool)  # (b, T) each
                 recorder.set_token_mask(record.to(device))  # (batch, seq)

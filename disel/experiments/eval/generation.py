@@ -30,6 +30,7 @@ from pydantic import PositiveInt
 from pydantic.dataclasses import dataclass as checked_dataclass
 
 from ..schemas import Gsm8kResult, HumanEvalResult
+from .progress import progress_bar
 
 __all__ = [
     "CodeProblem",
@@ -263,7 +264,7 @@ def generate_responses(
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in range(0, len(order), settings.batch_size):
+        for start in progress_bar(range(0, len(order), settings.batch_size), "generating"):
             batch_ids = order[start : start + settings.batch_size]
             encoded = tokenizer([prompts[i] for i in batch_ids], return_tensors="pt", padding=True)
             encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
@@ -533,7 +534,8 @@ def evaluate_humaneval(
         format_prompt = lambda problem: prompt_template.format_prompt(code_instruction(problem))  # noqa: E731
     responses = generate_responses(model, tokenizer, [format_prompt(p) for p in problems], settings)
     outcomes = []
-    for problem, response in zip(problems, responses):
+    tested = progress_bar(zip(problems, responses), "running tests", total=len(problems), unit="program")
+    for problem, response in tested:
         program = humaneval_program(problem, extract_code_completion(problem, response))
         outcomes.append(check_program(program, timeout_s=timeout_s, allow_code_execution=True))
     samples = [

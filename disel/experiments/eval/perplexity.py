@@ -18,6 +18,7 @@ from torch import nn
 from disel.io import iter_jsonl
 
 from ..data.collator import right_pad
+from .progress import progress_bar
 
 __all__ = [
     "causal_lm_perplexity",
@@ -103,7 +104,7 @@ def _mean_nll(model: nn.Module, tokenizer: Any, pairs, batch_size: int, *, shift
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(pairs), batch_size):
+    for start in progress_bar(range(0, len(pairs), batch_size), "perplexity" if shift else "mlm perplexity"):
         input_ids, attention, labels = right_pad(pairs[start : start + batch_size], pad_id, fill=-100, dtype=torch.long)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, T, V)
         if shift:

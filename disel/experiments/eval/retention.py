@@ -30,6 +30,7 @@ from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
 from ..schemas import RetentionTable, write_record
 from .evaluators import Evaluator
 from .generation import LoadedModel, load_model_for_eval
+from .progress import progress_bar
 
 __all__ = [
     "evaluate_checkpoints",
@@ -110,6 +111,8 @@ def evaluate_checkpoints(
         include_base: add the base model as the row ``step 0, checkpoint "base"``.
         resume: keep rows of an existing table made with the same evaluator settings, and evaluate
             only the checkpoints it lacks.
+        progress: called with one line per checkpoint evaluated (None: silent). The bar over the
+            checkpoints is drawn only inside :func:`~disel.experiments.eval.progress.show_progress`.
 
     Returns the table (``disel.retention/1``: ``evaluator``, ``settings``, ``output_dir``, ``base_path``,
     ``metric_columns`` and ``rows`` such as ``{"step": 0, "checkpoint": "base", "hellaswag": 0.57, "mean": 0.52}``).
@@ -134,9 +137,9 @@ def evaluate_checkpoints(
         todo.append((0, "base", lambda: load_model_for_eval(base_path, None, dtype=dtype)))
     for step, path in checkpoints:
         todo.append((step, path.name, lambda path=path: _load_checkpoint(path, base_path, dtype)))
-    for step, name, load in todo:
-        if name in done:
-            continue
+    bar = progress_bar([item for item in todo if item[1] not in done], f"retention {evaluator.name}", unit="checkpoint")
+    for step, name, load in bar:
+        bar.set_postfix_str(name)
         if progress is not None:
             progress(f"[retention] {evaluator.name}: evaluating {name} (step {step})")
         outcome = evaluator(load())

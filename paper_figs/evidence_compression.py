@@ -30,8 +30,9 @@ def read_compression(path: Path):
     """The :class:`~disel.experiments.evidence.compression.CompressionResults` in ``path``, or a ResultFileError."""
     from disel.experiments.evidence.compression import load_compression_results
 
-    return read_typed(path, load_compression_results, "python -m disel.experiments.evidence.compression",
-                      "compression results")
+    return read_typed(
+        path, load_compression_results, "python -m disel.experiments.evidence.compression", "compression results"
+    )
 
 
 def plot_compression(results):
@@ -46,17 +47,28 @@ def plot_compression(results):
             levels.insert(0, reference)
         x = [r.fraction_reduced for r in levels]
         em = [r.exact_match.estimate for r in levels]
-        errors = [[e - r.exact_match.low for e, r in zip(em, levels)], [r.exact_match.high - e for e, r in zip(em, levels)]]
+        errors = [
+            [e - r.exact_match.low for e, r in zip(em, levels)],
+            [r.exact_match.high - e for e, r in zip(em, levels)],
+        ]
         left.errorbar(x, em, yerr=errors, color=colors[operation], marker="o", ms=3, capsize=2, label=operation)
         for domain, style in (("english", "-"), ("code", "--")):
-            right.plot(x, [r.kl[domain] for r in levels], style, color=colors[operation], marker="o", ms=3,
-                       label=f"{operation} ({domain})")
+            right.plot(
+                x,
+                [r.kl[domain] for r in levels],
+                style,
+                color=colors[operation],
+                marker="o",
+                ms=3,
+                label=f"{operation} ({domain})",
+            )
         for r in levels:
             if not r.acceptable:  # open markers: the level moved exact match or retention
                 left.plot(r.fraction_reduced, r.exact_match.estimate, "o", ms=5, mfc="white", color=colors[operation])
     for domain in ("english", "code"):
-        right.axhline(reference.kl[domain], **{**BASE_LINE, "linestyle": ":"},
-                      label="unpruned" if domain == "english" else None)
+        right.axhline(
+            reference.kl[domain], **{**BASE_LINE, "linestyle": ":"}, label="unpruned" if domain == "english" else None
+        )
     left.set_xlabel("fraction of components removed / merged")
     left.set_ylabel("exact match (held-out)")
     right.set_xlabel("fraction of components removed / merged")

@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from tiny_models import LLAMA_TARGET_MODULES, make_tiny_causal_lm
+from test_evidence_run import RECIPE, TINY
 from transformers import AutoModelForCausalLM
 
 import disel
+from tiny_models import LLAMA_TARGET_MODULES, make_tiny_causal_lm
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evidence" / "smollm2_tradeoff.yaml"
-TINY = ["problems.train=12", "problems.test=6", "evaluation.retention_tokens=60", "evaluation.retention_max_length=32",
-        "evaluation.max_new_tokens=4", "evaluation.generation_batch_size=6"]
 RANK = 4
 
 
@@ -38,8 +36,10 @@ def _adapters(base: Path, root: Path) -> tuple[Path, Path]:
             gate.weight[1] = 0.0  # component 1: the constant gate σ(b_1)
             gate.weight[3], gate.bias[3] = gate.weight[2], gate.bias[2]  # components 2, 3: one gate (aligned)
     model.save_pretrained(root / "adapters" / "disel_paper-seed0")
-    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                          LoraConfig(r=RANK, target_modules=list(LLAMA_TARGET_MODULES), init_lora_weights=False))
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=RANK, target_modules=list(LLAMA_TARGET_MODULES), init_lora_weights=False),
+    )
     lora.save_pretrained(root / "adapters" / "lora-seed0")
     return root / "adapters" / "disel_paper-seed0", root / "adapters" / "lora-seed0"
 
@@ -57,9 +57,32 @@ def study(tmp_path_factory):
     evidence = root / "evidence"
     prepare_data(load_evidence_config(RECIPE, overrides), evidence, load_tokenizer(base))
     adapter, lora = _adapters(base, root)
-    return ["--evidence-dir", str(evidence), "--adapter", str(adapter), "--lora-adapter", str(lora),
-            "--recipe", str(RECIPE), "--override", *overrides, "--fractions", "0", "0.5", "--merge-std", "0", "1e-6",
-            "--stats-texts", "4", "--bootstrap-replicates", "50", "--timing-repetitions", "2", "--timing-tokens", "16"]
+    return [
+        "--evidence-dir",
+        str(evidence),
+        "--adapter",
+        str(adapter),
+        "--lora-adapter",
+        str(lora),
+        "--recipe",
+        str(RECIPE),
+        "--override",
+        *overrides,
+        "--fractions",
+        "0",
+        "0.5",
+        "--merge-std",
+        "0",
+        "1e-6",
+        "--stats-texts",
+        "4",
+        "--bootstrap-replicates",
+        "50",
+        "--timing-repetitions",
+        "2",
+        "--timing-tokens",
+        "16",
+    ]
 
 
 def _mtimes(out: Path) -> dict[str, int]:
@@ -79,7 +102,11 @@ def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path
     operations = {op for op, _ in by_key}
     assert operations == {"prune", "prune_aligned", "merge_static"}
     for unchanged in (by_key["prune", 0.0], by_key["merge_static", 0.0]):  # removing nothing reproduces it exactly
-        assert (unchanged.correct, unchanged.perplexity, unchanged.kl) == (reference.correct, reference.perplexity, reference.kl)
+        assert (unchanged.correct, unchanged.perplexity, unchanged.kl) == (
+            reference.correct,
+            reference.perplexity,
+            reference.kl,
+        )
         assert unchanged.fraction_reduced == 0.0 and unchanged.acceptable
     half = by_key["prune", 0.5]
     assert half.fraction_reduced == 0.5 and half.adapter_parameters < reference.adapter_parameters
@@ -106,7 +133,9 @@ def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path
     assert main([*study, "--out", str(out)]) == 0
     assert len(calls) == 1
     after = _mtimes(out)
-    assert {k: v for k, v in after.items() if k != "prune-0.5.json"} == {k: v for k, v in before.items() if k != "prune-0.5.json"}
+    assert {k: v for k, v in after.items() if k != "prune-0.5.json"} == {
+        k: v for k, v in before.items() if k != "prune-0.5.json"
+    }
     again = load_compression_results(out / "compression.json")
     assert {(r.operation, r.level): r.kl for r in again.levels} == {k: r.kl for k, r in by_key.items()}
 
@@ -121,12 +150,15 @@ def _replace(argv: list[str], flag: str, value: str) -> list[str]:
     return argv
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--adapter", "/no/such/adapter", "--adapter '/no/such/adapter' is not a saved adapter folder"),
-    ("--evidence-dir", "/no/such/evidence", "--evidence-dir '/no/such/evidence' holds no data/manifest.json"),
-    ("--fractions", "1.0", "--fractions must be fractions of components removed, in [0, 1)"),
-    ("--stats-texts", "0", "--stats-texts must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--adapter", "/no/such/adapter", "--adapter '/no/such/adapter' is not a saved adapter folder"),
+        ("--evidence-dir", "/no/such/evidence", "--evidence-dir '/no/such/evidence' holds no data/manifest.json"),
+        ("--fractions", "1.0", "--fractions must be fractions of components removed, in [0, 1)"),
+        ("--stats-texts", "0", "--stats-texts must be a positive integer, got 0"),
+    ],
+)
 def test_bad_inputs_give_one_line_errors(study, tmp_path, capsys, flag, value, message):
     from disel.experiments.evidence.compression import main
 
@@ -177,14 +209,40 @@ def test_recipe_evidence_record_and_lora_come_from_the_evidence_results(study, t
     evidence = tmp_path / "evidence"
     shutil.copytree(argv[argv.index("--evidence-dir") + 1], evidence)
     config = load_evidence_config(RECIPE, argv[argv.index("--override") + 1 : argv.index("--fractions")])
-    final = CheckpointRecord(step=7, exact_match=Interval(0.5, 0.2, 0.8), perplexity={"english": 9.0, "code": 8.0},
-                             kl={"english": 0.25, "code": 0.5})
+    final = CheckpointRecord(
+        step=7,
+        exact_match=Interval(0.5, 0.2, 0.8),
+        perplexity={"english": 9.0, "code": 8.0},
+        kl={"english": 0.25, "code": 0.5},
+    )
     run = RunRecord("disel_paper", 0, [final], np.ones((1, 6), dtype=bool))
-    save_results(EvidenceResults("tiny", "arithmetic", 6, [run], recipe={"evidence": config.model_dump(mode="json")}),
-                 evidence / "results.json")
-    assert main(["--evidence-dir", str(evidence), "--adapter", argv[argv.index("--adapter") + 1], "--out",
-                 str(tmp_path / "out"), "--operations", "prune", "--fractions", "0", "--stats-texts", "2",
-                 "--timing-repetitions", "1", "--timing-tokens", "8"]) == 0
+    save_results(
+        EvidenceResults("tiny", "arithmetic", 6, [run], recipe={"evidence": config.model_dump(mode="json")}),
+        evidence / "results.json",
+    )
+    assert (
+        main(
+            [
+                "--evidence-dir",
+                str(evidence),
+                "--adapter",
+                argv[argv.index("--adapter") + 1],
+                "--out",
+                str(tmp_path / "out"),
+                "--operations",
+                "prune",
+                "--fractions",
+                "0",
+                "--stats-texts",
+                "2",
+                "--timing-repetitions",
+                "1",
+                "--timing-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
     results = load_compression_results(tmp_path / "out" / "compression.json")
     assert results.evidence_final["step"] == 7 and results.evidence_final["kl"]["code"] == 0.5
     assert results.timing["lora_adapter"].endswith("lora-seed0") and "lora" in results.timing["median_s"]

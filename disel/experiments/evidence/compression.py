@@ -51,12 +51,20 @@ from . import stages
 from .results import Interval
 from .stats import exact_match_interval
 
-__all__ = ["SCHEMA_VERSION", "CompressionResults", "LevelResult", "build_parser", "load_compression_results",
-           "main", "run_compression"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CompressionResults",
+    "LevelResult",
+    "build_parser",
+    "load_compression_results",
+    "main",
+    "run_compression",
+]
 
 SCHEMA_VERSION = 1
 OPERATIONS = ("prune", "prune_aligned", "merge_static")
-RESULTS_FILE, TABLE_FILE, FIGURE_STEM = "compression.json", "compression.md", "evidence_compression"
+RESULTS_FILE, TABLE_FILE = "compression.json", "compression.md"
+PROG = "python -m disel.experiments.evidence.compression"
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,9 @@ class LevelResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LevelResult:
-        return cls(**{**{k: data[k] for k in cls.__dataclass_fields__},
-                      "exact_match": Interval.from_dict(data["exact_match"])})
+        return cls(
+            **{**{k: data[k] for k in cls.__dataclass_fields__}, "exact_match": Interval.from_dict(data["exact_match"])}
+        )
 
 
 @dataclass(frozen=True)
@@ -114,11 +123,17 @@ class CompressionResults:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressionResults:
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"compression results schema_version {data.get('schema_version')!r} is not "
-                             f"the supported {SCHEMA_VERSION}")
-        return cls(**{**{k: data[k] for k in cls.__dataclass_fields__ if k in data},
-                      "reference": LevelResult.from_dict(data["reference"]),
-                      "levels": [LevelResult.from_dict(r) for r in data["levels"]]})
+            raise ValueError(
+                f"compression results schema_version {data.get('schema_version')!r} is not "
+                f"the supported {SCHEMA_VERSION}"
+            )
+        return cls(
+            **{
+                **{k: data[k] for k in cls.__dataclass_fields__ if k in data},
+                "reference": LevelResult.from_dict(data["reference"]),
+                "levels": [LevelResult.from_dict(r) for r in data["levels"]],
+            }
+        )
 
 
 def load_compression_results(path: str | Path) -> CompressionResults:
@@ -130,26 +145,34 @@ def load_compression_results(path: str | Path) -> CompressionResults:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """ValueError naming the flag for inputs that cannot work, before anything is loaded."""
+    from ..cli import preflight
+
     adapter = Path(args.adapter)
     if not (adapter / "adapter_config.json").is_file():
-        raise ValueError(f"--adapter {args.adapter!r} is not a saved adapter folder (no adapter_config.json); the "
-                         "evidence run writes them to <figures_dir>/adapters/<arm>-seed<k>/ at its end")
+        raise ValueError(
+            f"--adapter {args.adapter!r} is not a saved adapter folder (no adapter_config.json); the "
+            "evidence run writes them to <figures_dir>/adapters/<arm>-seed<k>/ at its end"
+        )
     if not (Path(args.evidence_dir) / "data" / "manifest.json").is_file():
-        raise ValueError(f"--evidence-dir {args.evidence_dir!r} holds no data/manifest.json (not a disel-evidence "
-                         "output folder, or its data stage has not run)")
+        raise ValueError(
+            f"--evidence-dir {args.evidence_dir!r} holds no data/manifest.json (not a disel-evidence "
+            "output folder, or its data stage has not run)"
+        )
     if any(not 0 <= f < 1 for f in args.fractions):
         raise ValueError(f"--fractions must be fractions of components removed, in [0, 1), got {args.fractions}")
     if any(s < 0 for s in args.merge_std):
         raise ValueError(f"--merge-std must be gate standard deviations >= 0, got {args.merge_std}")
-    for flag in ("stats_texts", "change_texts", "stats_batch_size", "bootstrap_replicates", "timing_repetitions",
-                 "timing_tokens", "timing_batch"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    counts = ("stats_texts", "change_texts", "stats_batch_size", "bootstrap_replicates", "timing_repetitions")
+    for flag in (*counts, "timing_tokens", "timing_batch", "threads"):
+        preflight.check_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
     if min(args.kl_tolerance, args.perplexity_tolerance) < 0:
-        raise ValueError("--kl-tolerance and --perplexity-tolerance must be >= 0 (relative rises), got "
-                         f"{args.kl_tolerance} and {args.perplexity_tolerance}")
+        raise ValueError(
+            "--kl-tolerance and --perplexity-tolerance must be >= 0 (relative rises), got "
+            f"{args.kl_tolerance} and {args.perplexity_tolerance}"
+        )
     if Path(args.out).resolve() == adapter.resolve():
         raise ValueError("--out must be a folder of its own, not the --adapter folder")
+    preflight.check_output_dir(args.out, "--out")
 
 
 def _evidence_config(args: argparse.Namespace):
@@ -161,8 +184,10 @@ def _evidence_config(args: argparse.Namespace):
         return load_evidence_config(args.recipe, args.override, device=args.device)
     results = Path(args.evidence_dir) / "results.json"
     if not results.is_file():
-        raise ValueError(f"--evidence-dir {args.evidence_dir!r} has no results.json to read the recipe from "
-                         "(the run has not finished); pass --recipe")
+        raise ValueError(
+            f"--evidence-dir {args.evidence_dir!r} has no results.json to read the recipe from "
+            "(the run has not finished); pass --recipe"
+        )
     raw = apply_overrides(read_json(results)["recipe"]["evidence"], args.override)
     return EvidenceConfig.model_validate({**raw, "device": args.device})
 
@@ -209,8 +234,9 @@ class Study:
         """A fresh (model, tokenizer, description), as the evidence run loads a checkpoint."""
         from ..eval.generation import load_model_for_eval
 
-        return load_model_for_eval(self.model_path, adapter or self.adapter, dtype=self.dtype,
-                                   device=self.config.device)
+        return load_model_for_eval(
+            self.model_path, adapter or self.adapter, dtype=self.dtype, device=self.config.device
+        )
 
 
 def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
@@ -239,8 +265,10 @@ def _prepare_statistics(study: Study, tokenizer: Any, args: argparse.Namespace) 
     length, device = study.config.evaluation.retention_max_length, study.base.device
 
     def batches(texts: list[str]) -> list[dict]:
-        return [{k: v.to(device) for k, v in b.items()}
-                for b in stages._token_batches(tokenizer, texts, length, args.stats_batch_size)]
+        return [
+            {k: v.to(device) for k, v in b.items()}
+            for b in stages._token_batches(tokenizer, texts, length, args.stats_batch_size)
+        ]
 
     texts = _statistics_texts(study, args.stats_texts)
     study.batches = {d: batches(t) for d, t in texts.items()}
@@ -269,12 +297,20 @@ def _aligned_statistics(study: Study, path: Path) -> None:
 
 def _check_settings(args: argparse.Namespace, out: Path) -> None:
     """``out/settings.json``: what the cached steps depend on; ValueError if ``out`` was made with others."""
-    settings = {"adapter": str(Path(args.adapter).resolve()), "dtype": args.dtype, "stats_texts": args.stats_texts,
-                "change_texts": args.change_texts, "recipe": args.recipe, "override": list(args.override)}
+    settings = {
+        "adapter": str(Path(args.adapter).resolve()),
+        "dtype": args.dtype,
+        "stats_texts": args.stats_texts,
+        "change_texts": args.change_texts,
+        "recipe": args.recipe,
+        "override": list(args.override),
+    }
     path = out / "settings.json"
     if path.is_file() and read_json(path) != settings:
-        raise ValueError(f"--out {str(out)!r} holds steps made with other settings ({read_json(path)}); give a new "
-                         "--out, or delete that folder to start over")
+        raise ValueError(
+            f"--out {str(out)!r} holds steps made with other settings ({read_json(path)}); give a new "
+            "--out, or delete that folder to start over"
+        )
     write_json_atomic(path, settings)
 
 
@@ -314,11 +350,17 @@ def _evaluate_level(study: Study, operation: str, level: float, total: int) -> d
     loaded = study.load()
     change = _apply(study, loaded.model, operation, level)
     gated, parameters = _gated(loaded.model)
-    record = stages.evaluate_model(loaded, study.config, study.manifest, is_base=False, is_disel=False,
-                                   base_model=study.base)
-    record.update(operation=operation, level=level, gated_components=gated, adapter_parameters=parameters,
-                  fraction_reduced=1.0 - gated / total,
-                  output_change_rms=None if change is None else change.relative_rms)
+    record = stages.evaluate_model(
+        loaded, study.config, study.manifest, is_base=False, is_disel=False, base_model=study.base
+    )
+    record.update(
+        operation=operation,
+        level=level,
+        gated_components=gated,
+        adapter_parameters=parameters,
+        fraction_reduced=1.0 - gated / total,
+        output_change_rms=None if change is None else change.relative_rms,
+    )
     write_json_atomic(_level_file(study, operation, level), record)
     return record
 
@@ -328,8 +370,10 @@ def _plan(args: argparse.Namespace, study: Study) -> tuple[list[tuple[str, float
     plan, notes = [("reference", 0.0)], []
     for operation in args.operations:
         if operation == "prune_aligned" and study.aligned_groups == 0:
-            notes.append("prune_aligned skipped: no components share a gate (correlation >= 0.99), so alignment "
-                         "changes nothing and it equals prune")
+            notes.append(
+                "prune_aligned skipped: no components share a gate (correlation >= 0.99), so alignment "
+                "changes nothing and it equals prune"
+            )
             continue
         plan += [(operation, level) for level in (args.merge_std if operation == "merge_static" else args.fractions)]
     return plan, notes
@@ -347,80 +391,119 @@ def _run_levels(study: Study, plan: list[tuple[str, float]], echo=print) -> list
             continue
         record = _evaluate_level(study, operation, level, total)
         records.append(record)
-        echo(f"[{path.stem}] reduced {record['fraction_reduced']:.3f}, {stages.headline(record)}, "
-             f"{record['seconds']:.0f} s")
+        echo(
+            f"[{path.stem}] reduced {record['fraction_reduced']:.3f}, {stages.headline(record)}, "
+            f"{record['seconds']:.0f} s"
+        )
     return records
 
 
 # ----------------------------------------------------------------------------------------------- results
 
 
-def _level_result(record: dict[str, Any], reference: dict[str, Any], args: argparse.Namespace,
-                  reference_low: float) -> LevelResult:
+def _level_result(
+    record: dict[str, Any], reference: dict[str, Any], args: argparse.Namespace, reference_low: float
+) -> LevelResult:
     """The typed record of one level, with its acceptability (module docstring) against ``reference``."""
-    estimate, low, high = exact_match_interval(np.array(record["correct"]), np.random.default_rng(0),
-                                               args.bootstrap_replicates)
+    estimate, low, high = exact_match_interval(
+        np.array(record["correct"]), np.random.default_rng(0), args.bootstrap_replicates
+    )
     acceptable = estimate >= reference_low and all(
         record["kl"][d] <= reference["kl"][d] * (1 + args.kl_tolerance)
         and record["perplexity"][d] <= reference["perplexity"][d] * (1 + args.perplexity_tolerance)
-        for d in stages.DOMAINS)
+        for d in stages.DOMAINS
+    )
     return LevelResult(
-        operation=record["operation"], level=float(record["level"]), fraction_reduced=float(record["fraction_reduced"]),
-        gated_components=int(record["gated_components"]), adapter_parameters=int(record["adapter_parameters"]),
-        exact_match=Interval(estimate, low, high), perplexity=record["perplexity"], kl=record["kl"],
-        correct="".join(str(int(c)) for c in record["correct"]), output_change_rms=record["output_change_rms"],
-        seconds=float(record["seconds"]), acceptable=bool(acceptable))
+        operation=record["operation"],
+        level=float(record["level"]),
+        fraction_reduced=float(record["fraction_reduced"]),
+        gated_components=int(record["gated_components"]),
+        adapter_parameters=int(record["adapter_parameters"]),
+        exact_match=Interval(estimate, low, high),
+        perplexity=record["perplexity"],
+        kl=record["kl"],
+        correct="".join(str(int(c)) for c in record["correct"]),
+        output_change_rms=record["output_change_rms"],
+        seconds=float(record["seconds"]),
+        acceptable=bool(acceptable),
+    )
 
 
 def _best(levels: list[LevelResult], operations: Sequence[str]) -> dict[str, float | None]:
     """Per operation, the largest acceptable fraction reduced (None: no level acceptable)."""
-    return {op: max((r.fraction_reduced for r in levels if r.operation == op and r.acceptable), default=None)
-            for op in operations}
+    return {
+        op: max((r.fraction_reduced for r in levels if r.operation == op and r.acceptable), default=None)
+        for op in operations
+    }
 
 
 def format_table(results: CompressionResults) -> str:
     """Markdown: one row per level (the reference first), then the largest acceptable reductions and timing."""
-    header = ("| operation | level | reduced | gated | adapter params | exact match [95%] | ppl en / code | "
-              "KL en / code | output change | acceptable |")
+    header = (
+        "| operation | level | reduced | gated | adapter params | exact match [95%] | ppl en / code | "
+        "KL en / code | output change | acceptable |"
+    )
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in [results.reference, *results.levels]:
         em = r.exact_match
         change = "-" if r.output_change_rms is None else f"{r.output_change_rms:.3g}"
-        lines.append(f"| {r.operation} | {r.level:g} | {r.fraction_reduced:.3f} | {r.gated_components} | "
-                     f"{r.adapter_parameters} | {em.estimate:.3f} [{em.low:.3f}, {em.high:.3f}] | "
-                     f"{r.perplexity['english']:.3f} / {r.perplexity['code']:.3f} | {r.kl['english']:.4f} / "
-                     f"{r.kl['code']:.4f} | {change} | {'yes' if r.acceptable else 'no'} |")
+        lines.append(
+            f"| {r.operation} | {r.level:g} | {r.fraction_reduced:.3f} | {r.gated_components} | "
+            f"{r.adapter_parameters} | {em.estimate:.3f} [{em.low:.3f}, {em.high:.3f}] | "
+            f"{r.perplexity['english']:.3f} / {r.perplexity['code']:.3f} | {r.kl['english']:.4f} / "
+            f"{r.kl['code']:.4f} | {change} | {'yes' if r.acceptable else 'no'} |"
+        )
     criterion = results.criterion
-    lines += ["", (f"Acceptable: exact match >= the lower end of the unpruned adapter's 95% interval; KL at most "
-                   f"{criterion['kl_tolerance']:.0%} and perplexity at most {criterion['perplexity_tolerance']:.0%} "
-                   "above the unpruned adapter's, on English and on code.")]
+    lines += [
+        "",
+        (
+            f"Acceptable: exact match >= the lower end of the unpruned adapter's 95% interval; KL at most "
+            f"{criterion['kl_tolerance']:.0%} and perplexity at most {criterion['perplexity_tolerance']:.0%} "
+            "above the unpruned adapter's, on English and on code."
+        ),
+    ]
     for op, best in results.best.items():
-        lines.append(f"- {op}: largest acceptable reduction "
-                     + ("none" if best is None else f"{best:.3f} of the components"))
+        lines.append(
+            f"- {op}: largest acceptable reduction " + ("none" if best is None else f"{best:.3f} of the components")
+        )
     lines += [f"- note: {note}" for note in results.notes]
     if results.evidence_final is not None:
         final = results.evidence_final
-        lines.append(f"- the evidence run's own evaluation of this adapter (step {final['step']}): exact match "
-                     f"{final['exact_match']['estimate']:.3f}, KL en / code {final['kl']['english']:.4f} / "
-                     f"{final['kl']['code']:.4f} (the reference row should match it)")
+        lines.append(
+            f"- the evidence run's own evaluation of this adapter (step {final['step']}): exact match "
+            f"{final['exact_match']['estimate']:.3f}, KL en / code {final['kl']['english']:.4f} / "
+            f"{final['kl']['code']:.4f} (the reference row should match it)"
+        )
     for name, ratio in results.timing.get("ratios", {}).items():
         lines.append(f"- inference time {name}: {ratio:.3f}")
     return "\n".join(lines) + "\n"
 
 
-def _aggregate(args: argparse.Namespace, study: Study, records: list[dict[str, Any]], notes: list[str],
-               evidence_final: dict | None) -> CompressionResults:
+def _aggregate(
+    args: argparse.Namespace, study: Study, records: list[dict[str, Any]], notes: list[str], evidence_final: dict | None
+) -> CompressionResults:
     reference = records[0]
-    _, reference_low, _ = exact_match_interval(np.array(reference["correct"]), np.random.default_rng(0),
-                                               args.bootstrap_replicates)
+    _, reference_low, _ = exact_match_interval(
+        np.array(reference["correct"]), np.random.default_rng(0), args.bootstrap_replicates
+    )
     typed = [_level_result(r, reference, args, reference_low) for r in records]
     return CompressionResults(
-        adapter=study.adapter, base_model=study.model_path, evidence_dir=str(args.evidence_dir),
+        adapter=study.adapter,
+        base_model=study.model_path,
+        evidence_dir=str(args.evidence_dir),
         total_components=sum(entry.rank for entry in study.stats.layers),
-        criterion={"exact_match_low": reference_low, "kl_tolerance": args.kl_tolerance,
-                   "perplexity_tolerance": args.perplexity_tolerance, "confidence": 0.95},
-        reference=typed[0], levels=typed[1:], best=_best(typed[1:], [op for op in OPERATIONS if any(
-            r.operation == op for r in typed)]), notes=notes, evidence_final=evidence_final)
+        criterion={
+            "exact_match_low": reference_low,
+            "kl_tolerance": args.kl_tolerance,
+            "perplexity_tolerance": args.perplexity_tolerance,
+            "confidence": 0.95,
+        },
+        reference=typed[0],
+        levels=typed[1:],
+        best=_best(typed[1:], [op for op in OPERATIONS if any(r.operation == op for r in typed)]),
+        notes=notes,
+        evidence_final=evidence_final,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -441,8 +524,11 @@ def _timed_models(study: Study, results: CompressionResults, lora: str | None) -
 
 def _best_levels(results: CompressionResults) -> dict[str, float]:
     """Per operation with an acceptable reduction above 0, the level giving its largest one."""
-    return {op: next(r.level for r in results.levels if r.operation == op and r.fraction_reduced == best)
-            for op, best in results.best.items() if best}
+    return {
+        op: next(r.level for r in results.levels if r.operation == op and r.fraction_reduced == best)
+        for op, best in results.best.items()
+        if best
+    }
 
 
 def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repetitions: int) -> dict[str, float]:
@@ -466,24 +552,43 @@ def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repet
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _timing_stage(study: Study, results: CompressionResults, lora: str | None, args: argparse.Namespace,
-                  tokenizer: Any) -> dict[str, Any]:
+def _timing_stage(
+    study: Study, results: CompressionResults, lora: str | None, args: argparse.Namespace, tokenizer: Any
+) -> dict[str, Any]:
     """``timing.json`` (recomputed when the set of models to time changed): medians and ratios."""
     path = study.out / "timing.json"
-    wanted = ["base", "disel", *(["lora"] if lora else []), *(f"{op}@{level:g}" for op, level in _best_levels(results).items())]
+    wanted = [
+        "base",
+        "disel",
+        *(["lora"] if lora else []),
+        *(f"{op}@{level:g}" for op, level in _best_levels(results).items()),
+    ]
     if path.is_file() and read_json(path).get("models") == wanted:
         return read_json(path)
     from .kl import right_padded_batches
 
     texts = study.manifest["retention"]["english"][: args.timing_batch]
     ids = [tokenizer(t, truncation=True, max_length=args.timing_tokens)["input_ids"] for t in texts]
-    batch = {k: v.to(study.base.device) for k, v in next(right_padded_batches(ids, len(ids), tokenizer.pad_token_id)).items()}
+    batch = {
+        k: v.to(study.base.device) for k, v in next(right_padded_batches(ids, len(ids), tokenizer.pad_token_id)).items()
+    }
     models = _timed_models(study, results, lora)
     median = _median_forward_seconds(models, batch, args.timing_repetitions)
-    ratios = {f"{name} / {ref}": median[name] / median[ref] for ref in ("disel", "lora", "base") if ref in median
-              for name in median if name != ref}
-    timing = {"models": list(models), "median_s": median, "ratios": ratios, "tokens": int(batch["attention_mask"].sum()),
-              "repetitions": args.timing_repetitions, "lora_adapter": lora}
+    ratios = {
+        f"{name} / {ref}": median[name] / median[ref]
+        for ref in ("disel", "lora", "base")
+        if ref in median
+        for name in median
+        if name != ref
+    }
+    timing = {
+        "models": list(models),
+        "median_s": median,
+        "ratios": ratios,
+        "tokens": int(batch["attention_mask"].sum()),
+        "repetitions": args.timing_repetitions,
+        "lora_adapter": lora,
+    }
     write_json_atomic(path, timing)
     return timing
 
@@ -503,9 +608,15 @@ def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
     config = _evidence_config(args)
     out = Path(args.out)
     _check_settings(args, out)
-    study = Study(config, read_json(Path(args.evidence_dir) / "data" / "manifest.json"),
-                  config.model_path or str(smollm2_path()), str(args.adapter), args.dtype, out,
-                  Path(args.evidence_dir))
+    study = Study(
+        config,
+        read_json(Path(args.evidence_dir) / "data" / "manifest.json"),
+        config.model_path or str(smollm2_path()),
+        str(args.adapter),
+        args.dtype,
+        out,
+        Path(args.evidence_dir),
+    )
     from ..eval.generation import load_model_for_eval
 
     base = load_model_for_eval(study.model_path, None, dtype=args.dtype, device=config.device)
@@ -526,55 +637,58 @@ def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
     return results
 
 
+# (flag, type, default, help) of the tuning flags; every count must be a positive integer (_check_inputs).
+_SETTINGS = (
+    ("--stats-texts", int, 16, "texts per domain for the statistics"),
+    ("--change-texts", int, 4, "of those, texts per domain each level measures its output change on (2 passes)"),
+    ("--stats-batch-size", int, 4, "sequences per statistics batch (the output change holds its float64 logits)"),
+    ("--kl-tolerance", float, 0.1, "relative KL rise still counted as retention unchanged"),
+    ("--perplexity-tolerance", float, 0.01, "relative perplexity rise still counted as retention unchanged"),
+    ("--bootstrap-replicates", int, 2000, "replicates of the exact-match intervals"),
+    ("--timing-repetitions", int, 10, "interleaved timed rounds over the models"),
+    ("--timing-tokens", int, 128, "tokens per timed sequence"),
+    ("--timing-batch", int, 1, "sequences per timed forward pass"),
+    ("--threads", int, None, "torch threads (default: torch's choice)"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m disel.experiments.evidence.compression", allow_abbrev=False,
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--evidence-dir", default="runs/evidence", help="disel-evidence output folder (data/manifest.json)")
-    parser.add_argument("--adapter", required=True, help="the DISeL adapter folder, e.g. paper_figs/evidence/adapters/disel_paper-seed0")
-    parser.add_argument("--out", required=True, help="output folder (cached steps, results, table, figure)")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 0.9],
-                        help="fractions of all components to prune (smallest contribution first)")
-    parser.add_argument("--merge-std", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05],
-                        help="gate std thresholds of the static merge")
-    parser.add_argument("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
-    parser.add_argument("--lora-adapter", default=None, help="LoRA adapter to time against (default: the evidence "
-                        "run's reference arm of the same seed, next to --adapter)")
-    parser.add_argument("--recipe", default=None, help="evidence recipe (default: the one in <evidence-dir>/results.json)")
-    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="evidence recipe keys, e.g. evaluation.generation_batch_size=25")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--stats-texts", type=int, default=16, help="texts per domain for the statistics")
-    parser.add_argument("--change-texts", type=int, default=4, help="of those, texts per domain on which each level "
-                        "measures its output change (two forward passes over them per level)")
-    parser.add_argument("--stats-batch-size", type=int, default=4,
-                        help="sequences per statistics batch (the output change holds float64 logits of one batch)")
-    parser.add_argument("--kl-tolerance", type=float, default=0.1, help="relative KL rise still 'unchanged'")
-    parser.add_argument("--perplexity-tolerance", type=float, default=0.01, help="relative perplexity rise still 'unchanged'")
-    parser.add_argument("--bootstrap-replicates", type=int, default=2000)
-    parser.add_argument("--timing-repetitions", type=int, default=10)
-    parser.add_argument("--timing-tokens", type=int, default=128, help="tokens per timed sequence")
-    parser.add_argument("--timing-batch", type=int, default=1, help="sequences per timed forward pass")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    description = __doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog=PROG, allow_abbrev=False, description=description)
+    add = parser.add_argument
+    add("--evidence-dir", default="runs/evidence", help="disel-evidence output folder (with data/manifest.json)")
+    add("--adapter", required=True, help="DISeL adapter folder, e.g. paper_figs/evidence/adapters/disel_paper-seed0")
+    add("--out", required=True, help="output folder (cached steps, results, table, figure)")
+    fractions, stds = [0, 0.25, 0.5, 0.75, 0.9], [0.005, 0.01, 0.02, 0.05]
+    add("--fractions", type=float, nargs="+", default=fractions, help="fractions of all components to prune")
+    add("--merge-std", type=float, nargs="+", default=stds, help="gate std thresholds of the static merge")
+    add("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
+    add("--lora-adapter", help="LoRA adapter to time against (default: the evidence reference arm's, same seed)")
+    add("--recipe", help="evidence recipe (default: the one in <evidence-dir>/results.json)")
+    add("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="evidence recipe keys")
+    add("--device", choices=("cpu", "cuda"), default="cpu")
+    add("--dtype", default="float32")
+    for flag, kind, default, text in _SETTINGS:
+        add(flag, type=kind, default=default, help=text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..cli import preflight
     from ..config import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
+    try:  # every argument checked before any model is loaded
         _check_inputs(args)
         _evidence_config(args)
         _check_settings(args, Path(args.out))
     except (ValueError, ConfigError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+        return preflight.report(parser.prog, error)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     results = run_compression(args)
     print(format_table(results))
     return 0

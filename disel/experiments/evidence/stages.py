@@ -95,7 +95,12 @@ def _token_batches(tokenizer: Any, texts: list[str], max_length: int, batch_size
 
 
 def evaluate_model(
-    loaded: Any, config: EvidenceConfig, manifest: dict[str, Any], *, is_base: bool, is_disel: bool,
+    loaded: Any,
+    config: EvidenceConfig,
+    manifest: dict[str, Any],
+    *,
+    is_base: bool,
+    is_disel: bool,
     base_model: Any = None,
 ) -> dict[str, Any]:
     """One model's evaluation record: ``correct`` (0/1 per test problem), ``exact_match``, ``perplexity`` and

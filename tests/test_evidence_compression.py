@@ -121,7 +121,7 @@ def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path
     assert {"disel", "lora", "base"} <= set(results.timing["median_s"]) and results.timing["ratios"]
     assert (out / "evidence_compression.png").is_file()
     table = (out / "compression.md").read_text()
-    assert "| prune | 0.5 | 0.500 |" in table and "largest acceptable reduction" in table
+    assert "| prune | 0.5 | 0.500 |" in table and "largest acceptable reduction overall: " in table
 
     # Resume after losing one level and the results: only that level is evaluated again.
     before = _mtimes(out)

@@ -466,6 +466,10 @@ def format_table(results: CompressionResults) -> str:
         lines.append(
             f"- {op}: largest acceptable reduction " + ("none" if best is None else f"{best:.3f} of the components")
         )
+    reached = {op: best for op, best in results.best.items() if best is not None}
+    if reached:
+        op = max(reached, key=reached.get)
+        lines.append(f"- largest acceptable reduction overall: {op}, {reached[op]:.3f} of the components")
     lines += [f"- note: {note}" for note in results.notes]
     if results.evidence_final is not None:
         final = results.evidence_final

@@ -21,7 +21,7 @@ from ._cli import figure_parser
 from .plots import BASE_LINE
 from .style import _FALLBACK
 
-__all__ = ["DOMAINS", "arm_colors", "draw_over_time", "evidence_parser", "read_evidence"]
+__all__ = ["DOMAINS", "arm_colors", "draw_over_time", "evidence_parser", "read_evidence", "read_typed"]
 
 DOMAINS = ("english", "code")
 DEFAULT_RESULTS = Path("runs") / "evidence" / "results.json"
@@ -40,12 +40,17 @@ def read_evidence(path: Path):
     """The :class:`~disel.experiments.evidence.results.EvidenceResults` in ``path``, or a ResultFileError."""
     from disel.experiments.evidence.results import load_results
 
+    return read_typed(path, load_results, "disel-evidence", "evidence results")
+
+
+def read_typed(path: Path, load, made_by: str, what: str):
+    """``load(path)``, or a ResultFileError naming ``path``: missing (``made_by`` writes it) or not a ``what`` file."""
     if not Path(path).is_file():
-        raise MissingResultFileError(path, "does not exist; run disel-evidence to write it")
+        raise MissingResultFileError(path, f"does not exist; run {made_by} to write it")
     try:
-        return load_results(path)
+        return load(path)
     except (ValueError, KeyError, TypeError) as error:
-        raise MalformedResultFileError(path, f"not a readable evidence results file: {error}") from None
+        raise MalformedResultFileError(path, f"not a readable {what} file: {error}") from None
 
 
 def arm_colors(arms: Sequence[str]) -> dict[str, str]:

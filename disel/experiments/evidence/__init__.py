@@ -13,7 +13,8 @@ Building blocks of the SmolLM2 experiment, independent of how the experiment is 
 and the experiment itself, ``disel-evidence`` (:mod:`.cli`, :func:`.run.run_evidence`): the recipe
 (:mod:`.config`), the resumable stages (:mod:`.stages`), the throughput stage (:mod:`.throughput_stage`),
 the results, table and verdict (:mod:`.aggregate`) and the figures (:mod:`.figures`, drawn by
-``paper_figs/evidence_*.py``).
+``paper_figs/evidence_*.py``). Issue 11's LLM evidence, pruning and partly merging a final DISeL adapter of
+that experiment, is :mod:`.compression` (``python -m disel.experiments.evidence.compression``).
 
 Submodules are imported explicitly (``from disel.experiments.evidence.stats import ...``), so that the
 NumPy-only statistics do not pull in torch.

@@ -22,7 +22,7 @@ from disel.io import write_json_atomic
 
 from .config import EvidenceConfig, RunSpec
 
-__all__ = ["evaluate_model", "prepare_data", "read_json", "run_job"]
+__all__ = ["evaluate_model", "prepare_data", "read_json", "retention_pools", "run_job"]
 
 DOMAINS = ("english", "code")
 Report = Callable[[str, str], None]  # (stage label, headline) of a finished stage
@@ -57,15 +57,20 @@ def prepare_data(config: EvidenceConfig, out: Path, tokenizer: Any) -> dict[str,
     return manifest
 
 
+def retention_pools(config: EvidenceConfig) -> dict[str, list[str]]:
+    """The seeded English and code texts the retention texts are the first of (the rest: held out from them)."""
+    from ..data.offline_text import general_english_texts, python_code_texts
+
+    seed = config.problems.data_seed
+    return {"english": general_english_texts(150, seed=seed + 101), "code": python_code_texts(300, seed=seed + 202)}
+
+
 def _retention_texts(config: EvidenceConfig, tokenizer: Any) -> dict[str, list[str]]:
     """About ``retention_tokens`` tokens per domain (texts in seeded order until the count is reached; each
     text counts at most ``retention_max_length`` tokens, as it is scored)."""
-    from ..data.offline_text import general_english_texts, python_code_texts
-
-    settings, seed = config.evaluation, config.problems.data_seed
-    pools = {"english": general_english_texts(150, seed=seed + 101), "code": python_code_texts(300, seed=seed + 202)}
+    settings = config.evaluation
     chosen: dict[str, list[str]] = {}
-    for domain, pool in pools.items():
+    for domain, pool in retention_pools(config).items():
         chosen[domain], total = [], 0
         for text in pool:
             if total >= settings.retention_tokens:
@@ -90,10 +95,18 @@ def _token_batches(tokenizer: Any, texts: list[str], max_length: int, batch_size
 
 
 def evaluate_model(
-    loaded: Any, config: EvidenceConfig, manifest: dict[str, Any], *, is_base: bool, is_disel: bool
+    loaded: Any,
+    config: EvidenceConfig,
+    manifest: dict[str, Any],
+    *,
+    is_base: bool,
+    is_disel: bool,
+    base_model: Any = None,
 ) -> dict[str, Any]:
     """One model's evaluation record: ``correct`` (0/1 per test problem), ``exact_match``, ``perplexity`` and
-    ``kl`` per domain (KL 0 for the base by definition), and for DISeL ``anti_aligned_*`` and ``gate_means``."""
+    ``kl`` per domain (KL 0 for the base by definition), and for DISeL ``anti_aligned_*`` and ``gate_means``.
+    ``base_model``: the reference of the KL (default: the model with its adapter disabled; pass the base when
+    the adapted model's own base weights were changed, as by a static merge)."""
     from ..eval.generation import GenerationSettings, evaluate_gsm8k
     from .kl import mean_token_kl
 
@@ -113,7 +126,7 @@ def evaluate_model(
         batches = _token_batches(
             tokenizer, manifest["retention"][domain], settings.retention_max_length, settings.retention_batch_size
         )
-        result = mean_token_kl(model, batches, base_model=model if is_base else None)
+        result = mean_token_kl(model, batches, base_model=model if is_base else base_model)
         record["perplexity"][domain] = result.base_perplexity if is_base else result.perplexity
         record["kl"][domain] = 0.0 if is_base else result.mean_kl  # the base against itself: 0 by definition
     if is_disel:

@@ -1,0 +1,702 @@
+"""Issue 11, item 6: how far can the evidence run's SmolLM2 DISeL adapter be pruned or partly merged before
+exact match or retention moves? One command, resumable:
+
+    python -m disel.experiments.evidence.compression --evidence-dir runs/evidence \\
+        --adapter paper_figs/evidence/adapters/disel_paper-seed0 --out paper_figs/evidence/compression
+
+Steps (each cached as a JSON file in ``--out``, skipped when present; delete a file to redo it):
+
+1. ``statistics.json``: :func:`disel.component_statistics` (with gate correlations) of the adapter on
+   three domains: ``math`` = training problems in the training prompt format (``data/train.jsonl``
+   of the evidence folder), ``english`` and ``code`` = texts of the evidence retention pools *not* among the
+   retention texts that perplexity and KL are scored on (:func:`.stages.retention_pools`), so the
+   components are chosen on data disjoint from the evaluation. ``statistics_aligned.json``: the same
+   after :func:`disel.align_components`, and how many groups it aligned.
+2. ``levels/reference.json``: the unpruned adapter; ``levels/<operation>-<level>.json`` per level, each on
+   a freshly loaded model: ``prune`` (remove the fraction ``level`` of all components, smallest
+   contribution first), ``prune_aligned`` (the same after aligning components that share one gate; skipped
+   when alignment finds no group), ``merge_static`` (fold components whose gate std is below ``level`` on
+   every domain). Each is scored by the evidence's own :func:`.stages.evaluate_model` (exact match on the
+   held-out problems, perplexity and KL to the *original* base on English and code), with the
+   fraction of components removed or merged, the adapter parameters left, and the output change the
+   operation measured on the first ``--change-texts`` statistics texts per domain.
+3. ``timing.json``: one forward pass on the same tokens, repetitions interleaved over the models (base,
+   unpruned DISeL, LoRA, and each operation's largest acceptable reduction), medians and their ratios.
+4. ``compression.json`` (:class:`CompressionResults`), ``compression.md`` (table) and the figure
+   ``evidence_compression.png`` (``paper_figs/evidence_compression.py``).
+
+**Acceptable** (stated once, applied to every level): exact match at or above the lower end of the
+unpruned adapter's 95% bootstrap interval (over test problems), and retention unchanged: in English and
+in code, KL to the base at most ``kl_tolerance`` (relative, default 10%) above the unpruned adapter's and
+perplexity at most ``perplexity_tolerance`` (default 1%) above. The same texts are scored at every level,
+so these are paired differences, not sampling noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from disel.io import read_json, write_json_atomic, write_text_atomic
+
+from . import stages
+from .results import Interval
+from .stats import exact_match_interval
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CompressionResults",
+    "LevelResult",
+    "build_parser",
+    "load_compression_results",
+    "main",
+    "run_compression",
+]
+
+SCHEMA_VERSION = 1
+OPERATIONS = ("prune", "prune_aligned", "merge_static")
+RESULTS_FILE, TABLE_FILE = "compression.json", "compression.md"
+PROG = "python -m disel.experiments.evidence.compression"
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """One evaluated model: ``operation`` (``reference`` = the unpruned adapter) at ``level`` (fraction of
+    components removed for pruning, gate-std threshold for merging); ``fraction_reduced`` = components
+    removed or folded / all; ``gated_components`` and ``adapter_parameters`` left; the evaluation; the
+    output change measured by the operation on the statistics data (relative rms, None for the reference);
+    ``acceptable`` by the module's criterion."""
+
+    operation: str
+    level: float
+    fraction_reduced: float
+    gated_components: int
+    adapter_parameters: int
+    exact_match: Interval
+    perplexity: dict[str, float]
+    kl: dict[str, float]
+    correct: str  # one 0/1 character per test problem
+    output_change_rms: float | None
+    seconds: float
+    acceptable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "exact_match": self.exact_match.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LevelResult:
+        return cls(
+            **{**{k: data[k] for k in cls.__dataclass_fields__}, "exact_match": Interval.from_dict(data["exact_match"])}
+        )
+
+
+@dataclass(frozen=True)
+class CompressionResults:
+    """The whole study: inputs, the acceptance ``criterion``, the reference and every level, the largest
+    acceptable ``fraction_reduced`` per operation (``best``), the timing (free-form), and the evidence run's
+    own evaluation of this adapter's final checkpoint (``evidence_final``, when found) for comparison."""
+
+    adapter: str
+    base_model: str
+    evidence_dir: str
+    total_components: int
+    criterion: dict[str, float]
+    reference: LevelResult
+    levels: list[LevelResult]
+    best: dict[str, float | None]
+    timing: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    evidence_final: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reference": self.reference.to_dict(), "levels": [r.to_dict() for r in self.levels]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionResults:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"compression results schema_version {data.get('schema_version')!r} is not "
+                f"the supported {SCHEMA_VERSION}"
+            )
+        return cls(
+            **{
+                **{k: data[k] for k in cls.__dataclass_fields__ if k in data},
+                "reference": LevelResult.from_dict(data["reference"]),
+                "levels": [LevelResult.from_dict(r) for r in data["levels"]],
+            }
+        )
+
+
+def load_compression_results(path: str | Path) -> CompressionResults:
+    return CompressionResults.from_dict(read_json(path))
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """ValueError naming the flag for inputs that cannot work, before anything is loaded."""
+    from ..cli import preflight
+
+    adapter = Path(args.adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise ValueError(
+            f"--adapter {args.adapter!r} is not a saved adapter folder (no adapter_config.json); the "
+            "evidence run writes them to <figures_dir>/adapters/<arm>-seed<k>/ at its end"
+        )
+    if not (Path(args.evidence_dir) / "data" / "manifest.json").is_file():
+        raise ValueError(
+            f"--evidence-dir {args.evidence_dir!r} holds no data/manifest.json (not a disel-evidence "
+            "output folder, or its data stage has not run)"
+        )
+    if any(not 0 <= f < 1 for f in args.fractions):
+        raise ValueError(f"--fractions must be fractions of components removed, in [0, 1), got {args.fractions}")
+    if any(s < 0 for s in args.merge_std):
+        raise ValueError(f"--merge-std must be gate standard deviations >= 0, got {args.merge_std}")
+    counts = ("stats_texts", "change_texts", "stats_batch_size", "bootstrap_replicates", "timing_repetitions")
+    for flag in (*counts, "timing_tokens", "timing_batch", "threads"):
+        preflight.check_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if min(args.kl_tolerance, args.perplexity_tolerance) < 0:
+        raise ValueError(
+            "--kl-tolerance and --perplexity-tolerance must be >= 0 (relative rises), got "
+            f"{args.kl_tolerance} and {args.perplexity_tolerance}"
+        )
+    if Path(args.out).resolve() == adapter.resolve():
+        raise ValueError("--out must be a folder of its own, not the --adapter folder")
+    preflight.check_output_dir(args.out, "--out")
+
+
+def _evidence_config(args: argparse.Namespace):
+    """The evidence recipe: ``--recipe`` if given, else the one recorded in ``<evidence-dir>/results.json``."""
+    from ..config import apply_overrides
+    from .config import EvidenceConfig, load_evidence_config
+
+    if args.recipe is not None:
+        return load_evidence_config(args.recipe, args.override, device=args.device)
+    results = Path(args.evidence_dir) / "results.json"
+    if not results.is_file():
+        raise ValueError(
+            f"--evidence-dir {args.evidence_dir!r} has no results.json to read the recipe from "
+            "(the run has not finished); pass --recipe"
+        )
+    raw = apply_overrides(read_json(results)["recipe"]["evidence"], args.override)
+    return EvidenceConfig.model_validate({**raw, "device": args.device})
+
+
+def _evidence_run(args: argparse.Namespace, reference_arm: str) -> tuple[dict | None, str | None]:
+    """(the evidence run's final-checkpoint record of this adapter, the LoRA adapter of the same seed): the
+    run whose label names the adapter folder (``copy_final_adapters`` names them so); (None, None) if none."""
+    from .results import load_results
+
+    results = Path(args.evidence_dir) / "results.json"
+    if not results.is_file():
+        return None, None
+    runs = {f"{r.arm}-seed{r.seed}": r for r in load_results(results).runs}
+    run = runs.get(Path(args.adapter).name)
+    if run is None:
+        return None, None
+    lora = Path(args.adapter).parent / f"{reference_arm}-seed{run.seed}"
+    return run.checkpoints[-1].to_dict(), str(lora) if lora.is_dir() else None
+
+
+# ------------------------------------------------------------------------------------------ models, data
+
+
+@dataclass
+class Study:
+    """Everything a level needs: the recipe, the manifest, where the models are, the base (the KL reference),
+    the statistics data and the statistics."""
+
+    config: Any
+    manifest: dict[str, Any]
+    model_path: str
+    adapter: str
+    dtype: str
+    out: Path
+    evidence_dir: Path
+    base: Any = None
+    batches: dict[str, list] = field(default_factory=dict)
+    change_batches: dict[str, list] = field(default_factory=dict)
+    stats: Any = None
+    aligned_stats: Any = None
+    aligned_groups: int = 0
+
+    def load(self, adapter: str | None = None):
+        """A fresh (model, tokenizer, description), as the evidence run loads a checkpoint."""
+        from ..eval.generation import load_model_for_eval
+
+        return load_model_for_eval(
+            self.model_path, adapter or self.adapter, dtype=self.dtype, device=self.config.device
+        )
+
+
+def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
+    """Per domain, ``n`` texts disjoint from the evaluation (module docstring, step 1)."""
+    from disel.io import read_jsonl
+
+    from ..data.templates import get_template
+
+    template = get_template("alpaca")
+    # The manifest's train_file is relative to where the evidence ran; the folder layout is fixed.
+    rows = read_jsonl(study.evidence_dir / "data" / "train.jsonl", n)
+    texts = {"math": [template.format_prompt(r["instruction"]) + r["output"] for r in rows]}
+    for domain, pool in stages.retention_pools(study.config).items():
+        scored = set(study.manifest["retention"][domain])
+        texts[domain] = [t for t in pool if t not in scored][:n]
+        if not texts[domain]:
+            raise RuntimeError(f"no {domain} text is left outside the retention texts for the statistics")
+    return texts
+
+
+def _prepare_statistics(study: Study, tokenizer: Any, args: argparse.Namespace) -> None:
+    """Batches (for the statistics; their first ``change_texts`` texts per domain for the output change) and
+    statistics (plain and aligned), from ``statistics*.json`` when present."""
+    import disel
+
+    length, device = study.config.evaluation.retention_max_length, study.base.device
+
+    def batches(texts: list[str]) -> list[dict]:
+        return [
+            {k: v.to(device) for k, v in b.items()}
+            for b in stages._token_batches(tokenizer, texts, length, args.stats_batch_size)
+        ]
+
+    texts = _statistics_texts(study, args.stats_texts)
+    study.batches = {d: batches(t) for d, t in texts.items()}
+    study.change_batches = {d: batches(t[: args.change_texts]) for d, t in texts.items()}
+    path, aligned_path = study.out / "statistics.json", study.out / "statistics_aligned.json"
+    if not path.is_file():
+        model = study.load().model
+        disel.component_statistics(model, study.batches, pairwise=True).save_json(path, adapter=study.adapter)
+    study.stats = disel.ComponentStatistics.load_json(path)
+    if "prune_aligned" in args.operations:
+        if not aligned_path.is_file():
+            _aligned_statistics(study, aligned_path)
+        study.aligned_stats = disel.ComponentStatistics.load_json(aligned_path)
+        study.aligned_groups = read_json(aligned_path)["aligned_groups"]
+
+
+def _aligned_statistics(study: Study, path: Path) -> None:
+    """Statistics after :func:`disel.align_components` (the plain ones when no component shares a gate)."""
+    import disel
+
+    model = study.load().model
+    groups = sum(len(layer_groups) for layer_groups in disel.align_components(model, study.stats).groups.values())
+    aligned = disel.component_statistics(model, study.batches, pairwise=True) if groups else study.stats
+    aligned.save_json(path, adapter=study.adapter, aligned_groups=groups)
+
+
+def _check_settings(args: argparse.Namespace, out: Path) -> None:
+    """``out/settings.json``: what the cached steps depend on; ValueError if ``out`` was made with others."""
+    settings = {
+        "adapter": str(Path(args.adapter).resolve()),
+        "dtype": args.dtype,
+        "stats_texts": args.stats_texts,
+        "change_texts": args.change_texts,
+        "recipe": args.recipe,
+        "override": list(args.override),
+    }
+    path = out / "settings.json"
+    if path.is_file() and read_json(path) != settings:
+        raise ValueError(
+            f"--out {str(out)!r} holds steps made with other settings ({read_json(path)}); give a new "
+            "--out, or delete that folder to start over"
+        )
+    write_json_atomic(path, settings)
+
+
+# ----------------------------------------------------------------------------------------------- levels
+
+
+def _gated(model: Any) -> tuple[int, int]:
+    """(gated components, adapter parameters) of the model as it is now."""
+    from disel.components.branches import find_branches
+
+    branches = find_branches(model)
+    return sum(b.rank for b in branches), sum(b.num_parameters() for b in branches)
+
+
+def _apply(study: Study, model: Any, operation: str, level: float):
+    """Apply ``operation`` at ``level`` in place; the report's output change (None for the reference)."""
+    import disel
+
+    if operation == "reference":
+        return None
+    if operation == "merge_static":
+        return disel.merge_static(model, study.stats, std_threshold=level, batches=study.change_batches).output_change
+    stats = study.stats
+    if operation == "prune_aligned":
+        disel.align_components(model, study.stats)
+        stats = study.aligned_stats
+    return disel.prune(model, stats, keep_fraction=1.0 - level, batches=study.change_batches).output_change
+
+
+def _level_file(study: Study, operation: str, level: float) -> Path:
+    name = "reference" if operation == "reference" else f"{operation}-{level:g}"
+    return study.out / "levels" / f"{name}.json"
+
+
+def _evaluate_level(study: Study, operation: str, level: float, total: int) -> dict[str, Any]:
+    """A fresh model with the operation applied, scored by the evidence's evaluation; written to its file."""
+    loaded = study.load()
+    change = _apply(study, loaded.model, operation, level)
+    gated, parameters = _gated(loaded.model)
+    record = stages.evaluate_model(
+        loaded, study.config, study.manifest, is_base=False, is_disel=False, base_model=study.base
+    )
+    record.update(
+        operation=operation,
+        level=level,
+        gated_components=gated,
+        adapter_parameters=parameters,
+        fraction_reduced=1.0 - gated / total,
+        output_change_rms=None if change is None else change.relative_rms,
+    )
+    write_json_atomic(_level_file(study, operation, level), record)
+    return record
+
+
+def _plan(args: argparse.Namespace, study: Study) -> tuple[list[tuple[str, float]], list[str]]:
+    """Every (operation, level) to evaluate, reference first; notes on what was left out and why."""
+    plan, notes = [("reference", 0.0)], []
+    for operation in args.operations:
+        if operation == "prune_aligned" and study.aligned_groups == 0:
+            notes.append(
+                "prune_aligned skipped: no components share a gate (correlation >= 0.99), so alignment "
+                "changes nothing and it equals prune"
+            )
+            continue
+        plan += [(operation, level) for level in (args.merge_std if operation == "merge_static" else args.fractions)]
+    return plan, notes
+
+
+def _run_levels(study: Study, plan: list[tuple[str, float]], echo=print) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    total = sum(entry.rank for entry in study.stats.layers)
+    records = []
+    for operation, level in tqdm(plan, desc="compression levels", unit="level", dynamic_ncols=True):
+        path = _level_file(study, operation, level)
+        if path.is_file():
+            records.append(read_json(path))
+            continue
+        record = _evaluate_level(study, operation, level, total)
+        records.append(record)
+        echo(
+            f"[{path.stem}] reduced {record['fraction_reduced']:.3f}, {stages.headline(record)}, "
+            f"{record['seconds']:.0f} s"
+        )
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def _level_result(
+    record: dict[str, Any], reference: dict[str, Any], args: argparse.Namespace, reference_low: float
+) -> LevelResult:
+    """The typed record of one level, with its acceptability (module docstring) against ``reference``."""
+    estimate, low, high = exact_match_interval(
+        np.array(record["correct"]), np.random.default_rng(0), args.bootstrap_replicates
+    )
+    acceptable = estimate >= reference_low and all(
+        record["kl"][d] <= reference["kl"][d] * (1 + args.kl_tolerance)
+        and record["perplexity"][d] <= reference["perplexity"][d] * (1 + args.perplexity_tolerance)
+        for d in stages.DOMAINS
+    )
+    return LevelResult(
+        operation=record["operation"],
+        level=float(record["level"]),
+        fraction_reduced=float(record["fraction_reduced"]),
+        gated_components=int(record["gated_components"]),
+        adapter_parameters=int(record["adapter_parameters"]),
+        exact_match=Interval(estimate, low, high),
+        perplexity=record["perplexity"],
+        kl=record["kl"],
+        correct="".join(str(int(c)) for c in record["correct"]),
+        output_change_rms=record["output_change_rms"],
+        seconds=float(record["seconds"]),
+        acceptable=bool(acceptable),
+    )
+
+
+def _best(levels: list[LevelResult], operations: Sequence[str]) -> dict[str, float | None]:
+    """Per operation, the largest acceptable fraction reduced (None: no level acceptable)."""
+    return {
+        op: max((r.fraction_reduced for r in levels if r.operation == op and r.acceptable), default=None)
+        for op in operations
+    }
+
+
+def format_table(results: CompressionResults) -> str:
+    """Markdown: one row per level (the reference first), then the largest acceptable reductions and timing."""
+    header = (
+        "| operation | level | reduced | gated | adapter params | exact match [95%] | ppl en / code | "
+        "KL en / code | output change | acceptable |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in [results.reference, *results.levels]:
+        em = r.exact_match
+        change = "-" if r.output_change_rms is None else f"{r.output_change_rms:.3g}"
+        lines.append(
+            f"| {r.operation} | {r.level:g} | {r.fraction_reduced:.3f} | {r.gated_components} | "
+            f"{r.adapter_parameters} | {em.estimate:.3f} [{em.low:.3f}, {em.high:.3f}] | "
+            f"{r.perplexity['english']:.3f} / {r.perplexity['code']:.3f} | {r.kl['english']:.4f} / "
+            f"{r.kl['code']:.4f} | {change} | {'yes' if r.acceptable else 'no'} |"
+        )
+    criterion = results.criterion
+    lines += [
+        "",
+        (
+            f"Acceptable: exact match >= the lower end of the unpruned adapter's 95% interval; KL at most "
+            f"{criterion['kl_tolerance']:.0%} and perplexity at most {criterion['perplexity_tolerance']:.0%} "
+            "above the unpruned adapter's, on English and on code."
+        ),
+    ]
+    for op, best in results.best.items():
+        lines.append(
+            f"- {op}: largest acceptable reduction " + ("none" if best is None else f"{best:.3f} of the components")
+        )
+    reached = {op: best for op, best in results.best.items() if best is not None}
+    if reached:
+        op = max(reached, key=reached.get)
+        lines.append(f"- largest acceptable reduction overall: {op}, {reached[op]:.3f} of the components")
+    lines += [f"- note: {note}" for note in results.notes]
+    if results.evidence_final is not None:
+        final = results.evidence_final
+        lines.append(
+            f"- the evidence run's own evaluation of this adapter (step {final['step']}): exact match "
+            f"{final['exact_match']['estimate']:.3f}, KL en / code {final['kl']['english']:.4f} / "
+            f"{final['kl']['code']:.4f} (the reference row should match it)"
+        )
+    for name, ratio in results.timing.get("ratios", {}).items():
+        lines.append(f"- inference time {name}: {ratio:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def _aggregate(
+    args: argparse.Namespace, study: Study, records: list[dict[str, Any]], notes: list[str], evidence_final: dict | None
+) -> CompressionResults:
+    reference = records[0]
+    _, reference_low, _ = exact_match_interval(
+        np.array(reference["correct"]), np.random.default_rng(0), args.bootstrap_replicates
+    )
+    typed = [_level_result(r, reference, args, reference_low) for r in records]
+    return CompressionResults(
+        adapter=study.adapter,
+        base_model=study.model_path,
+        evidence_dir=str(args.evidence_dir),
+        total_components=sum(entry.rank for entry in study.stats.layers),
+        criterion={
+            "exact_match_low": reference_low,
+            "kl_tolerance": args.kl_tolerance,
+            "perplexity_tolerance": args.perplexity_tolerance,
+            "confidence": 0.95,
+        },
+        reference=typed[0],
+        levels=typed[1:],
+        best=_best(typed[1:], [op for op in OPERATIONS if any(r.operation == op for r in typed)]),
+        notes=notes,
+        evidence_final=evidence_final,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def _timed_models(study: Study, results: CompressionResults, lora: str | None) -> dict[str, Any]:
+    """name → model: base, the unpruned adapter, LoRA (if found), each operation at its largest acceptable
+    reduction (when above 0)."""
+    models = {"base": study.base, "disel": study.load().model}
+    if lora is not None:
+        models["lora"] = study.load(lora).model
+    for operation, level in _best_levels(results).items():
+        model = study.load().model
+        _apply(study, model, operation, level)
+        models[f"{operation}@{level:g}"] = model
+    return models
+
+
+def _best_levels(results: CompressionResults) -> dict[str, float]:
+    """Per operation with an acceptable reduction above 0, the level giving its largest one."""
+    return {
+        op: next(r.level for r in results.levels if r.operation == op and r.fraction_reduced == best)
+        for op, best in results.best.items()
+        if best
+    }
+
+
+def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repetitions: int) -> dict[str, float]:
+    """Median seconds of one forward pass per model, the models interleaved within each repetition (so
+    that a slow spell of a shared machine hits them all alike), after one warm-up pass each."""
+    import torch
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    on_gpu = next(iter(batch.values())).is_cuda
+    with torch.inference_mode():
+        for repetition in range(repetitions + 1):
+            for name, model in models.items():
+                if on_gpu:  # GPU calls return before the work is done: time the work itself
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                model(**batch)
+                if on_gpu:
+                    torch.cuda.synchronize()
+                if repetition:  # the first round warms up
+                    times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _timing_stage(
+    study: Study, results: CompressionResults, lora: str | None, args: argparse.Namespace, tokenizer: Any
+) -> dict[str, Any]:
+    """``timing.json`` (recomputed when the set of models to time changed): medians and ratios."""
+    path = study.out / "timing.json"
+    wanted = [
+        "base",
+        "disel",
+        *(["lora"] if lora else []),
+        *(f"{op}@{level:g}" for op, level in _best_levels(results).items()),
+    ]
+    if path.is_file() and read_json(path).get("models") == wanted:
+        return read_json(path)
+    from .kl import right_padded_batches
+
+    texts = study.manifest["retention"]["english"][: args.timing_batch]
+    ids = [tokenizer(t, truncation=True, max_length=args.timing_tokens)["input_ids"] for t in texts]
+    batch = {
+        k: v.to(study.base.device) for k, v in next(right_padded_batches(ids, len(ids), tokenizer.pad_token_id)).items()
+    }
+    models = _timed_models(study, results, lora)
+    median = _median_forward_seconds(models, batch, args.timing_repetitions)
+    ratios = {
+        f"{name} / {ref}": median[name] / median[ref]
+        for ref in ("disel", "lora", "base")
+        if ref in median
+        for name in median
+        if name != ref
+    }
+    timing = {
+        "models": list(models),
+        "median_s": median,
+        "ratios": ratios,
+        "tokens": int(batch["attention_mask"].sum()),
+        "repetitions": args.timing_repetitions,
+        "lora_adapter": lora,
+    }
+    write_json_atomic(path, timing)
+    return timing
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
+    """The whole study (module docstring); resumes from the files in ``args.out``. ValueError naming the flag
+    for unusable inputs (checked before any model is loaded)."""
+    from dataclasses import replace
+
+    from ..models import force_offline, smollm2_path
+
+    force_offline()
+    _check_inputs(args)
+    config = _evidence_config(args)
+    out = Path(args.out)
+    _check_settings(args, out)
+    study = Study(
+        config,
+        read_json(Path(args.evidence_dir) / "data" / "manifest.json"),
+        config.model_path or str(smollm2_path()),
+        str(args.adapter),
+        args.dtype,
+        out,
+        Path(args.evidence_dir),
+    )
+    from ..eval.generation import load_model_for_eval
+
+    base = load_model_for_eval(study.model_path, None, dtype=args.dtype, device=config.device)
+    study.base = base.model
+    _prepare_statistics(study, base.tokenizer, args)
+    plan, notes = _plan(args, study)
+    records = _run_levels(study, plan, echo)
+    evidence_final, lora = _evidence_run(args, config.reference_arm)
+    results = _aggregate(args, study, records, notes, evidence_final)
+    timing = _timing_stage(study, results, args.lora_adapter or lora, args, base.tokenizer)
+    results = replace(results, timing=timing)
+    write_json_atomic(out / RESULTS_FILE, results.to_dict())
+    write_text_atomic(out / TABLE_FILE, format_table(results))
+    from paper_figs import evidence_compression
+
+    if evidence_compression.main(["--results", str(out / RESULTS_FILE), "--out", str(out)]) != 0:
+        raise RuntimeError(f"paper_figs.evidence_compression could not draw from {out / RESULTS_FILE}")
+    return results
+
+
+# (flag, type, default, help) of the tuning flags; every count must be a positive integer (_check_inputs).
+_SETTINGS = (
+    ("--stats-texts", int, 16, "texts per domain for the statistics"),
+    ("--change-texts", int, 4, "of those, texts per domain each level measures its output change on (2 passes)"),
+    ("--stats-batch-size", int, 4, "sequences per statistics batch (the output change holds its float64 logits)"),
+    ("--kl-tolerance", float, 0.1, "relative KL rise still counted as retention unchanged"),
+    ("--perplexity-tolerance", float, 0.01, "relative perplexity rise still counted as retention unchanged"),
+    ("--bootstrap-replicates", int, 2000, "replicates of the exact-match intervals"),
+    ("--timing-repetitions", int, 10, "interleaved timed rounds over the models"),
+    ("--timing-tokens", int, 128, "tokens per timed sequence"),
+    ("--timing-batch", int, 1, "sequences per timed forward pass"),
+    ("--threads", int, None, "torch threads (default: torch's choice)"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    description = __doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog=PROG, allow_abbrev=False, description=description)
+    add = parser.add_argument
+    add("--evidence-dir", default="runs/evidence", help="disel-evidence output folder (with data/manifest.json)")
+    add("--adapter", required=True, help="DISeL adapter folder, e.g. paper_figs/evidence/adapters/disel_paper-seed0")
+    add("--out", required=True, help="output folder (cached steps, results, table, figure)")
+    fractions, stds = [0, 0.25, 0.5, 0.75, 0.9], [0.005, 0.01, 0.02, 0.05]
+    add("--fractions", type=float, nargs="+", default=fractions, help="fractions of all components to prune")
+    add("--merge-std", type=float, nargs="+", default=stds, help="gate std thresholds of the static merge")
+    add("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
+    add("--lora-adapter", help="LoRA adapter to time against (default: the evidence reference arm's, same seed)")
+    add("--recipe", help="evidence recipe (default: the one in <evidence-dir>/results.json)")
+    add("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="evidence recipe keys")
+    add("--device", choices=("cpu", "cuda"), default="cpu")
+    add("--dtype", default="float32")
+    for flag, kind, default, text in _SETTINGS:
+        add(flag, type=kind, default=default, help=text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..cli import preflight
+    from ..config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # every argument checked before any model is loaded
+        _check_inputs(args)
+        _evidence_config(args)
+        _check_settings(args, Path(args.out))
+    except (ValueError, ConfigError) as error:
+        return preflight.report(parser.prog, error)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = run_compression(args)
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

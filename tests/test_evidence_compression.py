@@ -1,0 +1,249 @@
+"""The issue-11 LLM evidence driver (``python -m disel.experiments.evidence.compression``) end to end on a tiny
+Llama: an evidence-style folder (the evidence's own data stage), a planted DISeL adapter and a LoRA adapter;
+the results file, the table, the figure, resumption, and the one-line errors.
+
+The adapter is planted as in ``test_compress_cli``: component 1 of every layer has a zero gate row (a constant
+gate), so a static merge below any positive std threshold folds exactly those, a quarter of the components;
+components 2 and 3 share one gate, so alignment has a group to align (exactly: the output does not move).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from test_evidence_run import RECIPE, TINY
+from transformers import AutoModelForCausalLM
+
+import disel
+from tiny_models import LLAMA_TARGET_MODULES, make_tiny_causal_lm
+
+RANK = 4
+
+
+def _adapters(base: Path, root: Path) -> tuple[Path, Path]:
+    """(planted DISeL adapter, random LoRA adapter), saved under ``root/adapters``."""
+    torch.manual_seed(3)
+    config = disel.DiselConfig(r=RANK, lora_alpha=8, target_modules=list(LLAMA_TARGET_MODULES))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+    with torch.no_grad():
+        for layer in (m for m in model.modules() if isinstance(m, disel.tuner.DiselLayer)):
+            gate = layer.disel_gate["default"]
+            for parameter in (layer.disel_A["default"].weight, layer.disel_B["default"].weight, gate.weight, gate.bias):
+                parameter.normal_(0, 0.3)
+            gate.weight[1] = 0.0  # component 1: the constant gate σ(b_1)
+            gate.weight[3], gate.bias[3] = gate.weight[2], gate.bias[2]  # components 2, 3: one gate (aligned)
+    model.save_pretrained(root / "adapters" / "disel_paper-seed0")
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=RANK, target_modules=list(LLAMA_TARGET_MODULES), init_lora_weights=False),
+    )
+    lora.save_pretrained(root / "adapters" / "lora-seed0")
+    return root / "adapters" / "disel_paper-seed0", root / "adapters" / "lora-seed0"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The command line of a tiny study (an evidence-style folder with its data stage done, two adapters)."""
+    from disel.experiments.evidence.config import load_evidence_config
+    from disel.experiments.evidence.stages import prepare_data
+    from disel.experiments.models import load_tokenizer
+
+    root = tmp_path_factory.mktemp("compression")
+    base = make_tiny_causal_lm(root / "model")
+    overrides = [*TINY, f"model_path={base}"]
+    evidence = root / "evidence"
+    prepare_data(load_evidence_config(RECIPE, overrides), evidence, load_tokenizer(base))
+    adapter, lora = _adapters(base, root)
+    return [
+        "--evidence-dir",
+        str(evidence),
+        "--adapter",
+        str(adapter),
+        "--lora-adapter",
+        str(lora),
+        "--recipe",
+        str(RECIPE),
+        "--override",
+        *overrides,
+        "--fractions",
+        "0",
+        "0.5",
+        "--merge-std",
+        "0",
+        "1e-6",
+        "--stats-texts",
+        "4",
+        "--bootstrap-replicates",
+        "50",
+        "--timing-repetitions",
+        "2",
+        "--timing-tokens",
+        "16",
+    ]
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (out / "levels").glob("*.json")}
+
+
+def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path, monkeypatch, capsys):
+    from disel.experiments.evidence import stages
+    from disel.experiments.evidence.compression import load_compression_results, main
+
+    out = tmp_path / "out"
+    assert main([*study, "--out", str(out)]) == 0
+    results = load_compression_results(out / "compression.json")
+    reference = results.reference
+    assert results.total_components == RANK * len(LLAMA_TARGET_MODULES) * 2  # two layers
+    by_key = {(r.operation, r.level): r for r in results.levels}
+    operations = {op for op, _ in by_key}
+    assert operations == {"prune", "prune_aligned", "merge_static"}
+    for unchanged in (by_key["prune", 0.0], by_key["merge_static", 0.0]):  # removing nothing reproduces it exactly
+        assert (unchanged.correct, unchanged.perplexity, unchanged.kl) == (
+            reference.correct,
+            reference.perplexity,
+            reference.kl,
+        )
+        assert unchanged.fraction_reduced == 0.0 and unchanged.acceptable
+    half = by_key["prune", 0.5]
+    assert half.fraction_reduced == 0.5 and half.adapter_parameters < reference.adapter_parameters
+    assert half.kl != reference.kl and half.output_change_rms > 0
+    aligned = by_key["prune_aligned", 0.0]  # alignment of identical gates is exact up to float rounding
+    assert aligned.kl["english"] == pytest.approx(reference.kl["english"], rel=1e-3, abs=1e-7)
+    assert by_key["prune_aligned", 0.5].kl != half.kl  # pruning in the aligned basis removes other directions
+    folded = by_key["merge_static", 1e-6]  # exactly the constant gates: the output does not move
+    assert folded.fraction_reduced == pytest.approx(1 / RANK)
+    assert folded.kl["english"] == pytest.approx(reference.kl["english"], rel=1e-3, abs=1e-7)
+    assert results.best["prune"] >= 0.0 and results.criterion["kl_tolerance"] == 0.1
+    assert {"disel", "lora", "base"} <= set(results.timing["median_s"]) and results.timing["ratios"]
+    assert (out / "evidence_compression.png").is_file()
+    table = (out / "compression.md").read_text()
+    assert "| prune | 0.5 | 0.500 |" in table and "largest acceptable reduction overall: " in table
+
+    # Resume after losing one level and the results: only that level is evaluated again.
+    before = _mtimes(out)
+    (out / "levels" / "prune-0.5.json").unlink()
+    (out / "compression.json").unlink()
+    calls = []
+    evaluate = stages.evaluate_model
+    monkeypatch.setattr(stages, "evaluate_model", lambda *a, **k: calls.append(a) or evaluate(*a, **k))
+    assert main([*study, "--out", str(out)]) == 0
+    assert len(calls) == 1
+    after = _mtimes(out)
+    assert {k: v for k, v in after.items() if k != "prune-0.5.json"} == {
+        k: v for k, v in before.items() if k != "prune-0.5.json"
+    }
+    again = load_compression_results(out / "compression.json")
+    assert {(r.operation, r.level): r.kl for r in again.levels} == {k: r.kl for k, r in by_key.items()}
+
+    # Cached steps made with other settings are refused, not mixed in.
+    assert main([*_replace(study, "--stats-texts", "3"), "--out", str(out)]) == 2
+    assert "holds steps made with other settings" in capsys.readouterr().err
+
+
+def _replace(argv: list[str], flag: str, value: str) -> list[str]:
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--adapter", "/no/such/adapter", "--adapter '/no/such/adapter' is not a saved adapter folder"),
+        ("--evidence-dir", "/no/such/evidence", "--evidence-dir '/no/such/evidence' holds no data/manifest.json"),
+        ("--fractions", "1.0", "--fractions must be fractions of components removed, in [0, 1)"),
+        ("--stats-texts", "0", "--stats-texts must be a positive integer, got 0"),
+    ],
+)
+def test_bad_inputs_give_one_line_errors(study, tmp_path, capsys, flag, value, message):
+    from disel.experiments.evidence.compression import main
+
+    assert main([*_replace(study, flag, value), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evidence_dir_without_results_needs_a_recipe(study, tmp_path, capsys):
+    from disel.experiments.evidence.compression import main
+
+    argv = list(study)
+    at = argv.index("--recipe")
+    del argv[at : at + 2]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert "has no results.json to read the recipe from" in capsys.readouterr().err
+
+
+def test_the_figure_script_refuses_a_missing_or_other_version_results_file(tmp_path, capsys):
+    from paper_figs import evidence_compression
+
+    assert evidence_compression.main(["--results", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 2
+    assert "none.json" in capsys.readouterr().err
+    (tmp_path / "future.json").write_text('{"schema_version": 99}')
+    assert evidence_compression.main(["--results", str(tmp_path / "future.json"), "--out", str(tmp_path)]) == 2
+    assert "schema_version 99 is not the supported 1" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_recipe_evidence_record_and_lora_come_from_the_evidence_results(study, tmp_path):
+    """A finished evidence folder (results.json): no --recipe or --lora-adapter needed; the evidence run's own
+    final evaluation of the adapter is kept for comparison and the LoRA adapter of the same seed is timed."""
+    import shutil
+
+    import numpy as np
+
+    from disel.experiments.evidence.compression import load_compression_results, main
+    from disel.experiments.evidence.config import load_evidence_config
+    from disel.experiments.evidence.results import (
+        CheckpointRecord,
+        EvidenceResults,
+        Interval,
+        RunRecord,
+        save_results,
+    )
+
+    argv = list(study)
+    evidence = tmp_path / "evidence"
+    shutil.copytree(argv[argv.index("--evidence-dir") + 1], evidence)
+    config = load_evidence_config(RECIPE, argv[argv.index("--override") + 1 : argv.index("--fractions")])
+    final = CheckpointRecord(
+        step=7,
+        exact_match=Interval(0.5, 0.2, 0.8),
+        perplexity={"english": 9.0, "code": 8.0},
+        kl={"english": 0.25, "code": 0.5},
+    )
+    run = RunRecord("disel_paper", 0, [final], np.ones((1, 6), dtype=bool))
+    save_results(
+        EvidenceResults("tiny", "arithmetic", 6, [run], recipe={"evidence": config.model_dump(mode="json")}),
+        evidence / "results.json",
+    )
+    assert (
+        main(
+            [
+                "--evidence-dir",
+                str(evidence),
+                "--adapter",
+                argv[argv.index("--adapter") + 1],
+                "--out",
+                str(tmp_path / "out"),
+                "--operations",
+                "prune",
+                "--fractions",
+                "0",
+                "--stats-texts",
+                "2",
+                "--timing-repetitions",
+                "1",
+                "--timing-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
+    results = load_compression_results(tmp_path / "out" / "compression.json")
+    assert results.evidence_final["step"] == 7 and results.evidence_final["kl"]["code"] == 0.5
+    assert results.timing["lora_adapter"].endswith("lora-seed0") and "lora" in results.timing["median_s"]
+    assert "evidence run's own evaluation of this adapter (step 7)" in (tmp_path / "out" / "compression.md").read_text()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from ._validate import check_non_negative_finite
 from .layers import DiselGate
 
 __all__ = [
@@ -140,12 +141,7 @@ def param_groups(
             ``weight_decay``; both ``gate_lr`` and ``gate_lr_ratio`` given; no trainable parameters.
     """
     lr = _check_positive("lr", lr)
-    if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, (int, float))
-        or not (math.isfinite(weight_decay) and weight_decay >= 0)
-    ):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got weight_decay={weight_decay!r}")
+    weight_decay = check_non_negative_finite("param_groups", "weight_decay", weight_decay)
     gate_lr = _resolve_gate_lr(model, lr, gate_lr, gate_lr_ratio)
     gate, decay, no_decay = _split_trainable(model)
     groups = [

@@ -7,21 +7,8 @@ so ``peft.get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`
 off with ``DISEL_NO_AUTO_REGISTER=1``), so a process that only loads a saved adapter needs no ``import disel``.
 """
 
-from .components import (
-    AlignReport,
-    ComponentStatistics,
-    LayerComponents,
-    MergeReport,
-    OutputChange,
-    PruneReport,
-    align_components,
-    component_statistics,
-    merge_static,
-    merge_static_adapter_dir,
-    prune,
-    prune_adapter_dir,
-    unmerge_static,
-)
+from . import components
+from .components import *  # noqa: F403 (its __all__ is part of ours, below)
 from .functional import disel_update, disel_update_reference, gate_values
 from .layers import DiselGate, DiselLinear, init_disel_parameters
 from .optim import DEFAULT_GATE_LR_RATIO, DiselGateGroupWarning, DiselOptimizerMixin, param_groups
@@ -44,33 +31,21 @@ def __getattr__(name: str):
 
 __all__ = [
     "DEFAULT_GATE_LR_RATIO",
-    "AlignReport",
-    "ComponentStatistics",
     "DiselConfig",
     "DiselGate",
     "DiselGateGroupWarning",
     "DiselLinear",
     "DiselModel",
     "DiselOptimizerMixin",
-    "DiselTrainer",
+    "DiselTrainer",  # noqa: F405 (loaded on first access by __getattr__ above)
     "GateRecorder",
     "GateStats",
-    "LayerComponents",
-    "MergeReport",
-    "OutputChange",
-    "PruneReport",
-    "align_components",
-    "component_statistics",
     "disel_update",
     "disel_update_reference",
     "gate_values",
     "init_disel_parameters",
-    "merge_static",
-    "merge_static_adapter_dir",
     "param_groups",
-    "prune",
-    "prune_adapter_dir",
     "record_gates",
     "register_disel",
-    "unmerge_static",
 ]
+__all__ += components.__all__  # per-component statistics, pruning, static merge

@@ -24,6 +24,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_finite",
+    "check_non_negative_finite",
     "check_parameter_tensor",
     "check_positive_finite",
     "check_probability",
@@ -72,6 +73,14 @@ def check_finite(owner: str, name: str, value: Any, expected: str = "a finite nu
     """A finite number (NaN and ±inf are refused)."""
     value_ = _real(owner, name, value, expected)
     if not math.isfinite(value_):
+        raise ValueError(_message(owner, name, value, expected))
+    return value_
+
+
+def check_non_negative_finite(owner: str, name: str, value: Any, expected: str = "a finite number >= 0") -> float | int:
+    """A finite number ≥ 0 (a decay or a threshold: negative, NaN and ±inf are refused)."""
+    value_ = _real(owner, name, value, expected)
+    if not (math.isfinite(value_) and value_ >= 0):
         raise ValueError(_message(owner, name, value, expected))
     return value_
 

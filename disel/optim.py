@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from ._validate import check_non_negative_finite
 from .layers import DiselGate
 
 __all__ = [
@@ -140,24 +141,36 @@ def param_groups(
             ``weight_decay``; both ``gate_lr`` and ``gate_lr_ratio`` given; no trainable parameters.
     """
     lr = _check_positive("lr", lr)
-    if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, (int, float))
-        or not (math.isfinite(weight_decay) and weight_decay >= 0)
-    ):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got weight_decay={weight_decay!r}")
+    weight_decay = check_non_negative_finite("param_groups", "weight_decay", weight_decay)
+    gate_lr = _resolve_gate_lr(model, lr, gate_lr, gate_lr_ratio)
+    gate, decay, no_decay = _split_trainable(model)
+    groups = [
+        {"name": "decay", "params": decay, "lr": lr, "weight_decay": float(weight_decay)},
+        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
+        {"name": "gate", "params": gate, "lr": gate_lr, "weight_decay": 0.0},
+    ]
+    groups = [group for group in groups if group["params"]]
+    if not groups:
+        raise ValueError(f"model has no trainable parameters (none with requires_grad); got a {type(model).__name__}")
+    return groups
+
+
+def _resolve_gate_lr(model: nn.Module, lr: float, gate_lr: float | None, gate_lr_ratio: float | None) -> float:
+    """The gate learning rate: ``gate_lr`` if given, else ``lr`` times the given, PEFT-config or default ratio."""
     if gate_lr is not None and gate_lr_ratio is not None:
         raise ValueError(
             f"give either gate_lr or gate_lr_ratio, not both (got gate_lr={gate_lr!r}, gate_lr_ratio={gate_lr_ratio!r})"
         )
     if gate_lr is not None:
-        gate_lr = _check_positive("gate_lr", gate_lr)
-    else:
-        if gate_lr_ratio is None:
-            gate_lr_ratio = gate_lr_ratio_from_config(model)
-        ratio = DEFAULT_GATE_LR_RATIO if gate_lr_ratio is None else _check_positive("gate_lr_ratio", gate_lr_ratio)
-        gate_lr = lr * ratio
+        return _check_positive("gate_lr", gate_lr)
+    if gate_lr_ratio is None:
+        gate_lr_ratio = gate_lr_ratio_from_config(model)
+    ratio = DEFAULT_GATE_LR_RATIO if gate_lr_ratio is None else _check_positive("gate_lr_ratio", gate_lr_ratio)
+    return lr * ratio
 
+
+def _split_trainable(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """``(gate, decay, no_decay)``, each trainable parameter once; gates go first, so a gate's bias stays a gate."""
     seen: set[int] = set()
     gate: list[nn.Parameter] = []
     for module in model.modules():
@@ -176,16 +189,7 @@ def param_groups(
                 continue
             seen.add(id(p))
             (no_decay if is_norm or p.ndim < 2 else decay).append(p)
-
-    groups = [
-        {"name": "decay", "params": decay, "lr": lr, "weight_decay": float(weight_decay)},
-        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
-        {"name": "gate", "params": gate, "lr": gate_lr, "weight_decay": 0.0},
-    ]
-    groups = [group for group in groups if group["params"]]
-    if not groups:
-        raise ValueError(f"model has no trainable parameters (none with requires_grad); got a {type(model).__name__}")
-    return groups
+    return gate, decay, no_decay
 
 
 class DiselOptimizerMixin:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from .._validate import check_non_negative_finite
 from ..io import write_json_atomic
 from .branches import (
     Branch,
@@ -150,12 +150,7 @@ def merge_static(
     With ``batches``, the output error is measured before the fold, by replacing each static component's
     gate by its mean at each layer: ``E‖s (g_i(x) − ḡ_i) b_i a_iᵀx‖`` summed through the model.
     """
-    if (
-        isinstance(std_threshold, bool)
-        or not isinstance(std_threshold, (int, float))
-        or not (math.isfinite(std_threshold) and std_threshold >= 0)
-    ):
-        raise ValueError(f"std_threshold must be a finite number >= 0, got std_threshold={std_threshold!r}")
+    std_threshold = check_non_negative_finite("merge_static", "std_threshold", std_threshold)
     plan = _static_plan(model, stats, adapter_name, std_threshold)
     output_change = None
     if batches is not None:

@@ -85,15 +85,9 @@ class ComparisonConfig(BaseModel):
 
 def _problems(config: ComparisonConfig):
     """Training and held-out test problems (``ArithmeticProblem`` lists) with no question in common."""
-    from .data.arithmetic import generate_problems
+    from .data.arithmetic import train_and_test_problems
 
-    train_problems = generate_problems(config.train_problems, config.data_seed)
-    seen = {p.instruction for p in train_problems}
-    candidates = generate_problems(4 * config.test_problems, config.data_seed + 1)
-    test_problems = [p for p in candidates if p.instruction not in seen][: config.test_problems]
-    if len(test_problems) < config.test_problems:
-        raise RuntimeError("could not draw enough held-out problems distinct from the training set")
-    return train_problems, test_problems
+    return train_and_test_problems(config.train_problems, config.test_problems, config.data_seed)
 
 
 def _final_row(table: dict[str, Any]) -> dict[str, Any]:

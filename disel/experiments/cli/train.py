@@ -22,6 +22,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ._args import add_override_argument
+
 __all__ = ["build_parser", "main"]
 
 
@@ -34,12 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", required=True, help="recipe file (YAML or JSON), e.g. recipes/roberta_base_sst2_disel.yaml"
     )
-    parser.add_argument(
-        "--override",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
+    add_override_argument(
+        parser,
         help="set a config value, e.g. training.max_steps=100 method.r=16 (values parsed as YAML); repeatable",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ArithmeticProblem", "generate_problems", "write_jsonl"]
+__all__ = ["ArithmeticProblem", "generate_problems", "train_and_test_problems", "write_jsonl"]
 
 _NAMES = (
     "Ava",
@@ -126,6 +126,20 @@ def generate_problems(n: int, seed: int = 0) -> list[ArithmeticProblem]:
         raise ValueError(f"n must be a non-negative integer, got n={n!r}")
     rng = random.Random(seed)
     return [_problem(rng) for _ in range(n)]
+
+
+def train_and_test_problems(
+    train: int, test: int, seed: int = 0
+) -> tuple[list[ArithmeticProblem], list[ArithmeticProblem]]:
+    """``train`` problems from ``seed`` and ``test`` held-out ones from ``seed + 1`` whose question is not
+    among the training questions. ``RuntimeError`` if too few such questions can be drawn."""
+    train_problems = generate_problems(train, seed)
+    seen = {p.instruction for p in train_problems}
+    candidates = generate_problems(4 * test, seed + 1)
+    test_problems = [p for p in candidates if p.instruction not in seen][:test]
+    if len(test_problems) < test:
+        raise RuntimeError(f"could not draw {test} test problems whose question is absent from the training set")
+    return train_problems, test_problems
 
 
 def write_jsonl(problems: list[ArithmeticProblem], path: str | Path) -> Path:

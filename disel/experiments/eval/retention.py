@@ -132,12 +132,8 @@ def evaluate_checkpoints(
     }
     rows = _previous_rows(table_path, evaluator.name, settings) if resume else []
     done = {row["checkpoint"] for row in rows}
-    todo: list[tuple[int, str, Callable[[], LoadedModel]]] = []
-    if include_base:
-        todo.append((0, "base", lambda: load_model_for_eval(base_path, None, dtype=dtype)))
-    for step, path in checkpoints:
-        todo.append((step, path.name, lambda path=path: _load_checkpoint(path, base_path, dtype)))
-    bar = progress_bar([item for item in todo if item[1] not in done], f"retention {evaluator.name}", unit="checkpoint")
+    todo = [item for item in _model_loaders(checkpoints, base_path, dtype, include_base) if item[1] not in done]
+    bar = progress_bar(todo, f"retention {evaluator.name}", unit="checkpoint")
     for step, name, load in bar:
         bar.set_postfix_str(name)
         if progress is not None:
@@ -151,6 +147,18 @@ def evaluate_checkpoints(
     if progress is not None and any(isinstance(v, float) and math.isnan(v) for row in rows for v in row.values()):
         progress("[retention] warning: some values are NaN")
     return final
+
+
+def _model_loaders(
+    checkpoints: list[tuple[int, Path]], base_path: str, dtype: torch.dtype | str, include_base: bool
+) -> list[tuple[int, str, Callable[[], LoadedModel]]]:
+    """``(step, row name, load)`` per model to evaluate, base first; ``load`` defers loading until its turn."""
+    loaders: list[tuple[int, str, Callable[[], LoadedModel]]] = []
+    if include_base:
+        loaders.append((0, "base", lambda: load_model_for_eval(base_path, None, dtype=dtype)))
+    for step, path in checkpoints:
+        loaders.append((step, path.name, lambda path=path: _load_checkpoint(path, base_path, dtype)))
+    return loaders
 
 
 def _previous_rows(table_path: Path, evaluator: str, settings: dict[str, Any]) -> list[dict[str, Any]]:

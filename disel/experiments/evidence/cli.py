@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from ..cli._args import add_override_argument
+
 __all__ = ["build_parser", "main"]
 
 DEFAULT_RECIPE = "recipes/evidence/smollm2_tradeoff.yaml"
@@ -37,14 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="(arm, seed) jobs run at once, each in its own single-thread process (default 1: in this process)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument(
-        "--override",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="e.g. training.max_steps=2 problems.test=8 model.dtype=bfloat16",
-    )
+    add_override_argument(parser, help="e.g. training.max_steps=2 problems.test=8 model.dtype=bfloat16")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads of this process (default: torch's choice)"
     )

@@ -108,6 +108,48 @@ def _eval_mode(*models: nn.Module) -> Iterator[None]:
             m.train(training)
 
 
+def _checked_batch(index: int, batch: Mapping[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(input_ids, attention_mask)`` of batch ``index`` on ``device``, (b, s) each; the mask defaults to ones."""
+    if "input_ids" not in batch:
+        raise ValueError(f"batch {index} has no 'input_ids' (keys: {sorted(batch)})")
+    ids = batch["input_ids"].to(device)  # (b, s)
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask.to(device)  # (b, s)
+    if mask.shape != ids.shape:
+        raise ValueError(f"batch {index}: attention_mask {tuple(mask.shape)} differs from input_ids {tuple(ids.shape)}")
+    return ids, mask
+
+
+def _base_logits(model: nn.Module, base_model: nn.Module | None, ids: Tensor, mask: Tensor) -> Tensor:
+    """Reference-model logits predicting tokens 1.., on ``ids``' device: (b, s), (b, s) → (b, s-1, V).
+
+    ``base_model=None`` runs ``model`` inside ``disable_adapter()`` (PEFT).
+    """
+    if base_model is None:
+        with model.disable_adapter():
+            return model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    base_device = _device_of(base_model)
+    logits = base_model(input_ids=ids.to(base_device), attention_mask=mask.to(base_device)).logits
+    return logits[:, :-1].to(ids.device)
+
+
+def _scored_position_terms(base_logits: Tensor, tuned_logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-position ``(KL(p_base ‖ p_tuned), tuned NLL, base NLL)`` of the targets: (n, V), (n, V), (n,) → 3 × (n,).
+
+    Float32 ``log_softmax`` in chunks of :data:`_CHUNK_POSITIONS` positions bounds the temporaries.
+    """
+    kl_parts, nll_parts, base_nll_parts = [], [], []
+    for i in range(0, base_logits.shape[0], _CHUNK_POSITIONS):
+        chunk = slice(i, i + _CHUNK_POSITIONS)
+        log_p = base_logits[chunk].float().log_softmax(dim=-1)  # (c, V)
+        log_q = tuned_logits[chunk].float().log_softmax(dim=-1)  # (c, V)
+        kl_parts.append(_kl_from_log_probs(log_p, log_q))  # (c,)
+        target = targets[chunk, None]  # (c, 1)
+        nll_parts.append(-log_q.gather(-1, target)[:, 0])  # (c,)
+        base_nll_parts.append(-log_p.gather(-1, target)[:, 0])
+    return torch.cat(kl_parts), torch.cat(nll_parts), torch.cat(base_nll_parts)
+
+
 def mean_token_kl(
     model: nn.Module,
     batches: Iterable[Mapping[str, Tensor]],
@@ -139,43 +181,17 @@ def mean_token_kl(
     models = (model,) if base_model is None else (model, base_model)
     with _eval_mode(*models), torch.inference_mode():
         for index, batch in enumerate(batches):
-            if "input_ids" not in batch:
-                raise ValueError(f"batch {index} has no 'input_ids' (keys: {sorted(batch)})")
-            ids = batch["input_ids"].to(device)  # (b, s)
-            mask = batch.get("attention_mask")
-            mask = torch.ones_like(ids) if mask is None else mask.to(device)  # (b, s)
-            if mask.shape != ids.shape:
-                raise ValueError(
-                    f"batch {index}: attention_mask {tuple(mask.shape)} differs from input_ids {tuple(ids.shape)}"
-                )
+            ids, mask = _checked_batch(index, batch, device)  # (b, s), (b, s)
             scored = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)  # (b, s-1): a real token predicting a real token
             if not scored.any():
                 continue
-            if base_model is None:
-                with model.disable_adapter():
-                    base_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (b, s-1, V)
-            else:
-                base_logits = (
-                    base_model(input_ids=ids.to(_device_of(base_model)), attention_mask=mask.to(_device_of(base_model)))
-                    .logits[:, :-1]
-                    .to(device)
-                )
+            base_logits = _base_logits(model, base_model, ids, mask)  # (b, s-1, V) on model's device
             tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (b, s-1, V)
             rows = scored.nonzero(as_tuple=True)
-            base_sel, tuned_sel = base_logits[rows], tuned_logits[rows]  # (n, V)
             targets = ids[:, 1:][rows]  # (n,): the real next tokens
-            kl_parts, nll_parts, base_nll_parts = [], [], []
-            for i in range(0, base_sel.shape[0], _CHUNK_POSITIONS):
-                chunk = slice(i, i + _CHUNK_POSITIONS)
-                log_p = base_sel[chunk].float().log_softmax(dim=-1)  # (c, V)
-                log_q = tuned_sel[chunk].float().log_softmax(dim=-1)  # (c, V)
-                kl_parts.append(_kl_from_log_probs(log_p, log_q))  # (c,)
-                target = targets[chunk, None]  # (c, 1)
-                nll_parts.append(-log_q.gather(-1, target)[:, 0])  # (c,)
-                base_nll_parts.append(-log_p.gather(-1, target)[:, 0])
-            kl = torch.cat(kl_parts)  # (n,)
-            nll_total += torch.cat(nll_parts).double().sum().cpu()
-            base_nll_total += torch.cat(base_nll_parts).double().sum().cpu()
+            kl, nll, base_nll = _scored_position_terms(base_logits[rows], tuned_logits[rows], targets)  # (n,) each
+            nll_total += nll.double().sum().cpu()
+            base_nll_total += base_nll.double().sum().cpu()
             per_sequence = torch.zeros(ids.shape[0], dtype=torch.float64, device=kl.device)
             per_sequence.index_add_(0, rows[0], kl.double())  # (b,)
             counts = scored.sum(dim=1)  # (b,)

@@ -34,19 +34,13 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def prepare_data(config: EvidenceConfig, out: Path, tokenizer: Any) -> dict[str, Any]:
     """Training/test problems and retention texts (``data/manifest.json``; read back if present)."""
-    from ..data.arithmetic import generate_problems, write_jsonl
+    from ..data.arithmetic import train_and_test_problems, write_jsonl
 
     manifest_path = out / "data" / "manifest.json"
     if manifest_path.is_file():
         return read_json(manifest_path)
     problems = config.problems
-    train = generate_problems(problems.train, problems.data_seed)
-    seen = {p.instruction for p in train}
-    candidates = generate_problems(4 * problems.test, problems.data_seed + 1)
-    test = [p for p in candidates if p.instruction not in seen][: problems.test]
-    if len(test) < problems.test:
-        raise RuntimeError(f"problems.test={problems.test}: could not draw that many questions absent from training")
-    assert not seen & {p.instruction for p in test}
+    train, test = train_and_test_problems(problems.train, problems.test, problems.data_seed)
     manifest = {
         "train_file": str(write_jsonl(train, out / "data" / "train.jsonl")),
         "test_file": str(write_jsonl(test, out / "data" / "test.jsonl")),

@@ -185,6 +185,32 @@ def _check_bootstrap_args(replicates: int, confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
 
 
+def _arm_retention_at(runs: Sequence[RunPath], levels: np.ndarray) -> np.ndarray:
+    """Seed-mean retention where each run first reaches each exact-match level: (L,) → (L,).
+
+    NaN at a level some seed does not reach.
+    """
+    values = np.stack([interpolate_first_crossing(r.exact_match, r.retention, levels) for r in runs])  # (S, L)
+    return values.mean(axis=0)
+
+
+def _arm_bootstrap_replicates(
+    runs: Sequence[RunPath], weights: np.ndarray, problems: int, levels: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Bootstrap replicates of :func:`_arm_retention_at`: problems reweighted by ``weights`` (B, P), seeds
+    redrawn with replacement per replicate → (B, L)."""
+    replicates = weights.shape[0]
+    per_run = np.stack(
+        [
+            interpolate_first_crossing(weights @ r.correct.T.astype(np.float64) / problems, r.retention, levels)
+            for r in runs
+        ]
+    )  # (S, B, L)
+    drawn = rng.integers(0, len(runs), size=(replicates, len(runs)))  # (B, S): seeds drawn per replicate
+    picked = np.take_along_axis(per_run.transpose(1, 0, 2), drawn[..., None], axis=1)  # (B, S, L)
+    return picked.mean(axis=1)  # (B, L)
+
+
 def matched_differences(
     disel_runs: Sequence[RunPath],
     lora_runs: Sequence[RunPath],
@@ -206,26 +232,11 @@ def matched_differences(
     levels = np.asarray(levels, dtype=np.float64)
     problems = _check_same_problems([*disel_runs, *lora_runs])
 
-    def arm_value(runs: Sequence[RunPath]) -> np.ndarray:
-        values = np.stack([interpolate_first_crossing(r.exact_match, r.retention, levels) for r in runs])
-        return values.mean(axis=0)  # (L,): NaN if some seed does not reach the level
-
-    observed_disel, observed_lora = arm_value(disel_runs), arm_value(lora_runs)
-
+    observed_disel = _arm_retention_at(disel_runs, levels)  # (L,)
+    observed_lora = _arm_retention_at(lora_runs, levels)  # (L,)
     weights = _problem_weights(rng, replicates, problems)  # (B, P)
-
-    def arm_replicates(runs: Sequence[RunPath]) -> np.ndarray:
-        per_run = np.stack(
-            [
-                interpolate_first_crossing(weights @ r.correct.T.astype(np.float64) / problems, r.retention, levels)
-                for r in runs
-            ]
-        )  # (S, B, L)
-        drawn = rng.integers(0, len(runs), size=(replicates, len(runs)))  # (B, S): seeds drawn per replicate
-        picked = np.take_along_axis(per_run.transpose(1, 0, 2), drawn[..., None], axis=1)  # (B, S, L)
-        return picked.mean(axis=1)  # (B, L)
-
-    diffs = arm_replicates(disel_runs) - arm_replicates(lora_runs)  # (B, L)
+    disel_replicates = _arm_bootstrap_replicates(disel_runs, weights, problems, levels, rng)  # (B, L)
+    diffs = disel_replicates - _arm_bootstrap_replicates(lora_runs, weights, problems, levels, rng)  # (B, L)
     alpha = (1 - confidence) / 2
     results = []
     for j, level in enumerate(levels):

@@ -157,7 +157,43 @@ def training_step_flops(model: nn.Module, batch_size: int, seq_len: int) -> Step
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
     tokens = batch_size * seq_len
-    records: list[tuple[str, nn.Module, bool]] = []  # (kind, module, input requires grad)
+    records = _probe_linear_layers(model)
+
+    frozen = adapter = frozen_params = adapter_params = 0
+    for kind, module, input_grad in records:
+        if kind == "linear":
+            n = module.in_features * module.out_features
+            if module.weight.requires_grad:
+                adapter += (6 if input_grad else 4) * n * tokens
+                adapter_params += n
+            else:
+                frozen += (4 if input_grad else 2) * n * tokens
+                frozen_params += n
+        else:
+            for d, m, r in _disel_adapters(module):
+                stacked, b = 2 * r * d, m * r
+                # forward (both) + weight grads (both) + δB (always) + input grad through [A; W_g] if needed
+                adapter += (2 * (stacked + b) + 2 * (stacked + b) + 2 * b + (2 * stacked if input_grad else 0)) * tokens
+                adapter_params += stacked + b
+
+    attention = _attention_flops(model, batch_size, seq_len)
+    return StepFlops(
+        frozen=frozen,
+        adapter=adapter,
+        attention=attention,
+        tokens=tokens,
+        frozen_params=frozen_params,
+        adapter_params=adapter_params,
+    )
+
+
+def _probe_linear_layers(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """``(kind, module, input requires grad)`` of each linear layer a two-token training-mode forward runs.
+
+    ``kind`` is ``"disel"`` for a DISeL layer (its adapters counted apart) and ``"linear"`` for any other
+    ``nn.Linear``, including a DISeL layer's base but not its internal adapter matrices.
+    """
+    records: list[tuple[str, nn.Module, bool]] = []
     disel_modules = [m for m in model.modules() if isinstance(m, (DiselLinear, DiselLayer))]
     inside_disel = {id(sub) for m in disel_modules for sub in m.modules() if sub is not m}
 
@@ -186,39 +222,18 @@ def training_step_flops(model: nn.Module, batch_size: int, seq_len: int) -> Step
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    return records
 
-    frozen = adapter = frozen_params = adapter_params = 0
-    for kind, module, input_grad in records:
-        if kind == "linear":
-            n = module.in_features * module.out_features
-            if module.weight.requires_grad:
-                adapter += (6 if input_grad else 4) * n * tokens
-                adapter_params += n
-            else:
-                frozen += (4 if input_grad else 2) * n * tokens
-                frozen_params += n
-        else:
-            for d, m, r in _disel_adapters(module):
-                stacked, b = 2 * r * d, m * r
-                # forward (both) + weight grads (both) + δB (always) + input grad through [A; W_g] if needed
-                adapter += (2 * (stacked + b) + 2 * (stacked + b) + 2 * b + (2 * stacked if input_grad else 0)) * tokens
-                adapter_params += stacked + b
 
+def _attention_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
+    """Forward + backward FLOPs of the attention score and value matmuls, from ``model.config``."""
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None)
     layers = getattr(config, "num_hidden_layers", None)
     if heads is None or layers is None:
         raise ValueError("model.config must give num_attention_heads and num_hidden_layers for the attention FLOPs")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    attention = 12 * batch_size * seq_len * seq_len * heads * head_dim * layers
-    return StepFlops(
-        frozen=frozen,
-        adapter=adapter,
-        attention=attention,
-        tokens=tokens,
-        frozen_params=frozen_params,
-        adapter_params=adapter_params,
-    )
+    return 12 * batch_size * seq_len * seq_len * heads * head_dim * layers
 
 
 def _is_disel_base(module: nn.Module, disel_modules: list[nn.Module]) -> bool:

@@ -27,8 +27,8 @@ DEFAULT_RESULTS = Path("paper_figs") / "evidence" / "compression" / "compression
 
 
 def read_compression(path: Path):
-    """The :class:`~disel.experiments.evidence.compression.CompressionResults` in ``path``, or a ResultFileError."""
-    from disel.experiments.evidence.compression import load_compression_results
+    """The :class:`~disel.experiments.evidence.results.CompressionResults` in ``path``, or a ResultFileError."""
+    from disel.experiments.evidence.results import load_compression_results
 
     return read_typed(
         path, load_compression_results, "python -m disel.experiments.evidence.compression", "compression results"

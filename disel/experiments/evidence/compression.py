@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,16 @@ import numpy as np
 from disel.io import read_json, write_json_atomic, write_text_atomic
 
 from . import stages
-from .results import Interval
+from .figures import draw_compression_figure
+from .results import (
+    COMPRESSION_SCHEMA_VERSION as SCHEMA_VERSION,
+)
+from .results import (
+    CompressionResults,
+    Interval,
+    LevelResult,
+    load_compression_results,
+)
 from .stats import exact_match_interval
 
 __all__ = [
@@ -61,83 +70,9 @@ __all__ = [
     "run_compression",
 ]
 
-SCHEMA_VERSION = 1
 OPERATIONS = ("prune", "prune_aligned", "merge_static")
 RESULTS_FILE, TABLE_FILE = "compression.json", "compression.md"
 PROG = "python -m disel.experiments.evidence.compression"
-
-
-@dataclass(frozen=True)
-class LevelResult:
-    """One evaluated model: ``operation`` (``reference`` = the unpruned adapter) at ``level`` (fraction of
-    components removed for pruning, gate-std threshold for merging); ``fraction_reduced`` = components
-    removed or folded / all; ``gated_components`` and ``adapter_parameters`` left; the evaluation; the
-    output change measured by the operation on the statistics data (relative rms, None for the reference);
-    ``acceptable`` by the module's criterion."""
-
-    operation: str
-    level: float
-    fraction_reduced: float
-    gated_components: int
-    adapter_parameters: int
-    exact_match: Interval
-    perplexity: dict[str, float]
-    kl: dict[str, float]
-    correct: str  # one 0/1 character per test problem
-    output_change_rms: float | None
-    seconds: float
-    acceptable: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "exact_match": self.exact_match.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LevelResult:
-        return cls(
-            **{**{k: data[k] for k in cls.__dataclass_fields__}, "exact_match": Interval.from_dict(data["exact_match"])}
-        )
-
-
-@dataclass(frozen=True)
-class CompressionResults:
-    """The whole study: inputs, the acceptance ``criterion``, the reference and every level, the largest
-    acceptable ``fraction_reduced`` per operation (``best``), the timing (free-form), and the evidence run's
-    own evaluation of this adapter's final checkpoint (``evidence_final``, when found) for comparison."""
-
-    adapter: str
-    base_model: str
-    evidence_dir: str
-    total_components: int
-    criterion: dict[str, float]
-    reference: LevelResult
-    levels: list[LevelResult]
-    best: dict[str, float | None]
-    timing: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    evidence_final: dict[str, Any] | None = None
-    schema_version: int = SCHEMA_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "reference": self.reference.to_dict(), "levels": [r.to_dict() for r in self.levels]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CompressionResults:
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"compression results schema_version {data.get('schema_version')!r} is not "
-                f"the supported {SCHEMA_VERSION}"
-            )
-        return cls(
-            **{
-                **{k: data[k] for k in cls.__dataclass_fields__ if k in data},
-                "reference": LevelResult.from_dict(data["reference"]),
-                "levels": [LevelResult.from_dict(r) for r in data["levels"]],
-            }
-        )
-
-
-def load_compression_results(path: str | Path) -> CompressionResults:
-    return CompressionResults.from_dict(read_json(path))
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -634,10 +569,7 @@ def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
     results = replace(results, timing=timing)
     write_json_atomic(out / RESULTS_FILE, results.to_dict())
     write_text_atomic(out / TABLE_FILE, format_table(results))
-    from paper_figs import evidence_compression
-
-    if evidence_compression.main(["--results", str(out / RESULTS_FILE), "--out", str(out)]) != 0:
-        raise RuntimeError(f"paper_figs.evidence_compression could not draw from {out / RESULTS_FILE}")
+    draw_compression_figure(out / RESULTS_FILE, out)
     return results
 
 

@@ -1,10 +1,13 @@
-"""Draw every evidence figure (``paper_figs/evidence_*.py``) from one results file."""
+"""Draw the evidence figures (``paper_figs/evidence_*.py``) from their results files.
+
+The drawing lives in ``paper_figs``, which reads the results through :mod:`.results`; the experiment modules
+reach the drawing only through this module (no import cycle: nothing in ``paper_figs`` imports it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["draw_figures"]
+__all__ = ["draw_compression_figure", "draw_figures"]
 
 
 def draw_figures(results: str | Path, out: str | Path) -> None:
@@ -29,3 +32,11 @@ def draw_figures(results: str | Path, out: str | Path) -> None:
     for script, extra in calls:
         if script.main([*args, *extra]) != 0:
             raise RuntimeError(f"{script.__name__} could not draw from {results}")
+
+
+def draw_compression_figure(results: str | Path, out: str | Path) -> None:
+    """Draw ``paper_figs/evidence_compression.py`` from the compression study's results file into ``out``."""
+    from paper_figs import evidence_compression
+
+    if evidence_compression.main(["--results", str(results), "--out", str(out)]) != 0:
+        raise RuntimeError(f"paper_figs.evidence_compression could not draw from {results}")

@@ -18,16 +18,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from disel.io import write_json_atomic
+
 from .stats import MatchedDifference, RunPath, choose_levels, matched_differences
 
 __all__ = [
+    "COMPRESSION_SCHEMA_VERSION",
+    "CompressionResults",
+    "LevelResult",
+    "load_compression_results",
     "SCHEMA_VERSION",
     "CheckpointRecord",
     "EvidenceResults",
@@ -329,39 +334,90 @@ def compare_arms(
     return MatchedComparison(arm, reference_arm, kind, domain, differences)
 
 
-def _finite_or_none(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats → None, NumPy scalars → Python numbers."""
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def save_results(results: EvidenceResults, path: str | os.PathLike) -> Path:
-    """Write ``results`` as JSON atomically (a temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite_or_none(results.to_dict()), indent=1, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``results`` as JSON atomically (:func:`disel.io.write_json_atomic`: non-finite numbers as null)."""
+    return write_json_atomic(path, results.to_dict(), indent=1)
 
 
 def load_results(path: str | os.PathLike) -> EvidenceResults:
     """Read a results file written by :func:`save_results` (refuses other schema versions)."""
     with open(path) as handle:
         return EvidenceResults.from_dict(json.load(handle))
+
+
+# --- Issue 11's compression study (disel.experiments.evidence.compression) ---------------------------------
+
+COMPRESSION_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """One evaluated model: ``operation`` (``reference`` = the unpruned adapter) at ``level`` (fraction of
+    components removed for pruning, gate-std threshold for merging); ``fraction_reduced`` = components
+    removed or folded / all; ``gated_components`` and ``adapter_parameters`` left; the evaluation; the
+    output change measured by the operation on the statistics data (relative rms, None for the reference);
+    ``acceptable`` by the module's criterion."""
+
+    operation: str
+    level: float
+    fraction_reduced: float
+    gated_components: int
+    adapter_parameters: int
+    exact_match: Interval
+    perplexity: dict[str, float]
+    kl: dict[str, float]
+    correct: str  # one 0/1 character per test problem
+    output_change_rms: float | None
+    seconds: float
+    acceptable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "exact_match": self.exact_match.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LevelResult:
+        return cls(
+            **{**{k: data[k] for k in cls.__dataclass_fields__}, "exact_match": Interval.from_dict(data["exact_match"])}
+        )
+
+
+@dataclass(frozen=True)
+class CompressionResults:
+    """The whole study: inputs, the acceptance ``criterion``, the reference and every level, the largest
+    acceptable ``fraction_reduced`` per operation (``best``), the timing (free-form), and the evidence run's
+    own evaluation of this adapter's final checkpoint (``evidence_final``, when found) for comparison."""
+
+    adapter: str
+    base_model: str
+    evidence_dir: str
+    total_components: int
+    criterion: dict[str, float]
+    reference: LevelResult
+    levels: list[LevelResult]
+    best: dict[str, float | None]
+    timing: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    evidence_final: dict[str, Any] | None = None
+    schema_version: int = COMPRESSION_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reference": self.reference.to_dict(), "levels": [r.to_dict() for r in self.levels]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionResults:
+        if data.get("schema_version") != COMPRESSION_SCHEMA_VERSION:
+            raise ValueError(
+                f"compression results schema_version {data.get('schema_version')!r} is not "
+                f"the supported {COMPRESSION_SCHEMA_VERSION}"
+            )
+        return cls(
+            **{
+                **{k: data[k] for k in cls.__dataclass_fields__ if k in data},
+                "reference": LevelResult.from_dict(data["reference"]),
+                "levels": [LevelResult.from_dict(r) for r in data["levels"]],
+            }
+        )
+
+
+def load_compression_results(path: str | Path) -> CompressionResults:
+    return CompressionResults.from_dict(json.loads(Path(path).read_text()))

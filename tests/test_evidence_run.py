@@ -120,6 +120,8 @@ def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     "argv, message",
     [
         (["--workers", "0"], "--workers must be a positive integer"),
+        (["--arms", "lora", "dora"], "--arms: ['dora'] are not arms"),
+        (["--arms", "disel_paper"], "reference_arm"),  # the reference arm must stay
         (["--threads", "0"], "--threads must be a positive integer"),
         (["--output-dir", __file__], "--output-dir"),  # a file, not a folder: refused before any work
         (["--override", "problems.tests=3"], "problems.tests"),
@@ -164,3 +166,13 @@ def test_verdict_follows_the_intervals(low, high, expected):
     sentence = _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", differences))
     assert expected in sentence and f"{(low + high) / 2:+.4f} [{low:+.4f}, {high:+.4f}]" in sentence
     assert "cannot be compared" in _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", []))
+
+
+def test_arms_keeps_only_the_named_arms_with_their_settings():
+    from disel.experiments.evidence.config import load_evidence_config
+
+    full = load_evidence_config(RECIPE)
+    subset = load_evidence_config(RECIPE, ["arms.lora.seeds=[0]"], arms=["lora", "disel_paper"])
+    assert list(subset.arms) == ["lora", "disel_paper"]
+    assert subset.arms["disel_paper"] == full.arms["disel_paper"]
+    assert subset.arms["lora"].seeds == [0] and full.arms["lora"].seeds == [0, 1]

@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="(arm, seed) jobs run at once, each in its own single-thread process (default 1: in this process)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        metavar="ARM",
+        help="only these arms of the recipe (default: all), e.g. to aggregate the arms a running experiment "
+        "has finished: stages already done are reused",
+    )
     add_override_argument(parser, help="e.g. training.max_steps=2 problems.test=8 model.dtype=bfloat16")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads of this process (default: torch's choice)"
@@ -56,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight.check_positive(args.workers, "--workers")
         preflight.check_positive(args.threads, "--threads")
         preflight.check_output_dir(args.output_dir, "--output-dir")
-        config = load_evidence_config(args.recipe, args.override, device=args.device)
+        config = load_evidence_config(args.recipe, args.override, device=args.device, arms=args.arms)
     except (ConfigError, preflight.UsageError) as error:
         return preflight.report("disel-evidence", error)
     if args.threads:

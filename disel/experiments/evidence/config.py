@@ -126,10 +126,19 @@ class RunSpec(BaseModel):
 
 
 def load_evidence_config(
-    path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), device: str = "cpu"
+    path: str | os.PathLike,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "cpu",
+    arms: list[str] | tuple[str, ...] | None = None,
 ) -> EvidenceConfig:
-    """Read an evidence recipe, route ``overrides`` (module docstring), validate; ``ConfigError`` naming the key."""
+    """Read an evidence recipe, route ``overrides`` (module docstring), keep only ``arms`` if given (e.g. to
+    aggregate the arms finished so far of a run in progress), validate; ``ConfigError`` naming the key."""
     raw = read_recipe(path)
+    if arms:
+        unknown = sorted(set(arms) - set(raw.get("arms", {})))
+        if unknown:
+            raise ConfigError(f"--arms: {unknown} are not arms of {path} (arms: {sorted(raw.get('arms', {}))})")
+        raw["arms"] = {name: settings for name, settings in raw["arms"].items() if name in arms}
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
     ours = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in TRAINING_SECTIONS]

@@ -165,6 +165,15 @@ def test_verdict_follows_the_intervals(low, high, expected):
     ]
     sentence = _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", differences))
     assert expected in sentence and f"{(low + high) / 2:+.4f} [{low:+.4f}, {high:+.4f}]" in sentence
+    # levels whose intervals disagree are reported apart: more at one level, no clear difference at another
+    clear = differences[0].__class__(
+        **{**differences[0].__dict__, "difference": -0.2, "low": -0.3, "high": -0.1, "level": 0.6}
+    )
+    mixed = _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", [*differences, clear]))
+    more_clause = mixed.split("retains MORE of the base model than lora at ")[1].split(";")[0]
+    assert "0.60 (-0.2000 [-0.3000, -0.1000])" in more_clause
+    if expected != "retains MORE":
+        assert expected in mixed
     assert "cannot be compared" in _sentence(MatchedComparison("disel_paper", "lora", "kl", "english", []))
 
 

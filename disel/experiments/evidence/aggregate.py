@@ -2,8 +2,9 @@
 
 The verdict sentence is generated from the numbers: for each compared arm, the retention difference
 against the reference arm at the matched exact-match levels, read on English KL (the more sensitive
-metric), with its 95% interval; it says "retains more", "retains less" or "no difference shown"
-according to whether the intervals exclude 0, and says so plainly when the arms share no accuracy range.
+metric), with its 95% interval; level by level it says "retains more", "retains less" or "no clear
+difference" according to whether the interval excludes 0, and says so plainly when the arms share no
+accuracy range.
 """
 
 from __future__ import annotations
@@ -165,26 +166,28 @@ def format_table(results: EvidenceResults) -> str:
 
 
 def _sentence(comp: MatchedComparison) -> str:
+    """The verdict for one arm, level by level: MORE where the interval is below 0 (closer to the base), LESS
+    where it is above 0, NO clear difference where it covers 0."""
     if not comp.differences:
         return (
             f"{comp.arm} and {comp.reference_arm} reach no common exact-match range, so they cannot be "
             f"compared at equal accuracy."
         )
-    levels = ", ".join(f"{d.level:.2f}" for d in comp.differences)
-    parts = ", ".join(f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" for d in comp.differences)
-    better = all(d.high < 0 for d in comp.differences)
-    worse = all(d.low > 0 for d in comp.differences)
-    finding = (
-        "retains MORE of the base model than"
-        if better
-        else "retains LESS of the base model than"
-        if worse
-        else "shows NO clear retention difference from"
-    )
+    groups = {"retains MORE of the base model than": [], "retains LESS of the base model than": [], "": []}
+    for d in comp.differences:
+        key = "retains MORE of the base model than" if d.high < 0 else "retains LESS of the base model than"
+        groups[key if d.high < 0 or d.low > 0 else ""].append(
+            f"{d.level:.2f} ({d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
+        )
+    findings = [
+        f"{finding} {comp.reference_arm} at {', '.join(at)}" for finding, at in groups.items() if finding and at
+    ]
+    if groups[""]:
+        findings.append(f"shows NO clear retention difference from {comp.reference_arm} at {', '.join(groups[''])}")
     return (
-        f"At equal exact match ({levels}), {comp.arm} {finding} {comp.reference_arm}: {comp.kind} on "
-        f"{comp.domain} text differs by {parts} (95% bootstrap intervals over test problems and seeds; "
-        f"negative = closer to the base)."
+        f"At equal exact match, {comp.arm} {'; '.join(findings)}: difference in {comp.kind} on {comp.domain} text "
+        f"at each exact-match level, with its 95% bootstrap interval over test problems and seeds "
+        f"(negative = closer to the base)."
     )
 
 

@@ -14,26 +14,15 @@ from disel.experiments.evidence.diagnostics import (
 )
 from disel.experiments.evidence.kl import right_padded_batches
 from disel.tuner.layer import DiselLayer
+from tiny_models import tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _tiny_disel(r=4):
     from peft import get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=50,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(0, vocab_size=50, max_position_embeddings=64, pad_token_id=0)
     return get_peft_model(model, disel.DiselConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS))
 
 

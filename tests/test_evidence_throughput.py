@@ -10,26 +10,14 @@ from disel.experiments.evidence.throughput import (
     tokens_per_second_bound,
     training_step_flops,
 )
+from tiny_models import tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=50,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        attn_implementation="eager",
-    )  # eager attention: matmuls FlopCounterMode counts
-    return LlamaForCausalLM(config)
+    # eager attention: matmuls FlopCounterMode counts; train mode, as the original
+    return tiny_llama(0, vocab_size=50, max_position_embeddings=64, pad_token_id=0, attn_implementation="eager").train()
 
 
 def _adapted(kind):

@@ -11,7 +11,6 @@ import pickle
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import disel
 from disel.functional import (
@@ -19,6 +18,7 @@ from disel.functional import (
     disel_update_reference,
     stacked_weight_cache_enabled,
 )
+from tiny_models import tiny_llama
 
 
 def layer(seed: int = 0) -> disel.DiselLinear:
@@ -151,17 +151,7 @@ def test_copies_and_pickles_start_with_an_empty_cache():
 
 def test_peft_layers_cache_per_adapter_and_follow_set_adapter():
     """The PEFT layer keeps one cache per adapter; switching adapters and reloading weights give the right output."""
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            vocab_size=64,
-        )
-    )
+    base = tiny_llama(0, num_hidden_layers=1).train()
     model = get_peft_model(base, disel.DiselConfig(r=2, target_modules=["q_proj", "v_proj"], init_weights=False)).eval()
     model.add_adapter("other", disel.DiselConfig(r=3, target_modules=["q_proj", "v_proj"], init_weights=False))
     ids = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(2))

@@ -19,8 +19,9 @@ import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+import tiny_models
 from disel._validate import ArgumentTypeError
 from disel.layers import DiselLinear
 from disel.tuner import DiselConfig, DiselLayer
@@ -264,16 +265,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj"]
 
 
 def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=64,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_models.tiny_llama(0)
 
 
 @pytest.fixture(scope="module")
@@ -420,17 +412,7 @@ def test_saved_base_biases_land_even_without_the_bias_field(tmp_path):
     """bias="all" saves the base layers' biases; a config without "bias" still loads them (nothing dropped)."""
 
     def biased_llama() -> LlamaForCausalLM:
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            vocab_size=64,
-            attention_bias=True,
-        )
-        return LlamaForCausalLM(config).eval()
+        return tiny_models.tiny_llama(0, num_hidden_layers=1, attention_bias=True)
 
     model = get_peft_model(biased_llama(), DiselConfig(r=2, target_modules=["q_proj"], bias="all"))
     with torch.no_grad():

@@ -195,3 +195,21 @@ def make_tiny_roberta_classifier(
     RobertaForSequenceClassification(_roberta_config(tokenizer, num_labels=num_labels)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """A randomly initialised Llama in eval mode, small enough for unit tests: 2 layers, hidden 32, 4 heads
+    (2 key/value heads), MLP 64, vocabulary 64; ``overrides`` replace any ``LlamaConfig`` field
+    (``vocab_size``, ``num_hidden_layers``, ``pad_token_id``, ``attn_implementation``, ...)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    fields = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=64,
+    )
+    return LlamaForCausalLM(LlamaConfig(**{**fields, **overrides})).eval()

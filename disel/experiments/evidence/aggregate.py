@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from disel.io import read_json
+
 from .config import EvidenceConfig, RunSpec
 from .results import (
     CheckpointRecord,
@@ -24,7 +26,7 @@ from .results import (
     RunRecord,
     compare_arms,
 )
-from .stages import DOMAINS, read_json
+from .stages import DOMAINS
 from .stats import exact_match_interval
 
 __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]

@@ -80,14 +80,14 @@ def right_padded_batches(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    from ..data.collator import right_pad
+
     for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start : start + batch_size]
-        longest = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), longest), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), longest), dtype=torch.long)
-        for row, tokens in enumerate(chunk):
-            ids[row, : len(tokens)] = torch.as_tensor(list(tokens), dtype=torch.long)
-            mask[row, : len(tokens)] = 1
+        chunk = [list(tokens) for tokens in sequences[start : start + batch_size]]
+        # right_pad pads (ids, per-token values) pairs; here the ids alone matter, so they are their own values
+        ids, mask, _ = right_pad(
+            [(tokens, tokens) for tokens in chunk], pad_token_id, fill=pad_token_id, dtype=torch.long
+        )
         yield {"input_ids": ids, "attention_mask": mask}
 
 

@@ -18,10 +18,10 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from disel.io import write_json_atomic, write_text_atomic
+from disel.io import read_json, write_json_atomic, write_text_atomic
 
 from .config import EvidenceConfig, RunSpec, resolved_training_recipe
-from .stages import evaluate_model, headline, prepare_data, read_json, run_job
+from .stages import evaluate_model, headline, prepare_data, run_job
 
 __all__ = ["Progress", "run_evidence"]
 

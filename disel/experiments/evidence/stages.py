@@ -12,13 +12,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from disel.io import write_json_atomic
+from disel.io import read_json, write_json_atomic
 
 from .config import EvidenceConfig, RunSpec
 
@@ -26,10 +25,6 @@ __all__ = ["evaluate_model", "prepare_data", "read_json", "retention_pools", "ru
 
 DOMAINS = ("english", "code")
 Report = Callable[[str, str], None]  # (stage label, headline) of a finished stage
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
 
 
 def prepare_data(config: EvidenceConfig, out: Path, tokenizer: Any) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from disel.io import read_json
+
 from .config import RunSpec
-from .stages import read_json
 from .throughput import (
     measure_matmul_throughput,
     tokens_per_second_bound,

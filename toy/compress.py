@@ -63,28 +63,15 @@ def _correction(layer: DiselLinear, problem: MixtureProblem):
     return f
 
 
-def planted_compression(
-    problem: MixtureProblem | None = None,
-    *,
-    extra_zero_b: int = 3,
-    extra_constant: int = 3,
-    samples: int = 20_000,
-    eval_samples: int = 100_000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """The planted Bayes layer plus zero-B and constant-gate components; prune and merge_static on it.
-
-    Returns the component kinds, the sets removed / folded, the max output change of each step on the
-    statistics' inputs, the distance of the folded base weight from ``W0``, and the excess MSE before,
-    after and of the Bayes correction (closed form).
-    """
-    problem = MixtureProblem.figure1(seed=seed) if problem is None else problem
+def _planted_layer(problem: MixtureProblem, zero_b: list[int], constant: list[int], seed: int):
+    """The planted Bayes layer (rank Δ) followed by components ``zero_b`` (B = 0, random gates) and ``constant``
+    (W_g = 0: constant gates), their fixed map taken out of ``W0`` so the layer still computes W0 x + π(x) Δ x.
+    Returns ``(layer, base, bayes parameters)``."""
     k = problem.rank_delta
+    extra_zero_b, extra_constant = len(zero_b), len(constant)
     r = k + extra_zero_b + extra_constant
     rng = np.random.default_rng(seed + 1)
     bayes = disel_bayes_parameters(problem, k)
-    zero_b = list(range(k, k + extra_zero_b))
-    constant = list(range(k + extra_zero_b, r))
     A = np.concatenate([bayes.lora_A, rng.normal(size=(r - k, problem.d))])  # (r, d)
     B = np.concatenate(
         [bayes.lora_B, np.zeros((problem.m, extra_zero_b)), rng.normal(size=(problem.m, extra_constant))], axis=1
@@ -107,6 +94,28 @@ def planted_compression(
         gate_weight=torch.from_numpy(W),
         gate_bias=torch.from_numpy(b),
     )
+    return layer, base, bayes
+
+
+def planted_compression(
+    problem: MixtureProblem | None = None,
+    *,
+    extra_zero_b: int = 3,
+    extra_constant: int = 3,
+    samples: int = 20_000,
+    eval_samples: int = 100_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The planted Bayes layer plus zero-B and constant-gate components; prune and merge_static on it.
+
+    Returns the component kinds, the sets removed / folded, the max output change of each step on the
+    statistics' inputs, the distance of the folded base weight from ``W0``, and the excess MSE before,
+    after and of the Bayes correction (closed form).
+    """
+    problem = MixtureProblem.figure1(seed=seed) if problem is None else problem
+    k, r = problem.rank_delta, problem.rank_delta + extra_zero_b + extra_constant
+    zero_b, constant = list(range(k, k + extra_zero_b)), list(range(k + extra_zero_b, r))
+    layer, base, bayes = _planted_layer(problem, zero_b, constant, seed)
 
     x = _inputs(problem, samples, seed + 2)
     with torch.no_grad():

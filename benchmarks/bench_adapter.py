@@ -329,6 +329,80 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _bench_train(models, optimizers, batch, args, ratios) -> None:
+    """Time a training step (forward + backward + AdamW) of LoRA, fused DISeL and reference DISeL; add the ratios."""
+    for model in models.values():
+        model.train()
+    runs = {
+        "lora": train_step(models["lora"], optimizers["lora"], batch),
+        "disel": train_step(models["disel"], optimizers["disel"], batch),
+    }
+    runs["disel_ref"] = with_reference(runs["disel"])
+    flops = {name: flops_of(run) for name, run in runs.items()}
+    print("train step   GFLOP " + ", ".join(f"{name} {f / 1e9:.1f}" for name, f in flops.items()))
+    ratios["train FLOP DISeL/LoRA"] = f"{flops['disel'] / flops['lora']:.3f}"
+    times = interleaved(runs, args.reps, args.warmup)
+    for name, seconds in times.items():
+        print(f"train step   {name:9s} {summary(seconds)}")
+    time_ratios(ratios, "train DISeL/LoRA", times, "disel", "lora")
+    time_ratios(ratios, "train DISeL-ref/LoRA", times, "disel_ref", "lora")
+    time_ratios(ratios, "train fused/ref", times, "disel", "disel_ref")
+
+
+def _bench_inference(models, batch, args, ratios) -> None:
+    """Time an inference forward of LoRA, DISeL (cached stacked weight), DISeL without the cache and the reference."""
+    for model in models.values():
+        model.eval()
+    runs = {"lora": inference(models["lora"], batch), "disel": inference(models["disel"], batch)}
+    runs["disel_ref"] = with_reference(runs["disel"])
+    runs["disel_nocache"] = without_stacked_cache(runs["disel"])
+    flops = {name: flops_of(run) for name, run in runs.items()}
+    flop_ratio = flops["disel"] / flops["lora"]
+    ratios["inference FLOP DISeL/LoRA"] = f"{flop_ratio:.3f}"
+    times = interleaved(runs, args.reps, args.warmup)
+    for name, seconds in times.items():
+        print(f"inference    {name:13s} {summary(seconds)}")
+    time_ratios(ratios, "inference DISeL/LoRA", times, "disel", "lora")
+    time_ratios(ratios, "inference DISeL-nocache/LoRA", times, "disel_nocache", "lora")
+    time_ratios(ratios, "inference fused/ref", times, "disel", "disel_ref")
+    # How far the time ratio is above the FLOP ratio (1.000 = the extra time is exactly the extra FLOPs).
+    for name in ("disel", "disel_nocache"):
+        excess = statistics.median(times[name]["wall"]) / statistics.median(times["lora"]["wall"]) / flop_ratio
+        excess_min = min(times[name]["wall"]) / min(times["lora"]["wall"]) / flop_ratio
+        ratios[f"inference {name}/LoRA ÷ FLOP ratio"] = f"{excess:.3f}   (wall min {excess_min:.3f})"
+
+
+def _bench_memory(models, optimizers, batch, ratios) -> None:
+    """Bytes saved for backward plus parameters, gradients and AdamW state, per method; add the ratios."""
+    memory = {}
+    for method in ("lora", "disel"):
+        models[method].train()
+        memory[method] = memory_of_step(models[method], optimizers[method], batch)
+    with reference_update():
+        memory["disel_ref"] = memory_of_step(models["disel"], optimizers["disel"], batch)
+    for name, m in memory.items():
+        print(
+            f"memory       {name:9s} activations {m['activations'] / MIB:8.1f} MiB + params/grads/AdamW "
+            f"{m['persistent'] / MIB:7.1f} MiB = {m['total'] / MIB:8.1f} MiB "
+            f"({m['trainable_params'] / 1e6:.2f} M trainable)"
+        )
+    for label, num, key in (
+        ("memory total DISeL/LoRA", "disel", "total"),
+        ("memory activations DISeL/LoRA", "disel", "activations"),
+        ("memory total DISeL-ref/LoRA", "disel_ref", "total"),
+    ):
+        ratios[label] = f"{memory[num][key] / memory['lora'][key]:.3f}"
+
+
+def _bench_branch(args, r, ratios) -> None:
+    """Time the adapter branch alone (forward + backward), DISeL against LoRA and fused against reference."""
+    times = interleaved(adapter_branch_runs(args, r), args.reps * 3, args.warmup)
+    for name, seconds in times.items():
+        print(f"branch fwd+bwd {name:9s} {summary(seconds)}")
+    time_ratios(ratios, "branch DISeL/LoRA", times, "disel", "lora")
+    time_ratios(ratios, "branch fused/ref", times, "disel", "disel_ref")
+
+
 def main(argv: list[str] | None = None) -> dict[int, dict[str, str]]:
     """Run the benchmark and print it; returns {rank: {ratio name: printed value}}."""
     args = parse_args(argv)
@@ -355,73 +429,19 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, str]]:
         assert torch.allclose(loss_fused, loss_ref, rtol=1e-5), (loss_fused, loss_ref)
 
         if "train" not in args.skip:
-            for model in models.values():
-                model.train()
-            runs = {
-                "lora": train_step(models["lora"], optimizers["lora"], batch),
-                "disel": train_step(models["disel"], optimizers["disel"], batch),
-            }
-            runs["disel_ref"] = with_reference(runs["disel"])
-            flops = {name: flops_of(run) for name, run in runs.items()}
-            print("train step   GFLOP " + ", ".join(f"{name} {f / 1e9:.1f}" for name, f in flops.items()))
-            ratios["train FLOP DISeL/LoRA"] = f"{flops['disel'] / flops['lora']:.3f}"
-            times = interleaved(runs, args.reps, args.warmup)
-            for name, seconds in times.items():
-                print(f"train step   {name:9s} {summary(seconds)}")
-            time_ratios(ratios, "train DISeL/LoRA", times, "disel", "lora")
-            time_ratios(ratios, "train DISeL-ref/LoRA", times, "disel_ref", "lora")
-            time_ratios(ratios, "train fused/ref", times, "disel", "disel_ref")
+            _bench_train(models, optimizers, batch, args, ratios)
 
         if "inference" not in args.skip:
-            for model in models.values():
-                model.eval()
-            runs = {"lora": inference(models["lora"], batch), "disel": inference(models["disel"], batch)}
-            runs["disel_ref"] = with_reference(runs["disel"])
-            runs["disel_nocache"] = without_stacked_cache(runs["disel"])
-            flops = {name: flops_of(run) for name, run in runs.items()}
-            flop_ratio = flops["disel"] / flops["lora"]
-            ratios["inference FLOP DISeL/LoRA"] = f"{flop_ratio:.3f}"
-            times = interleaved(runs, args.reps, args.warmup)
-            for name, seconds in times.items():
-                print(f"inference    {name:13s} {summary(seconds)}")
-            time_ratios(ratios, "inference DISeL/LoRA", times, "disel", "lora")
-            time_ratios(ratios, "inference DISeL-nocache/LoRA", times, "disel_nocache", "lora")
-            time_ratios(ratios, "inference fused/ref", times, "disel", "disel_ref")
-            # How far the time ratio is above the FLOP ratio (1.000 = the extra time is exactly the extra FLOPs).
-            for name in ("disel", "disel_nocache"):
-                excess = statistics.median(times[name]["wall"]) / statistics.median(times["lora"]["wall"]) / flop_ratio
-                excess_min = min(times[name]["wall"]) / min(times["lora"]["wall"]) / flop_ratio
-                ratios[f"inference {name}/LoRA ÷ FLOP ratio"] = f"{excess:.3f}   (wall min {excess_min:.3f})"
+            _bench_inference(models, batch, args, ratios)
 
         if "memory" not in args.skip:
-            memory = {}
-            for method in ("lora", "disel"):
-                models[method].train()
-                memory[method] = memory_of_step(models[method], optimizers[method], batch)
-            with reference_update():
-                memory["disel_ref"] = memory_of_step(models["disel"], optimizers["disel"], batch)
-            for name, m in memory.items():
-                print(
-                    f"memory       {name:9s} activations {m['activations'] / MIB:8.1f} MiB + params/grads/AdamW "
-                    f"{m['persistent'] / MIB:7.1f} MiB = {m['total'] / MIB:8.1f} MiB "
-                    f"({m['trainable_params'] / 1e6:.2f} M trainable)"
-                )
-            for label, num, key in (
-                ("memory total DISeL/LoRA", "disel", "total"),
-                ("memory activations DISeL/LoRA", "disel", "activations"),
-                ("memory total DISeL-ref/LoRA", "disel_ref", "total"),
-            ):
-                ratios[label] = f"{memory[num][key] / memory['lora'][key]:.3f}"
+            _bench_memory(models, optimizers, batch, ratios)
 
         del models, optimizers
         gc.collect()
 
         if "branch" not in args.skip:
-            times = interleaved(adapter_branch_runs(args, r), args.reps * 3, args.warmup)
-            for name, seconds in times.items():
-                print(f"branch fwd+bwd {name:9s} {summary(seconds)}")
-            time_ratios(ratios, "branch DISeL/LoRA", times, "disel", "lora")
-            time_ratios(ratios, "branch fused/ref", times, "disel", "disel_ref")
+            _bench_branch(args, r, ratios)
 
         print(f"-- rank {r} ratios (wall-time medians; in parentheses: wall-time minima, CPU-time medians):")
         for name, value in ratios.items():

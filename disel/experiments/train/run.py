@@ -1,35 +1,24 @@
 """The one training entry of the experiment path: :func:`train` (config → trained adapter + result file).
 
-Built on ``transformers.Trainer``: DISeL trains with :class:`disel.DiselTrainer` (AdamW with a separate,
-larger gate learning rate and no weight decay on gates); LoRA, DoRA, AdaLoRA (PEFT's own) and full
-fine-tuning use the plain ``Trainer``, whose AdamW groups already exclude biases and norms from weight
-decay. AdaLoRA's rank-budget schedule runs in :class:`AdaLoraScheduleCallback`, the hook PEFT documents
-(``update_and_allocate(global_step)`` after the optimizer step, before the gradients are zeroed).
+Built on ``transformers.Trainer``: DISeL trains with :class:`disel.DiselTrainer` (a separate, larger gate
+learning rate, no weight decay on gates); LoRA, DoRA, AdaLoRA (PEFT's own) and full fine-tuning with the plain
+``Trainer``. Several processes (``accelerate launch`` / ``torchrun``) train data-parallel with no change; the
+result file records the world size and a hash of every rank's trainable parameters (equal: the replicas
+stayed identical).
 
-Several processes (``accelerate launch`` / ``torchrun``) train data-parallel with no change: the Trainer
-shards the batches, and the result file records the world size and a hash of every rank's trainable
-parameters (equal hashes = the replicas stayed identical).
-
-Files written to ``training.output_dir``:
-
-* ``run_config.yaml`` — the resolved config, at the start (atomic); a resume compares its config with it
-  and refuses changed keys (:func:`~disel.experiments.train.checkpoints.check_config_unchanged`);
-* ``checkpoint-<step>/`` — the Trainer's checkpoints (adapter, optimizer, scheduler, RNG states,
-  ``trainer_state.json`` last; AdaLoRA adds ``adalora_state.pt``); a resume checks that their files read
-  whole and falls back past a damaged one (:mod:`~disel.experiments.train.checkpoints`);
-* the final adapter (``adapter_config.json`` + ``adapter_model.safetensors``; the whole model for ``full``)
-  and the tokenizer;
-* ``train_result.json`` — written atomically, last, by the main process
-  (:class:`~disel.experiments.schemas.TrainResult`).
-  Its presence means the run finished and the final adapter beside it is complete.
+Files written to ``training.output_dir``: ``run_config.yaml`` (the resolved config, at the start; a resume
+refuses changed keys), the Trainer's ``checkpoint-<step>/`` folders (AdaLoRA adds ``adalora_state.pt``; a
+resume falls back past a damaged one: :mod:`.checkpoints`), the final adapter (the whole model for ``full``)
+and tokenizer, and last, atomically, ``train_result.json`` (:class:`~disel.experiments.schemas.TrainResult`):
+its presence means the run finished and the final adapter beside it is complete.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
-import re
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -37,108 +26,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import Trainer, TrainerCallback
 
-from disel.io import write_yaml_atomic
+from disel.io import write_bytes_atomic, write_yaml_atomic
 
-from ..config import ConfigError, ExperimentConfig, ModelConfig
+from ..config import ConfigError, ExperimentConfig
 from ..data.collator import CausalLMCollator
 from ..data.datasets import PreparedData, prepare_data
 from ..models import check_model_dir, force_offline, load_model, load_tokenizer
 from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
-from ..schemas import TRAIN_RESULT_SCHEMA as RESULT_SCHEMA
 from ..schemas import TrainResult
-from .checkpoints import RUN_CONFIG_FILE, check_config_unchanged, newest_intact_checkpoint, verify_checkpoint
+from .checkpoints import (
+    CHECKPOINT_NAME,
+    RUN_CONFIG_FILE,
+    check_config_unchanged,
+    complete_checkpoints,
+    resolve_resume,
+)
 
-__all__ = [
-    "RESULT_FILE",
-    "RESULT_SCHEMA",
-    "AdaLoraScheduleCallback",
-    "TrainResult",
-    "build_peft_config",
-    "complete_checkpoints",
-    "resolve_resume",
-    "train",
-    "training_arguments",
-]
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _ADALORA_STATE = "adalora_state.pt"
-
-
-# ------------------------------------------------------------------------------------------------
-# Checkpoints and resuming
-# ------------------------------------------------------------------------------------------------
-
-
-def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """``checkpoint-<step>`` folders of ``output_dir`` that were written completely, oldest first.
-
-    The Trainer writes ``trainer_state.json`` last, after the weights, optimizer, scheduler and RNG
-    states; a folder without it was interrupted mid-save and is skipped.
-    """
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = []
-    for child in output_dir.iterdir():
-        match = _CHECKPOINT.match(child.name)
-        if match and child.is_dir() and (child / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
-
-
-def resolve_resume(training: Any) -> str | None:
-    """The checkpoint to resume from, per ``training.resume_from_checkpoint``: ``auto`` (the newest complete
-    checkpoint in ``output_dir``, or a fresh start if there is none), a checkpoint folder, or None (a fresh
-    start; an ``output_dir`` that already holds a run is then an error, so a restarted job cannot
-    silently overwrite it).
-
-    Raises:
-        ConfigError: ``resume`` is a path that is not a checkpoint, or is None while ``output_dir``
-            already holds checkpoints or a result (a restarted job must say ``resume: auto`` or use a new folder).
-        DamagedCheckpointError: the checkpoint named is damaged, or (``auto``) every checkpoint is.
-    """
-    existing = complete_checkpoints(training.output_dir)
-    resume = training.resume_from_checkpoint
-    if resume is None:
-        if existing or (Path(training.output_dir) / RESULT_FILE).exists():
-            found = existing[-1].name if existing else RESULT_FILE
-            raise ConfigError(
-                f"training.output_dir {training.output_dir!r} already holds a run ({found}); "
-                "set training.resume_from_checkpoint=auto to continue it, or choose a new output_dir"
-            )
-        return None
-    if resume == "auto":  # the newest checkpoint whose files all read whole (a warning per damaged one)
-        newest = newest_intact_checkpoint(existing)
-        return None if newest is None else str(newest)
-    path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise ConfigError(
-            f"training.resume_from_checkpoint {resume!r} is not a complete checkpoint folder (no trainer_state.json); "
-            "give 'auto', a checkpoint-<step> folder, or null"
-        )
-    verify_checkpoint(path)
-    return str(path)
-
-
-# ------------------------------------------------------------------------------------------------
-# Model, tokenizer, method
-# ------------------------------------------------------------------------------------------------
-
-
-def _load_base_model(model_config: ModelConfig, pad_token_id: int | None) -> torch.nn.Module:
-    """The base model of the recipe; a sequence classifier gets a fresh ``num_labels`` head."""
-    from transformers import AutoModelForSequenceClassification
-
-    kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code}
-    if model_config.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_config.attn_implementation
-    if model_config.task_type == "sequence_classification":
-        kwargs.update(model_class=AutoModelForSequenceClassification, num_labels=model_config.num_labels)
-    model = load_model(model_config.path, dtype=model_config.dtype, gguf_file=model_config.gguf_file, **kwargs)
-    if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
-        model.config.pad_token_id = pad_token_id
-    return model
+_ALLOCATOR_STATISTICS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
 def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
@@ -169,17 +76,10 @@ def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
     if total is None:
         raise ConfigError("method.adalora.total_step: unknown; set it, or let train() compute it from the data")
     tinit, tfinal = _adalora_phases(settings, total)
+    schedule = settings.model_dump(include={"deltaT", "beta1", "beta2", "orth_reg_weight"})
+    init_r = settings.init_r or math.ceil(1.5 * method.r)
     return AdaLoraConfig(
-        target_r=method.r,
-        init_r=settings.init_r or math.ceil(1.5 * method.r),
-        tinit=tinit,
-        tfinal=tfinal,
-        deltaT=settings.deltaT,
-        beta1=settings.beta1,
-        beta2=settings.beta2,
-        orth_reg_weight=settings.orth_reg_weight,
-        total_step=total,
-        **common,
+        target_r=method.r, init_r=init_r, tinit=tinit, tfinal=tfinal, total_step=total, **schedule, **common
     )
 
 
@@ -205,63 +105,34 @@ def _estimate_total_steps(config: ExperimentConfig, n_train: int) -> int:
     return math.ceil(training.num_train_epochs * per_epoch)
 
 
-def _apply_method(model: torch.nn.Module, config: ExperimentConfig, n_train: int) -> torch.nn.Module:
-    if config.method.name == "full":
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
-        return model
-    from peft import get_peft_model
-
-    peft_config = build_peft_config(config, total_step=_estimate_total_steps(config, n_train))
-    return get_peft_model(model, peft_config)
-
-
-# ------------------------------------------------------------------------------------------------
-# AdaLoRA's schedule inside the Trainer
-# ------------------------------------------------------------------------------------------------
-
-
-def _callback_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class AdaLoraScheduleCallback(_callback_base()):
+class AdaLoraScheduleCallback(TrainerCallback):
     """Runs AdaLoRA's budget schedule inside ``transformers.Trainer``, and makes it resumable.
 
     * ``on_train_begin``: sets the schedule's ``total_step`` to the Trainer's exact ``max_steps`` (unless the
       config fixed it) and restores the importance statistics saved in the checkpoint being resumed.
-    * ``on_optimizer_step``: ``model.base_model.update_and_allocate(global_step)``: after the optimizer
-      step and before ``zero_grad`` (the importance scores read the gradients), as PEFT documents.
-    * ``on_save``: saves the importance statistics and rank pattern into the checkpoint
-      (``adalora_state.pt``); PEFT keeps them only in memory, so without this a resumed run would
-      restart them from zero and prune differently.
+    * ``on_optimizer_step``: ``update_and_allocate(global_step)`` after the optimizer step and before
+      ``zero_grad`` (the importance scores read the gradients), as PEFT documents.
+    * ``on_save``: saves the importance statistics and rank pattern into the checkpoint (``adalora_state.pt``);
+      PEFT keeps them only in memory, so a resumed run would otherwise restart them from zero and prune differently.
     """
 
     def __init__(self, settings, resume_from: str | None = None):
         self.settings = settings
         self.resume_from = resume_from
 
-    @staticmethod
-    def _tuner(model):
-        tuner = model.base_model
-        return tuner, tuner.peft_config[tuner.trainable_adapter_name]
-
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        tuner, peft_config = self._tuner(model)
+        tuner = model.base_model
+        peft_config = tuner.peft_config[tuner.trainable_adapter_name]
         if self.settings.total_step is None:
             peft_config.total_step = state.max_steps
             peft_config.tinit, peft_config.tfinal = _adalora_phases(self.settings, state.max_steps)
-        if self.resume_from is not None:
-            path = Path(self.resume_from) / _ADALORA_STATE
-            if path.is_file():
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-                allocator = tuner.rankallocator
-                for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
-                    getattr(allocator, key).clear()
-                    getattr(allocator, key).update({k: v.to(args.device) for k, v in saved[key].items()})
-                peft_config.rank_pattern = saved["rank_pattern"]
+        path = None if self.resume_from is None else Path(self.resume_from) / _ADALORA_STATE
+        if path is not None and path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            for key in _ALLOCATOR_STATISTICS:
+                getattr(tuner.rankallocator, key).clear()
+                getattr(tuner.rankallocator, key).update({k: v.to(args.device) for k, v in saved[key].items()})
+            peft_config.rank_pattern = saved["rank_pattern"]
         return control
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -270,47 +141,35 @@ class AdaLoraScheduleCallback(_callback_base()):
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:
-            tuner, peft_config = self._tuner(model)
-            allocator = tuner.rankallocator
+            tuner = model.base_model
             saved = {
-                key: {k: v.detach().cpu() for k, v in getattr(allocator, key).items()}
-                for key in ("ipt", "exp_avg_ipt", "exp_avg_unc")
+                key: {k: v.detach().cpu() for k, v in getattr(tuner.rankallocator, key).items()}
+                for key in _ALLOCATOR_STATISTICS
             }
-            saved["rank_pattern"] = peft_config.rank_pattern
+            saved["rank_pattern"] = tuner.peft_config[tuner.trainable_adapter_name].rank_pattern
+            buffer = io.BytesIO()
+            torch.save(saved, buffer)
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            temporary = checkpoint / f".{_ADALORA_STATE}.tmp"
-            torch.save(saved, temporary)
-            os.replace(temporary, checkpoint / _ADALORA_STATE)
+            write_bytes_atomic(checkpoint / _ADALORA_STATE, buffer.getvalue())
         return control
 
 
-def _adalora_trainer_class():
-    from transformers import Trainer
+class AdaLoraTrainer(Trainer):
+    """``Trainer`` whose checkpoints hold AdaLoRA's full-size (masked, not yet pruned) matrices.
 
-    class AdaLoraTrainer(Trainer):
-        """``Trainer`` whose checkpoints hold AdaLoRA's full-size (masked, not yet pruned) matrices.
+    PEFT saves an AdaLoRA adapter with a rank pattern already cut down to the kept ranks, which cannot be
+    loaded back into the ``init_r``-sized modules being trained, so a resume would fail. Checkpoints are
+    therefore written without the rank pattern (pruned components are zero in ``lora_E``: the same function);
+    the pattern travels in ``adalora_state.pt``. The final adapter is PEFT's usual, pruned format.
+    """
 
-        PEFT saves an AdaLoRA adapter with a rank pattern already cut down to the kept ranks, and such a
-        file cannot be loaded back into the ``init_r``-sized modules being trained, so a resume would fail.
-        Checkpoints are therefore written without the rank pattern (pruned components are zero in
-        ``lora_E``, so the function is the same); the pattern travels in ``adalora_state.pt``. The final
-        adapter is PEFT's usual, pruned format.
-        """
-
-        def _save_checkpoint(self, model, trial):
-            peft_config = self.model.peft_config[self.model.active_adapter]
-            rank_pattern, peft_config.rank_pattern = peft_config.rank_pattern, None
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                peft_config.rank_pattern = rank_pattern
-
-    return AdaLoraTrainer
-
-
-# ------------------------------------------------------------------------------------------------
-# Trainer
-# ------------------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        peft_config = self.model.peft_config[self.model.active_adapter]
+        rank_pattern, peft_config.rank_pattern = peft_config.rank_pattern, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            peft_config.rank_pattern = rank_pattern
 
 
 def training_arguments(config: ExperimentConfig, has_validation: bool, source: str = "the recipe"):
@@ -349,40 +208,27 @@ def _accuracy(eval_prediction) -> dict[str, float]:
     return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
 
 
-def _build_trainer(config, args, model, tokenizer, data: PreparedData, callbacks, resume_from):
-    from transformers import DataCollatorWithPadding, Trainer
+def _build_trainer(config, args, model, tokenizer, data: PreparedData, callbacks, resume_from) -> Trainer:
+    """The Trainer of ``config.method``: DISeL's reads the gate learning rate from the model's ``DiselConfig``."""
+    from transformers import DataCollatorWithPadding
 
-    if config.model.task_type == "causal_lm":
-        collator = CausalLMCollator(pad_token_id=int(tokenizer.pad_token_id))
-        compute_metrics = None
-    else:
-        collator = DataCollatorWithPadding(tokenizer)
-        compute_metrics = _accuracy
-    all_callbacks = list(callbacks)
+    from disel.optim import DiselTrainer
+
+    causal = config.model.task_type == "causal_lm"
+    callbacks = list(callbacks)
     if config.method.name == "adalora":
-        all_callbacks.insert(0, AdaLoraScheduleCallback(config.method.adalora, resume_from))
-    kwargs = dict(
+        callbacks.insert(0, AdaLoraScheduleCallback(config.method.adalora, resume_from))
+    trainer_class = {"adalora": AdaLoraTrainer, "disel": DiselTrainer}.get(config.method.name, Trainer)
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.validation,
-        data_collator=collator,
+        data_collator=CausalLMCollator(int(tokenizer.pad_token_id)) if causal else DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=compute_metrics,
-        callbacks=all_callbacks,
+        compute_metrics=None if causal else _accuracy,
+        callbacks=callbacks,
     )
-    if config.method.name == "adalora":
-        return _adalora_trainer_class()(**kwargs)
-    if config.method.name == "disel":
-        from disel.optim import DiselTrainer
-
-        return DiselTrainer(**kwargs)  # the gate learning rate: the model's DiselConfig.gate_lr_ratio
-    return Trainer(**kwargs)
-
-
-# ------------------------------------------------------------------------------------------------
-# The entry
-# ------------------------------------------------------------------------------------------------
 
 
 def _parameter_sha256(model: torch.nn.Module) -> str:
@@ -401,22 +247,7 @@ def _versions() -> dict[str, str]:
 
     import disel
 
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "disel": getattr(disel, "__version__", _distribution_version("disel")),
-    }
-
-
-def _distribution_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
+    return {module.__name__: module.__version__ for module in (torch, transformers, peft, accelerate, disel)}
 
 
 def _final_evaluation(trainer) -> dict[str, Any]:
@@ -437,6 +268,8 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     """Tokenizer, data, training arguments, model with its adapter, and the Trainer, in that order: data and
     arguments before the model, so a malformed row or setting surfaces in seconds, not after loading 7B
     parameters."""
+    from transformers import AutoModelForSequenceClassification
+
     model_config, training = config.model, config.training
     check_model_dir(model_config.path, model_config.gguf_file)
     tokenizer = load_tokenizer(
@@ -444,11 +277,24 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     )
     data = prepare_data(config.data, tokenizer, model_config.task_type, model_config.num_labels)
     args = training_arguments(config, data.validation is not None)
-    model = _load_base_model(model_config, tokenizer.pad_token_id)
+    kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code}
+    if model_config.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_config.attn_implementation
+    if model_config.task_type == "sequence_classification":  # a fresh num_labels head
+        kwargs.update(model_class=AutoModelForSequenceClassification, num_labels=model_config.num_labels)
+    model = load_model(model_config.path, dtype=model_config.dtype, gguf_file=model_config.gguf_file, **kwargs)
+    if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
+        model.config.pad_token_id = tokenizer.pad_token_id
     if model_config.task_type == "causal_lm" and (training.gradient_checkpointing or training.activation_checkpointing):
         model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     reseed()  # the adapter's initialisation must not depend on what model loading drew
-    model = _apply_method(model, config, len(data.train))
+    if config.method.name == "full":
+        model.requires_grad_(True)
+    else:
+        from peft import get_peft_model
+
+        peft_config = build_peft_config(config, total_step=_estimate_total_steps(config, len(data.train)))
+        model = get_peft_model(model, peft_config)
     return _build_trainer(config, args, model, tokenizer, data, callbacks, resume_from), data
 
 
@@ -478,7 +324,7 @@ def _result(config: ExperimentConfig, trainer, data, train_output, eval_metrics,
         eval_history=[e for e in log_history if any(k.startswith("eval_") for k in e)],
         log_history=log_history,
         checkpoints=[
-            {"path": path.name, "step": int(_CHECKPOINT.match(path.name).group(1))}
+            {"path": path.name, "step": int(CHECKPOINT_NAME.match(path.name).group(1))}
             for path in complete_checkpoints(output_dir)
         ],
         resumed_from=resume_from,
@@ -504,15 +350,12 @@ def train(
     checkpoint continues exactly where it stopped (weights, optimizer, scheduler, RNG and data order are
     restored by the Trainer; AdaLoRA's importance statistics by :class:`AdaLoraScheduleCallback`).
 
-    Args:
-        config: the run (see :mod:`disel.experiments.config`).
-        callbacks: extra ``transformers.TrainerCallback`` objects (progress reporting, tests).
-        allow_config_change: dotted config keys (wildcards allowed) that may differ from the saved
-            ``run_config.yaml`` when resuming; any other change is refused.
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (progress reporting, tests).
+    ``allow_config_change``: dotted config keys (wildcards allowed) that may differ from the saved
+    ``run_config.yaml`` when resuming; any other change is refused.
 
     Raises:
-        ConfigError: inconsistent settings (also an ``output_dir`` with checkpoints but no ``resume``, or a
-            resume whose config changed).
+        ConfigError: inconsistent settings, an ``output_dir`` holding a run but no ``resume``, or a changed config.
         DamagedCheckpointError: no intact checkpoint to resume from (the message names the damaged file).
         FileNotFoundError: ``model.path`` is not a local model.
         disel.experiments.data.datasets.DataFormatError: a missing file or a malformed row (file, line, expected key).

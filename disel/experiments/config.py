@@ -115,13 +115,11 @@ class AdaLoraSettings(_Section):
     tinit: int = 0
     tfinal: int = 0
     tinit_ratio: Fraction | None = None
-    """``tinit`` as a fraction of ``total_step`` (the paper's form; exclusive with ``tinit``)."""
+    """``tinit`` as a fraction of ``total_step`` (the paper's form); ``tfinal_ratio`` likewise."""
     tfinal_ratio: Fraction | None = None
     deltaT: int = 1
-    beta1: float = 0.85
-    """EMA coefficient of the importance sensitivity."""
+    beta1: float = 0.85  # EMA coefficients of the importance sensitivity and uncertainty
     beta2: float = 0.85
-    """EMA coefficient of the importance uncertainty."""
     orth_reg_weight: float = 0.5
     total_step: PositiveInt | None = None
     """None: the Trainer's own number of optimizer steps."""

@@ -139,11 +139,8 @@ def smollm2_gguf_file() -> Path:
 
 
 def default_smollm2_cache_dir() -> Path:
-    """``$DISEL_CACHE/smollm2-135m-instruct`` if ``DISEL_CACHE`` is set, else ``<repo>/.cache/smollm2-135m-instruct``.
-
-    ``<repo>`` is the source checkout holding this package (an editable install); for a non-editable
-    install, where there is no checkout, ``~/.cache/disel`` is used instead.
-    """
+    """``smollm2-135m-instruct`` in ``$DISEL_CACHE`` if set, else in ``.cache`` of the source checkout holding this
+    package (an editable install), else in ``~/.cache/disel``."""
     env = os.environ.get("DISEL_CACHE")
     if env:
         return Path(env).expanduser() / _CACHE_SUBDIR

@@ -32,7 +32,6 @@ ALWAYS_ALLOWED_CHANGES: tuple[str, ...] = ("training.resume_from_checkpoint", "t
 saved config is read from that folder, so it is the same run however the path is written)."""
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _CHECKSUM_LIMIT = 1 << 30
 """``torch.save`` files up to this size (adapter optimizers, schedulers, RNG states) are read in full to check
 their checksums; a larger one (a full fine-tune's optimizer) only has its structure checked, so verifying
@@ -71,14 +70,12 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 def resolve_resume(training: Any) -> str | None:
     """The checkpoint to resume from, per ``training.resume_from_checkpoint``: ``auto`` (the newest checkpoint
-    in ``output_dir`` whose files all read whole, skipping each newer damaged one with a
-    :class:`DamagedCheckpointWarning`; a fresh start if there is none), a checkpoint folder, or None (a fresh
-    start; an ``output_dir`` that already holds a run is then an error, so a restarted job cannot silently
-    overwrite it).
+    whose files all read whole, each newer damaged one skipped with a :class:`DamagedCheckpointWarning`; a fresh
+    start if there is none), a checkpoint folder, or None (a fresh start).
 
     Raises:
-        ConfigError: ``resume`` is a path that is not a checkpoint, or is None while ``output_dir``
-            already holds checkpoints or a result (a restarted job must say ``resume: auto`` or use a new folder).
+        ConfigError: ``resume`` is not a checkpoint, or is None while ``output_dir`` already holds a run (so a
+            restarted job cannot silently overwrite it).
         DamagedCheckpointError: the checkpoint named is damaged, or (``auto``) every checkpoint is.
     """
     existing = complete_checkpoints(training.output_dir)
@@ -173,25 +170,22 @@ def _json_damage(path: Path) -> str | None:
     return None
 
 
-def checkpoint_damage(folder: str | os.PathLike) -> tuple[Path, str] | None:
-    """The first damaged file of a checkpoint folder and why, or None if every file reads whole.
+_FILE_CHECKS = {
+    **dict.fromkeys((".pt", ".pth", ".bin"), _torch_archive_damage),  # optimizer, scheduler, RNG, AdaLoRA state
+    ".safetensors": _safetensors_damage,
+    ".json": _json_damage,
+}
 
-    Checks ``*.safetensors`` (weights), ``*.pt`` / ``*.pth`` / ``*.bin`` (optimizer, scheduler, RNG states,
-    training arguments, AdaLoRA state; ``torch.save`` zip archives) and ``*.json`` (``trainer_state.json``,
-    configs, tokenizer) without loading any tensor.
-    """
+
+def checkpoint_damage(folder: str | os.PathLike) -> tuple[Path, str] | None:
+    """The first damaged file of a checkpoint folder and why, or None if every file reads whole (the weights,
+    ``torch.save`` archives and JSON files are checked without loading any tensor)."""
     for path in sorted(Path(folder).iterdir()):
-        if not path.is_file():
+        check = _FILE_CHECKS.get(path.suffix)
+        if check is None or not path.is_file():
             continue
         try:
-            if path.suffix == ".safetensors":
-                reason = _safetensors_damage(path)
-            elif path.suffix in _TORCH_SUFFIXES:
-                reason = _torch_archive_damage(path)
-            elif path.suffix == ".json":
-                reason = _json_damage(path)
-            else:
-                continue
+            reason = check(path)
         except (OSError, KeyError, TypeError, IndexError, AttributeError) as error:
             reason = f"unreadable ({type(error).__name__}: {error})"
         if reason is not None:
@@ -217,13 +211,9 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ between two nested dicts: ``{key: (old, new)}``; a key present on one
     side only has ``"<unset>"`` on the other."""
-    old_flat, new_flat = _flatten(old), _flatten(new)
-    missing = "<unset>"
-    return {
-        key: (old_flat.get(key, missing), new_flat.get(key, missing))
-        for key in sorted(old_flat.keys() | new_flat.keys())
-        if old_flat.get(key, missing) != new_flat.get(key, missing)
-    }
+    old, new = _flatten(old), _flatten(new)
+    pairs = {key: (old.get(key, "<unset>"), new.get(key, "<unset>")) for key in sorted(old.keys() | new.keys())}
+    return {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
 
 
 def _listing(changes: dict[str, tuple[Any, Any]]) -> str:

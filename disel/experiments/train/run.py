@@ -29,6 +29,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from disel.io import write_bytes_atomic, write_yaml_atomic
+from disel.optim import DiselTrainer
 
 from ..config import ConfigError, ExperimentConfig
 from ..data.collator import CausalLMCollator
@@ -36,13 +37,7 @@ from ..data.datasets import PreparedData, prepare_data
 from ..models import check_model_dir, force_offline, load_model, load_tokenizer
 from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
 from ..schemas import TrainResult
-from .checkpoints import (
-    CHECKPOINT_NAME,
-    RUN_CONFIG_FILE,
-    check_config_unchanged,
-    complete_checkpoints,
-    resolve_resume,
-)
+from .checkpoints import CHECKPOINT_NAME, RUN_CONFIG_FILE, check_config_unchanged, complete_checkpoints, resolve_resume
 
 _ADALORA_STATE = "adalora_state.pt"
 _ALLOCATOR_STATISTICS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
@@ -149,7 +144,7 @@ class AdaLoraScheduleCallback(TrainerCallback):
             saved["rank_pattern"] = tuner.peft_config[tuner.trainable_adapter_name].rank_pattern
             buffer = io.BytesIO()
             torch.save(saved, buffer)
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # the Trainer has just written it
             write_bytes_atomic(checkpoint / _ADALORA_STATE, buffer.getvalue())
         return control
 
@@ -172,7 +167,7 @@ class AdaLoraTrainer(Trainer):
             peft_config.rank_pattern = rank_pattern
 
 
-def training_arguments(config: ExperimentConfig, has_validation: bool, source: str = "the recipe"):
+def training_arguments(config: ExperimentConfig, has_validation: bool):
     """The recipe's ``training`` section as ``transformers.TrainingArguments``, validated by transformers.
 
     Filled in where the recipe leaves them unset: evaluation each epoch when there is validation data,
@@ -186,7 +181,7 @@ def training_arguments(config: ExperimentConfig, has_validation: bool, source: s
     values.setdefault("eval_strategy", "epoch" if has_validation else "no")
     if values["eval_strategy"] != "no" and not has_validation:
         raise ConfigError(
-            f"training.eval_strategy in {source} is {values['eval_strategy']!r} but there is no validation data"
+            f"training.eval_strategy in the recipe is {values['eval_strategy']!r} but there is no validation data"
         )
     if config.method.name != "full":
         values.setdefault("ddp_find_unused_parameters", False)
@@ -198,7 +193,7 @@ def training_arguments(config: ExperimentConfig, has_validation: bool, source: s
     try:
         return TrainingArguments(**values)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"training in {source}: transformers.TrainingArguments refused it: {error}") from error
+        raise ConfigError(f"training in the recipe: transformers.TrainingArguments refused it: {error}") from error
 
 
 def _accuracy(eval_prediction) -> dict[str, float]:
@@ -211,8 +206,6 @@ def _accuracy(eval_prediction) -> dict[str, float]:
 def _build_trainer(config, args, model, tokenizer, data: PreparedData, callbacks, resume_from) -> Trainer:
     """The Trainer of ``config.method``: DISeL's reads the gate learning rate from the model's ``DiselConfig``."""
     from transformers import DataCollatorWithPadding
-
-    from disel.optim import DiselTrainer
 
     causal = config.model.task_type == "causal_lm"
     callbacks = list(callbacks)
@@ -346,9 +339,8 @@ def train(
     """Fine-tune ``config.model`` on ``config.data`` with ``config.method``; return (and save) the result.
 
     Every process of a data-parallel launch calls this; the main process writes the files. Seeds are set
-    before the adapter is created, so a run is reproducible from its config, and a run resumed from a
-    checkpoint continues exactly where it stopped (weights, optimizer, scheduler, RNG and data order are
-    restored by the Trainer; AdaLoRA's importance statistics by :class:`AdaLoraScheduleCallback`).
+    before the adapter is created, so a run is reproducible from its config, and a resumed run continues
+    exactly where it stopped (the Trainer restores weights, optimizer, scheduler, RNG and data order).
 
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (progress reporting, tests).
     ``allow_config_change``: dotted config keys (wildcards allowed) that may differ from the saved

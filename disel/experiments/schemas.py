@@ -146,9 +146,7 @@ class ResultFile:
         return write_json_atomic(path, raw)
 
 
-@functools.cache
-def _adapter(cls: type) -> TypeAdapter:
-    return TypeAdapter(cls)
+_adapter = functools.cache(TypeAdapter)  # one pydantic validator per result class, built on first use
 
 
 def _plain(value: Any) -> Any:
@@ -450,12 +448,8 @@ def read_runs(run_dirs: Iterable[str | os.PathLike], evaluator: str) -> list[Run
 
 
 def shared_base_value(runs: Sequence[RunResults], metric: str, *, rel_tol: float = 1e-4) -> float | None:
-    """The base model's ``metric``, which every run's table must agree on (same base model, same
-    evaluator); ``None`` if no table has a base row.
-
-    Raises :class:`MalformedResultFileError` naming the tables if two base rows differ by more than
-    ``rel_tol`` (relative): they were then made with different base models or evaluator settings.
-    """
+    """The base model's ``metric``, on which every run's table must agree within ``rel_tol`` (else
+    :class:`MalformedResultFileError` naming two tables); ``None`` if no table has a base row."""
     values = [(run.table.path, run.table.value(run.table.base, metric)) for run in runs if run.table.base is not None]
     if not values:
         return None
@@ -524,18 +518,13 @@ class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="disel-eval gates"):
             raise ValueError("'domains' is empty: no domain was recorded")
         for name, summary in self.domains.items():
             for grouping in ("by_depth", "by_module", "by_kind", "by_depth_and_kind", "by_depth_and_module"):
-                table = getattr(summary, grouping)
-                flat = (
-                    table.items()
-                    if "_and_" not in grouping
-                    else ((f"{outer}.{key}", entry) for outer, inner in table.items() for key, entry in inner.items())
-                )
-                for key, histogram in flat:
-                    if len(histogram.counts) != len(edges) - 1:
-                        raise ValueError(
-                            f"'domains.{name}.{grouping}.{key}.histogram' must have {len(edges) - 1} "
-                            "non-negative integers (one per bin)"
-                        )
+                for key, entry in getattr(summary, grouping).items():
+                    for sub_key, histogram in entry.items() if "_and_" in grouping else [(None, entry)]:
+                        if len(histogram.counts) != len(edges) - 1:
+                            where = f"domains.{name}.{grouping}.{key}" + ("" if sub_key is None else f".{sub_key}")
+                            raise ValueError(
+                                f"'{where}.histogram' must have {len(edges) - 1} non-negative integers (one per bin)"
+                            )
 
     @classmethod
     def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -591,14 +580,12 @@ class TradeoffTable(ResultFile, schema="disel.tradeoff/1", made_by="write_tradeo
     def __post_init__(self):
         if not self.rows:
             raise ValueError("'rows' is empty: the table has no fine-tuned model")
-        seen: dict[tuple[str, int | None, int | None], int] = {}
-        for index, row in enumerate(self.rows):
-            key = (row.method, row.rank, row.seed)
-            if key in seen:
+        keys = [(row.method, row.rank, row.seed) for row in self.rows]
+        for index, key in enumerate(keys):
+            if (first := keys.index(key)) < index:
                 raise ValueError(
-                    f"rows[{index}] repeats (method, rank, seed) = {key} of rows[{seen[key]}]; each model appears once"
+                    f"rows[{index}] repeats (method, rank, seed) = {key} of rows[{first}]; each model appears once"
                 )
-            seen[key] = index
 
     def to_dict(self) -> dict[str, Any]:
         raw = super().to_dict()

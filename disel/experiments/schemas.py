@@ -6,34 +6,10 @@ key fails with one message naming the file, the key's full location and what was
 is drawn. ``write`` refuses what ``read`` would reject. Older schema versions listed in ``ACCEPT`` still read;
 any other version fails naming the expected one. The module uses no torch.
 
-Files and their classes: ``<run>/train_result.json`` :class:`TrainResult` (``disel-train``);
-``<run>/retention_<evaluator>.json`` :class:`RetentionTable` (``disel-eval retention``); gates files
-:class:`GatesFile` (``disel-eval gates``); tradeoff tables :class:`TradeoffTable` (:func:`write_tradeoff_table`);
-the records of ``disel-eval`` ``gsm8k`` / ``humaneval`` / ``perplexity`` / ``mlm-perplexity`` / ``lm-eval``
-(also the per-checkpoint details of retention tables): :class:`Gsm8kResult`, :class:`HumanEvalResult`,
-:class:`PerplexityResult`, :class:`MlmPerplexityResult`, :class:`LmEvalResult`; ``comparison.json``
-:class:`Comparison` (``disel-compare``).
-
-The tradeoff table ``disel.tradeoff/1`` (Figures 2 and 3: one point per fine-tuned model)::
-
-    {"schema": "disel.tradeoff/1",
-     "title": "Llama-2-7B / MetaMathQA",          # optional: a panel title
-     "ft_metric": "GSM8K exact match",             # name of the fine-tuning score (y axis)
-     "retention_metric": "retention (mean acc.)",  # name of the retention score (x axis)
-     "retention_higher_is_better": true,           # false for perplexity
-     "base": {"retention": 0.62, "ft_score": 0.14},   # the pre-trained model; ft_score may be null
-     "rows": [{"method": "disel", "rank": 8, "seed": 0, "ft_score": 0.41, "retention": 0.61}, ...]}
-
-``rank`` is an integer, or ``null`` for full fine-tuning; ``seed`` an integer or ``null``. Each
-``(method, rank, seed)`` appears once (``paper_figs.aggregate`` averages the seeds for the figures).
-:func:`tradeoff_table_from_runs` builds the table from training runs: in each run the checkpoint with
-the best fine-tuning score is selected (paper, Appendix II.5) and its retention read from the same
-checkpoint's row of the retention table; from the shell, ``python -m disel.experiments.schemas tradeoff``.
-
-Runs for the checkpoint figures (6–9): a run directory holds ``train_result.json`` (method, rank and
-seed are read from it, so no separate manifest can disagree with the run) and one
-``retention_<evaluator>.json`` per evaluator. :func:`find_run_dirs` lists the runs under a folder and
-``paper_figs.aggregate.checkpoint_curves`` averages runs that share ``(method, rank)`` step by step.
+A run directory (for the checkpoint figures 6–9) holds ``train_result.json``, which names its method, rank and
+seed, and one ``retention_<evaluator>.json`` per evaluator; :func:`tradeoff_table_from_runs` (from the shell:
+``python -m disel.experiments.schemas tradeoff``) turns runs into a tradeoff table. ``paper_figs/README.md``
+lists which command writes which file.
 """
 
 from __future__ import annotations
@@ -48,72 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AliasPath, ConfigDict, Field, TypeAdapter, ValidationError
 
 from disel.recording import DEPTH_GROUPS
-
-__all__ = [
-    "DEPTH_THIRDS",
-    "EVAL_RECORDS",
-    "GATES_SCHEMA",
-    "GSM8K_SCHEMA",
-    "HUMANEVAL_SCHEMA",
-    "LM_EVAL_SCHEMA",
-    "MLM_PERPLEXITY_SCHEMA",
-    "PERPLEXITY_SCHEMA",
-    "MODULE_ORDER",
-    "RETENTION_SCHEMA",
-    "TRADEOFF_SCHEMA",
-    "TRAIN_RESULT_SCHEMA",
-    "COMPARISON_SCHEMA",
-    "Comparison",
-    "GateDomainSummary",
-    "GateHistogram",
-    "GatesFile",
-    "Gsm8kResult",
-    "HumanEvalResult",
-    "LmEvalResult",
-    "MalformedResultFileError",
-    "MissingResultFileError",
-    "MlmPerplexityResult",
-    "PerplexityResult",
-    "ResultFile",
-    "ResultFileError",
-    "RetentionRow",
-    "RetentionTable",
-    "RunResults",
-    "TradeoffRow",
-    "TradeoffTable",
-    "TrainResult",
-    "TrainRunInfo",
-    "find_run_dirs",
-    "load_result_json",
-    "main",
-    "read_comparison",
-    "read_gates",
-    "read_retention_table",
-    "read_run",
-    "read_runs",
-    "read_tradeoff_table",
-    "read_train_result",
-    "shared_base_value",
-    "tradeoff_table_from_runs",
-    "write_record",
-    "write_tradeoff_table",
-]
 
 TRAIN_RESULT_SCHEMA = "disel.train_result/2"
 """Version 1 (before recipes composed) also had ``adapter_dir`` (always ``output_dir``); it still reads."""
 RETENTION_SCHEMA = "disel.retention/1"
 GATES_SCHEMA = "disel.gates/1"
-TRADEOFF_SCHEMA = "disel.tradeoff/1"
-GSM8K_SCHEMA = "disel.gsm8k/1"
-HUMANEVAL_SCHEMA = "disel.humaneval/1"
-PERPLEXITY_SCHEMA = "disel.perplexity/1"
-MLM_PERPLEXITY_SCHEMA = "disel.mlm_perplexity/1"
-LM_EVAL_SCHEMA = "disel.lm_eval/1"
-COMPARISON_SCHEMA = "disel.comparison/2"
-"""``disel-compare``'s ``comparison.json``; version 1 (before recipes) had a flat ``config`` and still reads."""
 
 TRAIN_RESULT_FILE = "train_result.json"
 
@@ -141,29 +59,6 @@ class MissingResultFileError(ResultFileError, FileNotFoundError):
 
 class MalformedResultFileError(ResultFileError, ValueError):
     """The file exists but is not valid JSON, has another schema, or lacks / mistypes a field."""
-
-
-def load_result_json(
-    path: str | os.PathLike, schema: str, made_by: str, accept: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """The JSON object in ``path``, checked to carry ``schema`` (or an older version listed in ``accept``)."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise MissingResultFileError(path, f"{what}; expected a {schema} file ({made_by})")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        problem = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-        raise MalformedResultFileError(path, problem) from None
-    except UnicodeDecodeError:
-        raise MalformedResultFileError(path, "not a UTF-8 text file") from None
-    if not isinstance(raw, dict):
-        raise MalformedResultFileError(path, f"expected a JSON object with schema {schema!r}, got {type(raw).__name__}")
-    if raw.get("schema") != schema and raw.get("schema") not in accept:
-        found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
-        raise MalformedResultFileError(path, f"expected schema {schema!r} ({made_by}), found {found}")
-    return raw
 
 
 def _problem(error: ValidationError) -> str:
@@ -221,7 +116,26 @@ class ResultFile:
 
     @classmethod
     def read(cls: type[_File], path: str | os.PathLike) -> _File:
-        return cls.from_dict(load_result_json(path, cls.SCHEMA, f"written by {cls.MADE_BY}", cls.ACCEPT), path)
+        """The file at ``path``, checked to carry ``SCHEMA`` (or a version in ``ACCEPT``) and the class's fields."""
+        path, schema, made_by = Path(path), cls.SCHEMA, f"written by {cls.MADE_BY}"
+        if not path.is_file():
+            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            raise MissingResultFileError(path, f"{what}; expected a {schema} file ({made_by})")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            problem = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+            raise MalformedResultFileError(path, problem) from None
+        except UnicodeDecodeError:
+            raise MalformedResultFileError(path, "not a UTF-8 text file") from None
+        if not isinstance(raw, dict):
+            raise MalformedResultFileError(
+                path, f"expected a JSON object with schema {schema!r}, got {type(raw).__name__}"
+            )
+        if raw.get("schema") != schema and raw.get("schema") not in cls.ACCEPT:
+            found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
+            raise MalformedResultFileError(path, f"expected schema {schema!r} ({made_by}), found {found}")
+        return cls.from_dict(raw, path)
 
     def write(self, path: str | os.PathLike) -> Path:
         """Check (as :meth:`read` would) and write atomically (:mod:`disel.io`); nothing is written on error."""
@@ -232,9 +146,7 @@ class ResultFile:
         return write_json_atomic(path, raw)
 
 
-@functools.cache
-def _adapter(cls: type) -> TypeAdapter:
-    return TypeAdapter(cls)
+_adapter = functools.cache(TypeAdapter)  # one pydantic validator per result class, built on first use
 
 
 def _plain(value: Any) -> Any:
@@ -287,8 +199,9 @@ class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_r
 
 
 @dataclass(frozen=True)
-class Comparison(ResultFile, schema=COMPARISON_SCHEMA, accept=("disel.comparison/1",), made_by="disel-compare"):
-    """``comparison.json`` of ``disel-compare``: the base model's and every run's final numbers."""
+class Comparison(ResultFile, schema="disel.comparison/2", accept=("disel.comparison/1",), made_by="disel-compare"):
+    """``comparison.json`` of ``disel-compare``: the base model's and every run's final numbers. Version 1 (before
+    recipes) had a flat ``config`` and still reads."""
 
     schema: str
     config: dict[str, Any]
@@ -299,9 +212,6 @@ class Comparison(ResultFile, schema=COMPARISON_SCHEMA, accept=("disel.comparison
     threads: int | None = None
 
 
-read_comparison = Comparison.read
-
-
 @dataclass(frozen=True)
 class TrainRunInfo:
     """What the figures need from a run's ``train_result.json``: ``run_dir`` is the folder holding it, ``seed``
@@ -310,9 +220,7 @@ class TrainRunInfo:
     run_dir: Path
     method: str
     rank: int | None
-    name: str | None
     seed: int | None
-    global_step: int | None
 
 
 def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
@@ -324,11 +232,11 @@ def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise MalformedResultFileError(file, f"'config.training.seed' must be an integer or null, got {seed!r}")
     rank = None if result.method == "full" else result.rank
-    return TrainRunInfo(file.parent, result.method, rank, result.name, seed, result.global_step)
+    return TrainRunInfo(file.parent, result.method, rank, seed)
 
 
 @dataclass
-class Gsm8kResult(ResultFile, schema=GSM8K_SCHEMA, made_by="disel-eval gsm8k"):
+class Gsm8kResult(ResultFile, schema="disel.gsm8k/1", made_by="disel-eval gsm8k"):
     """GSM8K exact match of one model: ``exact_match`` (strict ``#### N`` / "The answer is", the paper's number)
     and ``exact_match_flexible`` (last number); ``samples`` per question when kept."""
 
@@ -345,7 +253,7 @@ class Gsm8kResult(ResultFile, schema=GSM8K_SCHEMA, made_by="disel-eval gsm8k"):
 
 
 @dataclass
-class HumanEvalResult(ResultFile, schema=HUMANEVAL_SCHEMA, made_by="disel-eval humaneval"):
+class HumanEvalResult(ResultFile, schema="disel.humaneval/1", made_by="disel-eval humaneval"):
     """HumanEval pass@1 of one model (greedy, one sample per problem); ``samples``: task_id, response,
     status (``passed`` / ``failed`` / ``timeout``), detail."""
 
@@ -363,7 +271,7 @@ class HumanEvalResult(ResultFile, schema=HUMANEVAL_SCHEMA, made_by="disel-eval h
 
 
 @dataclass
-class PerplexityResult(ResultFile, schema=PERPLEXITY_SCHEMA, made_by="disel-eval perplexity"):
+class PerplexityResult(ResultFile, schema="disel.perplexity/1", made_by="disel-eval perplexity"):
     """Causal-LM perplexity per corpus (``corpora[name]``: perplexity, nll, tokens, texts) and their mean."""
 
     model: dict[str, Any]
@@ -372,14 +280,14 @@ class PerplexityResult(ResultFile, schema=PERPLEXITY_SCHEMA, made_by="disel-eval
 
 
 @dataclass
-class MlmPerplexityResult(PerplexityResult, schema=MLM_PERPLEXITY_SCHEMA, made_by="disel-eval mlm-perplexity"):
+class MlmPerplexityResult(PerplexityResult, schema="disel.mlm_perplexity/1", made_by="disel-eval mlm-perplexity"):
     """Masked-LM pseudo-perplexity per corpus of an encoder (GLUE runs), scored with the pre-trained MLM head."""
 
     pretrained_mlm: str = ""
 
 
 @dataclass
-class LmEvalResult(ResultFile, schema=LM_EVAL_SCHEMA, made_by="disel-eval lm-eval"):
+class LmEvalResult(ResultFile, schema="disel.lm_eval/1", made_by="disel-eval lm-eval"):
     """lm-eval scores of one model: ``benchmarks[task]`` holds ``metric`` (lm-eval's key), ``paper_metric``,
     ``value``, ``metrics`` (every numeric result) and ``n_samples``; ``mean`` is the unweighted mean of the
     values (the paper's retention)."""
@@ -457,11 +365,6 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval re
         return raw
 
     @property
-    def metrics(self) -> tuple[str, ...]:
-        """Names :meth:`value` accepts: every metric column and ``"mean"``."""
-        return (*self.metric_columns, "mean")
-
-    @property
     def base(self) -> RetentionRow | None:
         return next((row for row in self.rows if row.is_base), None)
 
@@ -471,10 +374,10 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval re
 
     def value(self, row: RetentionRow, metric: str) -> float:
         """``row``'s ``metric``; raises :class:`MalformedResultFileError` if it is unknown or null."""
-        if metric not in self.metrics:
+        metrics = [*self.metric_columns, "mean"]
+        if metric not in metrics:
             raise MalformedResultFileError(
-                self.path,
-                f"has no metric {metric!r}; its metrics are {list(self.metrics)} (evaluator {self.evaluator!r})",
+                self.path, f"has no metric {metric!r}; its metrics are {metrics} (evaluator {self.evaluator!r})"
             )
         value = row.values.get(metric)
         if value is None:
@@ -498,9 +401,6 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval re
         raise MalformedResultFileError(
             self.path, f"has no row for {checkpoint!r}; rows: {[row.checkpoint for row in self.rows]}"
         )
-
-
-read_retention_table = RetentionTable.read
 
 
 @dataclass(frozen=True)
@@ -530,33 +430,26 @@ def find_run_dirs(runs_dir: str | os.PathLike) -> list[Path]:
     return found
 
 
-def read_run(run_dir: str | os.PathLike, evaluator: str) -> RunResults:
-    """``run_dir``'s ``train_result.json`` and its ``retention_<evaluator>.json``."""
-    run_dir = Path(run_dir)
-    info = read_train_result(run_dir)
-    table_path = run_dir / f"retention_{evaluator}.json"
-    if not table_path.is_file():
-        present = sorted(p.name for p in run_dir.glob("retention_*.json"))
-        raise MissingResultFileError(
-            table_path,
-            f"does not exist; expected the {RETENTION_SCHEMA} table of evaluator {evaluator!r} "
-            f"(python -m disel.experiments.cli.eval retention ...); the run has {present or 'no retention table'}",
-        )
-    return RunResults(info, read_retention_table(table_path))
-
-
 def read_runs(run_dirs: Iterable[str | os.PathLike], evaluator: str) -> list[RunResults]:
-    """:func:`read_run` for each directory."""
-    return [read_run(run_dir, evaluator) for run_dir in run_dirs]
+    """Each run directory's ``train_result.json`` and its ``retention_<evaluator>.json``."""
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        info = read_train_result(run_dir)
+        table_path = run_dir / f"retention_{evaluator}.json"
+        if not table_path.is_file():
+            present = sorted(p.name for p in run_dir.glob("retention_*.json"))
+            raise MissingResultFileError(
+                table_path,
+                f"does not exist; expected the {RETENTION_SCHEMA} table of evaluator {evaluator!r} "
+                f"(python -m disel.experiments.cli.eval retention ...); the run has {present or 'no retention table'}",
+            )
+        runs.append(RunResults(info, RetentionTable.read(table_path)))
+    return runs
 
 
 def shared_base_value(runs: Sequence[RunResults], metric: str, *, rel_tol: float = 1e-4) -> float | None:
-    """The base model's ``metric``, which every run's table must agree on (same base model, same
-    evaluator); ``None`` if no table has a base row.
-
-    Raises :class:`MalformedResultFileError` naming the tables if two base rows differ by more than
-    ``rel_tol`` (relative): they were then made with different base models or evaluator settings.
-    """
+    """The base model's ``metric``, on which every run's table must agree within ``rel_tol`` (else
+    :class:`MalformedResultFileError` naming two tables); ``None`` if no table has a base row."""
     values = [(run.table.path, run.table.value(run.table.base, metric)) for run in runs if run.table.base is not None]
     if not values:
         return None
@@ -599,7 +492,6 @@ _Histograms = Mapping[str, GateHistogram]
 class GateDomainSummary:
     """The gate summaries of one input domain, grouped as :mod:`disel.experiments.eval.gates` describes."""
 
-    name: str
     by_depth: _Histograms
     by_module: _Histograms
     by_kind: _Histograms
@@ -626,25 +518,17 @@ class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="disel-eval gates"):
             raise ValueError("'domains' is empty: no domain was recorded")
         for name, summary in self.domains.items():
             for grouping in ("by_depth", "by_module", "by_kind", "by_depth_and_kind", "by_depth_and_module"):
-                table = getattr(summary, grouping)
-                flat = (
-                    table.items()
-                    if "_and_" not in grouping
-                    else ((f"{outer}.{key}", entry) for outer, inner in table.items() for key, entry in inner.items())
-                )
-                for key, histogram in flat:
-                    if len(histogram.counts) != len(edges) - 1:
-                        raise ValueError(
-                            f"'domains.{name}.{grouping}.{key}.histogram' must have {len(edges) - 1} "
-                            "non-negative integers (one per bin)"
-                        )
+                for key, entry in getattr(summary, grouping).items():
+                    for sub_key, histogram in entry.items() if "_and_" in grouping else [(None, entry)]:
+                        if len(histogram.counts) != len(edges) - 1:
+                            where = f"domains.{name}.{grouping}.{key}" + ("" if sub_key is None else f".{sub_key}")
+                            raise ValueError(
+                                f"'{where}.histogram' must have {len(edges) - 1} non-negative integers (one per bin)"
+                            )
 
     @classmethod
     def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
-        domains = raw.get("domains")
-        if isinstance(domains, dict):
-            domains = {name: {**obj, "name": name} if isinstance(obj, dict) else obj for name, obj in domains.items()}
-        return {**raw, "domains": domains, "model": raw.get("model") if isinstance(raw.get("model"), dict) else {}}
+        return {**raw, "model": raw.get("model") if isinstance(raw.get("model"), dict) else {}}
 
     def domain(self, name: str) -> GateDomainSummary:
         if name not in self.domains:
@@ -667,9 +551,6 @@ class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="disel-eval gates"):
         return entry[sub_key]
 
 
-read_gates = GatesFile.read
-
-
 @dataclass(frozen=True)
 class TradeoffRow:
     """One fine-tuned model: its method, rank (``None`` for full FT), seed and the two scores."""
@@ -682,14 +563,16 @@ class TradeoffRow:
 
 
 @dataclass(frozen=True)
-class TradeoffTable(ResultFile, schema=TRADEOFF_SCHEMA, made_by="write_tradeoff_table"):
-    """A ``disel.tradeoff/1`` table (module docstring); ``path`` is ``None`` until written or if built in memory."""
+class TradeoffTable(ResultFile, schema="disel.tradeoff/1", made_by="write_tradeoff_table"):
+    """A ``disel.tradeoff/1`` table (Figures 2 and 3; format in ``paper_figs/README.md``): axis names, the base
+    model's scores (the file's ``base``: ``{"retention", "ft_score"}``) and one row per fine-tuned model, each
+    ``(method, rank, seed)`` once; ``path`` is ``None`` until written or if built in memory."""
 
-    ft_metric: str
-    retention_metric: str
-    retention_higher_is_better: bool
-    base_retention: float
-    base_ft_score: float | None
+    ft_metric: str  # name of the fine-tuning score (y axis)
+    retention_metric: str  # name of the retention score (x axis)
+    retention_higher_is_better: bool  # false for a perplexity
+    base_retention: Annotated[float, Field(validation_alias=AliasPath("base", "retention"))]
+    base_ft_score: Annotated[float | None, Field(None, validation_alias=AliasPath("base", "ft_score"))]
     rows: tuple[TradeoffRow, ...]
     title: str | None = None
     path: Path | None = field(default=None, compare=False)
@@ -697,31 +580,17 @@ class TradeoffTable(ResultFile, schema=TRADEOFF_SCHEMA, made_by="write_tradeoff_
     def __post_init__(self):
         if not self.rows:
             raise ValueError("'rows' is empty: the table has no fine-tuned model")
-        seen: dict[tuple[str, int | None, int | None], int] = {}
-        for index, row in enumerate(self.rows):
-            key = (row.method, row.rank, row.seed)
-            if key in seen:
+        keys = [(row.method, row.rank, row.seed) for row in self.rows]
+        for index, key in enumerate(keys):
+            if (first := keys.index(key)) < index:
                 raise ValueError(
-                    f"rows[{index}] repeats (method, rank, seed) = {key} of rows[{seen[key]}]; each model appears once"
+                    f"rows[{index}] repeats (method, rank, seed) = {key} of rows[{first}]; each model appears once"
                 )
-            seen[key] = index
-
-    @classmethod
-    def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
-        base = raw.pop("base", None)
-        if not isinstance(base, dict) or "retention" not in base:
-            raise ValidationError.from_exception_data(
-                "TradeoffTable", [{"type": "missing", "loc": ("base", "retention"), "input": base}]
-            )
-        return {**raw, "base_retention": base["retention"], "base_ft_score": base.get("ft_score")}
 
     def to_dict(self) -> dict[str, Any]:
         raw = super().to_dict()
         raw["base"] = {"retention": raw.pop("base_retention"), "ft_score": raw.pop("base_ft_score")}
         return raw
-
-
-read_tradeoff_table = TradeoffTable.read
 
 
 def write_tradeoff_table(
@@ -735,14 +604,9 @@ def write_tradeoff_table(
     base_ft_score: float | None = None,
     title: str | None = None,
 ) -> Path:
-    """Check and write a ``disel.tradeoff/1`` table atomically.
-
-    ``rows``: :class:`TradeoffRow` objects or mappings with ``method``, ``rank``, ``seed``, ``ft_score``,
-    ``retention``. Raises :class:`MalformedResultFileError` (naming ``path``, nothing written) on a missing
-    or mistyped field, a non-finite score or a repeated ``(method, rank, seed)``.
-    """
+    """Check and write a ``disel.tradeoff/1`` table atomically; ``rows`` are :class:`TradeoffRow` objects or
+    mappings of their fields. A bad value raises :class:`MalformedResultFileError` and writes nothing."""
     raw = {
-        "schema": TRADEOFF_SCHEMA,
         "title": title,
         "ft_metric": ft_metric,
         "retention_metric": retention_metric,
@@ -783,16 +647,13 @@ def tradeoff_table_from_runs(
     retention_metric_name: str | None = None,
     title: str | None = None,
 ) -> TradeoffTable:
-    """A tradeoff table from training runs and their per-checkpoint tables.
+    """A tradeoff table (in memory, ``path`` None) from training runs and their per-checkpoint tables.
 
-    For each run the checkpoint is the one with the highest ``ft_metric`` in
-    ``retention_<ft_evaluator>.json`` (``select="best"``, the paper's protocol; ties: the earliest) or
-    the last one (``select="last"``); its retention is ``retention_metric`` of the same checkpoint in
-    ``retention_<retention_evaluator>.json``. The base row comes from the tables' ``base`` rows (the
-    base fine-tuning score is ``None`` if the fine-tuning tables have none). Method, rank and seed come
-    from each run's ``train_result.json``. The metric names default to ``"<evaluator> <metric>"``.
-
-    Returns the table in memory (``path`` None); write it with :meth:`TradeoffTable.write`.
+    Each run's point is its checkpoint with the highest ``ft_metric`` in ``retention_<ft_evaluator>.json``
+    (``select="best"``, the paper's protocol, Appendix II.5; ties: the earliest) or its last one (``"last"``),
+    with ``retention_metric`` of that checkpoint in ``retention_<retention_evaluator>.json``. The base scores
+    come from the tables' base rows (fine-tuning score ``None`` without one). Metric names default to
+    ``"<evaluator> <metric>"``.
     """
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got select={select!r}")
@@ -818,6 +679,13 @@ def tradeoff_table_from_runs(
     }
     table = TradeoffTable.from_dict(raw, f"<tradeoff table from runs {run_dirs[0]}, ...>")
     return dataclasses.replace(table, path=None)
+
+
+# Readers as functions, for the figure scripts.
+read_comparison = Comparison.read
+read_gates = GatesFile.read
+read_retention_table = RetentionTable.read
+read_tradeoff_table = TradeoffTable.read
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from ._args import add_override_argument
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="disel-compare",
         allow_abbrev=False,
@@ -30,11 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ranks", nargs="+", type=int)
     parser.add_argument("--max-steps", type=int, help="shorthand for --override training.max_steps=N")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     args = parser.parse_args(argv)
     from pydantic import ValidationError
 

@@ -14,43 +14,11 @@ from pathlib import Path
 
 __all__ = ["ArithmeticProblem", "generate_problems", "train_and_test_problems", "write_jsonl"]
 
-_NAMES = (
-    "Ava",
-    "Ben",
-    "Chloe",
-    "Diego",
-    "Emma",
-    "Farid",
-    "Grace",
-    "Hiro",
-    "Isla",
-    "Jonas",
-    "Kemi",
-    "Liam",
-    "Maya",
-    "Noah",
-    "Olga",
-    "Priya",
-    "Quinn",
-    "Rosa",
-    "Sam",
-    "Tariq",
+_NAMES = tuple(
+    "Ava Ben Chloe Diego Emma Farid Grace Hiro Isla Jonas Kemi Liam Maya Noah Olga Priya Quinn Rosa Sam Tariq".split()
 )
 _ITEMS = (
-    "apples",
-    "marbles",
-    "stickers",
-    "books",
-    "pencils",
-    "cookies",
-    "stamps",
-    "shells",
-    "coins",
-    "cards",
-    "balloons",
-    "tickets",
-    "oranges",
-    "beads",
+    *"apples marbles stickers books pencils cookies stamps shells coins cards balloons tickets oranges beads".split(),
     "toy cars",
 )
 

@@ -1,13 +1,5 @@
-"""Training data: reading local files, the held-out split, tokenisation with masked prompts.
-
-Instruction tuning (the paper's Appendix III.1): each row's instruction is put into a prompt template
-(:mod:`.templates`), the response follows it, EOS is appended, and the loss is computed on the response tokens
-only (every prompt label is ``-100``). Sequences are truncated to ``max_length`` with the prompt kept first.
-
-Rows come from local JSON (a list of objects) / JSONL files, CSV/TSV files (classification), or a
-``datasets`` source available locally. A malformed row raises :class:`DataFormatError` naming the file, the
-line (JSONL, CSV) or item index (JSON), and what was expected.
-"""
+"""Training data: local files (JSON, JSONL, CSV/TSV) or a local ``datasets`` source, the held-out split, and
+tokenisation. Instruction tuning (Appendix III.1): prompt template + response + EOS, loss on the response only."""
 
 from __future__ import annotations
 
@@ -20,32 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from disel.io import iter_jsonl
 
 from ..config import DataConfig
 from .templates import IGNORE_INDEX, format_prompt
-
-__all__ = [
-    "DataFormatError",
-    "PreparedData",
-    "Row",
-    "TokenizedDataset",
-    "format_prompt",
-    "load_dataset_rows",
-    "prepare_data",
-    "read_rows",
-    "split_rows",
-    "tokenize_classification",
-    "tokenize_instruction",
-    "tokenize_text",
-]
-
-# ------------------------------------------------------------------------------------------------
-# Reading rows
-# ------------------------------------------------------------------------------------------------
-
 
 class DataFormatError(ValueError):
     """A data file or row that cannot be used: the message names the file, the line or item, and what was expected."""
@@ -73,7 +43,7 @@ def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
             raise DataFormatError(f"data file {str(path)!r} does not exist")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            rows.extend(_read_jsonl(path))
+            rows.extend(Row(values, str(path), f"line {n}") for n, values in iter_jsonl(path, error=DataFormatError))
         elif suffix == ".json":
             rows.extend(_read_json(path))
         elif suffix in (".csv", ".tsv"):
@@ -81,10 +51,6 @@ def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
         else:
             raise DataFormatError(f"data file {str(path)!r}: expected a .json, .jsonl, .csv or .tsv file")
     return rows
-
-
-def _read_jsonl(path: Path) -> list[Row]:
-    return [Row(values, str(path), f"line {number}") for number, values in iter_jsonl(path, error=DataFormatError)]
 
 
 def _read_json(path: Path) -> list[Row]:
@@ -166,11 +132,6 @@ def split_rows(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Ro
     return [r for i, r in enumerate(rows) if i not in held_out], [r for i, r in enumerate(rows) if i in held_out]
 
 
-# ------------------------------------------------------------------------------------------------
-# Tokenising
-# ------------------------------------------------------------------------------------------------
-
-
 def _eos_id(tokenizer: Any) -> int:
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token; instruction tuning appends EOS to every response")
@@ -221,37 +182,13 @@ def tokenize_text(tokenizer: Any, text: str, max_length: int) -> dict[str, list[
     return {"input_ids": ids, "labels": list(ids)}
 
 
-def tokenize_classification(
-    tokenizer: Any, text: str, text_pair: str | None, label: int, max_length: int
-) -> dict[str, Any]:
-    """``input_ids`` / ``attention_mask`` of the (pair of) sentence(s), truncated to ``max_length``, and ``labels``."""
-    encoding = tokenizer(text, text_pair, truncation=True, max_length=max_length)
-    return {
-        "input_ids": list(encoding["input_ids"]),
-        "attention_mask": list(encoding["attention_mask"]),
-        "labels": label,
-    }
-
-
-class TokenizedDataset(torch.utils.data.Dataset):
-    """A list of tokenised examples (dicts of ``input_ids``, ``labels`` ...) for the ``Trainer``."""
-
-    def __init__(self, examples: list[dict[str, Any]]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.examples[index]
-
-
 @dataclass
 class PreparedData:
-    """Tokenised train / validation sets and counts for the result file."""
+    """Tokenised train / validation examples (dicts of ``input_ids``, ``labels`` ...; the ``Trainer`` takes a list)
+    and counts for the result file."""
 
-    train: TokenizedDataset
-    validation: TokenizedDataset | None
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]] | None
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -297,7 +234,7 @@ def _tokenize_rows(
     num_labels: int | None,
     stats: dict[str, int],
     split: str,
-) -> TokenizedDataset:
+) -> list[dict[str, Any]]:
     examples = []
     dropped = truncated = 0
     for row in rows:
@@ -305,8 +242,12 @@ def _tokenize_rows(
             text = _string_field(row, config.text_field, "data.text_field")
             pair_field = config.text_pair_field
             pair = _string_field(row, pair_field, "data.text_pair_field") if pair_field else None
-            label = _label(row, config, num_labels)
-            example = tokenize_classification(tokenizer, text, pair, label, config.max_length)
+            encoding = tokenizer(text, pair, truncation=True, max_length=config.max_length)
+            example = {
+                "input_ids": list(encoding["input_ids"]),
+                "attention_mask": list(encoding["attention_mask"]),
+                "labels": _label(row, config, num_labels),
+            }
         elif config.template == "none":
             text = _string_field(row, config.text_field, "data.text_field")
             example = tokenize_text(tokenizer, text, config.max_length)
@@ -324,7 +265,7 @@ def _tokenize_rows(
     stats[f"{split}_examples"] = len(examples)
     stats[f"{split}_dropped_no_response"] = dropped
     stats[f"{split}_at_max_length"] = truncated
-    return TokenizedDataset(examples)
+    return examples
 
 
 def _field(row: Row, key: str, setting: str) -> Any:

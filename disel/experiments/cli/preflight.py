@@ -116,7 +116,6 @@ def check_positive(value: Any, what: str) -> None:
         raise UsageError(f"{what} must be a positive integer, got {value!r}")
 
 
-
 def check_training(config: Any) -> None:
     """Everything ``disel-train`` can check about ``config`` (an ``ExperimentConfig``) without loading
     weights: the output directory, the model and its tokenizer, the batch sizes, the target modules."""

@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from disel.io import write_text_atomic
+
 __all__ = ["ArithmeticProblem", "generate_problems", "train_and_test_problems", "write_jsonl"]
 
 _NAMES = tuple(
@@ -112,6 +114,4 @@ def train_and_test_problems(
 
 def write_jsonl(problems: list[ArithmeticProblem], path: str | Path) -> Path:
     """Write problems as JSONL rows (``instruction``, ``output``, ``answer``) atomically; returns the path."""
-    from disel.io import write_text_atomic
-
     return write_text_atomic(path, "".join(json.dumps(problem.as_row()) + "\n" for problem in problems))

@@ -17,20 +17,17 @@ from disel.io import iter_jsonl
 from ..config import DataConfig
 from .templates import IGNORE_INDEX, format_prompt
 
+
 class DataFormatError(ValueError):
     """A data file or row that cannot be used: the message names the file, the line or item, and what was expected."""
 
 
 @dataclass(frozen=True)
 class Row:
-    """One example as read, and where it came from (for error messages)."""
+    """One example as read, and where it came from (``"<file>, line 3"``, for error messages)."""
 
     values: dict[str, Any]
-    source: str
-    location: str
-
-    def where(self) -> str:
-        return f"{self.source}, {self.location}"
+    where: str
 
 
 def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
@@ -43,7 +40,7 @@ def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
             raise DataFormatError(f"data file {str(path)!r} does not exist")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            rows.extend(Row(values, str(path), f"line {n}") for n, values in iter_jsonl(path, error=DataFormatError))
+            rows.extend(Row(values, f"{path}, line {n}") for n, values in iter_jsonl(path, error=DataFormatError))
         elif suffix == ".json":
             rows.extend(_read_json(path))
         elif suffix in (".csv", ".tsv"):
@@ -60,13 +57,12 @@ def _read_json(path: Path) -> list[Row]:
         raise DataFormatError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
     if not isinstance(items, list):
         raise DataFormatError(f"{path}: expected a JSON list of objects (or use JSONL), got a {type(items).__name__}")
-    rows = []
     for index, values in enumerate(items):
         if not isinstance(values, dict):
-            problem = f"expected a JSON object, got {type(values).__name__}"
-            raise DataFormatError(f"{path}, item {index} (0-based): {problem}")
-        rows.append(Row(values, str(path), f"item {index} (0-based)"))
-    return rows
+            raise DataFormatError(
+                f"{path}, item {index} (0-based): expected a JSON object, got {type(values).__name__}"
+            )
+    return [Row(values, f"{path}, item {index} (0-based)") for index, values in enumerate(items)]
 
 
 def _read_csv(path: Path, delimiter: str) -> list[Row]:
@@ -82,7 +78,7 @@ def _read_csv(path: Path, delimiter: str) -> list[Row]:
                     f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(values[None])} cells but the "
                     f"header has {len(reader.fieldnames)} columns"
                 )
-            rows.append(Row(dict(values), str(path), f"line {reader.line_num}"))
+            rows.append(Row(dict(values), f"{path}, line {reader.line_num}"))
     return rows
 
 
@@ -101,17 +97,15 @@ def load_dataset_rows(name: str, config_name: str | None = None, split: str = "t
         saved_markers = ("dataset_dict.json", "state.json")  # what save_to_disk writes (DatasetDict / Dataset)
         if Path(name).is_dir() and any((Path(name) / marker).exists() for marker in saved_markers):
             loaded = datasets.load_from_disk(name)
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise DataFormatError(f"{source}: no such split; the splits are {sorted(loaded)}")
-                loaded = loaded[split]
         else:
             loaded = datasets.load_dataset(name, config_name, split=split)
-    except DataFormatError:
-        raise
     except Exception as error:  # noqa: BLE001 — re-raised with what was asked for
         raise DataFormatError(f"cannot load {source} locally (disel never downloads): {error}") from error
-    return [Row(dict(values), source, f"row {index}") for index, values in enumerate(loaded)]
+    if isinstance(loaded, datasets.DatasetDict):  # a saved DatasetDict holds every split
+        if split not in loaded:
+            raise DataFormatError(f"{source}: no such split; the splits are {sorted(loaded)}")
+        loaded = loaded[split]
+    return [Row(dict(values), f"{source}, row {index}") for index, values in enumerate(loaded)]
 
 
 def split_rows(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
@@ -209,10 +203,8 @@ def prepare_data(config: DataConfig, tokenizer: Any, task_type: str, num_labels:
         raise DataFormatError(f"no training rows in {config.train_files or config.dataset!r}")
     if config.validation_fraction > 0:
         train_rows, validation_rows = split_rows(train_rows, config.validation_fraction, config.split_seed)
-    if config.max_train_samples is not None:
-        train_rows = train_rows[: config.max_train_samples]
-    if config.max_validation_samples is not None:
-        validation_rows = validation_rows[: config.max_validation_samples]
+    train_rows = train_rows[: config.max_train_samples]  # [:None] keeps every row
+    validation_rows = validation_rows[: config.max_validation_samples]
 
     stats = {"train_rows": len(train_rows), "validation_rows": len(validation_rows)}
     train = _tokenize_rows(train_rows, config, tokenizer, task_type, num_labels, stats, "train")
@@ -271,7 +263,7 @@ def _tokenize_rows(
 def _field(row: Row, key: str, setting: str) -> Any:
     if key not in row.values:
         raise DataFormatError(
-            f"{row.where()}: missing key {key!r} (set by {setting}); the row has keys {sorted(row.values)}"
+            f"{row.where}: missing key {key!r} (set by {setting}); the row has keys {sorted(row.values)}"
         )
     return row.values[key]
 
@@ -279,7 +271,7 @@ def _field(row: Row, key: str, setting: str) -> Any:
 def _string_field(row: Row, key: str, setting: str) -> str:
     value = _field(row, key, setting)
     if not isinstance(value, str):
-        raise DataFormatError(f"{row.where()}: key {key!r} must hold a string, got {type(value).__name__} {value!r}")
+        raise DataFormatError(f"{row.where}: key {key!r} must hold a string, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -293,6 +285,6 @@ def _label(row: Row, config: DataConfig, num_labels: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or num_labels is None or not 0 <= value < num_labels:
         names = f" or one of {config.label_names}" if config.label_names else ""
         raise DataFormatError(
-            f"{row.where()}: label {key!r} must be an integer in [0, {num_labels}){names}, got {value!r}"
+            f"{row.where}: label {key!r} must be an integer in [0, {num_labels}){names}, got {value!r}"
         )
     return value

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from disel.io import write_json_atomic
 from disel.recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
 
 from ..data.collator import right_pad
@@ -55,13 +56,8 @@ class GateDomain:
                         f"GateDomain {self.name!r}: every example needs 'instruction' and 'output', "
                         f"got {sorted(example)}"
                     )
-        sequences = self.texts if self.texts is not None else self.examples
-        if len(sequences) == 0:
+        if len(self.texts if self.texts is not None else self.examples) == 0:
             raise ValueError(f"GateDomain {self.name!r} is empty")
-
-    @property
-    def token_selection(self) -> str:
-        return "all" if self.texts is not None else "response"
 
 
 def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[tuple[list[int], list[bool]]]:
@@ -141,7 +137,7 @@ def analyze_gates(
         summary.pop("bins", None)
         num_layers = summary.get("num_layers")
         result["domains"][domain.name] = {
-            "token_selection": domain.token_selection,
+            "token_selection": "all" if domain.texts is not None else "response",
             "sequences": len(encoded),
             **summary,
             "by_depth_and_kind": _cross_groups(recorder.stats, num_layers, module_kind),
@@ -198,7 +194,5 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
 
 def save_gates(result: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a ``disel.gates/1`` dict atomically, once :class:`GatesFile` accepts it (the file keeps every key)."""
-    from disel.io import write_json_atomic
-
     GatesFile.from_dict(result, path)
     write_json_atomic(path, result)

@@ -140,14 +140,6 @@ def run_lm_eval(
     )
 
 
-def _numeric_metrics(task_results: dict[str, Any]) -> dict[str, float]:
-    return {
-        key: float(value)
-        for key, value in task_results.items()
-        if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
-
-
 def summarize_lm_eval(raw: dict[str, Any], benchmarks: Sequence[Benchmark]) -> dict[str, Any]:
     """Per-benchmark headline values and their unweighted mean, from lm-eval's raw result dict.
 
@@ -160,7 +152,11 @@ def summarize_lm_eval(raw: dict[str, Any], benchmarks: Sequence[Benchmark]) -> d
     for benchmark in benchmarks:
         if benchmark.task not in results:
             raise KeyError(f"lm-eval returned no results for task {benchmark.task!r} (got {sorted(results)})")
-        metrics = _numeric_metrics(results[benchmark.task])
+        metrics = {  # every numeric "<metric>,<filter>" value but the standard errors
+            key: float(value)
+            for key, value in results[benchmark.task].items()
+            if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
         key = benchmark.metric or next((k for k in _DEFAULT_METRIC_ORDER if k in metrics), "")
         if key not in metrics:
             raise KeyError(

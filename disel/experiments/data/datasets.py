@@ -27,7 +27,7 @@ class Row:
     """One example as read, and where it came from (``"<file>, line 3"``, for error messages)."""
 
     values: dict[str, Any]
-    where: str
+    location: str
 
 
 def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
@@ -263,7 +263,7 @@ def _tokenize_rows(
 def _field(row: Row, key: str, setting: str) -> Any:
     if key not in row.values:
         raise DataFormatError(
-            f"{row.where}: missing key {key!r} (set by {setting}); the row has keys {sorted(row.values)}"
+            f"{row.location}: missing key {key!r} (set by {setting}); the row has keys {sorted(row.values)}"
         )
     return row.values[key]
 
@@ -271,7 +271,7 @@ def _field(row: Row, key: str, setting: str) -> Any:
 def _string_field(row: Row, key: str, setting: str) -> str:
     value = _field(row, key, setting)
     if not isinstance(value, str):
-        raise DataFormatError(f"{row.where}: key {key!r} must hold a string, got {type(value).__name__} {value!r}")
+        raise DataFormatError(f"{row.location}: key {key!r} must hold a string, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -285,6 +285,6 @@ def _label(row: Row, config: DataConfig, num_labels: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or num_labels is None or not 0 <= value < num_labels:
         names = f" or one of {config.label_names}" if config.label_names else ""
         raise DataFormatError(
-            f"{row.where}: label {key!r} must be an integer in [0, {num_labels}){names}, got {value!r}"
+            f"{row.location}: label {key!r} must be an integer in [0, {num_labels}){names}, got {value!r}"
         )
     return value

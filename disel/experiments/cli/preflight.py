@@ -17,23 +17,6 @@ from typing import Any
 
 from disel import io
 
-__all__ = [
-    "TOKENIZER_FILES",
-    "UsageError",
-    "check_comparison",
-    "check_evaluation",
-    "check_input_files",
-    "check_model_dir",
-    "check_output_dir",
-    "check_output_file",
-    "check_positive",
-    "check_target_modules",
-    "check_training",
-    "one_line",
-    "read_mapping_file",
-    "report",
-]
-
 TOKENIZER_FILES: tuple[str, ...] = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -50,30 +33,18 @@ class UsageError(ValueError):
     """A command-line argument that cannot work; the message starts with the argument's name."""
 
 
-def one_line(text: str) -> str:
-    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
-    return " ".join(str(text).split())
-
-
 def report(prog: str, error: BaseException) -> int:
-    """Print ``error`` as the single line ``<prog>: error: <message>`` on stderr; return the exit status 2."""
-    print(f"{prog}: error: {one_line(_describe(error))}", file=sys.stderr)
-    return 2
+    """Print ``error`` as the single line ``<prog>: error: <message>`` on stderr (a pydantic ValidationError as
+    'field: message (got value)'; every run of whitespace made one space); return the exit status 2."""
+    from pydantic import ValidationError
 
-
-def _describe(error: BaseException) -> str:
-    """pydantic's ValidationError as 'field: message (got value)'; anything else as its text."""
-    errors = getattr(error, "errors", None)
-    if callable(errors) and type(error).__name__ == "ValidationError":
-        first = errors()[0]
+    message = str(error)
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "the input"
-        return f"{field}: {first['msg']} (got {first.get('input')!r})"
-    return str(error)
-
-
-# ------------------------------------------------------------------------------------------------
-# Files and directories
-# ------------------------------------------------------------------------------------------------
+        message = f"{field}: {first['msg']} (got {first.get('input')!r})"
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def read_mapping_file(path: str, what: str = "--config") -> dict[str, Any]:
@@ -131,26 +102,18 @@ def check_model_dir(
         check_local_model(path, gguf_file, what=what)
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
-    if gguf_file is None and not any(_has_tokenizer(folder) for folder in (path, *tokenizer_dirs)):
+    folders = (path, *tokenizer_dirs)
+    if gguf_file is None and not any((Path(folder) / name).is_file() for folder in folders for name in TOKENIZER_FILES):
         raise UsageError(
             f"{what} {str(path)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
             "save the tokenizer next to the model (tokenizer.save_pretrained)"
         )
 
 
-def _has_tokenizer(folder: str | os.PathLike) -> bool:
-    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
-
-
 def check_positive(value: Any, what: str) -> None:
     """``value`` is a positive integer (None is allowed: the setting is unused)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise UsageError(f"{what} must be a positive integer, got {value!r}")
-
-
-# ------------------------------------------------------------------------------------------------
-# disel-train
-# ------------------------------------------------------------------------------------------------
 
 
 def check_training(config: Any) -> None:
@@ -171,11 +134,7 @@ def check_target_modules(config: Any) -> None:
         return
     import torch
     from peft import get_peft_model
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-    )
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from ..train.run import build_peft_config
 
@@ -199,15 +158,7 @@ def check_target_modules(config: Any) -> None:
             raise UsageError(f"method.target_modules {targets!r} for {config.method.name}: {error}") from None
 
 
-# ------------------------------------------------------------------------------------------------
-# disel-eval and disel-compare
-# ------------------------------------------------------------------------------------------------
-
 _POSITIVE_EVAL_FLAGS = ("batch_size", "max_length", "max_new_tokens", "n", "bins")
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
 
 
 def check_evaluation(args: Any) -> None:
@@ -215,7 +166,7 @@ def check_evaluation(args: Any) -> None:
     the output file, the model, adapter and tokenizer directories, and the input files."""
     for dest in _POSITIVE_EVAL_FLAGS:
         if hasattr(args, dest):
-            check_positive(getattr(args, dest), _flag(dest))
+            check_positive(getattr(args, dest), "--" + dest.replace("_", "-"))
     if getattr(args, "out", None) is not None:
         check_output_file(args.out, "--out")
     tokenizer_dirs: list[Path] = []

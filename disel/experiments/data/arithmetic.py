@@ -12,45 +12,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from disel.io import write_text_atomic
+
 __all__ = ["ArithmeticProblem", "generate_problems", "train_and_test_problems", "write_jsonl"]
 
-_NAMES = (
-    "Ava",
-    "Ben",
-    "Chloe",
-    "Diego",
-    "Emma",
-    "Farid",
-    "Grace",
-    "Hiro",
-    "Isla",
-    "Jonas",
-    "Kemi",
-    "Liam",
-    "Maya",
-    "Noah",
-    "Olga",
-    "Priya",
-    "Quinn",
-    "Rosa",
-    "Sam",
-    "Tariq",
+_NAMES = tuple(
+    "Ava Ben Chloe Diego Emma Farid Grace Hiro Isla Jonas Kemi Liam Maya Noah Olga Priya Quinn Rosa Sam Tariq".split()
 )
 _ITEMS = (
-    "apples",
-    "marbles",
-    "stickers",
-    "books",
-    "pencils",
-    "cookies",
-    "stamps",
-    "shells",
-    "coins",
-    "cards",
-    "balloons",
-    "tickets",
-    "oranges",
-    "beads",
+    *"apples marbles stickers books pencils cookies stamps shells coins cards balloons tickets oranges beads".split(),
     "toy cars",
 )
 
@@ -144,6 +114,4 @@ def train_and_test_problems(
 
 def write_jsonl(problems: list[ArithmeticProblem], path: str | Path) -> Path:
     """Write problems as JSONL rows (``instruction``, ``output``, ``answer``) atomically; returns the path."""
-    from disel.io import write_text_atomic
-
     return write_text_atomic(path, "".join(json.dumps(problem.as_row()) + "\n" for problem in problems))

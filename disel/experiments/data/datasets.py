@@ -1,13 +1,5 @@
-"""Training data: reading local files, the held-out split, tokenisation with masked prompts.
-
-Instruction tuning (the paper's Appendix III.1): each row's instruction is put into a prompt template
-(:mod:`.templates`), the response follows it, EOS is appended, and the loss is computed on the response tokens
-only (every prompt label is ``-100``). Sequences are truncated to ``max_length`` with the prompt kept first.
-
-Rows come from local JSON (a list of objects) / JSONL files, CSV/TSV files (classification), or a
-``datasets`` source available locally. A malformed row raises :class:`DataFormatError` naming the file, the
-line (JSONL, CSV) or item index (JSON), and what was expected.
-"""
+"""Training data: local files (JSON, JSONL, CSV/TSV) or a local ``datasets`` source, the held-out split, and
+tokenisation. Instruction tuning (Appendix III.1): prompt template + response + EOS, loss on the response only."""
 
 from __future__ import annotations
 
@@ -20,31 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from disel.io import iter_jsonl
 
 from ..config import DataConfig
 from .templates import IGNORE_INDEX, format_prompt
-
-__all__ = [
-    "DataFormatError",
-    "PreparedData",
-    "Row",
-    "TokenizedDataset",
-    "format_prompt",
-    "load_dataset_rows",
-    "prepare_data",
-    "read_rows",
-    "split_rows",
-    "tokenize_classification",
-    "tokenize_instruction",
-    "tokenize_text",
-]
-
-# ------------------------------------------------------------------------------------------------
-# Reading rows
-# ------------------------------------------------------------------------------------------------
 
 
 class DataFormatError(ValueError):
@@ -53,14 +24,10 @@ class DataFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Row:
-    """One example as read, and where it came from (for error messages)."""
+    """One example as read, and where it came from (``"<file>, line 3"``, for error messages)."""
 
     values: dict[str, Any]
-    source: str
     location: str
-
-    def where(self) -> str:
-        return f"{self.source}, {self.location}"
 
 
 def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
@@ -73,7 +40,7 @@ def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
             raise DataFormatError(f"data file {str(path)!r} does not exist")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            rows.extend(_read_jsonl(path))
+            rows.extend(Row(values, f"{path}, line {n}") for n, values in iter_jsonl(path, error=DataFormatError))
         elif suffix == ".json":
             rows.extend(_read_json(path))
         elif suffix in (".csv", ".tsv"):
@@ -83,10 +50,6 @@ def read_rows(paths: Sequence[str | os.PathLike]) -> list[Row]:
     return rows
 
 
-def _read_jsonl(path: Path) -> list[Row]:
-    return [Row(values, str(path), f"line {number}") for number, values in iter_jsonl(path, error=DataFormatError)]
-
-
 def _read_json(path: Path) -> list[Row]:
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
@@ -94,13 +57,12 @@ def _read_json(path: Path) -> list[Row]:
         raise DataFormatError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
     if not isinstance(items, list):
         raise DataFormatError(f"{path}: expected a JSON list of objects (or use JSONL), got a {type(items).__name__}")
-    rows = []
     for index, values in enumerate(items):
         if not isinstance(values, dict):
-            problem = f"expected a JSON object, got {type(values).__name__}"
-            raise DataFormatError(f"{path}, item {index} (0-based): {problem}")
-        rows.append(Row(values, str(path), f"item {index} (0-based)"))
-    return rows
+            raise DataFormatError(
+                f"{path}, item {index} (0-based): expected a JSON object, got {type(values).__name__}"
+            )
+    return [Row(values, f"{path}, item {index} (0-based)") for index, values in enumerate(items)]
 
 
 def _read_csv(path: Path, delimiter: str) -> list[Row]:
@@ -116,7 +78,7 @@ def _read_csv(path: Path, delimiter: str) -> list[Row]:
                     f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(values[None])} cells but the "
                     f"header has {len(reader.fieldnames)} columns"
                 )
-            rows.append(Row(dict(values), str(path), f"line {reader.line_num}"))
+            rows.append(Row(dict(values), f"{path}, line {reader.line_num}"))
     return rows
 
 
@@ -135,17 +97,15 @@ def load_dataset_rows(name: str, config_name: str | None = None, split: str = "t
         saved_markers = ("dataset_dict.json", "state.json")  # what save_to_disk writes (DatasetDict / Dataset)
         if Path(name).is_dir() and any((Path(name) / marker).exists() for marker in saved_markers):
             loaded = datasets.load_from_disk(name)
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise DataFormatError(f"{source}: no such split; the splits are {sorted(loaded)}")
-                loaded = loaded[split]
         else:
             loaded = datasets.load_dataset(name, config_name, split=split)
-    except DataFormatError:
-        raise
     except Exception as error:  # noqa: BLE001 — re-raised with what was asked for
         raise DataFormatError(f"cannot load {source} locally (disel never downloads): {error}") from error
-    return [Row(dict(values), source, f"row {index}") for index, values in enumerate(loaded)]
+    if isinstance(loaded, datasets.DatasetDict):  # a saved DatasetDict holds every split
+        if split not in loaded:
+            raise DataFormatError(f"{source}: no such split; the splits are {sorted(loaded)}")
+        loaded = loaded[split]
+    return [Row(dict(values), f"{source}, row {index}") for index, values in enumerate(loaded)]
 
 
 def split_rows(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
@@ -164,11 +124,6 @@ def split_rows(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Ro
     random.Random(seed).shuffle(order)
     held_out = set(order[:n_validation])
     return [r for i, r in enumerate(rows) if i not in held_out], [r for i, r in enumerate(rows) if i in held_out]
-
-
-# ------------------------------------------------------------------------------------------------
-# Tokenising
-# ------------------------------------------------------------------------------------------------
 
 
 def _eos_id(tokenizer: Any) -> int:
@@ -221,37 +176,13 @@ def tokenize_text(tokenizer: Any, text: str, max_length: int) -> dict[str, list[
     return {"input_ids": ids, "labels": list(ids)}
 
 
-def tokenize_classification(
-    tokenizer: Any, text: str, text_pair: str | None, label: int, max_length: int
-) -> dict[str, Any]:
-    """``input_ids`` / ``attention_mask`` of the (pair of) sentence(s), truncated to ``max_length``, and ``labels``."""
-    encoding = tokenizer(text, text_pair, truncation=True, max_length=max_length)
-    return {
-        "input_ids": list(encoding["input_ids"]),
-        "attention_mask": list(encoding["attention_mask"]),
-        "labels": label,
-    }
-
-
-class TokenizedDataset(torch.utils.data.Dataset):
-    """A list of tokenised examples (dicts of ``input_ids``, ``labels`` ...) for the ``Trainer``."""
-
-    def __init__(self, examples: list[dict[str, Any]]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.examples[index]
-
-
 @dataclass
 class PreparedData:
-    """Tokenised train / validation sets and counts for the result file."""
+    """Tokenised train / validation examples (dicts of ``input_ids``, ``labels`` ...; the ``Trainer`` takes a list)
+    and counts for the result file."""
 
-    train: TokenizedDataset
-    validation: TokenizedDataset | None
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]] | None
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -272,10 +203,8 @@ def prepare_data(config: DataConfig, tokenizer: Any, task_type: str, num_labels:
         raise DataFormatError(f"no training rows in {config.train_files or config.dataset!r}")
     if config.validation_fraction > 0:
         train_rows, validation_rows = split_rows(train_rows, config.validation_fraction, config.split_seed)
-    if config.max_train_samples is not None:
-        train_rows = train_rows[: config.max_train_samples]
-    if config.max_validation_samples is not None:
-        validation_rows = validation_rows[: config.max_validation_samples]
+    train_rows = train_rows[: config.max_train_samples]  # [:None] keeps every row
+    validation_rows = validation_rows[: config.max_validation_samples]
 
     stats = {"train_rows": len(train_rows), "validation_rows": len(validation_rows)}
     train = _tokenize_rows(train_rows, config, tokenizer, task_type, num_labels, stats, "train")
@@ -297,7 +226,7 @@ def _tokenize_rows(
     num_labels: int | None,
     stats: dict[str, int],
     split: str,
-) -> TokenizedDataset:
+) -> list[dict[str, Any]]:
     examples = []
     dropped = truncated = 0
     for row in rows:
@@ -305,8 +234,12 @@ def _tokenize_rows(
             text = _string_field(row, config.text_field, "data.text_field")
             pair_field = config.text_pair_field
             pair = _string_field(row, pair_field, "data.text_pair_field") if pair_field else None
-            label = _label(row, config, num_labels)
-            example = tokenize_classification(tokenizer, text, pair, label, config.max_length)
+            encoding = tokenizer(text, pair, truncation=True, max_length=config.max_length)
+            example = {
+                "input_ids": list(encoding["input_ids"]),
+                "attention_mask": list(encoding["attention_mask"]),
+                "labels": _label(row, config, num_labels),
+            }
         elif config.template == "none":
             text = _string_field(row, config.text_field, "data.text_field")
             example = tokenize_text(tokenizer, text, config.max_length)
@@ -324,13 +257,13 @@ def _tokenize_rows(
     stats[f"{split}_examples"] = len(examples)
     stats[f"{split}_dropped_no_response"] = dropped
     stats[f"{split}_at_max_length"] = truncated
-    return TokenizedDataset(examples)
+    return examples
 
 
 def _field(row: Row, key: str, setting: str) -> Any:
     if key not in row.values:
         raise DataFormatError(
-            f"{row.where()}: missing key {key!r} (set by {setting}); the row has keys {sorted(row.values)}"
+            f"{row.location}: missing key {key!r} (set by {setting}); the row has keys {sorted(row.values)}"
         )
     return row.values[key]
 
@@ -338,7 +271,7 @@ def _field(row: Row, key: str, setting: str) -> Any:
 def _string_field(row: Row, key: str, setting: str) -> str:
     value = _field(row, key, setting)
     if not isinstance(value, str):
-        raise DataFormatError(f"{row.where()}: key {key!r} must hold a string, got {type(value).__name__} {value!r}")
+        raise DataFormatError(f"{row.location}: key {key!r} must hold a string, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -352,6 +285,6 @@ def _label(row: Row, config: DataConfig, num_labels: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or num_labels is None or not 0 <= value < num_labels:
         names = f" or one of {config.label_names}" if config.label_names else ""
         raise DataFormatError(
-            f"{row.where()}: label {key!r} must be an integer in [0, {num_labels}){names}, got {value!r}"
+            f"{row.location}: label {key!r} must be an integer in [0, {num_labels}){names}, got {value!r}"
         )
     return value

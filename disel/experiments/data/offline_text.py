@@ -22,14 +22,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = [
-    "CodeDefinition",
-    "general_english_texts",
-    "python_code_texts",
-    "python_function_tasks",
-    "stdlib_definitions",
-]
-
 # Modules whose "code" is not representative: rot13 text (this), a web-browser side effect (antigravity),
 # frozen-module test stubs (__hello__, __phello__).
 _SKIPPED_MODULES = frozenset({"this", "antigravity", "__hello__", "__phello__"})
@@ -94,18 +86,13 @@ def general_english_texts(n: int, seed: int = 0, *, min_chars: int = 300, max_ch
 
 @dataclass(frozen=True)
 class CodeDefinition:
-    """One top-level ``def``/``class`` of a standard-library module.
-
-    ``source``: its full source text; ``name``: its name; ``module``: the module (file stem);
-    ``docstring``: its docstring or ``""``; ``body_without_docstring``: ``source`` with the docstring
-    removed (the "solution" half of an instruction/response pair).
-    """
+    """One top-level ``def``/``class`` of a standard-library module (``module``: the file stem)."""
 
     module: str
     name: str
     source: str
-    docstring: str
-    body_without_docstring: str
+    docstring: str  # "" when it has none
+    body_without_docstring: str  # the "solution" half of an instruction/response pair
 
 
 def _definitions_in(path: Path, min_chars: int, max_chars: int) -> list[CodeDefinition]:

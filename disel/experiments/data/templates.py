@@ -1,28 +1,13 @@
 """Prompt templates: the text around an instruction, and where a generated response stops.
 
-The two paper templates are copied verbatim from the paper's text (``paper_text.txt``, Appendix III.1): each
-quoted line becomes one line, joined by a single newline, and the response starts right after the final
-``### Response:`` / ``@@ Response`` line. The extracted text has no blank lines anywhere in the paper, so
-blank lines that the original typesetting may have had cannot be recovered; we follow the text as quoted.
-The Magicoder system line is broken after "delivers" exactly as quoted. Training and evaluation both build
-prompts with :func:`format_prompt`, and every generation-based evaluator stops at its template's
-``stop_strings``, so training and evaluation always agree.
+The paper templates are quoted from Appendix III.1, one quoted line per line (the extracted paper text has no
+blank lines, so none are added); the Magicoder system line breaks after "delivers" as quoted. Training and every
+evaluator build prompts with :func:`format_prompt` and stop at the template's ``stop_strings``, so they agree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-__all__ = [
-    "ALPACA",
-    "IGNORE_INDEX",
-    "MAGICODER",
-    "NONE",
-    "TEMPLATES",
-    "PromptTemplate",
-    "format_prompt",
-    "get_template",
-]
 
 IGNORE_INDEX = -100
 """Label of tokens without loss (the prompt, padding): ``torch.nn.CrossEntropyLoss``'s ignore_index."""

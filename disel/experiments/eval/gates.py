@@ -1,17 +1,11 @@
 """Gate analysis over input domains (paper Section 5, Figures 4, 5, 10–14).
 
-A trained DISeL model reads held-out inputs from several domains (math, general text, code); the gate
-recorder (:mod:`disel.recording`) summarises the post-sigmoid gate values ``σ(W_g x + b_g)`` of every
-adapted layer as streaming histograms. For instruction/response domains only the response tokens are
-counted (the paper's protocol); for raw text, every token. Per domain the summaries are grouped by
-depth third (early / mid / late), by module (q_proj … down_proj), by kind (attention vs MLP), and by
-depth × kind and depth × module (Figures 10, 11).
-
-One JSON file for all domains (``disel.gates/1``, read by :class:`~disel.experiments.schemas.GatesFile`):
-``bin_edges`` and per domain ``token_selection``, ``sequences``, ``num_layers``, ``modules`` (one ``STATS`` per
-(layer, module)) and the groupings ``by_depth``, ``by_module``, ``by_kind``, ``by_depth_and_kind``,
-``by_depth_and_module``, where ``STATS`` is :meth:`disel.recording.GateStats.to_dict` (``count`` = tokens × rank
-components, ``mean``, ``std``, ``histogram`` counts per bin, ``component_means`` ...).
+A trained DISeL model reads held-out inputs of several domains (math, general text, code) while the gate recorder
+(:mod:`disel.recording`) summarises the post-sigmoid gates ``σ(W_g x + b_g)`` of every adapted layer as streaming
+histograms: response tokens only for instruction/response domains (the paper's protocol), every token for raw text.
+Per domain the summaries are also grouped by depth third × kind and depth third × module (Figures 10, 11). The
+result, one ``disel.gates/1`` file for all domains, is :class:`~disel.experiments.schemas.GatesFile`; each summary
+is :meth:`disel.recording.GateStats.to_dict` (``count`` = tokens × rank components, ``mean``, ``histogram`` ...).
 """
 
 from __future__ import annotations
@@ -24,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from disel.io import write_json_atomic
 from disel.recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
 
 from ..data.collator import right_pad
@@ -61,13 +56,8 @@ class GateDomain:
                         f"GateDomain {self.name!r}: every example needs 'instruction' and 'output', "
                         f"got {sorted(example)}"
                     )
-        sequences = self.texts if self.texts is not None else self.examples
-        if len(sequences) == 0:
+        if len(self.texts if self.texts is not None else self.examples) == 0:
             raise ValueError(f"GateDomain {self.name!r} is empty")
-
-    @property
-    def token_selection(self) -> str:
-        return "all" if self.texts is not None else "response"
 
 
 def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[tuple[list[int], list[bool]]]:
@@ -75,11 +65,8 @@ def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[
     for training (:func:`disel.experiments.data.datasets.tokenize_instruction`: prompt + response + EOS), and
     the recorded tokens are the ones training puts a loss on (the response and its EOS)."""
     if domain.texts is not None:
-        encoded = []
-        for text in domain.texts:
-            ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-            encoded.append((ids, [True] * len(ids)))
-        return encoded
+        texts = [tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in domain.texts]
+        return [(ids, [True] * len(ids)) for ids in texts]
     from ..data.datasets import tokenize_instruction
     from ..data.templates import IGNORE_INDEX
 
@@ -146,18 +133,16 @@ def analyze_gates(
                 recorder.set_token_mask(record.to(device))  # (batch, seq)
                 model(input_ids=input_ids.to(device), attention_mask=attention.to(device))
         summary = recorder.to_dict()
-        stats = recorder.stats
+        result["bin_edges"] = summary.pop("bin_edges")  # shared by all domains
+        summary.pop("bins", None)
         num_layers = summary.get("num_layers")
-        result["bin_edges"] = summary["bin_edges"]
         result["domains"][domain.name] = {
-            "token_selection": domain.token_selection,
+            "token_selection": "all" if domain.texts is not None else "response",
             "sequences": len(encoded),
             **summary,
-            "by_depth_and_kind": _cross_groups(stats, num_layers, module_kind),
-            "by_depth_and_module": _cross_groups(stats, num_layers, lambda module: module),
+            "by_depth_and_kind": _cross_groups(recorder.stats, num_layers, module_kind),
+            "by_depth_and_module": _cross_groups(recorder.stats, num_layers, lambda module: module),
         }
-        for key in ("bins", "bin_edges"):
-            result["domains"][domain.name].pop(key, None)
     return result
 
 
@@ -170,7 +155,7 @@ def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = 
     """A domain from JSONL-style rows: ``text`` rows are raw text (all tokens); rows with
     ``instruction``/``output``, ``question``/``answer`` (GSM8K) or ``prompt``/``canonical_solution``
     (HumanEval) are instruction examples in the named training template (response tokens only)."""
-    from ..data.templates import format_prompt
+    from ..data.templates import get_template
 
     if not rows:
         raise ValueError(f"domain {name!r} has no rows")
@@ -179,7 +164,7 @@ def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = 
     for instruction_key, output_key in _EXAMPLE_FIELDS:
         if all(instruction_key in row and output_key in row for row in rows):
             examples = [{"instruction": str(r[instruction_key]), "output": str(r[output_key])} for r in rows]
-            return GateDomain(name, examples=examples, format_prompt=lambda q: format_prompt(template, q))
+            return GateDomain(name, examples=examples, format_prompt=get_template(template).format_prompt)
     raise KeyError(
         f"domain {name!r}: every row needs 'text', or one of the field pairs {list(_EXAMPLE_FIELDS)}; "
         f"the first row has {sorted(rows[0])}"
@@ -196,23 +181,18 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
     """
     from ..data.arithmetic import generate_problems
     from ..data.offline_text import general_english_texts, python_function_tasks
-    from ..data.templates import format_prompt
+    from ..data.templates import ALPACA, MAGICODER
 
     math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]
+    code_examples = python_function_tasks(n, seed, exclude=code_exclude)
     return [
-        GateDomain("math", examples=math_examples, format_prompt=lambda q: format_prompt("alpaca", q)),
+        GateDomain("math", examples=math_examples, format_prompt=ALPACA.format_prompt),
         GateDomain("general", texts=general_english_texts(n, seed)),
-        GateDomain(
-            "code",
-            examples=python_function_tasks(n, seed, exclude=code_exclude),
-            format_prompt=lambda q: format_prompt("magicoder", q),
-        ),
+        GateDomain("code", examples=code_examples, format_prompt=MAGICODER.format_prompt),
     ]
 
 
 def save_gates(result: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a ``disel.gates/1`` dict atomically, once :class:`GatesFile` accepts it (the file keeps every key)."""
-    from disel.io import write_json_atomic
-
     GatesFile.from_dict(result, path)
     write_json_atomic(path, result)

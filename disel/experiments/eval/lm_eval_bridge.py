@@ -1,18 +1,12 @@
-"""Retention through lm-evaluation-harness, for models lm-eval cannot load by itself.
+"""Retention through lm-evaluation-harness for models it cannot load itself (it knows nothing of DISeL): we load
+base + adapter (:func:`~disel.experiments.eval.generation.load_model_for_eval`, not merged) and hand the live
+``PeftModel`` to lm-eval's ``HFLM(pretrained=<model>, tokenizer=...)``, which scores it like any HF model.
 
-lm-eval's ``hf`` model loads LoRA-family adapters from a path, but knows nothing of DISeL. We load the
-model ourselves (:func:`~disel.experiments.eval.generation.load_model_for_eval`: base + adapter, not merged)
-and hand the live ``PeftModel`` to lm-eval's ``HFLM`` wrapper (``HFLM(pretrained=<model>,
-tokenizer=...)``), which then scores it exactly as it scores any Hugging Face model.
-
-The paper's retention score is the unweighted mean over 14 benchmarks (Table 10), zero-shot,
-``max_length=512``: :data:`PAPER_RETENTION_SUITE`. lm-eval reports each metric under a key
-``"<metric>,<filter>"``; the suite names the key to read for each task. Two of the paper's "acc"
-entries are generative open-domain QA tasks, for which lm-eval's metric is ``exact_match`` after its
-``remove_whitespace`` filter (TriviaQA, NaturalQuestions-Open): that is the number used.
-
-Local tasks: pass ``include_path`` (a folder of task YAMLs); a YAML with ``dataset_path: json`` and
-``dataset_kwargs: {data_files: {test: /abs/path.jsonl}}`` evaluates over a local file, offline.
+The paper's retention score is the unweighted mean over 14 zero-shot benchmarks at ``max_length=512`` (Table 10):
+:data:`PAPER_RETENTION_SUITE`, naming lm-eval's ``"<metric>,<filter>"`` key to read per task. For the two
+generative QA tasks (TriviaQA, NaturalQuestions-Open) the paper's "acc" is ``exact_match,remove_whitespace``.
+Local tasks, offline: ``include_path`` to a folder of task YAMLs with ``dataset_path: json`` and
+``dataset_kwargs: {data_files: {test: /abs/path.jsonl}}``.
 """
 
 from __future__ import annotations
@@ -29,36 +23,19 @@ from pydantic.dataclasses import dataclass as checked_dataclass
 
 from ..schemas import LmEvalResult
 
-__all__ = [
-    "Benchmark",
-    "LmEvalSettings",
-    "PAPER_RETENTION_SUITE",
-    "PRESETS",
-    "evaluate_lm_eval",
-    "resolve_benchmarks",
-    "run_lm_eval",
-    "summarize_lm_eval",
-]
-
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One retention benchmark: the lm-eval task (or group) name and the result key to read.
-
-    ``metric`` is lm-eval's key ``"<metric>,<filter>"`` (``"acc_norm,none"``); ``paper_metric`` is what
-    the paper's Table 10 calls it.
-    """
+    """One retention benchmark: the lm-eval task (or group), lm-eval's result key ``"<metric>,<filter>"`` to read
+    (``"acc_norm,none"``), and what the paper's Table 10 calls that metric."""
 
     task: str
     metric: str
     paper_metric: str = ""
 
 
-# Paper, Appendix III.6, Table 10: lm-eval 0.4 task names and result keys (checked against the
-# installed lm_eval/tasks/*: hellaswag.yaml, winogrande/default.yaml, arc/arc_*.yaml,
-# lambada/lambada_openai.yaml, super_glue/boolq/default.yaml, piqa.yaml, triviaqa/default.yaml,
-# openbookqa.yaml, sciq.yaml, mmlu/default/_mmlu.yaml (group, size-weighted acc), medqa/medqa.yaml,
-# commonsense_qa/default.yaml, nq_open/nq_open.yaml).
+# Paper, Appendix III.6, Table 10: lm-eval 0.4 task names and result keys, checked against the task YAMLs
+# of the installed lm_eval/tasks/ (hellaswag.yaml, winogrande/default.yaml, arc/arc_*.yaml, ...).
 PAPER_RETENTION_SUITE: tuple[Benchmark, ...] = (
     Benchmark("hellaswag", "acc_norm,none", "acc_norm"),
     Benchmark("winogrande", "acc,none", "acc"),
@@ -84,18 +61,14 @@ _DEFAULT_METRIC_ORDER = ("acc,none", "exact_match,strict-match", "exact_match,re
 
 @checked_dataclass
 class LmEvalSettings:
-    """How to run lm-eval (one place for every knob; the defaults are the paper's retention setting).
+    """How to run lm-eval; the defaults are the paper's retention setting (zero-shot, 512 tokens of context).
 
-    ``preset``: a key of :data:`PRESETS` (``"paper-retention"``), or ``None`` to use ``tasks`` only.
-    ``tasks``: extra task names, each optionally ``"task:metric,filter"`` to pick the result key
-        (default: ``acc,none`` if present, else an ``exact_match`` key).
-    ``num_fewshot``: 0, as in the paper. ``max_length``: 512 tokens of context, as in the paper.
-    ``batch_size``: requests per forward pass. ``limit``: at most this many documents per task
-        (an int, or a fraction < 1); only for smoke tests, never for reported numbers.
-    ``include_path``: folders of extra task YAMLs; ``include_defaults``: also index lm-eval's own
-        tasks (False makes a local-only run start faster).
-    ``bootstrap_iters``: 0 skips lm-eval's bootstrap standard errors (slow and unused here).
-    ``apply_chat_template``: False: the paper evaluates base-model-style prompts.
+    ``preset``: a key of :data:`PRESETS`, or ``None`` to use ``tasks`` only. ``tasks``: extra task names, each
+    optionally ``"task:metric,filter"`` (default key: ``acc,none`` if present, else an ``exact_match`` key).
+    ``batch_size``: requests per forward pass. ``limit``: at most this many documents per task (an int, or a
+    fraction < 1), for smoke tests only. ``include_path``: folders of extra task YAMLs; ``include_defaults=False``
+    skips indexing lm-eval's own tasks (a local-only run starts faster). ``bootstrap_iters=0`` skips lm-eval's
+    (slow, unused) bootstrap standard errors. ``apply_chat_template=False``: the paper uses base-model prompts.
     """
 
     preset: str | None = "paper-retention"
@@ -167,14 +140,6 @@ def run_lm_eval(
     )
 
 
-def _numeric_metrics(task_results: dict[str, Any]) -> dict[str, float]:
-    return {
-        key: float(value)
-        for key, value in task_results.items()
-        if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
-
-
 def summarize_lm_eval(raw: dict[str, Any], benchmarks: Sequence[Benchmark]) -> dict[str, Any]:
     """Per-benchmark headline values and their unweighted mean, from lm-eval's raw result dict.
 
@@ -187,7 +152,11 @@ def summarize_lm_eval(raw: dict[str, Any], benchmarks: Sequence[Benchmark]) -> d
     for benchmark in benchmarks:
         if benchmark.task not in results:
             raise KeyError(f"lm-eval returned no results for task {benchmark.task!r} (got {sorted(results)})")
-        metrics = _numeric_metrics(results[benchmark.task])
+        metrics = {  # every numeric "<metric>,<filter>" value but the standard errors
+            key: float(value)
+            for key, value in results[benchmark.task].items()
+            if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
         key = benchmark.metric or next((k for k in _DEFAULT_METRIC_ORDER if k in metrics), "")
         if key not in metrics:
             raise KeyError(

@@ -20,13 +20,6 @@ from disel.io import iter_jsonl
 from ..data.collator import right_pad
 from .progress import progress_bar
 
-__all__ = [
-    "causal_lm_perplexity",
-    "masked_lm_perplexity",
-    "mlm_with_original_head",
-    "read_text_files",
-]
-
 
 def read_text_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Texts of the given files (UTF-8), one text per file; a ``.jsonl`` file gives one text per row
@@ -94,13 +87,13 @@ def causal_lm_perplexity(
         raise ValueError("every text tokenized to fewer than 2 tokens: nothing to score")
     # Labels: only the window's last n_scored tokens are scored (-100 elsewhere).
     pairs = [(ids, [-100] * (len(ids) - n_scored) + ids[len(ids) - n_scored :]) for ids, n_scored in windows]
-    mean_nll, tokens = _mean_nll(model, tokenizer, pairs, batch_size, shift=True)
-    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": tokens, "texts": len(texts)}
+    return {**_perplexity(model, tokenizer, pairs, batch_size, shift=True), "texts": len(texts)}
 
 
-def _mean_nll(model: nn.Module, tokenizer: Any, pairs, batch_size: int, *, shift: bool) -> tuple[float, int]:
-    """Mean NLL over the scored tokens of ``(ids, labels)`` pairs (label -100: not scored), right-padded into
-    batches; ``shift``: position t predicts token t+1 (causal LM), else each position its own token (masked LM)."""
+def _perplexity(model: nn.Module, tokenizer: Any, pairs, batch_size: int, *, shift: bool) -> dict[str, float]:
+    """``perplexity``, mean ``nll`` and number of ``tokens`` over the scored tokens of ``(ids, labels)`` pairs
+    (label -100: not scored), right-padded into batches; ``shift``: position t predicts token t+1 (causal LM),
+    else each position its own token (masked LM)."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_nll, total_tokens = 0.0, 0
@@ -112,7 +105,8 @@ def _mean_nll(model: nn.Module, tokenizer: Any, pairs, batch_size: int, *, shift
         labels = labels.to(device)
         total_nll += float(F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum"))
         total_tokens += int((labels != -100).sum())
-    return total_nll / total_tokens, total_tokens
+    mean_nll = total_nll / total_tokens
+    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": total_tokens}
 
 
 def _mask_positions(candidates: torch.Tensor, mask_prob: float, generator: torch.Generator) -> torch.Tensor:
@@ -171,31 +165,8 @@ def masked_lm_perplexity(
             pieces.append((masked, labels))
     if not pieces:
         raise ValueError("every text is empty after tokenization: nothing to score")
-    mean_nll, tokens = _mean_nll(model, tokenizer, pieces, batch_size, shift=False)
-    return {
-        "perplexity": math.exp(mean_nll),
-        "nll": mean_nll,
-        "tokens": tokens,
-        "texts": len(texts),
-        "mask_prob": mask_prob,
-        "seed": seed,
-    }
-
-
-def _encoder_of(model: nn.Module) -> nn.Module:
-    """The transformer body of a (PEFT-wrapped) transformers model: ``model.roberta`` for RoBERTa.
-
-    For a ``PeftModel`` this is the body inside the adapted model, so its DISeL/LoRA layers stay in it.
-    """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    prefix = getattr(inner, "base_model_prefix", "")
-    encoder = getattr(inner, prefix, None) if prefix else None
-    if encoder is None:
-        raise ValueError(
-            f"cannot find the encoder of {type(inner).__name__}: expected an attribute named by its "
-            f"base_model_prefix ({prefix!r})"
-        )
-    return encoder
+    result = _perplexity(model, tokenizer, pieces, batch_size, shift=False)
+    return {**result, "texts": len(texts), "mask_prob": mask_prob, "seed": seed}
 
 
 def mlm_with_original_head(pretrained_mlm_path: str | os.PathLike, finetuned_model: nn.Module) -> nn.Module:
@@ -212,7 +183,15 @@ def mlm_with_original_head(pretrained_mlm_path: str | os.PathLike, finetuned_mod
     """
     from transformers import AutoModelForMaskedLM
 
-    encoder = _encoder_of(finetuned_model)
+    # The body (``.roberta`` for RoBERTa) inside the adapted model of a PeftModel, so its adapters stay in it.
+    inner = finetuned_model.get_base_model() if hasattr(finetuned_model, "get_base_model") else finetuned_model
+    body_name = getattr(inner, "base_model_prefix", "")
+    encoder = getattr(inner, body_name, None) if body_name else None
+    if encoder is None:
+        raise ValueError(
+            f"cannot find the encoder of {type(inner).__name__}: expected an attribute named by its "
+            f"base_model_prefix ({body_name!r})"
+        )
     parameter = next(encoder.parameters())
     mlm = AutoModelForMaskedLM.from_pretrained(pretrained_mlm_path, dtype=parameter.dtype)
     prefix = mlm.base_model_prefix

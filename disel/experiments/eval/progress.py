@@ -10,11 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
-from typing import TypeVar
 
 __all__ = ["progress_bar", "show_progress", "write_line"]
-
-Item = TypeVar("Item")
 
 _ENABLED: ContextVar[bool] = ContextVar("disel_eval_progress", default=False)
 
@@ -29,7 +26,7 @@ def show_progress(enabled: bool = True) -> Iterator[None]:
         _ENABLED.reset(token)
 
 
-def progress_bar(iterable: Iterable[Item], description: str, *, total: int | None = None, unit: str = "batch"):
+def progress_bar(iterable: Iterable, description: str, *, total: int | None = None, unit: str = "batch"):
     """``iterable`` inside a tqdm bar (iterate it, or call ``set_postfix_str`` on it); a silent pass-through bar
     outside :func:`show_progress`. A bar nested in another (batches inside a checkpoint) is cleared when done."""
     from tqdm.auto import tqdm

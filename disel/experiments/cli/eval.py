@@ -1,10 +1,8 @@
 """``disel-eval <command> [flags]``: the evaluation command line, one small function per command.
 
-Each command writes one JSON file atomically (``retention`` a table, ``smollm2`` prints a directory); ``--help``
-on a command lists its flags. ``--config FILE`` (JSON or YAML, keys as the flags with ``_`` or ``-``) sets a
-command's defaults; flags given on the command line override it. ``gsm8k``, ``humaneval``, ``perplexity`` and
-``lm-eval`` build the same evaluator object (:mod:`disel.experiments.eval.evaluators`) as
-``retention --evaluator ...``, so a checkpoint scores the same either way.
+``--config FILE`` (JSON or YAML, keys as the flags with ``_`` or ``-``) sets a command's defaults; flags on the
+command line override it. ``gsm8k``, ``humaneval``, ``perplexity`` and ``lm-eval`` build the same evaluator object
+(:mod:`disel.experiments.eval.evaluators`) as ``retention --evaluator ...``, so a checkpoint scores the same.
 """
 
 from __future__ import annotations
@@ -24,11 +22,10 @@ __all__ = ["build_parser", "main"]
 def _dtype(name: str):
     import torch
 
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     from ..models import resolve_dtype
 
-    return resolve_dtype(name)
+    auto = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # bfloat16 as in the paper's GPU evaluation
+    return auto if name == "auto" else resolve_dtype(name)
 
 
 def _load(args: argparse.Namespace, **kwargs):
@@ -177,16 +174,10 @@ def _cmd_gates(args: argparse.Namespace) -> None:
             raise SystemExit(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
         path, _, template = rest.partition(":")
         domains.append(domain_from_rows(name, read_jsonl(path, args.n), template or "alpaca"))
+    domains = domains or default_offline_domains(args.n, args.seed)
     loaded = _load(args)
-    result = analyze_gates(
-        loaded.model,
-        loaded.tokenizer,
-        domains or default_offline_domains(args.n, args.seed),
-        bins=args.bins,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        description=loaded.description,
-    )
+    sizes = dict(bins=args.bins, batch_size=args.batch_size, max_length=args.max_length)
+    result = analyze_gates(loaded.model, loaded.tokenizer, domains, **sizes, description=loaded.description)
     for name, domain in result["domains"].items():
         kinds = ", ".join(f"{kind}={stats['mean']:.3f}" for kind, stats in domain.get("by_kind", {}).items())
         count = sum(m["count"] for m in domain["modules"])  # mean over every recorded (token, rank component)

@@ -25,8 +25,6 @@ class EvalOutcome:
 
 
 class Evaluator(Protocol):
-    """What :func:`~disel.experiments.eval.retention.evaluate_checkpoints` runs on every checkpoint."""
-
     name: str
 
     def settings(self) -> dict[str, Any]: ...

@@ -27,7 +27,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def has_tokenizer(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds tokenizer files (training saves them next to the adapter)."""
     return any((Path(folder) / name).is_file() for name in _TOKENIZER_FILES)
 
 
@@ -56,9 +55,7 @@ def load_model_for_eval(
 
     Args:
         base_path: local directory of the pre-trained model, or of a fully fine-tuned checkpoint.
-        adapter_path: directory holding ``adapter_config.json`` and the adapter weights (a training output or one
-            ``checkpoint-*``), or ``None`` for the base model alone.
-        dtype: weights dtype (``torch.bfloat16`` as in the paper's GPU evaluation; float32 on CPU).
+        adapter_path: directory with ``adapter_config.json`` (a training output or one ``checkpoint-*``), or None.
         gguf_file: name of a GGUF file inside ``base_path`` to read the base weights from.
         device: default CUDA if available, else CPU.
         model_class: a transformers ``Auto*`` class, default ``AutoModelForCausalLM``; ``model_kwargs`` go to its
@@ -122,12 +119,10 @@ def _normalise_number(text: str) -> str:
 def extract_final_number(text: str, strict: bool = True) -> str | None:
     """The final numeric answer in a model response, normalised as lm-eval's gsm8k exact match does.
 
-    ``strict=True`` (lm-eval filter ``strict-match``): the number after the first ``"#### "`` or, if
-    there is none, after the first ``"The answer is"`` / ``"The answer is:"``; ``None`` if neither marker
-    is followed by a number. ``strict=False`` (``flexible-extract``): the last number anywhere.
-
-    Normalisation removes ``,`` and ``$`` and one trailing ``.``: ``"#### 1,234."`` → ``"1234"``. The
-    comparison stays a string comparison, as in lm-eval: ``"18.0"`` does not match ``"18"``.
+    ``strict=True`` (lm-eval filter ``strict-match``): the number after the first ``"#### "`` or, if there is
+    none, after the first ``"The answer is"`` / ``"The answer is:"``; ``None`` if neither marker is followed by a
+    number. ``strict=False`` (``flexible-extract``): the last number anywhere. Normalisation removes ``,`` and
+    ``$`` and one trailing ``.`` (``"#### 1,234."`` → ``"1234"``); as in lm-eval, ``"18.0"`` does not match ``"18"``.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -146,11 +141,9 @@ def extract_final_number(text: str, strict: bool = True) -> str | None:
 
 
 def gsm8k_reference_answer(row: dict[str, Any]) -> str:
-    """The reference answer of a GSM8K-style row, normalised like predictions.
-
-    GSM8K rows carry the worked solution in ``answer`` ending ``#### <n>``; the offline arithmetic
-    problems (:mod:`disel.experiments.data.arithmetic`) carry a bare ``answer`` and the worked ``output``.
-    """
+    """The reference answer of a GSM8K-style row, normalised like predictions: GSM8K's ``answer`` is the worked
+    solution ending ``#### <n>``, the offline arithmetic problems' (:mod:`~disel.experiments.data.arithmetic`)
+    a bare number."""
     answer = row.get("answer")
     if answer is None:
         raise KeyError(f"a GSM8K row needs an 'answer' field, got fields {sorted(row)}")
@@ -309,19 +302,16 @@ if resource is not None:
             resource.setrlimit(limit, (value, hard))
         except (ValueError, OSError):
             pass
-path = sys.argv[1]
-with open(path, encoding="utf-8") as handle:
-    source = handle.read()
-sys.argv = [path]
-exec(compile(source, path, "exec"), {"__name__": "__main__", "__file__": path})
+import runpy
+sys.argv = sys.argv[1:2]
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
 @dataclass(frozen=True)
 class ExecutionResult:
-    """Outcome of one program run: ``status`` is ``"passed"`` (exit 0), ``"failed"`` (non-zero exit,
-    e.g. a failing ``assert``) or ``"timeout"`` (killed after ``timeout_s``); ``detail`` is the tail of
-    stderr."""
+    """One program run: ``status`` is ``"passed"`` (exit 0), ``"failed"`` (non-zero exit, e.g. a failing ``assert``)
+    or ``"timeout"`` (killed after ``timeout_s``); ``detail`` is the tail of stderr."""
 
     status: str
     returncode: int | None
@@ -359,15 +349,8 @@ def check_program(
         command = [sys.executable, "-I", "-c", _CHILD_BOOTSTRAP, str(program_path), *map(str, limits)]
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": scratch}
         started = time.perf_counter()
-        process = subprocess.Popen(
-            command,
-            cwd=scratch,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        pipes = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(command, cwd=scratch, env=environment, start_new_session=True, **pipes)
         try:
             _, stderr = process.communicate(timeout=timeout_s)
             status = "passed" if process.returncode == 0 else "failed"
@@ -454,9 +437,7 @@ def evaluate_humaneval(
         {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
         for p, r, o in zip(problems, responses, outcomes)
     ]
+    pass_at_1 = sum(o.passed for o in outcomes) / len(problems)
     return HumanEvalResult(
-        sum(o.passed for o in outcomes) / len(problems),
-        len(problems),
-        asdict(settings),
-        samples=samples if keep_samples else None,
+        pass_at_1, len(problems), asdict(settings), samples=samples if keep_samples else None
     ).to_dict()

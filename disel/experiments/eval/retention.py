@@ -89,14 +89,16 @@ def evaluate_checkpoints(
     base_path = str(base_path) if base_path is not None else _base_model_path(checkpoints)
     table_path = Path(table_path) if table_path is not None else Path(output_dir) / f"retention_{evaluator.name}.json"
     settings = json.loads(json.dumps(evaluator.settings(), default=str))
-    header = {
-        "schema": TABLE_SCHEMA,
-        "evaluator": evaluator.name,
-        "settings": settings,
-        "output_dir": str(output_dir),
-        "base_path": base_path,
-    }
-    rows = _previous_rows(table_path, evaluator.name, settings) if resume else []
+    header = dict(
+        schema=TABLE_SCHEMA,
+        evaluator=evaluator.name,
+        settings=settings,
+        output_dir=str(output_dir),
+        base_path=base_path,
+    )
+    previous = RetentionTable.read(table_path) if resume and table_path.is_file() else None
+    same = previous is not None and (previous.evaluator, previous.settings) == (evaluator.name, settings)
+    rows = previous.to_dict()["rows"] if same else []  # resume a table made with the same settings
     done = {row["checkpoint"] for row in rows}
     models = [(0, "base", None)] if include_base else []
     models += [(step, path.name, path) for step, path in checkpoints]
@@ -106,7 +108,9 @@ def evaluate_checkpoints(
         if progress is not None:
             progress(f"[retention] {evaluator.name}: evaluating {name} (step {step})")
         outcome = evaluator(_load_checkpoint(path, base_path, dtype))  # loaded in its turn, one model at a time
-        _write_detail(table_path.with_name(table_path.stem + "_details") / f"{name}.json", outcome.detail)
+        detail = table_path.with_name(table_path.stem + "_details") / f"{name}.json"
+        # a record of schemas.EVAL_RECORDS is checked by its class; another evaluator's detail is written as it is
+        (write_record if "schema" in outcome.detail else write_json_atomic)(detail, outcome.detail)
         rows.append({"step": step, "checkpoint": name, **outcome.metrics, "mean": outcome.mean})
         rows.sort(key=lambda r: (r["step"], r["checkpoint"] != "base"))
         _write_table(table_path, header, rows)  # after every row: an interrupted run resumes from here
@@ -114,21 +118,6 @@ def evaluate_checkpoints(
     if progress is not None and any(isinstance(v, float) and math.isnan(v) for row in rows for v in row.values()):
         progress("[retention] warning: some values are NaN")
     return final
-
-
-def _previous_rows(table_path: Path, evaluator: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of an existing table made by the same evaluator with the same settings (to resume), else none."""
-    if not table_path.is_file():
-        return []
-    previous = RetentionTable.read(table_path)
-    return previous.to_dict()["rows"] if (previous.evaluator, previous.settings) == (evaluator, settings) else []
-
-
-def _write_detail(path: Path, detail: dict[str, Any]) -> None:
-    if "schema" in detail:  # a record of schemas.EVAL_RECORDS, checked by its class
-        write_record(path, detail)
-    else:  # the detail of another evaluator, as it is
-        write_json_atomic(path, detail)
 
 
 def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,10 +1,6 @@
-"""The evaluators, defined once: each owns its prompt template and stop strings.
-
-An evaluator is a small object with ``name``, ``settings()`` and ``__call__(loaded) -> EvalOutcome``. The
-standalone ``disel-eval`` commands (one model) and ``disel-eval retention`` (every checkpoint of a run,
-:func:`~disel.experiments.eval.retention.evaluate_checkpoints`) build and call the same objects, so the two
-give the same number on the same checkpoint.
-"""
+"""The evaluators, defined once, each owning its prompt template and stop strings: the standalone ``disel-eval``
+commands and ``disel-eval retention`` (every checkpoint of a run) call the same objects, so the two give the same
+number on the same checkpoint."""
 
 from __future__ import annotations
 
@@ -16,15 +12,6 @@ from ..schemas import PerplexityResult
 from .generation import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval
 from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
 from .perplexity import causal_lm_perplexity
-
-__all__ = [
-    "EvalOutcome",
-    "Evaluator",
-    "Gsm8kEvaluator",
-    "HumanEvalEvaluator",
-    "LmEvalEvaluator",
-    "PerplexityEvaluator",
-]
 
 
 @dataclass
@@ -63,11 +50,8 @@ class LmEvalEvaluator:
 
 @dataclass
 class PerplexityEvaluator:
-    """Columns: perplexity of each named corpus; mean: their unweighted mean.
-
-    ``corpora`` maps a column name to its texts (e.g. ``{"english": general_english_texts(200, 1),
-    "code": python_code_texts(200, 1)}``). The texts are part of the settings by count only.
-    """
+    """Columns: perplexity of each named corpus (``corpora``: column name → texts); mean: their unweighted mean.
+    The texts are part of the settings by count only."""
 
     corpora: dict[str, Sequence[str]]
     max_length: int = 512
@@ -80,23 +64,13 @@ class PerplexityEvaluator:
             raise ValueError("PerplexityEvaluator.corpora is empty: name at least one corpus of texts")
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "corpora": {name: len(texts) for name, texts in self.corpora.items()},
-            "max_length": self.max_length,
-            "stride": self.stride,
-            "batch_size": self.batch_size,
-        }
+        corpora = {name: len(texts) for name, texts in self.corpora.items()}
+        return dict(corpora=corpora, max_length=self.max_length, stride=self.stride, batch_size=self.batch_size)
 
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
+        window = dict(max_length=self.max_length, stride=self.stride, batch_size=self.batch_size)
         per_corpus = {
-            name: causal_lm_perplexity(
-                loaded.model,
-                loaded.tokenizer,
-                texts,
-                max_length=self.max_length,
-                stride=self.stride,
-                batch_size=self.batch_size,
-            )
+            name: causal_lm_perplexity(loaded.model, loaded.tokenizer, texts, **window)
             for name, texts in self.corpora.items()
         }
         metrics = {name: result["perplexity"] for name, result in per_corpus.items()}
@@ -111,16 +85,12 @@ class Gsm8kEvaluator:
 
     rows: Sequence[dict[str, Any]]
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    template: str = "alpaca"
-    """Prompt template of the questions; its stop strings end the answers (unless ``generation`` sets them)."""
+    template: str = "alpaca"  # its stop strings end the answers unless ``generation`` sets them
     name: str = "gsm8k"
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "rows": len(self.rows),
-            "template": self.template,
-            "generation": asdict(self.generation.for_template(self.template)),
-        }
+        generation = asdict(self.generation.for_template(self.template))
+        return dict(rows=len(self.rows), template=self.template, generation=generation)
 
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
         record = evaluate_gsm8k(
@@ -133,27 +103,21 @@ class Gsm8kEvaluator:
 
 @dataclass
 class HumanEvalEvaluator:
-    """Column ``pass@1`` (greedy, one sample per problem; the code runs, so it must be allowed); mean: pass@1.
-
-    The source of the code-model FT-accuracy curve (Figure 9). ``allow_code_execution`` must be True, as for
-    :func:`~disel.experiments.eval.generation.evaluate_humaneval`, which refuses otherwise.
-    """
+    """Column ``pass@1`` (greedy, one sample per problem; Figure 9's FT accuracy) and mean: pass@1. The code runs,
+    so ``allow_code_execution`` must be True (:func:`~disel.experiments.eval.generation.evaluate_humaneval`)."""
 
     problems: Sequence[dict[str, Any]]
     allow_code_execution: bool = False
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    template: str = "magicoder"
-    """Prompt template the function is asked in; its stop strings end the answers (unless ``generation`` sets them)."""
+    template: str = "magicoder"  # its stop strings end the answers unless ``generation`` sets them
     timeout_s: float = 10.0
     name: str = "humaneval"
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "problems": len(self.problems),
-            "template": self.template,
-            "timeout_s": self.timeout_s,
-            "generation": asdict(self.generation.for_template(self.template)),
-        }
+        generation = asdict(self.generation.for_template(self.template))
+        return dict(
+            problems=len(self.problems), template=self.template, timeout_s=self.timeout_s, generation=generation
+        )
 
     def __call__(self, loaded: LoadedModel) -> EvalOutcome:
         record = evaluate_humaneval(

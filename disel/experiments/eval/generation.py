@@ -1,14 +1,5 @@
-"""Target-task evaluation: load a fine-tuned model, GSM8K-style exact match, HumanEval-style pass@1.
-
-* :func:`load_model_for_eval` loads a base model and, if given, a saved PEFT adapter (DISeL, LoRA,
-  DoRA, AdaLoRA) WITHOUT merging it (DISeL cannot merge: its update depends on the input), in eval mode.
-* :func:`extract_final_number` mirrors the answer extraction of lm-evaluation-harness's ``gsm8k`` task
-  (filters ``strict-match`` and ``flexible-extract``, then its exact-match normalisation), so numbers
-  computed here and by lm-eval agree.
-* :func:`evaluate_gsm8k` generates greedily in batches (left padding) and scores exact match.
-* :func:`check_program` runs untrusted generated code, only when asked explicitly
-  (``allow_code_execution=True``), in a separate isolated interpreter with a timeout and resource
-  limits; :func:`evaluate_humaneval` builds pass@1 on it.
+"""Target-task evaluation: load a fine-tuned model, generate greedily in batches, GSM8K-style exact match and
+HumanEval-style pass@1 (generated code runs only when asked, in an isolated interpreter with a timeout and limits).
 """
 
 from __future__ import annotations
@@ -20,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,28 +23,11 @@ from pydantic.dataclasses import dataclass as checked_dataclass
 from ..schemas import Gsm8kResult, HumanEvalResult
 from .progress import progress_bar
 
-__all__ = [
-    "CodeProblem",
-    "ExecutionResult",
-    "GenerationSettings",
-    "LoadedModel",
-    "check_program",
-    "code_instruction",
-    "evaluate_gsm8k",
-    "evaluate_humaneval",
-    "extract_code_completion",
-    "extract_final_number",
-    "generate_responses",
-    "gsm8k_reference_answer",
-    "humaneval_program",
-    "load_model_for_eval",
-]
-
-# ---------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------
-
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    return any((Path(folder) / name).is_file() for name in _TOKENIZER_FILES)
 
 
 class LoadedModel(NamedTuple):
@@ -62,25 +36,6 @@ class LoadedModel(NamedTuple):
     model: torch.nn.Module
     tokenizer: Any
     description: dict[str, Any]
-
-
-def _attach_adapter(model: torch.nn.Module, adapter_path: str | os.PathLike) -> tuple[torch.nn.Module, str]:
-    """``model`` with the saved PEFT adapter in ``adapter_path`` (frozen, not merged) and the adapter's PEFT type."""
-    import peft
-
-    import disel  # noqa: F401  (registers the DISEL PEFT type, needed to read adapter_config.json)
-
-    adapter_dir = Path(adapter_path)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"adapter_path={str(adapter_dir)!r} has no adapter_config.json; pass a directory written by "
-            "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
-            "adapter_path=None for a full model"
-        )
-    # is_trainable=False: inference mode, adapters frozen; nothing is merged.
-    model = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
-    peft_type = model.peft_config["default"].peft_type
-    return model, str(getattr(peft_type, "value", peft_type))
 
 
 def load_model_for_eval(
@@ -93,34 +48,44 @@ def load_model_for_eval(
     model_class: Any = None,
     tokenizer_path: str | os.PathLike | None = None,
     padding_side: str = "left",
+    **model_kwargs: Any,
 ) -> LoadedModel:
-    """Base model + optional PEFT adapter, not merged, in eval mode.
+    """Base model + optional PEFT adapter (DISeL, LoRA, DoRA, AdaLoRA), frozen and NOT merged (DISeL cannot merge:
+    its update depends on the input), in eval mode.
 
     Args:
         base_path: local directory of the pre-trained model, or of a fully fine-tuned checkpoint.
-        adapter_path: directory holding ``adapter_config.json`` and the adapter weights (a training
-            output or one ``checkpoint-*``), or ``None`` for the base model alone. Any PEFT method
-            works; DISeL's type is known to PEFT because importing ``disel`` registers it.
-        dtype: weights dtype (``torch.bfloat16`` as in the paper's GPU evaluation; float32 on CPU).
+        adapter_path: directory with ``adapter_config.json`` (a training output or one ``checkpoint-*``), or None.
         gguf_file: name of a GGUF file inside ``base_path`` to read the base weights from.
-        device: where to put the model; default CUDA if available, else CPU.
-        model_class: a transformers ``Auto*`` class; default ``AutoModelForCausalLM``
-            (``AutoModelForSequenceClassification`` for the RoBERTa GLUE runs).
-        tokenizer_path: where to read the tokenizer; default the adapter directory if it has
-            tokenizer files (training saves them there), else ``base_path``.
+        device: default CUDA if available, else CPU.
+        model_class: a transformers ``Auto*`` class, default ``AutoModelForCausalLM``; ``model_kwargs`` go to its
+            ``from_pretrained`` (e.g. ``num_labels`` of a sequence classifier).
+        tokenizer_path: default the adapter directory if it has tokenizer files, else ``base_path``.
         padding_side: ``"left"`` so batched generation continues every prompt right after its text.
     """
     from ..models import load_model, load_tokenizer, resolve_dtype
 
-    model = load_model(base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path")
-    model, peft_type = _attach_adapter(model, adapter_path) if adapter_path is not None else (model, None)
+    model = load_model(
+        base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs
+    )
+    peft_type = None
+    if adapter_path is not None:
+        import peft
+
+        if not (Path(adapter_path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"adapter_path={str(adapter_path)!r} has no adapter_config.json; pass a directory written by "
+                "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
+                "adapter_path=None for a full model"
+            )
+        model = peft.PeftModel.from_pretrained(model, Path(adapter_path), is_trainable=False)  # frozen, not merged
+        peft_type = model.peft_config["default"].peft_type
+        peft_type = str(getattr(peft_type, "value", peft_type))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     model.eval()
-
     if tokenizer_path is None:
-        has_own = adapter_path is not None and any((Path(adapter_path) / n).is_file() for n in _TOKENIZER_FILES)
-        tokenizer_path = adapter_path if has_own else base_path
+        tokenizer_path = adapter_path if adapter_path is not None and has_tokenizer(adapter_path) else base_path
     from_base = Path(tokenizer_path) == Path(base_path)
     tokenizer = load_tokenizer(tokenizer_path, gguf_file=gguf_file if from_base else None, padding_side=padding_side)
     description = {
@@ -133,10 +98,6 @@ def load_model_for_eval(
     }
     return LoadedModel(model, tokenizer, description)
 
-
-# ---------------------------------------------------------------------------------------------------
-# GSM8K-style answers
-# ---------------------------------------------------------------------------------------------------
 
 # lm-eval's gsm8k "strict-match" filter (lm_eval/tasks/gsm8k/gsm8k.yaml): the first "#### <number>".
 _GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
@@ -158,12 +119,10 @@ def _normalise_number(text: str) -> str:
 def extract_final_number(text: str, strict: bool = True) -> str | None:
     """The final numeric answer in a model response, normalised as lm-eval's gsm8k exact match does.
 
-    ``strict=True`` (lm-eval filter ``strict-match``): the number after the first ``"#### "`` or, if
-    there is none, after the first ``"The answer is"`` / ``"The answer is:"``; ``None`` if neither marker
-    is followed by a number. ``strict=False`` (``flexible-extract``): the last number anywhere.
-
-    Normalisation removes ``,`` and ``$`` and one trailing ``.``: ``"#### 1,234."`` → ``"1234"``. The
-    comparison stays a string comparison, as in lm-eval: ``"18.0"`` does not match ``"18"``.
+    ``strict=True`` (lm-eval filter ``strict-match``): the number after the first ``"#### "`` or, if there is
+    none, after the first ``"The answer is"`` / ``"The answer is:"``; ``None`` if neither marker is followed by a
+    number. ``strict=False`` (``flexible-extract``): the last number anywhere. Normalisation removes ``,`` and
+    ``$`` and one trailing ``.`` (``"#### 1,234."`` → ``"1234"``); as in lm-eval, ``"18.0"`` does not match ``"18"``.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -182,11 +141,9 @@ def extract_final_number(text: str, strict: bool = True) -> str | None:
 
 
 def gsm8k_reference_answer(row: dict[str, Any]) -> str:
-    """The reference answer of a GSM8K-style row, normalised like predictions.
-
-    GSM8K rows carry the worked solution in ``answer`` ending ``#### <n>``; the offline arithmetic
-    problems (:mod:`disel.experiments.data.arithmetic`) carry a bare ``answer`` and the worked ``output``.
-    """
+    """The reference answer of a GSM8K-style row, normalised like predictions: GSM8K's ``answer`` is the worked
+    solution ending ``#### <n>``, the offline arithmetic problems' (:mod:`~disel.experiments.data.arithmetic`)
+    a bare number."""
     answer = row.get("answer")
     if answer is None:
         raise KeyError(f"a GSM8K row needs an 'answer' field, got fields {sorted(row)}")
@@ -207,21 +164,13 @@ def _question_of(row: dict[str, Any]) -> str:
     raise KeyError(f"a GSM8K row needs a 'question' (or 'instruction') field, got fields {sorted(row)}")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Generation
-# ---------------------------------------------------------------------------------------------------
-
-
 @checked_dataclass
 class GenerationSettings:
     """Greedy decoding settings shared by the generation-based evaluations.
 
-    ``max_new_tokens``: tokens generated per prompt (GSM8K solutions fit in 512).
-    ``batch_size``: prompts per ``generate`` call; prompts are sorted by length first, so a batch
-    holds similar lengths and little padding.
-    ``stop_strings``: text after the first of these in a response is cut off (and generation of a
-    row stops once one appears): a model that keeps going writes a new ``### Instruction:``. None: the
-    prompt template's own (:attr:`~disel.experiments.data.templates.PromptTemplate.stop_strings`).
+    ``batch_size``: prompts per ``generate`` call (sorted by length first, so a batch has little padding).
+    ``stop_strings``: a response is cut before the first of these, and a row stops generating once one appears
+    (a model that keeps going writes a new ``### Instruction:``); None: the prompt template's own.
     """
 
     max_new_tokens: PositiveInt = 512
@@ -235,15 +184,6 @@ class GenerationSettings:
         if self.stop_strings is not None:
             return self
         return GenerationSettings(self.max_new_tokens, self.batch_size, get_template(template).stop_strings)
-
-
-def _cut_at_stop(text: str, stop_strings: Iterable[str]) -> str:
-    cut = len(text)
-    for stop in stop_strings:
-        position = text.find(stop)
-        if position != -1:
-            cut = min(cut, position)
-    return text[:cut]
 
 
 @torch.no_grad()
@@ -260,7 +200,10 @@ def generate_responses(
         raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to eos) before generating")
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    responses: list[str | None] = [None] * len(prompts)
+    responses = [""] * len(prompts)
+    greedy = dict(max_new_tokens=settings.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    if settings.stop_strings:
+        greedy.update(stop_strings=list(settings.stop_strings), tokenizer=tokenizer)
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -268,24 +211,26 @@ def generate_responses(
             batch_ids = order[start : start + settings.batch_size]
             encoded = tokenizer([prompts[i] for i in batch_ids], return_tensors="pt", padding=True)
             encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
-            generate_kwargs: dict[str, Any] = dict(
-                max_new_tokens=settings.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-            if settings.stop_strings:
-                generate_kwargs.update(stop_strings=list(settings.stop_strings), tokenizer=tokenizer)
-            output = model.generate(**encoded, **generate_kwargs)  # (batch, prompt_len + new)
+            output = model.generate(**encoded, **greedy)  # (batch, prompt_len + new)
             new_tokens = output[:, encoded["input_ids"].shape[1] :]  # (batch, new)
             for row, index in enumerate(batch_ids):
                 text = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
-                responses[index] = _cut_at_stop(text, settings.stop_strings)
+                cuts = [text.find(stop) for stop in settings.stop_strings if stop in text]
+                responses[index] = text[: min(cuts, default=len(text))]
     finally:
         tokenizer.padding_side = saved_side
-    return [r if r is not None else "" for r in responses]
+    return responses
 
 
-# ---------------------------------------------------------------------------------------------------
-# GSM8K
-# ---------------------------------------------------------------------------------------------------
+def _respond(model, tokenizer, items, settings, template, format_prompt, instruction) -> tuple[list[str], Any]:
+    """Greedy responses to ``items``, each asked as ``instruction(item)`` in ``template`` (or as
+    ``format_prompt(item)``), stopping at the template's stop strings unless ``settings`` sets them; and the
+    settings used."""
+    from ..data.templates import get_template
+
+    settings = (settings or GenerationSettings()).for_template(template)
+    format_prompt = format_prompt or (lambda item: get_template(template).format_prompt(instruction(item)))
+    return generate_responses(model, tokenizer, [format_prompt(item) for item in items], settings), settings
 
 
 def evaluate_gsm8k(
@@ -300,40 +245,26 @@ def evaluate_gsm8k(
 ) -> dict[str, Any]:
     """GSM8K-style exact match (zero-shot, greedy) of ``model`` on ``rows``.
 
-    Each row has a question (``question`` or ``instruction``) and an ``answer`` (GSM8K's worked
-    solution ending ``#### n``, or a bare number). The prompt is the question in ``template`` (the
-    Alpaca template the math runs were trained with by default; ``format_prompt(question)`` replaces
-    it), and generation stops at the template's stop strings unless ``settings`` sets them.
-    Returns the ``disel.gsm8k/1`` record (:class:`~disel.experiments.schemas.Gsm8kResult`; the command line adds
-    ``model`` and ``data``).
+    Each row has a question (``question`` or ``instruction``) and an ``answer`` (GSM8K's worked solution ending
+    ``#### n``, or a bare number). The prompt is the question in ``template`` (by default the Alpaca template the
+    math runs were trained with; ``format_prompt(question)`` replaces it). Returns the ``disel.gsm8k/1`` record
+    (:class:`~disel.experiments.schemas.Gsm8kResult`; the command line adds ``model`` and ``data``).
     """
     if len(rows) == 0:
         raise ValueError("rows is empty: nothing to evaluate")
-    from ..data.templates import get_template
-
-    settings = (settings or GenerationSettings()).for_template(template)
-    format_prompt = format_prompt or get_template(template).format_prompt
     questions = [_question_of(row) for row in rows]
     references = [gsm8k_reference_answer(row) for row in rows]
-    prompts = [format_prompt(q) for q in questions]
     started = time.perf_counter()
-    responses = generate_responses(model, tokenizer, prompts, settings)
+    responses, settings = _respond(model, tokenizer, questions, settings, template, format_prompt, str)
     seconds = time.perf_counter() - started
     strict = [extract_final_number(r, strict=True) for r in responses]
     flexible = [extract_final_number(r, strict=False) for r in responses]
     strict_correct = [p is not None and p == ref for p, ref in zip(strict, references)]
     flexible_correct = [p is not None and p == ref for p, ref in zip(flexible, references)]
+    columns = zip(questions, references, responses, strict, flexible, strict_correct)
     samples = [
-        {
-            "index": i,
-            "question": questions[i],
-            "reference": references[i],
-            "response": responses[i],
-            "prediction_strict": strict[i],
-            "prediction_flexible": flexible[i],
-            "correct": strict_correct[i],
-        }
-        for i in range(len(rows))
+        dict(index=i, question=q, reference=ref, response=r, prediction_strict=s, prediction_flexible=f, correct=c)
+        for i, (q, ref, r, s, f, c) in enumerate(columns)
     ]
     return Gsm8kResult(
         exact_match=sum(strict_correct) / len(rows),
@@ -345,10 +276,6 @@ def evaluate_gsm8k(
         samples=samples if keep_samples else None,
     ).to_dict()
 
-
-# ---------------------------------------------------------------------------------------------------
-# Executing generated code (HumanEval-style pass@1)
-# ---------------------------------------------------------------------------------------------------
 
 _EXECUTION_REFUSAL = (
     "check_program runs model-generated code. Pass allow_code_execution=True to confirm you accept that "
@@ -375,19 +302,16 @@ if resource is not None:
             resource.setrlimit(limit, (value, hard))
         except (ValueError, OSError):
             pass
-path = sys.argv[1]
-with open(path, encoding="utf-8") as handle:
-    source = handle.read()
-sys.argv = [path]
-exec(compile(source, path, "exec"), {"__name__": "__main__", "__file__": path})
+import runpy
+sys.argv = sys.argv[1:2]
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
 @dataclass(frozen=True)
 class ExecutionResult:
-    """Outcome of one program run: ``status`` is ``"passed"`` (exit 0), ``"failed"`` (non-zero exit,
-    e.g. a failing ``assert``) or ``"timeout"`` (killed after ``timeout_s``); ``detail`` is the tail of
-    stderr."""
+    """One program run: ``status`` is ``"passed"`` (exit 0), ``"failed"`` (non-zero exit, e.g. a failing ``assert``)
+    or ``"timeout"`` (killed after ``timeout_s``); ``detail`` is the tail of stderr."""
 
     status: str
     returncode: int | None
@@ -409,11 +333,10 @@ def check_program(
 ) -> ExecutionResult:
     """Run ``program`` in a fresh, isolated Python process and report whether it exits cleanly.
 
-    Refuses (``PermissionError``) unless ``allow_code_execution=True``. The child is
-    ``sys.executable -I`` (isolated mode: no site-packages of the user, no ``PYTHON*`` variables, no
-    current directory on ``sys.path``) started in its own session in a fresh temporary working
-    directory that is deleted afterwards, with address space, CPU time and written-file size limited
-    (``resource`` on Linux) and no stdin. After ``timeout_s`` seconds the whole process group is killed.
+    Refuses (``PermissionError``) unless ``allow_code_execution=True``. The child is ``sys.executable -I``
+    (isolated mode: no user site-packages, no ``PYTHON*`` variables, no current directory on ``sys.path``) in its
+    own session, in a temporary working directory deleted afterwards, with address space, CPU time and written-file
+    size limited (``resource`` on Linux) and no stdin. After ``timeout_s`` seconds its process group is killed.
     """
     if allow_code_execution is not True:
         raise PermissionError(_EXECUTION_REFUSAL)
@@ -426,34 +349,21 @@ def check_program(
         command = [sys.executable, "-I", "-c", _CHILD_BOOTSTRAP, str(program_path), *map(str, limits)]
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": scratch}
         started = time.perf_counter()
-        process = subprocess.Popen(
-            command,
-            cwd=scratch,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        pipes = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(command, cwd=scratch, env=environment, start_new_session=True, **pipes)
         try:
             _, stderr = process.communicate(timeout=timeout_s)
             status = "passed" if process.returncode == 0 else "failed"
         except subprocess.TimeoutExpired:
-            _kill_group(process)
+            try:  # the child leads its own session: killing its group also ends what the program forked
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                process.kill()
             _, stderr = process.communicate()
             status = "timeout"
         seconds = time.perf_counter() - started
     detail = stderr.decode("utf-8", errors="replace")[-2000:]
     return ExecutionResult(status, process.returncode, detail, seconds)
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    # The child leads its own session (start_new_session), so its id is the group id; killing the group
-    # also ends any processes the program forked.
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        process.kill()
 
 
 @dataclass(frozen=True)
@@ -478,13 +388,9 @@ _CODE_BLOCK = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", re.DOTALL)
 
 
 def extract_code_completion(problem: CodeProblem, response: str) -> str:
-    """The program text to test from a model response.
-
-    Instruction-tuned models (Magicoder template) answer with a fenced code block holding the whole
-    function: if the first block defines ``entry_point`` it is used after the prompt (so the prompt's
-    imports stay available, and the new definition replaces the stub). Otherwise the response is a
-    plain continuation of the prompt, as base models write it.
-    """
+    """The program text to test from a model response: the first fenced code block after the prompt if it defines
+    ``entry_point`` (instruction-tuned models answer so; the prompt's imports stay available and the new definition
+    replaces the stub), else the prompt continued by the response (as base models write it)."""
     block = _CODE_BLOCK.search(response)
     if block is not None and re.search(rf"def\s+{re.escape(problem.entry_point)}\s*\(", block.group(1)):
         return problem.prompt + "\n    pass\n\n" + block.group(1)
@@ -494,11 +400,6 @@ def extract_code_completion(problem: CodeProblem, response: str) -> str:
 def humaneval_program(problem: CodeProblem, completion: str) -> str:
     """The complete test program: the completed code, the problem's ``check`` and its call."""
     return f"{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
-
-
-def code_instruction(problem: CodeProblem) -> str:
-    """The instruction a HumanEval problem is asked with (inside the evaluator's prompt template)."""
-    return f"Complete the following Python function.\n```python\n{problem.prompt}```"
 
 
 def evaluate_humaneval(
@@ -515,10 +416,9 @@ def evaluate_humaneval(
 ) -> dict[str, Any]:
     """HumanEval-style pass@1 with one greedy sample per problem (the paper's setting).
 
-    Refuses before generating anything unless ``allow_code_execution=True`` (see :func:`check_program`).
-    The model input asks to complete the function (:func:`code_instruction`) in ``template``, by default the
-    Magicoder template the code runs were trained with (``format_prompt(problem)`` replaces it); generation
-    stops at the template's stop strings unless ``settings`` sets them. Returns the ``disel.humaneval/1`` record
+    Refuses before generating anything unless ``allow_code_execution=True`` (see :func:`check_program`). The
+    prompt asks to complete the function in ``template``, by default the Magicoder template the code runs were
+    trained with (``format_prompt(problem)`` replaces it). Returns the ``disel.humaneval/1`` record
     (:class:`~disel.experiments.schemas.HumanEvalResult`).
     """
     if allow_code_execution is not True:
@@ -526,13 +426,8 @@ def evaluate_humaneval(
     problems = [p if isinstance(p, CodeProblem) else CodeProblem.from_row(p) for p in problems]
     if not problems:
         raise ValueError("problems is empty: nothing to evaluate")
-    from ..data.templates import get_template
-
-    settings = (settings or GenerationSettings()).for_template(template)
-    if format_prompt is None:
-        prompt_template = get_template(template)
-        format_prompt = lambda problem: prompt_template.format_prompt(code_instruction(problem))  # noqa: E731
-    responses = generate_responses(model, tokenizer, [format_prompt(p) for p in problems], settings)
+    ask = lambda problem: f"Complete the following Python function.\n```python\n{problem.prompt}```"  # noqa: E731
+    responses, settings = _respond(model, tokenizer, problems, settings, template, format_prompt, ask)
     outcomes = []
     tested = progress_bar(zip(problems, responses), "running tests", total=len(problems), unit="program")
     for problem, response in tested:
@@ -542,9 +437,7 @@ def evaluate_humaneval(
         {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
         for p, r, o in zip(problems, responses, outcomes)
     ]
+    pass_at_1 = sum(o.passed for o in outcomes) / len(problems)
     return HumanEvalResult(
-        sum(o.passed for o in outcomes) / len(problems),
-        len(problems),
-        asdict(settings),
-        samples=samples if keep_samples else None,
+        pass_at_1, len(problems), asdict(settings), samples=samples if keep_samples else None
     ).to_dict()

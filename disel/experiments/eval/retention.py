@@ -1,15 +1,6 @@
-"""Retention over training time: evaluate every saved checkpoint and write one table (Figures 6–9).
-
-A training run's output directory holds ``checkpoint-<step>/`` folders (adapter checkpoints with an
-``adapter_config.json``, or full models with a ``config.json``). :func:`evaluate_checkpoints` loads
-each in step order (adapters on the base model, not merged), runs one evaluator on it and appends a
-row to the table ``retention_<evaluator>.json`` / ``.csv``, rewritten atomically after every row, so
-an interrupted run resumes where it stopped. A row for the base model itself (step 0,
-``checkpoint: "base"``) comes first, the reference every retention curve starts from.
-
-The evaluators are those of :mod:`.evaluators`, the same objects the standalone ``disel-eval`` commands run,
-so a checkpoint's number here equals the standalone command's on that checkpoint.
-"""
+"""Retention over training time (Figures 6–9): evaluate the base model and every ``checkpoint-<step>/`` of a
+training output with one evaluator of :mod:`.evaluators` (the same objects the standalone ``disel-eval`` commands
+run) into one table, ``retention_<evaluator>.json`` / ``.csv``, rewritten after every row so a run resumes."""
 
 from __future__ import annotations
 
@@ -29,13 +20,8 @@ from disel.io import write_json_atomic, write_text_atomic
 from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
 from ..schemas import RetentionTable, write_record
 from .evaluators import Evaluator
-from .generation import LoadedModel, load_model_for_eval
+from .generation import LoadedModel, has_tokenizer, load_model_for_eval
 from .progress import progress_bar
-
-__all__ = [
-    "evaluate_checkpoints",
-    "list_checkpoints",
-]
 
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
@@ -46,12 +32,8 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"output_dir={str(output_dir)!r} is not a directory")
-    found = []
-    for child in output_dir.iterdir():
-        match = _CHECKPOINT_DIR.match(child.name)
-        if match and child.is_dir():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
+    matches = ((_CHECKPOINT_DIR.match(child.name), child) for child in output_dir.iterdir())
+    return sorted((int(match.group(1)), child) for match, child in matches if match and child.is_dir())
 
 
 def _base_model_path(checkpoints: list[tuple[int, Path]]) -> str:
@@ -66,25 +48,13 @@ def _base_model_path(checkpoints: list[tuple[int, Path]]) -> str:
     )
 
 
-def _load_checkpoint(path: Path, base_path: str, dtype: Any) -> LoadedModel:
-    if (path / "adapter_config.json").is_file():
+def _load_checkpoint(path: Path | None, base_path: str, dtype: Any) -> LoadedModel:
+    """The base model (``path`` None), an adapter checkpoint on it (not merged), or a fully fine-tuned model."""
+    if path is None or (path / "adapter_config.json").is_file():
         return load_model_for_eval(base_path, path, dtype=dtype)
-    if (path / "config.json").is_file():  # a fully fine-tuned model
-        return load_model_for_eval(path, None, dtype=dtype, tokenizer_path=path if _has_tokenizer(path) else base_path)
+    if (path / "config.json").is_file():
+        return load_model_for_eval(path, None, dtype=dtype, tokenizer_path=path if has_tokenizer(path) else base_path)
     raise FileNotFoundError(f"{path} holds neither an adapter (adapter_config.json) nor a model (config.json)")
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-
-
-def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["step", "checkpoint", *columns, "mean"], extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: ("" if value is None else value) for key, value in row.items()})
-    return buffer.getvalue()
 
 
 def evaluate_checkpoints(
@@ -101,16 +71,12 @@ def evaluate_checkpoints(
     """Evaluate the base model and every checkpoint of ``output_dir``; write and return the table.
 
     Args:
-        output_dir: a training output directory with ``checkpoint-<step>/`` folders.
-        evaluator: what to measure (:class:`LmEvalEvaluator`, :class:`PerplexityEvaluator`,
-            :class:`Gsm8kEvaluator` or any object with ``name``, ``settings()``, ``__call__``).
         base_path: the pre-trained model; default ``base_model_name_or_path`` of the adapter config.
         table_path: the JSON table (the CSV is written next to it, same stem); default
             ``<output_dir>/retention_<evaluator.name>.json``. Each evaluator's full record goes to
             ``<table stem>_details/<checkpoint>.json``.
-        include_base: add the base model as the row ``step 0, checkpoint "base"``.
-        resume: keep rows of an existing table made with the same evaluator settings, and evaluate
-            only the checkpoints it lacks.
+        include_base: add the base model as the row ``step 0, checkpoint "base"`` (every curve's reference).
+        resume: keep rows of an existing table made with the same evaluator settings; evaluate only the rest.
         progress: called with one line per checkpoint evaluated (None: silent). The bar over the
             checkpoints is drawn only inside :func:`~disel.experiments.eval.progress.show_progress`.
 
@@ -123,23 +89,28 @@ def evaluate_checkpoints(
     base_path = str(base_path) if base_path is not None else _base_model_path(checkpoints)
     table_path = Path(table_path) if table_path is not None else Path(output_dir) / f"retention_{evaluator.name}.json"
     settings = json.loads(json.dumps(evaluator.settings(), default=str))
-    header = {
-        "schema": TABLE_SCHEMA,
-        "evaluator": evaluator.name,
-        "settings": settings,
-        "output_dir": str(output_dir),
-        "base_path": base_path,
-    }
-    rows = _previous_rows(table_path, evaluator.name, settings) if resume else []
+    header = dict(
+        schema=TABLE_SCHEMA,
+        evaluator=evaluator.name,
+        settings=settings,
+        output_dir=str(output_dir),
+        base_path=base_path,
+    )
+    previous = RetentionTable.read(table_path) if resume and table_path.is_file() else None
+    same = previous is not None and (previous.evaluator, previous.settings) == (evaluator.name, settings)
+    rows = previous.to_dict()["rows"] if same else []  # resume a table made with the same settings
     done = {row["checkpoint"] for row in rows}
-    todo = [item for item in _model_loaders(checkpoints, base_path, dtype, include_base) if item[1] not in done]
-    bar = progress_bar(todo, f"retention {evaluator.name}", unit="checkpoint")
-    for step, name, load in bar:
+    models = [(0, "base", None)] if include_base else []
+    models += [(step, path.name, path) for step, path in checkpoints]
+    bar = progress_bar([m for m in models if m[1] not in done], f"retention {evaluator.name}", unit="checkpoint")
+    for step, name, path in bar:
         bar.set_postfix_str(name)
         if progress is not None:
             progress(f"[retention] {evaluator.name}: evaluating {name} (step {step})")
-        outcome = evaluator(load())
-        _write_detail(table_path.with_name(table_path.stem + "_details") / f"{name}.json", outcome.detail)
+        outcome = evaluator(_load_checkpoint(path, base_path, dtype))  # loaded in its turn, one model at a time
+        detail = table_path.with_name(table_path.stem + "_details") / f"{name}.json"
+        # a record of schemas.EVAL_RECORDS is checked by its class; another evaluator's detail is written as it is
+        (write_record if "schema" in outcome.detail else write_json_atomic)(detail, outcome.detail)
         rows.append({"step": step, "checkpoint": name, **outcome.metrics, "mean": outcome.mean})
         rows.sort(key=lambda r: (r["step"], r["checkpoint"] != "base"))
         _write_table(table_path, header, rows)  # after every row: an interrupted run resumes from here
@@ -149,33 +120,6 @@ def evaluate_checkpoints(
     return final
 
 
-def _model_loaders(
-    checkpoints: list[tuple[int, Path]], base_path: str, dtype: torch.dtype | str, include_base: bool
-) -> list[tuple[int, str, Callable[[], LoadedModel]]]:
-    """``(step, row name, load)`` per model to evaluate, base first; ``load`` defers loading until its turn."""
-    loaders: list[tuple[int, str, Callable[[], LoadedModel]]] = []
-    if include_base:
-        loaders.append((0, "base", lambda: load_model_for_eval(base_path, None, dtype=dtype)))
-    for step, path in checkpoints:
-        loaders.append((step, path.name, lambda path=path: _load_checkpoint(path, base_path, dtype)))
-    return loaders
-
-
-def _previous_rows(table_path: Path, evaluator: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of an existing table made by the same evaluator with the same settings (to resume), else none."""
-    if not table_path.is_file():
-        return []
-    previous = RetentionTable.read(table_path)
-    return previous.to_dict()["rows"] if (previous.evaluator, previous.settings) == (evaluator, settings) else []
-
-
-def _write_detail(path: Path, detail: dict[str, Any]) -> None:
-    if "schema" in detail:  # a record of schemas.EVAL_RECORDS, checked by its class
-        write_record(path, detail)
-    else:  # the detail of another evaluator, as it is
-        write_json_atomic(path, detail)
-
-
 def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write the table (JSON and CSV, atomically) and return it; columns in order of first appearance."""
     columns: list[str] = []
@@ -183,5 +127,9 @@ def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, 
         columns += [key for key in row if key not in ("step", "checkpoint", "mean") and key not in columns]
     table = {**header, "metric_columns": columns, "rows": rows}
     RetentionTable.from_dict(table, table_path).write(table_path)
-    write_text_atomic(table_path.with_suffix(".csv"), _csv_text(columns, rows))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["step", "checkpoint", *columns, "mean"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({key: ("" if value is None else value) for key, value in row.items()} for row in rows)
+    write_text_atomic(table_path.with_suffix(".csv"), buffer.getvalue())
     return table

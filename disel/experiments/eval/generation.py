@@ -222,7 +222,15 @@ def generate_responses(
     return responses
 
 
-def _respond(model, tokenizer, items, settings, template, format_prompt, instruction) -> tuple[list[str], Any]:
+def _respond(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    items: Sequence[Any],
+    settings: GenerationSettings | None,
+    template: str,
+    format_prompt: Callable[[Any], str] | None,
+    instruction: Callable[[Any], str],
+) -> tuple[list[str], GenerationSettings]:
     """Greedy responses to ``items``, each asked as ``instruction(item)`` in ``template`` (or as
     ``format_prompt(item)``), stopping at the template's stop strings unless ``settings`` sets them; and the
     settings used."""

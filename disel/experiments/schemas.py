@@ -83,12 +83,13 @@ class ResultFile:
     from and is not written); :meth:`_from_file` / :meth:`to_dict` translate where the file's shape differs.
     """
 
-    SCHEMA: ClassVar[str]
+    SCHEMA: ClassVar[str | int]
     ACCEPT: ClassVar[tuple[str, ...]] = ()
+    VERSION_KEY: ClassVar[str] = "schema"  # the key holding SCHEMA (the evidence files: "schema_version")
     MADE_BY: ClassVar[str]  # the command that writes the file, for the error messages
     __pydantic_config__ = _STRICT  # nested dataclasses inherit it
 
-    def __init_subclass__(cls, schema: str = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
+    def __init_subclass__(cls, schema: str | int = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if schema:
             cls.SCHEMA, cls.ACCEPT, cls.MADE_BY = schema, accept, made_by
@@ -98,10 +99,17 @@ class ResultFile:
         """The file's JSON object as the dataclass's fields (identity unless the shapes differ)."""
         return raw
 
+    @classmethod
+    def _version_problem(cls, raw: dict[str, Any]) -> str:
+        """The message for a file of another schema (or none)."""
+        found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
+        return f"expected schema {cls.SCHEMA!r} (written by {cls.MADE_BY}), found {found}"
+
     def to_dict(self) -> dict[str, Any]:
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "schema")}
+        key = self.VERSION_KEY
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", key)}
         # Non-finite floats become null (strict JSON has no NaN); the check in write() then refuses them.
-        return {"schema": self.SCHEMA, **json.loads(json.dumps(fields, default=_plain), parse_constant=lambda _: None)}
+        return {key: self.SCHEMA, **json.loads(json.dumps(fields, default=_plain), parse_constant=lambda _: None)}
 
     @classmethod
     def from_dict(cls: type[_File], raw: Mapping[str, Any], path: str | os.PathLike = "<in memory>") -> _File:
@@ -117,10 +125,10 @@ class ResultFile:
     @classmethod
     def read(cls: type[_File], path: str | os.PathLike) -> _File:
         """The file at ``path``, checked to carry ``SCHEMA`` (or a version in ``ACCEPT``) and the class's fields."""
-        path, schema, made_by = Path(path), cls.SCHEMA, f"written by {cls.MADE_BY}"
+        path, schema, key = Path(path), cls.SCHEMA, cls.VERSION_KEY
         if not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "does not exist"
-            raise MissingResultFileError(path, f"{what}; expected a {schema} file ({made_by})")
+            raise MissingResultFileError(path, f"{what}; expected a {key} {schema!r} file (written by {cls.MADE_BY})")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
@@ -130,11 +138,10 @@ class ResultFile:
             raise MalformedResultFileError(path, "not a UTF-8 text file") from None
         if not isinstance(raw, dict):
             raise MalformedResultFileError(
-                path, f"expected a JSON object with schema {schema!r}, got {type(raw).__name__}"
+                path, f"expected a JSON object with {key} {schema!r}, got {type(raw).__name__}"
             )
-        if raw.get("schema") != schema and raw.get("schema") not in cls.ACCEPT:
-            found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
-            raise MalformedResultFileError(path, f"expected schema {schema!r} ({made_by}), found {found}")
+        if raw.get(key) != schema and raw.get(key) not in cls.ACCEPT:
+            raise MalformedResultFileError(path, cls._version_problem(raw))
         return cls.from_dict(raw, path)
 
     def write(self, path: str | os.PathLike) -> Path:
@@ -150,10 +157,11 @@ _adapter = functools.cache(TypeAdapter)  # one pydantic validator per result cla
 
 
 def _plain(value: Any) -> Any:
-    """For ``json.dumps``: dataclasses as dicts, NumPy / torch scalars as Python numbers, anything else as a string."""
+    """For ``json.dumps``: dataclasses as dicts, NumPy / torch scalars and arrays as Python numbers and lists,
+    anything else as a string."""
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)
-    return value.item() if callable(getattr(value, "item", None)) else str(value)
+    return value.tolist() if callable(getattr(value, "tolist", None)) else str(value)
 
 
 @dataclass
@@ -186,6 +194,21 @@ class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_r
     versions: dict[str, Any]  # torch, transformers, peft, accelerate, disel
     finished_at: str  # UTC, ISO 8601
     schema: str = TRAIN_RESULT_SCHEMA
+    path: Path | None = field(default=None, compare=False)  # where it was read from
+
+    def __post_init__(self):
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ValueError(f"'config.training.seed' must be an integer or null, got {self.seed!r}")
+
+    @property
+    def seed(self) -> int | None:
+        """``config.training.seed`` (``None`` if absent)."""
+        return (self.config.get("training") or {}).get("seed")
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder holding the file (``output_dir`` until written or read)."""
+        return Path(self.output_dir) if self.path is None else self.path.parent
 
     @classmethod
     def _from_file(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -210,29 +233,6 @@ class Comparison(ResultFile, schema="disel.comparison/2", accept=("disel.compari
     model_path: str | None = None
     invocation_runtime_s: float | None = None  # this call only: a resumed call skips finished stages
     threads: int | None = None
-
-
-@dataclass(frozen=True)
-class TrainRunInfo:
-    """What the figures need from a run's ``train_result.json``: ``run_dir`` is the folder holding it, ``seed``
-    is ``config.training.seed`` (``None`` if absent)."""
-
-    run_dir: Path
-    method: str
-    rank: int | None
-    seed: int | None
-
-
-def read_train_result(path: str | os.PathLike) -> TrainRunInfo:
-    """What the figures need from ``train_result.json`` (the file or its run folder), via :meth:`TrainResult.read`."""
-    path = Path(path)
-    file = path / TRAIN_RESULT_FILE if path.is_dir() else path
-    result = TrainResult.read(file)
-    seed = (result.config.get("training") or {}).get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise MalformedResultFileError(file, f"'config.training.seed' must be an integer or null, got {seed!r}")
-    rank = None if result.method == "full" else result.rank
-    return TrainRunInfo(file.parent, result.method, rank, seed)
 
 
 @dataclass
@@ -407,7 +407,7 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval re
 class RunResults:
     """One training run and one of its retention tables."""
 
-    info: TrainRunInfo
+    info: TrainResult
     table: RetentionTable
 
 
@@ -434,7 +434,7 @@ def read_runs(run_dirs: Iterable[str | os.PathLike], evaluator: str) -> list[Run
     """Each run directory's ``train_result.json`` and its ``retention_<evaluator>.json``."""
     runs = []
     for run_dir in map(Path, run_dirs):
-        info = read_train_result(run_dir)
+        info = TrainResult.read(run_dir)
         table_path = run_dir / f"retention_{evaluator}.json"
         if not table_path.is_file():
             present = sorted(p.name for p in run_dir.glob("retention_*.json"))
@@ -683,6 +683,7 @@ def tradeoff_table_from_runs(
 
 # Readers as functions, for the figure scripts.
 read_comparison = Comparison.read
+read_train_result = TrainResult.read
 read_gates = GatesFile.read
 read_retention_table = RetentionTable.read
 read_tradeoff_table = TradeoffTable.read

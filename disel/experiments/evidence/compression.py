@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ def _evidence_run(args: argparse.Namespace, reference_arm: str) -> tuple[dict | 
     if run is None:
         return None, None
     lora = Path(args.adapter).parent / f"{reference_arm}-seed{run.seed}"
-    return run.checkpoints[-1].to_dict(), str(lora) if lora.is_dir() else None
+    return asdict(run.checkpoints[-1]), str(lora) if lora.is_dir() else None
 
 
 # ------------------------------------------------------------------------------------------ models, data
@@ -567,7 +567,7 @@ def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
     results = _aggregate(args, study, records, notes, evidence_final)
     timing = _timing_stage(study, results, args.lora_adapter or lora, args, base.tokenizer)
     results = replace(results, timing=timing)
-    write_json_atomic(out / RESULTS_FILE, results.to_dict())
+    results.write(out / RESULTS_FILE)
     write_text_atomic(out / TABLE_FILE, format_table(results))
     draw_compression_figure(out / RESULTS_FILE, out)
     return results

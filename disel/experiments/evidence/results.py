@@ -15,17 +15,16 @@ stored as strings of ``0``/``1`` (one character per test problem).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BeforeValidator, ConfigDict, PlainValidator
 
-from disel.io import write_json_atomic
-
+from ..schemas import ResultFile
 from .stats import MatchedDifference, RunPath, choose_levels, matched_differences
 
 __all__ = [
@@ -50,29 +49,45 @@ SCHEMA_VERSION = 1
 RETENTION_KINDS = ("perplexity", "kl")
 
 
-def _float(value: Any) -> float:
-    return math.nan if value is None else float(value)
+def _nan_for_null(value: Any) -> Any:
+    """null, how a NaN is written (JSON has no NaN), as NaN: a value, or each value of a record."""
+    if isinstance(value, dict):
+        return {key: _nan_for_null(item) for key, item in value.items()}
+    return math.nan if value is None else value
 
 
-def _optional_float_map(data: dict[str, Any] | None) -> dict[str, float] | None:
-    return None if data is None else {str(k): _float(v) for k, v in data.items()}
+Number = Annotated[float, BeforeValidator(_nan_for_null)]
+
+
+def _correctness(rows: Any) -> np.ndarray:
+    """The file's correctness rows (one string of 0/1 characters per checkpoint) as a boolean array."""
+    if isinstance(rows, np.ndarray):
+        return rows
+    if not isinstance(rows, list) or not all(isinstance(row, str) and set(row) <= {"0", "1"} for row in rows):
+        raise ValueError("correct must be a list of strings of 0/1 characters (one per checkpoint)")
+    return np.array([[c == "1" for c in row] for row in rows], dtype=bool) if rows else np.zeros((0, 0), bool)
+
+
+class _EvidenceFile(ResultFile):
+    """A results file of the evidence experiments: its version is the integer ``schema_version``; values are
+    coerced as ``float()`` / ``int()`` would."""
+
+    VERSION_KEY = "schema_version"
+    __pydantic_config__ = ConfigDict()  # lax, and NaN allowed (null reads back as NaN where a number is expected)
+
+    @classmethod
+    def _version_problem(cls, raw: dict[str, Any]) -> str:
+        return f"schema_version {raw.get('schema_version')!r} is not the supported {cls.SCHEMA}"
 
 
 @dataclass(frozen=True)
 class Interval:
     """A point estimate with a ``confidence`` interval [``low``, ``high``]."""
 
-    estimate: float
-    low: float
-    high: float
+    estimate: Number
+    low: Number
+    high: Number
     confidence: float = 0.95
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "confidence": self.confidence}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Interval:
-        return cls(_float(data["estimate"]), _float(data["low"]), _float(data["high"]), float(data["confidence"]))
 
 
 @dataclass(frozen=True)
@@ -86,39 +101,11 @@ class CheckpointRecord:
 
     step: int
     exact_match: Interval
-    perplexity: dict[str, float]
-    kl: dict[str, float]
+    perplexity: dict[str, Number]
+    kl: dict[str, Number]
     anti_aligned_fraction: float | None = None
-    anti_aligned_by_layer: dict[int, float] | None = None
-    gate_means: dict[str, float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "exact_match": self.exact_match.to_dict(),
-            "perplexity": dict(self.perplexity),
-            "kl": dict(self.kl),
-            "anti_aligned_fraction": self.anti_aligned_fraction,
-            # JSON object keys are strings; layer indices come back as ints in from_dict
-            "anti_aligned_by_layer": None
-            if self.anti_aligned_by_layer is None
-            else {str(k): v for k, v in self.anti_aligned_by_layer.items()},
-            "gate_means": None if self.gate_means is None else dict(self.gate_means),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CheckpointRecord:
-        by_layer = data.get("anti_aligned_by_layer")
-        fraction = data.get("anti_aligned_fraction")
-        return cls(
-            step=int(data["step"]),
-            exact_match=Interval.from_dict(data["exact_match"]),
-            perplexity=_optional_float_map(data["perplexity"]),
-            kl=_optional_float_map(data["kl"]),
-            anti_aligned_fraction=None if fraction is None else float(fraction),
-            anti_aligned_by_layer=None if by_layer is None else {int(k): _float(v) for k, v in by_layer.items()},
-            gate_means=_optional_float_map(data.get("gate_means")),
-        )
+    anti_aligned_by_layer: dict[int, Number] | None = None  # the file's keys are strings
+    gate_means: dict[str, Number] | None = None
 
     def retention(self, kind: str, domain: str) -> float:
         """``perplexity[domain]`` or ``kl[domain]`` (``kind`` in :data:`RETENTION_KINDS`)."""
@@ -140,9 +127,9 @@ class RunRecord:
     arm: str
     seed: int
     checkpoints: list[CheckpointRecord]
-    correct: np.ndarray
+    correct: Annotated[np.ndarray, PlainValidator(_correctness)]
     adapter: str | None = None
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, Number] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         correct = np.asarray(self.correct)
@@ -172,34 +159,6 @@ class RunRecord:
             retention=np.array([c.retention(kind, domain) for c in self.checkpoints]),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "arm": self.arm,
-            "seed": self.seed,
-            "adapter": self.adapter,
-            "timing": dict(self.timing),
-            "checkpoints": [c.to_dict() for c in self.checkpoints],
-            "correct": ["".join("1" if v else "0" for v in row) for row in self.correct],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        rows = data["correct"]
-        for row in rows:
-            if set(row) - {"0", "1"}:
-                raise ValueError(f"run {data['arm']}/{data['seed']}: a correctness row holds characters other than 0/1")
-        correct = np.array([[c == "1" for c in row] for row in rows], dtype=bool)
-        if not rows:
-            correct = np.zeros((0, 0), dtype=bool)
-        return cls(
-            arm=str(data["arm"]),
-            seed=int(data["seed"]),
-            checkpoints=[CheckpointRecord.from_dict(c) for c in data["checkpoints"]],
-            correct=correct,
-            adapter=data.get("adapter"),
-            timing={str(k): _float(v) for k, v in data.get("timing", {}).items()},
-        )
-
 
 @dataclass(frozen=True)
 class MatchedComparison:
@@ -209,28 +168,11 @@ class MatchedComparison:
     reference_arm: str
     kind: str
     domain: str
-    differences: list[MatchedDifference]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "arm": self.arm,
-            "reference_arm": self.reference_arm,
-            "kind": self.kind,
-            "domain": self.domain,
-            "differences": [d.to_dict() for d in self.differences],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MatchedComparison:
-        diffs = [
-            MatchedDifference.from_dict({k: (_float(v) if k not in ("replicates",) else int(v)) for k, v in d.items()})
-            for d in data["differences"]
-        ]
-        return cls(str(data["arm"]), str(data["reference_arm"]), str(data["kind"]), str(data["domain"]), diffs)
+    differences: list[Annotated[MatchedDifference, BeforeValidator(_nan_for_null)]]
 
 
 @dataclass(frozen=True)
-class EvidenceResults:
+class EvidenceResults(_EvidenceFile, schema=SCHEMA_VERSION, made_by="disel-evidence"):
     """The whole experiment. ``model``: the base model's name; ``task``: the fine-tuning task;
     ``n_test_problems``: held-out problems every checkpoint is scored on; ``base``: the base model's own
     evaluation (shared by all runs); ``runs``; ``comparisons``; ``throughput``: e.g. measured matmul
@@ -244,11 +186,8 @@ class EvidenceResults:
     base: CheckpointRecord | None = None
     throughput: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if self.schema_version != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version} is not the supported {SCHEMA_VERSION}")
         if self.n_test_problems < 1:
             raise ValueError(f"n_test_problems must be positive, got {self.n_test_problems}")
         seen = set()
@@ -274,37 +213,10 @@ class EvidenceResults:
         return [run for run in self.runs if run.arm == arm]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "model": self.model,
-            "task": self.task,
-            "n_test_problems": self.n_test_problems,
-            "seeds": self.seeds,  # derived; written for readers of the JSON, ignored on reading
-            "base": None if self.base is None else self.base.to_dict(),
-            "runs": [run.to_dict() for run in self.runs],
-            "comparisons": [c.to_dict() for c in self.comparisons],
-            "throughput": self.throughput,
-            "recipe": self.recipe,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvidenceResults:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"results schema_version {version!r} cannot be read by this code (it reads {SCHEMA_VERSION})"
-            )
-        return cls(
-            model=str(data["model"]),
-            task=str(data["task"]),
-            n_test_problems=int(data["n_test_problems"]),
-            runs=[RunRecord.from_dict(r) for r in data["runs"]],
-            comparisons=[MatchedComparison.from_dict(c) for c in data.get("comparisons", [])],
-            base=None if data.get("base") is None else CheckpointRecord.from_dict(data["base"]),
-            throughput=data.get("throughput", {}),
-            recipe=data.get("recipe", {}),
-            schema_version=version,
-        )
+        raw = super().to_dict()
+        for run in raw["runs"]:  # correctness as one string of 0/1 characters per checkpoint
+            run["correct"] = ["".join("1" if value else "0" for value in row) for row in run["correct"]]
+        return {**raw, "seeds": self.seeds}  # seeds: derived, for readers of the JSON, ignored on reading
 
 
 def compare_arms(
@@ -335,14 +247,11 @@ def compare_arms(
 
 
 def save_results(results: EvidenceResults, path: str | os.PathLike) -> Path:
-    """Write ``results`` as JSON atomically (:func:`disel.io.write_json_atomic`: non-finite numbers as null)."""
-    return write_json_atomic(path, results.to_dict(), indent=1)
+    """Check and write ``results`` atomically (non-finite numbers as null)."""
+    return results.write(path)
 
 
-def load_results(path: str | os.PathLike) -> EvidenceResults:
-    """Read a results file written by :func:`save_results` (refuses other schema versions)."""
-    with open(path) as handle:
-        return EvidenceResults.from_dict(json.load(handle))
+load_results = EvidenceResults.read
 
 
 # --- Issue 11's compression study (disel.experiments.evidence.compression) ---------------------------------
@@ -364,25 +273,18 @@ class LevelResult:
     gated_components: int
     adapter_parameters: int
     exact_match: Interval
-    perplexity: dict[str, float]
-    kl: dict[str, float]
+    perplexity: dict[str, Number]
+    kl: dict[str, Number]
     correct: str  # one 0/1 character per test problem
     output_change_rms: float | None
     seconds: float
     acceptable: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "exact_match": self.exact_match.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LevelResult:
-        return cls(
-            **{**{k: data[k] for k in cls.__dataclass_fields__}, "exact_match": Interval.from_dict(data["exact_match"])}
-        )
-
 
 @dataclass(frozen=True)
-class CompressionResults:
+class CompressionResults(
+    _EvidenceFile, schema=COMPRESSION_SCHEMA_VERSION, made_by="python -m disel.experiments.evidence.compression"
+):
     """The whole study: inputs, the acceptance ``criterion``, the reference and every level, the largest
     acceptable ``fraction_reduced`` per operation (``best``), the timing (free-form), and the evidence run's
     own evaluation of this adapter's final checkpoint (``evidence_final``, when found) for comparison."""
@@ -398,26 +300,6 @@ class CompressionResults:
     timing: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     evidence_final: dict[str, Any] | None = None
-    schema_version: int = COMPRESSION_SCHEMA_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "reference": self.reference.to_dict(), "levels": [r.to_dict() for r in self.levels]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CompressionResults:
-        if data.get("schema_version") != COMPRESSION_SCHEMA_VERSION:
-            raise ValueError(
-                f"compression results schema_version {data.get('schema_version')!r} is not "
-                f"the supported {COMPRESSION_SCHEMA_VERSION}"
-            )
-        return cls(
-            **{
-                **{k: data[k] for k in cls.__dataclass_fields__ if k in data},
-                "reference": LevelResult.from_dict(data["reference"]),
-                "levels": [LevelResult.from_dict(r) for r in data["levels"]],
-            }
-        )
 
 
-def load_compression_results(path: str | Path) -> CompressionResults:
-    return CompressionResults.from_dict(json.loads(Path(path).read_text()))
+load_compression_results = CompressionResults.read

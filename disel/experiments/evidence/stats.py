@@ -28,8 +28,7 @@ fraction defined is reported with them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -157,13 +156,6 @@ class MatchedDifference:
     confidence: float
     defined_fraction: float
     replicates: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MatchedDifference:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
 def _check_same_problems(runs: Sequence[RunPath]) -> int:

@@ -12,15 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = [
-    "ConfigError",
-    "DataFormatError",
-    "ExperimentConfig",
-    "TrainResult",
-    "format_prompt",
-    "load_config",
-]
-
+# name -> submodule, imported on first access
 _EXPORTS = {
     "ConfigError": "config",
     "ExperimentConfig": "config",
@@ -29,6 +21,7 @@ _EXPORTS = {
     "format_prompt": "data.templates",
     "TrainResult": "schemas",
 }
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -27,22 +27,6 @@ from pydantic import BeforeValidator, ConfigDict, PlainValidator
 from ..schemas import ResultFile
 from .stats import MatchedDifference, RunPath, choose_levels, matched_differences
 
-__all__ = [
-    "COMPRESSION_SCHEMA_VERSION",
-    "CompressionResults",
-    "LevelResult",
-    "load_compression_results",
-    "SCHEMA_VERSION",
-    "CheckpointRecord",
-    "EvidenceResults",
-    "Interval",
-    "MatchedComparison",
-    "RunRecord",
-    "compare_arms",
-    "load_results",
-    "save_results",
-]
-
 # Bump when a field changes meaning or is removed; readers refuse other versions instead of misreading them.
 SCHEMA_VERSION = 1
 

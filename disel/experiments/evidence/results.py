@@ -45,8 +45,6 @@ Number = Annotated[float, BeforeValidator(_nan_for_null)]
 
 def _correctness(rows: Any) -> np.ndarray:
     """The file's correctness rows (one string of 0/1 characters per checkpoint) as a boolean array."""
-    if isinstance(rows, np.ndarray):
-        return rows
     if not isinstance(rows, list) or not all(isinstance(row, str) and set(row) <= {"0", "1"} for row in rows):
         raise ValueError("correct must be a list of strings of 0/1 characters (one per checkpoint)")
     return np.array([[c == "1" for c in row] for row in rows], dtype=bool) if rows else np.zeros((0, 0), bool)

@@ -25,8 +25,6 @@ from ..data.collator import right_pad
 from ..schemas import GATES_SCHEMA, GatesFile
 from .progress import progress_bar
 
-__all__ = ["GateDomain", "analyze_gates", "default_offline_domains", "domain_from_rows", "save_gates"]
-
 
 @dataclass
 class GateDomain:
@@ -144,6 +142,13 @@ def analyze_gates(
             "by_depth_and_module": _cross_groups(recorder.stats, num_layers, lambda module: module),
         }
     return result
+
+
+def mean_gate(domain: dict[str, Any]) -> float:
+    """The mean gate of one domain of an :func:`analyze_gates` result, over every recorded (token, rank component)
+    of every module; NaN if nothing was recorded."""
+    count = sum(m["count"] for m in domain["modules"])
+    return sum(m["mean"] * m["count"] for m in domain["modules"]) / count if count else float("nan")
 
 
 # Field pairs read as (instruction, output), in order of preference: the training format, GSM8K,

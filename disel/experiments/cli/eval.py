@@ -113,7 +113,7 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
 
     num_labels = args.num_labels or (_num_labels_from_adapter(args.adapter) if args.adapter else None)
     classifier_size = {"num_labels": num_labels} if num_labels else {}
-    loaded = _load(args, model_class=AutoModelForSequenceClassification, padding_side="right", **classifier_size)
+    loaded = _load(args, model_class=AutoModelForSequenceClassification, **classifier_size)
     mlm = mlm_with_original_head(args.pretrained_mlm or args.base, loaded.model)
     masking = dict(mask_prob=args.mask_prob, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size)
     corpora = {

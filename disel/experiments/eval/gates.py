@@ -176,7 +176,7 @@ def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = 
     )
 
 
-def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Sequence[str] = ()) -> list[GateDomain]:
+def default_offline_domains(n: int = 64, seed: int = 12345) -> list[GateDomain]:
     """The three domains of the paper, from offline sources.
 
     * ``math``: arithmetic word problems (:mod:`disel.experiments.data.arithmetic`) in the Alpaca template;
@@ -189,7 +189,7 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
     from ..data.templates import ALPACA, MAGICODER
 
     math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]
-    code_examples = python_function_tasks(n, seed, exclude=code_exclude)
+    code_examples = python_function_tasks(n, seed)
     return [
         GateDomain("math", examples=math_examples, format_prompt=ALPACA.format_prompt),
         GateDomain("general", texts=general_english_texts(n, seed)),

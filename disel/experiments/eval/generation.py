@@ -237,7 +237,6 @@ def evaluate_gsm8k(
     settings: GenerationSettings | None = None,
     template: str = "alpaca",
     format_prompt: Callable[[str], str] | None = None,
-    keep_samples: bool = True,
 ) -> dict[str, Any]:
     """GSM8K-style exact match (zero-shot, greedy) of ``model`` on ``rows``.
 
@@ -269,7 +268,7 @@ def evaluate_gsm8k(
         n_no_strict_answer=sum(p is None for p in strict),
         generation=asdict(settings),
         seconds=seconds,
-        samples=samples if keep_samples else None,
+        samples=samples,
     ).to_dict()
 
 
@@ -403,7 +402,6 @@ def evaluate_humaneval(
     template: str = "magicoder",
     format_prompt: Callable[[CodeProblem], str] | None = None,
     timeout_s: float = 10.0,
-    keep_samples: bool = True,
 ) -> dict[str, Any]:
     """HumanEval-style pass@1 with one greedy sample per problem (the paper's setting).
 
@@ -429,6 +427,4 @@ def evaluate_humaneval(
         for p, r, o in zip(problems, responses, outcomes)
     ]
     pass_at_1 = sum(o.passed for o in outcomes) / len(problems)
-    return HumanEvalResult(
-        pass_at_1, len(problems), asdict(settings), samples=samples if keep_samples else None
-    ).to_dict()
+    return HumanEvalResult(pass_at_1, len(problems), asdict(settings), samples=samples).to_dict()

@@ -1,4 +1,4 @@
-"""Gate/A anti-alignment and per-domain gate means (disel.experiments.evidence.diagnostics)."""
+"""Gate/A anti-alignment (disel.experiments.evidence.diagnostics) and the evidence stage's per-domain gate means."""
 
 import math
 
@@ -7,14 +7,10 @@ import torch
 from torch import nn
 
 import disel
-from disel.experiments.evidence.diagnostics import (
-    gate_alignment,
-    gate_means_by_domain,
-    row_cosines,
-)
-from disel.experiments.evidence.kl import right_padded_batches
+from disel.experiments.eval.gates import GateDomain, analyze_gates, mean_gate
+from disel.experiments.evidence.diagnostics import gate_alignment, row_cosines
 from disel.tuner.layer import DiselLayer
-from tiny_models import tiny_llama
+from tiny_models import CORPUS, make_tiny_causal_lm, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -75,34 +71,43 @@ def test_no_disel_adapter_is_an_error():
         gate_alignment(nn.Linear(3, 3))
 
 
-def test_gate_means_equal_sigmoid_of_the_bias_when_gate_weights_are_zero():
+def _tiny_disel_with_tokenizer(tmp_path, r=4):
+    """A tiny DISeL Llama that reads text: the evidence stage's gate means come from eval.gates.analyze_gates."""
+    from peft import get_peft_model
+
+    from disel.experiments.eval.generation import load_model_for_eval
+
+    loaded = load_model_for_eval(make_tiny_causal_lm(tmp_path / "tiny"), device="cpu")
+    config = disel.DiselConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS)
+    return get_peft_model(loaded.model, config), loaded.tokenizer
+
+
+def _mean_gates(model, tokenizer, texts_by_domain, batch_size):
+    domains = [GateDomain(name, texts=texts) for name, texts in texts_by_domain.items()]
+    result = analyze_gates(model, tokenizer, domains, batch_size=batch_size)
+    return {name: mean_gate(summary) for name, summary in result["domains"].items()}
+
+
+def test_gate_means_equal_sigmoid_of_the_bias_when_gate_weights_are_zero(tmp_path):
     """W_g = 0, b_g = 0.7: every gate is σ(0.7) on every domain."""
-    model = _tiny_disel()
+    model, tokenizer = _tiny_disel_with_tokenizer(tmp_path)
     with torch.no_grad():
         for _, module in _disel_layers(model):
             module.disel_gate["default"].weight.zero_()
             module.disel_gate["default"].bias.fill_(0.7)
-    gen = torch.Generator().manual_seed(0)
-    domains = {
-        name: list(right_padded_batches([torch.randint(1, 50, (n,), generator=gen).tolist() for n in (5, 9)], 2, 0))
-        for name in ("math", "english")
-    }
-    means = gate_means_by_domain(model, domains)
+    means = _mean_gates(model, tokenizer, {"math": CORPUS[:2], "english": CORPUS[2:4]}, batch_size=2)
     assert set(means) == {"math", "english"}
     for value in means.values():
         assert value == pytest.approx(1 / (1 + math.exp(-0.7)), rel=1e-6)
 
 
-def test_gate_means_ignore_padding():
-    """A padded batch gives the mean of its sequences scored one at a time (pad tokens are not recorded);
-    the model's training mode is restored afterwards."""
-    model = _tiny_disel().train()
+def test_gate_means_ignore_padding(tmp_path):
+    """A padded batch gives the mean of its sequences scored one at a time (pad tokens are not recorded)."""
+    model, tokenizer = _tiny_disel_with_tokenizer(tmp_path)
     with torch.no_grad():
         for _, module in _disel_layers(model):
             module.disel_gate["default"].weight.normal_(0, 1.0)
-    gen = torch.Generator().manual_seed(2)
-    sequences = [torch.randint(1, 50, (n,), generator=gen).tolist() for n in (3, 11, 6)]
-    padded = gate_means_by_domain(model, {"x": list(right_padded_batches(sequences, 3, 0))})["x"]
-    alone = gate_means_by_domain(model, {"x": list(right_padded_batches(sequences, 1, 0))})["x"]
+    texts = {"x": ["a b", CORPUS[0], "x = 1 + 2"]}
+    padded = _mean_gates(model, tokenizer, texts, batch_size=3)["x"]
+    alone = _mean_gates(model, tokenizer, texts, batch_size=1)["x"]
     assert padded == pytest.approx(alone, rel=1e-6)
-    assert model.training is True

@@ -16,8 +16,6 @@ from typing import Any
 from ..schemas import MlmPerplexityResult, write_record
 from . import compress, preflight
 
-__all__ = ["build_parser", "main"]
-
 
 def _dtype(name: str):
     import torch
@@ -38,9 +36,9 @@ def _load(args: argparse.Namespace, **kwargs):
 
 def _corpora(args: argparse.Namespace, text_seed: int) -> dict[str, list[str]]:
     from ..data.offline_text import general_english_texts, python_code_texts
-    from ..eval.perplexity import read_text_files
+    from ..eval.perplexity import read_texts
 
-    corpora = {Path(path).stem: read_text_files([path]) for path in args.text}
+    corpora = {Path(path).stem: read_texts(path) for path in args.text}
     if "english" in args.offline:
         corpora["english"] = general_english_texts(args.n, text_seed)
     if "code" in args.offline:
@@ -115,7 +113,7 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
 
     num_labels = args.num_labels or (_num_labels_from_adapter(args.adapter) if args.adapter else None)
     classifier_size = {"num_labels": num_labels} if num_labels else {}
-    loaded = _load(args, model_class=AutoModelForSequenceClassification, padding_side="right", **classifier_size)
+    loaded = _load(args, model_class=AutoModelForSequenceClassification, **classifier_size)
     mlm = mlm_with_original_head(args.pretrained_mlm or args.base, loaded.model)
     masking = dict(mask_prob=args.mask_prob, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size)
     corpora = {
@@ -144,7 +142,8 @@ def _num_labels_from_adapter(adapter: str) -> int | None:
 
 
 def _cmd_retention(args: argparse.Namespace) -> None:
-    from ..eval.progress import write_line
+    from tqdm.auto import tqdm
+
     from ..eval.retention import evaluate_checkpoints
 
     table = evaluate_checkpoints(
@@ -155,7 +154,7 @@ def _cmd_retention(args: argparse.Namespace) -> None:
         include_base=not args.no_base_row,
         dtype=_dtype(args.dtype),
         resume=not args.no_resume,
-        progress=write_line,  # the per-checkpoint lines, printed above the bar
+        progress=tqdm.write,  # the per-checkpoint lines, printed above the bar without breaking it
     )
     print(f"{len(table['rows'])} rows; columns: {table['metric_columns']}")
     for row in table["rows"]:
@@ -165,7 +164,7 @@ def _cmd_retention(args: argparse.Namespace) -> None:
 def _cmd_gates(args: argparse.Namespace) -> None:
     from disel.io import read_jsonl
 
-    from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, save_gates
+    from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, mean_gate, save_gates
 
     domains = []
     for spec in args.domain:
@@ -180,9 +179,7 @@ def _cmd_gates(args: argparse.Namespace) -> None:
     result = analyze_gates(loaded.model, loaded.tokenizer, domains, **sizes, description=loaded.description)
     for name, domain in result["domains"].items():
         kinds = ", ".join(f"{kind}={stats['mean']:.3f}" for kind, stats in domain.get("by_kind", {}).items())
-        count = sum(m["count"] for m in domain["modules"])  # mean over every recorded (token, rank component)
-        mean = sum(m["mean"] * m["count"] for m in domain["modules"]) / count if count else float("nan")
-        print(f"gates {name}: mean gate {mean:.3f} ({kinds}); {domain['sequences']} sequences")
+        print(f"gates {name}: mean gate {mean_gate(domain):.3f} ({kinds}); {domain['sequences']} sequences")
     save_gates(result, args.out)
 
 

@@ -25,8 +25,6 @@ from ..data.collator import right_pad
 from ..schemas import GATES_SCHEMA, GatesFile
 from .progress import progress_bar
 
-__all__ = ["GateDomain", "analyze_gates", "default_offline_domains", "domain_from_rows", "save_gates"]
-
 
 @dataclass
 class GateDomain:
@@ -146,6 +144,13 @@ def analyze_gates(
     return result
 
 
+def mean_gate(domain: dict[str, Any]) -> float:
+    """The mean gate of one domain of an :func:`analyze_gates` result, over every recorded (token, rank component)
+    of every module; NaN if nothing was recorded."""
+    count = sum(m["count"] for m in domain["modules"])
+    return sum(m["mean"] * m["count"] for m in domain["modules"]) / count if count else float("nan")
+
+
 # Field pairs read as (instruction, output), in order of preference: the training format, GSM8K,
 # HumanEval (the reference solution is the response, as the paper reads gates on held-out answers).
 _EXAMPLE_FIELDS = (("instruction", "output"), ("question", "answer"), ("prompt", "canonical_solution"))
@@ -171,7 +176,7 @@ def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = 
     )
 
 
-def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Sequence[str] = ()) -> list[GateDomain]:
+def default_offline_domains(n: int = 64, seed: int = 12345) -> list[GateDomain]:
     """The three domains of the paper, from offline sources.
 
     * ``math``: arithmetic word problems (:mod:`disel.experiments.data.arithmetic`) in the Alpaca template;
@@ -184,7 +189,7 @@ def default_offline_domains(n: int = 64, seed: int = 12345, *, code_exclude: Seq
     from ..data.templates import ALPACA, MAGICODER
 
     math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]
-    code_examples = python_function_tasks(n, seed, exclude=code_exclude)
+    code_examples = python_function_tasks(n, seed)
     return [
         GateDomain("math", examples=math_examples, format_prompt=ALPACA.format_prompt),
         GateDomain("general", texts=general_english_texts(n, seed)),

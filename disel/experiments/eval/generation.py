@@ -47,7 +47,6 @@ def load_model_for_eval(
     device: str | torch.device | None = None,
     model_class: Any = None,
     tokenizer_path: str | os.PathLike | None = None,
-    padding_side: str = "left",
     **model_kwargs: Any,
 ) -> LoadedModel:
     """Base model + optional PEFT adapter (DISeL, LoRA, DoRA, AdaLoRA), frozen and NOT merged (DISeL cannot merge:
@@ -61,7 +60,6 @@ def load_model_for_eval(
         model_class: a transformers ``Auto*`` class, default ``AutoModelForCausalLM``; ``model_kwargs`` go to its
             ``from_pretrained`` (e.g. ``num_labels`` of a sequence classifier).
         tokenizer_path: default the adapter directory if it has tokenizer files, else ``base_path``.
-        padding_side: ``"left"`` so batched generation continues every prompt right after its text.
     """
     from ..models import load_model, load_tokenizer, resolve_dtype
 
@@ -87,7 +85,7 @@ def load_model_for_eval(
     if tokenizer_path is None:
         tokenizer_path = adapter_path if adapter_path is not None and has_tokenizer(adapter_path) else base_path
     from_base = Path(tokenizer_path) == Path(base_path)
-    tokenizer = load_tokenizer(tokenizer_path, gguf_file=gguf_file if from_base else None, padding_side=padding_side)
+    tokenizer = load_tokenizer(tokenizer_path, gguf_file=gguf_file if from_base else None, padding_side="left")
     description = {
         "base_path": str(base_path),
         "adapter_path": None if adapter_path is None else str(adapter_path),
@@ -106,14 +104,11 @@ _GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 _ANSWER_IS_STRICT = re.compile(r"The answer is:? (\-?[0-9\.\,]+)")
 # lm-eval's gsm8k "flexible-extract" filter: the LAST number-like token anywhere (group_select -1).
 _FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-# lm-eval's gsm8k exact_match normalisation (regexes_to_ignore): commas, dollar signs, a trailing dot.
-_IGNORED = (re.compile(","), re.compile(r"\$"), re.compile(r"\.$"))
 
 
 def _normalise_number(text: str) -> str:
-    for pattern in _IGNORED:
-        text = pattern.sub("", text)
-    return text.strip()
+    """lm-eval's gsm8k exact_match normalisation (``regexes_to_ignore``): no commas, dollar signs or trailing dot."""
+    return re.sub(r"\.$", "", text.replace(",", "").replace("$", "")).strip()
 
 
 def extract_final_number(text: str, strict: bool = True) -> str | None:
@@ -124,8 +119,6 @@ def extract_final_number(text: str, strict: bool = True) -> str | None:
     number. ``strict=False`` (``flexible-extract``): the last number anywhere. Normalisation removes ``,`` and
     ``$`` and one trailing ``.`` (``"#### 1,234."`` → ``"1234"``); as in lm-eval, ``"18.0"`` does not match ``"18"``.
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
     if strict:
         match = _GSM8K_STRICT.search(text) or _ANSWER_IS_STRICT.search(text)
         if match is None:
@@ -192,8 +185,8 @@ def generate_responses(
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (in order), decoded without special tokens, cut at stop strings.
 
-    Batches are left-padded (``tokenizer.padding_side`` is set to ``"left"`` for the call), so each
-    prompt's last token is at the end of its row and generation continues it directly.
+    Batches are left-padded whatever ``tokenizer.padding_side`` is, so each prompt's last token is at the end
+    of its row and generation continues it directly.
     """
     settings = (settings or GenerationSettings()).for_template("alpaca")
     if tokenizer.pad_token_id is None:
@@ -204,21 +197,16 @@ def generate_responses(
     greedy = dict(max_new_tokens=settings.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     if settings.stop_strings:
         greedy.update(stop_strings=list(settings.stop_strings), tokenizer=tokenizer)
-    saved_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in progress_bar(range(0, len(order), settings.batch_size), "generating"):
-            batch_ids = order[start : start + settings.batch_size]
-            encoded = tokenizer([prompts[i] for i in batch_ids], return_tensors="pt", padding=True)
-            encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
-            output = model.generate(**encoded, **greedy)  # (batch, prompt_len + new)
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]  # (batch, new)
-            for row, index in enumerate(batch_ids):
-                text = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
-                cuts = [text.find(stop) for stop in settings.stop_strings if stop in text]
-                responses[index] = text[: min(cuts, default=len(text))]
-    finally:
-        tokenizer.padding_side = saved_side
+    for start in progress_bar(range(0, len(order), settings.batch_size), "generating"):
+        batch_ids = order[start : start + settings.batch_size]
+        encoded = tokenizer([prompts[i] for i in batch_ids], return_tensors="pt", padding=True, padding_side="left")
+        encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
+        output = model.generate(**encoded, **greedy)  # (batch, prompt_len + new)
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]  # (batch, new)
+        # generate stops a row once a stop string appears, but keeps it in the output: cut the text before it
+        for index, text in zip(batch_ids, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            cuts = [text.find(stop) for stop in settings.stop_strings if stop in text]
+            responses[index] = text[: min(cuts, default=len(text))]
     return responses
 
 
@@ -249,7 +237,6 @@ def evaluate_gsm8k(
     settings: GenerationSettings | None = None,
     template: str = "alpaca",
     format_prompt: Callable[[str], str] | None = None,
-    keep_samples: bool = True,
 ) -> dict[str, Any]:
     """GSM8K-style exact match (zero-shot, greedy) of ``model`` on ``rows``.
 
@@ -281,7 +268,7 @@ def evaluate_gsm8k(
         n_no_strict_answer=sum(p is None for p in strict),
         generation=asdict(settings),
         seconds=seconds,
-        samples=samples if keep_samples else None,
+        samples=samples,
     ).to_dict()
 
 
@@ -295,21 +282,17 @@ _EXECUTION_REFUSAL = (
 # Limits go here rather than in a preexec_fn because preexec_fn is unsafe in a parent that has
 # threads (torch always has), and a child that limits itself needs no cooperation from the parent.
 _CHILD_BOOTSTRAP = """
+import resource
 import sys
-try:
-    import resource
-except ImportError:
-    resource = None
 memory_bytes, cpu_seconds, file_bytes = (int(v) for v in sys.argv[2:5])
-if resource is not None:
-    for limit, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_seconds),
-                         (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_CORE, 0)):
-        soft, hard = resource.getrlimit(limit)
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        try:
-            resource.setrlimit(limit, (value, hard))
-        except (ValueError, OSError):
-            pass
+for limit, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_seconds),
+                     (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_CORE, 0)):
+    soft, hard = resource.getrlimit(limit)
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    try:
+        resource.setrlimit(limit, (value, hard))
+    except (ValueError, OSError):
+        pass
 import runpy
 sys.argv = sys.argv[1:2]
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -344,7 +327,7 @@ def check_program(
     Refuses (``PermissionError``) unless ``allow_code_execution=True``. The child is ``sys.executable -I``
     (isolated mode: no user site-packages, no ``PYTHON*`` variables, no current directory on ``sys.path``) in its
     own session, in a temporary working directory deleted afterwards, with address space, CPU time and written-file
-    size limited (``resource`` on Linux) and no stdin. After ``timeout_s`` seconds its process group is killed.
+    size limited (``resource``: POSIX only) and no stdin. After ``timeout_s`` seconds its process group is killed.
     """
     if allow_code_execution is not True:
         raise PermissionError(_EXECUTION_REFUSAL)
@@ -363,10 +346,9 @@ def check_program(
             _, stderr = process.communicate(timeout=timeout_s)
             status = "passed" if process.returncode == 0 else "failed"
         except subprocess.TimeoutExpired:
-            try:  # the child leads its own session: killing its group also ends what the program forked
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                process.kill()
+            # The child leads its own session: killing its group also ends what the program forked. The group
+            # exists here: the child, even if it has just exited, is not reaped until communicate() below.
+            os.killpg(process.pid, signal.SIGKILL)
             _, stderr = process.communicate()
             status = "timeout"
         seconds = time.perf_counter() - started
@@ -420,7 +402,6 @@ def evaluate_humaneval(
     template: str = "magicoder",
     format_prompt: Callable[[CodeProblem], str] | None = None,
     timeout_s: float = 10.0,
-    keep_samples: bool = True,
 ) -> dict[str, Any]:
     """HumanEval-style pass@1 with one greedy sample per problem (the paper's setting).
 
@@ -446,6 +427,4 @@ def evaluate_humaneval(
         for p, r, o in zip(problems, responses, outcomes)
     ]
     pass_at_1 = sum(o.passed for o in outcomes) / len(problems)
-    return HumanEvalResult(
-        pass_at_1, len(problems), asdict(settings), samples=samples if keep_samples else None
-    ).to_dict()
+    return HumanEvalResult(pass_at_1, len(problems), asdict(settings), samples=samples).to_dict()

@@ -21,18 +21,16 @@ from ..data.collator import right_pad
 from .progress import progress_bar
 
 
-def read_text_files(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Texts of the given files (UTF-8), one text per file; a ``.jsonl`` file gives one text per row
-    (its ``"text"`` field)."""
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """The texts of a file: the whole file (UTF-8), or one per row (its ``"text"`` field) of a ``.jsonl`` file."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        return [path.read_text(encoding="utf-8")]
     texts = []
-    for path in map(Path, paths):
-        if path.suffix != ".jsonl":
-            texts.append(path.read_text(encoding="utf-8"))
-            continue
-        for number, row in iter_jsonl(path):
-            if "text" not in row:
-                raise KeyError(f"{path}, line {number}: every JSONL row needs a 'text' field, got fields {sorted(row)}")
-            texts.append(row["text"])
+    for number, row in iter_jsonl(path):
+        if "text" not in row:
+            raise KeyError(f"{path}, line {number}: every JSONL row needs a 'text' field, got fields {sorted(row)}")
+        texts.append(row["text"])
     return texts
 
 

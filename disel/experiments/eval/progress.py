@@ -11,8 +11,6 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 
-__all__ = ["progress_bar", "show_progress", "write_line"]
-
 _ENABLED: ContextVar[bool] = ContextVar("disel_eval_progress", default=False)
 
 
@@ -34,10 +32,3 @@ def progress_bar(iterable: Iterable, description: str, *, total: int | None = No
     return tqdm(
         iterable, desc=description, total=total, unit=unit, disable=not _ENABLED.get(), leave=None, dynamic_ncols=True
     )
-
-
-def write_line(line: str) -> None:
-    """Print ``line`` to stdout without breaking a bar that is being drawn (the bar is redrawn below it)."""
-    from tqdm.auto import tqdm
-
-    tqdm.write(line)

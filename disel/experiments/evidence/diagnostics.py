@@ -4,8 +4,7 @@ In the toy, trained DISeL with the paper's initialisation gets stuck on some see
 ``W_g[i]`` pointing *against* its own component's ``A[i]`` (cosine −0.84 to −0.94): the component then
 closes its own gate exactly where it would act. :func:`gate_alignment` measures, for every adapted
 module and rank component, ``cos(W_g[i], A[i])``, and the fraction of components below a threshold
-(−0.5 by default), per layer and overall. :func:`gate_means_by_domain` gives the mean gate value on
-text of each domain (math / English / code), with :func:`disel.record_gates`.
+(−0.5 by default), per layer and overall (mean gates per domain: :mod:`disel.experiments.eval.gates`).
 
 Adapters are found by type (:class:`disel.DiselLinear` and the PEFT layer
 :class:`disel.tuner.layer.DiselLayer`), never by parameter names.
@@ -13,14 +12,14 @@ Adapters are found by type (:class:`disel.DiselLinear` and the PEFT layer
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from disel.layers import DiselLinear
-from disel.recording import GateStats, parse_layer_index, record_gates
+from disel.recording import parse_layer_index
 from disel.tuner.layer import DiselLayer
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "ComponentCosines",
     "GateAlignment",
     "gate_alignment",
-    "gate_means_by_domain",
     "row_cosines",
 ]
 
@@ -117,33 +115,3 @@ def gate_alignment(model: nn.Module, threshold: float = ANTI_ALIGNED_BELOW) -> G
         threshold=threshold,
         modules=modules,
     )
-
-
-def gate_means_by_domain(
-    model: nn.Module, batches_by_domain: Mapping[str, Iterable[Mapping[str, Tensor]]]
-) -> dict[str, float]:
-    """Mean post-sigmoid gate value over every DISeL module and component, per text domain.
-
-    ``batches_by_domain``: domain name (e.g. ``"math"``, ``"english"``, ``"code"``) → batches with
-    ``input_ids`` (batch, seq) and optionally ``attention_mask`` (only real tokens are recorded). The
-    model runs in eval mode without gradients; its mode is restored afterwards.
-    """
-    device = next(model.parameters()).device
-    means: dict[str, float] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for domain, batches in batches_by_domain.items():
-            with record_gates(model) as recorder, torch.inference_mode():
-                for index, batch in enumerate(batches):
-                    if "input_ids" not in batch:
-                        raise ValueError(f"domain {domain!r}, batch {index}: no 'input_ids' (keys: {sorted(batch)})")
-                    ids = batch["input_ids"].to(device)
-                    mask = batch.get("attention_mask")
-                    recorder.set_token_mask(None if mask is None else mask.to(device) != 0)
-                    model(input_ids=ids, attention_mask=None if mask is None else mask.to(device))
-                stats = list(recorder.stats.values())
-            means[domain] = GateStats.merge(stats).mean if stats else float("nan")
-    finally:
-        model.train(was_training)
-    return means

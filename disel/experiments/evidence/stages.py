@@ -6,8 +6,8 @@
 * :func:`run_job` per (arm, seed): training (the Trainer resumes a killed run from its newest checkpoint),
   then one ``eval/step-<N>.json`` per checkpoint: per-problem correctness, perplexity and KL to the base
   on English and code (one forward pass of each model per batch, :func:`~.kl.mean_token_kl`, the base
-  being the same weights with the adapter disabled), and for DISeL the gate means per domain and the
-  anti-aligned fraction (:mod:`.diagnostics`).
+  being the same weights with the adapter disabled), and for DISeL the gate means per domain
+  (:mod:`~disel.experiments.eval.gates`) and the anti-aligned fraction (:mod:`.diagnostics`).
 """
 
 from __future__ import annotations
@@ -125,9 +125,10 @@ def evaluate_model(
 
 
 def _gate_diagnostics(model: Any, tokenizer: Any, config: EvidenceConfig, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Anti-aligned fraction (overall and per layer) and mean gate on math / English / code."""
+    """Anti-aligned fraction (overall and per layer) and mean gate on math / English / code (every real token)."""
     from ..data.templates import get_template
-    from .diagnostics import gate_alignment, gate_means_by_domain
+    from ..eval.gates import GateDomain, analyze_gates, mean_gate
+    from .diagnostics import gate_alignment
 
     n, settings = config.evaluation.gate_sequences, config.evaluation
     template = get_template("alpaca")
@@ -135,16 +136,19 @@ def _gate_diagnostics(model: Any, tokenizer: Any, config: EvidenceConfig, manife
         "math": [template.format_prompt(r["instruction"]) + r["output"] for r in manifest["test_rows"][:n]],
         **{domain: manifest["retention"][domain][:n] for domain in DOMAINS},
     }
-    batches = {
-        domain: _token_batches(tokenizer, t, settings.retention_max_length, settings.retention_batch_size)
-        for domain, t in texts.items()
-    }
+    gates = analyze_gates(
+        model,
+        tokenizer,
+        [GateDomain(domain, texts=t) for domain, t in texts.items()],
+        batch_size=settings.retention_batch_size,
+        max_length=settings.retention_max_length,
+    )
     alignment = gate_alignment(model)
     return {
         "anti_aligned_fraction": alignment.fraction,
         "anti_aligned_by_layer": alignment.by_layer,
         "min_cosine": alignment.min_cosine,
-        "gate_means": gate_means_by_domain(model, batches),
+        "gate_means": {domain: mean_gate(summary) for domain, summary in gates["domains"].items()},
     }
 
 

@@ -489,6 +489,19 @@ def test_baselines_train_and_save(tmp_path, llama_dir, math_file, method):
         assert saved["rank_pattern"] and len(saved["rank_pattern"]) == 6
 
 
+def test_adalora_schedule_follows_epochs(tmp_path, llama_dir, math_file):
+    """A recipe giving epochs, not max_steps (as recipes/methods/adalora.yaml does): the schedule's total_step
+    and its ratio phases come from the Trainer's own step count (40 rows / batch 4 = 10 steps)."""
+    adalora = {"tinit_ratio": 0.1, "tfinal_ratio": 0.2, "deltaT": 1}
+    training = {"max_steps": -1, "num_train_epochs": 1, "save_strategy": "no"}
+    config = _config(
+        llama_dir, math_file, tmp_path / "run", method={"name": "adalora", "adalora": adalora}, training=training
+    )
+    assert train(config).global_step == 10
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert (saved["total_step"], saved["tinit"], saved["tfinal"]) == (10, 1, 2)
+
+
 class _SimulatedCrash(RuntimeError):
     pass
 

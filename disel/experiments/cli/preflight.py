@@ -148,7 +148,7 @@ def check_target_modules(config: Any) -> None:
         model_class = AutoModelForSequenceClassification
     else:
         model_class = AutoModelForCausalLM
-    peft_config = build_peft_config(config, total_step=1_000_000)  # a schedule length only AdaLoRA reads
+    peft_config = build_peft_config(config)
     with torch.device("meta"):
         skeleton = model_class.from_config(architecture, trust_remote_code=model.trust_remote_code)
         try:

@@ -43,8 +43,13 @@ _ADALORA_STATE = "adalora_state.pt"
 _ALLOCATOR_STATISTICS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
-def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
-    """The PEFT config of ``config.method`` (None for ``full``). ``total_step``: AdaLoRA's schedule length."""
+# AdaLoRA's schedule length until AdaLoraScheduleCallback sets the Trainer's own count when training starts
+# (the adapter's shape does not depend on it; a recipe's epochs are turned into steps by the Trainer alone).
+_PLACEHOLDER_TOTAL_STEP = 1_000_000
+
+
+def build_peft_config(config: ExperimentConfig):
+    """The PEFT config of ``config.method`` (None for ``full``)."""
     method = config.method
     task_type = "CAUSAL_LM" if config.model.task_type == "causal_lm" else "SEQ_CLS"
     common = {
@@ -67,9 +72,7 @@ def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
     from peft import AdaLoraConfig
 
     settings = method.adalora
-    total = settings.total_step or total_step
-    if total is None:
-        raise ConfigError("method.adalora.total_step: unknown; set it, or let train() compute it from the data")
+    total = settings.total_step or _PLACEHOLDER_TOTAL_STEP
     tinit, tfinal = _adalora_phases(settings, total)
     schedule = settings.model_dump(include={"deltaT", "beta1", "beta2", "orth_reg_weight"})
     init_r = settings.init_r or math.ceil(1.5 * method.r)
@@ -87,17 +90,6 @@ def _adalora_phases(settings, total: int) -> tuple[int, int]:
             "phase would be empty (shorten tinit/tfinal or train longer)"
         )
     return tinit, tfinal
-
-
-def _estimate_total_steps(config: ExperimentConfig, n_train: int) -> int:
-    """Optimizer steps the Trainer will run (its own formula); AdaLoRA needs the number up front."""
-    training = config.training
-    if training.max_steps is not None:
-        return training.max_steps
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    batches = math.ceil(n_train / (training.per_device_train_batch_size * world_size))
-    per_epoch = max(math.ceil(batches / training.gradient_accumulation_steps), 1)
-    return math.ceil(training.num_train_epochs * per_epoch)
 
 
 class AdaLoraScheduleCallback(TrainerCallback):
@@ -286,8 +278,7 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     else:
         from peft import get_peft_model
 
-        peft_config = build_peft_config(config, total_step=_estimate_total_steps(config, len(data.train)))
-        model = get_peft_model(model, peft_config)
+        model = get_peft_model(model, build_peft_config(config))
     return _build_trainer(config, args, model, tokenizer, data, callbacks, resume_from), data
 
 

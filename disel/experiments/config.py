@@ -189,12 +189,9 @@ class ExperimentConfig(_Section):
     @field_validator("training", mode="before")
     @classmethod
     def _training_section(cls, value: Any) -> BaseModel:
-        if isinstance(value, training_section_model()):
-            return value
-        value = {} if value is None else value
-        return training_section_model().model_validate(
-            {**TRAINING_DEFAULTS, **value} if isinstance(value, dict) else value
-        )
+        if value is None or isinstance(value, dict):  # else a training section model, or an error
+            value = {**TRAINING_DEFAULTS, **(value or {})}
+        return training_section_model().model_validate(value)
 
     def to_dict(self, with_defaults: bool = False) -> dict[str, Any]:
         """A plain, JSON-serialisable dict; ``config_from_dict(c.to_dict())`` rebuilds an equal config.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -37,7 +36,7 @@ from ..data.datasets import PreparedData, prepare_data
 from ..models import check_model_dir, force_offline, load_model, load_tokenizer
 from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
 from ..schemas import TrainResult
-from .checkpoints import CHECKPOINT_NAME, RUN_CONFIG_FILE, check_config_unchanged, complete_checkpoints, resolve_resume
+from .checkpoints import RUN_CONFIG_FILE, check_config_unchanged, complete_checkpoints, resolve_resume
 
 _ADALORA_STATE = "adalora_state.pt"
 _ALLOCATOR_STATISTICS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
@@ -308,7 +307,7 @@ def _result(config: ExperimentConfig, trainer, data, train_output, eval_metrics,
         eval_history=[e for e in log_history if any(k.startswith("eval_") for k in e)],
         log_history=log_history,
         checkpoints=[
-            {"path": path.name, "step": int(CHECKPOINT_NAME.match(path.name).group(1))}
+            {"path": path.name, "step": int(path.name.removeprefix("checkpoint-"))}
             for path in complete_checkpoints(output_dir)
         ],
         resumed_from=resume_from,

@@ -132,10 +132,9 @@ def check_target_modules(config: Any) -> None:
     from ..train.run import build_peft_config
 
     model = config.model
-    options: dict[str, Any] = {"trust_remote_code": model.trust_remote_code, "local_files_only": True}
-    if model.gguf_file is not None:
-        options["gguf_file"] = model.gguf_file
-    architecture = AutoConfig.from_pretrained(model.path, **options)
+    architecture = AutoConfig.from_pretrained(
+        model.path, gguf_file=model.gguf_file, trust_remote_code=model.trust_remote_code, local_files_only=True
+    )
     if model.task_type == "sequence_classification":
         architecture.num_labels = model.num_labels
         model_class = AutoModelForSequenceClassification

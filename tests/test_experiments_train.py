@@ -191,6 +191,24 @@ def test_truncation_keeps_prompt_first_and_drops_examples_without_response(llama
     assert tokenize_instruction(tokenizer, prompt, "7", max_length=n_prompt) is None
 
 
+def test_raw_text_template_learns_every_predicted_token(llama_dir, tmp_path):
+    """template none: text + EOS, every token after the first labelled with itself (the first, here BOS, is
+    never predicted by a causal LM)."""
+    from transformers import AutoTokenizer
+
+    from disel.experiments.config import DataConfig
+    from disel.experiments.data.datasets import prepare_data
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    path = tmp_path / "text.jsonl"
+    path.write_text(json.dumps({"text": "Plain prose, no prompt."}) + "\n")
+    config = DataConfig(train_files=[str(path)], template="none", max_length=64)
+    (example,) = prepare_data(config, tokenizer, "causal_lm").train
+    ids, labels = example["input_ids"], example["labels"]
+    assert ids == tokenizer("Plain prose, no prompt.")["input_ids"] + [tokenizer.eos_token_id]
+    assert labels[1:] == ids[1:]
+
+
 def test_collator_pads_right_with_masked_labels():
     """Padding positions get pad ids, attention 0 and label -100; real tokens are unchanged."""
     examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}]

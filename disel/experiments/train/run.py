@@ -254,7 +254,7 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     parameters."""
     from transformers import AutoModelForSequenceClassification
 
-    model_config, training = config.model, config.training
+    model_config = config.model
     check_model_dir(model_config.path, model_config.gguf_file)
     tokenizer = load_tokenizer(
         model_config.path, gguf_file=model_config.gguf_file, trust_remote_code=model_config.trust_remote_code
@@ -269,8 +269,6 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     model = load_model(model_config.path, dtype=model_config.dtype, gguf_file=model_config.gguf_file, **kwargs)
     if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
         model.config.pad_token_id = tokenizer.pad_token_id
-    if model_config.task_type == "causal_lm" and (training.gradient_checkpointing or training.activation_checkpointing):
-        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     reseed()  # the adapter's initialisation must not depend on what model loading drew
     if config.method.name == "full":
         model.requires_grad_(True)

@@ -191,6 +191,24 @@ def test_truncation_keeps_prompt_first_and_drops_examples_without_response(llama
     assert tokenize_instruction(tokenizer, prompt, "7", max_length=n_prompt) is None
 
 
+def test_raw_text_template_learns_every_predicted_token(llama_dir, tmp_path):
+    """template none: text + EOS, every token after the first labelled with itself (the first, here BOS, is
+    never predicted by a causal LM)."""
+    from transformers import AutoTokenizer
+
+    from disel.experiments.config import DataConfig
+    from disel.experiments.data.datasets import prepare_data
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    path = tmp_path / "text.jsonl"
+    path.write_text(json.dumps({"text": "Plain prose, no prompt."}) + "\n")
+    config = DataConfig(train_files=[str(path)], template="none", max_length=64)
+    (example,) = prepare_data(config, tokenizer, "causal_lm").train
+    ids, labels = example["input_ids"], example["labels"]
+    assert ids == tokenizer("Plain prose, no prompt.")["input_ids"] + [tokenizer.eos_token_id]
+    assert labels[1:] == ids[1:]
+
+
 def test_collator_pads_right_with_masked_labels():
     """Padding positions get pad ids, attention 0 and label -100; real tokens are unchanged."""
     examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}]
@@ -487,6 +505,19 @@ def test_baselines_train_and_save(tmp_path, llama_dir, math_file, method):
         # total_step came from the Trainer; update_and_allocate ran and fixed a rank pattern by step total - tfinal.
         assert saved["total_step"] == 4 and saved["init_r"] == 6 and saved["target_r"] == 4
         assert saved["rank_pattern"] and len(saved["rank_pattern"]) == 6
+
+
+def test_adalora_schedule_follows_epochs(tmp_path, llama_dir, math_file):
+    """A recipe giving epochs, not max_steps (as recipes/methods/adalora.yaml does): the schedule's total_step
+    and its ratio phases come from the Trainer's own step count (40 rows / batch 4 = 10 steps)."""
+    adalora = {"tinit_ratio": 0.1, "tfinal_ratio": 0.2, "deltaT": 1}
+    training = {"max_steps": -1, "num_train_epochs": 1, "save_strategy": "no"}
+    config = _config(
+        llama_dir, math_file, tmp_path / "run", method={"name": "adalora", "adalora": adalora}, training=training
+    )
+    assert train(config).global_step == 10
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert (saved["total_step"], saved["tinit"], saved["tfinal"]) == (10, 1, 2)
 
 
 class _SimulatedCrash(RuntimeError):

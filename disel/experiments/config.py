@@ -181,7 +181,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: MethodConfig = MethodConfig()
-    training: Any = None
+    training: Any = Field(None, validate_default=True)
     """A model of :func:`training_section_model` with :data:`TRAINING_DEFAULTS` (attributes as on
     ``TrainingArguments``)."""
     name: str | None = None
@@ -189,9 +189,9 @@ class ExperimentConfig(_Section):
     @field_validator("training", mode="before")
     @classmethod
     def _training_section(cls, value: Any) -> BaseModel:
-        if isinstance(value, training_section_model()):
-            return value
-        return training_section_model().model_validate({**TRAINING_DEFAULTS, **(value or {})})
+        if value is None or isinstance(value, dict):  # else a training section model, or an error
+            value = {**TRAINING_DEFAULTS, **(value or {})}
+        return training_section_model().model_validate(value)
 
     def to_dict(self, with_defaults: bool = False) -> dict[str, Any]:
         """A plain, JSON-serialisable dict; ``config_from_dict(c.to_dict())`` rebuilds an equal config.
@@ -258,9 +258,22 @@ def read_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.resolve() in _seen:
         raise ConfigError(f"config file {str(path)!r}: its base chain comes back to itself")
+    raw = read_mapping(path)
+    bases = raw.pop("base", None)
+    bases = [bases] if isinstance(bases, str) else [] if bases is None else bases
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"base in {path}: expected a recipe file path or a list of them, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:  # later bases overlay earlier ones, and the recipe overlays them all
+        merged = merge(merged, read_recipe(path.parent / base, (*_seen, path.resolve())))
+    return merge(merged, raw)
+
+
+def read_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a YAML or JSON (``.json``) file (empty: ``{}``); ConfigError naming the file otherwise."""
     try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".json":
+        text = Path(path).read_text(encoding="utf-8")
+        if str(path).lower().endswith(".json"):
             raw = json.loads(text)
         else:
             import yaml
@@ -271,14 +284,7 @@ def read_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(raw).__name__}")
-    bases = raw.pop("base", None)
-    bases = [bases] if isinstance(bases, str) else [] if bases is None else bases
-    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
-        raise ConfigError(f"base in {path}: expected a recipe file path or a list of them, got {bases!r}")
-    merged: dict[str, Any] = {}
-    for base in bases:  # later bases overlay earlier ones, and the recipe overlays them all
-        merged = merge(merged, read_recipe(path.parent / base, (*_seen, path.resolve())))
-    return merge(merged, raw)
+    return raw
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -325,15 +331,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
     """Build and validate an :class:`ExperimentConfig` from a nested dict (``source`` names it in errors)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"the top level in {source}: expected a mapping of recipe sections, got {raw!r}")
-    raw = dict(raw)
     try:
-        training = ExperimentConfig._training_section(raw.pop("training", None))
+        config = ExperimentConfig.model_validate(raw)
     except ValidationError as error:
-        raise _config_error(error, source, prefix=("training",), model=training_section_model()) from None
-    try:
-        config = ExperimentConfig.model_validate({**raw, "training": training})
-    except ValidationError as error:
-        raise _config_error(error, source, prefix=(), model=ExperimentConfig) from None
+        raise _config_error(error, source) from None
     return config.validate_values(source)
 
 
@@ -349,18 +350,17 @@ _EXPECTED = {
 }
 
 
-def _config_error(error: ValidationError, source: str, prefix: tuple, model: type[BaseModel]) -> ConfigError:
+def _config_error(error: ValidationError, source: str) -> ConfigError:
     """pydantic's first error in this module's words: the dotted key, the file, what was expected (for a
     union, every member's expectation)."""
     errors = error.errors()
     location = _field_location(errors[0]["loc"])
     same_field = [e for e in errors if _field_location(e["loc"]) == location]
     first = same_field[0]
-    key = ".".join(str(part) for part in (*prefix, *location)).replace(".[", "[")
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        section = _section_model(model, location[:-1])
-        label = ".".join(str(part) for part in (*prefix, *location[:-1])) or "the top level"
+    key = ".".join(str(part) for part in location).replace(".[", "[")
+    if first["type"] == "extra_forbidden":
+        section = _section_model(location[:-1])
+        label = ".".join(str(part) for part in location[:-1]) or "the top level"
         near = difflib.get_close_matches(str(location[-1]), section.model_fields, n=3)
         hint = f"did you mean {' or '.join(near)}? " if near else ""
         return ConfigError(
@@ -391,7 +391,8 @@ def _expected(error: dict[str, Any]) -> str:
     return next((text for name, text in _EXPECTED.items() if error["type"].startswith(name)), error["msg"])
 
 
-def _section_model(model: type[BaseModel], location: tuple) -> type[BaseModel]:
+def _section_model(location: tuple) -> type[BaseModel]:
+    model: type[BaseModel] = ExperimentConfig
     for part in location:
         if isinstance(part, str) and part.startswith("["):
             continue

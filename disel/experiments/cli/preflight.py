@@ -8,7 +8,6 @@ loads weights: the target-module check builds the model on the ``meta`` device f
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterable
@@ -48,19 +47,13 @@ def report(prog: str, error: BaseException) -> int:
 
 
 def read_mapping_file(path: str, what: str = "--config") -> dict[str, Any]:
-    """The mapping in a YAML (``.yaml``/``.yml``) or JSON file; UsageError naming ``what`` if it is missing,
-    unparsable or not a mapping."""
-    import yaml
+    """:func:`disel.experiments.config.read_mapping`, its refusal as a UsageError naming ``what``."""
+    from ..config import ConfigError, read_mapping
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as error:
-        raise UsageError(f"{what} {path}: cannot read it: {error}") from None
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise UsageError(f"{what} {path}: expected a mapping of names to values, got {type(data).__name__}")
-    return data
+        return read_mapping(path)
+    except ConfigError as error:
+        raise UsageError(f"{what}: {error}") from None
 
 
 def check_output_dir(path: str | os.PathLike, what: str) -> Path:
@@ -139,16 +132,15 @@ def check_target_modules(config: Any) -> None:
     from ..train.run import build_peft_config
 
     model = config.model
-    options: dict[str, Any] = {"trust_remote_code": model.trust_remote_code, "local_files_only": True}
-    if model.gguf_file is not None:
-        options["gguf_file"] = model.gguf_file
-    architecture = AutoConfig.from_pretrained(model.path, **options)
+    architecture = AutoConfig.from_pretrained(
+        model.path, gguf_file=model.gguf_file, trust_remote_code=model.trust_remote_code, local_files_only=True
+    )
     if model.task_type == "sequence_classification":
         architecture.num_labels = model.num_labels
         model_class = AutoModelForSequenceClassification
     else:
         model_class = AutoModelForCausalLM
-    peft_config = build_peft_config(config, total_step=1_000_000)  # a schedule length only AdaLoRA reads
+    peft_config = build_peft_config(config)
     with torch.device("meta"):
         skeleton = model_class.from_config(architecture, trust_remote_code=model.trust_remote_code)
         try:

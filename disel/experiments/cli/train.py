@@ -22,8 +22,6 @@ from collections.abc import Sequence
 
 from ._args import add_override_argument
 
-__all__ = ["build_parser", "main"]
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

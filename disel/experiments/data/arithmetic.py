@@ -14,8 +14,6 @@ from pathlib import Path
 
 from disel.io import write_text_atomic
 
-__all__ = ["ArithmeticProblem", "generate_problems", "train_and_test_problems", "write_jsonl"]
-
 _NAMES = tuple(
     "Ava Ben Chloe Diego Emma Farid Grace Hiro Isla Jonas Kemi Liam Maya Noah Olga Priya Quinn Rosa Sam Tariq".split()
 )

@@ -9,8 +9,6 @@ import torch
 
 from .templates import IGNORE_INDEX
 
-__all__ = ["CausalLMCollator", "right_pad"]
-
 
 def right_pad(
     batch: Sequence[tuple[Sequence[int] | torch.Tensor, Sequence | torch.Tensor]],

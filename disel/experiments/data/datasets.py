@@ -126,21 +126,18 @@ def split_rows(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Ro
     return [r for i, r in enumerate(rows) if i not in held_out], [r for i, r in enumerate(rows) if i in held_out]
 
 
-def _eos_id(tokenizer: Any) -> int:
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; instruction tuning appends EOS to every response")
-    return int(tokenizer.eos_token_id)
-
-
 def tokenize_instruction(tokenizer: Any, prompt: str, response: str, max_length: int) -> dict[str, list[int]] | None:
     """``input_ids`` of ``prompt + response + EOS`` and ``labels`` with the prompt masked to ``-100``.
 
     A token is a response token when its first character lies at or after ``len(prompt)`` (offsets of a
-    fast tokenizer), so a token straddling the boundary counts as prompt. Slow tokenizers: the first
+    fast tokenizer; special tokens, which cover no text, are prompt), so a token straddling the boundary counts
+    as prompt. Slow tokenizers: the first
     ``len(tokenize(prompt))`` tokens are masked. Truncated to ``max_length``; None when no response token
     is left (such an example carries no loss).
     """
-    eos = _eos_id(tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token; instruction tuning appends EOS to every response")
+    eos = int(tokenizer.eos_token_id)
     text = prompt + response
     if getattr(tokenizer, "is_fast", False):
         encoding = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
@@ -162,18 +159,6 @@ def tokenize_instruction(tokenizer: Any, prompt: str, response: str, max_length:
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return {"input_ids": ids, "labels": labels}
-
-
-def tokenize_text(tokenizer: Any, text: str, max_length: int) -> dict[str, list[int]] | None:
-    """Raw text with EOS appended, loss on every token, truncated to ``max_length``."""
-    eos = _eos_id(tokenizer)
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    if not ids or ids[-1] != eos:
-        ids.append(eos)
-    ids = ids[:max_length]
-    if len(ids) < 2:  # a causal LM needs two tokens for one prediction
-        return None
-    return {"input_ids": ids, "labels": list(ids)}
 
 
 @dataclass
@@ -240,9 +225,9 @@ def _tokenize_rows(
                 "attention_mask": list(encoding["attention_mask"]),
                 "labels": _label(row, config, num_labels),
             }
-        elif config.template == "none":
+        elif config.template == "none":  # raw text: an empty prompt, so loss on every token
             text = _string_field(row, config.text_field, "data.text_field")
-            example = tokenize_text(tokenizer, text, config.max_length)
+            example = tokenize_instruction(tokenizer, "", text, config.max_length)
         else:
             instruction = _string_field(row, config.instruction_field, "data.instruction_field")
             response = _string_field(row, config.response_field, "data.response_field")

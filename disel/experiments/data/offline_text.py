@@ -26,6 +26,8 @@ from pathlib import Path
 # frozen-module test stubs (__hello__, __phello__).
 _SKIPPED_MODULES = frozenset({"this", "antigravity", "__hello__", "__phello__"})
 _HEADING_RULE = re.compile(r"^[*=\-~^\"]{3,}$")
+_PASSAGE_CHARS = (300, 1500)  # an English passage: shorter ones dropped, longer ones cut
+_DEFINITION_CHARS = (200, 2000)  # a code definition outside these bounds is skipped
 
 
 def _prose_paragraphs(topic_text: str) -> list[str]:
@@ -47,9 +49,10 @@ def _prose_paragraphs(topic_text: str) -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def _english_passages(min_chars: int, max_chars: int) -> tuple[str, ...]:
+def _english_passages() -> tuple[str, ...]:
     from pydoc_data.topics import topics
 
+    min_chars, max_chars = _PASSAGE_CHARS
     passages = []
     for name in sorted(topics):
         current = ""
@@ -72,16 +75,13 @@ def _sample(candidates: list | tuple, n: int, seed: int, what: str) -> list:
     return random.Random(seed).sample(list(candidates), n)
 
 
-def general_english_texts(n: int, seed: int = 0, *, min_chars: int = 300, max_chars: int = 1500) -> list[str]:
+def general_english_texts(n: int, seed: int = 0) -> list[str]:
     """``n`` English passages from Python's reference documentation (``pydoc_data.topics``).
 
-    Each passage joins consecutive prose paragraphs of one topic until ``max_chars``; passages shorter
-    than ``min_chars`` are dropped. About 180 passages exist at the defaults (Python 3.11); asking
-    for more raises.
+    Each passage joins consecutive prose paragraphs of one topic, 300 to 1500 characters. About 180 passages
+    exist (Python 3.11); asking for more raises.
     """
-    if not 0 < min_chars <= max_chars:
-        raise ValueError(f"need 0 < min_chars <= max_chars, got min_chars={min_chars}, max_chars={max_chars}")
-    return _sample(_english_passages(min_chars, max_chars), n, seed, "English passages")
+    return _sample(_english_passages(), n, seed, "English passages")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class CodeDefinition:
     body_without_docstring: str  # the "solution" half of an instruction/response pair
 
 
-def _definitions_in(path: Path, min_chars: int, max_chars: int) -> list[CodeDefinition]:
+def _definitions_in(path: Path) -> list[CodeDefinition]:
     try:
         source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
@@ -108,7 +108,7 @@ def _definitions_in(path: Path, min_chars: int, max_chars: int) -> list[CodeDefi
             continue
         start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
         text = "\n".join(lines[start : node.end_lineno])
-        if not min_chars <= len(text) <= max_chars or not text.isascii():
+        if not _DEFINITION_CHARS[0] <= len(text) <= _DEFINITION_CHARS[1] or not text.isascii():
             continue
         docstring = ast.get_docstring(node) or ""
         body = text
@@ -121,40 +121,34 @@ def _definitions_in(path: Path, min_chars: int, max_chars: int) -> list[CodeDefi
 
 
 @lru_cache(maxsize=None)
-def _all_definitions(min_chars: int, max_chars: int) -> tuple[CodeDefinition, ...]:
+def _all_definitions() -> tuple[CodeDefinition, ...]:
     definitions: list[CodeDefinition] = []
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
         if path.stem in _SKIPPED_MODULES:
             continue
-        definitions.extend(_definitions_in(path, min_chars, max_chars))
+        definitions.extend(_definitions_in(path))
     return tuple(definitions)
 
 
-def stdlib_definitions(
-    exclude: Iterable[str] = (), *, min_chars: int = 200, max_chars: int = 2000
-) -> list[CodeDefinition]:
-    """All top-level definitions (``min_chars`` ≤ length ≤ ``max_chars``, ASCII) of the top-level
+def stdlib_definitions(exclude: Iterable[str] = ()) -> list[CodeDefinition]:
+    """All top-level definitions (200 to 2000 characters, ASCII) of the top-level
     standard-library modules, in sorted module order, skipping modules named in ``exclude``
     (file stems such as ``"json"`` or ``"textwrap"``; use it to keep evaluation code disjoint from
     code that was trained on)."""
     if isinstance(exclude, str):
         raise TypeError(f"exclude must be an iterable of module names, not the string {exclude!r}; use [{exclude!r}]")
     excluded = frozenset(exclude)
-    return [d for d in _all_definitions(min_chars, max_chars) if d.module not in excluded]
+    return [d for d in _all_definitions() if d.module not in excluded]
 
 
-def python_code_texts(
-    n: int, seed: int = 0, exclude: Iterable[str] = (), *, min_chars: int = 200, max_chars: int = 2000
-) -> list[str]:
+def python_code_texts(n: int, seed: int = 0, exclude: Iterable[str] = ()) -> list[str]:
     """``n`` Python source texts, each one top-level function or class of a standard-library module
     not in ``exclude`` (see :func:`stdlib_definitions`)."""
-    definitions = stdlib_definitions(exclude, min_chars=min_chars, max_chars=max_chars)
+    definitions = stdlib_definitions(exclude)
     return [d.source for d in _sample(definitions, n, seed, "Python definitions")]
 
 
-def python_function_tasks(
-    n: int, seed: int = 0, exclude: Iterable[str] = (), *, min_chars: int = 200, max_chars: int = 2000
-) -> list[dict[str, str]]:
+def python_function_tasks(n: int, seed: int = 0, exclude: Iterable[str] = ()) -> list[dict[str, str]]:
     """``n`` code instruction/response pairs ``{"instruction", "output"}`` from documented stdlib functions.
 
     The instruction asks for the function by name and docstring; the response is its source without
@@ -162,9 +156,7 @@ def python_function_tasks(
     on response tokens only).
     """
     definitions = [
-        d
-        for d in stdlib_definitions(exclude, min_chars=min_chars, max_chars=max_chars)
-        if d.docstring and d.source.lstrip().startswith(("def ", "async def "))
+        d for d in stdlib_definitions(exclude) if d.docstring and d.source.lstrip().startswith(("def ", "async def "))
     ]
     chosen = _sample(definitions, n, seed, "documented Python functions")
     return [

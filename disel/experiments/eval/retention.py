@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,17 @@ from disel.io import write_json_atomic, write_text_atomic
 
 from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
 from ..schemas import RetentionTable, write_record
+from ..train.checkpoints import checkpoint_folders
 from .evaluators import Evaluator
 from .generation import LoadedModel, has_tokenizer, load_model_for_eval
 from .progress import progress_bar
 
-_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``checkpoint-<step>`` folder in ``output_dir``, by increasing step
-    (numerically: ``checkpoint-10`` after ``checkpoint-9``)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
+    """:func:`~disel.experiments.train.checkpoints.checkpoint_folders`; FileNotFoundError if there is no folder."""
+    if not Path(output_dir).is_dir():
         raise FileNotFoundError(f"output_dir={str(output_dir)!r} is not a directory")
-    matches = ((_CHECKPOINT_DIR.match(child.name), child) for child in output_dir.iterdir())
-    return sorted((int(match.group(1)), child) for match, child in matches if match and child.is_dir())
+    return checkpoint_folders(output_dir)
 
 
 def _base_model_path(checkpoints: list[tuple[int, Path]]) -> str:

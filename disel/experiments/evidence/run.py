@@ -71,14 +71,6 @@ def stage_weights(config: EvidenceConfig, specs: list[RunSpec]) -> dict[str, flo
     return {**weights, "throughput": 30.0, "results": 10.0}
 
 
-def _model_path(config: EvidenceConfig) -> str:
-    if config.model_path is not None:
-        return config.model_path
-    from ..models import smollm2_path
-
-    return str(smollm2_path())
-
-
 def _base_stage(
     config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, dtype: str, progress: Progress
 ) -> dict[str, Any]:
@@ -157,13 +149,13 @@ def _run_jobs(
 
 def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
     """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``."""
-    from ..models import check_model_dir, force_offline, load_tokenizer
+    from ..models import check_model_dir, force_offline, load_tokenizer, smollm2_path
 
     force_offline()
     if workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers}")
     out = Path(output_dir)
-    model_path = _model_path(config)
+    model_path = config.model_path or str(smollm2_path())
     specs = config.run_specs(model_path, out / "data" / "train.jsonl", out)  # every recipe validated up front
     check_model_dir(model_path, what="model_path")
     manifest = prepare_data(config, out, load_tokenizer(model_path))

@@ -8,7 +8,6 @@ time) / the step's matmul FLOPs per token (:func:`~.throughput.training_step_flo
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any
 
@@ -36,13 +35,10 @@ def padded_lengths(lengths: list[int], batch_size: int, seed: int = 0) -> tuple[
 
 
 def _train_lengths(spec: RunSpec, tokenizer: Any) -> list[int]:
-    from ..data.templates import get_template
+    """Token counts of the training sequences, tokenised exactly as training does."""
+    from ..data.datasets import prepare_data
 
-    template = get_template(spec.config.data.template)
-    with open(spec.config.data.train_files[0]) as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    texts = [template.format_prompt(r["instruction"]) + r["output"] for r in rows]
-    return [min(len(tokenizer(t)["input_ids"]) + 1, spec.config.data.max_length) for t in texts]  # + EOS
+    return [len(example["input_ids"]) for example in prepare_data(spec.config.data, tokenizer, "causal_lm").train]
 
 
 def _trainable(model_path: str, spec: RunSpec) -> torch.nn.Module:

@@ -51,21 +51,23 @@ class DamagedCheckpointWarning(UserWarning):
 # ------------------------------------------------------------------------------------------------
 
 
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``checkpoint-<step>`` folder of ``output_dir`` by increasing step (numerically:
+    ``checkpoint-10`` after ``checkpoint-9``); none if ``output_dir`` does not exist."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    matches = ((CHECKPOINT_NAME.match(child.name), child) for child in output_dir.iterdir())
+    return sorted((int(match.group(1)), child) for match, child in matches if match and child.is_dir())
+
+
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """``checkpoint-<step>`` folders of ``output_dir`` that were written completely, oldest first.
 
     The Trainer writes ``trainer_state.json`` last, after the weights, optimizer, scheduler and RNG
     states; a folder without it was interrupted mid-save and is skipped.
     """
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = []
-    for child in output_dir.iterdir():
-        match = CHECKPOINT_NAME.match(child.name)
-        if match and child.is_dir() and (child / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
+    return [folder for _, folder in checkpoint_folders(output_dir) if (folder / "trainer_state.json").is_file()]
 
 
 def resolve_resume(training: Any) -> str | None:
@@ -149,16 +151,14 @@ def _torch_archive_damage(path: Path) -> str | None:
     file has lost it: the directory is written last), whose members lie inside the file, and, up to
     :data:`_CHECKSUM_LIMIT` bytes, whose members match their checksums."""
     size = path.stat().st_size
-    if not zipfile.is_zipfile(path):
-        return f"not a complete torch.save archive ({size} bytes, no zip end record: truncated?)"
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path) as archive:  # BadZipFile without the end record, written last
             outside = [m.filename for m in archive.infolist() if m.header_offset + m.compress_size > size]
             if outside:
                 return f"member {outside[0]!r} extends past the end of the file (truncated?)"
             bad_member = archive.testzip() if size <= _CHECKSUM_LIMIT else None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        return f"unreadable torch.save archive ({error})"
+        return f"not a complete torch.save archive ({size} bytes: {error}; truncated?)"
     return None if bad_member is None else f"member {bad_member!r} fails its checksum"
 
 

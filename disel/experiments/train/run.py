@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -37,14 +36,19 @@ from ..data.datasets import PreparedData, prepare_data
 from ..models import check_model_dir, force_offline, load_model, load_tokenizer
 from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
 from ..schemas import TrainResult
-from .checkpoints import CHECKPOINT_NAME, RUN_CONFIG_FILE, check_config_unchanged, complete_checkpoints, resolve_resume
+from .checkpoints import RUN_CONFIG_FILE, check_config_unchanged, complete_checkpoints, resolve_resume
 
 _ADALORA_STATE = "adalora_state.pt"
 _ALLOCATOR_STATISTICS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
-def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
-    """The PEFT config of ``config.method`` (None for ``full``). ``total_step``: AdaLoRA's schedule length."""
+# AdaLoRA's schedule length until AdaLoraScheduleCallback sets the Trainer's own count when training starts
+# (the adapter's shape does not depend on it; a recipe's epochs are turned into steps by the Trainer alone).
+_PLACEHOLDER_TOTAL_STEP = 1_000_000
+
+
+def build_peft_config(config: ExperimentConfig):
+    """The PEFT config of ``config.method`` (None for ``full``)."""
     method = config.method
     task_type = "CAUSAL_LM" if config.model.task_type == "causal_lm" else "SEQ_CLS"
     common = {
@@ -67,9 +71,7 @@ def build_peft_config(config: ExperimentConfig, total_step: int | None = None):
     from peft import AdaLoraConfig
 
     settings = method.adalora
-    total = settings.total_step or total_step
-    if total is None:
-        raise ConfigError("method.adalora.total_step: unknown; set it, or let train() compute it from the data")
+    total = settings.total_step or _PLACEHOLDER_TOTAL_STEP
     tinit, tfinal = _adalora_phases(settings, total)
     schedule = settings.model_dump(include={"deltaT", "beta1", "beta2", "orth_reg_weight"})
     init_r = settings.init_r or math.ceil(1.5 * method.r)
@@ -87,17 +89,6 @@ def _adalora_phases(settings, total: int) -> tuple[int, int]:
             "phase would be empty (shorten tinit/tfinal or train longer)"
         )
     return tinit, tfinal
-
-
-def _estimate_total_steps(config: ExperimentConfig, n_train: int) -> int:
-    """Optimizer steps the Trainer will run (its own formula); AdaLoRA needs the number up front."""
-    training = config.training
-    if training.max_steps is not None:
-        return training.max_steps
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    batches = math.ceil(n_train / (training.per_device_train_batch_size * world_size))
-    per_epoch = max(math.ceil(batches / training.gradient_accumulation_steps), 1)
-    return math.ceil(training.num_train_epochs * per_epoch)
 
 
 class AdaLoraScheduleCallback(TrainerCallback):
@@ -263,7 +254,7 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     parameters."""
     from transformers import AutoModelForSequenceClassification
 
-    model_config, training = config.model, config.training
+    model_config = config.model
     check_model_dir(model_config.path, model_config.gguf_file)
     tokenizer = load_tokenizer(
         model_config.path, gguf_file=model_config.gguf_file, trust_remote_code=model_config.trust_remote_code
@@ -278,16 +269,13 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     model = load_model(model_config.path, dtype=model_config.dtype, gguf_file=model_config.gguf_file, **kwargs)
     if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
         model.config.pad_token_id = tokenizer.pad_token_id
-    if model_config.task_type == "causal_lm" and (training.gradient_checkpointing or training.activation_checkpointing):
-        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     reseed()  # the adapter's initialisation must not depend on what model loading drew
     if config.method.name == "full":
         model.requires_grad_(True)
     else:
         from peft import get_peft_model
 
-        peft_config = build_peft_config(config, total_step=_estimate_total_steps(config, len(data.train)))
-        model = get_peft_model(model, peft_config)
+        model = get_peft_model(model, build_peft_config(config))
     return _build_trainer(config, args, model, tokenizer, data, callbacks, resume_from), data
 
 
@@ -317,7 +305,7 @@ def _result(config: ExperimentConfig, trainer, data, train_output, eval_metrics,
         eval_history=[e for e in log_history if any(k.startswith("eval_") for k in e)],
         log_history=log_history,
         checkpoints=[
-            {"path": path.name, "step": int(CHECKPOINT_NAME.match(path.name).group(1))}
+            {"path": path.name, "step": int(path.name.removeprefix("checkpoint-"))}
             for path in complete_checkpoints(output_dir)
         ],
         resumed_from=resume_from,

@@ -72,6 +72,23 @@ def check_model_dir(path: str | os.PathLike, gguf_file: str | None = None, *, wh
     return folder
 
 
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+"""Any one of these makes a directory a tokenizer source for ``AutoTokenizer.from_pretrained``."""
+
+
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds one of :data:`TOKENIZER_FILES`."""
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(
     path: str | os.PathLike,
     *,

@@ -16,17 +16,6 @@ from typing import Any
 
 from disel import io
 
-TOKENIZER_FILES: tuple[str, ...] = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-"""Any one of these makes a directory a tokenizer source for ``AutoTokenizer.from_pretrained``."""
-
 
 class UsageError(ValueError):
     """A command-line argument that cannot work; the message starts with the argument's name."""
@@ -89,6 +78,7 @@ def check_model_dir(
 ) -> None:
     """``path`` is a local transformers checkpoint (``config.json``, or ``gguf_file`` in it), and a tokenizer is
     found in it or in one of ``tokenizer_dirs`` (a GGUF file carries its own)."""
+    from ..models import TOKENIZER_FILES, has_tokenizer
     from ..models import check_model_dir as check_local_model
 
     try:
@@ -96,7 +86,7 @@ def check_model_dir(
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
     folders = (path, *tokenizer_dirs)
-    if gguf_file is None and not any((Path(folder) / name).is_file() for folder in folders for name in TOKENIZER_FILES):
+    if gguf_file is None and not any(has_tokenizer(folder) for folder in folders):
         raise UsageError(
             f"{what} {str(path)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
             "save the tokenizer next to the model (tokenizer.save_pretrained)"

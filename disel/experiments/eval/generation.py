@@ -23,12 +23,6 @@ from pydantic.dataclasses import dataclass as checked_dataclass
 from ..schemas import Gsm8kResult, HumanEvalResult
 from .progress import progress_bar
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def has_tokenizer(folder: str | os.PathLike) -> bool:
-    return any((Path(folder) / name).is_file() for name in _TOKENIZER_FILES)
-
 
 class LoadedModel(NamedTuple):
     """A model ready for evaluation, its tokenizer, and a JSON-ready description of what was loaded."""
@@ -61,7 +55,7 @@ def load_model_for_eval(
             ``from_pretrained`` (e.g. ``num_labels`` of a sequence classifier).
         tokenizer_path: default the adapter directory if it has tokenizer files, else ``base_path``.
     """
-    from ..models import load_model, load_tokenizer, resolve_dtype
+    from ..models import has_tokenizer, load_model, load_tokenizer, resolve_dtype
 
     model = load_model(
         base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs

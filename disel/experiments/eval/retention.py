@@ -16,11 +16,12 @@ import torch
 
 from disel.io import write_json_atomic, write_text_atomic
 
+from ..models import has_tokenizer
 from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
 from ..schemas import RetentionTable, write_record
 from ..train.checkpoints import checkpoint_folders
 from .evaluators import Evaluator
-from .generation import LoadedModel, has_tokenizer, load_model_for_eval
+from .generation import LoadedModel, load_model_for_eval
 from .progress import progress_bar
 
 

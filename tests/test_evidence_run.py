@@ -69,7 +69,11 @@ def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, mon
     for stem in ("evidence_tradeoff_kl", "evidence_accuracy", "evidence_retention_kl", "evidence_gates"):
         assert (tmp_path / "figs" / f"{stem}.png").is_file()
     summary = (out / "summary.md").read_text()
-    assert "| lora | 2 |" in summary and "disel_paper" in summary.split("\n\n")[-1]
+    final_table, matched, sentences, *_ = summary.split("\n\n")
+    assert "| lora | 2 |" in final_table and "| retention |" in matched and "disel_paper" in sentences
+    diagnostics = summary.split("| arm | seeds | max anti-aligned fraction")[1]
+    assert "| disel_toy | 1 |" in diagnostics and "| lora |" not in diagnostics  # DISeL arms only
+    assert "| lora (lora-seed0) |" in diagnostics  # the measured training speed
 
     # Resume after a "kill": the aggregate files and one checkpoint evaluation are gone.
     before = _mtimes(out)

@@ -167,6 +167,33 @@ def format_table(results: EvidenceResults) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diagnostics_table(results: EvidenceResults) -> str:
+    """Markdown: per DISeL arm the largest anti-aligned fraction over every checkpoint and seed and the final gate
+    means (seed means); then each measured arm's training speed against the FLOP limit of its step."""
+    lines = [
+        "| arm | seeds | max anti-aligned fraction | final gate mean math | English | code |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, seeds in results.seeds.items():
+        runs = results.runs_of(arm)
+        fractions = [c.anti_aligned_fraction for run in runs for c in run.checkpoints if c.step > 0]
+        if any(f is None for f in fractions):
+            continue  # not a DISeL arm
+        gates = [np.mean([run.checkpoints[-1].gate_means[d] for run in runs]) for d in ("math", "english", "code")]
+        lines.append(f"| {arm} | {len(seeds)} | {max(fractions):.3f} | " + " | ".join(f"{g:.3f}" for g in gates) + " |")
+    lines += [
+        "",
+        "| arm (run measured) | training tokens/s | FLOP-limit tokens/s | fraction | padding |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, r in results.throughput.get("arms", {}).items():
+        lines.append(
+            f"| {arm} ({r['run']}) | {r['tokens_per_s']:.1f} | {r['flop_limit_tokens_per_s']:.1f} | "
+            f"{r['fraction_of_flop_limit']:.2f} | {r['padding_fraction']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _sentence(comp: MatchedComparison) -> str:
     """The verdict for one arm, level by level: MORE where the interval is below 0 (closer to the base), LESS
     where it is above 0, NO clear difference where it covers 0."""

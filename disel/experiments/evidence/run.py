@@ -195,7 +195,7 @@ def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, manifest
 def _aggregate_stage(
     config: EvidenceConfig, specs: list[RunSpec], out: Path, base: dict, throughput: dict, progress: Progress
 ) -> dict[str, Any]:
-    from .aggregate import build_results, copy_final_adapters, format_table, verdict
+    from .aggregate import build_results, copy_final_adapters, diagnostics_table, format_table, verdict
     from .figures import draw_figures
     from .results import save_results
 
@@ -205,7 +205,7 @@ def _aggregate_stage(
     results = build_results(config, specs, base, throughput, adapters, recipe)
     save_results(results, out / "results.json")
     table, sentence = format_table(results), verdict(results)
-    write_text_atomic(out / "summary.md", f"{table}\n{sentence}\n")
+    write_text_atomic(out / "summary.md", f"{table}\n{sentence}\n\n{diagnostics_table(results)}")
     draw_figures(out / "results.json", figures_dir)
     progress.done("results", f"{out / 'results.json'}, figures in {figures_dir}")
     return {"results": results, "table": table, "verdict": sentence}

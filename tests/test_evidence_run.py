@@ -28,6 +28,7 @@ TINY = [
     "arms.lora.seeds=[0,1]",
     "arms.disel_paper.seeds=[0]",
     "arms.disel_toy.seeds=[0]",
+    "arms.disel_delay.seeds=[0]",
 ]
 
 
@@ -111,7 +112,7 @@ def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     )
     assert config.problems.test == 300 and config.device == "cuda"
     specs = config.run_specs("/some/model", tmp_path / "train.jsonl", tmp_path)
-    assert len(specs) == 6
+    assert len(specs) == 8  # 4 arms x seeds 0, 1
     assert all(s.config.model.dtype == "bfloat16" and s.config.training.bf16 for s in specs)
     assert all(not s.config.training.use_cpu for s in specs)
     toy = next(s for s in specs if s.arm == "disel_toy").config.method

@@ -53,6 +53,13 @@ def _load_checkpoint(path: Path | None, base_path: str, dtype: Any) -> LoadedMod
     raise FileNotFoundError(f"{path} holds neither an adapter (adapter_config.json) nor a model (config.json)")
 
 
+def _resumed_rows(table_path: Path, evaluator_name: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an existing table made by the same evaluator with the same settings (else none: start over)."""
+    previous = RetentionTable.read(table_path) if table_path.is_file() else None
+    same = previous is not None and (previous.evaluator, previous.settings) == (evaluator_name, settings)
+    return previous.to_dict()["rows"] if same else []
+
+
 def evaluate_checkpoints(
     output_dir: str | Path,
     evaluator: Evaluator,
@@ -92,9 +99,7 @@ def evaluate_checkpoints(
         output_dir=str(output_dir),
         base_path=base_path,
     )
-    previous = RetentionTable.read(table_path) if resume and table_path.is_file() else None
-    same = previous is not None and (previous.evaluator, previous.settings) == (evaluator.name, settings)
-    rows = previous.to_dict()["rows"] if same else []  # resume a table made with the same settings
+    rows = _resumed_rows(table_path, evaluator.name, settings) if resume else []
     done = {row["checkpoint"] for row in rows}
     models = [(0, "base", None)] if include_base else []
     models += [(step, path.name, path) for step, path in checkpoints]

@@ -26,7 +26,7 @@ from .results import (
     RunRecord,
     compare_arms,
 )
-from .stages import DOMAINS
+from .stages import DOMAINS, GATE_DOMAINS
 from .stats import exact_match_interval
 
 __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
@@ -179,7 +179,7 @@ def diagnostics_table(results: EvidenceResults) -> str:
         fractions = [c.anti_aligned_fraction for run in runs for c in run.checkpoints if c.step > 0]
         if any(f is None for f in fractions):
             continue  # not a DISeL arm
-        gates = [np.mean([run.checkpoints[-1].gate_means[d] for run in runs]) for d in ("math", "english", "code")]
+        gates = [np.mean([run.checkpoints[-1].gate_means[d] for run in runs]) for d in GATE_DOMAINS]
         lines.append(f"| {arm} | {len(seeds)} | {max(fractions):.3f} | " + " | ".join(f"{g:.3f}" for g in gates) + " |")
     lines += [
         "",

@@ -24,6 +24,7 @@ from .config import EvidenceConfig, RunSpec
 __all__ = ["evaluate_model", "prepare_data", "read_json", "retention_pools", "run_job"]
 
 DOMAINS = ("english", "code")
+GATE_DOMAINS = ("math", *DOMAINS)  # gate means: the task text first, then the retention texts
 Report = Callable[[str, str], None]  # (stage label, headline) of a finished stage
 
 

@@ -27,11 +27,11 @@ DEFAULT_RESULTS = Path("paper_figs") / "evidence" / "compression" / "compression
 
 
 def read_compression(path: Path):
-    """The :class:`~disel.experiments.evidence.results.CompressionResults` in ``path``, or a ResultFileError."""
-    from disel.experiments.evidence.results import load_compression_results
+    """The :class:`~disel.experiments.study.results.CompressionResults` in ``path``, or a ResultFileError."""
+    from disel.experiments.study.results import load_compression_results
 
     return read_typed(
-        path, load_compression_results, "python -m disel.experiments.evidence.compression", "compression results"
+        path, load_compression_results, "python -m disel.experiments.study.compression", "compression results"
     )
 
 

@@ -1,6 +1,6 @@
 """Shared reading and drawing of the evidence experiment's figures (``evidence_*.py``; issue 9).
 
-Every figure reads one ``results.json`` (:mod:`disel.experiments.evidence.results`, written by
+Every figure reads one ``results.json`` (:mod:`disel.experiments.study.results`, written by
 ``disel-evidence``). Arms are coloured in results order (LoRA first), seeds of an arm share the colour;
 over-time figures draw the mean over seeds with a band (the per-checkpoint 95% bootstrap interval of exact
 match; the min–max over seeds of a retention metric). Step 0 is the base model, shared by every run.
@@ -37,8 +37,8 @@ def evidence_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParse
 
 
 def read_evidence(path: Path):
-    """The :class:`~disel.experiments.evidence.results.EvidenceResults` in ``path``, or a ResultFileError."""
-    from disel.experiments.evidence.results import load_results
+    """The :class:`~disel.experiments.study.results.EvidenceResults` in ``path``, or a ResultFileError."""
+    from disel.experiments.study.results import load_results
 
     return read_typed(path, load_results, "disel-evidence", "evidence results")
 

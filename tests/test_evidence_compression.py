@@ -1,4 +1,4 @@
-"""The issue-11 LLM evidence driver (``python -m disel.experiments.evidence.compression``) end to end on a tiny
+"""The issue-11 LLM evidence driver (``python -m disel.experiments.study.compression``) end to end on a tiny
 Llama: an evidence-style folder (the evidence's own data stage), a planted DISeL adapter and a LoRA adapter;
 the results file, the table, the figure, resumption, and the one-line errors.
 
@@ -47,9 +47,9 @@ def _adapters(base: Path, root: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """The command line of a tiny study (an evidence-style folder with its data stage done, two adapters)."""
-    from disel.experiments.evidence.config import load_evidence_config
-    from disel.experiments.evidence.stages import prepare_data
     from disel.experiments.models import load_tokenizer
+    from disel.experiments.study.config import load_evidence_config
+    from disel.experiments.study.stages import prepare_data
 
     root = tmp_path_factory.mktemp("compression")
     base = make_tiny_causal_lm(root / "model")
@@ -90,8 +90,8 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path, monkeypatch, capsys):
-    from disel.experiments.evidence import stages
-    from disel.experiments.evidence.compression import load_compression_results, main
+    from disel.experiments.study import stages
+    from disel.experiments.study.compression import load_compression_results, main
 
     out = tmp_path / "out"
     assert main([*study, "--out", str(out)]) == 0
@@ -160,7 +160,7 @@ def _replace(argv: list[str], flag: str, value: str) -> list[str]:
     ],
 )
 def test_bad_inputs_give_one_line_errors(study, tmp_path, capsys, flag, value, message):
-    from disel.experiments.evidence.compression import main
+    from disel.experiments.study.compression import main
 
     assert main([*_replace(study, flag, value), "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
@@ -168,7 +168,7 @@ def test_bad_inputs_give_one_line_errors(study, tmp_path, capsys, flag, value, m
 
 
 def test_evidence_dir_without_results_needs_a_recipe(study, tmp_path, capsys):
-    from disel.experiments.evidence.compression import main
+    from disel.experiments.study.compression import main
 
     argv = list(study)
     at = argv.index("--recipe")
@@ -195,9 +195,9 @@ def test_recipe_evidence_record_and_lora_come_from_the_evidence_results(study, t
 
     import numpy as np
 
-    from disel.experiments.evidence.compression import load_compression_results, main
-    from disel.experiments.evidence.config import load_evidence_config
-    from disel.experiments.evidence.results import (
+    from disel.experiments.study.compression import load_compression_results, main
+    from disel.experiments.study.config import load_evidence_config
+    from disel.experiments.study.results import (
         CheckpointRecord,
         EvidenceResults,
         Interval,

@@ -1,4 +1,4 @@
-"""Gate/A anti-alignment (disel.experiments.evidence.diagnostics) and the evidence stage's per-domain gate means."""
+"""Gate/A anti-alignment (disel.experiments.study.diagnostics) and the evidence stage's per-domain gate means."""
 
 import math
 
@@ -8,7 +8,7 @@ from torch import nn
 
 import disel
 from disel.experiments.eval.gates import GateDomain, analyze_gates, mean_gate
-from disel.experiments.evidence.diagnostics import gate_alignment, row_cosines
+from disel.experiments.study.diagnostics import gate_alignment, row_cosines
 from disel.tuner.layer import DiselLayer
 from tiny_models import CORPUS, make_tiny_causal_lm, tiny_llama
 

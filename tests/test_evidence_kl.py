@@ -1,4 +1,4 @@
-"""Token-level KL divergence from the base model (disel.experiments.evidence.kl) on a tiny Llama."""
+"""Token-level KL divergence from the base model (disel.experiments.study.kl) on a tiny Llama."""
 
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import disel
-from disel.experiments.evidence.kl import (
+from disel.experiments.study.kl import (
     mean_token_kl,
     right_padded_batches,
     token_kl_divergence,

@@ -1,4 +1,4 @@
-"""The evidence results file (disel.experiments.evidence.results): round trip, validation, atomic writes."""
+"""The evidence results file (disel.experiments.study.results): round trip, validation, atomic writes."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from disel.experiments.evidence.results import (
+from disel.experiments.study.results import (
     SCHEMA_VERSION,
     CheckpointRecord,
     EvidenceResults,
@@ -17,7 +17,7 @@ from disel.experiments.evidence.results import (
     load_results,
     save_results,
 )
-from disel.experiments.evidence.stats import choose_levels, matched_differences
+from disel.experiments.study.stats import choose_levels, matched_differences
 
 
 def _run(arm, seed, problems=20, disel=False, rng=None):

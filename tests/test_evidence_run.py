@@ -48,9 +48,9 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, monkeypatch):
-    from disel.experiments.evidence import stages
-    from disel.experiments.evidence.cli import main
-    from disel.experiments.evidence.results import load_results
+    from disel.experiments.study import stages
+    from disel.experiments.study.cli import main
+    from disel.experiments.study.results import load_results
 
     model = make_tiny_causal_lm(tmp_path / "model")
     out = tmp_path / "out"
@@ -103,7 +103,7 @@ def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, mon
 def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     """``--device cuda --override model.dtype=bfloat16`` (no GPU needed to parse): training on the GPU, the
     base loaded in bf16; evidence keys stay in the evidence recipe."""
-    from disel.experiments.evidence.config import load_evidence_config
+    from disel.experiments.study.config import load_evidence_config
 
     config = load_evidence_config(
         RECIPE,
@@ -135,7 +135,7 @@ def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     ],
 )
 def test_bad_arguments_give_one_line_errors(argv, message, capsys, tmp_path):
-    from disel.experiments.evidence.cli import main
+    from disel.experiments.study.cli import main
 
     try:
         code = main(["--recipe", str(RECIPE), "--output-dir", str(tmp_path), *argv])
@@ -150,9 +150,9 @@ def test_bad_arguments_give_one_line_errors(argv, message, capsys, tmp_path):
     [(-0.3, -0.1, "retains MORE"), (0.1, 0.3, "retains LESS"), (-0.1, 0.2, "NO clear retention difference")],
 )
 def test_verdict_follows_the_intervals(low, high, expected):
-    from disel.experiments.evidence.aggregate import _sentence
-    from disel.experiments.evidence.results import MatchedComparison
-    from disel.experiments.evidence.stats import MatchedDifference
+    from disel.experiments.study.aggregate import _sentence
+    from disel.experiments.study.results import MatchedComparison
+    from disel.experiments.study.stats import MatchedDifference
 
     differences = [
         MatchedDifference(
@@ -183,7 +183,7 @@ def test_verdict_follows_the_intervals(low, high, expected):
 
 
 def test_arms_keeps_only_the_named_arms_with_their_settings():
-    from disel.experiments.evidence.config import load_evidence_config
+    from disel.experiments.study.config import load_evidence_config
 
     full = load_evidence_config(RECIPE)
     subset = load_evidence_config(RECIPE, ["arms.lora.seeds=[0]"], arms=["lora", "disel_paper"])

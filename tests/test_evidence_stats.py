@@ -1,9 +1,9 @@
-"""Matched-accuracy interpolation and bootstrap (disel.experiments.evidence.stats) on synthetic paths."""
+"""Matched-accuracy interpolation and bootstrap (disel.experiments.study.stats) on synthetic paths."""
 
 import numpy as np
 import pytest
 
-from disel.experiments.evidence.stats import (
+from disel.experiments.study.stats import (
     RunPath,
     choose_levels,
     exact_match_interval,

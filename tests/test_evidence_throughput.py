@@ -1,11 +1,11 @@
-"""FLOP formula of a training step and the matmul throughput probe (disel.experiments.evidence.throughput)."""
+"""FLOP formula of a training step and the matmul throughput probe (disel.experiments.study.throughput)."""
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import disel
-from disel.experiments.evidence.throughput import (
+from disel.experiments.study.throughput import (
     measure_matmul_throughput,
     tokens_per_second_bound,
     training_step_flops,

@@ -1,4 +1,4 @@
-"""``disel-evidence`` (also ``python -m disel.experiments.evidence``): the issue-9 experiment from one recipe.
+"""``disel-evidence`` (also ``python -m disel.experiments.study``): the issue-9 experiment from one recipe.
 
     disel-evidence --recipe recipes/evidence/smollm2_tradeoff.yaml --output-dir runs/evidence --workers 2
     disel-evidence --recipe ... --device cuda --override model.dtype=bfloat16 training.bf16=true

@@ -14,8 +14,8 @@ and the experiment itself, ``disel-evidence`` (:mod:`.cli`, :func:`.run.run_evid
 (:mod:`.config`), the resumable stages (:mod:`.stages`), the throughput stage (:mod:`.throughput_stage`),
 the results, table and verdict (:mod:`.aggregate`) and the figures (:mod:`.figures`, drawn by
 ``paper_figs/evidence_*.py``). Issue 11's LLM evidence, pruning and partly merging a final DISeL adapter of
-that experiment, is :mod:`.compression` (``python -m disel.experiments.evidence.compression``).
+that experiment, is :mod:`.compression` (``python -m disel.experiments.study.compression``).
 
-Submodules are imported explicitly (``from disel.experiments.evidence.stats import ...``), so that the
+Submodules are imported explicitly (``from disel.experiments.study.stats import ...``), so that the
 NumPy-only statistics do not pull in torch.
 """

@@ -236,7 +236,7 @@ def save_results(results: EvidenceResults, path: str | os.PathLike) -> Path:
 load_results = EvidenceResults.read
 
 
-# --- Issue 11's compression study (disel.experiments.evidence.compression) ---------------------------------
+# --- Issue 11's compression study (disel.experiments.study.compression) ---------------------------------
 
 COMPRESSION_SCHEMA_VERSION = 1
 
@@ -265,7 +265,7 @@ class LevelResult:
 
 @dataclass(frozen=True)
 class CompressionResults(
-    _EvidenceFile, schema=COMPRESSION_SCHEMA_VERSION, made_by="python -m disel.experiments.evidence.compression"
+    _EvidenceFile, schema=COMPRESSION_SCHEMA_VERSION, made_by="python -m disel.experiments.study.compression"
 ):
     """The whole study: inputs, the acceptance ``criterion``, the reference and every level, the largest
     acceptable ``fraction_reduced`` per operation (``best``), the timing (free-form), and the evidence run's

@@ -1,7 +1,7 @@
 """Issue 11, item 6: how far can the evidence run's SmolLM2 DISeL adapter be pruned or partly merged before
 exact match or retention moves? One command, resumable:
 
-    python -m disel.experiments.evidence.compression --evidence-dir runs/evidence \\
+    python -m disel.experiments.study.compression --evidence-dir runs/evidence \\
         --adapter paper_figs/evidence/adapters/disel_paper-seed0 --out paper_figs/evidence/compression
 
 Steps (each cached as a JSON file in ``--out``, skipped when present; delete a file to redo it):
@@ -72,7 +72,7 @@ __all__ = [
 
 OPERATIONS = ("prune", "prune_aligned", "merge_static")
 RESULTS_FILE, TABLE_FILE = "compression.json", "compression.md"
-PROG = "python -m disel.experiments.evidence.compression"
+PROG = "python -m disel.experiments.study.compression"
 
 
 # ----------------------------------------------------------------------------------------------- inputs

@@ -1,0 +1,105 @@
+"""Forgetting measured per text, so the frontier's bootstrap can resample texts; and the task's own inputs.
+
+Three forgetting measures per checkpoint (issue 17, item 3): KL from the base and perplexity on English and on
+code never trained on (the evidence study's texts), and the KL from the base on the *task's own inputs*:
+held-out test problems formatted with the training recipe's template (:func:`task_input_texts`), the
+distribution the training prompts come from. RL's Razor (Shenfeld et al., 2025) finds forgetting predicted
+by the KL on the new task's inputs; :func:`~.fronts.r_squared` asks whether it predicts English / code KL here.
+
+:func:`per_text_forgetting` scores each text on its own with :func:`~.kl.mean_token_kl` (one sequence per
+call: no padding, and the per-text sums the bootstrap needs, which ``mean_token_kl`` does not return) and
+keeps per text the summed token KL, the summed NLL of the tuned and of the base model, and the scored tokens.
+Any resample of texts then gives the token-weighted KL ``Σ kl_sum / Σ tokens`` and the perplexity
+``exp(Σ nll_sum / Σ tokens)`` exactly as ``mean_token_kl`` would on those texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+__all__ = ["PerTextForgetting", "per_text_forgetting", "task_input_texts"]
+
+
+def task_input_texts(rows: Sequence[Mapping[str, str]], template: str, *, with_answer: bool = False) -> list[str]:
+    """The prompts of ``rows`` (``{"instruction", "output"}``, e.g. the held-out test problems) in the named
+    template (:func:`~disel.experiments.data.templates.get_template`), as training formats them; with
+    ``with_answer`` the reference answer follows (the whole training sequence)."""
+    from ..data.templates import get_template
+
+    prompt = get_template(template)
+    texts = []
+    for index, row in enumerate(rows):
+        if "instruction" not in row or (with_answer and "output" not in row):
+            raise ValueError(
+                f"rows[{index}] needs 'instruction'{' and output' if with_answer else ''}, got {sorted(row)}"
+            )
+        texts.append(prompt.format_prompt(row["instruction"]) + (row["output"] if with_answer else ""))
+    return texts
+
+
+@dataclass(frozen=True)
+class PerTextForgetting:
+    """Per text (T,): ``kl_sums`` (token KL from the base, summed over the text's scored positions), ``nll_sums`` /
+    ``base_nll_sums`` (summed NLL of the real next tokens under the model / the base) and ``tokens`` (scored
+    positions). The study's records store these lists; :class:`~.fronts.FrontierRun` takes ``kl_sums`` or
+    ``nll_sums`` as ``text_sums`` and ``tokens`` as ``text_tokens``."""
+
+    kl_sums: np.ndarray
+    nll_sums: np.ndarray
+    base_nll_sums: np.ndarray
+    tokens: np.ndarray
+
+    @property
+    def mean_kl(self) -> float:
+        """Token-weighted KL over all the texts (``mean_token_kl(...).mean_kl`` on them)."""
+        return float(self.kl_sums.sum() / self.tokens.sum())
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.nll_sums.sum() / self.tokens.sum()))
+
+    @property
+    def base_perplexity(self) -> float:
+        return float(np.exp(self.base_nll_sums.sum() / self.tokens.sum()))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {name: getattr(self, name).tolist() for name in ("kl_sums", "nll_sums", "base_nll_sums", "tokens")}
+
+
+def per_text_forgetting(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    base_model: nn.Module | None = None,
+    progress: bool = False,
+) -> PerTextForgetting:
+    """Score each of ``texts`` (truncated to ``max_length`` tokens) with :func:`~.kl.mean_token_kl`.
+
+    ``base_model``: the KL's reference, ``None`` for a PEFT model's own base (adapter disabled); pass the base
+    for a fully fine-tuned model, or the model itself to score the base (KL 0). ``ValueError`` naming the text
+    when one has fewer than two tokens (nothing to score).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .kl import mean_token_kl
+
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an integer >= 2, got max_length={max_length!r}")
+    if not texts:
+        raise ValueError("texts must hold at least one text")
+    rows = []
+    for index, text in enumerate(tqdm(texts, desc="per-text KL", disable=not progress)):
+        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        if len(ids) < 2:
+            raise ValueError(f"texts[{index}] has {len(ids)} token(s); at least 2 are needed to score one: {text!r}")
+        result = mean_token_kl(model, [{"input_ids": torch.tensor([ids])}], base_model=base_model)
+        rows.append((result.mean_kl, result.nll, result.base_nll, result.tokens))
+    kl, nll, base_nll, tokens = (np.array(column, dtype=np.float64) for column in zip(*rows))
+    return PerTextForgetting(kl * tokens, nll * tokens, base_nll * tokens, tokens)

@@ -71,6 +71,8 @@ __all__ = [
     "comparison_levels",
     "front",
     "method_fronts",
+    "observed_front",
+    "observed_paths",
     "path_front",
     "r_squared",
 ]
@@ -286,6 +288,32 @@ def _resamples(
         for method, configurations in grouped.items()
     }
     return _Resamples(_stratified_counts(rng, p_half, b), _stratified_counts(rng, t_half, b), seeds)
+
+
+def observed_paths(runs: Sequence[FrontierRun], exponentiate: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """method → configuration → its seed-mean path as observed, (2, K): accuracy row, forgetting row."""
+    result: dict[str, dict[str, np.ndarray]] = {}
+    for method, configurations in _group(runs).items():
+        first = configurations[0][0]
+        problems, texts = np.ones((1, first.correct.shape[1])), np.ones((1, first.text_tokens.size))
+        for seeds in configurations:
+            draws = [np.arange(len(seeds))[None, :]]
+            accuracy, forgetting = _method_paths([seeds], problems, texts, draws, exponentiate)  # (1, 1, K) each
+            result.setdefault(method, {})[seeds[0].configuration] = np.stack([accuracy[0, 0], forgetting[0, 0]])
+    return result
+
+
+def observed_front(
+    runs: Sequence[FrontierRun], levels: Sequence[float] | np.ndarray, exponentiate: bool = False
+) -> dict[str, np.ndarray]:
+    """method → its (naive) front at ``levels`` (L,) on the data as observed, for drawing; NaN where unreached."""
+    levels = np.asarray(levels, dtype=np.float64)
+    fronts = {}
+    for method, paths in observed_paths(runs, exponentiate).items():
+        longest = max(p.shape[1] for p in paths.values())
+        stacked = np.stack([np.pad(p, ((0, 0), (0, longest - p.shape[1])), mode="edge") for p in paths.values()])
+        fronts[method] = front(stacked[:, 0], stacked[:, 1], levels)[0]
+    return fronts
 
 
 # --- Estimates ----------------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""The frontier results file (disel.experiments.study.frontier_results): analysis, round trip, validation; and
+its figures (paper_figs/frontier*.py) drawn from a synthetic file."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from frontier_synthetic import synthetic_frontier  # noqa: E402
+
+from disel.experiments.schemas import MalformedResultFileError  # noqa: E402
+from disel.experiments.study.frontier_results import (  # noqa: E402
+    FrontierResults,
+    PointRun,
+    analyse_frontier,
+    load_frontier_results,
+)
+from disel.experiments.study.fronts import FrontSettings, observed_front  # noqa: E402
+from paper_figs import frontier, frontier_lr, frontier_proxy  # noqa: E402
+
+PAIRS = [("disel", "lora"), ("disel", "full"), ("disel", "lora_intruder")]
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    results = analyse_frontier(synthetic_frontier(), PAIRS, seed=0, settings=FrontSettings(replicates=100))
+    path = tmp_path_factory.mktemp("frontier") / "results.json"
+    results.write(path)
+    return results, path
+
+
+def test_analysis_has_every_measure_pair_and_level_and_round_trips(analysed):
+    results, path = analysed
+    assert [(c.kind, c.domain) for c in results.comparisons] == [
+        ("kl", "english"),
+        ("kl", "code"),
+        ("perplexity", "english"),
+        ("perplexity", "code"),
+        ("kl", "task"),
+    ]
+    english = results.comparisons[0].differences
+    assert {(d.method, d.reference) for d in english} == set(PAIRS) and len(english) == 4 * len(PAIRS)
+    assert {b.method for b in results.best_accuracy} == {"lora", "disel", "full", "lora_intruder"}
+    assert set(results.proxy) == {"english", "code"} and results.proxy["english"].n == 1 + 10 * 4
+    again = load_frontier_results(path)
+    assert again.runs == results.runs and again.proxy == results.proxy
+    assert again.comparisons[0].differences[0].estimate == pytest.approx(english[0].estimate)
+
+
+def test_a_run_must_start_at_the_base_and_match_the_problem_count(analysed):
+    results, path = analysed
+    run = results.runs[0]
+    with pytest.raises(ValueError, match="start at 0"):
+        PointRun(run.method, run.configuration, 0, run.steps[1:], run.correct[1:], {})
+    raw = json.loads(path.read_text())
+    raw["n_test_problems"] = 61
+    bad = path.with_name("bad.json")
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(MalformedResultFileError, match="60 problems"):
+        FrontierResults.read(bad)
+
+
+def test_the_frontier_figure_draws_every_point_and_each_methods_front(analysed):
+    """Faint points: one per checkpoint of every run, at the file's (KL, exact match); bold lines: the observed
+    front of each method (fronts.observed_front) on the level grid."""
+    results, _ = analysed
+    fig = frontier.plot_frontier(results)
+    ax = fig.axes[0]  # KL English
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    by_method = [run for method in results.methods for run in results.runs if run.method == method]
+    expected = np.concatenate([np.stack([r.text("english").measure("kl"), r.exact_match], axis=1) for r in by_method])
+    np.testing.assert_allclose(points, expected)
+    levels = ax.lines[0].get_ydata()
+    fronts = observed_front([r.frontier_run("kl", "english") for r in results.runs], levels)
+    for line, method in zip(ax.lines, results.methods):
+        np.testing.assert_allclose(line.get_xdata(), fronts[method])
+    assert len(fig.axes) == 3
+
+
+def test_accuracy_by_learning_rate_and_proxy_figures_read_the_file(analysed, tmp_path):
+    results, path = analysed
+    lines = frontier_lr.best_by_learning_rate(results)
+    rates, best = lines["LoRA"]
+    lora = [r for r in results.runs if r.method == "lora"]
+    assert rates.tolist() == sorted(r.settings["learning_rate"] for r in lora)
+    assert best.tolist() == [r.exact_match.max() for r in sorted(lora, key=lambda r: r.settings["learning_rate"])]
+    assert set(lines) >= {"LoRA, intruders reduced (mitigation_lambda=0)", "Full FT"}
+    fig = frontier_proxy.plot_proxy(results)
+    assert f"R² = {results.proxy['english'].r_squared:.2f}" in fig.axes[0].get_title()
+    for module, stem in ((frontier, "frontier"), (frontier_lr, "frontier_lr"), (frontier_proxy, "frontier_proxy")):
+        assert module.main(["--results", str(path), "--out", str(tmp_path)]) == 0
+        assert (tmp_path / f"{stem}.png").is_file()
+    assert frontier.main(["--results", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2

@@ -130,3 +130,31 @@ def test_r_squared_and_spearman_of_a_hand_computed_case():
     assert r_squared([1, 2, 3], [5, 7, 9]).r_squared == pytest.approx(1.0)
     with pytest.raises(ValueError, match="vary"):
         r_squared([1, 1, 1], [1, 2, 3])
+
+
+def test_a_configurations_path_is_the_mean_of_its_seeds():
+    """Two seeds of one configuration: the observed path is their mean accuracy and mean forgetting per
+    checkpoint, and the front is read on that mean path."""
+    from disel.experiments.study.fronts import observed_front, observed_paths
+
+    tokens = np.array([10.0, 30.0])
+    correct = [np.array([[0, 0, 0, 0], [1, 1, 0, 0]]), np.array([[0, 0, 0, 0], [1, 1, 1, 1]])]  # EM 0→.5, 0→1
+    sums = [np.array([[0.0, 0.0], [10.0, 30.0]]), np.array([[0.0, 0.0], [30.0, 90.0]])]  # KL 0→1, 0→3
+    runs = [FrontierRun("m", "c", s, np.array([0, 10]), correct[s], sums[s], tokens) for s in (0, 1)]
+    np.testing.assert_allclose(observed_paths(runs)["m"]["c"], [[0.0, 0.75], [0.0, 2.0]])
+    np.testing.assert_allclose(observed_front(runs, [0.375, 0.75])["m"], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"steps": np.array([0, 0])}, "strictly increasing"),
+        ({"correct": np.array([[0, 2], [1, 1]])}, "0/1"),
+        ({"text_tokens": np.array([0.0])}, "positive"),
+        ({"text_sums": np.array([[0.0], [np.nan]])}, "finite"),
+    ],
+)
+def test_bad_runs_are_refused_naming_the_field(changes, message):
+    fields = dict(steps=np.array([0, 1]), correct=np.array([[0, 0], [1, 0]]), text_sums=np.zeros((2, 1)))
+    with pytest.raises(ValueError, match=message):
+        FrontierRun("m", "c", 0, **{**fields, "text_tokens": np.array([5.0]), **changes})

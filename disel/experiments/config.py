@@ -32,15 +32,11 @@ from pydantic import (
     model_validator,
 )
 
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 2.0e-4,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,  # a float below 1 is a fraction of the steps (the paper's ratio was lost; our default)
-    "per_device_train_batch_size": 4,
-    "logging_steps": 10,
-    "report_to": "none",
-}
-"""Where the experiment path's training defaults differ from ``TrainingArguments``' own."""
+from .data.templates import DEFAULT_TEMPLATE
+
+TRAINING_DEFAULTS: dict[str, Any] = {"report_to": "none"}
+"""Where the experiment path's training defaults differ from ``TrainingArguments``' own: no logging service (runs
+are offline). Schedules are the recipes' (``recipes/base/``), written once there."""
 
 _SET_BY_DISEL = {
     "remove_unused_columns": "our datasets hold exactly the model inputs",
@@ -85,7 +81,7 @@ class DataConfig(_Section):
     dataset_config: str | None = None
     dataset_train_split: str = "train"
     dataset_validation_split: str | None = None
-    template: Literal["alpaca", "magicoder", "none"] = "alpaca"
+    template: Literal["alpaca", "magicoder", "none"] = DEFAULT_TEMPLATE
     """``none``: raw text from ``text_field``, loss on every token; ignored for classification."""
     instruction_field: str = "instruction"
     response_field: str = "output"

@@ -81,7 +81,8 @@ def _evaluator(args: argparse.Namespace, kind: str):
         raise SystemExit(f"{kind} needs --data FILE.jsonl")
     rows = read_jsonl(args.data, int(args.limit) if args.limit is not None else None)
     generation = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    template = {"template": args.template} if args.template else {}
+    template = _template(args)
+    template = {"template": template} if template else {}
     if kind == "gsm8k":
         return evaluators.Gsm8kEvaluator(rows, generation, **template)
     if not args.allow_code_execution:
@@ -89,6 +90,14 @@ def _evaluator(args: argparse.Namespace, kind: str):
     return evaluators.HumanEvalEvaluator(
         rows, allow_code_execution=True, generation=generation, timeout_s=args.timeout, **template
     )
+
+
+def _template(args: argparse.Namespace) -> str | None:
+    """``--template``, else the one the evaluated run was trained with (its ``run_config.yaml``), else None (the
+    task's own: alpaca for gsm8k, magicoder for humaneval)."""
+    from ..data.templates import training_template
+
+    return args.template or training_template(getattr(args, "adapter", None) or getattr(args, "output_dir", None))
 
 
 def _headline(name: str, metrics: dict[str, float], mean: float, n: int | None = None) -> str:
@@ -164,6 +173,7 @@ def _cmd_retention(args: argparse.Namespace) -> None:
 def _cmd_gates(args: argparse.Namespace) -> None:
     from disel.io import read_jsonl
 
+    from ..data.templates import DEFAULT_TEMPLATE, training_template
     from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, mean_gate, save_gates
 
     domains = []
@@ -172,7 +182,8 @@ def _cmd_gates(args: argparse.Namespace) -> None:
         if not sep:
             raise SystemExit(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
         path, _, template = rest.partition(":")
-        domains.append(domain_from_rows(name, read_jsonl(path, args.n), template or "alpaca"))
+        template = template or training_template(args.adapter) or DEFAULT_TEMPLATE
+        domains.append(domain_from_rows(name, read_jsonl(path, args.n), template))
     domains = domains or default_offline_domains(args.n, args.seed)
     loaded = _load(args)
     sizes = dict(bins=args.bins, batch_size=args.batch_size, max_length=args.max_length)
@@ -222,7 +233,8 @@ _FLAGS: dict[str, dict[str, Any]] = {
         required=True, help="JSONL: question/answer (gsm8k) or task_id, prompt, test, entry_point (humaneval)"
     ),
     "--template": dict(
-        help="prompt template (default: alpaca for gsm8k, magicoder for humaneval); its stop strings end answers"
+        help="prompt template (default: the one the adapter's run trained with, read from its run_config.yaml; "
+        "else alpaca for gsm8k, magicoder for humaneval); its stop strings end answers"
     ),
     "--max-new-tokens": dict(type=int, default=512),
     "--allow-code-execution": dict(action="store_true", help="required: confirms running generated code"),
@@ -237,7 +249,7 @@ _ROW_LIMIT = {"--limit": dict(type=int, help="only the first N rows (smoke tests
 _DOMAIN_HELP = (
     "NAME=FILE.jsonl[:TEMPLATE]: rows with 'text' (all tokens), or instruction/output, question/answer "
     "(GSM8K) or prompt/canonical_solution (HumanEval): response tokens, prompt formatted with TEMPLATE "
-    "(default alpaca). Without --domain: the offline math/general/code domains"
+    "(default: the adapter's training template, else alpaca). Without --domain: the offline math/general/code domains"
 )
 
 # command → (help, handler, flags from _FLAGS, the command's own flags: they replace a shared flag of that name)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..data.templates import DEFAULT_TEMPLATE
 from ..schemas import PerplexityResult
 from .generation import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval
 from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
@@ -85,7 +86,7 @@ class Gsm8kEvaluator:
 
     rows: Sequence[dict[str, Any]]
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    template: str = "alpaca"  # its stop strings end the answers unless ``generation`` sets them
+    template: str = DEFAULT_TEMPLATE  # the training run's; its stop strings end the answers unless ``generation`` does
     name: str = "gsm8k"
 
     def settings(self) -> dict[str, Any]:

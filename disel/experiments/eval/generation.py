@@ -20,6 +20,7 @@ import torch
 from pydantic import PositiveInt
 from pydantic.dataclasses import dataclass as checked_dataclass
 
+from ..data.templates import DEFAULT_TEMPLATE
 from ..schemas import Gsm8kResult, HumanEvalResult
 from .progress import progress_bar
 
@@ -180,9 +181,10 @@ def generate_responses(
     """Greedy continuations of ``prompts`` (in order), decoded without special tokens, cut at stop strings.
 
     Batches are left-padded whatever ``tokenizer.padding_side`` is, so each prompt's last token is at the end
-    of its row and generation continues it directly.
+    of its row and generation continues it directly. Without ``settings.stop_strings`` a response runs to
+    ``max_new_tokens`` (:meth:`GenerationSettings.for_template` sets a template's).
     """
-    settings = (settings or GenerationSettings()).for_template("alpaca")
+    settings = settings or GenerationSettings()
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to eos) before generating")
     device = next(model.parameters()).device
@@ -199,7 +201,7 @@ def generate_responses(
         new_tokens = output[:, encoded["input_ids"].shape[1] :]  # (batch, new)
         # generate stops a row once a stop string appears, but keeps it in the output: cut the text before it
         for index, text in zip(batch_ids, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            cuts = [text.find(stop) for stop in settings.stop_strings if stop in text]
+            cuts = [text.find(stop) for stop in settings.stop_strings or () if stop in text]
             responses[index] = text[: min(cuts, default=len(text))]
     return responses
 
@@ -229,14 +231,15 @@ def evaluate_gsm8k(
     rows: Sequence[dict[str, Any]],
     *,
     settings: GenerationSettings | None = None,
-    template: str = "alpaca",
+    template: str = DEFAULT_TEMPLATE,
     format_prompt: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """GSM8K-style exact match (zero-shot, greedy) of ``model`` on ``rows``.
 
     Each row has a question (``question`` or ``instruction``) and an ``answer`` (GSM8K's worked solution ending
-    ``#### n``, or a bare number). The prompt is the question in ``template`` (by default the Alpaca template the
-    math runs were trained with; ``format_prompt(question)`` replaces it). Returns the ``disel.gsm8k/1`` record
+    ``#### n``, or a bare number). The prompt is the question in ``template``, the one the model was trained with
+    (:func:`~disel.experiments.data.templates.training_template` reads it from a run; ``format_prompt(question)``
+    replaces it). Returns the ``disel.gsm8k/1`` record
     (:class:`~disel.experiments.schemas.Gsm8kResult`; the command line adds ``model`` and ``data``).
     """
     if len(rows) == 0:

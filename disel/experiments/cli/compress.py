@@ -95,7 +95,7 @@ def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
 def check_inputs(args: argparse.Namespace, *, out_dir: str | None = None, out_file: str | None = None) -> None:
     """Everything that can be checked before loading a model; UsageError naming the flag otherwise.
     Exactly one of ``out_dir`` (a new, empty folder) or ``out_file`` (a JSON file) is where results go."""
-    from ..models import resolve_dtype
+    from ..models import is_adapter_dir, resolve_dtype
 
     try:
         resolve_dtype(args.dtype)
@@ -106,7 +106,7 @@ def check_inputs(args: argparse.Namespace, *, out_dir: str | None = None, out_fi
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     _domain_specs(args)
     check_model_dir(args.base, "--base", tokenizer_dirs=[args.adapter])
-    if not (Path(args.adapter) / "adapter_config.json").is_file():
+    if not is_adapter_dir(args.adapter):
         raise UsageError(f"--adapter {args.adapter!r} has no adapter_config.json (not a saved PEFT adapter)")
     if out_dir is not None:
         out = Path(out_dir)

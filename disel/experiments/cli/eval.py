@@ -17,17 +17,20 @@ from ..schemas import MlmPerplexityResult, write_record
 from . import compress, preflight
 
 
-def _dtype(name: str):
+def _dtype(name: str | None):
+    """``--dtype`` as :func:`~disel.experiments.models.resolve_dtype` reads it (``auto``: the checkpoint's own);
+    not given: bfloat16 on CUDA, as in the paper's GPU evaluation, float32 on CPU."""
     import torch
 
     from ..models import resolve_dtype
 
-    auto = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # bfloat16 as in the paper's GPU evaluation
-    return auto if name == "auto" else resolve_dtype(name)
+    if name is None:
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return resolve_dtype(name)
 
 
 def _load(args: argparse.Namespace, **kwargs):
-    from ..eval.generation import load_model_for_eval
+    from ..models import load_model_for_eval
 
     return load_model_for_eval(
         args.base, args.adapter, dtype=_dtype(args.dtype), gguf_file=args.gguf_file, device=args.device, **kwargs
@@ -213,7 +216,9 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "--base": dict(required=True, help="pre-trained model directory (or a fully fine-tuned one)"),
     "--adapter": dict(help="PEFT adapter directory (DISeL/LoRA/DoRA/AdaLoRA); omit for the base model"),
     "--gguf-file": dict(help="read the base weights from this GGUF file inside --base"),
-    "--dtype": dict(default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"),
+    "--dtype": dict(
+        help="float32, bfloat16, float16 or auto (the checkpoint's own); default bfloat16 on CUDA, float32 on CPU"
+    ),
     "--device": dict(help="cuda / cpu (default: cuda if available)"),
     "--out": dict(required=True),  # its help names the command's result schema (build_parser)
     "--max-length": dict(type=int, default=512),

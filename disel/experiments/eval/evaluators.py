@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ..data.templates import DEFAULT_TEMPLATE
+from ..models import LoadedModel
 from ..schemas import PerplexityResult
-from .generation import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval
+from .generation import GenerationSettings, evaluate_gsm8k, evaluate_humaneval
 from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
 from .perplexity import causal_lm_perplexity
 

@@ -1,4 +1,4 @@
-"""Target-task evaluation: load a fine-tuned model, generate greedily in batches, GSM8K-style exact match and
+"""Target-task evaluation: generate greedily in batches, GSM8K-style exact match and
 HumanEval-style pass@1 (generated code runs only when asked, in an isolated interpreter with a timeout and limits).
 """
 
@@ -14,83 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from pydantic import PositiveInt
 from pydantic.dataclasses import dataclass as checked_dataclass
 
 from ..data.templates import DEFAULT_TEMPLATE
+from ..models import LoadedModel, load_model_for_eval  # noqa: F401 (re-exported for the study's imports)
 from ..schemas import Gsm8kResult, HumanEvalResult
 from .progress import progress_bar
-
-
-class LoadedModel(NamedTuple):
-    """A model ready for evaluation, its tokenizer, and a JSON-ready description of what was loaded."""
-
-    model: torch.nn.Module
-    tokenizer: Any
-    description: dict[str, Any]
-
-
-def load_model_for_eval(
-    base_path: str | os.PathLike,
-    adapter_path: str | os.PathLike | None = None,
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    gguf_file: str | None = None,
-    device: str | torch.device | None = None,
-    model_class: Any = None,
-    tokenizer_path: str | os.PathLike | None = None,
-    **model_kwargs: Any,
-) -> LoadedModel:
-    """Base model + optional PEFT adapter (DISeL, LoRA, DoRA, AdaLoRA), frozen and NOT merged (DISeL cannot merge:
-    its update depends on the input), in eval mode.
-
-    Args:
-        base_path: local directory of the pre-trained model, or of a fully fine-tuned checkpoint.
-        adapter_path: directory with ``adapter_config.json`` (a training output or one ``checkpoint-*``), or None.
-        gguf_file: name of a GGUF file inside ``base_path`` to read the base weights from.
-        device: default CUDA if available, else CPU.
-        model_class: a transformers ``Auto*`` class, default ``AutoModelForCausalLM``; ``model_kwargs`` go to its
-            ``from_pretrained`` (e.g. ``num_labels`` of a sequence classifier).
-        tokenizer_path: default the adapter directory if it has tokenizer files, else ``base_path``.
-    """
-    from ..models import has_tokenizer, load_model, load_tokenizer, resolve_dtype
-
-    model = load_model(
-        base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs
-    )
-    peft_type = None
-    if adapter_path is not None:
-        import peft
-
-        if not (Path(adapter_path) / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"adapter_path={str(adapter_path)!r} has no adapter_config.json; pass a directory written by "
-                "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
-                "adapter_path=None for a full model"
-            )
-        model = peft.PeftModel.from_pretrained(model, Path(adapter_path), is_trainable=False)  # frozen, not merged
-        peft_type = model.peft_config["default"].peft_type
-        peft_type = str(getattr(peft_type, "value", peft_type))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    model.eval()
-    if tokenizer_path is None:
-        tokenizer_path = adapter_path if adapter_path is not None and has_tokenizer(adapter_path) else base_path
-    from_base = Path(tokenizer_path) == Path(base_path)
-    tokenizer = load_tokenizer(tokenizer_path, gguf_file=gguf_file if from_base else None, padding_side="left")
-    description = {
-        "base_path": str(base_path),
-        "adapter_path": None if adapter_path is None else str(adapter_path),
-        "peft_type": peft_type,
-        "gguf_file": gguf_file,
-        "dtype": str(resolve_dtype(dtype)).removeprefix("torch."),
-        "device": str(device),
-    }
-    return LoadedModel(model, tokenizer, description)
-
 
 # lm-eval's gsm8k "strict-match" filter (lm_eval/tasks/gsm8k/gsm8k.yaml): the first "#### <number>".
 _GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from disel.io import read_json
 
+from ..models import ADAPTER_CONFIG_FILE, portable_base_name
 from .config import EvidenceConfig, RunSpec
 from .results import (
     CheckpointRecord,
@@ -31,7 +32,7 @@ from .stats import exact_match_interval
 
 __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
 
-_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+_ADAPTER_FILES = ("adapter_model.safetensors", ADAPTER_CONFIG_FILE)
 
 
 def _checkpoint(record: dict[str, Any], rng: np.random.Generator, replicates: int) -> CheckpointRecord:
@@ -101,7 +102,7 @@ def build_results(
         for domain in DOMAINS
     ]
     return EvidenceResults(
-        model=recipe.get("model", {}).get("path", ""),
+        model=portable_base_name(specs[0].config.model.path),
         task="arithmetic word problems (exact match)",
         n_test_problems=len(base["correct"]),
         runs=runs,
@@ -113,7 +114,10 @@ def build_results(
 
 
 def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
-    """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config); label → folder."""
+    """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config, its base named portably:
+    :func:`~disel.experiments.models.make_adapter_portable`); label → folder."""
+    from ..models import make_adapter_portable
+
     copied = {}
     for spec in specs:
         folder = target / spec.label
@@ -121,6 +125,8 @@ def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
         for name in _ADAPTER_FILES:
             if (spec.run_dir / name).is_file():
                 shutil.copy2(spec.run_dir / name, folder / name)
+        if (folder / ADAPTER_CONFIG_FILE).is_file():
+            make_adapter_portable(folder)
         copied[spec.label] = str(folder)
     return copied
 

@@ -81,9 +81,9 @@ PROG = "python -m disel.experiments.study.compression"
 def _check_inputs(args: argparse.Namespace) -> None:
     """ValueError naming the flag for inputs that cannot work, before anything is loaded."""
     from ..cli import preflight
+    from ..models import is_adapter_dir
 
-    adapter = Path(args.adapter)
-    if not (adapter / "adapter_config.json").is_file():
+    if not is_adapter_dir(args.adapter):
         raise ValueError(
             f"--adapter {args.adapter!r} is not a saved adapter folder (no adapter_config.json); the "
             "evidence run writes them to <figures_dir>/adapters/<arm>-seed<k>/ at its end"
@@ -105,7 +105,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
             "--kl-tolerance and --perplexity-tolerance must be >= 0 (relative rises), got "
             f"{args.kl_tolerance} and {args.perplexity_tolerance}"
         )
-    if Path(args.out).resolve() == adapter.resolve():
+    if Path(args.out).resolve() == Path(args.adapter).resolve():
         raise ValueError("--out must be a folder of its own, not the --adapter folder")
     preflight.check_output_dir(args.out, "--out")
 
@@ -540,7 +540,7 @@ def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
     for unusable inputs (checked before any model is loaded)."""
     from dataclasses import replace
 
-    from ..models import force_offline, smollm2_path
+    from ..models import force_offline, model_path_or_smollm2
 
     force_offline()
     _check_inputs(args)
@@ -550,7 +550,7 @@ def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
     study = Study(
         config,
         read_json(Path(args.evidence_dir) / "data" / "manifest.json"),
-        config.model_path or str(smollm2_path()),
+        model_path_or_smollm2(config.model_path),
         str(args.adapter),
         args.dtype,
         out,

@@ -106,7 +106,7 @@ from safetensors.torch import load_file
 stored = load_file(adapter + "/adapter_model.safetensors")
 loaded = dict(model.named_parameters())
 assert model.peft_config["default"].peft_type == "DISEL", model.peft_config["default"].peft_type
-key = next(k for k in sorted(stored) if "lora_B" in k)
+key = next(k for k in sorted(stored) if k.endswith("_B.weight"))  # disel_B (lora_B for LoRA)
 name = next(n for n in loaded if n.startswith(key.removesuffix(".weight")) and n.endswith(".default.weight"))
 assert torch.equal(loaded[name].detach().cpu(), stored[key].to(loaded[name].dtype)), name
 assert float(stored[key].abs().max()) > 0  # a trained B: the comparison above is not zeros against zeros

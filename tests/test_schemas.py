@@ -158,3 +158,25 @@ def test_older_train_result_version_still_reads(tmp_path):
     (tmp_path / "train_result.json").write_text(json.dumps(old))
     read = TrainResult.read(tmp_path)
     assert read.schema == "disel.train_result/2" and read.global_step == 3 and not hasattr(read, "adapter_dir")
+
+
+def test_every_result_file_says_its_version_under_one_key(tmp_path):
+    """The evidence files said ``schema_version`` (an integer) where every other file says ``schema``; now each
+    writes ``schema``, and the committed version-1 evidence files still read (as ``<name>/1``)."""
+    from pathlib import Path
+
+    from disel.experiments.study.results import CompressionResults, EvidenceResults
+
+    committed = Path(__file__).resolve().parents[1] / "paper_figs" / "evidence"
+    files = {
+        EvidenceResults: committed / "results.json",
+        CompressionResults: committed / "compression" / "compression.json",
+    }
+    for cls, path in files.items():
+        assert json.loads(path.read_text())["schema_version"] == 1  # a version-1 file: the test can fail
+        raw = cls.read(path).to_dict()
+        assert raw["schema"] == cls.SCHEMA and cls.SCHEMA.endswith("/2") and "schema_version" not in raw
+        written = cls.read(path).write(tmp_path / path.name)
+        assert cls.read(written).to_dict() == raw
+    for example in _examples(tmp_path):
+        assert "schema" in example.to_dict() and "schema_version" not in example.to_dict()

@@ -80,13 +80,12 @@ class ResultFile:
     from and is not written); :meth:`_from_file` / :meth:`to_dict` translate where the file's shape differs.
     """
 
-    SCHEMA: ClassVar[str | int]
+    SCHEMA: ClassVar[str]
     ACCEPT: ClassVar[tuple[str, ...]] = ()
-    VERSION_KEY: ClassVar[str] = "schema"  # the key holding SCHEMA (the evidence files: "schema_version")
     MADE_BY: ClassVar[str]  # the command that writes the file, for the error messages
     __pydantic_config__ = _STRICT  # nested dataclasses inherit it
 
-    def __init_subclass__(cls, schema: str | int = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
+    def __init_subclass__(cls, schema: str = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if schema:
             cls.SCHEMA, cls.ACCEPT, cls.MADE_BY = schema, accept, made_by
@@ -97,16 +96,21 @@ class ResultFile:
         return raw
 
     @classmethod
+    def schema_of(cls, raw: dict[str, Any]) -> Any:
+        """The schema a file's JSON object declares: its ``schema`` key."""
+        return raw.get("schema")
+
+    @classmethod
     def _version_problem(cls, raw: dict[str, Any]) -> str:
         """The message for a file of another schema (or none)."""
-        found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
+        found = cls.schema_of(raw)
+        found = "no 'schema' key" if found is None else f"schema {found!r}"
         return f"expected schema {cls.SCHEMA!r} (written by {cls.MADE_BY}), found {found}"
 
     def to_dict(self) -> dict[str, Any]:
-        key = self.VERSION_KEY
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", key)}
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "schema")}
         # Non-finite floats become null (strict JSON has no NaN); the check in write() then refuses them.
-        return {key: self.SCHEMA, **json.loads(json.dumps(fields, default=_plain), parse_constant=lambda _: None)}
+        return {"schema": self.SCHEMA, **json.loads(json.dumps(fields, default=_plain), parse_constant=lambda _: None)}
 
     @classmethod
     def from_dict(cls: type[_File], raw: Mapping[str, Any], path: str | os.PathLike = "<in memory>") -> _File:
@@ -122,10 +126,10 @@ class ResultFile:
     @classmethod
     def read(cls: type[_File], path: str | os.PathLike) -> _File:
         """The file at ``path``, checked to carry ``SCHEMA`` (or a version in ``ACCEPT``) and the class's fields."""
-        path, schema, key = Path(path), cls.SCHEMA, cls.VERSION_KEY
+        path, schema = Path(path), cls.SCHEMA
         if not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "does not exist"
-            raise MissingResultFileError(path, f"{what}; expected a {key} {schema!r} file (written by {cls.MADE_BY})")
+            raise MissingResultFileError(path, f"{what}; expected a schema {schema!r} file (written by {cls.MADE_BY})")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
@@ -135,9 +139,9 @@ class ResultFile:
             raise MalformedResultFileError(path, "not a UTF-8 text file") from None
         if not isinstance(raw, dict):
             raise MalformedResultFileError(
-                path, f"expected a JSON object with {key} {schema!r}, got {type(raw).__name__}"
+                path, f"expected a JSON object with schema {schema!r}, got {type(raw).__name__}"
             )
-        if raw.get(key) != schema and raw.get(key) not in cls.ACCEPT:
+        if cls.schema_of(raw) != schema and cls.schema_of(raw) not in cls.ACCEPT:
             raise MalformedResultFileError(path, cls._version_problem(raw))
         return cls.from_dict(raw, path)
 

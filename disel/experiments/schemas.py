@@ -207,6 +207,12 @@ class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_r
         return (self.config.get("training") or {}).get("seed")
 
     @property
+    def trainer_runtime_s(self) -> float | None:
+        """The Trainer's ``train_runtime`` (its last entry in ``log_history``): training alone, without loading
+        and saving; None if the log holds none."""
+        return next((e["train_runtime"] for e in reversed(self.log_history) if "train_runtime" in e), None)
+
+    @property
     def run_dir(self) -> Path:
         """The folder holding the file (``output_dir`` until written or read)."""
         return Path(self.output_dir) if self.path is None else self.path.parent

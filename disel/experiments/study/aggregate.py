@@ -18,6 +18,7 @@ import numpy as np
 from disel.io import read_json
 
 from ..models import ADAPTER_CONFIG_FILE, portable_base_name
+from ..schemas import TrainResult
 from .config import EvidenceConfig, RunSpec
 from .results import (
     CheckpointRecord,
@@ -55,10 +56,8 @@ def _run_record(
     """The run's path: the base model as step 0, then every evaluated checkpoint."""
     evals = sorted((read_json(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r["step"])
     records = [{**base, "step": 0}, *evals]
-    train = read_json(spec.run_dir / "train_result.json")
-    runtime = next(
-        (e["train_runtime"] for e in reversed(train["log_history"]) if "train_runtime" in e), train["runtime_s"]
-    )
+    train = TrainResult.read(spec.run_dir)
+    runtime = train.trainer_runtime_s or train.runtime_s
     return RunRecord(
         arm=spec.arm,
         seed=spec.seed,
@@ -67,7 +66,7 @@ def _run_record(
         adapter=adapter,
         timing={
             "train_runtime_s": float(runtime),
-            "train_steps": float(train["global_step"]),
+            "train_steps": float(train.global_step),
             "eval_s": float(sum(r["seconds"] for r in evals)),
         },
     )

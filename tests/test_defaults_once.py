@@ -58,3 +58,24 @@ def test_training_schedule_is_written_in_the_recipes_only():
     recipe = read_recipe(REPO / "recipes/base/llm.yaml")["training"]
     assert recipe  # the recipe does hold a schedule: the test can fail
     assert set(TRAINING_DEFAULTS) & set(recipe) == set()
+
+
+def test_adapter_folders_are_recognised_in_models_only():
+    """ "Is this an adapter folder?" was answered in six places, each joining ``"adapter_config.json"`` itself;
+    now :func:`disel.experiments.models.is_adapter_dir` answers (the file name is written in models.py only)."""
+    joined = [
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for path in sorted((REPO / "disel" / "experiments").rglob("*.py"))
+        if path.name != "models.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and node.value == "adapter_config.json"
+    ]
+    assert joined == []
+
+
+def test_the_default_model_is_the_offline_smollm2(tmp_path, monkeypatch):
+    from disel.experiments import models
+
+    monkeypatch.setattr(models, "smollm2_path", lambda cache_dir=None: tmp_path / "smollm2")
+    assert models.model_path_or_smollm2(None) == models.model_path_or_smollm2("") == str(tmp_path / "smollm2")
+    assert models.model_path_or_smollm2("/models/llama") == "/models/llama"

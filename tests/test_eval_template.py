@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from disel.experiments.config import ConfigError
-from disel.experiments.data.templates import DEFAULT_TEMPLATE, training_template
+from disel.experiments.data.templates import DEFAULT_TEMPLATE
+from disel.experiments.eval.evaluators import training_template
 from disel.experiments.train.checkpoints import RUN_CONFIG_FILE
 
 REPO = Path(__file__).resolve().parents[1]

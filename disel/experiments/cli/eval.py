@@ -98,7 +98,7 @@ def _evaluator(args: argparse.Namespace, kind: str):
 def _template(args: argparse.Namespace) -> str | None:
     """``--template``, else the one the evaluated run was trained with (its ``run_config.yaml``), else None (the
     task's own: alpaca for gsm8k, magicoder for humaneval)."""
-    from ..data.templates import training_template
+    from ..eval.evaluators import training_template
 
     return args.template or training_template(getattr(args, "adapter", None) or getattr(args, "output_dir", None))
 
@@ -176,7 +176,8 @@ def _cmd_retention(args: argparse.Namespace) -> None:
 def _cmd_gates(args: argparse.Namespace) -> None:
     from disel.io import read_jsonl
 
-    from ..data.templates import DEFAULT_TEMPLATE, training_template
+    from ..data.templates import DEFAULT_TEMPLATE
+    from ..eval.evaluators import training_template
     from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, mean_gate, save_gates
 
     domains = []

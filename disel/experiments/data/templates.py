@@ -7,9 +7,7 @@ evaluator build prompts with :func:`format_prompt` and stop at the template's ``
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 IGNORE_INDEX = -100
 """Label of tokens without loss (the prompt, padding): ``torch.nn.CrossEntropyLoss``'s ignore_index."""
@@ -62,22 +60,3 @@ def get_template(name: str) -> PromptTemplate:
 def format_prompt(template: str, instruction: str) -> str:
     """The prompt for ``instruction`` in the named template (``alpaca``, ``magicoder``; ``none``: unchanged)."""
     return get_template(template).format_prompt(instruction)
-
-
-def training_template(path: str | os.PathLike | None) -> str | None:
-    """The ``data.template`` a training run was trained with, read from the ``run_config.yaml`` it saved: ``path``
-    is the run's output folder or one of its ``checkpoint-*`` folders. None when ``path`` is None or neither
-    folder holds the file (a model not trained here): the caller then names the template."""
-    from ..config import ConfigError, DataConfig, read_mapping
-    from ..train.checkpoints import RUN_CONFIG_FILE
-
-    if path is None:
-        return None
-    for folder in (Path(path), Path(path).parent):
-        saved = folder / RUN_CONFIG_FILE
-        if saved.is_file():
-            try:
-                return DataConfig.model_validate(read_mapping(saved).get("data", {})).template
-            except ValueError as error:  # pydantic's ValidationError is a ValueError
-                raise ConfigError(f"{saved}: cannot read data.template: {error}") from None
-    return None

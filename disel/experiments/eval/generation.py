@@ -171,7 +171,7 @@ def evaluate_gsm8k(
 
     Each row has a question (``question`` or ``instruction``) and an ``answer`` (GSM8K's worked solution ending
     ``#### n``, or a bare number). The prompt is the question in ``template``, the one the model was trained with
-    (:func:`~disel.experiments.data.templates.training_template` reads it from a run; ``format_prompt(question)``
+    (:func:`~disel.experiments.eval.evaluators.training_template` reads it from a run; ``format_prompt(question)``
     replaces it). Returns the ``disel.gsm8k/1`` record
     (:class:`~disel.experiments.schemas.Gsm8kResult`; the command line adds ``model`` and ``data``).
     """

@@ -180,7 +180,7 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
 
     from ..data.templates import get_template
 
-    template = get_template("alpaca")
+    template = get_template(stages.training_template(study.config))
     # The manifest's train_file is relative to where the evidence ran; the folder layout is fixed.
     rows = read_jsonl(study.evidence_dir / "data" / "train.jsonl", n)
     texts = {"math": [template.format_prompt(r["instruction"]) + r["output"] for r in rows]}

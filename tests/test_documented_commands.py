@@ -16,12 +16,13 @@ import shlex
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from disel.experiments.config import DISEL_ONLY_KEYS, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+# [project.scripts] of pyproject.toml (read with a regex: tomllib is Python 3.11+, the package supports 3.10)
+_SCRIPTS_TABLE = re.search(r"^\[project\.scripts\]\n(.*?)(?=^\[)", (REPO / "pyproject.toml").read_text(), re.M | re.S)
+SCRIPTS: dict[str, str] = dict(re.findall(r'^([\w-]+)\s*=\s*"([^"]+)"', _SCRIPTS_TABLE.group(1), flags=re.M))
 _COMMAND_START = re.compile(rf"^({'|'.join(map(re.escape, SCRIPTS))})\s+\S")
 
 

@@ -47,6 +47,7 @@ import numpy as np
 
 from disel.io import read_json, write_json_atomic, write_text_atomic
 
+from ..models import portable_base_name
 from . import stages
 from .figures import draw_compression_figure
 from .results import (
@@ -428,7 +429,7 @@ def _aggregate(
     typed = [_level_result(r, reference, args, reference_low) for r in records]
     return CompressionResults(
         adapter=study.adapter,
-        base_model=study.model_path,
+        base_model=portable_base_name(study.model_path),
         evidence_dir=str(args.evidence_dir),
         total_components=sum(entry.rank for entry in study.stats.layers),
         criterion={

@@ -10,7 +10,7 @@ off with ``DISEL_NO_AUTO_REGISTER=1``), so a process that only loads a saved ada
 from . import components
 from .components import *  # noqa: F403 (its __all__ is part of ours, below)
 from .functional import disel_update, disel_update_reference, gate_values
-from .layers import DiselGate, DiselLinear, init_disel_parameters
+from .layers import DEFAULT_GATE_BIAS_INIT, DiselGate, DiselLinear, init_disel_parameters
 from .optim import DEFAULT_GATE_LR_RATIO, DiselGateGroupWarning, DiselOptimizerMixin, param_groups
 from .recording import GateRecorder, GateStats, record_gates
 from .tuner import DiselConfig, DiselModel, register_disel
@@ -30,6 +30,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DEFAULT_GATE_BIAS_INIT",
     "DEFAULT_GATE_LR_RATIO",
     "DiselConfig",
     "DiselGate",

@@ -22,7 +22,7 @@ from ._validate import (
 )
 from .functional import StackedWeightCache, disel_update, gate_values
 
-__all__ = ["DiselGate", "DiselLinear", "init_disel_parameters", "GateWeightInit"]
+__all__ = ["DEFAULT_GATE_BIAS_INIT", "DiselGate", "DiselLinear", "init_disel_parameters", "GateWeightInit"]
 
 GateWeightInit = Literal["kaiming", "zero"]
 
@@ -35,6 +35,10 @@ class DiselGate(nn.Linear):
     """
 
 
+DEFAULT_GATE_BIAS_INIT = -3.0
+"""The published initial gate bias b_g of the LLM runs: σ(-3) ≈ 0.047, every gate starts nearly closed."""
+
+
 def init_disel_parameters(
     lora_A: nn.Linear,
     lora_B: nn.Linear,
@@ -42,13 +46,13 @@ def init_disel_parameters(
     *,
     init_weights: bool = True,
     gate_weight_init: GateWeightInit = "kaiming",
-    gate_bias_init: float = -3.0,
+    gate_bias_init: float = DEFAULT_GATE_BIAS_INIT,
 ) -> None:
     """Initialise one adapter in place (THEORY.md §1, "Initialisation").
 
     ``A`` Kaiming-uniform; ``B = 0`` when ``init_weights`` (so the adapter is a no-op at init), else
     Kaiming-uniform (for tests that need a non-trivial update); ``W_g`` Kaiming-uniform or zero;
-    ``b_g = gate_bias_init`` (default -3: σ(-3) ≈ 0.047, gates start nearly closed).
+    ``b_g = gate_bias_init`` (default :data:`DEFAULT_GATE_BIAS_INIT`).
     """
     owner = "init_disel_parameters"
     check_bool(owner, "init_weights", init_weights)
@@ -90,7 +94,7 @@ class DiselLinear(nn.Module):
         dropout: float = 0.0,
         init_weights: bool = True,
         gate_weight_init: GateWeightInit = "kaiming",
-        gate_bias_init: float = -3.0,
+        gate_bias_init: float = DEFAULT_GATE_BIAS_INIT,
     ) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):

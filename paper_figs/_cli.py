@@ -74,7 +74,7 @@ def add_runs_arguments(parser: argparse.ArgumentParser, *, evaluator: str, what:
 
 def read_runs_from_args(args: argparse.Namespace):
     """The runs named by :func:`add_runs_arguments`' flags, with ``args.evaluator``'s tables."""
-    from disel.experiments.schemas import find_run_dirs, read_runs
+    from disel.experiments.tables import find_run_dirs, read_runs
 
     run_dirs = args.run if args.run else find_run_dirs(args.runs_dir)
     return read_runs(run_dirs, args.evaluator)

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from disel.experiments.schemas import MalformedResultFileError, RunResults, TradeoffRow, TradeoffTable
+from disel.experiments.schemas import MalformedResultFileError, TradeoffRow, TradeoffTable
+from disel.experiments.tables import RunResults
 
 __all__ = ["CheckpointCurve", "TradeoffPoint", "checkpoint_curves", "summarize_over_seeds"]
 

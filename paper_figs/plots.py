@@ -33,10 +33,9 @@ from disel.experiments.schemas import (
     GateHistogram,
     GatesFile,
     MissingResultFileError,
-    RunResults,
     TradeoffTable,
-    shared_base_value,
 )
+from disel.experiments.tables import RunResults, shared_base_value
 
 from .aggregate import CheckpointCurve, checkpoint_curves, summarize_over_seeds
 from .style import METHOD_COLORS, METHOD_LABELS, TEXT_WIDTH_IN, palette_color, rank_colors

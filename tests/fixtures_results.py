@@ -11,7 +11,7 @@
 3. records the gates of two DISeL adapters on three domains (math, general text, code) with
    :func:`disel.experiments.eval.gates.analyze_gates`;
 4. builds the tradeoff table from those tables with
-   :func:`disel.experiments.schemas.tradeoff_table_from_runs` and writes it;
+   :func:`disel.experiments.tables.tradeoff_table_from_runs` and writes it;
 5. writes Figure 1's numbers with a short run of ``python -m toy figure1``.
 
 The layout is the one ``python -m paper_figs.run_all --results ROOT`` reads (module doc there), with
@@ -66,9 +66,10 @@ def make_tiny_results(root: Path, *, steps: int = 4, save_steps: int = 2) -> Tin
     from disel.experiments.data.templates import format_prompt
     from disel.experiments.eval.evaluators import Gsm8kEvaluator, PerplexityEvaluator
     from disel.experiments.eval.gates import GateDomain, analyze_gates, save_gates
-    from disel.experiments.eval.generation import GenerationSettings, load_model_for_eval
+    from disel.experiments.eval.generation import GenerationSettings
     from disel.experiments.eval.retention import evaluate_checkpoints
-    from disel.experiments.schemas import tradeoff_table_from_runs
+    from disel.experiments.models import load_model_for_eval
+    from disel.experiments.tables import tradeoff_table_from_runs
     from disel.experiments.train.run import train
 
     root = Path(root)

@@ -17,28 +17,22 @@ from disel.experiments.cli import compare as compare_cli
 from disel.experiments.cli import eval as eval_cli
 from disel.experiments.cli import preflight
 from disel.experiments.cli import train as train_cli
-from tiny_models import make_tiny_causal_lm
 
 REPO = Path(__file__).resolve().parents[1]
 UNWRITABLE = "/proc/disel-cannot-write-here"  # /proc takes no new files, even from root
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> Path:
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="module")
-def no_tokenizer_dir(llama_dir, tmp_path_factory) -> Path:
+def no_tokenizer_dir(tiny_llama_dir, tmp_path_factory) -> Path:
     """The tiny model's config and weights without its tokenizer files."""
     folder = tmp_path_factory.mktemp("no_tokenizer")
     for name in ("config.json", "model.safetensors"):
-        shutil.copy(llama_dir / name, folder / name)
+        shutil.copy(tiny_llama_dir / name, folder / name)
     return folder
 
 
 @pytest.fixture(scope="module")
-def places(tmp_path_factory, llama_dir, no_tokenizer_dir) -> dict[str, str]:
+def places(tmp_path_factory, tiny_llama_dir, no_tokenizer_dir) -> dict[str, str]:
     """Named paths the tables refer to as ``{name}``."""
     root = tmp_path_factory.mktemp("places")
     (root / "a_file").write_text("not a folder\n")
@@ -49,7 +43,7 @@ def places(tmp_path_factory, llama_dir, no_tokenizer_dir) -> dict[str, str]:
     checkpoint.mkdir(parents=True)
     (checkpoint / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(root / "gone")}))
     return {
-        "llama": str(llama_dir),
+        "llama": str(tiny_llama_dir),
         "no_tokenizer": str(no_tokenizer_dir),
         "file": str(root / "a_file"),
         "dir": str(root / "a_dir"),

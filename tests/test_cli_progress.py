@@ -15,25 +15,22 @@ from disel.experiments.cli.eval import main
 from disel.experiments.eval.generation import load_model_for_eval
 from disel.experiments.eval.perplexity import causal_lm_perplexity
 from disel.experiments.eval.progress import show_progress
-from tiny_models import LLAMA_TARGET_MODULES, make_tiny_causal_lm, make_tiny_roberta_classifier, make_tiny_roberta_mlm
+from tiny_models import LLAMA_TARGET_MODULES, make_tiny_roberta_classifier, make_tiny_roberta_mlm
 
 TEXTS = ["the quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b\n"]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"))
-
-
-@pytest.fixture(scope="module")
-def adapter_run(tiny_dir, tmp_path_factory) -> Path:
+def adapter_run(tiny_llama_dir, tmp_path_factory) -> Path:
     """A training output with one DISeL checkpoint (random gates and B, so the adapter moves the model)."""
     from peft import get_peft_model
 
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(3)
     config = disel.DiselConfig(r=4, target_modules=list(LLAMA_TARGET_MODULES), init_weights=False)
-    get_peft_model(load_model_for_eval(tiny_dir, device="cpu").model, config).save_pretrained(run / "checkpoint-1")
+    get_peft_model(load_model_for_eval(tiny_llama_dir, device="cpu").model, config).save_pretrained(
+        run / "checkpoint-1"
+    )
     return run
 
 
@@ -54,11 +51,11 @@ def _lines_before_wrote(out: str) -> list[str]:
     return lines[: wrote[0]]
 
 
-def test_perplexity_command_prints_scores_and_draws_a_bar(tiny_dir, tmp_path, capsys):
+def test_perplexity_command_prints_scores_and_draws_a_bar(tiny_llama_dir, tmp_path, capsys):
     """`perplexity` prints the perplexity of each text set and their mean (the values written) before 'wrote'."""
     texts = _jsonl(tmp_path / "prose.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "ppl.json"
-    argv = ["perplexity", "--base", str(tiny_dir), "--device", "cpu", "--text", str(texts), "--max-length", "8"]
+    argv = ["perplexity", "--base", str(tiny_llama_dir), "--device", "cpu", "--text", str(texts), "--max-length", "8"]
     assert main([*argv, "--batch-size", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     record = json.loads(out.read_text())
@@ -83,12 +80,12 @@ def test_mlm_perplexity_command_prints_scores_before_wrote(tmp_path, capsys):
     assert _bar_finished(printed.err, "mlm perplexity")
 
 
-def test_gsm8k_command_prints_accuracy_with_n(tiny_dir, tmp_path, capsys):
+def test_gsm8k_command_prints_accuracy_with_n(tiny_llama_dir, tmp_path, capsys):
     """`gsm8k` prints strict and flexible exact match and the number of questions before 'wrote'."""
     rows = [{"question": "2 + 2?", "answer": "4"}, {"question": "3 + 3?", "answer": "6"}]
     out = tmp_path / "gsm8k.json"
     data = _jsonl(tmp_path / "gsm8k.jsonl", rows)
-    argv = ["gsm8k", "--base", str(tiny_dir), "--device", "cpu", "--dtype", "float32", "--data", str(data)]
+    argv = ["gsm8k", "--base", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32", "--data", str(data)]
     assert main([*argv, "--max-new-tokens", "3", "--batch-size", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     record = json.loads(out.read_text())
@@ -100,11 +97,11 @@ def test_gsm8k_command_prints_accuracy_with_n(tiny_dir, tmp_path, capsys):
     assert _bar_finished(printed.err, "generating") and "2/2" in printed.err  # one batch per question
 
 
-def test_gates_command_prints_the_mean_gate_per_domain(tiny_dir, adapter_run, tmp_path, capsys):
+def test_gates_command_prints_the_mean_gate_per_domain(tiny_llama_dir, adapter_run, tmp_path, capsys):
     """`gates` prints per domain the mean gate over all recorded values, and per kind (attention / MLP)."""
     domain = _jsonl(tmp_path / "prose.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "gates.json"
-    argv = ["gates", "--base", str(tiny_dir), "--adapter", str(adapter_run / "checkpoint-1"), "--device", "cpu"]
+    argv = ["gates", "--base", str(tiny_llama_dir), "--adapter", str(adapter_run / "checkpoint-1"), "--device", "cpu"]
     assert main([*argv, "--domain", f"prose={domain}", "--batch-size", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     prose = json.loads(out.read_text())["domains"]["prose"]
@@ -114,11 +111,11 @@ def test_gates_command_prints_the_mean_gate_per_domain(tiny_dir, adapter_run, tm
     assert _bar_finished(printed.err, "gates prose")
 
 
-def test_retention_command_draws_a_bar_over_checkpoints(tiny_dir, adapter_run, tmp_path, capsys):
+def test_retention_command_draws_a_bar_over_checkpoints(tiny_llama_dir, adapter_run, tmp_path, capsys):
     """`retention` draws a bar over the checkpoints to evaluate and prints one line per row of the table."""
     texts = _jsonl(tmp_path / "prose.jsonl", [{"text": t} for t in TEXTS])
     table = tmp_path / "retention.json"
-    argv = ["retention", "--output-dir", str(adapter_run), "--base", str(tiny_dir), "--evaluator", "perplexity"]
+    argv = ["retention", "--output-dir", str(adapter_run), "--base", str(tiny_llama_dir), "--evaluator", "perplexity"]
     assert main([*argv, "--text", str(texts), "--max-length", "8", "--table", str(table)]) == 0
     printed = capsys.readouterr()
     rows = json.loads(table.read_text())["rows"]
@@ -128,9 +125,9 @@ def test_retention_command_draws_a_bar_over_checkpoints(tiny_dir, adapter_run, t
         assert f"  {row['checkpoint']} (step {row['step']}): mean={row['mean']:.4g}" in printed.out.splitlines()
 
 
-def test_library_calls_are_quiet_unless_asked(tiny_dir, capsys):
+def test_library_calls_are_quiet_unless_asked(tiny_llama_dir, capsys):
     """Outside `disel-eval` an evaluation prints nothing; `show_progress()` turns its bar on for the block only."""
-    loaded = load_model_for_eval(tiny_dir, device="cpu")
+    loaded = load_model_for_eval(tiny_llama_dir, device="cpu")
     capsys.readouterr()  # transformers' own weight-loading bar
     quiet = causal_lm_perplexity(loaded.model, loaded.tokenizer, TEXTS, max_length=8)
     assert capsys.readouterr() == ("", "")

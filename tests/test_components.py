@@ -507,10 +507,9 @@ def test_prune_adapter_dir_writes_a_loadable_adapter_and_its_report(tmp_path):
 
 def test_merge_static_folds_into_transposed_conv1d_weights():
     """GPT-2's Conv1D stores W transposed (d_in, d_out): folding constant gates there keeps the output too."""
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    base = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=VOCAB, n_positions=32)).eval()
+    base = tiny_models.tiny_gpt2(0, n_layer=1, vocab_size=VOCAB)
     model = get_peft_model(base, DiselConfig(r=3, target_modules=["c_attn", "c_fc"], init_weights=False)).eval()
     with torch.no_grad():
         for layer in disel_layers(model).values():

@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 from disel.experiments.config import load_config
 from disel.experiments.train.run import RESULT_FILE, train
 from disel.io import write_yaml_atomic
-from tiny_models import make_tiny_causal_lm
 
 
 def _free_port() -> int:
@@ -30,8 +29,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path):
-    model_dir = make_tiny_causal_lm(tmp_path / "llama")
+def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path, tiny_llama_dir):
+    model_dir = tiny_llama_dir
     rng = random.Random(0)
     data = tmp_path / "math.jsonl"
     with data.open("w") as stream:

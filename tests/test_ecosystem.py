@@ -24,14 +24,8 @@ from disel import DiselConfig
 from disel import optim as disel_optim
 from disel._autoregister import ENV_VAR, PTH_NAME
 from disel.tuner.card import DISEL_CARD_HEADING, DISEL_TAG
-from tiny_models import make_tiny_causal_lm
 
 DATA = Path(__file__).with_name("data")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"), seed=0)
 
 
 def _ids() -> torch.Tensor:
@@ -53,10 +47,10 @@ def _logits(model, ids) -> torch.Tensor:
 # --- transformers' own adapter API --------------------------------------------------------------------
 
 
-def test_transformers_adapter_api_with_a_disel_config(tiny_dir, tmp_path):
+def test_transformers_adapter_api_with_a_disel_config(tiny_llama_dir, tmp_path):
     """add_adapter, active_adapters, disable/enable_adapters, get_adapter_state_dict, set_adapter,
     delete_adapter, save and load_adapter, and one training step, on a plain transformers model."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     ids = _ids()
     base = _logits(model, ids)
 
@@ -88,7 +82,7 @@ def test_transformers_adapter_api_with_a_disel_config(tiny_dir, tmp_path):
     adapter_dir = tmp_path / "first"
     model.save_pretrained(adapter_dir)  # with adapters attached, saves the adapter only
     assert (adapter_dir / "adapter_config.json").is_file()
-    fresh = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     fresh.load_adapter(str(adapter_dir), adapter_name="reloaded")
     fresh.set_adapter("reloaded")
     assert torch.equal(_logits(fresh, ids), first)
@@ -110,12 +104,12 @@ def test_transformers_adapter_api_with_a_disel_config(tiny_dir, tmp_path):
 # --- Model card ----------------------------------------------------------------------------------------
 
 
-def test_model_card_names_disel_and_carries_the_method_tag(tiny_dir, tmp_path):
+def test_model_card_names_disel_and_carries_the_method_tag(tiny_llama_dir, tmp_path):
     """PEFT's README.md of a saved DISeL adapter gets the ``disel`` tag and says loading needs ``disel``,
     once, also for a second adapter saved in a subdirectory and after saving again."""
     from huggingface_hub import ModelCard
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), _config())
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), _config())
     model.add_adapter("other", _config(seed=3))
     out = tmp_path / "adapter"
     model.save_pretrained(out)
@@ -160,15 +154,15 @@ def _one_step(model, optimizer):
     optimizer.zero_grad()
 
 
-def test_gate_group_warning_once_for_a_plain_optimizer(tiny_dir, fresh_gate_watch):
+def test_gate_group_warning_once_for_a_plain_optimizer(tiny_llama_dir, fresh_gate_watch):
     """An optimizer built by disel.param_groups is quiet; a plain AdamW(model.parameters()) over a DISeL
     model warns once (naming the fix), and not again for later optimizers."""
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), _config())
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), _config())
     with warnings.catch_warnings():
         warnings.simplefilter("error", disel_optim.DiselGateGroupWarning)
         _one_step(model, torch.optim.AdamW(disel.param_groups(model, lr=1e-3)))
         # A plain optimizer over a model without DISeL is no concern either.
-        plain_base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+        plain_base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
         _one_step(plain_base, torch.optim.AdamW(plain_base.parameters(), lr=1e-3))
 
     with pytest.warns(disel_optim.DiselGateGroupWarning, match="DiselOptimizerMixin") as record:
@@ -249,22 +243,22 @@ _LOAD_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def saved_adapter(tiny_dir, tmp_path_factory):
+def saved_adapter(tiny_llama_dir, tmp_path_factory):
     """A DISeL adapter saved from the tiny model, with the logits it gives."""
     out = tmp_path_factory.mktemp("disel_adapter")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), _config(task_type="CAUSAL_LM")).eval()
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), _config(task_type="CAUSAL_LM")).eval()
     model.save_pretrained(out / "adapter")
     ids = _ids()
     torch.save(ids, out / "ids.pt")
     return out / "adapter", out / "ids.pt", _logits(model, ids)
 
 
-def _run_load_script(tmp_path, saved_adapter, tiny_dir, **env) -> dict:
+def _run_load_script(tmp_path, saved_adapter, tiny_llama_dir, **env) -> dict:
     adapter_dir, ids_path, _ = saved_adapter
     script = tmp_path / "load.py"
     script.write_text(_LOAD_SCRIPT)
     completed = subprocess.run(
-        [sys.executable, str(script), str(adapter_dir), str(tiny_dir), str(ids_path), str(tmp_path)],
+        [sys.executable, str(script), str(adapter_dir), str(tiny_llama_dir), str(ids_path), str(tmp_path)],
         capture_output=True,
         text=True,
         env=_fresh_env(**env),
@@ -275,10 +269,10 @@ def _run_load_script(tmp_path, saved_adapter, tiny_dir, **env) -> dict:
     return json.loads((tmp_path / "report.json").read_text())
 
 
-def test_fresh_process_loads_without_import_disel(tiny_dir, saved_adapter, tmp_path):
+def test_fresh_process_loads_without_import_disel(tiny_llama_dir, saved_adapter, tmp_path):
     """disel installed but never imported: every PEFT and transformers loader gives the saved logits."""
     _installed_pth()
-    report = _run_load_script(tmp_path, saved_adapter, tiny_dir)
+    report = _run_load_script(tmp_path, saved_adapter, tiny_llama_dir)
     assert report == {"disel_imported_by_peft": True, "peft_type": "DISEL"}
     expected = saved_adapter[2]
     results = torch.load(tmp_path / "logits.pt")
@@ -287,10 +281,10 @@ def test_fresh_process_loads_without_import_disel(tiny_dir, saved_adapter, tmp_p
         assert torch.equal(logits, expected), name
 
 
-def test_auto_registration_is_switched_off_by_the_environment(tiny_dir, saved_adapter, tmp_path):
+def test_auto_registration_is_switched_off_by_the_environment(tiny_llama_dir, saved_adapter, tmp_path):
     """DISEL_NO_AUTO_REGISTER=1: peft's import leaves disel alone, and the type is unknown again."""
     _installed_pth()
-    report = _run_load_script(tmp_path, saved_adapter, tiny_dir, **{ENV_VAR: "1"})
+    report = _run_load_script(tmp_path, saved_adapter, tiny_llama_dir, **{ENV_VAR: "1"})
     assert report["disel_imported_by_peft"] is False
     assert "KeyError" in report["error"] and "DISEL" in report["error"]
 
@@ -319,7 +313,7 @@ def test_hook_costs_nothing_before_peft_and_never_breaks_its_import(tmp_path):
     assert "simulated broken disel" in completed.stderr and "import disel" in completed.stderr
 
 
-def test_lm_eval_command_line_loads_a_disel_adapter(tiny_dir, saved_adapter, tmp_path):
+def test_lm_eval_command_line_loads_a_disel_adapter(tiny_llama_dir, saved_adapter, tmp_path):
     """``lm_eval --model hf --model_args pretrained=...,peft=ADAPTER`` in a process that never imports disel."""
     pytest.importorskip("lm_eval")
     _installed_pth()
@@ -335,7 +329,7 @@ def test_lm_eval_command_line_loads_a_disel_adapter(tiny_dir, saved_adapter, tmp
         "--model",
         "hf",
         "--model_args",
-        f"pretrained={tiny_dir},peft={adapter_dir},dtype=float32",
+        f"pretrained={tiny_llama_dir},peft={adapter_dir},dtype=float32",
         "--tasks",
         "disel_tiny_mc",
         "--include_path",
@@ -357,7 +351,7 @@ def test_lm_eval_command_line_loads_a_disel_adapter(tiny_dir, saved_adapter, tmp
     # The evaluated model is the base plus the adapter (lm-eval counts the parameters it evaluated).
     from safetensors.torch import load_file
 
-    base_count = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
+    base_count = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_llama_dir).parameters())
     adapter_count = sum(t.numel() for t in load_file(adapter_dir / "adapter_model.safetensors").values())
     assert adapter_count > 0
     assert results["config"]["model_num_parameters"] == base_count + adapter_count

@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
 
 import disel  # noqa: E402
 from disel.tuner import DiselLinearLayer  # noqa: E402
-from tiny_models import make_tiny_causal_lm  # noqa: E402
 
 QUANTIZATIONS = {
     "nf4": (dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32), "Linear4bit"),
@@ -22,16 +21,11 @@ QUANTIZATIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"), seed=0)
-
-
 @pytest.mark.parametrize("name", sorted(QUANTIZATIONS))
-def test_disel_on_a_quantized_base_starts_at_the_base_and_trains(tiny_dir, name):
+def test_disel_on_a_quantized_base_starts_at_the_base_and_trains(tiny_llama_dir, name):
     kwargs, layer_type = QUANTIZATIONS[name]
     base = AutoModelForCausalLM.from_pretrained(
-        tiny_dir, quantization_config=BitsAndBytesConfig(**kwargs), device_map={"": "cpu"}
+        tiny_llama_dir, quantization_config=BitsAndBytesConfig(**kwargs), device_map={"": "cpu"}
     )
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     # Train mode before any no-grad forward: on CPUs with AVX512-BF16, bitsandbytes repacks an eval-mode 4-bit

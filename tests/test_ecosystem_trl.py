@@ -13,8 +13,6 @@ import textwrap
 
 import pytest
 
-from tiny_models import make_tiny_causal_lm
-
 pytest.importorskip("trl")
 
 _SCRIPT = textwrap.dedent(
@@ -68,8 +66,8 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def test_sft_trainer_with_the_mixin_builds_the_gate_group(tmp_path):
-    model_dir = make_tiny_causal_lm(tmp_path / "tiny", seed=0)
+def test_sft_trainer_with_the_mixin_builds_the_gate_group(tmp_path, tiny_llama_dir):
+    model_dir = tiny_llama_dir
     script = tmp_path / "sft.py"
     script.write_text(_SCRIPT)
     env = dict(

@@ -184,7 +184,7 @@ def test_the_figure_script_refuses_a_missing_or_other_version_results_file(tmp_p
     assert "none.json" in capsys.readouterr().err
     (tmp_path / "future.json").write_text('{"schema_version": 99}')
     assert evidence_compression.main(["--results", str(tmp_path / "future.json"), "--out", str(tmp_path)]) == 2
-    assert "schema_version 99 is not the supported 1" in capsys.readouterr().err
+    assert "found schema 'disel.evidence_compression/99'" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
 
 

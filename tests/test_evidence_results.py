@@ -77,7 +77,7 @@ def test_round_trip_through_a_file_keeps_everything(tmp_path):
     assert math.isnan(loaded.runs[2].checkpoints[0].gate_means["english"])
     raw = json.loads(path.read_text())  # strict JSON: no NaN tokens
     assert raw["runs"][2]["checkpoints"][0]["gate_means"]["english"] is None
-    assert raw["schema_version"] == SCHEMA_VERSION
+    assert raw["schema"] == SCHEMA_VERSION
     assert loaded.comparisons[0].differences == results.comparisons[0].differences
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temporary file left
 
@@ -92,9 +92,9 @@ def test_matched_comparison_from_the_stored_paths():
 def test_other_schema_versions_are_refused(tmp_path):
     path = save_results(_results(), tmp_path / "r.json")
     data = json.loads(path.read_text())
-    data["schema_version"] = SCHEMA_VERSION + 1
+    data["schema"] = "disel.evidence/99"
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="schema_version"):
+    with pytest.raises(ValueError, match="disel.evidence/99"):
         load_results(path)
 
 

@@ -169,7 +169,12 @@ def test_evaluate_gsm8k_scores_strict_exact_match(tiny_causal_dir, monkeypatch):
         format_prompt=lambda q: f"Q: {q}\nA:",
         settings=GenerationSettings(max_new_tokens=4),
     )
-    assert real["schema"] == "disel.gsm8k/1" and real["n"] == 3 and 0.0 <= real["exact_match"] <= 1.0
+    assert real["schema"] == "disel.gsm8k/1" and real["n"] == 3
+    # exact match is the fraction of samples whose strict prediction is the reference
+    assert [s["correct"] for s in real["samples"]] == [
+        s["prediction_strict"] == s["reference"] for s in real["samples"]
+    ]
+    assert real["exact_match"] == sum(s["correct"] for s in real["samples"]) / 3
     assert {"question", "reference", "response", "prediction_strict", "correct"} <= set(real["samples"][0])
 
     canned = ["so #### 4", "I think 6", "The answer is: 1,001."]  # strict: right, no marker, right
@@ -301,9 +306,11 @@ def test_lm_eval_on_local_task_disel_at_init_equals_base(tiny_causal_dir, tmp_pa
     assert record["schema"] == "disel.lm_eval/1"
     entry = record["benchmarks"]["disel_tiny_mc"]
     assert entry["metric"] == "acc,none" and entry["n_samples"] == 12
-    assert 0.0 <= entry["value"] <= 1.0 and 0.0 <= entry["metrics"]["acc_norm,none"] <= 1.0
     assert record["mean"] == entry["value"]
     moved_raw = run_lm_eval(moved, loaded.tokenizer, settings, log_samples=True)
+    docs = moved_raw["samples"]["disel_tiny_mc"]  # the score is the mean of the per-document scores
+    assert entry["value"] == pytest.approx(sum(d["acc"] for d in docs) / len(docs))
+    assert entry["metrics"]["acc_norm,none"] == pytest.approx(sum(d["acc_norm"] for d in docs) / len(docs))
     assert [r[0] for s in moved_raw["samples"]["disel_tiny_mc"] for r in s["resps"]] != base_ll
 
 

@@ -24,7 +24,6 @@ from disel.experiments.train.run import RESULT_FILE, TrainResult, complete_check
 from tiny_models import (
     LLAMA_TARGET_MODULES,
     ROBERTA_TARGET_MODULES,
-    make_tiny_causal_lm,
     make_tiny_roberta_classifier,
     make_tiny_roberta_mlm,
 )
@@ -45,11 +44,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> Path:
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +79,10 @@ def sentiment_files(tmp_path_factory) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def _config(llama_dir: Path, train_file: Path, output_dir: Path, **sections) -> ExperimentConfig:
+def _config(tiny_llama_dir: Path, train_file: Path, output_dir: Path, **sections) -> ExperimentConfig:
     """A small causal-LM run; ``sections`` update the default sections key by key."""
     raw = {
-        "model": {"path": str(llama_dir)},
+        "model": {"path": str(tiny_llama_dir)},
         "data": {"train_files": [str(train_file)], "template": "alpaca", "max_length": 64},
         "method": {"name": "disel", "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"], "lora_dropout": 0.0},
         "training": {
@@ -111,11 +105,11 @@ def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
-def test_tiny_model_fixtures_load_offline(tmp_path, llama_dir):
+def test_tiny_model_fixtures_load_offline(tmp_path, tiny_llama_dir):
     """The shared fixtures load with the Auto classes; RoBERTa's tokenizer frames pairs like the real one."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-    causal = AutoModelForCausalLM.from_pretrained(llama_dir)
+    causal = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     assert {name.rsplit(".", 1)[-1] for name, _ in causal.named_modules()} >= set(LLAMA_TARGET_MODULES)
     roberta_dir = make_tiny_roberta_mlm(tmp_path / "mlm")
     tokenizer = AutoTokenizer.from_pretrained(roberta_dir)
@@ -162,11 +156,11 @@ def test_format_prompt_keeps_braces_and_passes_raw_text():
         format_prompt("chatml", "x")
 
 
-def test_loss_only_on_response_tokens_and_eos(llama_dir):
+def test_loss_only_on_response_tokens_and_eos(tiny_llama_dir):
     """Prompt labels are -100; the labelled tokens decode to exactly the response followed by EOS."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     prompt = format_prompt("magicoder", "Write add(a, b).")
     response = "def add(a, b):\n    return a + b"
     example = tokenize_instruction(tokenizer, prompt, response, max_length=256)
@@ -179,11 +173,11 @@ def test_loss_only_on_response_tokens_and_eos(llama_dir):
     assert ids[-1] == tokenizer.eos_token_id and labels.index(learned[0]) == len(masked)  # prompt first, one block
 
 
-def test_truncation_keeps_prompt_first_and_drops_examples_without_response(llama_dir):
+def test_truncation_keeps_prompt_first_and_drops_examples_without_response(tiny_llama_dir):
     """Truncated to max_length; an example whose prompt fills max_length carries no loss and is dropped."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     prompt = format_prompt("alpaca", "What is 3 + 4?")
     n_prompt = sum(label == IGNORE_INDEX for label in tokenize_instruction(tokenizer, prompt, "7", 256)["labels"])
     cut = tokenize_instruction(tokenizer, prompt, "3 + 4 = 7. The answer is: 7", max_length=n_prompt + 2)
@@ -191,7 +185,7 @@ def test_truncation_keeps_prompt_first_and_drops_examples_without_response(llama
     assert tokenize_instruction(tokenizer, prompt, "7", max_length=n_prompt) is None
 
 
-def test_raw_text_template_learns_every_predicted_token(llama_dir, tmp_path):
+def test_raw_text_template_learns_every_predicted_token(tiny_llama_dir, tmp_path):
     """template none: text + EOS, every token after the first labelled with itself (the first, here BOS, is
     never predicted by a causal LM)."""
     from transformers import AutoTokenizer
@@ -199,7 +193,7 @@ def test_raw_text_template_learns_every_predicted_token(llama_dir, tmp_path):
     from disel.experiments.config import DataConfig
     from disel.experiments.data.datasets import prepare_data
 
-    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     path = tmp_path / "text.jsonl"
     path.write_text(json.dumps({"text": "Plain prose, no prompt."}) + "\n")
     config = DataConfig(train_files=[str(path)], template="none", max_length=64)
@@ -223,11 +217,11 @@ def test_collator_pads_right_with_masked_labels():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_malformed_jsonl_row_names_file_line_and_key(tmp_path, llama_dir):
+def test_malformed_jsonl_row_names_file_line_and_key(tmp_path, tiny_llama_dir):
     """A row without the instruction key: the error names the file, the line and the expected key."""
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "a", "output": "b"}\n\n{"question": "a", "output": "b"}\n')
-    config = _config(llama_dir, path, tmp_path / "out")
+    config = _config(tiny_llama_dir, path, tmp_path / "out")
     with pytest.raises(DataFormatError, match=rf"{re.escape(str(path))}, line 3: missing key 'instruction'.*question"):
         train(config)
 
@@ -341,10 +335,10 @@ def test_recipes_compose_from_a_setting_and_a_method_overlay(tmp_path):
         load_config(tmp_path / "typo.yaml")
 
 
-def test_training_section_is_validated_by_transformers(tmp_path, llama_dir, math_file):
+def test_training_section_is_validated_by_transformers(tmp_path, tiny_llama_dir, math_file):
     """A value of the right type that TrainingArguments itself refuses fails with a ConfigError naming the
     training section, before the model is loaded."""
-    config = _config(llama_dir, math_file, tmp_path / "run", training={"lr_scheduler_type": "no-such-schedule"})
+    config = _config(tiny_llama_dir, math_file, tmp_path / "run", training={"lr_scheduler_type": "no-such-schedule"})
     with pytest.raises(ConfigError, match=r"training in .*TrainingArguments refused it.*no-such-schedule"):
         train(config)
 
@@ -397,10 +391,10 @@ def test_every_recipe_loads_and_validates(recipe):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file):
+def test_disel_training_writes_schema_and_adapter(tmp_path, tiny_llama_dir, math_file):
     """DISeL trains with its own optimizer groups; train_result.json follows the documented schema."""
     output = tmp_path / "run"
-    config = _config(llama_dir, math_file, output, data={"validation_fraction": 0.1})
+    config = _config(tiny_llama_dir, math_file, output, data={"validation_fraction": 0.1})
     result = train(config)
     written = json.loads((output / RESULT_FILE).read_text())
     assert written == json.loads(json.dumps(result.to_dict()))
@@ -458,7 +452,7 @@ def test_disel_training_writes_schema_and_adapter(tmp_path, llama_dir, math_file
         train(config)
 
 
-def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, llama_dir, math_file):
+def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, tiny_llama_dir, math_file):
     """The optimizer has a gate group at gate_lr_ratio x learning_rate with no weight decay (checked through a
     callback): method.gate_lr_ratio reaches the optimizer through the adapter's DiselConfig."""
     from transformers import TrainerCallback
@@ -475,7 +469,7 @@ def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, llama_dir, math_fil
             )
 
     config = _config(
-        llama_dir,
+        tiny_llama_dir,
         math_file,
         tmp_path / "run",
         method={"gate_lr_ratio": 3.0},
@@ -486,12 +480,12 @@ def test_disel_trainer_uses_the_gate_learning_rate(tmp_path, llama_dir, math_fil
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora", "full"])
-def test_baselines_train_and_save(tmp_path, llama_dir, math_file, method):
+def test_baselines_train_and_save(tmp_path, tiny_llama_dir, math_file, method):
     """PEFT's LoRA, DoRA, AdaLoRA and full fine-tuning run through the same entry and save their weights."""
     output = tmp_path / method
     adalora = {"tinit": 1, "tfinal": 1, "deltaT": 1}
     config = _config(
-        llama_dir, math_file, output, method={"name": method, "adalora": adalora}, training={"save_strategy": "no"}
+        tiny_llama_dir, math_file, output, method={"name": method, "adalora": adalora}, training={"save_strategy": "no"}
     )
     result = train(config)
     assert result.method == method and result.global_step == 4 and result.final_train_loss is not None
@@ -507,13 +501,13 @@ def test_baselines_train_and_save(tmp_path, llama_dir, math_file, method):
         assert saved["rank_pattern"] and len(saved["rank_pattern"]) == 6
 
 
-def test_adalora_schedule_follows_epochs(tmp_path, llama_dir, math_file):
+def test_adalora_schedule_follows_epochs(tmp_path, tiny_llama_dir, math_file):
     """A recipe giving epochs, not max_steps (as recipes/methods/adalora.yaml does): the schedule's total_step
     and its ratio phases come from the Trainer's own step count (40 rows / batch 4 = 10 steps)."""
     adalora = {"tinit_ratio": 0.1, "tfinal_ratio": 0.2, "deltaT": 1}
     training = {"max_steps": -1, "num_train_epochs": 1, "save_strategy": "no"}
     config = _config(
-        llama_dir, math_file, tmp_path / "run", method={"name": "adalora", "adalora": adalora}, training=training
+        tiny_llama_dir, math_file, tmp_path / "run", method={"name": "adalora", "adalora": adalora}, training=training
     )
     assert train(config).global_step == 10
     saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
@@ -536,7 +530,7 @@ def _crash_after_checkpoint(step: int):
 
 
 @pytest.mark.parametrize("method", ["disel", "adalora"])
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, llama_dir, math_file, method):
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_llama_dir, math_file, method):
     """Crash after the step-3 checkpoint, resume with resume=auto: final adapter and loss history are identical
     to an uninterrupted run (dropout on, so the RNG state must be restored too; AdaLoRA also needs its
     importance statistics, which PEFT keeps only in memory)."""
@@ -544,9 +538,9 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, llama_dir, math_f
         method={"name": method, "lora_dropout": 0.1, "adalora": {"tinit": 1, "tfinal": 1}},
         training={"max_steps": 6, "save_steps": 3},
     )
-    straight = train(_config(llama_dir, math_file, tmp_path / "straight", **sections))
+    straight = train(_config(tiny_llama_dir, math_file, tmp_path / "straight", **sections))
 
-    crashed = _config(llama_dir, math_file, tmp_path / "crashed", **sections)
+    crashed = _config(tiny_llama_dir, math_file, tmp_path / "crashed", **sections)
     with pytest.raises(_SimulatedCrash):
         train(crashed, callbacks=[_crash_after_checkpoint(3)])
     assert [p.name for p in complete_checkpoints(tmp_path / "crashed")] == ["checkpoint-3"]
@@ -562,15 +556,18 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, llama_dir, math_f
         assert torch.equal(expected[name], actual[name]), name
 
 
-def test_resume_auto_skips_a_checkpoint_interrupted_mid_save(tmp_path, llama_dir, math_file):
+def test_resume_auto_skips_a_checkpoint_interrupted_mid_save(tmp_path, tiny_llama_dir, math_file):
     """A checkpoint folder without trainer_state.json (written last) is incomplete and never resumed from."""
     output = tmp_path / "run"
-    train(_config(llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1}))
+    train(_config(tiny_llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1}))
     (output / "checkpoint-2" / "trainer_state.json").unlink()  # as if the process died while saving step 2
     assert [p.name for p in complete_checkpoints(output)] == ["checkpoint-1"]
     result = train(
         _config(
-            llama_dir, math_file, output, training={"max_steps": 2, "save_steps": 1, "resume_from_checkpoint": "auto"}
+            tiny_llama_dir,
+            math_file,
+            output,
+            training={"max_steps": 2, "save_steps": 1, "resume_from_checkpoint": "auto"},
         )
     )
     assert result.resumed_from.endswith("checkpoint-1") and result.global_step == 2
@@ -602,7 +599,12 @@ def test_sequence_classification_with_fresh_head(tmp_path, roberta_dir, sentimen
         },
     }
     result = train(config_from_dict(raw))
-    assert 0.0 <= result.eval["eval_accuracy"] <= 1.0 and result.global_step == 8
+    assert result.global_step == 8
+    # the final accuracy is the last epoch's, a count of right answers over the validation rows
+    accuracy, rows = result.eval["eval_accuracy"], result.data["validation_rows"]
+    assert accuracy == result.eval_history[-1]["eval_accuracy"] and accuracy * rows == pytest.approx(
+        round(accuracy * rows)
+    )
     assert [e["epoch"] for e in result.eval_history][:2] == [1.0, 2.0]
     tensors = _adapter_tensors(output)
     assert any("classifier" in name for name in tensors) and any("disel_gate" in name for name in tensors)
@@ -621,7 +623,7 @@ def test_classification_label_errors_name_row(tmp_path, roberta_dir):
         train(config_from_dict(raw))
 
 
-def test_local_datasets_source(tmp_path, llama_dir, math_file):
+def test_local_datasets_source(tmp_path, tiny_llama_dir, math_file):
     """A `datasets` dataset saved locally (save_to_disk) trains like a JSONL file of the same rows."""
     import datasets
 
@@ -629,7 +631,7 @@ def test_local_datasets_source(tmp_path, llama_dir, math_file):
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
     result = train(
         _config(
-            llama_dir,
+            tiny_llama_dir,
             math_file,
             tmp_path / "run",
             data={"train_files": [], "dataset": str(tmp_path / "ds")},
@@ -644,7 +646,7 @@ def test_local_datasets_source(tmp_path, llama_dir, math_file):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_cli_prints_config_and_reports_errors_in_one_line(tmp_path, capsys, llama_dir, math_file):
+def test_cli_prints_config_and_reports_errors_in_one_line(tmp_path, capsys, tiny_llama_dir, math_file):
     """--print-config shows the resolved overrides; a missing model path exits 2 with the key named."""
     path = tmp_path / "recipe.yaml"
     path.write_text(
@@ -659,10 +661,10 @@ def test_cli_prints_config_and_reports_errors_in_one_line(tmp_path, capsys, llam
     assert "unknown key 'method.rank'" in capsys.readouterr().err
 
 
-def test_cli_trains(tmp_path, llama_dir, math_file):
+def test_cli_trains(tmp_path, tiny_llama_dir, math_file):
     """The command line runs a recipe end to end (the function behind `disel-train`)."""
     path = tmp_path / "recipe.yaml"
-    config = _config(llama_dir, math_file, tmp_path / "out", training={"max_steps": 1, "save_strategy": "no"})
+    config = _config(tiny_llama_dir, math_file, tmp_path / "out", training={"max_steps": 1, "save_strategy": "no"})
     experiment_io.write_yaml_atomic(path, config.to_dict())
     assert cli_main(["--config", str(path)]) == 0
     assert json.loads((tmp_path / "out" / RESULT_FILE).read_text())["global_step"] == 1

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import tiny_models
 from disel.layers import DiselGate, DiselLinear
 from disel.optim import DEFAULT_GATE_LR_RATIO, param_groups
 
@@ -163,19 +164,7 @@ def test_no_trainable_parameters_is_an_error():
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=128,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_models.tiny_llama(0, hidden_size=64, intermediate_size=128, vocab_size=128, max_position_embeddings=64)
 
 
 def _swap_in_disel(model: nn.Module, r: int = 4) -> nn.Module:

@@ -22,7 +22,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from disel.experiments import schemas as results  # noqa: E402
+from disel.experiments import schemas, tables  # noqa: E402
+from disel.experiments.cli import tradeoff as tradeoff_cli  # noqa: E402
 from disel.experiments.schemas import (  # noqa: E402
     MalformedResultFileError,
     MissingResultFileError,
@@ -30,11 +31,11 @@ from disel.experiments.schemas import (  # noqa: E402
     TradeoffRow,
     read_gates,
     read_retention_table,
-    read_runs,
     read_tradeoff_table,
     read_train_result,
     write_tradeoff_table,
 )
+from disel.experiments.tables import read_runs  # noqa: E402
 from fixtures_results import TinyResults, make_tiny_results  # noqa: E402
 from paper_figs import fig2_glue_tradeoff, fig4_gates_by_domain, fig6_retention_over_time, figure_modules, plots, style  # noqa: E402  # noqa: E402
 from paper_figs.aggregate import checkpoint_curves, summarize_over_seeds  # noqa: E402
@@ -100,11 +101,11 @@ def test_run_all_knows_every_figure_script():
 def test_tiny_results_are_what_the_figures_claim(tiny):
     """The fixture's files are the real experiment outputs: 8 runs with method/rank/seed from their
     train_result.json, a base row and a row per saved checkpoint in each table, three gate domains."""
-    infos = [read_train_result(d) for d in results.find_run_dirs(tiny.runs_dir)]
+    infos = [read_train_result(d) for d in tables.find_run_dirs(tiny.runs_dir)]
     assert sorted((i.method, i.rank, i.seed) for i in infos) == sorted(
         (m, r, s) for m in ("disel", "lora") for r in (2, 4) for s in (0, 1)
     )
-    for run in read_runs(results.find_run_dirs(tiny.runs_dir), "perplexity"):
+    for run in read_runs(tables.find_run_dirs(tiny.runs_dir), "perplexity"):
         assert [row.checkpoint for row in run.table.rows] == ["base", "checkpoint-2", "checkpoint-4"]
         assert run.table.metric_columns == ("english", "code")
     gates = read_gates(tiny.gates_math)
@@ -143,7 +144,7 @@ def test_tradeoff_figure_marks_seed_means_with_std_error_bars(tiny):
 def test_checkpoint_figure_plots_the_seed_mean_of_each_rank(tiny):
     """Figure 6: each rank's line is the mean over seeds of the table values at each checkpoint step,
     DISeL in the left panel and LoRA in the right; the dashed line is the base row's value."""
-    runs = read_runs(results.find_run_dirs(tiny.runs_dir), "perplexity")
+    runs = read_runs(tables.find_run_dirs(tiny.runs_dir), "perplexity")
     with style.paper_style():
         fig = plots.checkpoint_figure(runs, metric="english", methods=["disel", "lora"], ylabel="ppl")
     try:
@@ -191,7 +192,7 @@ def test_gate_means_bars_are_the_means_of_the_file(tiny):
         expected = sorted(round(h.mean, 12) for per_depth in summary.values() for h in per_depth.values())
         assert heights == expected
         labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-        assert labels == list(results.MODULE_ORDER)
+        assert labels == list(schemas.MODULE_ORDER)
     finally:
         plt.close(fig)
 
@@ -205,8 +206,8 @@ def test_tradeoff_from_runs_selects_the_best_ft_checkpoint_and_its_retention(tin
     """Each row's ft_score is the run's best checkpoint score (ties: the earliest checkpoint) and its
     retention that same checkpoint's retention; the base row is the tables' base row."""
     table = read_tradeoff_table(tiny.tradeoff)
-    ft_runs = read_runs(results.find_run_dirs(tiny.runs_dir), "gsm8k")
-    retention_runs = {r.info.run_dir: r for r in read_runs(results.find_run_dirs(tiny.runs_dir), "perplexity")}
+    ft_runs = read_runs(tables.find_run_dirs(tiny.runs_dir), "gsm8k")
+    retention_runs = {r.info.run_dir: r for r in read_runs(tables.find_run_dirs(tiny.runs_dir), "perplexity")}
     for run in ft_runs:
         rows = run.table.checkpoints
         best = max(rows, key=lambda row: (row.values["mean"], -row.step))
@@ -229,7 +230,7 @@ def test_summarize_over_seeds_is_mean_and_sample_std():
         TradeoffRow("disel", 8, 0, 0.8, 8.0),
         TradeoffRow("full", None, 0, 0.9, 20.0),
     ]
-    table = results.TradeoffTable("acc", "ppl", False, 7.0, None, tuple(rows))
+    table = schemas.TradeoffTable("acc", "ppl", False, 7.0, None, tuple(rows))
     points = summarize_over_seeds(table)
     assert [(p.method, p.rank) for p in points] == [("lora", 2), ("lora", 8), ("disel", 8), ("full", None)]
     lora8 = points[1]
@@ -378,9 +379,9 @@ def test_runs_that_disagree_on_the_base_model_are_refused(tiny, tmp_path):
     _edit_json(
         runs_dir / "lora_r4_s0" / "retention_perplexity.json", lambda raw: raw["rows"][0].__setitem__("mean", 1.0)
     )
-    runs = read_runs(results.find_run_dirs(runs_dir), "perplexity")
+    runs = read_runs(tables.find_run_dirs(runs_dir), "perplexity")
     with pytest.raises(MalformedResultFileError, match="base-model 'mean' is 1.0 but"):
-        results.shared_base_value(runs, "mean")
+        tables.shared_base_value(runs, "mean")
 
 
 def test_seeds_saving_at_different_steps_are_refused(tiny, tmp_path):
@@ -393,7 +394,7 @@ def test_seeds_saving_at_different_steps_are_refused(tiny, tmp_path):
     _edit_json(
         runs_dir / "disel_r2_s1" / "retention_perplexity.json", lambda raw: raw["rows"][2].__setitem__("step", 5)
     )
-    runs = read_runs(results.find_run_dirs(runs_dir), "perplexity")
+    runs = read_runs(tables.find_run_dirs(runs_dir), "perplexity")
     with pytest.raises(MalformedResultFileError, match=r"checkpoints at steps \[2, 5\]"):
         checkpoint_curves(runs, "mean")
 
@@ -426,16 +427,16 @@ def test_run_all_fails_on_a_malformed_file_even_with_allow_missing(tiny, tmp_pat
 
 
 def test_tradeoff_command_line_writes_the_table_from_runs(tiny, tmp_path, capsys):
-    """`python -m disel.experiments.schemas tradeoff` writes the same rows as tradeoff_table_from_runs,
+    """`disel-tradeoff` writes the same rows as tradeoff_table_from_runs,
     and names a missing per-checkpoint table instead of writing anything."""
     out = tmp_path / "tradeoff.json"
-    argv = ["tradeoff", "--runs-dir", str(tiny.runs_dir), "--ft-evaluator", "gsm8k", "--retention-evaluator",
+    argv = ["--runs-dir", str(tiny.runs_dir), "--ft-evaluator", "gsm8k", "--retention-evaluator",
             "perplexity", "--lower-is-better", "--out", str(out)]  # fmt: skip
-    assert results.main(argv) == 0
+    assert tradeoff_cli.main(argv) == 0
     written = read_tradeoff_table(out)
     assert written.rows == read_tradeoff_table(tiny.tradeoff).rows
     assert written.retention_higher_is_better is False and written.ft_metric == "gsm8k mean"
     argv[argv.index("gsm8k")] = "humaneval"
-    assert results.main([*argv[:-1], str(tmp_path / "other.json")]) == 2
+    assert tradeoff_cli.main([*argv[:-1], str(tmp_path / "other.json")]) == 2
     assert "retention_humaneval.json: does not exist" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()

@@ -19,16 +19,14 @@ from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
-    RobertaConfig,
     RobertaForSequenceClassification,
 )
 from transformers.pytorch_utils import Conv1D
 
 import disel
+import tiny_models
 from disel.functional import disel_update_reference
 from disel.layers import DiselGate
 from disel.tuner import DiselConfig, DiselLayer, DiselModel, register_disel
@@ -38,38 +36,15 @@ LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=VOCAB,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_models.tiny_llama(seed, hidden_size=64, intermediate_size=128, vocab_size=VOCAB)
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=32, bos_token_id=1, eos_token_id=2
-    )
-    return GPT2LMHeadModel(config).eval()
+    return tiny_models.tiny_gpt2(seed, vocab_size=VOCAB)
 
 
 def tiny_roberta_classifier(seed: int = 0) -> RobertaForSequenceClassification:
-    torch.manual_seed(seed)
-    config = RobertaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
-    return RobertaForSequenceClassification(config).eval()
+    return tiny_models.tiny_roberta_classifier(seed, vocab_size=VOCAB)
 
 
 def token_ids(seed: int = 1, batch: int = 2, length: int = 7) -> torch.Tensor:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import tiny_models
 from disel.layers import DiselGate, DiselLinear
 from disel.recording import (
     GateRecorder,
@@ -360,19 +361,9 @@ LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=128,
-        max_position_embeddings=64,
+    return tiny_models.tiny_llama(
+        0, hidden_size=64, num_hidden_layers=3, intermediate_size=128, vocab_size=128, max_position_embeddings=64
     )
-    return LlamaForCausalLM(config).eval()
 
 
 def _check_llama_recording(model, prefix):

@@ -32,7 +32,6 @@ from disel.experiments.train.checkpoints import (
     checkpoint_damage,
 )
 from disel.experiments.train.run import RESULT_FILE, train
-from tiny_models import make_tiny_causal_lm
 
 CHECKPOINT_FILES = [
     "adapter_model.safetensors",
@@ -42,11 +41,6 @@ CHECKPOINT_FILES = [
     "trainer_state.json",
     "training_args.bin",
 ]
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> Path:
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +55,9 @@ def math_file(tmp_path_factory) -> Path:
     return path
 
 
-def _raw(llama_dir: Path, math_file: Path, output_dir: Path) -> dict:
+def _raw(tiny_llama_dir: Path, math_file: Path, output_dir: Path) -> dict:
     return {
-        "model": {"path": str(llama_dir)},
+        "model": {"path": str(tiny_llama_dir)},
         "data": {"train_files": [str(math_file)], "max_length": 48},
         "method": {"name": "disel", "r": 4, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.1},
         "training": {
@@ -79,10 +73,10 @@ def _raw(llama_dir: Path, math_file: Path, output_dir: Path) -> dict:
     }
 
 
-def _config(llama_dir, math_file, output_dir, **changes):
+def _config(tiny_llama_dir, math_file, output_dir, **changes):
     """The template's recipe for ``output_dir`` with ``resume_from_checkpoint=auto``; ``changes`` as
     ``section={key: value}`` update it key by key."""
-    raw = _raw(llama_dir, math_file, output_dir)
+    raw = _raw(tiny_llama_dir, math_file, output_dir)
     raw["training"]["resume_from_checkpoint"] = "auto"
     for section, values in changes.items():
         raw[section].update(values)
@@ -90,10 +84,10 @@ def _config(llama_dir, math_file, output_dir, **changes):
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory, llama_dir, math_file):
+def template(tmp_path_factory, tiny_llama_dir, math_file):
     """A finished two-step run with checkpoint-1 and checkpoint-2, and its result."""
     output = tmp_path_factory.mktemp("template") / "run"
-    result = train(config_from_dict(_raw(llama_dir, math_file, output)))
+    result = train(config_from_dict(_raw(tiny_llama_dir, math_file, output)))
     return output, result
 
 
@@ -158,14 +152,14 @@ def test_large_archives_are_checked_for_truncation_without_reading_them(template
 
 
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
-def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(template, tmp_path, llama_dir, math_file, name):
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(template, tmp_path, tiny_llama_dir, math_file, name):
     """The warning names the file and the checkpoint; the run resumes from checkpoint-1 and ends exactly as the
     uninterrupted run did."""
     _, straight = template
     run = _crashed_copy(template, tmp_path)
     _truncate(run / "checkpoint-2" / name)
     with pytest.warns(DamagedCheckpointWarning) as caught:
-        result = train(_config(llama_dir, math_file, run))
+        result = train(_config(tiny_llama_dir, math_file, run))
     messages = [str(w.message) for w in caught if issubclass(w.category, DamagedCheckpointWarning)]
     assert len(messages) == 1
     assert f"{run / 'checkpoint-2'}" in messages[0] and name in messages[0] and "checkpoint-1" in messages[0]
@@ -174,12 +168,12 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(template, tmp_
     assert checkpoint_damage(run / "checkpoint-2") is None  # training past step 2 rewrote it whole
 
 
-def test_only_checkpoint_damaged_stops_with_the_file_named(template, tmp_path, llama_dir, math_file, capsys):
+def test_only_checkpoint_damaged_stops_with_the_file_named(template, tmp_path, tiny_llama_dir, math_file, capsys):
     """No intact checkpoint left: the API raises naming the file; the command line exits 2 with one line."""
     run = _crashed_copy(template, tmp_path)
     shutil.rmtree(run / "checkpoint-1")
     _truncate(run / "checkpoint-2" / "optimizer.pt")
-    config = _config(llama_dir, math_file, run)
+    config = _config(tiny_llama_dir, math_file, run)
     with pytest.raises(DamagedCheckpointError, match=r"checkpoint-2.*optimizer\.pt.*no intact checkpoint"):
         train(config)
     recipe = tmp_path / "recipe.yaml"
@@ -190,11 +184,11 @@ def test_only_checkpoint_damaged_stops_with_the_file_named(template, tmp_path, l
     assert not (run / RESULT_FILE).exists()
 
 
-def test_explicit_damaged_checkpoint_is_refused_not_replaced(template, tmp_path, llama_dir, math_file):
+def test_explicit_damaged_checkpoint_is_refused_not_replaced(template, tmp_path, tiny_llama_dir, math_file):
     """A checkpoint named explicitly is never swapped for another: its damage is an error naming the file."""
     run = _crashed_copy(template, tmp_path)
     _truncate(run / "checkpoint-2" / "scheduler.pt")
-    config = _config(llama_dir, math_file, run, training={"resume_from_checkpoint": str(run / "checkpoint-2")})
+    config = _config(tiny_llama_dir, math_file, run, training={"resume_from_checkpoint": str(run / "checkpoint-2")})
     with pytest.raises(DamagedCheckpointError, match=r"checkpoint-2.*scheduler\.pt"):
         train(config)
 
@@ -217,10 +211,12 @@ CHANGES = [
 
 
 @pytest.mark.parametrize("changes, listed", [case[1:] for case in CHANGES], ids=[case[0] for case in CHANGES])
-def test_resume_with_changed_config_is_refused_listing_keys(template, tmp_path, llama_dir, math_file, changes, listed):
+def test_resume_with_changed_config_is_refused_listing_keys(
+    template, tmp_path, tiny_llama_dir, math_file, changes, listed
+):
     run = _crashed_copy(template, tmp_path)
     with pytest.raises(ConfigError) as error:
-        train(_config(llama_dir, math_file, run, **changes))
+        train(_config(tiny_llama_dir, math_file, run, **changes))
     message = str(error.value)
     for entry in listed:
         assert entry in message, (entry, message)
@@ -229,14 +225,16 @@ def test_resume_with_changed_config_is_refused_listing_keys(template, tmp_path, 
     assert not (run / RESULT_FILE).exists()
 
 
-def test_allowed_changes_resume_and_are_recorded(template, tmp_path, llama_dir, math_file):
+def test_allowed_changes_resume_and_are_recorded(template, tmp_path, tiny_llama_dir, math_file):
     """An allowed key (wildcards too) resumes; a default spelled out and the output folder spelled differently
     are no change; the new value is what run_config.yaml then holds."""
     _, straight = template
     run = _crashed_copy(template, tmp_path)
     shutil.rmtree(run / "checkpoint-2")  # resume from checkpoint-1: one step left to train
     spelled = Path(f"{tmp_path}/./run")
-    config = _config(llama_dir, math_file, spelled, training={"logging_steps": 1, "save_total_limit": 5, "seed": 42})
+    config = _config(
+        tiny_llama_dir, math_file, spelled, training={"logging_steps": 1, "save_total_limit": 5, "seed": 42}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", DamagedCheckpointWarning)
         with pytest.warns(UserWarning, match=r"allowed config changes: training.save_total_limit: None -> 5$"):
@@ -245,11 +243,11 @@ def test_allowed_changes_resume_and_are_recorded(template, tmp_path, llama_dir, 
     assert yaml.safe_load((run / RUN_CONFIG_FILE).read_text())["training"]["save_total_limit"] == 5
 
 
-def test_cli_refuses_then_accepts_with_the_flag(template, tmp_path, llama_dir, math_file, capsys):
+def test_cli_refuses_then_accepts_with_the_flag(template, tmp_path, tiny_llama_dir, math_file, capsys):
     run = _crashed_copy(template, tmp_path)
     shutil.rmtree(run / "checkpoint-2")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(_config(llama_dir, math_file, run, training={"logging_steps": 2}).to_dict()))
+    recipe.write_text(yaml.safe_dump(_config(tiny_llama_dir, math_file, run, training={"logging_steps": 2}).to_dict()))
     assert cli_main(["--config", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training.logging_steps: 1.0 -> 2.0" in err[0]

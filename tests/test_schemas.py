@@ -3,6 +3,7 @@ refused values (written nothing), and older versions that still read."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -158,3 +159,51 @@ def test_older_train_result_version_still_reads(tmp_path):
     (tmp_path / "train_result.json").write_text(json.dumps(old))
     read = TrainResult.read(tmp_path)
     assert read.schema == "disel.train_result/2" and read.global_step == 3 and not hasattr(read, "adapter_dir")
+
+
+def test_every_result_file_says_its_version_under_one_key(tmp_path):
+    """The evidence files said ``schema_version`` (an integer) where every other file says ``schema``; now each
+    writes ``schema``, and the committed version-1 evidence files still read (as ``<name>/1``)."""
+    from pathlib import Path
+
+    from disel.experiments.study.results import CompressionResults, EvidenceResults
+
+    committed = Path(__file__).resolve().parents[1] / "paper_figs" / "evidence"
+    files = {
+        EvidenceResults: committed / "results.json",
+        CompressionResults: committed / "compression" / "compression.json",
+    }
+    for cls, path in files.items():
+        assert json.loads(path.read_text())["schema_version"] == 1  # a version-1 file: the test can fail
+        raw = cls.read(path).to_dict()
+        assert raw["schema"] == cls.SCHEMA and cls.SCHEMA.endswith("/2") and "schema_version" not in raw
+        written = cls.read(path).write(tmp_path / path.name)
+        assert cls.read(written).to_dict() == raw
+    for example in _examples(tmp_path):
+        assert "schema" in example.to_dict() and "schema_version" not in example.to_dict()
+
+
+def test_study_reads_train_result_through_its_class(tmp_path):
+    """The study read ``train_result.json`` as raw JSON (a missing key was a bare KeyError); it now reads the
+    typed :class:`TrainResult`, which names the file and the key, and takes the Trainer's runtime from it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from disel.experiments.study.aggregate import _run_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_result.json").write_text(json.dumps({"schema": "disel.train_result/2", "method": "lora"}))
+    spec = SimpleNamespace(run_dir=run, arm="lora", seed=0)
+    base = {"correct": [1, 0], "perplexity": {"english": 2.0}, "kl": {"english": 0.0}}
+    with pytest.raises(MalformedResultFileError, match="train_result.json"):
+        _run_record(spec, base, np.random.default_rng(0), 10, None)
+
+
+def test_trainer_runtime_is_the_last_logged_train_runtime():
+    log = [{"loss": 1.0, "step": 1}, {"train_runtime": 3.5}, {"loss": 0.5}, {"train_runtime": 7.25}, {"step": 9}]
+    fields = {f.name: None for f in dataclasses.fields(TrainResult) if f.name not in ("schema", "path")}
+    result = TrainResult(**{**fields, "log_history": log, "config": {}})
+    assert result.trainer_runtime_s == 7.25
+    assert dataclasses.replace(result, log_history=log[:1]).trainer_runtime_s is None

@@ -10,6 +10,9 @@ exactly like a real checkpoint.
 * :func:`make_tiny_roberta_mlm` — a 2-layer RoBERTa with its MLM head (``RobertaForMaskedLM``).
 * :func:`make_tiny_roberta_classifier` — the same encoder with a fresh ``classifier`` head
   (``RobertaForSequenceClassification``).
+* In memory, without a tokenizer: :func:`tiny_llama` (the one Llama builder; the saved one is it with a
+  tokenizer's vocabulary), :func:`tiny_gpt2`, :func:`tiny_roberta_classifier`. The saved causal LM is the
+  session fixture ``tiny_llama_dir`` (``conftest.py``), built once.
 
 The RoBERTa tokenizer adds ``<s> A </s>`` / ``<s> A </s></s> B </s>`` like the real one.
 """
@@ -30,6 +33,9 @@ __all__ = [
     "make_tiny_roberta_classifier",
     "make_tiny_roberta_mlm",
     "tiny_byte_bpe",
+    "tiny_gpt2",
+    "tiny_llama",
+    "tiny_roberta_classifier",
 ]
 
 # Text the tokenizer's merges are learned from: instruction templates, arithmetic, code and prose, so the
@@ -103,16 +109,13 @@ def make_tiny_causal_lm(
 
     Returns ``path`` as a ``Path``. Deterministic for a given ``seed``.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _llama_tokenizer(corpus)
-    config = LlamaConfig(
+    model = tiny_llama(
+        seed,
         hidden_size=64,
         num_hidden_layers=num_hidden_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         intermediate_size=128,
         vocab_size=len(tokenizer),
         max_position_embeddings=256,
@@ -121,8 +124,7 @@ def make_tiny_causal_lm(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(path)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -213,3 +215,31 @@ def tiny_llama(seed: int = 0, **overrides):
         vocab_size=64,
     )
     return LlamaForCausalLM(LlamaConfig(**{**fields, **overrides})).eval()
+
+
+def tiny_gpt2(seed: int = 0, **overrides):
+    """A randomly initialised GPT-2 in eval mode (its ``Conv1D`` layers, not ``nn.Linear``): 2 layers, width 32,
+    4 heads, vocabulary 128, 32 positions; ``overrides`` replace any ``GPT2Config`` field."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    fields = dict(n_embd=32, n_layer=2, n_head=4, vocab_size=128, n_positions=32, bos_token_id=1, eos_token_id=2)
+    return GPT2LMHeadModel(GPT2Config(**{**fields, **overrides})).eval()
+
+
+def tiny_roberta_classifier(seed: int = 0, **overrides):
+    """A randomly initialised ``RobertaForSequenceClassification`` in eval mode: 2 layers, hidden 32, 4 heads,
+    MLP 64, vocabulary 128, 3 labels, head ``classifier``; ``overrides`` replace any ``RobertaConfig`` field."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    fields = dict(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
+    return RobertaForSequenceClassification(RobertaConfig(**{**fields, **overrides})).eval()

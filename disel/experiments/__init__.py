@@ -3,7 +3,8 @@ and evaluation (GSM8K, HumanEval, lm-eval retention, perplexity, gate analysis).
 
 Training: ``disel-train --config recipes/<recipe>.yaml [--override key=value ...]`` or, from Python,
 ``from disel.experiments.train import train; train(load_config(path))``. Layout: ``config`` (recipes),
-``schemas`` (result files), ``models`` (the loader), ``data/``, ``train/``, ``eval/``, ``cli/``, ``comparison``.
+``schemas`` (result files), ``tables`` (runs and tables read from them), ``models`` (the loader), ``data/``,
+``train/``, ``eval/``, ``cli/``, ``comparison``.
 Submodules import ``torch``/``transformers`` only when used, so ``import disel.experiments`` stays cheap.
 """
 

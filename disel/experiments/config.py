@@ -29,17 +29,14 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 2.0e-4,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,  # a float below 1 is a fraction of the steps (the paper's ratio was lost; our default)
-    "per_device_train_batch_size": 4,
-    "logging_steps": 10,
-    "report_to": "none",
-}
-"""Where the experiment path's training defaults differ from ``TrainingArguments``' own."""
+from .data.templates import DEFAULT_TEMPLATE
+
+TRAINING_DEFAULTS: dict[str, Any] = {"report_to": "none"}
+"""Where the experiment path's training defaults differ from ``TrainingArguments``' own: no logging service (runs
+are offline). Schedules are the recipes' (``recipes/base/``), written once there."""
 
 _SET_BY_DISEL = {
     "remove_unused_columns": "our datasets hold exactly the model inputs",
@@ -84,7 +81,7 @@ class DataConfig(_Section):
     dataset_config: str | None = None
     dataset_train_split: str = "train"
     dataset_validation_split: str | None = None
-    template: Literal["alpaca", "magicoder", "none"] = "alpaca"
+    template: Literal["alpaca", "magicoder", "none"] = DEFAULT_TEMPLATE
     """``none``: raw text from ``text_field``, loss on every token; ignored for classification."""
     instruction_field: str = "instruction"
     response_field: str = "output"
@@ -125,9 +122,15 @@ class AdaLoraSettings(_Section):
     """None: the Trainer's own number of optimizer steps."""
 
 
+DISEL_ONLY_KEYS: tuple[str, ...] = ("gate_bias_init", "gate_weight_init", "gate_lr_ratio", "gate_delay_steps")
+"""The ``method`` keys only DISeL reads; another method drops them, so a baseline needs only ``method.name``."""
+
+
 class MethodConfig(_Section):
-    """The fine-tuning method and its adapter settings. DISeL's ``gate_*`` settings are None unless the recipe
-    sets them: :class:`disel.DiselConfig` holds their defaults and validates them."""
+    """The fine-tuning method and its adapter settings. DISeL's ``gate_*`` settings (:data:`DISEL_ONLY_KEYS`) are
+    None unless the recipe sets them (:class:`disel.DiselConfig` holds their defaults and validates them), and
+    are dropped for any other method, as ``adalora`` is read only for AdaLoRA: ``method.name=lora`` on a DISeL
+    recipe is the LoRA baseline with every shared setting kept."""
 
     name: Literal["disel", "lora", "dora", "adalora", "full"] = "disel"
     """``dora``: ``LoraConfig(use_dora=True)``; ``full``: every parameter trained, no adapter."""
@@ -148,15 +151,24 @@ class MethodConfig(_Section):
     """Optimizer steps with the gates held still."""
     adalora: AdaLoraSettings = AdaLoraSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_disel_keys_of_other_methods(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("name", "disel") != "disel":
+            raw = {**raw, **dict.fromkeys(DISEL_ONLY_KEYS)}
+        return raw
+
     @property
     def scaling_alpha(self) -> float:
         """``lora_alpha`` with its default (2r) filled in."""
         return float(2 * self.r if self.lora_alpha is None else self.lora_alpha)
 
     def disel_settings(self) -> dict[str, Any]:
-        """The DISeL keys the recipe sets (the rest keep :class:`disel.DiselConfig`'s defaults)."""
-        keys = ("gate_bias_init", "gate_weight_init", "gate_lr_ratio", "gate_delay_steps")
-        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+        """The DISeL keys the recipe sets (the rest keep :class:`disel.DiselConfig`'s defaults); none for another
+        method."""
+        if self.name != "disel":
+            return {}
+        return {key: getattr(self, key) for key in DISEL_ONLY_KEYS if getattr(self, key) is not None}
 
 
 @functools.cache
@@ -225,9 +237,6 @@ class ExperimentConfig(_Section):
         if data.validation_fraction > 0 and (data.validation_files or data.dataset_validation_split):
             fail("data.validation_fraction", "hold out a fraction OR give validation files/split, not both")
 
-        if method.name != "disel" and method.disel_settings():
-            keys = ", ".join(f"method.{key}" for key in method.disel_settings())
-            fail(keys, f"DISeL settings apply to method disel only, not {method.name!r} (set them to null)")
         ada = method.adalora
         if method.name == "adalora":
             if ada.tinit_ratio is not None and ada.tinit:

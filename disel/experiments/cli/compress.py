@@ -58,7 +58,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=FILE.jsonl[:TEMPLATE]",
         help="rows with 'text', or instruction/output, question/answer or prompt/canonical_solution pairs "
-        "(prompt in TEMPLATE, default alpaca, then the response; all tokens count)",
+        "(prompt in TEMPLATE, default the adapter run's training template, else alpaca, then the response; "
+        "all tokens count)",
     )
     parser.add_argument(
         "--offline",
@@ -76,7 +77,11 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
-    """``(name, file, template)`` per ``--domain``; UsageError for a malformed spec or a missing file."""
+    """``(name, file, template)`` per ``--domain`` (template: the spec's, else the adapter's training run's);
+    UsageError for a malformed spec or a missing file."""
+    from ..data.templates import DEFAULT_TEMPLATE
+    from ..eval.evaluators import training_template
+
     specs = []
     for spec in args.domain:
         name, sep, rest = spec.partition("=")
@@ -85,7 +90,9 @@ def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
             raise UsageError(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
         if not Path(path).is_file():
             raise UsageError(f"--domain {spec!r}: {path!r} is not a file")
-        specs.append((name, Path(path), template or "alpaca"))
+        specs.append(
+            (name, Path(path), template or training_template(getattr(args, "adapter", None)) or DEFAULT_TEMPLATE)
+        )
     names = [name for name, _, _ in specs] + list(args.offline or ())
     if len(set(names)) != len(names):
         raise UsageError(f"--domain / --offline name the same domain twice: {names}")
@@ -95,7 +102,7 @@ def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
 def check_inputs(args: argparse.Namespace, *, out_dir: str | None = None, out_file: str | None = None) -> None:
     """Everything that can be checked before loading a model; UsageError naming the flag otherwise.
     Exactly one of ``out_dir`` (a new, empty folder) or ``out_file`` (a JSON file) is where results go."""
-    from ..models import resolve_dtype
+    from ..models import is_adapter_dir, resolve_dtype
 
     try:
         resolve_dtype(args.dtype)
@@ -106,7 +113,7 @@ def check_inputs(args: argparse.Namespace, *, out_dir: str | None = None, out_fi
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     _domain_specs(args)
     check_model_dir(args.base, "--base", tokenizer_dirs=[args.adapter])
-    if not (Path(args.adapter) / "adapter_config.json").is_file():
+    if not is_adapter_dir(args.adapter):
         raise UsageError(f"--adapter {args.adapter!r} has no adapter_config.json (not a saved PEFT adapter)")
     if out_dir is not None:
         out = Path(out_dir)

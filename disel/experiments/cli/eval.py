@@ -17,17 +17,20 @@ from ..schemas import MlmPerplexityResult, write_record
 from . import compress, preflight
 
 
-def _dtype(name: str):
+def _dtype(name: str | None):
+    """``--dtype`` as :func:`~disel.experiments.models.resolve_dtype` reads it (``auto``: the checkpoint's own);
+    not given: bfloat16 on CUDA, as in the paper's GPU evaluation, float32 on CPU."""
     import torch
 
     from ..models import resolve_dtype
 
-    auto = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # bfloat16 as in the paper's GPU evaluation
-    return auto if name == "auto" else resolve_dtype(name)
+    if name is None:
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return resolve_dtype(name)
 
 
 def _load(args: argparse.Namespace, **kwargs):
-    from ..eval.generation import load_model_for_eval
+    from ..models import load_model_for_eval
 
     return load_model_for_eval(
         args.base, args.adapter, dtype=_dtype(args.dtype), gguf_file=args.gguf_file, device=args.device, **kwargs
@@ -81,7 +84,8 @@ def _evaluator(args: argparse.Namespace, kind: str):
         raise SystemExit(f"{kind} needs --data FILE.jsonl")
     rows = read_jsonl(args.data, int(args.limit) if args.limit is not None else None)
     generation = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    template = {"template": args.template} if args.template else {}
+    template = _template(args)
+    template = {"template": template} if template else {}
     if kind == "gsm8k":
         return evaluators.Gsm8kEvaluator(rows, generation, **template)
     if not args.allow_code_execution:
@@ -89,6 +93,14 @@ def _evaluator(args: argparse.Namespace, kind: str):
     return evaluators.HumanEvalEvaluator(
         rows, allow_code_execution=True, generation=generation, timeout_s=args.timeout, **template
     )
+
+
+def _template(args: argparse.Namespace) -> str | None:
+    """``--template``, else the one the evaluated run was trained with (its ``run_config.yaml``), else None (the
+    task's own: alpaca for gsm8k, magicoder for humaneval)."""
+    from ..eval.evaluators import training_template
+
+    return args.template or training_template(getattr(args, "adapter", None) or getattr(args, "output_dir", None))
 
 
 def _headline(name: str, metrics: dict[str, float], mean: float, n: int | None = None) -> str:
@@ -164,6 +176,8 @@ def _cmd_retention(args: argparse.Namespace) -> None:
 def _cmd_gates(args: argparse.Namespace) -> None:
     from disel.io import read_jsonl
 
+    from ..data.templates import DEFAULT_TEMPLATE
+    from ..eval.evaluators import training_template
     from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, mean_gate, save_gates
 
     domains = []
@@ -172,7 +186,8 @@ def _cmd_gates(args: argparse.Namespace) -> None:
         if not sep:
             raise SystemExit(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
         path, _, template = rest.partition(":")
-        domains.append(domain_from_rows(name, read_jsonl(path, args.n), template or "alpaca"))
+        template = template or training_template(args.adapter) or DEFAULT_TEMPLATE
+        domains.append(domain_from_rows(name, read_jsonl(path, args.n), template))
     domains = domains or default_offline_domains(args.n, args.seed)
     loaded = _load(args)
     sizes = dict(bins=args.bins, batch_size=args.batch_size, max_length=args.max_length)
@@ -202,7 +217,9 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "--base": dict(required=True, help="pre-trained model directory (or a fully fine-tuned one)"),
     "--adapter": dict(help="PEFT adapter directory (DISeL/LoRA/DoRA/AdaLoRA); omit for the base model"),
     "--gguf-file": dict(help="read the base weights from this GGUF file inside --base"),
-    "--dtype": dict(default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"),
+    "--dtype": dict(
+        help="float32, bfloat16, float16 or auto (the checkpoint's own); default bfloat16 on CUDA, float32 on CPU"
+    ),
     "--device": dict(help="cuda / cpu (default: cuda if available)"),
     "--out": dict(required=True),  # its help names the command's result schema (build_parser)
     "--max-length": dict(type=int, default=512),
@@ -222,7 +239,8 @@ _FLAGS: dict[str, dict[str, Any]] = {
         required=True, help="JSONL: question/answer (gsm8k) or task_id, prompt, test, entry_point (humaneval)"
     ),
     "--template": dict(
-        help="prompt template (default: alpaca for gsm8k, magicoder for humaneval); its stop strings end answers"
+        help="prompt template (default: the one the adapter's run trained with, read from its run_config.yaml; "
+        "else alpaca for gsm8k, magicoder for humaneval); its stop strings end answers"
     ),
     "--max-new-tokens": dict(type=int, default=512),
     "--allow-code-execution": dict(action="store_true", help="required: confirms running generated code"),
@@ -237,7 +255,7 @@ _ROW_LIMIT = {"--limit": dict(type=int, help="only the first N rows (smoke tests
 _DOMAIN_HELP = (
     "NAME=FILE.jsonl[:TEMPLATE]: rows with 'text' (all tokens), or instruction/output, question/answer "
     "(GSM8K) or prompt/canonical_solution (HumanEval): response tokens, prompt formatted with TEMPLATE "
-    "(default alpaca). Without --domain: the offline math/general/code domains"
+    "(default: the adapter's training template, else alpaca). Without --domain: the offline math/general/code domains"
 )
 
 # command → (help, handler, flags from _FLAGS, the command's own flags: they replace a shared flag of that name)

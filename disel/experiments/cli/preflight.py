@@ -156,7 +156,9 @@ def check_evaluation(args: Any) -> None:
         tokenizer_dirs = _check_retention_output(args)
     adapter = getattr(args, "adapter", None)
     if adapter is not None:
-        if not (Path(adapter) / "adapter_config.json").is_file():
+        from ..models import is_adapter_dir
+
+        if not is_adapter_dir(adapter):
             raise UsageError(f"--adapter {adapter!r} is not an adapter directory (no adapter_config.json)")
         tokenizer_dirs.append(Path(adapter))
     if getattr(args, "base", None) is not None:
@@ -187,7 +189,7 @@ def _check_retention_output(args: Any) -> list[Path]:
     if args.base is None:
         try:
             default_base = _base_model_path(checkpoints)
-        except ValueError as error:
+        except (ValueError, FileNotFoundError) as error:
             raise UsageError(f"--base: not given, and {error}") from None
         check_model_dir(
             default_base, "--base (from the adapters' base_model_name_or_path)", tokenizer_dirs=tokenizer_dirs

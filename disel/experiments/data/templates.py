@@ -46,6 +46,9 @@ NONE = PromptTemplate("none", "{instruction}", ("\n\n\n",))
 
 TEMPLATES: dict[str, PromptTemplate] = {template.name: template for template in (ALPACA, MAGICODER, NONE)}
 
+DEFAULT_TEMPLATE = ALPACA.name
+"""The template of a recipe that names none (``data.template``), and of an evaluation that knows no training run."""
+
 
 def get_template(name: str) -> PromptTemplate:
     """The template called ``name``; ValueError listing the names otherwise."""

@@ -4,12 +4,18 @@ number on the same checkpoint."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import ConfigError, DataConfig, read_mapping
+from ..data.templates import DEFAULT_TEMPLATE
+from ..models import LoadedModel
 from ..schemas import PerplexityResult
-from .generation import GenerationSettings, LoadedModel, evaluate_gsm8k, evaluate_humaneval
+from ..train.checkpoints import RUN_CONFIG_FILE
+from .generation import GenerationSettings, evaluate_gsm8k, evaluate_humaneval
 from .lm_eval_bridge import LmEvalSettings, evaluate_lm_eval
 from .perplexity import causal_lm_perplexity
 
@@ -85,7 +91,7 @@ class Gsm8kEvaluator:
 
     rows: Sequence[dict[str, Any]]
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    template: str = "alpaca"  # its stop strings end the answers unless ``generation`` sets them
+    template: str = DEFAULT_TEMPLATE  # the training run's; its stop strings end the answers unless ``generation`` does
     name: str = "gsm8k"
 
     def settings(self) -> dict[str, Any]:
@@ -131,3 +137,19 @@ class HumanEvalEvaluator:
         )
         record["model"] = loaded.description
         return EvalOutcome({"pass@1": record["pass@1"]}, record["pass@1"], record)
+
+
+def training_template(path: str | os.PathLike | None) -> str | None:
+    """The ``data.template`` a training run was trained with, read from the ``run_config.yaml`` it saved: ``path``
+    is the run's output folder or one of its ``checkpoint-*`` folders. None when ``path`` is None or neither
+    folder holds the file (a model not trained here): the caller then names the template."""
+    if path is None:
+        return None
+    for folder in (Path(path), Path(path).parent):
+        saved = folder / RUN_CONFIG_FILE
+        if saved.is_file():
+            try:
+                return DataConfig.model_validate(read_mapping(saved).get("data", {})).template
+            except ValueError as error:  # pydantic's ValidationError is a ValueError
+                raise ConfigError(f"{saved}: cannot read data.template: {error}") from None
+    return None

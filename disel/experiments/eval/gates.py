@@ -22,6 +22,7 @@ from disel.io import write_json_atomic
 from disel.recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
 
 from ..data.collator import right_pad
+from ..data.templates import DEFAULT_TEMPLATE
 from ..schemas import GATES_SCHEMA, GatesFile
 from .progress import progress_bar
 
@@ -156,7 +157,7 @@ def mean_gate(domain: dict[str, Any]) -> float:
 _EXAMPLE_FIELDS = (("instruction", "output"), ("question", "answer"), ("prompt", "canonical_solution"))
 
 
-def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = "alpaca") -> GateDomain:
+def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = DEFAULT_TEMPLATE) -> GateDomain:
     """A domain from JSONL-style rows: ``text`` rows are raw text (all tokens); rows with
     ``instruction``/``output``, ``question``/``answer`` (GSM8K) or ``prompt``/``canonical_solution``
     (HumanEval) are instruction examples in the named training template (response tokens only)."""

@@ -1,4 +1,4 @@
-"""Target-task evaluation: load a fine-tuned model, generate greedily in batches, GSM8K-style exact match and
+"""Target-task evaluation: generate greedily in batches, GSM8K-style exact match and
 HumanEval-style pass@1 (generated code runs only when asked, in an isolated interpreter with a timeout and limits).
 """
 
@@ -14,82 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from pydantic import PositiveInt
 from pydantic.dataclasses import dataclass as checked_dataclass
 
+from ..data.templates import DEFAULT_TEMPLATE
+from ..models import LoadedModel, load_model_for_eval  # noqa: F401 (re-exported for the study's imports)
 from ..schemas import Gsm8kResult, HumanEvalResult
 from .progress import progress_bar
-
-
-class LoadedModel(NamedTuple):
-    """A model ready for evaluation, its tokenizer, and a JSON-ready description of what was loaded."""
-
-    model: torch.nn.Module
-    tokenizer: Any
-    description: dict[str, Any]
-
-
-def load_model_for_eval(
-    base_path: str | os.PathLike,
-    adapter_path: str | os.PathLike | None = None,
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    gguf_file: str | None = None,
-    device: str | torch.device | None = None,
-    model_class: Any = None,
-    tokenizer_path: str | os.PathLike | None = None,
-    **model_kwargs: Any,
-) -> LoadedModel:
-    """Base model + optional PEFT adapter (DISeL, LoRA, DoRA, AdaLoRA), frozen and NOT merged (DISeL cannot merge:
-    its update depends on the input), in eval mode.
-
-    Args:
-        base_path: local directory of the pre-trained model, or of a fully fine-tuned checkpoint.
-        adapter_path: directory with ``adapter_config.json`` (a training output or one ``checkpoint-*``), or None.
-        gguf_file: name of a GGUF file inside ``base_path`` to read the base weights from.
-        device: default CUDA if available, else CPU.
-        model_class: a transformers ``Auto*`` class, default ``AutoModelForCausalLM``; ``model_kwargs`` go to its
-            ``from_pretrained`` (e.g. ``num_labels`` of a sequence classifier).
-        tokenizer_path: default the adapter directory if it has tokenizer files, else ``base_path``.
-    """
-    from ..models import has_tokenizer, load_model, load_tokenizer, resolve_dtype
-
-    model = load_model(
-        base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs
-    )
-    peft_type = None
-    if adapter_path is not None:
-        import peft
-
-        if not (Path(adapter_path) / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"adapter_path={str(adapter_path)!r} has no adapter_config.json; pass a directory written by "
-                "PeftModel.save_pretrained (a training output or one of its checkpoint-* folders), or "
-                "adapter_path=None for a full model"
-            )
-        model = peft.PeftModel.from_pretrained(model, Path(adapter_path), is_trainable=False)  # frozen, not merged
-        peft_type = model.peft_config["default"].peft_type
-        peft_type = str(getattr(peft_type, "value", peft_type))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    model.eval()
-    if tokenizer_path is None:
-        tokenizer_path = adapter_path if adapter_path is not None and has_tokenizer(adapter_path) else base_path
-    from_base = Path(tokenizer_path) == Path(base_path)
-    tokenizer = load_tokenizer(tokenizer_path, gguf_file=gguf_file if from_base else None, padding_side="left")
-    description = {
-        "base_path": str(base_path),
-        "adapter_path": None if adapter_path is None else str(adapter_path),
-        "peft_type": peft_type,
-        "gguf_file": gguf_file,
-        "dtype": str(resolve_dtype(dtype)).removeprefix("torch."),
-        "device": str(device),
-    }
-    return LoadedModel(model, tokenizer, description)
-
 
 # lm-eval's gsm8k "strict-match" filter (lm_eval/tasks/gsm8k/gsm8k.yaml): the first "#### <number>".
 _GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
@@ -180,9 +114,10 @@ def generate_responses(
     """Greedy continuations of ``prompts`` (in order), decoded without special tokens, cut at stop strings.
 
     Batches are left-padded whatever ``tokenizer.padding_side`` is, so each prompt's last token is at the end
-    of its row and generation continues it directly.
+    of its row and generation continues it directly. Without ``settings.stop_strings`` a response runs to
+    ``max_new_tokens`` (:meth:`GenerationSettings.for_template` sets a template's).
     """
-    settings = (settings or GenerationSettings()).for_template("alpaca")
+    settings = settings or GenerationSettings()
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to eos) before generating")
     device = next(model.parameters()).device
@@ -199,7 +134,7 @@ def generate_responses(
         new_tokens = output[:, encoded["input_ids"].shape[1] :]  # (batch, new)
         # generate stops a row once a stop string appears, but keeps it in the output: cut the text before it
         for index, text in zip(batch_ids, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            cuts = [text.find(stop) for stop in settings.stop_strings if stop in text]
+            cuts = [text.find(stop) for stop in settings.stop_strings or () if stop in text]
             responses[index] = text[: min(cuts, default=len(text))]
     return responses
 
@@ -229,14 +164,15 @@ def evaluate_gsm8k(
     rows: Sequence[dict[str, Any]],
     *,
     settings: GenerationSettings | None = None,
-    template: str = "alpaca",
+    template: str = DEFAULT_TEMPLATE,
     format_prompt: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """GSM8K-style exact match (zero-shot, greedy) of ``model`` on ``rows``.
 
     Each row has a question (``question`` or ``instruction``) and an ``answer`` (GSM8K's worked solution ending
-    ``#### n``, or a bare number). The prompt is the question in ``template`` (by default the Alpaca template the
-    math runs were trained with; ``format_prompt(question)`` replaces it). Returns the ``disel.gsm8k/1`` record
+    ``#### n``, or a bare number). The prompt is the question in ``template``, the one the model was trained with
+    (:func:`~disel.experiments.eval.evaluators.training_template` reads it from a run; ``format_prompt(question)``
+    replaces it). Returns the ``disel.gsm8k/1`` record
     (:class:`~disel.experiments.schemas.Gsm8kResult`; the command line adds ``model`` and ``data``).
     """
     if len(rows) == 0:

@@ -16,12 +16,11 @@ import torch
 
 from disel.io import write_json_atomic, write_text_atomic
 
-from ..models import has_tokenizer
+from ..models import LoadedModel, adapter_base, has_tokenizer, is_adapter_dir, load_model_for_eval
 from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
 from ..schemas import RetentionTable, write_record
 from ..train.checkpoints import checkpoint_folders
 from .evaluators import Evaluator
-from .generation import LoadedModel, load_model_for_eval
 from .progress import progress_bar
 
 
@@ -33,20 +32,16 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def _base_model_path(checkpoints: list[tuple[int, Path]]) -> str:
-    for _, path in checkpoints:
-        config_file = path / "adapter_config.json"
-        if config_file.is_file():
-            base = json.loads(config_file.read_text()).get("base_model_name_or_path")
-            if base:
-                return base
-    raise ValueError(
-        "base_path was not given and no checkpoint's adapter_config.json names base_model_name_or_path; pass base_path"
-    )
+    """The base the first adapter checkpoint names (:func:`~disel.experiments.models.adapter_base`)."""
+    adapter = next((path for _, path in checkpoints if is_adapter_dir(path)), None)
+    if adapter is None:
+        raise ValueError("base_path was not given and no checkpoint is an adapter that names its base; pass base_path")
+    return str(adapter_base(adapter))
 
 
 def _load_checkpoint(path: Path | None, base_path: str, dtype: Any) -> LoadedModel:
     """The base model (``path`` None), an adapter checkpoint on it (not merged), or a fully fine-tuned model."""
-    if path is None or (path / "adapter_config.json").is_file():
+    if path is None or is_adapter_dir(path):
         return load_model_for_eval(base_path, path, dtype=dtype)
     if (path / "config.json").is_file():
         return load_model_for_eval(path, None, dtype=dtype, tokenizer_path=path if has_tokenizer(path) else base_path)

@@ -17,6 +17,8 @@ import numpy as np
 
 from disel.io import read_json
 
+from ..models import ADAPTER_CONFIG_FILE, portable_base_name
+from ..schemas import TrainResult
 from .config import EvidenceConfig, RunSpec
 from .results import (
     CheckpointRecord,
@@ -31,7 +33,7 @@ from .stats import exact_match_interval
 
 __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
 
-_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+_ADAPTER_FILES = ("adapter_model.safetensors", ADAPTER_CONFIG_FILE)
 
 
 def _checkpoint(record: dict[str, Any], rng: np.random.Generator, replicates: int) -> CheckpointRecord:
@@ -54,10 +56,8 @@ def _run_record(
     """The run's path: the base model as step 0, then every evaluated checkpoint."""
     evals = sorted((read_json(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r["step"])
     records = [{**base, "step": 0}, *evals]
-    train = read_json(spec.run_dir / "train_result.json")
-    runtime = next(
-        (e["train_runtime"] for e in reversed(train["log_history"]) if "train_runtime" in e), train["runtime_s"]
-    )
+    train = TrainResult.read(spec.run_dir)
+    runtime = train.trainer_runtime_s or train.runtime_s
     return RunRecord(
         arm=spec.arm,
         seed=spec.seed,
@@ -66,7 +66,7 @@ def _run_record(
         adapter=adapter,
         timing={
             "train_runtime_s": float(runtime),
-            "train_steps": float(train["global_step"]),
+            "train_steps": float(train.global_step),
             "eval_s": float(sum(r["seconds"] for r in evals)),
         },
     )
@@ -101,7 +101,7 @@ def build_results(
         for domain in DOMAINS
     ]
     return EvidenceResults(
-        model=recipe.get("model", {}).get("path", ""),
+        model=portable_base_name(specs[0].config.model.path),
         task="arithmetic word problems (exact match)",
         n_test_problems=len(base["correct"]),
         runs=runs,
@@ -113,7 +113,10 @@ def build_results(
 
 
 def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
-    """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config); label → folder."""
+    """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config, its base named portably:
+    :func:`~disel.experiments.models.make_adapter_portable`); label → folder."""
+    from ..models import make_adapter_portable
+
     copied = {}
     for spec in specs:
         folder = target / spec.label
@@ -121,6 +124,8 @@ def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
         for name in _ADAPTER_FILES:
             if (spec.run_dir / name).is_file():
                 shutil.copy2(spec.run_dir / name, folder / name)
+        if (folder / ADAPTER_CONFIG_FILE).is_file():
+            make_adapter_portable(folder)
         copied[spec.label] = str(folder)
     return copied
 

@@ -47,6 +47,7 @@ import numpy as np
 
 from disel.io import read_json, write_json_atomic, write_text_atomic
 
+from ..models import portable_base_name
 from . import stages
 from .figures import draw_compression_figure
 from .results import (
@@ -81,9 +82,9 @@ PROG = "python -m disel.experiments.study.compression"
 def _check_inputs(args: argparse.Namespace) -> None:
     """ValueError naming the flag for inputs that cannot work, before anything is loaded."""
     from ..cli import preflight
+    from ..models import is_adapter_dir
 
-    adapter = Path(args.adapter)
-    if not (adapter / "adapter_config.json").is_file():
+    if not is_adapter_dir(args.adapter):
         raise ValueError(
             f"--adapter {args.adapter!r} is not a saved adapter folder (no adapter_config.json); the "
             "evidence run writes them to <figures_dir>/adapters/<arm>-seed<k>/ at its end"
@@ -105,7 +106,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
             "--kl-tolerance and --perplexity-tolerance must be >= 0 (relative rises), got "
             f"{args.kl_tolerance} and {args.perplexity_tolerance}"
         )
-    if Path(args.out).resolve() == adapter.resolve():
+    if Path(args.out).resolve() == Path(args.adapter).resolve():
         raise ValueError("--out must be a folder of its own, not the --adapter folder")
     preflight.check_output_dir(args.out, "--out")
 
@@ -180,7 +181,7 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
 
     from ..data.templates import get_template
 
-    template = get_template("alpaca")
+    template = get_template(stages.training_template(study.config))
     # The manifest's train_file is relative to where the evidence ran; the folder layout is fixed.
     rows = read_jsonl(study.evidence_dir / "data" / "train.jsonl", n)
     texts = {"math": [template.format_prompt(r["instruction"]) + r["output"] for r in rows]}
@@ -428,7 +429,7 @@ def _aggregate(
     typed = [_level_result(r, reference, args, reference_low) for r in records]
     return CompressionResults(
         adapter=study.adapter,
-        base_model=study.model_path,
+        base_model=portable_base_name(study.model_path),
         evidence_dir=str(args.evidence_dir),
         total_components=sum(entry.rank for entry in study.stats.layers),
         criterion={
@@ -540,7 +541,7 @@ def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
     for unusable inputs (checked before any model is loaded)."""
     from dataclasses import replace
 
-    from ..models import force_offline, smollm2_path
+    from ..models import force_offline, model_path_or_smollm2
 
     force_offline()
     _check_inputs(args)
@@ -550,7 +551,7 @@ def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
     study = Study(
         config,
         read_json(Path(args.evidence_dir) / "data" / "manifest.json"),
-        config.model_path or str(smollm2_path()),
+        model_path_or_smollm2(config.model_path),
         str(args.adapter),
         args.dtype,
         out,

@@ -28,7 +28,9 @@ from ..schemas import ResultFile
 from .stats import MatchedDifference, RunPath, choose_levels, matched_differences
 
 # Bump when a field changes meaning or is removed; readers refuse other versions instead of misreading them.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = "disel.evidence/2"
+""":class:`EvidenceResults`' schema. Version 1 files (``"schema_version": 1``, the evidence files' own key
+before every result file said ``schema``) still read: only the key changed."""
 
 RETENTION_KINDS = ("perplexity", "kl")
 
@@ -51,15 +53,18 @@ def _correctness(rows: Any) -> np.ndarray:
 
 
 class _EvidenceFile(ResultFile):
-    """A results file of the evidence experiments: its version is the integer ``schema_version``; values are
-    coerced as ``float()`` / ``int()`` would."""
+    """A results file of the evidence experiments; values are coerced as ``float()`` / ``int()`` would."""
 
-    VERSION_KEY = "schema_version"
     __pydantic_config__ = ConfigDict()  # lax, and NaN allowed (null reads back as NaN where a number is expected)
 
     @classmethod
-    def _version_problem(cls, raw: dict[str, Any]) -> str:
-        return f"schema_version {raw.get('schema_version')!r} is not the supported {cls.SCHEMA}"
+    def schema_of(cls, raw: dict[str, Any]) -> Any:
+        """``schema``, or for a file written before it was the one key, ``"<name>/1"`` from its
+        ``"schema_version": 1``."""
+        if "schema" not in raw and "schema_version" in raw:
+            version = raw["schema_version"]
+            return f"{cls.SCHEMA.rpartition('/')[0]}/{version}"
+        return raw.get("schema")
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class MatchedComparison:
 
 
 @dataclass(frozen=True)
-class EvidenceResults(_EvidenceFile, schema=SCHEMA_VERSION, made_by="disel-evidence"):
+class EvidenceResults(_EvidenceFile, schema=SCHEMA_VERSION, accept=("disel.evidence/1",), made_by="disel-evidence"):
     """The whole experiment. ``model``: the base model's name; ``task``: the fine-tuning task;
     ``n_test_problems``: held-out problems every checkpoint is scored on; ``base``: the base model's own
     evaluation (shared by all runs); ``runs``; ``comparisons``; ``throughput``: e.g. measured matmul
@@ -238,7 +243,7 @@ load_results = EvidenceResults.read
 
 # --- Issue 11's compression study (disel.experiments.study.compression) ---------------------------------
 
-COMPRESSION_SCHEMA_VERSION = 1
+COMPRESSION_SCHEMA_VERSION = "disel.evidence_compression/2"  # version 1: "schema_version": 1, as above
 
 
 @dataclass(frozen=True)
@@ -265,7 +270,10 @@ class LevelResult:
 
 @dataclass(frozen=True)
 class CompressionResults(
-    _EvidenceFile, schema=COMPRESSION_SCHEMA_VERSION, made_by="python -m disel.experiments.study.compression"
+    _EvidenceFile,
+    schema=COMPRESSION_SCHEMA_VERSION,
+    accept=("disel.evidence_compression/1",),
+    made_by="python -m disel.experiments.study.compression",
 ):
     """The whole study: inputs, the acceptance ``criterion``, the reference and every level, the largest
     acceptable ``fraction_reduced`` per operation (``best``), the timing (free-form), and the evidence run's

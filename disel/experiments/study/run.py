@@ -149,13 +149,13 @@ def _run_jobs(
 
 def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
     """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``."""
-    from ..models import check_model_dir, force_offline, load_tokenizer, smollm2_path
+    from ..models import check_model_dir, force_offline, load_tokenizer, model_path_or_smollm2
 
     force_offline()
     if workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers}")
     out = Path(output_dir)
-    model_path = config.model_path or str(smollm2_path())
+    model_path = model_path_or_smollm2(config.model_path)
     specs = config.run_specs(model_path, out / "data" / "train.jsonl", out)  # every recipe validated up front
     check_model_dir(model_path, what="model_path")
     manifest = prepare_data(config, out, load_tokenizer(model_path))

@@ -103,7 +103,9 @@ def evaluate_model(
     settings, (model, tokenizer) = config.evaluation, loaded[:2]
     started = time.perf_counter()
     generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.generation_batch_size)
-    graded = evaluate_gsm8k(model, tokenizer, manifest["test_rows"], settings=generation)
+    graded = evaluate_gsm8k(
+        model, tokenizer, manifest["test_rows"], settings=generation, template=training_template(config)
+    )
     record: dict[str, Any] = {
         "correct": [int(s["correct"]) for s in graded["samples"]],
         "exact_match": graded["exact_match"],
@@ -125,6 +127,15 @@ def evaluate_model(
     return record
 
 
+def training_template(config: EvidenceConfig) -> str:
+    """The prompt template (``data.template``) of the shared training recipe: the test problems are asked, and
+    the gates read, in the words training used."""
+    from ..config import DataConfig
+    from .config import resolved_training_recipe
+
+    return DataConfig.model_validate(resolved_training_recipe(config).get("data", {})).template
+
+
 def _gate_diagnostics(model: Any, tokenizer: Any, config: EvidenceConfig, manifest: dict[str, Any]) -> dict[str, Any]:
     """Anti-aligned fraction (overall and per layer) and mean gate on math / English / code (every real token)."""
     from ..data.templates import get_template
@@ -132,7 +143,7 @@ def _gate_diagnostics(model: Any, tokenizer: Any, config: EvidenceConfig, manife
     from .diagnostics import gate_alignment
 
     n, settings = config.evaluation.gate_sequences, config.evaluation
-    template = get_template("alpaca")
+    template = get_template(training_template(config))
     texts = {
         "math": [template.format_prompt(r["instruction"]) + r["output"] for r in manifest["test_rows"][:n]],
         **{domain: manifest["retention"][domain][:n] for domain in DOMAINS},

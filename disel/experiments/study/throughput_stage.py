@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from disel.io import read_json
-
+from ..schemas import TrainResult
 from .config import RunSpec
 from .throughput import (
     measure_matmul_throughput,
@@ -70,9 +69,9 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str, manifest:
         batch = spec.config.training.per_device_train_batch_size
         seq_len, padding = padded_lengths(_train_lengths(spec, tokenizer), batch)
         flops = training_step_flops(_trainable(model_path, spec), batch, max(1, round(seq_len)))
-        train = read_json(spec.run_dir / "train_result.json")
-        runtime = next((e["train_runtime"] for e in reversed(train["log_history"]) if "train_runtime" in e), None)
-        tokens_per_s = train["global_step"] * batch * seq_len / runtime if runtime else float("nan")
+        train = TrainResult.read(spec.run_dir)
+        runtime = train.trainer_runtime_s
+        tokens_per_s = train.global_step * batch * seq_len / runtime if runtime else float("nan")
         bound = tokens_per_second_bound(flops, matmul.cpu_gflops)
         arms[spec.arm] = {
             "tokens_per_s": tokens_per_s,

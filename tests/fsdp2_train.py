@@ -2,8 +2,8 @@
 
 ``python tests/fsdp2_train.py MODEL_DIR OUT.pt`` under ``torchrun --nproc_per_node N`` shards every decoder
 layer and then the whole model over the N gloo (CPU) processes; each rank trains on its slice of the same
-global batch. Without torchrun (or with N = 1 and ``--no-shard``) it is the one-process reference. Rank 0
-writes ``{"losses": [...], "adapter": {name: full tensor}}`` to OUT.pt.
+global batch. Run without torchrun (no ``WORLD_SIZE`` in the environment) it is the unsharded one-process
+reference. Rank 0 writes what :func:`train` returns, and the world size, to OUT.pt.
 """
 
 from __future__ import annotations

@@ -225,6 +225,7 @@ def test_statistics_on_the_offline_domains_by_default(saved, tmp_path, capsys):
         ({"--base": "missing"}, "--base"),
         ({"--keep-fraction": "1.5"}, "--keep-fraction must be in (0, 1]"),
         ({"--domain": "no-equals-sign"}, "NAME=FILE.jsonl"),
+        ({"--domain": "empty=EMPTY"}, "holds no rows"),  # regression (issue 19): a traceback after loading
         ({"--stats": "missing.json"}, "--stats"),
         ({"--out": "used"}, "is not empty"),
         ({"--dtype": "float8"}, "--dtype"),
@@ -236,6 +237,7 @@ def test_disel_prune_refuses_bad_arguments_in_one_line(saved, tmp_path, capsys, 
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("x")
     (tmp_path / "stats.json").write_text(json.dumps({"layers": []}))
+    (tmp_path / "empty.jsonl").write_text("\n")
     flags = {
         "--base": str(base),
         "--adapter": str(adapter),
@@ -247,6 +249,7 @@ def test_disel_prune_refuses_bad_arguments_in_one_line(saved, tmp_path, capsys, 
     flags.update(
         {k: (str(tmp_path / v) if k in ("--adapter", "--base", "--stats", "--out") else v) for k, v in change.items()}
     )
+    flags["--domain"] = flags["--domain"].replace("EMPTY", str(tmp_path / "empty.jsonl"))
     assert compress.main_prune([item for pair in flags.items() for item in pair]) == 2
     err = capsys.readouterr().err
     assert err.startswith("disel-prune: error: ") and message in err and err.count("\n") == 1

@@ -87,6 +87,9 @@ def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
             raise UsageError(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
         if not Path(path).is_file():
             raise UsageError(f"--domain {spec!r}: {path!r} is not a file")
+        with open(path, encoding="utf-8") as stream:
+            if not any(line.strip() for line in stream):  # statistics over no data would measure nothing
+                raise UsageError(f"--domain {spec!r}: {path!r} holds no rows")
         specs.append((name, Path(path), template or "alpaca"))
     names = [name for name, _, _ in specs] + list(args.offline or ())
     if len(set(names)) != len(names):
@@ -291,8 +294,8 @@ def _compress(prog: str, args: argparse.Namespace, numbers: list[tuple[float | N
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
     base, tokenizer, device = _load_base(args)
-    measured = nullcontext(None) if args.no_measure else _progress(_data(args, tokenizer, device), "measuring")
     try:
+        measured = nullcontext(None) if args.no_measure else _progress(_data(args, tokenizer, device), "measuring")
         with measured as batches:
             act(stats, base, tokenizer, batches)
     except ValueError as problem:

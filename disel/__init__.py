@@ -7,7 +7,10 @@ so ``peft.get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`
 off with ``DISEL_NO_AUTO_REGISTER=1``), so a process that only loads a saved adapter needs no ``import disel``.
 """
 
-from . import components
+from . import (
+    _quiet,  # noqa: F401 (first: its import filters a bitsandbytes notice before peft imports that)
+    components,
+)
 from .components import *  # noqa: F403 (its __all__ is part of ours, below)
 from .functional import disel_update, disel_update_reference, gate_values
 from .layers import DEFAULT_GATE_BIAS_INIT, DiselGate, DiselLinear, init_disel_parameters

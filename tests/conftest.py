@@ -8,6 +8,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+import disel  # noqa: F401 (before any test imports peft: disel filters bitsandbytes' "kernels" notice, issue 19)
+
 # "ci": deterministic (derandomized) and bounded, the default; "long": many more examples for a long run.
 settings.register_profile(
     "ci",

@@ -108,8 +108,13 @@ def test_eval_components_writes_the_statistics_and_prints_the_headline(saved, tm
     small = sum(c <= 0.01 * largest for entry in stats.layers for c in entry.contribution)
     assert small >= len(stats.layers)  # at least the b = 0 components
     assert f"{total} components in {len(stats.layers)} adapted layers; tokens: text={tokens}" in printed
-    assert f"{small}/{total} components (prunable)" in printed
-    assert f"{len(stats.layers)}/{total} components (static, mergeable)" in printed
+    ordered = sorted(c for entry in stats.layers for c in entry.contribution)
+    half = sum(ordered[: total // 2]) / sum(ordered)
+    assert f"the smaller half of the components carries {half:.1%} of the summed contribution" in printed
+    assert f"{small}/{total} components are <= 0.01 x the largest" in printed
+    assert f"gate std < 0.01 on every domain: {len(stats.layers)}/{total} components\n" in printed
+    # Regression (issue 19): the headline called small contributions "prunable", a decision the data do not support.
+    assert "prunable" not in printed and "mergeable" not in printed
 
 
 def test_disel_prune_writes_a_smaller_adapter_that_plain_peft_reloads(saved, tmp_path, capsys):
@@ -220,6 +225,7 @@ def test_statistics_on_the_offline_domains_by_default(saved, tmp_path, capsys):
         ({"--base": "missing"}, "--base"),
         ({"--keep-fraction": "1.5"}, "--keep-fraction must be in (0, 1]"),
         ({"--domain": "no-equals-sign"}, "NAME=FILE.jsonl"),
+        ({"--domain": "empty=EMPTY"}, "holds no rows"),  # regression (issue 19): a traceback after loading
         ({"--stats": "missing.json"}, "--stats"),
         ({"--out": "used"}, "is not empty"),
         ({"--dtype": "float8"}, "--dtype"),
@@ -231,6 +237,7 @@ def test_disel_prune_refuses_bad_arguments_in_one_line(saved, tmp_path, capsys, 
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("x")
     (tmp_path / "stats.json").write_text(json.dumps({"layers": []}))
+    (tmp_path / "empty.jsonl").write_text("\n")
     flags = {
         "--base": str(base),
         "--adapter": str(adapter),
@@ -242,6 +249,7 @@ def test_disel_prune_refuses_bad_arguments_in_one_line(saved, tmp_path, capsys, 
     flags.update(
         {k: (str(tmp_path / v) if k in ("--adapter", "--base", "--stats", "--out") else v) for k, v in change.items()}
     )
+    flags["--domain"] = flags["--domain"].replace("EMPTY", str(tmp_path / "empty.jsonl"))
     assert compress.main_prune([item for pair in flags.items() for item in pair]) == 2
     err = capsys.readouterr().err
     assert err.startswith("disel-prune: error: ") and message in err and err.count("\n") == 1
@@ -273,3 +281,77 @@ def test_the_console_scripts_point_at_these_mains():
     for command, function in (("disel-prune", compress.main_prune), ("disel-merge-static", compress.main_merge_static)):
         module, _, name = scripts[command].partition(":")
         assert getattr(importlib.import_module(module), name) is function
+
+
+def _foreign_stats(adapter: Path, path: Path, mismatch: str) -> str:
+    """Statistics JSON shaped like another adapter's: one layer of another rank, or one layer missing."""
+    from disel.components.adapter_dir import saved_ranks
+
+    ranks = saved_ranks(adapter)
+    modules = sorted(ranks)
+    if mismatch == "rank":
+        ranks[modules[0]] = RANK + 4
+    else:
+        del ranks[modules[0]]
+    layers = [
+        disel.LayerComponents(module, "default", 2.0, 10, *[[0.1] * rank for _ in range(5)])
+        for module, rank in ranks.items()
+    ]
+    disel.ComponentStatistics(layers=layers).save_json(path)
+    return modules[0]
+
+
+@pytest.mark.parametrize("command", ["disel-prune", "disel-merge-static"])
+@pytest.mark.parametrize("mismatch", ["rank", "layers"])
+def test_statistics_of_another_adapter_are_refused_in_one_line_before_loading(
+    saved, tmp_path, capsys, monkeypatch, command, mismatch
+):
+    """Regression (issue 19 item 3): statistics from another adapter (other rank or layers) exited 1 with a
+    traceback after loading everything, a progress bar left open. Now one line naming --stats and the layer,
+    status 2, and no model is loaded (the loader is made to fail to prove it)."""
+    base, adapter, data, _ = saved
+    module = _foreign_stats(adapter, tmp_path / "foreign.json", mismatch)
+
+    def no_loading(args):
+        raise AssertionError("the base model was loaded before --stats was checked")
+
+    monkeypatch.setattr(compress, "_load_base", no_loading)
+    main = compress.main_prune if command == "disel-prune" else compress.main_merge_static
+    criterion = ["--keep-fraction", "0.5"] if command == "disel-prune" else ["--std-threshold", "1e-3"]
+    flags = ["--base", str(base), "--adapter", str(adapter), "--stats", str(tmp_path / "foreign.json")]
+    assert main([*flags, *criterion, "--domain", f"text={data}", "--out", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{command}: error: --stats ") and "does not fit --adapter" in err
+    assert repr(module) in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command", ["disel-prune", "disel-merge-static"])
+def test_a_refusal_after_loading_is_one_line_and_closes_the_progress_bar(saved, tmp_path, capsys, command):
+    """An adapter saved without safetensors cannot be matched from its header: the library's own check
+    refuses the statistics after loading. That too is one line and status 2, and the progress bar is closed
+    (its last render ends with a newline before the error line) instead of left open."""
+    base, _, data, _ = saved
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        disel.DiselConfig(r=RANK + 2, target_modules=list(LLAMA_TARGET_MODULES)),
+    )
+    model.save_pretrained(tmp_path / "bin_adapter", safe_serialization=False)
+    assert not (tmp_path / "bin_adapter" / "adapter_model.safetensors").exists()
+    from disel.components.adapter_dir import saved_ranks
+
+    assert saved_ranks(tmp_path / "bin_adapter") is None
+    modules = [name for name, m in model.base_model.model.named_modules() if isinstance(m, disel.tuner.DiselLayer)]
+    layers = [
+        disel.LayerComponents(module, "default", 2.0, 10, *[[0.1] * RANK for _ in range(5)]) for module in modules
+    ]
+    disel.ComponentStatistics(layers=layers).save_json(tmp_path / "rank4.json")
+    main = compress.main_prune if command == "disel-prune" else compress.main_merge_static
+    criterion = ["--keep-fraction", "0.5"] if command == "disel-prune" else ["--std-threshold", "1e-3"]
+    flags = ["--base", str(base), "--adapter", str(tmp_path / "bin_adapter"), "--stats", str(tmp_path / "rank4.json")]
+    assert main([*flags, *criterion, "--domain", f"text={data}", "--out", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[-1].startswith(f"{command}: error: stats for ") and "recompute component_statistics" in lines[-1]
+    assert "Traceback" not in err and err.endswith("\n")
+    assert "measuring" in err and err.split(f"{command}: error:")[0].endswith("\n")

@@ -25,6 +25,7 @@ import yaml
 from disel.experiments.cli.train import main as cli_main
 from disel.experiments.config import ConfigError, config_from_dict
 from disel.experiments.train.checkpoints import (
+    CHECKPOINT_MANIFEST,
     RUN_CONFIG_FILE,
     DamagedCheckpointError,
     DamagedCheckpointWarning,
@@ -259,3 +260,91 @@ def test_changed_keys_lists_nested_and_one_sided_keys():
     old = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
     new = {"a": {"b": 1, "c": [1, 3]}, "e": 4}
     assert changed_keys(old, new) == {"a.c": ([1, 2], [1, 3]), "d": (3, "<unset>"), "e": ("<unset>", 4)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Missing files and a missing recipe (issue 19 item 5)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_each_checkpoint_keeps_its_file_list_and_recipe(template):
+    """Every checkpoint folder holds the list of the Trainer's files and the run's recipe."""
+    output, _ = template
+    for folder in (output / "checkpoint-1", output / "checkpoint-2"):
+        listed = json.loads((folder / CHECKPOINT_MANIFEST).read_text())["files"]
+        assert set(CHECKPOINT_FILES) <= set(listed) and RUN_CONFIG_FILE not in listed
+        assert yaml.safe_load((folder / RUN_CONFIG_FILE).read_text()) == yaml.safe_load(
+            (output / RUN_CONFIG_FILE).read_text()
+        )
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["listed", "no-list"])
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_a_whole_missing_file_is_found(template, tmp_path, name, manifest):
+    """Regression (issue 19 item 5): a checkpoint with a whole file deleted (not truncated) passed the check.
+    Found from the checkpoint's file list, and, for a checkpoint without one (written before the list was),
+    from the files every Trainer checkpoint holds."""
+    folder = tmp_path / "checkpoint-2"
+    shutil.copytree(template[0] / "checkpoint-2", folder)
+    if not manifest:
+        (folder / CHECKPOINT_MANIFEST).unlink()
+    assert checkpoint_damage(folder) is None
+    (folder / name).unlink()
+    damaged, reason = checkpoint_damage(folder)
+    assert damaged.name == name and reason.startswith("missing")
+
+
+def test_save_only_model_checkpoints_need_no_optimizer(template, tmp_path):
+    """Without a file list, a save_only_model checkpoint (no optimizer, scheduler, RNG state) is complete only
+    when the run saves the model only."""
+    folder = tmp_path / "checkpoint-2"
+    shutil.copytree(template[0] / "checkpoint-2", folder)
+    for name in (CHECKPOINT_MANIFEST, "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).unlink()
+    assert checkpoint_damage(folder, save_only_model=True) is None
+    assert checkpoint_damage(folder)[0].name == "optimizer.pt"
+
+
+def test_missing_file_in_the_newest_checkpoint_falls_back(template, tmp_path, llama_dir, math_file):
+    """A deleted optimizer state: the warning names it; the run resumes from checkpoint-1 and ends exactly as
+    the uninterrupted run did."""
+    _, straight = template
+    run = _crashed_copy(template, tmp_path)
+    (run / "checkpoint-2" / "optimizer.pt").unlink()
+    with pytest.warns(DamagedCheckpointWarning, match=r"checkpoint-2.*optimizer\.pt: missing"):
+        result = train(_config(llama_dir, math_file, run))
+    assert result.resumed_from == str(run / "checkpoint-1") and result.loss_history == straight.loss_history
+
+
+def test_without_run_config_the_checkpoint_copy_is_compared(template, tmp_path, llama_dir, math_file):
+    """Regression (issue 19 item 5): a run folder without run_config.yaml skipped the changed-config check.
+    The checkpoint's own copy is compared instead: a change is refused, the same recipe resumes."""
+    _, straight = template
+    run = _crashed_copy(template, tmp_path)
+    shutil.rmtree(run / "checkpoint-2")  # resume from checkpoint-1: one step left to train
+    (run / RUN_CONFIG_FILE).unlink()
+    with pytest.raises(ConfigError, match=r"checkpoint-1.*training.learning_rate: 0.01 -> 0.02"):
+        train(_config(llama_dir, math_file, run, training={"learning_rate": 2.0e-2}))
+    result = train(_config(llama_dir, math_file, run))
+    assert result.resumed_from == str(run / "checkpoint-1") and result.loss_history == straight.loss_history
+
+
+def test_with_no_recipe_anywhere_the_resume_is_refused_unless_told(template, tmp_path, llama_dir, math_file, capsys):
+    """No run_config.yaml in the run folder nor the checkpoint: refused (the command line: one line, status 2)
+    unless every change is accepted explicitly with ``--allow-config-change '*'``."""
+    _, straight = template
+    run = _crashed_copy(template, tmp_path)
+    shutil.rmtree(run / "checkpoint-2")
+    for folder in (run, run / "checkpoint-1"):
+        (folder / RUN_CONFIG_FILE).unlink()
+    config = _config(llama_dir, math_file, run)
+    with pytest.raises(ConfigError, match=r"no run_config.yaml in .* nor in .*checkpoint-1.*allow-config-change '\*'"):
+        train(config)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(config.to_dict()))
+    assert cli_main(["--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("disel-train: error: ") and "run_config.yaml" in err[0]
+    with pytest.warns(UserWarning, match="without a saved recipe"):
+        result = train(config, allow_config_change=["*"])
+    assert result.resumed_from == str(run / "checkpoint-1") and result.loss_history == straight.loss_history

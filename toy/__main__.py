@@ -8,8 +8,10 @@
 forms, and writes ``DIR/figure1.json`` (the numbers). The toy computes and writes; drawing is
 ``paper_figs.fig1_toy``'s job (``python -m paper_figs.fig1_toy`` trains through this command, then draws;
 ``scripts/figure1.sh`` runs that). The sweeps write ``DIR/sweep_<name>.json`` and print a table.
-``DIR`` defaults to ``paper_figs/out`` under the current directory; it is checked before any training.
-Every file is written atomically (temporary file, then rename).
+``DIR`` defaults to ``paper_figs/out`` under the current directory. Every value is checked before any
+training (the configuration's and the sweeps' own checks): a refused one prints one line
+``python -m toy: error: --FLAG: …`` and exits with status 2. Every file is written atomically (temporary
+file, then rename).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from disel.io import check_output_dir, write_json_atomic
 
+from . import sweeps
 from .train import METHODS, ToyTrainConfig, run_figure1
 
 DEFAULT_OUT = Path("paper_figs") / "out"
@@ -41,6 +45,37 @@ def _progress(total: int, enabled: bool, desc: str):
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
+
+
+class _Refused(Exception):
+    """A flag's value that the configuration or a sweep refuses (the message names the flag)."""
+
+
+def _check(flag: str, check: Callable[..., Any], *values: Any) -> Any:
+    """``check(*values)``, its ``ValueError`` turned into :class:`_Refused` naming ``flag``."""
+    try:
+        return check(*values)
+    except ValueError as error:
+        raise _Refused(f"{flag}: {error}") from None
+
+
+def _check_seed(seed: int) -> None:
+    if seed < 0:  # NumPy's generators refuse it, after the command has started
+        raise ValueError(f"seed must be an integer >= 0, got {seed}")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every value the run will use, checked before any training; :class:`_Refused` naming the flag."""
+    _check("--seed", _check_seed, args.seed)
+    _check("--steps", _config_from_args, args)
+    if args.command == "sweep-separation":
+        means = _check("--means", sweeps.check_means, args.means)
+        _check("--trained", sweeps.check_trained, [float(t) for t in args.trained], means, "means")
+    elif args.command == "sweep-rank":
+        ranks = _check("--ranks", sweeps.check_ranks, args.ranks)
+        _check("--trained", sweeps.check_trained, args.trained, ranks, "ranks")
+        _check("--rank-delta", sweeps.check_rank_delta, args.rank_delta)
+    _check("--out", check_output_dir, args.out)
 
 
 def _config_from_args(args: argparse.Namespace) -> ToyTrainConfig:
@@ -74,8 +109,6 @@ def _figure1(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from . import sweeps
-
     config = _config_from_args(args)
     start = time.perf_counter()
     if args.command == "sweep-separation":
@@ -149,9 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_output_dir(args.out)  # before training: a bad --out must not cost a run
-    except ValueError as error:
-        parser.error(f"--out: {error}")
+        _check_args(args)  # before training: a refused value must not cost a run
+    except _Refused as problem:
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
     return args.handler(args)
 
 

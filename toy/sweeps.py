@@ -17,6 +17,7 @@ the figure code and notebooks.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,16 @@ from .closed_form import PopulationMSE, bayes_mse, fixed_mse, fixed_optimum
 from .problem import MixtureProblem
 from .train import METHODS, ToyTrainConfig, train_method
 
-__all__ = ["SweepPoint", "Sweep", "separation_sweep", "rank_sweep"]
+__all__ = [
+    "SweepPoint",
+    "Sweep",
+    "check_means",
+    "check_rank_delta",
+    "check_ranks",
+    "check_trained",
+    "separation_sweep",
+    "rank_sweep",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +99,33 @@ class Sweep:
         return "\n".join(lines)
 
 
-def _check_trained(trained: Sequence, values: Sequence, name: str) -> None:
+def check_trained(trained: Sequence, values: Sequence, name: str) -> None:
+    """``trained`` must be among ``values`` (the sweep's ``name``): a trained point is a point of the sweep."""
     missing = [value for value in trained if value not in values]
     if missing:
         raise ValueError(f"trained must be a subset of {name}={list(values)}, got extra values {missing}")
+
+
+def check_means(means: Sequence[float]) -> list[float]:
+    """The means as floats; each a finite |μ| >= 0 (checked before any point is trained)."""
+    means = [float(mean) for mean in means]
+    if not means or any(not math.isfinite(mean) or mean < 0 for mean in means):
+        raise ValueError(f"means must be finite numbers >= 0 (|μ|), at least one, got {means}")
+    return means
+
+
+def check_ranks(ranks: Sequence[int]) -> list[int]:
+    """The ranks as ints; each a positive integer (checked before any point is trained)."""
+    ranks = [int(rank) for rank in ranks]
+    if not ranks or any(rank < 1 for rank in ranks):
+        raise ValueError(f"ranks must be positive integers, at least one, got {ranks}")
+    return ranks
+
+
+def check_rank_delta(rank_delta: int, d: int = 10, m: int = 10) -> None:
+    """Δ of rank ``rank_delta`` needs ``1 <= rank_delta <= min(d, m)``."""
+    if isinstance(rank_delta, bool) or not isinstance(rank_delta, int) or not 1 <= rank_delta <= min(d, m):
+        raise ValueError(f"rank_delta must be an integer in [1, min(d, m)] = [1, {min(d, m)}], got {rank_delta!r}")
 
 
 def separation_sweep(
@@ -113,10 +146,8 @@ def separation_sweep(
     Returns:
         A :class:`Sweep` with parameter ``"separation"``; ``trained`` entries under ``"disel"``.
     """
-    means = [float(mean) for mean in means]
-    if any(mean < 0 for mean in means):
-        raise ValueError(f"means must be >= 0 (|μ|), got {means}")
-    _check_trained([float(t) for t in trained], means, "means")
+    means = check_means(means)
+    check_trained([float(t) for t in trained], means, "means")
     points = []
     for mean in means:
         problem = MixtureProblem.figure1(seed=config.seed, d=d, m=m, rank=config.rank, mean=mean)
@@ -158,10 +189,9 @@ def rank_sweep(
     reduced-rank regression); the Bayes reference does not depend on r. ``methods`` (LoRA, DISeL) are
     trained at the ranks in ``trained`` with ``config`` (its ``rank`` field is replaced by r).
     """
-    ranks = [int(rank) for rank in ranks]
-    if any(rank < 1 for rank in ranks):
-        raise ValueError(f"ranks must be positive integers, got {ranks}")
-    _check_trained([int(t) for t in trained], ranks, "ranks")
+    ranks = check_ranks(ranks)
+    check_trained([int(t) for t in trained], ranks, "ranks")
+    check_rank_delta(rank_delta, d, m)
     unknown = [method for method in methods if method not in METHODS]
     if unknown:
         raise ValueError(f"methods must be among {METHODS}, got {unknown}")

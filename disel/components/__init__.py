@@ -16,7 +16,9 @@ calls save and reload the result (:mod:`.prune`); :func:`merge_static` folds the
 constant on all the data into the base weights, exactly undone by :func:`unmerge_static` (:mod:`.merge`);
 :func:`align_components` puts components sharing one gate in a basis where pruning can lower their rank
 (:mod:`.align`). :func:`prune_adapter_dir` and :func:`merge_static_adapter_dir` are the
-adapter-directory-in, directory-out forms behind ``disel-prune`` and ``disel-merge-static``. The "cat"
+adapter-directory-in, directory-out forms behind ``disel-prune`` and ``disel-merge-static``; they refuse
+statistics of another adapter before loading any model (:mod:`.adapter_dir`). Every function given data
+checks each batch against the model's input before running it (:func:`.measure.checked_batches`). The "cat"
 combination of adapters (``add_weighted_adapter``) lives with the tuner, in :mod:`disel.tuner.combine`.
 """
 

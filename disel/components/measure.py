@@ -19,6 +19,7 @@ __all__ = [
     "Correction",
     "OutputChange",
     "call_model",
+    "checked_batches",
     "data_sources",
     "eval_no_grad",
     "flat_tokens",
@@ -77,7 +78,9 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
 def data_sources(batches: Any, argument: str = "batches") -> dict[str | None, Iterable]:
     """``{name: iterable}`` for a mapping of named data sources, ``{None: batches}`` for one source."""
     if isinstance(batches, Mapping):
-        if not batches or not all(isinstance(k, str) for k in batches):
+        if not batches:
+            raise ValueError(f"{argument} is an empty dict: name at least one data source, e.g. {{'math': batches}}")
+        if not all(isinstance(k, str) for k in batches):
             raise ValueError(f"{argument} as a mapping must name its data sources with strings, got {list(batches)!r}")
         for name, source in batches.items():
             if isinstance(source, (Tensor, Mapping)) or not isinstance(source, Iterable):
@@ -88,6 +91,82 @@ def data_sources(batches: Any, argument: str = "batches") -> dict[str | None, It
     if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
         raise TypeError(f"{argument} must be an iterable of batches or a dict of them, got {type(batches).__name__}")
     return {None: batches}
+
+
+def _source_name(argument: str, name: str | None) -> str:
+    return argument if name is None else f"{argument}[{name!r}]"
+
+
+def _first_input(batch: Any, keys: Sequence[str]) -> tuple[str, Tensor | None]:
+    """(what it is, the tensor) the model reads first from a batch: ``batch[key]`` for the first key a dict
+    holds, the first element of a tuple, or the tensor itself."""
+    if isinstance(batch, Mapping):
+        for key in keys:
+            if isinstance(batch.get(key), Tensor):
+                return key, batch[key]
+        return "", None
+    if isinstance(batch, (tuple, list)):
+        return "element 0", batch[0] if batch and isinstance(batch[0], Tensor) else None
+    return "", batch if isinstance(batch, Tensor) else None
+
+
+def _input_problem(model: nn.Module, batch: Any) -> str | None:
+    """What about ``batch`` cannot fit ``model``'s input, or None: token ids (integer, in the vocabulary, on
+    the embedding's device) for a model with input embeddings, else features whose last size, dtype and
+    device are those of the first linear layer (the first ``in_features`` module in module order)."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # not a transformers model, or one without embeddings
+        embeddings = None
+    if isinstance(embeddings, nn.Embedding):
+        what, x = _first_input(batch, ("input_ids", "inputs_embeds"))
+        weight = embeddings.weight
+        if x is not None and what != "inputs_embeds":
+            label = f"{what}: " if what else ""
+            if x.is_floating_point() or x.is_complex():
+                return f"{label}expected integer token ids, got dtype {x.dtype}"
+            if x.device != weight.device:
+                return f"{label}expected a tensor on {weight.device} (the model's embeddings), got {x.device}"
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= weight.shape[0]):
+                return f"{label}expected token ids in [0, {weight.shape[0]}), got [{int(x.min())}, {int(x.max())}]"
+            mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+            if isinstance(mask, Tensor) and mask.shape != x.shape:
+                return f"attention_mask: expected the shape of {what} {tuple(x.shape)}, got {tuple(mask.shape)}"
+            return None
+        size, dtype, device = weight.shape[1], weight.dtype, weight.device
+    else:
+        linear = (m for m in model.modules() if isinstance(getattr(m, "weight", None), Tensor))
+        first = next((m for m in linear if isinstance(getattr(m, "in_features", None), int)), None)
+        if first is None:
+            return None
+        what, x = _first_input(batch, ())
+        size, dtype, device = first.in_features, first.weight.dtype, first.weight.device
+    if x is None:
+        return None
+    label = f"{what}: " if what else ""
+    if x.dim() == 0 or x.shape[-1] != size:
+        return f"{label}expected features of size {size} in the last dimension, got shape {tuple(x.shape)}"
+    if x.dtype != dtype:
+        return f"{label}expected dtype {dtype} (the model's weights), got {x.dtype}"
+    if x.device != device:
+        return f"{label}expected a tensor on {device} (the model's weights), got {x.device}"
+    return None
+
+
+def checked_batches(model: nn.Module, source: Iterable, argument: str, name: str | None = None) -> Iterator[Any]:
+    """The batches of ``source``, each checked against ``model``'s input before it is run; ``ValueError``
+    naming the argument, the batch index and what was expected for a batch that does not fit, or for a
+    source without batches (after it is exhausted, so a generator is read once)."""
+    where = _source_name(argument, name)
+    count = 0
+    for index, batch in enumerate(source):
+        problem = _input_problem(model, batch)
+        if problem is not None:
+            raise ValueError(f"{where}, batch {index}: {problem}")
+        count += 1
+        yield batch
+    if count == 0:
+        raise ValueError(f"{where} holds no batch: give at least one (a measurement over no data measures nothing)")
 
 
 @dataclass
@@ -108,9 +187,12 @@ def _correcting_hook(functions: list[Callable[[Tensor], Tensor]], state: dict[st
     return hook
 
 
-def measure_output_change(model: nn.Module, batches: Any, corrections: Sequence[Correction]) -> OutputChange:
+def measure_output_change(
+    model: nn.Module, batches: Any, corrections: Sequence[Correction], argument: str = "batches"
+) -> OutputChange:
     """Output change when each corrected layer's output gets ``+ f(x)``, measured batch by batch with and
-    without the corrections (nothing is stored between batches)."""
+    without the corrections (nothing is stored between batches). ``batches`` is checked as it is read
+    (:func:`checked_batches`; ``argument`` is its name in the errors)."""
     by_layer: dict[int, tuple[nn.Module, list[Callable[[Tensor], Tensor]]]] = {}
     for layer, function in corrections:
         by_layer.setdefault(id(layer), (layer, []))[1].append(function)
@@ -120,8 +202,8 @@ def measure_output_change(model: nn.Module, batches: Any, corrections: Sequence[
     max_abs, count = 0.0, 0
     try:
         with eval_no_grad(model):
-            for source in data_sources(batches).values():
-                for batch in source:
+            for name, source in data_sources(batches, argument).items():
+                for batch in checked_batches(model, source, argument, name):
                     state["on"] = False
                     y0 = _output_tensor(call_model(model, batch)).double()
                     state["on"] = True

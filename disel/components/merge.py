@@ -16,6 +16,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .._validate import check_non_negative_finite
 from ..io import write_json_atomic
+from .adapter_dir import load_adapter_dir
 from .branches import (
     Branch,
     config_matches_layers,
@@ -210,8 +211,8 @@ def merge_static_adapter_dir(
     out_dir: str | os.PathLike,
     stats: ComponentStatistics | str | os.PathLike,
     *,
-    base_model: nn.Module,
     std_threshold: float,
+    base_model: nn.Module | None = None,
     batches: Iterable | Mapping[str, Iterable] | None = None,
     report_name: str = "merge_report.json",
 ) -> MergeReport:
@@ -220,20 +221,14 @@ def merge_static_adapter_dir(
     ``base_model_name_or_path`` is that merged base; no adapter when ``report.fully_static``: the merged
     base is then the whole model) and ``report_name`` (JSON).
 
-    ``base_model`` is the model ``adapter_dir`` was trained on; ``stats`` a :class:`ComponentStatistics`
-    or the path of its JSON. Load the result with ``PeftModel.from_pretrained(AutoModelForCausalLM
-    .from_pretrained(out_dir / "merged_base"), out_dir)``.
+    ``base_model`` (the model ``adapter_dir`` was trained on) defaults to ``AutoModelForCausalLM
+    .from_pretrained`` of the adapter config's ``base_model_name_or_path``, as in :func:`prune_adapter_dir`;
+    ``stats`` is a :class:`ComponentStatistics` or the path of its JSON; statistics of another adapter (other
+    layers or ranks) are refused before any model is loaded. Load the result with
+    ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out_dir / "merged_base"), out_dir)``.
     """
-    from peft import PeftModel
-
     out_dir = Path(out_dir)
-    if Path(adapter_dir).resolve() == out_dir.resolve():
-        raise ValueError(f"out_dir must differ from adapter_dir (got {os.fspath(out_dir)!r} for both)")
-    if out_dir.is_file():
-        raise ValueError(f"out_dir must be a directory, got the file {os.fspath(out_dir)!r}")
-    if not isinstance(stats, ComponentStatistics):
-        stats = ComponentStatistics.load_json(stats)
-    model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
+    model, stats = load_adapter_dir(adapter_dir, out_dir, stats, base_model)
     report = merge_static(model, stats, std_threshold=std_threshold, batches=batches)
     merged_base = out_dir / MERGED_BASE_DIR
     if not report.fully_static:

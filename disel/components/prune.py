@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io import write_json_atomic
+from .adapter_dir import load_adapter_dir
 from .branches import keep_components, sync_peft_config
 from .measure import OutputChange, measure_output_change
 from .statistics import ComponentStatistics, matched_branches
@@ -132,22 +133,10 @@ def prune_adapter_dir(
 
     ``base_model`` defaults to ``AutoModelForCausalLM.from_pretrained`` of the adapter config's
     ``base_model_name_or_path`` (a local path; nothing is downloaded by this function itself).
-    ``stats`` is a :class:`ComponentStatistics` or the path of its JSON.
+    ``stats`` is a :class:`ComponentStatistics` or the path of its JSON; statistics of another adapter
+    (other layers or ranks) are refused before any model is loaded.
     """
-    from peft import PeftConfig, PeftModel
-
-    if Path(adapter_dir).resolve() == Path(out_dir).resolve():
-        raise ValueError(f"out_dir must differ from adapter_dir (got {os.fspath(out_dir)!r} for both)")
-    if os.path.isfile(out_dir):
-        raise ValueError(f"out_dir must be a directory, got the file {os.fspath(out_dir)!r}")
-    if not isinstance(stats, ComponentStatistics):
-        stats = ComponentStatistics.load_json(stats)
-    if base_model is None:
-        from transformers import AutoModelForCausalLM
-
-        base_path = PeftConfig.from_pretrained(os.fspath(adapter_dir)).base_model_name_or_path
-        base_model = AutoModelForCausalLM.from_pretrained(base_path, local_files_only=True)
-    model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
+    model, stats = load_adapter_dir(adapter_dir, out_dir, stats, base_model)
     report = prune(model, stats, threshold=threshold, keep_fraction=keep_fraction, batches=batches)
     model.save_pretrained(os.fspath(out_dir))
     write_json_atomic(Path(out_dir) / report_name, report.to_dict())

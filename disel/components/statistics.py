@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..functional import gate_values
 from ..io import write_json_atomic
 from .branches import Branch, find_branches
-from .measure import call_model, data_sources, eval_no_grad, flat_tokens, token_mask
+from .measure import call_model, checked_batches, data_sources, eval_no_grad, flat_tokens, token_mask
 
 __all__ = ["ComponentStatistics", "LayerComponents", "component_statistics", "matched_branches"]
 
@@ -166,7 +166,12 @@ class _Accumulator:
 
 
 def _accumulate(
-    model: nn.Module, branches: list[Branch], source: Iterable, token_mask_key: str | None, pairwise: bool
+    model: nn.Module,
+    branches: list[Branch],
+    source: Iterable,
+    name: str | None,
+    token_mask_key: str | None,
+    pairwise: bool,
 ) -> list[_Accumulator]:
     """One accumulator per branch over the batches of ``source`` (forward hooks on the adapted layers)."""
     accumulators = [_Accumulator(b.rank, b.A.weight.device, pairwise) for b in branches]
@@ -188,7 +193,7 @@ def _accumulate(
     handles = [layer.register_forward_hook(make_hook(indices)) for layer, indices in by_layer.values()]
     try:
         with eval_no_grad(model):
-            for batch in source:
+            for batch in checked_batches(model, source, "batches", name):
                 mask["current"] = token_mask(batch, token_mask_key)
                 call_model(model, batch)
     finally:
@@ -217,13 +222,15 @@ def component_statistics(
         pairwise: also record the gate correlation matrix (r × r per layer), for :func:`align_components`.
 
     The model runs in eval mode under ``no_grad`` (no dropout); its training mode is restored after.
+    ``ValueError`` (naming ``batches``, the domain and the batch index) for an empty dict, a source with no
+    batch, or a batch that does not fit the model's input (:func:`~disel.components.measure.checked_batches`).
     """
     branches = find_branches(model, adapter_name, active_only=True)
     if not branches:
         which = "" if adapter_name is None else f" {adapter_name!r}"
         raise ValueError(f"component_statistics: no active DISeL adapter{which} in the model")
     per_domain = {
-        name: _accumulate(model, branches, source, token_mask_key, pairwise)
+        name: _accumulate(model, branches, source, name, token_mask_key, pairwise)
         for name, source in data_sources(batches).items()
     }
     names = list(per_domain)
@@ -231,7 +238,10 @@ def component_statistics(
     for name in names[1:]:
         pooled = [acc.merged(other) for acc, other in zip(pooled, per_domain[name])]
     if all(acc.count == 0 for acc in pooled):
-        raise ValueError("component_statistics: the batches reached no adapted layer (empty data?)")
+        raise ValueError(
+            "component_statistics: the batches reached no adapted layer (no tokens: empty batches, or an "
+            f"attention mask {token_mask_key!r} of zeros?)"
+        )
     domains = {}
     if names != [None]:
         domains = {name: [acc.summary(b) for acc, b in zip(per_domain[name], branches)] for name in names}
@@ -258,7 +268,8 @@ def matched_branches(
         if entry.rank != branch.rank:
             raise ValueError(
                 f"stats for {branch.path!r} (adapter {branch.adapter!r}) cover {entry.rank} components "
-                f"but the layer now has {branch.rank}: recompute component_statistics on the model as it is now"
+                f"but the layer has {branch.rank}: the statistics belong to another adapter, or to this one before "
+                "a prune or merge; recompute component_statistics on the model as it is now"
             )
         pairs.append((branch, entry))
     if not pairs:

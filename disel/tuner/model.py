@@ -24,6 +24,13 @@ from .layer import (
 
 __all__ = ["DiselModel"]
 
+# What merge_and_unload's refusal adds to the layer's: the way to the part of a merge the data allow.
+STATIC_MERGE_HINT = (
+    " To merge what the data allow: disel.component_statistics measures each component's gate, and "
+    "disel.merge_static folds the components whose gate is constant into W0 (disel-merge-static for a saved "
+    "adapter); once every gate of every layer is folded, merge_and_unload merges completely."
+)
+
 
 class DiselModel(BaseTuner):
     """Adds DISeL adapters (``h = W0 x + s · B diag(σ(W_g x + b_g)) A x``) to the layers a
@@ -71,7 +78,7 @@ class DiselModel(BaseTuner):
     def _check_merge_allowed(self) -> None:
         # Allowed only for a fully static adapter: disel.merge_static folded every component into W0.
         if any(len(layer.disel_A) for layer in self.model.modules() if isinstance(layer, DiselLayer)):
-            raise NotImplementedError(MERGE_REFUSAL)
+            raise NotImplementedError(MERGE_REFUSAL + STATIC_MERGE_HINT)
 
     def add_weighted_adapter(
         self,

@@ -12,7 +12,8 @@ with the static components folded in, and its tokenizer), the gated rest as an a
 ``--out`` (none if every component was static), and ``merge_report.json``. Both measure the output change on
 the data (by default the offline math / general / code domains; ``--domain`` for files) unless
 ``--no-measure``. A bad argument (missing folder, used output folder, value out of range) prints one line
-``disel-…: error: …`` and exits with status 2, before any model is loaded.
+``disel-…: error: …`` and exits with status 2, before any model is loaded; so does a ``--stats`` file whose
+layers or ranks are not the adapter's (read from the adapter file's header).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import math
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,9 @@ def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
             raise UsageError(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
         if not Path(path).is_file():
             raise UsageError(f"--domain {spec!r}: {path!r} is not a file")
+        with open(path, encoding="utf-8") as stream:
+            if not any(line.strip() for line in stream):  # statistics over no data would measure nothing
+                raise UsageError(f"--domain {spec!r}: {path!r} holds no rows")
         specs.append(
             (name, Path(path), template or training_template(getattr(args, "adapter", None)) or DEFAULT_TEMPLATE)
         )
@@ -162,8 +167,10 @@ def _batches(
     return batches
 
 
-def _with_progress(batches: dict[str, list[dict]], description: str) -> dict[str, Iterator[dict]]:
-    """The same batches, advancing one tqdm bar (on stderr) over all domains."""
+@contextmanager
+def _progress(batches: dict[str, list[dict]], description: str) -> Iterator[dict[str, Iterator[dict]]]:
+    """The same batches, advancing one tqdm bar (on stderr) over all domains; the bar is closed on leaving,
+    whether the work finished or stopped with an error."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(len(b) for b in batches.values()), desc=description, unit="batch")
@@ -172,10 +179,11 @@ def _with_progress(batches: dict[str, list[dict]], description: str) -> dict[str
         for batch in domain_batches:
             yield batch
             bar.update(1)
-        if bar.n == bar.total:
-            bar.close()
 
-    return {name: run(domain_batches) for name, domain_batches in batches.items()}
+    try:
+        yield {name: run(domain_batches) for name, domain_batches in batches.items()}
+    finally:
+        bar.close()
 
 
 def _load_base(args: argparse.Namespace):
@@ -202,7 +210,8 @@ def measure_components(args: argparse.Namespace, *, pairwise: bool = False):
     base, tokenizer, device = _load_base(args)
     model = peft.PeftModel.from_pretrained(base, args.adapter, is_trainable=False)
     batches = _data(args, tokenizer, device)
-    stats = disel.component_statistics(model, _with_progress(batches, "component statistics"), pairwise=pairwise)
+    with _progress(batches, "component statistics") as progress:
+        stats = disel.component_statistics(model, progress, pairwise=pairwise)
     description = {
         "base": str(args.base),
         "adapter": str(args.adapter),
@@ -217,20 +226,25 @@ def measure_components(args: argparse.Namespace, *, pairwise: bool = False):
 
 
 def statistics_headline(stats, *, relative_contribution: float = 0.01, std: float = 0.01) -> list[str]:
-    """A few lines summing up the statistics: size, tokens, and how many components look prunable / static."""
+    """A few lines summing up the statistics: size, tokens, how the contribution is spread, and how many gates
+    are constant. Statistics only: whether a compression keeps accuracy is for a measurement to say (a
+    component with a small contribution may still matter for the answers), so no line names a decision."""
     layers = stats.layers
-    contributions = [c for entry in layers for c in entry.contribution]
+    contributions = sorted(c for entry in layers for c in entry.contribution)
     total = len(contributions)
-    largest = max(contributions, default=0.0)
+    largest = contributions[-1] if contributions else 0.0
     small = sum(c <= relative_contribution * largest for c in contributions)
+    half = sum(contributions[: total // 2]) / sum(contributions) if sum(contributions) > 0 else 0.0
     static = sum(s < std for entry in layers for s in stats.max_gate_std(entry.module, entry.adapter))
     tokens = {name: entries[0].tokens for name, entries in stats.domains.items() if entries}
     return [
         f"{total} components in {len(layers)} adapted layers; tokens: "
         + (", ".join(f"{name}={count}" for name, count in tokens.items()) or str(layers[0].tokens if layers else 0)),
-        f"contribution <= {relative_contribution:g} x the largest ({largest:.3g}): "
-        f"{small}/{total} components (prunable)",
-        f"gate std < {std:g} on every domain: {static}/{total} components (static, mergeable)",
+        f"contribution: the smaller half of the components carries {half:.1%} of the summed contribution; "
+        f"{small}/{total} components are <= {relative_contribution:g} x the largest ({largest:.3g})",
+        f"gate std < {std:g} on every domain: {static}/{total} components",
+        "these are statistics, not a verdict: disel-prune / disel-merge-static measure the output change, "
+        "and only an evaluation tells what a compression costs",
     ]
 
 
@@ -254,32 +268,46 @@ def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _load_stats(path: str):
+def _load_stats(path: str, adapter: str):
+    """The statistics of ``--stats``, checked against the saved ``--adapter`` (its layers and ranks, read from
+    the adapter file's header) before any model is loaded; UsageError otherwise."""
     import disel
+    from disel.components.adapter_dir import check_statistics_match
 
     if not Path(path).is_file():
         raise UsageError(f"--stats {path!r} is not a file (write it with `disel-eval components`)")
     try:
-        return disel.ComponentStatistics.load_json(path)
+        stats = disel.ComponentStatistics.load_json(path)
     except (ValueError, TypeError, KeyError) as error:
         raise UsageError(f"--stats {path!r} is not a component statistics JSON: {error}") from None
+    try:
+        check_statistics_match(stats, adapter)
+    except ValueError as error:
+        raise UsageError(f"--stats {path!r} does not fit --adapter: {error}") from None
+    return stats
 
 
 def _compress(prog: str, args: argparse.Namespace, numbers: list[tuple[float | None, str, bool]], act) -> int:
-    """Check the ``numbers`` ((value, flag, at_most_one) for :func:`_check_number`), ``--stats`` and the other
-    inputs (a problem: one line, status 2); then load the base and the data and call
-    ``act(stats, base, tokenizer, batches)`` (``batches`` None with ``--no-measure``)."""
+    """Check the ``numbers`` ((value, flag, at_most_one) for :func:`_check_number`), the other inputs and
+    whether ``--stats`` fits ``--adapter`` (a problem: one line, status 2, before any model is loaded); then
+    load the base and the data and call ``act(stats, base, tokenizer, batches)`` (``batches`` None with
+    ``--no-measure``). A refusal of the library's (a ``ValueError``) is one line and status 2 as well."""
     try:
         for value, flag, at_most_one in numbers:
             _check_number(value, flag, at_most_one=at_most_one)
-        stats = _load_stats(args.stats)
         check_inputs(args, out_dir=args.out)
+        stats = _load_stats(args.stats, args.adapter)
     except UsageError as problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
     base, tokenizer, device = _load_base(args)
-    batches = None if args.no_measure else _with_progress(_data(args, tokenizer, device), "measuring")
-    act(stats, base, tokenizer, batches)
+    try:
+        measured = nullcontext(None) if args.no_measure else _progress(_data(args, tokenizer, device), "measuring")
+        with measured as batches:
+            act(stats, base, tokenizer, batches)
+    except ValueError as problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -2,8 +2,11 @@
 
 A checkpoint the Trainer loads while a file is truncated fails deep in ``torch.load`` or safetensors with
 an error that names no file; :func:`resolve_resume` runs :func:`checkpoint_damage` first, so the error (or
-the warning when it falls back to an older checkpoint) says which file of which checkpoint is damaged.
-:func:`check_config_unchanged` refuses a resume whose recipe changed, listing every key ``old -> new``.
+the warning when it falls back to an older checkpoint) says which file of which checkpoint is damaged or
+missing. :class:`CheckpointRecordCallback` writes, into every checkpoint folder, the list of its files
+(:data:`CHECKPOINT_MANIFEST`) and the run's recipe (:data:`RUN_CONFIG_FILE`), so a checkpoint keeps what those
+checks need when it is copied away from its run folder. :func:`check_config_unchanged` refuses a resume whose
+recipe changed, listing every key ``old -> new``, and one whose recipe is nowhere to compare with unless told.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainerCallback
+
+from disel.io import write_json_atomic, write_yaml_atomic
 
 from ..config import ConfigError, ExperimentConfig, config_from_dict
 from ..schemas import TRAIN_RESULT_FILE
@@ -30,6 +36,12 @@ RUN_CONFIG_FILE = "run_config.yaml"
 ALWAYS_ALLOWED_CHANGES: tuple[str, ...] = ("training.resume_from_checkpoint", "training.output_dir")
 """Keys that may differ on every resume: the switch that asks for the resume, and the folder's spelling (the
 saved config is read from that folder, so it is the same run however the path is written)."""
+
+CHECKPOINT_MANIFEST = "checkpoint_files.json"
+"""Written into each checkpoint folder once the Trainer has saved it: ``{"files": [relative paths]}``."""
+
+ACCEPT_ANY_CHANGE = "*"
+"""The ``allow_config_change`` pattern that accepts every change, and a resume with no saved recipe at all."""
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 _CHECKSUM_LIMIT = 1 << 30
@@ -99,7 +111,7 @@ def resolve_resume(training: Any) -> str | None:
         existing = [Path(resume)]
     problems = []
     for folder in reversed(existing):
-        damage = checkpoint_damage(folder)
+        damage = checkpoint_damage(folder, bool(getattr(training, "save_only_model", False)))
         if damage is None:
             for problem in problems:
                 warnings.warn(
@@ -177,9 +189,65 @@ _FILE_CHECKS = {
 }
 
 
-def checkpoint_damage(folder: str | os.PathLike) -> tuple[Path, str] | None:
-    """The first damaged file of a checkpoint folder and why, or None if every file reads whole (the weights,
-    ``torch.save`` archives and JSON files are checked without loading any tensor)."""
+_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _expected_files(folder: Path, save_only_model: bool) -> list[tuple[str, list[str]]]:
+    """``(what, names)`` of the files every Trainer checkpoint holds, for a folder without a manifest: one of
+    ``names`` (files, or the folders FSDP and DeepSpeed save into) must exist for each ``what``."""
+    folders = [p.name for p in folder.iterdir() if p.is_dir()]
+    sharded = [name for name in folders if name.startswith(("pytorch_model_fsdp", "global_step"))]
+    expected = [
+        ("the trainer state", ["trainer_state.json"]),
+        ("the training arguments", ["training_args.bin"]),
+        ("the weights", [*_WEIGHTS, *_WEIGHT_INDEXES, *sharded]),
+    ]
+    for index in _WEIGHT_INDEXES:
+        if (folder / index).is_file():
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError):
+                shards = []  # a damaged index is reported by the file checks
+            expected += [("a weight shard", [shard]) for shard in shards]
+    if not save_only_model:
+        deepspeed = any(name.startswith("global_step") for name in sharded)  # optimizer and scheduler live there
+        optimizer_dirs = [name for name in folders if name.startswith("optimizer")]
+        expected.append(("the optimizer state", ["optimizer.pt", "optimizer.bin", *optimizer_dirs, *sharded]))
+        if not deepspeed:
+            expected.append(("the scheduler state", ["scheduler.pt"]))
+        rng = [p.name for p in folder.glob("rng_state*.pth")]
+        expected.append(("the RNG state", rng or ["rng_state.pth"]))
+    return expected
+
+
+def missing_file(folder: str | os.PathLike, save_only_model: bool = False) -> tuple[Path, str] | None:
+    """A file a complete checkpoint holds that ``folder`` lacks, and why it should be there, or None: every
+    file its :data:`CHECKPOINT_MANIFEST` lists, or (no manifest: a checkpoint from before it was written) the
+    files every Trainer checkpoint holds (:func:`_expected_files`; no optimizer, scheduler and RNG state with
+    ``save_only_model``)."""
+    folder = Path(folder)
+    manifest = folder / CHECKPOINT_MANIFEST
+    if manifest.is_file():
+        try:
+            names = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return manifest, "not a readable list of the checkpoint's files"
+        missing = [name for name in names if not (folder / name).is_file()]
+        return None if not missing else (folder / missing[0], f"missing (listed in {CHECKPOINT_MANIFEST})")
+    for what, names in _expected_files(folder, save_only_model):
+        if not any((folder / name).exists() for name in names):
+            return folder / names[0], f"missing: a complete checkpoint holds {what} ({' or '.join(names)})"
+    return None
+
+
+def checkpoint_damage(folder: str | os.PathLike, save_only_model: bool = False) -> tuple[Path, str] | None:
+    """The first missing (:func:`missing_file`) or damaged file of a checkpoint folder and why, or None if every
+    file is there and reads whole (the weights, ``torch.save`` archives and JSON files are checked without
+    loading any tensor)."""
+    missing = missing_file(folder, save_only_model)
+    if missing is not None:
+        return missing
     for path in sorted(Path(folder).iterdir()):
         check = _FILE_CHECKS.get(path.suffix)
         if check is None or not path.is_file():
@@ -220,16 +288,38 @@ def _listing(changes: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
-def check_config_unchanged(config: ExperimentConfig, allowed: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
-    """Compare ``config`` with the ``run_config.yaml`` its output directory was started with; return the
-    allowed changes ``{key: (old, new)}`` (``allowed``: dotted ``fnmatch`` patterns, e.g. ``training.logging_*``).
+def _saved_config(config: ExperimentConfig, checkpoint: str | os.PathLike | None) -> Path | None:
+    """The recipe the run started with: its folder's ``run_config.yaml``, else the copy the checkpoint keeps."""
+    candidates = [Path(config.training.output_dir) / RUN_CONFIG_FILE]
+    if checkpoint is not None:
+        candidates.append(Path(checkpoint) / RUN_CONFIG_FILE)
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def check_config_unchanged(
+    config: ExperimentConfig, allowed: Iterable[str] = (), checkpoint: str | os.PathLike | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """Compare ``config`` with the recipe the run started with (its output folder's ``run_config.yaml``, else
+    the copy in ``checkpoint``, the folder resumed from); return the allowed changes ``{key: (old, new)}``
+    (``allowed``: dotted ``fnmatch`` patterns, e.g. ``training.logging_*``; ``"*"`` allows every change).
 
     Raises:
-        ConfigError: a key not in ``allowed`` changed (every such key is listed, ``old -> new``), or the saved
-            config cannot be read.
+        ConfigError: a key not in ``allowed`` changed (every such key is listed, ``old -> new``), the saved
+            config cannot be read, or there is none (copied checkpoints, a crash before it was written) and
+            ``allowed`` does not hold ``"*"``.
     """
-    saved_path = Path(config.training.output_dir) / RUN_CONFIG_FILE
-    if not saved_path.is_file():
+    allowed = tuple(allowed)
+    saved_path = _saved_config(config, checkpoint)
+    if saved_path is None:
+        where = f"{config.training.output_dir!r}" + (f" nor in {str(checkpoint)!r}" if checkpoint else "")
+        if ACCEPT_ANY_CHANGE not in allowed:
+            raise ConfigError(
+                f"resuming {config.training.output_dir!r}: no {RUN_CONFIG_FILE} in {where}, so the recipe cannot "
+                "be compared with the one the checkpoint was trained with (checkpoints copied without it, or a "
+                f"crash before it was written). Resume with --allow-config-change '{ACCEPT_ANY_CHANGE}' to accept "
+                "the recipe as it is now"
+            )
+        warnings.warn(f"resuming {config.training.output_dir!r} without a saved recipe to compare with", stacklevel=2)
         return {}
     try:
         saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), source=str(saved_path))
@@ -251,3 +341,22 @@ def check_config_unchanged(config: ExperimentConfig, allowed: Iterable[str] = ()
             f"resuming {config.training.output_dir!r} with allowed config changes: {_listing(accepted)}", stacklevel=2
         )
     return accepted
+
+
+class CheckpointRecordCallback(TrainerCallback):
+    """After each checkpoint is saved, writes into its folder the list of its files (:data:`CHECKPOINT_MANIFEST`,
+    what :func:`missing_file` checks) and the run's recipe (``run_config.yaml``, what
+    :func:`check_config_unchanged` compares with), so a checkpoint copied on its own keeps both. Main process
+    only (files another process writes later than this, such as its RNG state, may be left off the list)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not state.is_world_process_zero or not folder.is_dir():
+            return
+        # The Trainer's files only: the recipe is a record for the config check, not part of the training state.
+        files = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
+        write_json_atomic(folder / CHECKPOINT_MANIFEST, {"files": [f for f in files if f != CHECKPOINT_MANIFEST]})
+        write_yaml_atomic(folder / RUN_CONFIG_FILE, self.config)

@@ -36,7 +36,13 @@ from ..data.datasets import PreparedData, prepare_data
 from ..models import check_model_dir, force_offline, load_model, load_tokenizer
 from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
 from ..schemas import TrainResult
-from .checkpoints import RUN_CONFIG_FILE, check_config_unchanged, complete_checkpoints, resolve_resume
+from .checkpoints import (
+    RUN_CONFIG_FILE,
+    CheckpointRecordCallback,
+    check_config_unchanged,
+    complete_checkpoints,
+    resolve_resume,
+)
 
 _ADALORA_STATE = "adalora_state.pt"
 _ALLOCATOR_STATISTICS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
@@ -348,9 +354,10 @@ def train(
     training = config.training
     resume_from = resolve_resume(training)
     if resume_from is not None:  # before run_config.yaml is replaced by this config
-        check_config_unchanged(config, allow_config_change)
+        check_config_unchanged(config, allow_config_change, resume_from)
     seed_everything = enable_full_determinism if training.full_determinism else set_seed
     seed_everything(training.seed)
+    callbacks = [*callbacks, CheckpointRecordCallback(config.to_dict())]  # each checkpoint keeps its recipe
     trainer, data = _prepare(config, callbacks, resume_from, reseed=lambda: seed_everything(training.seed))
     is_main = trainer.is_world_process_zero()
     output_dir = Path(training.output_dir)

@@ -101,3 +101,17 @@ def test_inputs_are_checked():
         continual_summary([OrderRun(TASKS, _correct(R)), OrderRun(TASKS, _correct(R, n=40))])
     with pytest.raises(ValueError, match="T ≥ 2"):
         backward_transfer(np.ones((1, 1)))
+
+
+def test_unscored_upper_triangle_changes_nothing():
+    """Claim: AA, BWT and forgetting read only R[i, j] with i ≥ j, so NaN rows for the stages before a task is
+    learned give the same summary, and the reported matrix shows them as None."""
+    full = _correct(R)
+    lower = {name: values.astype(float) for name, values in full.items()}
+    for j, name in enumerate(TASKS):
+        lower[name][:j] = np.nan
+    a = continual_summary([OrderRun(TASKS, full)], replicates=100)
+    b = continual_summary([OrderRun(TASKS, lower)], replicates=100)
+    for name in ("AA", "BWT", "forgetting"):
+        assert a[name] == b[name]
+    assert b["matrices"]["R"][0][0] == [0.8, None, None]

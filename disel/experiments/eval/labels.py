@@ -111,7 +111,14 @@ def _score_batch(model: Any, prompt_ids: list[list[int]], continuations: list[li
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, P): left padding shifts every real position
     cache = DynamicCache()
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,  # the last position only: LM-head logits at every prompt position are unused (b, P, V)
+    )
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (b, V): predicts each label's first token
     lengths = mask.sum(-1, keepdim=True)  # (b, 1)
     scores = torch.empty((len(prompt_ids), len(continuations)), dtype=torch.float64)

@@ -45,7 +45,8 @@ class OrderRun:
     Attributes:
         tasks: the T task names in training order.
         correct: task name → (T, n_task) 0/1 array; row i is after stage i, column e the same test example at
-            every stage.
+            every stage. A row of NaN marks a stage at which the task was not scored (a runner that scores only
+            the tasks learned so far leaves R's upper triangle NaN; no measure reads it).
     """
 
     tasks: tuple[str, ...]
@@ -61,9 +62,10 @@ class OrderRun:
                 raise ValueError(
                     f"correct[{name!r}] must be a ({len(self.tasks)} stages, examples) array, got shape {array.shape}"
                 )
-            if not np.isin(array, (0, 1)).all():
-                raise ValueError(f"correct[{name!r}] must hold booleans or 0/1 values")
-            checked[name] = array.astype(bool)
+            skipped = np.isnan(array).all(axis=1) if array.dtype.kind == "f" else np.zeros(len(array), dtype=bool)
+            if not np.isin(array[~skipped], (0, 1)).all():
+                raise ValueError(f"correct[{name!r}] must hold booleans or 0/1 values (or whole rows of NaN)")
+            checked[name] = np.where(skipped[:, None], np.nan, array).astype(np.float64)
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "correct", checked)
 
@@ -149,5 +151,6 @@ def continual_summary(
             "high": float(high),
             "per_order": [float(v) for v in per_order],
         }
-    summary["matrices"] = {"orders": [list(run.tasks) for run in runs], "R": point.tolist()}
+    matrices = [[[None if np.isnan(v) else float(v) for v in row] for row in matrix] for matrix in point]
+    summary["matrices"] = {"orders": [list(run.tasks) for run in runs], "R": matrices}  # None: not scored
     return summary

@@ -199,3 +199,34 @@ def test_targets_cover_every_llama_projection():
     model = start_osf_task(tiny_llama(), 0, 2, LLAMA_TARGET_MODULES)
     wrapped = [m for m in model.modules() if isinstance(m, OSFLayer)]
     assert len(wrapped) == 7 * 2
+
+
+def test_olora_trainer_trains_only_the_new_adapter_and_checkpoints_both(tmp_path):
+    """One ``Trainer.train`` step of task 1: task 0's weights are unchanged, task 1's moved, and the checkpoint
+    holds both adapters (peft's layout: one sub-folder per adapter)."""
+    from transformers import TrainingArguments
+
+    from disel.experiments.data.collator import CausalLMCollator
+
+    model, _ = _two_task_olora()
+    old = {n: p.detach().clone() for n, p in model.named_parameters() if ".task0." in n or ".task1." in n}
+    ids = _ids(6)
+    rows = [{"input_ids": row.tolist(), "labels": row.tolist()} for row in ids]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        max_steps=1,
+        learning_rate=1e-2,
+        per_device_train_batch_size=2,
+        save_steps=1,
+        save_strategy="steps",
+        lr_scheduler_type="constant",
+    )
+    trainer = olora_trainer_class()(model=model, args=args, train_dataset=rows, data_collator=CausalLMCollator(0))
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if n in old and not torch.equal(p, old[n])}
+    assert changed and all(".task1." in n for n in changed)
+    checkpoint = tmp_path / "checkpoint-1"
+    assert (checkpoint / "task0" / "adapter_model.safetensors").is_file()
+    assert (checkpoint / "task1" / "adapter_model.safetensors").is_file()

@@ -196,3 +196,27 @@ def test_planted_label_is_predicted(tiny_dir, tokenizer):
     result = predict_labels(model, tokenizer, prompts, labels, [1, 1, 0])
     assert result.predictions.tolist() == [1, 1, 1]
     assert result.accuracy == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "disel"])
+def test_scores_through_a_peft_adapter_equal_full_sequence_log_likelihoods(tiny_dir, tokenizer, adapter):
+    """The cache, positions and ``logits_to_keep`` pass through peft's wrapper and DISeL's gated layers: scores of
+    an adapted model (nonzero B, so the adapter matters) equal its uncached full-sequence log-likelihoods."""
+    from peft import LoraConfig, get_peft_model
+
+    import disel
+
+    targets = ["q_proj", "v_proj", "down_proj"]
+    config = {
+        "lora": LoraConfig(r=4, target_modules=targets, init_lora_weights=False),
+        "disel": disel.DiselConfig(r=4, target_modules=targets, init_weights=False),
+    }[adapter]
+    torch.manual_seed(0)
+    model = get_peft_model(_model(tiny_dir), config).eval()
+    prompts = [format_prompt("alpaca", text) for text in ("What is 3 + 4?", "Hi")]
+    labels = ["World", "Science or Technology"]
+    scores = label_log_likelihoods(model, tokenizer, prompts, labels, batch_size=2)
+    expected = [[_brute_force(model, tokenizer, p, y) for y in labels] for p in prompts]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    with model.disable_adapter():
+        assert not np.allclose(label_log_likelihoods(model, tokenizer, prompts, labels), scores)

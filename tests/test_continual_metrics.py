@@ -9,6 +9,7 @@ from disel.experiments.study.continual_metrics import (
     OrderRun,
     average_accuracy,
     backward_transfer,
+    choose_learning_rate,
     continual_summary,
     forgetting,
 )
@@ -115,3 +116,11 @@ def test_unscored_upper_triangle_changes_nothing():
     for name in ("AA", "BWT", "forgetting"):
         assert a[name] == b[name]
     assert b["matrices"]["R"][0][0] == [0.8, None, None]
+
+
+def test_learning_rate_rule_prefers_accuracy_then_the_smaller_rate():
+    """Highest held-out accuracy wins; among equals the smallest rate; an empty grid is refused."""
+    assert choose_learning_rate({1e-4: 0.5, 3e-4: 0.7, 1e-3: 0.6}) == 3e-4
+    assert choose_learning_rate({1e-3: 0.7, 1e-4: 0.7, 3e-4: 0.2}) == 1e-4
+    with pytest.raises(ValueError, match="at least one"):
+        choose_learning_rate({})

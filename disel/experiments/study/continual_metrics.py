@@ -33,6 +33,7 @@ __all__ = [
     "OrderRun",
     "average_accuracy",
     "backward_transfer",
+    "choose_learning_rate",
     "continual_summary",
     "forgetting",
 ]
@@ -154,3 +155,11 @@ def continual_summary(
     matrices = [[[None if np.isnan(v) else float(v) for v in row] for row in matrix] for matrix in point]
     summary["matrices"] = {"orders": [list(run.tasks) for run in runs], "R": matrices}  # None: not scored
     return summary
+
+
+def choose_learning_rate(held_out_accuracy: Mapping[float, float]) -> float:
+    """The study's one learning-rate rule, for every method: the rate with the highest held-out label accuracy
+    (on the first task's held-out split); ties go to the smaller rate (the smaller step disturbs the base less)."""
+    if not held_out_accuracy:
+        raise ValueError("held_out_accuracy must map at least one learning rate to its held-out accuracy")
+    return min(held_out_accuracy, key=lambda rate: (-held_out_accuracy[rate], rate))

@@ -14,7 +14,7 @@ import torch
 from disel.experiments.data import continual
 from disel.experiments.data.datasets import DataFormatError
 from disel.experiments.data.templates import format_prompt
-from disel.experiments.eval.labels import label_continuations, label_log_likelihoods, predict_labels
+from disel.experiments.eval.labels import label_continuations, label_log_likelihoods, predict_labels, score_rows
 from tiny_models import make_tiny_causal_lm
 
 LABELS = {"agnews": ["World", "Sports"], "yelp": ["very negative", "negative", "positive"]}
@@ -220,3 +220,15 @@ def test_scores_through_a_peft_adapter_equal_full_sequence_log_likelihoods(tiny_
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
     with model.disable_adapter():
         assert not np.allclose(label_log_likelihoods(model, tokenizer, prompts, labels), scores)
+
+
+def test_score_rows_formats_rows_like_training(data_dir, tiny_dir, tokenizer):
+    """``score_rows`` of a task's rows is ``predict_labels`` of their Alpaca prompts and label indices."""
+    task = continual.load_tasks(["yelp"], data_dir, max_text_tokens=None)["yelp"]
+    rows = task.test[:3]
+    model = _model(tiny_dir)
+    result = score_rows(model, tokenizer, rows, task.labels, batch_size=2)
+    prompts = [format_prompt("alpaca", row.instruction) for row in rows]
+    expected = predict_labels(model, tokenizer, prompts, task.labels, [row.label_index for row in rows])
+    np.testing.assert_allclose(result.log_likelihoods, expected.log_likelihoods, rtol=1e-5, atol=1e-6)
+    assert result.correct.tolist() == expected.correct.tolist()

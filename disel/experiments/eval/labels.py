@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from ..data.datasets import tokenize_instruction
-from ..data.templates import IGNORE_INDEX
+from ..data.templates import IGNORE_INDEX, format_prompt
 from .progress import progress_bar
 
-__all__ = ["LabelPredictions", "label_continuations", "label_log_likelihoods", "predict_labels"]
+__all__ = ["LabelPredictions", "label_continuations", "label_log_likelihoods", "predict_labels", "score_rows"]
 
 
 @dataclass(frozen=True)
@@ -188,3 +188,18 @@ def predict_labels(
     scores = label_log_likelihoods(model, tokenizer, prompts, labels, batch_size=batch_size)
     predictions = scores.argmax(axis=1)
     return LabelPredictions(scores, predictions, predictions == np.asarray(references))
+
+
+def score_rows(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Any],
+    labels: Sequence[str],
+    *,
+    template: str = "alpaca",
+    batch_size: int = 16,
+) -> LabelPredictions:
+    """:func:`predict_labels` of ``data.continual.LabelledRow`` rows (``instruction``, ``label_index``) of one task
+    with label strings ``labels``, each instruction formatted with ``template`` as in training."""
+    prompts = [format_prompt(template, row.instruction) for row in rows]
+    return predict_labels(model, tokenizer, prompts, labels, [row.label_index for row in rows], batch_size=batch_size)

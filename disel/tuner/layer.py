@@ -104,7 +104,8 @@ class DiselLayer(BaseTunerLayer):
         if [b.rank for b in held] == [spec["r"] for spec in specs]:
             return
         if not specs:
-            self.disel_frozen.pop(adapter_name, None)
+            if adapter_name in self.disel_frozen:
+                del self.disel_frozen[adapter_name]
             return
         # float32 at least: a saved float32 branch must load without rounding (PEFT upcasts only parameters).
         base_weight = self.get_base_layer().weight
@@ -135,7 +136,8 @@ class DiselLayer(BaseTunerLayer):
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        self.disel_frozen.pop(adapter_name, None)
+        if adapter_name in self.disel_frozen:  # ModuleDict.pop takes no default
+            del self.disel_frozen[adapter_name]
 
     def active_gates(self) -> list[tuple[str, DiselGate | GateView]]:
         """(adapter name, gate) of each adapter that currently acts on the output; the gate recorder reads these.

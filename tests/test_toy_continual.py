@@ -184,10 +184,10 @@ def test_trained_branches_keep_earlier_tasks_and_gate_like_the_pairwise_posterio
 
 
 def test_continual_command_writes_numbers_the_figure_draws(tmp_path, capsys):
-    """`python -m toy continual` (a short run) writes toy_continual.json; fig_toy_continual draws it (2 panels)."""
+    """`python -m toy continual` (a short run) writes toy_continual.json; toy_continual draws it (2 panels)."""
     import json
 
-    from paper_figs.fig_toy_continual import main as figure_main
+    from paper_figs.toy_continual import main as figure_main
     from toy.__main__ import main as toy_main
 
     assert toy_main(["continual", "--steps", "20", "--tasks", "2", "--out", str(tmp_path), "--no-progress"]) == 0

@@ -10,7 +10,7 @@ forms, and writes ``DIR/figure1.json`` (the numbers). The toy computes and write
 ``paper_figs.fig1_toy``'s job (``python -m paper_figs.fig1_toy`` trains through this command, then draws;
 ``scripts/figure1.sh`` runs that). The sweeps write ``DIR/sweep_<name>.json`` and print a table.
 ``continual`` trains DISeL with a branch per task and sequential LoRA through K tasks (``toy.continual``)
-and writes ``DIR/toy_continual.json`` (``python -m paper_figs.fig_toy_continual`` draws it).
+and writes ``DIR/toy_continual.json`` (``python -m paper_figs.toy_continual`` draws it).
 ``DIR`` defaults to ``paper_figs/out`` under the current directory; it is checked before any training.
 Every file is written atomically (temporary file, then rename).
 """

@@ -6,10 +6,11 @@ branch per task (solid) and sequential LoRA (dashed), with the Bayes predictor's
 population against the pairwise posterior ``E_j σ(ℓ_k − ℓ_0)`` its sigmoid gate can represent (filled) and
 the Bayes posterior ``E_j π_k`` (open). Every number comes from ``toy.run_continual`` (or its JSON).
 
-    python -m paper_figs.fig_toy_continual [--steps N] [--seed N] [--tasks K]   # train (python -m toy continual), draw
-    python -m paper_figs.fig_toy_continual --from-json paper_figs/out/toy_continual.json   # redraw from the numbers
+    python -m paper_figs.toy_continual [--steps N] [--seed N] [--tasks K]   # train (python -m toy continual), draw
+    python -m paper_figs.toy_continual --from-json paper_figs/out/toy_continual.json   # redraw from the numbers
 
-The toy never imports this module: it computes and writes ``toy_continual.json``; this module draws.
+The toy never imports this module: it computes and writes ``toy_continual.json``; this module draws. Not a
+figure of the paper, so not named ``fig*`` and not in ``run_all`` (like the ``evidence_*`` scripts).
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ def _plot_mse(ax, numbers: Mapping[str, Any]) -> None:
     for j, value in enumerate(bayes):
         ax.axhline(value, color=_POPULATION_COLORS[j % len(_POPULATION_COLORS)], linestyle=":", linewidth=0.8)
     ax.set_yscale("log")
-    ax.set_xticks(list(after), [f"after {k}" for k in after])
+    ax.set_xticks(list(after), [f"after task {k}" for k in after])
     ax.set_ylabel("excess MSE on the population")
     handles = [Line2D([], [], color="0.3", linestyle=style, label=label) for style, label in _STYLES.values()]
     handles.append(Line2D([], [], color="0.3", linestyle=":", label="Bayes"))
     handles += [Line2D([], [], color=_POPULATION_COLORS[j], linewidth=2, label=name) for j, name in enumerate(names)]
-    ax.legend(handles=handles, fontsize=5.5, loc="upper left", ncol=2, handlelength=1.8)
+    ax.legend(handles=handles, fontsize=5.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, handlelength=1.8)
 
 
 def _plot_gates(ax, numbers: Mapping[str, Any]) -> None:
@@ -83,7 +84,7 @@ def _plot_gates(ax, numbers: Mapping[str, Any]) -> None:
 
 def plot_toy_continual(numbers: Mapping[str, Any]) -> Figure:
     """Draw the figure from ``toy.ContinualResult.to_dict()`` numbers (or the JSON written from them)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(TEXT_WIDTH_IN, 2.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(TEXT_WIDTH_IN, 2.9), gridspec_kw={"width_ratios": [1.6, 1]})
     _plot_mse(left, numbers)
     _plot_gates(right, numbers)
     fig.tight_layout()
@@ -103,7 +104,7 @@ def render_toy_continual(numbers: Mapping[str, Any], stem: str | Path) -> list[P
 def main(argv: Sequence[str] | None = None) -> int:
     """Redraw from a JSON (``--from-json``), or train (``python -m toy continual``) and draw."""
     parser = argparse.ArgumentParser(
-        prog="python -m paper_figs.fig_toy_continual", description=__doc__.split("\n\n")[0], allow_abbrev=False
+        prog="python -m paper_figs.toy_continual", description=__doc__.split("\n\n")[0], allow_abbrev=False
     )
     parser.add_argument("--from-json", type=Path, default=None, help="numbers written by `python -m toy continual`")
     parser.add_argument("--out", type=Path, default=Path("paper_figs") / "out", help="output folder")

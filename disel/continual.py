@@ -41,7 +41,6 @@ from __future__ import annotations
 from peft import PeftModel
 from torch import nn
 
-from ._validate import check_positive_finite, check_rank
 from .layers import DiselLinear
 from .tuner.layer import DiselLayer
 from .tuner.model import DiselModel
@@ -75,42 +74,17 @@ def add_task_branch(
         ValueError: a non-positive ``r`` or ``lora_alpha``; an adapter the model does not hold; a model with
             no DISeL layer.
     """
-    owner = "add_task_branch"
-    if r is not None:
-        r = check_rank(owner, "r", r)
-    if lora_alpha is not None:
-        lora_alpha = check_positive_finite(owner, "lora_alpha", lora_alpha)
     tuner = _tuner(model)
-    if tuner is None:
-        layers = [m for m in model.modules() if isinstance(m, DiselLinear)]
-        if not layers:
-            raise ValueError(
-                f"add_task_branch needs a PEFT DISeL model or DiselLinear layers; got a {type(model).__name__}"
-            )
-        for layer in layers:
-            layer.add_task_branch(r, lora_alpha)
+    if tuner is not None:
+        tuner.add_task_branch(r=r, lora_alpha=lora_alpha, adapter_name=adapter_name)
         return model
-    if adapter_name not in tuner.peft_config:
+    layers = [m for m in model.modules() if isinstance(m, DiselLinear)]
+    if not layers:
         raise ValueError(
-            f"adapter_name={adapter_name!r} is not an adapter of the model; it holds {sorted(tuner.peft_config)}"
+            f"add_task_branch needs a PEFT DISeL model or DiselLinear layers; got a {type(model).__name__}"
         )
-    config = tuner.peft_config[adapter_name]
-    new_r = config.r if r is None else r
-    config.frozen_branches = [
-        *config.frozen_branches,
-        {
-            "r": config.r,
-            "lora_alpha": config.lora_alpha,
-            "rank_pattern": dict(config.rank_pattern),
-            "alpha_pattern": dict(config.alpha_pattern),
-        },
-    ]
-    config.lora_alpha = config.scaling * new_r if lora_alpha is None else lora_alpha
-    config.r, config.rank_pattern, config.alpha_pattern = new_r, {}, {}
-    config._validate()
-    for path, layer in tuner.model.named_modules():
-        if isinstance(layer, DiselLayer) and adapter_name in layer.disel_A:
-            layer.add_task_branch(adapter_name, config.for_module(path))
+    for layer in layers:
+        layer.add_task_branch(r, lora_alpha)
     return model
 
 

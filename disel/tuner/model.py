@@ -11,6 +11,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
+from .._validate import check_positive_finite, check_rank
 from ..optim import watch_gate_groups
 from .combine import combine_cat
 from .config import DiselConfig
@@ -74,12 +75,34 @@ class DiselModel(BaseTuner):
         if any(len(layer.disel_A) or len(layer.disel_frozen) for layer in layers):
             raise NotImplementedError(MERGE_REFUSAL)
 
-    def add_task_branch(self, r: int | None = None, lora_alpha: float | None = None, adapter_name: str = "default"):
-        """Freeze adapter ``adapter_name``'s components and add a new trainable gated branch; see
-        :func:`disel.continual.add_task_branch` (``peft_model.add_task_branch(r=8)`` reaches this method)."""
-        from ..continual import add_task_branch
+    def add_task_branch(
+        self, r: int | None = None, lora_alpha: float | None = None, adapter_name: str = "default"
+    ) -> None:
+        """Freeze adapter ``adapter_name``'s components and add a new trainable gated branch to every layer that
+        holds it; see :mod:`disel.continual` (``peft_model.add_task_branch(r=8)`` reaches this method).
 
-        return add_task_branch(self, r=r, lora_alpha=lora_alpha, adapter_name=adapter_name)
+        The config's ``frozen_branches`` gains the current ``r`` / ``lora_alpha`` / patterns; ``r`` becomes
+        the new branch's rank (default: unchanged) and ``lora_alpha`` its numerator (default: the same
+        scaling ``lora_alpha / r``); each layer then freezes its branch and builds the new one with ``B = 0``.
+        """
+        owner = "add_task_branch"
+        r = None if r is None else check_rank(owner, "r", r)
+        lora_alpha = None if lora_alpha is None else check_positive_finite(owner, "lora_alpha", lora_alpha)
+        if adapter_name not in self.peft_config:
+            raise ValueError(
+                f"adapter_name={adapter_name!r} is not an adapter of the model; it holds {sorted(self.peft_config)}"
+            )
+        config = self.peft_config[adapter_name]
+        new_r = config.r if r is None else r
+        frozen = {"r": config.r, "lora_alpha": config.lora_alpha}
+        frozen |= {"rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern)}
+        config.frozen_branches = [*config.frozen_branches, frozen]
+        config.lora_alpha = config.scaling * new_r if lora_alpha is None else lora_alpha
+        config.r, config.rank_pattern, config.alpha_pattern = new_r, {}, {}
+        config._validate()
+        for path, layer in self.model.named_modules():
+            if isinstance(layer, DiselLayer) and adapter_name in layer.disel_A:
+                layer.add_task_branch(adapter_name, config.for_module(path))
 
     def add_weighted_adapter(
         self,

@@ -23,7 +23,7 @@ Design, and why it is exact:
 * **Each branch is its own** :func:`~disel.functional.disel_update` **call, summed in the order the
   branches were added**, the trainable one last. Freezing branch k reproduces the call it made while
   trainable, bit for bit, and the new branch starts with ``B = 0`` (update exactly 0), so adding a branch
-  changes no output bit. (Concatenating all branches into one rank-Σr call would change the reduction
+  changes no output bit. (Concatenating all branches into one rank-Σr call could change the reduction
   order of the ``B`` matmul and with it the last bits.)
 * **The config records the structure**: ``DiselConfig.frozen_branches`` lists each earlier branch's
   ``r``, ``lora_alpha``, ``rank_pattern`` and ``alpha_pattern``; ``r`` / ``lora_alpha`` / the patterns
@@ -34,6 +34,9 @@ Interplay: :func:`disel.record_gates` records every branch of a layer as one gat
 first (slice it with :func:`task_branch_ranks`). The component tools of :mod:`disel.components`
 (``component_statistics``, ``prune``, ``merge_static``) see the trainable branch only: frozen branches
 are neither measured, pruned nor merged. ``add_weighted_adapter`` and merging refuse branched adapters.
+Known gap: pruning a layer's trainable branch down to rank 0 removes the adapter from that layer (and
+``sync_peft_config`` excludes the layer), which drops that layer's frozen branches too; do not prune a
+branched adapter to zero components in any layer.
 """
 
 from __future__ import annotations

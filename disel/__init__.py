@@ -12,6 +12,7 @@ from . import (
     components,
 )
 from .components import *  # noqa: F403 (its __all__ is part of ours, below)
+from .continual import add_task_branch, task_branch_ranks
 from .functional import disel_update, disel_update_reference, gate_values
 from .layers import DEFAULT_GATE_BIAS_INIT, DiselGate, DiselLinear, init_disel_parameters
 from .optim import DEFAULT_GATE_LR_RATIO, DiselGateGroupWarning, DiselOptimizerMixin, param_groups
@@ -44,6 +45,7 @@ __all__ = [
     "DiselTrainer",  # noqa: F405 (loaded on first access by __getattr__ above)
     "GateRecorder",
     "GateStats",
+    "add_task_branch",
     "disel_update",
     "disel_update_reference",
     "gate_values",
@@ -51,5 +53,6 @@ __all__ = [
     "param_groups",
     "record_gates",
     "register_disel",
+    "task_branch_ranks",
 ]
 __all__ += components.__all__  # per-component statistics, pruning, static merge

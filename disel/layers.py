@@ -7,7 +7,7 @@ The PEFT integration (``disel.tuner``) reuses :class:`DiselGate` and :func:`init
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -19,10 +19,20 @@ from ._validate import (
     check_choice,
     check_finite,
     check_parameter_tensor,
+    check_positive_finite,
+    check_rank,
 )
 from .functional import StackedWeightCache, disel_update, gate_values
 
-__all__ = ["DEFAULT_GATE_BIAS_INIT", "DiselGate", "DiselLinear", "init_disel_parameters", "GateWeightInit"]
+__all__ = [
+    "DEFAULT_GATE_BIAS_INIT",
+    "DiselGate",
+    "DiselLinear",
+    "FrozenBranch",
+    "GateView",
+    "init_disel_parameters",
+    "GateWeightInit",
+]
 
 GateWeightInit = Literal["kaiming", "zero"]
 
@@ -37,6 +47,68 @@ class DiselGate(nn.Linear):
 
 DEFAULT_GATE_BIAS_INIT = -3.0
 """The published initial gate bias b_g of the LLM runs: σ(-3) ≈ 0.047, every gate starts nearly closed."""
+
+
+class GateView(NamedTuple):
+    """Gate weight (r, d) and bias (r,) of several branches stacked in branch order (earliest first); what
+    ``active_gates()`` returns for a layer with frozen task branches, so the gate recorder sees every branch."""
+
+    weight: Tensor
+    bias: Tensor
+
+
+class FrozenBranch(nn.Module):
+    """An earlier task branch, frozen (see :mod:`disel.continual`): ``s · B diag(σ(W_g x + b_g)) A x``.
+
+    ``A`` (r, d), ``B`` (m, r), ``gate_weight`` (r, d) and ``gate_bias`` (r,) are **buffers**, not
+    parameters: no optimizer, weight decay, ``requires_grad_`` or PEFT ``set_adapter`` call can change them,
+    while ``state_dict`` (and so PEFT's ``save_pretrained``) still holds them. ``scaling`` is the ``s`` the
+    branch was trained with. :meth:`update` is the same :func:`~disel.functional.disel_update` call the
+    branch made while it was trainable, so freezing it changes no output bit.
+    """
+
+    def __init__(self, lora_A: Tensor, lora_B: Tensor, gate_weight: Tensor, gate_bias: Tensor, scaling: float) -> None:
+        super().__init__()
+        self.register_buffer("A", lora_A.detach().clone())
+        self.register_buffer("B", lora_B.detach().clone())
+        self.register_buffer("gate_weight", gate_weight.detach().clone())
+        self.register_buffer("gate_bias", gate_bias.detach().clone())
+        self.scaling = float(scaling)
+        self._stacked_cache = StackedWeightCache()
+
+    @classmethod
+    def of(cls, lora_A: nn.Linear, lora_B: nn.Linear, gate: DiselGate, scaling: float) -> FrozenBranch:
+        """A frozen copy of a trainable branch (its current values, dtype and device)."""
+        return cls(lora_A.weight, lora_B.weight, gate.weight, gate.bias, scaling)
+
+    @classmethod
+    def empty(cls, r: int, d: int, m: int, scaling: float, device=None, dtype=None) -> FrozenBranch:
+        """Zeros of the right shapes (an update of 0), to be filled by ``load_state_dict`` on reload."""
+
+        def zeros(*shape):
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
+        return cls(zeros(r, d), zeros(m, r), zeros(r, d), zeros(r), scaling)
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    def update(self, x: Tensor) -> Tensor:
+        """``s · B diag(σ(W_g x + b_g)) A x``: (..., d) → (..., m), computed in the branch's dtype."""
+        x = x.to(self.A.dtype)
+        cache = self._stacked_cache
+        return disel_update(x, self.A, self.B, self.gate_weight, self.gate_bias, self.scaling, cache=cache)
+
+
+def stacked_gates(frozen: list[FrozenBranch], gate: DiselGate) -> DiselGate | GateView:
+    """``gate`` itself without frozen branches, else every branch's gate stacked, earliest first: (r_total, d)."""
+    if not frozen:
+        return gate
+    dtype = gate.weight.dtype
+    weight = torch.cat([b.gate_weight.to(dtype) for b in frozen] + [gate.weight.detach()])  # (r_total, d)
+    bias = torch.cat([b.gate_bias.to(dtype) for b in frozen] + [gate.bias.detach()])  # (r_total,)
+    return GateView(weight, bias)
 
 
 def init_disel_parameters(
@@ -121,14 +193,27 @@ class DiselLinear(nn.Module):
         self.disel_gate = DiselGate(d, r, bias=True, **factory)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._stacked_cache = StackedWeightCache()  # [A; W_g] kept between inference calls
-        init_disel_parameters(
-            self.disel_A,
-            self.disel_B,
-            self.disel_gate,
-            init_weights=init_weights,
-            gate_weight_init=gate_weight_init,
-            gate_bias_init=gate_bias_init,
-        )
+        self.disel_frozen = nn.ModuleList()  # earlier task branches (add_task_branch), earliest first
+        self._gate_init = {"gate_weight_init": gate_weight_init, "gate_bias_init": gate_bias_init}
+        init_disel_parameters(self.disel_A, self.disel_B, self.disel_gate, init_weights=init_weights, **self._gate_init)
+
+    def add_task_branch(self, r: int | None = None, lora_alpha: float | None = None) -> None:
+        """Freeze the current components as a :class:`FrozenBranch` and start a new trainable branch of
+        rank ``r`` (default: the current rank) with ``B = 0``, so the output is unchanged; scaling
+        ``lora_alpha / r`` (default: the current scaling). Every branch stays active. See :mod:`disel.continual`.
+        """
+        owner = "DiselLinear.add_task_branch"
+        r = self.r if r is None else check_rank(owner, "r", r)
+        scaling = self.scaling if lora_alpha is None else check_positive_finite(owner, "lora_alpha", lora_alpha) / r
+        self.disel_frozen.append(FrozenBranch.of(self.disel_A, self.disel_B, self.disel_gate, self.scaling))
+        d, m = self.in_features, self.out_features
+        factory = {"device": self.disel_A.weight.device, "dtype": self.disel_A.weight.dtype}
+        self.disel_A = nn.Linear(d, r, bias=False, **factory)
+        self.disel_B = nn.Linear(r, m, bias=False, **factory)
+        self.disel_gate = DiselGate(d, r, bias=True, **factory)
+        self._stacked_cache.clear()
+        self.r, self.scaling = r, float(scaling)
+        init_disel_parameters(self.disel_A, self.disel_B, self.disel_gate, init_weights=True, **self._gate_init)
 
     @property
     def in_features(self) -> int:
@@ -141,9 +226,12 @@ class DiselLinear(nn.Module):
     def update(self, x: Tensor) -> Tensor:
         """The adapter's correction ``s · B diag(g(x)) A x``: (..., d) → (..., m)."""
         x = self.dropout(x)
+        total = None
+        for branch in self.disel_frozen:  # earlier task branches first, in the order they were added
+            total = branch.update(x) if total is None else total + branch.update(x)  # (..., m)
         if self.disel_A.weight.shape[0] == 0:  # every component pruned or statically merged (disel.components)
-            return x.new_zeros(*x.shape[:-1], self.out_features)
-        return disel_update(
+            return x.new_zeros(*x.shape[:-1], self.out_features) if total is None else total
+        update = disel_update(
             x,
             self.disel_A.weight,
             self.disel_B.weight,
@@ -151,18 +239,21 @@ class DiselLinear(nn.Module):
             self.disel_gate.bias,
             self.scaling,
             cache=self._stacked_cache,
-        )
+        )  # (..., m)
+        return update if total is None else total + update
 
     def forward(self, x: Tensor) -> Tensor:
         return self.base(x) + self.update(x)  # (..., m)
 
     def active_gates(self) -> list[tuple[str, DiselGate]]:
         """(adapter name, gate module) of each adapter that is active; the gate recorder reads these."""
-        return [("default", self.disel_gate)]
+        return [("default", stacked_gates(list(self.disel_frozen), self.disel_gate))]
 
     def gates(self, x: Tensor) -> Tensor:
-        """Gate values ``σ(W_g x + b_g)`` for an input (no dropout): (..., d) → (..., r)."""
-        return gate_values(x, self.disel_gate.weight, self.disel_gate.bias)
+        """Gate values ``σ(W_g x + b_g)`` for an input (no dropout): (..., d) → (..., r), or with frozen task
+        branches every branch's gates, earliest branch first: (..., r_total)."""
+        gate = self.active_gates()[0][1]
+        return gate_values(x, gate.weight, gate.bias)
 
     @torch.no_grad()
     def set_parameters(

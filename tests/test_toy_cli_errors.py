@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import toy.__main__ as toy_cli
+from toy import continual_train as toy_continual_train
 from toy import sweeps
 
 REFUSED = [
@@ -28,6 +29,11 @@ REFUSED = [
     (["sweep-separation", "--means", "-1"], "--means", "got [-1.0]"),
     (["sweep-separation", "--means", "1", "--trained", "2"], "--trained", "trained must be a subset of means=[1.0]"),
     (["sweep-separation", "--seed", "-3"], "--seed", "seed must be an integer >= 0, got -3"),
+    (["continual", "--tasks", "0"], "--tasks", "num_tasks must be in [1, d] = [1, 10]"),
+    (["continual", "--tasks", "11"], "--tasks", "got num_tasks=11"),
+    (["continual", "--mean", "nan"], "--mean", "must be a finite number > 0"),
+    (["continual", "--mean", "0"], "--mean", "got 0.0"),
+    (["continual", "--steps", "-1"], "--steps", "steps must be a positive integer"),
 ]
 
 
@@ -38,6 +44,7 @@ def test_a_refused_value_is_one_line_before_training(tmp_path, capsys, monkeypat
 
     monkeypatch.setattr(toy_cli, "run_figure1", no_training)
     monkeypatch.setattr(sweeps, "train_method", no_training)
+    monkeypatch.setattr(toy_continual_train, "run_continual", no_training)
     out = tmp_path / "out"
     assert toy_cli.main([*argv, "--out", str(out), "--no-progress"]) == 2
     captured = capsys.readouterr()

@@ -2,7 +2,8 @@
 
 ``toy.problem`` describes the problem, ``toy.closed_form`` computes its closed forms (float64 NumPy/SciPy,
 one function per quantity, each docstring citing its equation), ``toy.train`` trains full FT, LoRA and
-DISeL on samples with the same ``disel.DiselLinear`` layer, ``toy.sweeps`` varies separation and rank.
+DISeL on samples with the same ``disel.DiselLinear`` layer, ``toy.sweeps`` varies separation and rank;
+``toy.continual`` / ``toy.continual_train`` continue it to a sequence of tasks, a gated branch per task (issue 18).
 """
 
 from .closed_form import (
@@ -19,6 +20,8 @@ from .closed_form import (
     plant_bayes_layer,
     second_moments,
 )
+from .continual import ContinualProblem, PopulationTable, plant_branches
+from .continual_train import CONTINUAL_RECIPE, ContinualResult, run_continual, train_sequence
 from .problem import MixtureProblem, MixtureSample
 from .sweeps import Sweep, SweepPoint, rank_sweep, separation_sweep
 from .train import METHODS, Figure1Result, ToyRunResult, ToyTrainConfig, mean_gate, run_figure1, train_method
@@ -49,4 +52,11 @@ __all__ = [
     "SweepPoint",
     "separation_sweep",
     "rank_sweep",
+    "ContinualProblem",
+    "PopulationTable",
+    "plant_branches",
+    "CONTINUAL_RECIPE",
+    "ContinualResult",
+    "run_continual",
+    "train_sequence",
 ]

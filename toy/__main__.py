@@ -3,11 +3,14 @@
     python -m toy figure1 [--seed N] [--out DIR] [--steps N] [--no-progress]
     python -m toy sweep-separation [--seed N] [--out DIR] [--steps N] [--means ...] [--trained ...]
     python -m toy sweep-rank [--seed N] [--out DIR] [--steps N] [--ranks ...] [--trained ...] [--rank-delta K]
+    python -m toy continual [--seed N] [--out DIR] [--steps N] [--tasks K] [--mean M]
 
 ``figure1`` trains full FT, LoRA and DISeL (``toy.run_figure1``), prints a table next to the closed
 forms, and writes ``DIR/figure1.json`` (the numbers). The toy computes and writes; drawing is
 ``paper_figs.fig1_toy``'s job (``python -m paper_figs.fig1_toy`` trains through this command, then draws;
 ``scripts/figure1.sh`` runs that). The sweeps write ``DIR/sweep_<name>.json`` and print a table.
+``continual`` trains DISeL with a branch per task and sequential LoRA through K tasks (``toy.continual``)
+and writes ``DIR/toy_continual.json`` (``python -m paper_figs.toy_continual`` draws it).
 ``DIR`` defaults to ``paper_figs/out`` under the current directory. Every value is checked before any
 training (the configuration's and the sweeps' own checks): a refused one prints one line
 ``python -m toy: error: --FLAG: …`` and exits with status 2. Every file is written atomically (temporary
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -75,7 +79,17 @@ def _check_args(args: argparse.Namespace) -> None:
         ranks = _check("--ranks", sweeps.check_ranks, args.ranks)
         _check("--trained", sweeps.check_trained, args.trained, ranks, "ranks")
         _check("--rank-delta", sweeps.check_rank_delta, args.rank_delta)
+    elif args.command == "continual":
+        from .continual import ContinualProblem
+
+        _check("--tasks", lambda k: ContinualProblem.random(0, num_tasks=k), args.tasks)
+        _check("--mean", _check_task_mean, args.mean)
     _check("--out", check_output_dir, args.out)
+
+
+def _check_task_mean(mean: float) -> None:
+    if not math.isfinite(mean) or mean <= 0:  # 0 puts every task on the pre-training population
+        raise ValueError(f"must be a finite number > 0 (distance of each task mean from μ_0), got {mean}")
 
 
 def _config_from_args(args: argparse.Namespace) -> ToyTrainConfig:
@@ -130,6 +144,24 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _continual(args: argparse.Namespace) -> int:
+    from .continual import ContinualProblem
+    from .continual_train import CONTINUAL_RECIPE, format_continual_table, run_continual
+
+    overrides = {"seed": args.seed} | ({} if args.steps is None else {"steps": args.steps})
+    overrides["gate_delay_steps"] = min(CONTINUAL_RECIPE.gate_delay_steps, overrides.get("steps", 10**9) // 4)
+    config = dataclasses.replace(CONTINUAL_RECIPE, **overrides)
+    problem = ContinualProblem.random(args.seed, num_tasks=args.tasks, mean=args.mean)
+    start = time.perf_counter()
+    with _progress(2 * config.steps * args.tasks, args.progress, "continual") as bar:
+        result = run_continual(problem, config, on_step=bar.update)
+    numbers = result.to_dict() | {"runtime_seconds": time.perf_counter() - start}
+    path = write_json_atomic(args.out / "toy_continual.json", numbers)
+    print(format_continual_table(numbers))
+    print(f"done in {numbers['runtime_seconds']:.1f} s; wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m toy", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rank.add_argument("--rank-delta", type=int, default=4, help="rank of the task update Δ (default 4)")
     rank.set_defaults(handler=_sweep)
+
+    continual = commands.add_parser(
+        "continual", help="a branch per task vs sequential LoRA over K tasks (toy.continual)", allow_abbrev=False
+    )
+    common(continual)
+    continual.add_argument("--tasks", type=int, default=3, help="number of tasks K (default 3)")
+    continual.add_argument("--mean", type=float, default=4.0, help="distance of each task mean from μ_0 (default 4)")
+    continual.set_defaults(handler=_continual)
     return parser
 
 

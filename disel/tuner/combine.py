@@ -82,6 +82,12 @@ def _check_cat_arguments(tuner, adapters, weights, adapter_name, combination_typ
     missing = [a for a in adapters if a not in tuner.peft_config]
     if missing:
         raise ValueError(f"adapters {missing} do not exist; the model holds {sorted(tuner.peft_config)}")
+    branched = [a for a in adapters if tuner.peft_config[a].frozen_branches]
+    if branched:
+        raise ValueError(
+            f"adapters {branched} hold frozen task branches (disel.add_task_branch); combining them is not "
+            "implemented: 'cat' would stack only their trainable branches and drop the frozen ones"
+        )
     if len(set(adapters)) != len(adapters):
         raise ValueError(f"adapters must not repeat a name, got adapters={list(adapters)!r}")
     if (

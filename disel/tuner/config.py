@@ -149,6 +149,15 @@ class DiselConfig(PeftConfig):
             "its alpha / its rank. disel.prune writes alpha = s · r_new so the kept components keep their scaling s."
         },
     )
+    frozen_branches: list = field(
+        default_factory=list,
+        metadata={
+            "help": "Earlier task branches, frozen, earliest first (continual learning, disel.add_task_branch): "
+            "each a dict with the 'r', 'lora_alpha', 'rank_pattern' and 'alpha_pattern' that branch had while it "
+            "was trained. r, lora_alpha and the patterns above describe the trainable (newest) branch. Written by "
+            "add_task_branch, read on reload to rebuild the branches the saved weights fill."
+        },
+    )
     gate_lr_ratio: float = field(
         default=DEFAULT_GATE_LR_RATIO,
         metadata={
@@ -182,6 +191,7 @@ class DiselConfig(PeftConfig):
         self._validate_module_selection()
         check_choice("DiselConfig", "bias", self.bias, DISEL_BIAS_OPTIONS)
         self._validate_patterns()
+        self._validate_frozen_branches()
         self._validate_gate_schedule()
 
     def _fail(self, name: str, expected: str) -> None:
@@ -244,6 +254,29 @@ class DiselConfig(PeftConfig):
         for key, value in self.alpha_pattern.items():
             self.alpha_pattern[key] = check_positive_finite(owner, f"alpha_pattern[{key!r}]", value)
 
+    def _validate_frozen_branches(self) -> None:
+        """``frozen_branches``: a list of dicts, each with a positive rank, a positive alpha and dict patterns."""
+        owner = "DiselConfig"
+        if self.frozen_branches is None:
+            self.frozen_branches = []
+        if not isinstance(self.frozen_branches, (list, tuple)):
+            self._fail("frozen_branches", "a list of dicts {'r', 'lora_alpha', 'rank_pattern', 'alpha_pattern'}")
+        checked = []
+        for i, spec in enumerate(self.frozen_branches):
+            if not isinstance(spec, dict) or not {"r", "lora_alpha"} <= spec.keys():
+                self._fail("frozen_branches", f"a list of dicts with 'r' and 'lora_alpha' (entry {i} is not)")
+            patterns = {name: dict(spec.get(name) or {}) for name in ("rank_pattern", "alpha_pattern")}
+            checked.append(
+                {
+                    "r": check_rank(owner, f"frozen_branches[{i}]['r']", spec["r"]),
+                    "lora_alpha": check_positive_finite(
+                        owner, f"frozen_branches[{i}]['lora_alpha']", spec["lora_alpha"]
+                    ),
+                    **patterns,
+                }
+            )
+        self.frozen_branches = checked
+
     def _validate_gate_schedule(self) -> None:
         self.gate_lr_ratio = check_positive_finite(
             "DiselConfig",
@@ -286,9 +319,12 @@ class DiselConfig(PeftConfig):
         extra arguments threaded through the layer code.
         """
         r, alpha = self.rank_and_alpha(module_key)
-        if r == self.r and alpha == self.lora_alpha:
+        frozen = [_resolved(spec, module_key) for spec in self.frozen_branches]
+        if r == self.r and alpha == self.lora_alpha and frozen == self.frozen_branches:
             return self
-        return dataclasses.replace(self, r=r, lora_alpha=alpha, rank_pattern={}, alpha_pattern={})
+        return dataclasses.replace(
+            self, r=r, lora_alpha=alpha, rank_pattern={}, alpha_pattern={}, frozen_branches=frozen
+        )
 
     @property
     def scaling(self) -> float:
@@ -302,3 +338,10 @@ class DiselConfig(PeftConfig):
         from .card import note_disel_in_model_card
 
         note_disel_in_model_card(save_directory)
+
+
+def _resolved(spec: dict, module_key: str) -> dict:
+    """A ``frozen_branches`` entry with its patterns resolved for one module (patterns emptied)."""
+    r = spec["rank_pattern"].get(get_pattern_key(spec["rank_pattern"].keys(), module_key), spec["r"])
+    alpha = spec["alpha_pattern"].get(get_pattern_key(spec["alpha_pattern"].keys(), module_key), spec["lora_alpha"])
+    return {"r": r, "lora_alpha": alpha, "rank_pattern": {}, "alpha_pattern": {}}

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from ..functional import StackedWeightCache, disel_update
-from ..layers import DiselGate, init_disel_parameters
+from ..layers import DiselGate, FrozenBranch, GateView, init_disel_parameters, stacked_gates
 from .config import DiselConfig
 
 __all__ = ["DiselLayer", "DiselLinearLayer", "MERGE_REFUSAL", "SUPPORTED_BASE_LAYERS"]
@@ -50,7 +51,9 @@ class DiselLayer(BaseTunerLayer):
 
     For each adapter name: ``disel_A[name]`` (Linear d → r, no bias), ``disel_B[name]`` (Linear r → m,
     no bias), ``disel_gate[name]`` (:class:`~disel.layers.DiselGate`, d → r with bias),
-    ``disel_dropout[name]``, ``r[name]`` and ``scaling[name]`` = lora_alpha / r.
+    ``disel_dropout[name]``, ``r[name]`` and ``scaling[name]`` = lora_alpha / r: the trainable branch.
+    ``disel_frozen[name]``: the adapter's earlier task branches (:class:`~disel.layers.FrozenBranch`, buffers
+    only), earliest first, as ``config.frozen_branches`` describes them (see :mod:`disel.continual`).
     """
 
     adapter_layer_names = ("disel_A", "disel_B", "disel_gate")
@@ -64,6 +67,7 @@ class DiselLayer(BaseTunerLayer):
         self.disel_A = nn.ModuleDict({})
         self.disel_B = nn.ModuleDict({})
         self.disel_gate = nn.ModuleDict({})
+        self.disel_frozen = nn.ModuleDict({})  # not in adapter_layer_names: set_adapter must not touch it
         self._disable_adapters = False
         self.merged_adapters = []
         self.in_features, self.out_features = _in_out_features(self.get_base_layer())
@@ -86,16 +90,65 @@ class DiselLayer(BaseTunerLayer):
             gate_weight_init=config.gate_weight_init,
             gate_bias_init=config.gate_bias_init,
         )
+        self._build_frozen_branches(adapter_name, config)
         # Initialised in float32, then moved to the base layer's device and dtype (PEFT upcasts half-precision
         # adapters back to float32 afterwards unless autocast_adapter_dtype=False).
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
-    def active_gates(self) -> list[tuple[str, DiselGate]]:
-        """(adapter name, gate) of each adapter that currently acts on the output; the gate recorder reads these."""
+    def _build_frozen_branches(self, adapter_name: str, config: DiselConfig) -> None:
+        """Zero-filled frozen branches of the ranks ``config.frozen_branches`` gives (resolved for this module),
+        unless the layer already holds exactly those (add_task_branch froze them); a reload fills them in."""
+        specs = config.frozen_branches
+        held = self.frozen_branches(adapter_name)
+        if [b.rank for b in held] == [spec["r"] for spec in specs]:
+            return
+        if not specs:
+            if adapter_name in self.disel_frozen:
+                del self.disel_frozen[adapter_name]
+            return
+        # float32 at least: a saved float32 branch must load without rounding (PEFT upcasts only parameters).
+        base_weight = self.get_base_layer().weight
+        dtype = torch.promote_types(base_weight.dtype, torch.float32) if base_weight.is_floating_point() else None
+        d, m = self.in_features, self.out_features
+        self.disel_frozen[adapter_name] = nn.ModuleList(
+            FrozenBranch.empty(spec["r"], d, m, spec["lora_alpha"] / spec["r"], device=base_weight.device, dtype=dtype)
+            for spec in specs
+        )
+
+    def frozen_branches(self, adapter_name: str) -> list[FrozenBranch]:
+        """The frozen task branches of ``adapter_name`` in this layer, earliest first (empty if none)."""
+        return list(self.disel_frozen[adapter_name]) if adapter_name in self.disel_frozen else []
+
+    def add_task_branch(self, adapter_name: str, config: DiselConfig) -> None:
+        """Freeze ``adapter_name``'s trainable branch and build a new one from ``config`` (resolved for this
+        module, its ``frozen_branches`` already extended by one): new ``A``, ``W_g``, ``b_g`` initialised as
+        configured and ``B = 0``, in the dtype the old trainable branch had."""
+        old = (self.disel_A[adapter_name], self.disel_B[adapter_name], self.disel_gate[adapter_name])
+        frozen = FrozenBranch.of(*old, self.scaling[adapter_name])
+        if adapter_name not in self.disel_frozen:
+            self.disel_frozen[adapter_name] = nn.ModuleList()
+        self.disel_frozen[adapter_name].append(frozen)
+        self._stacked_weight_cache(adapter_name).clear()
+        self.update_layer(adapter_name, config)
+        for name in self.adapter_layer_names:  # e.g. float32 adapters on a bfloat16 model stay float32
+            getattr(self, name)[adapter_name].to(old[0].weight.dtype)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        if adapter_name in self.disel_frozen:  # ModuleDict.pop takes no default
+            del self.disel_frozen[adapter_name]
+
+    def active_gates(self) -> list[tuple[str, DiselGate | GateView]]:
+        """(adapter name, gate) of each adapter that currently acts on the output; the gate recorder reads these.
+        With frozen task branches the gate is a :class:`~disel.layers.GateView` of every branch, earliest first."""
         if self.disable_adapters:
             return []
-        return [(name, self.disel_gate[name]) for name in self.active_adapters if name in self.disel_gate]
+        return [
+            (name, stacked_gates(self.frozen_branches(name), self.disel_gate[name]))
+            for name in self.active_adapters
+            if name in self.disel_gate
+        ]
 
     def _stacked_weight_cache(self, adapter_name: str) -> StackedWeightCache:
         """The inference cache of ``[A; W_g]`` for one adapter (rebuilt when a parameter changes)."""
@@ -137,6 +190,8 @@ class DiselLinearLayer(nn.Module, DiselLayer):
                 continue
             gate = self.disel_gate[name]
             x_adapter = self.disel_dropout[name](self._cast_input_dtype(x, gate.weight.dtype))  # (..., d)
+            for branch in self.frozen_branches(name):  # earlier task branches first, in the order they were added
+                result = result + branch.update(x_adapter)  # (..., m)
             result = result + disel_update(
                 x_adapter,
                 self.disel_A[name].weight,

@@ -11,6 +11,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
+from .._validate import check_positive_finite, check_rank
 from ..optim import watch_gate_groups
 from .combine import combine_cat
 from .config import DiselConfig
@@ -77,8 +78,38 @@ class DiselModel(BaseTuner):
 
     def _check_merge_allowed(self) -> None:
         # Allowed only for a fully static adapter: disel.merge_static folded every component into W0.
-        if any(len(layer.disel_A) for layer in self.model.modules() if isinstance(layer, DiselLayer)):
+        layers = [layer for layer in self.model.modules() if isinstance(layer, DiselLayer)]
+        if any(len(layer.disel_A) or len(layer.disel_frozen) for layer in layers):
             raise NotImplementedError(MERGE_REFUSAL + STATIC_MERGE_HINT)
+
+    def add_task_branch(
+        self, r: int | None = None, lora_alpha: float | None = None, adapter_name: str = "default"
+    ) -> None:
+        """Freeze adapter ``adapter_name``'s components and add a new trainable gated branch to every layer that
+        holds it; see :mod:`disel.continual` (``peft_model.add_task_branch(r=8)`` reaches this method).
+
+        The config's ``frozen_branches`` gains the current ``r`` / ``lora_alpha`` / patterns; ``r`` becomes
+        the new branch's rank (default: unchanged) and ``lora_alpha`` its numerator (default: the same
+        scaling ``lora_alpha / r``); each layer then freezes its branch and builds the new one with ``B = 0``.
+        """
+        owner = "add_task_branch"
+        r = None if r is None else check_rank(owner, "r", r)
+        lora_alpha = None if lora_alpha is None else check_positive_finite(owner, "lora_alpha", lora_alpha)
+        if adapter_name not in self.peft_config:
+            raise ValueError(
+                f"adapter_name={adapter_name!r} is not an adapter of the model; it holds {sorted(self.peft_config)}"
+            )
+        config = self.peft_config[adapter_name]
+        new_r = config.r if r is None else r
+        frozen = {"r": config.r, "lora_alpha": config.lora_alpha}
+        frozen |= {"rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern)}
+        config.frozen_branches = [*config.frozen_branches, frozen]
+        config.lora_alpha = config.scaling * new_r if lora_alpha is None else lora_alpha
+        config.r, config.rank_pattern, config.alpha_pattern = new_r, {}, {}
+        config._validate()
+        for path, layer in self.model.named_modules():
+            if isinstance(layer, DiselLayer) and adapter_name in layer.disel_A:
+                layer.add_task_branch(adapter_name, config.for_module(path))
 
     def add_weighted_adapter(
         self,
@@ -97,6 +128,16 @@ class DiselModel(BaseTuner):
         # Before any layer is replaced, so a config changed after construction fails with the model untouched.
         validate_config_in_use(config)
         super()._check_new_adapter_config(config)
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # PEFT drops the adapter name only as the second-to-last key component; a frozen task branch's tensors
+        # sit one level deeper (...disel_frozen.<adapter>.<k>.A), so drop it there too. Loading inverts this
+        # same mapping, so saving and loading stay symmetric.
+        head, marker, tail = key.rpartition(f".disel_frozen.{adapter_name}.")
+        if marker:
+            return f"{head}.disel_frozen.{tail}"
+        return super()._remove_adapter_name_from_key(key, adapter_name)
 
     @classmethod
     def _remap_adapter_state_dict_for_load(
@@ -118,11 +159,12 @@ def _adapter_parameter_keys(model: nn.Module, adapter_name: str) -> set[str]:
     for module_name, module in model.named_modules():
         if not isinstance(module, DiselLayer):
             continue
-        for layer_name in module.adapter_layer_names:
+        for layer_name in (*module.adapter_layer_names, "disel_frozen"):
             per_adapter = getattr(module, layer_name)
             if adapter_name in per_adapter:
-                for parameter_name, _ in per_adapter[adapter_name].named_parameters():
-                    keys.add(f"{module_name}.{layer_name}.{adapter_name}.{parameter_name}".lstrip("."))
+                entry = per_adapter[adapter_name]
+                for tensor_name, _ in (*entry.named_parameters(), *entry.named_buffers()):
+                    keys.add(f"{module_name}.{layer_name}.{adapter_name}.{tensor_name}".lstrip("."))
     return keys
 
 
@@ -132,7 +174,7 @@ def _listing(keys: list[str], limit: int = 8) -> str:
 
 
 def check_saved_weights_land(model: nn.Module, adapter_name: str, remapped: dict[str, torch.Tensor]) -> None:
-    """Refuse a load that would drop saved DISeL weights or leave DISeL parameters of the model unset.
+    """Refuse a load that would drop saved DISeL weights or leave DISeL parameters (or frozen-branch buffers) unset.
 
     ``remapped`` is the saved state dict with its keys already renamed to model keys (PEFT's remapping
     passes a key it cannot place through unchanged). A saved tensor whose key is not a model key would be

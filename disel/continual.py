@@ -34,9 +34,8 @@ Interplay: :func:`disel.record_gates` records every branch of a layer as one gat
 first (slice it with :func:`task_branch_ranks`). The component tools of :mod:`disel.components`
 (``component_statistics``, ``prune``, ``merge_static``) see the trainable branch only: frozen branches
 are neither measured, pruned nor merged. ``add_weighted_adapter`` and merging refuse branched adapters.
-Known gap: pruning a layer's trainable branch down to rank 0 removes the adapter from that layer (and
-``sync_peft_config`` excludes the layer), which drops that layer's frozen branches too; do not prune a
-branched adapter to zero components in any layer.
+Pruning or folding a layer's trainable branch down to rank 0 would remove the adapter from that layer, and
+its frozen branches with it: ``prune`` and ``merge_static`` refuse that, naming the layer.
 """
 
 from __future__ import annotations

@@ -211,6 +211,26 @@ def test_gate_recording_covers_every_branch_and_component_statistics_the_trainab
     assert len(statistics.get(path).gate_mean) == 2
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [lambda m, s: disel.prune(m, s, threshold=0.0), lambda m, s: disel.merge_static(m, s, std_threshold=1e9)],
+    ids=["prune", "merge_static"],
+)
+def test_edits_refuse_to_empty_a_layer_that_holds_frozen_branches(edit):
+    """Regression: removing every trainable component of a branched PEFT layer deleted the adapter there, and the
+    frozen task branches with it. The new branch (B = 0) contributes nothing, so threshold 0 prunes every
+    component, and every gate is "static" under std_threshold 1e9: both refused before anything changes."""
+    model = branched_model()
+    disel.add_task_branch(model, r=2)
+    ids = token_ids()
+    before, ranks = logits(model, ids), disel.task_branch_ranks(model)
+    statistics = disel.component_statistics(model, [ids])
+    with pytest.raises(ValueError, match="frozen task branches"):
+        edit(model, statistics)
+    assert disel.task_branch_ranks(model) == ranks
+    assert torch.equal(logits(model, ids), before)
+
+
 def test_branched_adapters_refuse_merge_and_weighted_combination():
     """Merging and add_weighted_adapter refuse an adapter with frozen task branches, naming why."""
     model = branched_model()

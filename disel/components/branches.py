@@ -28,6 +28,7 @@ __all__ = [
     "config_matches_layers",
     "find_branches",
     "keep_components",
+    "refuse_emptying_branched_layers",
     "restore_modules",
     "root_model",
     "saved_modules",
@@ -178,6 +179,21 @@ def keep_components(branch: Branch, keep: Tensor) -> None:
         for attribute, module in new.items():
             setattr(layer, attribute, module)
         layer.r = int(keep.numel())
+
+
+def refuse_emptying_branched_layers(owner: str, remaining: Iterable[tuple[Branch, int]]) -> None:
+    """``remaining``: (branch, components it would keep). A PEFT layer left with none loses the adapter, and
+    with it the frozen task branches (:mod:`disel.continual`) the adapter holds there: refuse before any change."""
+    emptied = [
+        branch.name
+        for branch, kept in remaining
+        if branch.peft and kept == 0 and branch.layer.frozen_branches(branch.adapter)
+    ]
+    if emptied:
+        raise ValueError(
+            f"{owner}: would remove every trainable component of {len(emptied)} layer(s) that hold frozen task "
+            f"branches (first: {emptied[0]}), and with them those branches; keep at least one component there"
+        )
 
 
 def restore_modules(branch: Branch, modules: dict[str, nn.Module], rank: int, scaling: float) -> None:

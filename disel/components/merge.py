@@ -22,6 +22,7 @@ from .branches import (
     config_matches_layers,
     find_branches,
     keep_components,
+    refuse_emptying_branched_layers,
     restore_modules,
     root_model,
     saved_modules,
@@ -153,6 +154,7 @@ def merge_static(
     """
     std_threshold = check_non_negative_finite("merge_static", "std_threshold", std_threshold)
     plan = _static_plan(model, stats, adapter_name, std_threshold)
+    refuse_emptying_branched_layers("merge_static", [(b, b.rank - int(static.numel())) for b, _, static, _ in plan])
     output_change = None
     if batches is not None:
         corrections = [

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..io import write_json_atomic
 from .adapter_dir import load_adapter_dir
-from .branches import keep_components, sync_peft_config
+from .branches import keep_components, refuse_emptying_branched_layers, sync_peft_config
 from .measure import OutputChange, measure_output_change
 from .statistics import ComponentStatistics, matched_branches
 
@@ -87,6 +87,7 @@ def prune(
     """
     pairs = matched_branches(model, stats, adapter_name)
     kept = _select_kept(pairs, threshold, keep_fraction)
+    refuse_emptying_branched_layers("prune", [(branch, int(keep.numel())) for (branch, _), keep in zip(pairs, kept)])
     output_change = None
     if batches is not None:
         corrections = []

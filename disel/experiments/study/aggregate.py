@@ -17,7 +17,7 @@ import numpy as np
 
 from disel.io import read_json
 
-from .config import EvidenceConfig, RunSpec
+from .config import RunSpec, StudyConfig
 from .results import (
     CheckpointRecord,
     EvidenceResults,
@@ -54,7 +54,7 @@ def _run_record(
     """The run's path: the base model as step 0, then every evaluated checkpoint."""
     evals = sorted((read_json(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r["step"])
     records = [{**base, "step": 0}, *evals]
-    train = read_json(spec.run_dir / "train_result.json")
+    train = read_json(spec.source_dir / "train_result.json")  # a post-hoc arm's: its source's training
     runtime = next(
         (e["train_runtime"] for e in reversed(train["log_history"]) if "train_runtime" in e), train["runtime_s"]
     )
@@ -73,7 +73,7 @@ def _run_record(
 
 
 def build_results(
-    config: EvidenceConfig,
+    config: StudyConfig,
     specs: list[RunSpec],
     base: dict[str, Any],
     throughput: dict[str, Any],
@@ -88,7 +88,7 @@ def build_results(
         compare_arms(
             runs,
             arm,
-            config.reference_arm,
+            config.reference_of(arm),
             kind,
             domain,
             rng,
@@ -96,7 +96,7 @@ def build_results(
             replicates=replicates,
         )
         for arm in config.arms
-        if arm != config.reference_arm
+        if arm != config.reference_of(arm)
         for kind in ("kl", "perplexity")
         for domain in DOMAINS
     ]
@@ -116,6 +116,8 @@ def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
     """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config); label → folder."""
     copied = {}
     for spec in specs:
+        if not (spec.run_dir / "adapter_config.json").is_file():
+            continue  # a full fine-tuning or post-hoc arm: no adapter of its own to ship
         folder = target / spec.label
         folder.mkdir(parents=True, exist_ok=True)
         for name in _ADAPTER_FILES:

@@ -202,7 +202,7 @@ def _prepare_statistics(study: Study, tokenizer: Any, args: argparse.Namespace) 
     def batches(texts: list[str]) -> list[dict]:
         return [
             {k: v.to(device) for k, v in b.items()}
-            for b in stages._token_batches(tokenizer, texts, length, args.stats_batch_size)
+            for b in stages.token_batches(tokenizer, texts, length, args.stats_batch_size)
         ]
 
     texts = _statistics_texts(study, args.stats_texts)

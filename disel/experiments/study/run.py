@@ -1,9 +1,11 @@
-"""``disel-evidence``: the whole experiment of issue 9 from one recipe, resumable, with progress and an ETA.
+"""The one study runner (``disel-study``): a whole study from one recipe, resumable, with progress and an ETA.
 
 Stages (each skipped when its output file exists; every file is written atomically, so a killed run resumes):
 data → base model evaluation (once) → per (arm, seed): training and checkpoint evaluations
-(:func:`.stages.run_job`; ``workers`` of them in parallel, one single-threaded process each) →
-throughput → ``results.json`` (:mod:`.results`), ``summary.md`` (table + verdict), figures, final adapters.
+(:func:`.stages.run_job`; ``workers`` of them in parallel, one single-threaded process each; post-hoc arms
+after the arms they transform) → throughput → ``results.json`` (:mod:`.results`), ``summary.md`` (table +
+verdict), final adapters → the export for ``paper_figs`` (:mod:`.export`) if the recipe asks for it. Figures
+are drawn by ``paper_figs`` from these files, not here.
 
 Output folder layout: ``data/``, ``base.json``, ``runs/<arm>-seed<k>/`` (the Trainer's folder, with
 ``eval/step-<N>.json``), ``throughput.json``, ``results.json``, ``summary.md``.
@@ -20,10 +22,10 @@ from typing import Any
 
 from disel.io import read_json, write_json_atomic, write_text_atomic
 
-from .config import EvidenceConfig, RunSpec, resolved_training_recipe
+from .config import RunSpec, StudyConfig, resolved_training_recipe
 from .stages import evaluate_model, headline, prepare_data, run_job
 
-__all__ = ["Progress", "run_evidence"]
+__all__ = ["Progress", "run_study"]
 
 
 class Progress:
@@ -53,14 +55,15 @@ class Progress:
 _TRAIN_STEP_S, _PROBLEM_S, _TOKEN_S = 6.0, 0.5, 0.01
 
 
-def stage_weights(config: EvidenceConfig, specs: list[RunSpec]) -> dict[str, float]:
+def stage_weights(config: StudyConfig, specs: list[RunSpec]) -> dict[str, float]:
     """Every stage's label (as reported) and estimated cost."""
     settings = config.evaluation
     evaluation = config.problems.test * _PROBLEM_S + 2 * settings.retention_tokens * _TOKEN_S + 10
     weights = {"data": 5.0, "base": evaluation}
     for spec in specs:
         training = spec.config.training
-        weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
+        if spec.arm_config.from_arm is None:
+            weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
         every = (
             int(training.save_steps)
             if training.save_steps >= 1
@@ -68,11 +71,11 @@ def stage_weights(config: EvidenceConfig, specs: list[RunSpec]) -> dict[str, flo
         )
         for step in range(every, training.max_steps + 1, every):
             weights[f"{spec.label} step {step}"] = evaluation
-    return {**weights, "throughput": 30.0, "results": 10.0}
+    return {**weights, "throughput": 30.0, "results": 10.0, **({"export": 5.0} if config.export else {})}
 
 
 def _base_stage(
-    config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, dtype: str, progress: Progress
+    config: StudyConfig, out: Path, manifest: dict[str, Any], model_path: str, dtype: str, progress: Progress
 ) -> dict[str, Any]:
     from ..eval.generation import load_model_for_eval
 
@@ -97,7 +100,7 @@ def _worker_init(threads: int) -> None:
 
 
 def _worker_job(
-    label: str, config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, queue: Any
+    label: str, config: StudyConfig, out: Path, manifest: dict[str, Any], model_path: str, queue: Any
 ) -> dict:
     # A recipe holds a class built at run time (the TrainingArguments section), which does not pickle: the
     # worker rebuilds the specs from the evidence config, which does.
@@ -115,7 +118,7 @@ def _done_before(spec: RunSpec) -> list[str]:
 
 def _run_jobs(
     specs: list[RunSpec],
-    config: EvidenceConfig,
+    config: StudyConfig,
     out: Path,
     manifest: dict,
     model_path: str,
@@ -126,10 +129,18 @@ def _run_jobs(
     for spec in specs:
         for label in _done_before(spec):
             progress.skip(label)
+    trained = [spec for spec in specs if spec.arm_config.from_arm is None]
+    posthoc = [spec for spec in specs if spec.arm_config.from_arm is not None]  # need their source's checkpoints
     if workers == 1:
-        for spec in specs:
+        for spec in [*trained, *posthoc]:
             run_job(spec, config, manifest, model_path, progress.done)
         return
+    _run_in_workers(trained, config, out, manifest, model_path, workers, progress)
+    _run_in_workers(posthoc, config, out, manifest, model_path, workers, progress)
+
+
+def _run_in_workers(specs, config, out, manifest, model_path, workers, progress) -> None:
+    """The jobs of ``specs`` in ``workers`` single-thread processes, their reports forwarded to ``progress``."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with (
         context.Manager() as manager,
@@ -147,7 +158,7 @@ def _run_jobs(
             progress.done(*queue.get())
 
 
-def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
+def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
     """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``."""
     from ..models import check_model_dir, force_offline, load_tokenizer, smollm2_path
 
@@ -170,6 +181,11 @@ def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int
         _run_jobs(specs, config, out, manifest, model_path, workers, progress)
         throughput = _throughput_stage(specs, out, model_path, manifest, progress)
         summary = _aggregate_stage(config, specs, out, base, throughput, progress)
+        if config.export is not None:
+            from .export import export_for_figures
+
+            written = export_for_figures(config, specs, out, base)
+            progress.done("export", f"{len(written)} files for paper_figs in {out}")
     finally:
         progress.close()
     return summary
@@ -193,10 +209,9 @@ def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, manifest
 
 
 def _aggregate_stage(
-    config: EvidenceConfig, specs: list[RunSpec], out: Path, base: dict, throughput: dict, progress: Progress
+    config: StudyConfig, specs: list[RunSpec], out: Path, base: dict, throughput: dict, progress: Progress
 ) -> dict[str, Any]:
     from .aggregate import build_results, copy_final_adapters, diagnostics_table, format_table, verdict
-    from .figures import draw_figures
     from .results import save_results
 
     figures_dir = Path(config.figures_dir)
@@ -206,6 +221,5 @@ def _aggregate_stage(
     save_results(results, out / "results.json")
     table, sentence = format_table(results), verdict(results)
     write_text_atomic(out / "summary.md", f"{table}\n{sentence}\n\n{diagnostics_table(results)}")
-    draw_figures(out / "results.json", figures_dir)
-    progress.done("results", f"{out / 'results.json'}, figures in {figures_dir}")
+    progress.done("results", f"{out / 'results.json'}, final adapters in {figures_dir / 'adapters'}")
     return {"results": results, "table": table, "verdict": sentence}

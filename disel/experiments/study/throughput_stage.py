@@ -48,6 +48,8 @@ def _trainable(model_path: str, spec: RunSpec) -> torch.nn.Module:
 
     from ..models import load_model
 
+    if not (spec.run_dir / "adapter_config.json").is_file():  # full fine-tuning: every weight trains
+        return load_model(spec.run_dir, dtype=spec.config.model.dtype).requires_grad_(True)
     base = load_model(model_path, dtype=spec.config.model.dtype)
     return peft.PeftModel.from_pretrained(base, spec.run_dir, is_trainable=True)
 
@@ -65,7 +67,7 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str, manifest:
     tokenizer = load_tokenizer(model_path)
     arms: dict[str, Any] = {}
     for spec in specs:
-        if spec.arm in arms:
+        if spec.arm in arms or spec.arm_config.from_arm is not None:  # a post-hoc arm does not train
             continue
         batch = spec.config.training.per_device_train_batch_size
         seq_len, padding = padded_lengths(_train_lengths(spec, tokenizer), batch)

@@ -1,18 +1,20 @@
-"""``disel-evidence`` (also ``python -m disel.experiments.study``): the issue-9 experiment from one recipe.
+"""``disel-study``: one SmolLM2 study from its recipe (:mod:`disel.experiments.study`), resumable.
 
-    disel-evidence --recipe recipes/evidence/smollm2_tradeoff.yaml --output-dir runs/evidence --workers 2
-    disel-evidence --recipe ... --device cuda --override model.dtype=bfloat16 training.bf16=true
+    disel-study --recipe recipes/evidence/smollm2_tradeoff.yaml --output-dir runs/evidence --workers 2
+    disel-study --recipe recipes/comparison/smollm2_methods_ranks.yaml --output-dir runs/smollm2-methods-ranks
+    disel-study --recipe ... --device cuda --override model.dtype=bfloat16 training.bf16=true
 
 ``--override`` keys of a training-recipe section (model, data, method, training) apply to every arm's training
-recipe; other keys set the evidence recipe (``problems.test=8``, ``evaluation.max_new_tokens=16``).
+recipe; other keys set the study recipe (``problems.test=8``, ``evaluation.max_new_tokens=16``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
-from ..cli._args import add_override_argument
+from ._args import add_override_argument
 
 __all__ = ["build_parser", "main"]
 
@@ -21,14 +23,15 @@ DEFAULT_RECIPE = "recipes/evidence/smollm2_tradeoff.yaml"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="disel-evidence",
+        prog="disel-study",
         allow_abbrev=False,
         description=(
-            "Does DISeL forget less than LoRA at equal accuracy? Trains every arm and seed of the recipe, evaluates "
-            "each checkpoint, and writes results.json, summary.md, figures and the final adapters (resumable)."
+            "Trains every arm and seed of a study recipe, evaluates each checkpoint (exact match, perplexity and KL "
+            "to the base, gates), and writes results.json, summary.md, the final adapters and, if the recipe "
+            "asks, the files paper_figs draws (resumable)."
         ),
     )
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"evidence recipe (default {DEFAULT_RECIPE})")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"study recipe (default {DEFAULT_RECIPE})")
     parser.add_argument(
         "--output-dir", default="runs/evidence", help="where every stage writes (default runs/evidence)"
     )
@@ -55,27 +58,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..cli import preflight
     from ..config import ConfigError
-    from .config import load_evidence_config
+    from ..study.config import load_study_config
+    from . import preflight
 
     try:  # every argument checked before any model is loaded
         preflight.check_positive(args.workers, "--workers")
         preflight.check_positive(args.threads, "--threads")
         preflight.check_output_dir(args.output_dir, "--output-dir")
-        config = load_evidence_config(args.recipe, args.override, device=args.device, arms=args.arms)
+        config = load_study_config(args.recipe, args.override, device=args.device, arms=args.arms)
     except (ConfigError, preflight.UsageError) as error:
-        return preflight.report("disel-evidence", error)
+        return preflight.report("disel-study", error)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    from .run import run_evidence
+    from ..study.run import run_study
 
     try:
-        summary = run_evidence(config, args.output_dir, workers=args.workers)
+        summary = run_study(config, args.output_dir, workers=args.workers)
     except (ConfigError, FileNotFoundError) as error:
-        return preflight.report("disel-evidence", error)
+        return preflight.report("disel-study", error)
     print(summary["table"])
     print(summary["verdict"])
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,9 +3,13 @@
     disel-study --recipe recipes/evidence/smollm2_tradeoff.yaml --output-dir runs/evidence --workers 2
     disel-study --recipe recipes/comparison/smollm2_methods_ranks.yaml --output-dir runs/smollm2-methods-ranks
     disel-study --recipe ... --device cuda --override model.dtype=bfloat16 training.bf16=true
+    disel-study --recipe recipes/evidence/smollm2_compression.yaml
 
 ``--override`` keys of a training-recipe section (model, data, method, training) apply to every arm's training
-recipe; other keys set the study recipe (``problems.test=8``, ``evaluation.max_new_tokens=16``).
+recipe; other keys set the study recipe (``problems.test=8``, ``evaluation.max_new_tokens=16``). A recipe with
+``kind: compression`` is the compression study of a finished evidence run
+(:class:`~disel.experiments.study.compression.CompressionConfig`; ``--override`` sets its keys, ``--output-dir``
+its ``out``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"study recipe (default {DEFAULT_RECIPE})")
     parser.add_argument(
-        "--output-dir", default="runs/evidence", help="where every stage writes (default runs/evidence)"
+        "--output-dir", help="where every stage writes (default runs/evidence; a compression recipe: its out)"
     )
     parser.add_argument(
         "--workers",
@@ -58,21 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..config import ConfigError
-    from ..study.config import load_study_config
+    from pydantic import ValidationError
+
+    from ..config import ConfigError, read_recipe
     from . import preflight
 
     try:  # every argument checked before any model is loaded
         preflight.check_positive(args.workers, "--workers")
         preflight.check_positive(args.threads, "--threads")
+        preflight.check_input_files([args.recipe], "--recipe")
+        if read_recipe(args.recipe).get("kind") == "compression":
+            return _compression(args)
+        args.output_dir = args.output_dir or "runs/evidence"
         preflight.check_output_dir(args.output_dir, "--output-dir")
-        config = load_study_config(args.recipe, args.override, device=args.device, arms=args.arms)
-    except (ConfigError, preflight.UsageError) as error:
-        return preflight.report("disel-study", error)
-    if args.threads:
-        import torch
+        from ..study.config import load_study_config
 
-        torch.set_num_threads(args.threads)
+        config = load_study_config(args.recipe, args.override, device=args.device, arms=args.arms)
+        if config.model_path is not None:
+            preflight.check_model_dir(config.model_path, "model_path")
+    except (ConfigError, ValidationError, ValueError, preflight.UsageError) as error:
+        return preflight.report("disel-study", error)
+    _set_threads(args.threads)
     from ..study.run import run_study
 
     try:
@@ -82,6 +92,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary["table"])
     print(summary["verdict"])
     return 0
+
+
+def _compression(args: argparse.Namespace) -> int:
+    """The compression study of a ``kind: compression`` recipe (errors propagate to :func:`main`'s report)."""
+    from ..config import apply_overrides, read_recipe
+    from ..study.compression import CompressionConfig, check_compression, format_table, run_compression
+
+    raw = apply_overrides(read_recipe(args.recipe), args.override)
+    settings = CompressionConfig.model_validate(
+        {**raw, "device": args.device, **({"out": args.output_dir} if args.output_dir else {})}
+    )
+    check_compression(settings)
+    _set_threads(args.threads)
+    print(format_table(run_compression(settings)))
+    return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

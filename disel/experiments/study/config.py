@@ -224,11 +224,10 @@ def check_study(config: StudyConfig, source: str) -> None:
     from .transforms import TRANSFORMS
 
     for arm, settings in config.arms.items():
-        for what, name in (("reference", config.reference_of(arm)), ("from_arm", settings.from_arm)):
+        reference_key = "reference_arm" if settings.reference is None else f"arms.{arm}.reference"
+        for key, name in ((reference_key, config.reference_of(arm)), (f"arms.{arm}.from_arm", settings.from_arm)):
             if name is not None and name not in config.arms:
-                raise ConfigError(
-                    f"arms.{arm}.{what} in {source}: {name!r} is not an arm (arms: {sorted(config.arms)})"
-                )
+                raise ConfigError(f"{key} in {source}: {name!r} is not an arm (arms: {sorted(config.arms)})")
         if (settings.from_arm is None) != (settings.transform is None):
             raise ConfigError(f"arms.{arm} in {source}: a post-hoc arm needs both from_arm and transform")
         if settings.transform is not None and settings.transform not in TRANSFORMS:
@@ -250,6 +249,7 @@ def check_study(config: StudyConfig, source: str) -> None:
                 )
     if config.export is not None and config.export.gates_arm not in config.arms:
         raise ConfigError(f"export.gates_arm in {source}: {config.export.gates_arm!r} is not an arm")
+    config.run_specs("<model_path>", Path("<train_file>"), Path("<output_dir>"))  # every arm's training recipe
 
 
 def resolved_training_recipe(config: StudyConfig) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from disel.io import read_json
-
+from ..schemas import TrainResult
 from .config import RunSpec, StudyConfig
+from .records import CheckpointEval
 from .results import (
     CheckpointRecord,
     EvidenceResults,
@@ -34,40 +34,43 @@ __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
 _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
-def _checkpoint(record: dict[str, Any], rng: np.random.Generator, replicates: int) -> CheckpointRecord:
-    estimate, low, high = exact_match_interval(np.array(record["correct"]), rng, replicates)
-    by_layer = record.get("anti_aligned_by_layer")
+def _checkpoint(record: CheckpointEval, rng: np.random.Generator, replicates: int) -> CheckpointRecord:
+    estimate, low, high = exact_match_interval(np.array(record.correct), rng, replicates)
+    by_layer = record.anti_aligned_by_layer
     return CheckpointRecord(
-        step=int(record["step"]),
+        step=record.step,
         exact_match=Interval(estimate, low, high),
-        perplexity=dict(record["perplexity"]),
-        kl=dict(record["kl"]),
-        anti_aligned_fraction=record.get("anti_aligned_fraction"),
+        perplexity=dict(record.perplexity),
+        kl=dict(record.kl),
+        anti_aligned_fraction=record.anti_aligned_fraction,
         anti_aligned_by_layer=None if by_layer is None else {int(k): v for k, v in by_layer.items()},
-        gate_means=record.get("gate_means"),
+        gate_means=record.gate_means,
     )
+
+
+def checkpoint_evals(spec: RunSpec) -> list[CheckpointEval]:
+    """The run's evaluated checkpoints, by step."""
+    return sorted((CheckpointEval.read(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r.step)
 
 
 def _run_record(
-    spec: RunSpec, base: dict[str, Any], rng: np.random.Generator, replicates: int, adapter: str | None
+    spec: RunSpec, base: CheckpointEval, rng: np.random.Generator, replicates: int, adapter: str | None
 ) -> RunRecord:
     """The run's path: the base model as step 0, then every evaluated checkpoint."""
-    evals = sorted((read_json(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r["step"])
-    records = [{**base, "step": 0}, *evals]
-    train = read_json(spec.source_dir / "train_result.json")  # a post-hoc arm's: its source's training
-    runtime = next(
-        (e["train_runtime"] for e in reversed(train["log_history"]) if "train_runtime" in e), train["runtime_s"]
-    )
+    evals = checkpoint_evals(spec)
+    records = [base, *evals]
+    train = TrainResult.read(spec.source_dir)  # a post-hoc arm's: its source's training
+    runtime = next((e["train_runtime"] for e in reversed(train.log_history) if "train_runtime" in e), train.runtime_s)
     return RunRecord(
         arm=spec.arm,
         seed=spec.seed,
         checkpoints=[_checkpoint(r, rng, replicates) for r in records],
-        correct=np.array([r["correct"] for r in records], dtype=bool),
+        correct=np.array([r.correct for r in records], dtype=bool),
         adapter=adapter,
         timing={
             "train_runtime_s": float(runtime),
-            "train_steps": float(train["global_step"]),
-            "eval_s": float(sum(r["seconds"] for r in evals)),
+            "train_steps": float(train.global_step),
+            "eval_s": float(sum(r.seconds for r in evals)),
         },
     )
 
@@ -75,7 +78,7 @@ def _run_record(
 def build_results(
     config: StudyConfig,
     specs: list[RunSpec],
-    base: dict[str, Any],
+    base: CheckpointEval,
     throughput: dict[str, Any],
     adapters: dict[str, str],
     recipe: dict[str, Any],
@@ -103,10 +106,10 @@ def build_results(
     return EvidenceResults(
         model=recipe.get("model", {}).get("path", ""),
         task="arithmetic word problems (exact match)",
-        n_test_problems=len(base["correct"]),
+        n_test_problems=len(base.correct),
         runs=runs,
         comparisons=comparisons,
-        base=_checkpoint({**base, "step": 0}, rng, replicates),
+        base=_checkpoint(base, rng, replicates),
         throughput=throughput,
         recipe=recipe,
     )

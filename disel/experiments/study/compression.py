@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from disel.io import read_json, write_json_atomic, write_text_atomic
 
 from . import stages
+from .records import CheckpointEval, DataManifest, plain
 from .results import (
     COMPRESSION_SCHEMA_VERSION as SCHEMA_VERSION,
 )
@@ -164,7 +165,7 @@ class Study:
     the statistics data and the statistics."""
 
     config: Any
-    manifest: dict[str, Any]
+    manifest: DataManifest
     model_path: str
     adapter: str
     dtype: str
@@ -197,7 +198,7 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
     rows = read_jsonl(study.evidence_dir / "data" / "train.jsonl", n)
     texts = {"math": [template.format_prompt(r["instruction"]) + r["output"] for r in rows]}
     for domain, pool in stages.retention_pools(study.config).items():
-        scored = set(study.manifest["retention"][domain])
+        scored = set(study.manifest.retention[domain])
         texts[domain] = [t for t in pool if t not in scored][:n]
         if not texts[domain]:
             raise RuntimeError(f"no {domain} text is left outside the retention texts for the statistics")
@@ -297,10 +298,11 @@ def _evaluate_level(study: Study, operation: str, level: float, total: int) -> d
     loaded = study.load()
     change = _apply(study, loaded.model, operation, level)
     gated, parameters = _gated(loaded.model)
-    record = stages.evaluate_model(
+    evaluation = stages.evaluate_model(
         loaded, study.config, study.manifest, is_base=False, is_disel=False, base_model=study.base
     )
-    record.update(
+    record = dict(
+        plain(evaluation),
         operation=operation,
         level=level,
         gated_components=gated,
@@ -339,10 +341,8 @@ def _run_levels(study: Study, plan: list[tuple[str, float]], echo=print) -> list
             continue
         record = _evaluate_level(study, operation, level, total)
         records.append(record)
-        echo(
-            f"[{path.stem}] reduced {record['fraction_reduced']:.3f}, {stages.headline(record)}, "
-            f"{record['seconds']:.0f} s"
-        )
+        headline = stages.headline(CheckpointEval.from_dict(record))  # the level's extra keys are ignored
+        echo(f"[{path.stem}] reduced {record['fraction_reduced']:.3f}, {headline}, {record['seconds']:.0f} s")
     return records
 
 
@@ -519,7 +519,7 @@ def _timing_stage(
         return read_json(path)
     from .kl import right_padded_batches
 
-    texts = study.manifest["retention"]["english"][: settings.timing_batch]
+    texts = study.manifest.retention["english"][: settings.timing_batch]
     ids = [tokenizer(t, truncation=True, max_length=settings.timing_tokens)["input_ids"] for t in texts]
     batch = {
         k: v.to(study.base.device) for k, v in next(right_padded_batches(ids, len(ids), tokenizer.pad_token_id)).items()
@@ -568,7 +568,7 @@ def run_compression(settings: CompressionConfig, echo=print) -> CompressionResul
     out = Path(settings.out)
     study = Study(
         config,
-        read_json(Path(settings.evidence_dir) / "data" / "manifest.json"),
+        DataManifest.read(Path(settings.evidence_dir) / "data" / "manifest.json"),
         config.model_path or str(smollm2_path()),
         str(settings.adapter),
         settings.dtype,

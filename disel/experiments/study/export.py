@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
-
-from disel.io import read_json
 
 from ..schemas import RETENTION_SCHEMA, RetentionTable, TradeoffRow, write_tradeoff_table
+from .aggregate import checkpoint_evals
 from .config import RunSpec, StudyConfig
+from .records import CheckpointEval
 from .stages import DOMAINS
 
 __all__ = ["export_for_figures"]
@@ -28,15 +27,12 @@ __all__ = ["export_for_figures"]
 _TEXT = {"english": "general English", "code": "Python code"}
 
 
-def _records(spec: RunSpec) -> list[dict[str, Any]]:
-    """The run's checkpoint records by step."""
-    return sorted((read_json(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r["step"])
-
-
-def _retention_table(spec: RunSpec, base: dict, records: list[dict], evaluator: str, columns: dict) -> Path:
+def _retention_table(
+    spec: RunSpec, base: CheckpointEval, records: list[CheckpointEval], evaluator: str, columns: dict
+) -> Path:
     """``retention_<evaluator>.json`` of one run; ``columns``: column name → function of a record."""
     rows = []
-    for step, checkpoint, record in [(0, "base", base), *((r["step"], f"checkpoint-{r['step']}", r) for r in records)]:
+    for step, checkpoint, record in [(0, "base", base), *((r.step, f"checkpoint-{r.step}", r) for r in records)]:
         values = {name: value(record) for name, value in columns.items()}
         rows.append({"step": step, "checkpoint": checkpoint, **values, "mean": sum(values.values()) / len(values)})
     raw = {
@@ -51,25 +47,23 @@ def _retention_table(spec: RunSpec, base: dict, records: list[dict], evaluator: 
     return RetentionTable.from_dict(raw, path).write(path)
 
 
-def export_for_figures(config: StudyConfig, specs: list[RunSpec], out: Path, base: dict[str, Any]) -> list[Path]:
+def export_for_figures(config: StudyConfig, specs: list[RunSpec], out: Path, base: CheckpointEval) -> list[Path]:
     """Write the module docstring's files; returns their paths. FileNotFoundError if the gate record is missing."""
     written, finals = [], []
     for spec in specs:
-        records = _records(spec)
+        records = checkpoint_evals(spec)
         finals.append((spec, records[-1]))
         if spec.arm_config.from_arm is not None:
             continue  # no train_result.json of its own: the figures of runs read only trained runs
         for evaluator, columns in (
-            ("perplexity", {d: (lambda r, d=d: r["perplexity"][d]) for d in DOMAINS}),
-            ("kl", {d: (lambda r, d=d: r["kl"][d]) for d in DOMAINS}),
-            ("gsm8k", {"exact_match": lambda r: r["exact_match"]}),
+            ("perplexity", {d: (lambda r, d=d: r.perplexity[d]) for d in DOMAINS}),
+            ("kl", {d: (lambda r, d=d: r.kl[d]) for d in DOMAINS}),
+            ("gsm8k", {"exact_match": lambda r: r.exact_match}),
         ):
-            written.append(
-                _retention_table(spec, {**base, "kl": dict.fromkeys(DOMAINS, 0.0)}, records, evaluator, columns)
-            )
+            written.append(_retention_table(spec, base, records, evaluator, columns))
     for domain in DOMAINS:
         rows = [
-            TradeoffRow(_method(spec), _rank(spec), spec.seed, final["exact_match"], final["perplexity"][domain])
+            TradeoffRow(_method(spec), _rank(spec), spec.seed, final.exact_match, final.perplexity[domain])
             for spec, final in finals
         ]
         written.append(
@@ -78,14 +72,14 @@ def export_for_figures(config: StudyConfig, specs: list[RunSpec], out: Path, bas
                 ft_metric="exact match (held-out arithmetic)",
                 retention_metric=f"perplexity ({_TEXT[domain]})",
                 retention_higher_is_better=False,
-                base_retention=base["perplexity"][domain],
-                base_ft_score=base["exact_match"],
+                base_retention=base.perplexity[domain],
+                base_ft_score=base.exact_match,
                 title=f"retention on {_TEXT[domain]}",
                 rows=rows,
             )
         )
     gates_spec, final = next((spec, final) for spec, final in finals if spec.arm == config.export.gates_arm)
-    source = gates_spec.run_dir / "gates" / f"step-{final['step']}.json"
+    source = gates_spec.run_dir / "gates" / f"step-{final.step}.json"
     if not source.is_file():
         raise FileNotFoundError(f"export.gates_arm={config.export.gates_arm!r}: {source} is missing (not a DISeL arm?)")
     written.append(Path(shutil.copy2(source, out / "gates_math.json")))

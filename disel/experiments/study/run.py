@@ -20,9 +20,10 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from disel.io import read_json, write_json_atomic, write_text_atomic
+from disel.io import write_text_atomic
 
 from .config import RunSpec, StudyConfig, resolved_training_recipe
+from .records import CheckpointEval, DataManifest, Throughput, plain
 from .stages import evaluate_model, headline, prepare_data, run_job
 
 __all__ = ["Progress", "run_study"]
@@ -75,17 +76,17 @@ def stage_weights(config: StudyConfig, specs: list[RunSpec]) -> dict[str, float]
 
 
 def _base_stage(
-    config: StudyConfig, out: Path, manifest: dict[str, Any], model_path: str, dtype: str, progress: Progress
-) -> dict[str, Any]:
+    config: StudyConfig, out: Path, manifest: DataManifest, model_path: str, dtype: str, progress: Progress
+) -> CheckpointEval:
     from ..eval.generation import load_model_for_eval
 
     path = out / "base.json"
     if path.is_file():
         progress.done("base", "already evaluated")
-        return read_json(path)
+        return CheckpointEval.read(path)
     loaded = load_model_for_eval(model_path, None, dtype=dtype, device=config.device)
     record = evaluate_model(loaded, config, manifest, is_base=True, is_disel=False)
-    write_json_atomic(path, record)
+    record.write(path)
     progress.done("base", headline(record))
     return record
 
@@ -100,11 +101,11 @@ def _worker_init(threads: int) -> None:
 
 
 def _worker_job(
-    label: str, config: StudyConfig, out: Path, manifest: dict[str, Any], model_path: str, queue: Any
+    label: str, config: StudyConfig, out: Path, manifest: DataManifest, model_path: str, queue: Any
 ) -> dict:
     # A recipe holds a class built at run time (the TrainingArguments section), which does not pickle: the
     # worker rebuilds the specs from the evidence config, which does.
-    spec = next(s for s in config.run_specs(model_path, Path(manifest["train_file"]), out) if s.label == label)
+    spec = next(s for s in config.run_specs(model_path, Path(manifest.train_file), out) if s.label == label)
     return run_job(spec, config, manifest, model_path, lambda stage, text: queue.put((stage, text)))
 
 
@@ -120,7 +121,7 @@ def _run_jobs(
     specs: list[RunSpec],
     config: StudyConfig,
     out: Path,
-    manifest: dict,
+    manifest: DataManifest,
     model_path: str,
     workers: int,
     progress: Progress,
@@ -173,13 +174,13 @@ def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, 
     progress = Progress(stage_weights(config, specs), echo)
     progress.done(
         "data",
-        f"{config.problems.train} training / {len(manifest['test_rows'])} test problems, "
-        f"{len(manifest['retention']['english'])} English and {len(manifest['retention']['code'])} code texts",
+        f"{config.problems.train} training / {len(manifest.test_rows)} test problems, "
+        f"{len(manifest.retention['english'])} English and {len(manifest.retention['code'])} code texts",
     )
     try:
         base = _base_stage(config, out, manifest, model_path, specs[0].config.model.dtype, progress)
         _run_jobs(specs, config, out, manifest, model_path, workers, progress)
-        throughput = _throughput_stage(specs, out, model_path, manifest, progress)
+        throughput = _throughput_stage(specs, out, model_path, progress)
         summary = _aggregate_stage(config, specs, out, base, throughput, progress)
         if config.export is not None:
             from .export import export_for_figures
@@ -191,25 +192,32 @@ def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, 
     return summary
 
 
-def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, manifest: dict, progress: Progress) -> dict:
+def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, progress: Progress) -> Throughput:
     from .throughput_stage import measure_training_throughput
 
     path = out / "throughput.json"
     if not path.is_file():
-        write_json_atomic(path, measure_training_throughput(specs, model_path, manifest))
-    record = read_json(path)
+        measure_training_throughput(specs, model_path).write(path)
+    record = Throughput.read(path)
     progress.done(
         "throughput",
         ", ".join(
-            f"{arm} {r['tokens_per_s']:.0f} tok/s = {r['fraction_of_flop_limit']:.0%} of the FLOP limit"
-            for arm, r in record["arms"].items()
+            f"{arm}: no training runtime logged"
+            if r.tokens_per_s is None
+            else f"{arm} {r.tokens_per_s:.0f} tok/s = {r.fraction_of_flop_limit:.0%} of the FLOP limit"
+            for arm, r in record.arms.items()
         ),
     )
     return record
 
 
 def _aggregate_stage(
-    config: StudyConfig, specs: list[RunSpec], out: Path, base: dict, throughput: dict, progress: Progress
+    config: StudyConfig,
+    specs: list[RunSpec],
+    out: Path,
+    base: CheckpointEval,
+    throughput: Throughput,
+    progress: Progress,
 ) -> dict[str, Any]:
     from .aggregate import build_results, copy_final_adapters, diagnostics_table, format_table, verdict
     from .results import save_results
@@ -217,7 +225,7 @@ def _aggregate_stage(
     figures_dir = Path(config.figures_dir)
     adapters = copy_final_adapters(specs, figures_dir / "adapters")
     recipe = {"evidence": config.model_dump(mode="json"), "training": resolved_training_recipe(config)}
-    results = build_results(config, specs, base, throughput, adapters, recipe)
+    results = build_results(config, specs, base, plain(throughput), adapters, recipe)
     save_results(results, out / "results.json")
     table, sentence = format_table(results), verdict(results)
     write_text_atomic(out / "summary.md", f"{table}\n{sentence}\n\n{diagnostics_table(results)}")

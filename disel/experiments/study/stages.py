@@ -17,36 +17,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from disel.io import read_json, write_json_atomic
-
 from .config import RunSpec, StudyConfig
+from .records import CheckpointEval, DataManifest
 
-__all__ = ["evaluate_model", "prepare_data", "read_json", "retention_pools", "run_job"]
+__all__ = ["evaluate_model", "prepare_data", "retention_pools", "run_job"]
 
 DOMAINS = ("english", "code")
 GATE_DOMAINS = ("math", *DOMAINS)  # gate means: the task text first, then the retention texts
 Report = Callable[[str, str], None]  # (stage label, headline) of a finished stage
 
 
-def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> dict[str, Any]:
+def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest:
     """Training/test problems and retention texts (``data/manifest.json``; read back if present)."""
     from ..data.arithmetic import train_and_test_problems, write_jsonl
 
     manifest_path = out / "data" / "manifest.json"
     if manifest_path.is_file():
-        return read_json(manifest_path)
+        return DataManifest.read(manifest_path)
     problems = config.problems
     train, test = train_and_test_problems(problems.train, problems.test, problems.data_seed)
-    manifest = {
-        "train_file": str(write_jsonl(train, out / "data" / "train.jsonl")),
-        "test_file": str(write_jsonl(test, out / "data" / "test.jsonl")),
-        "test_rows": [p.as_row() for p in test],
-        "retention": _retention_texts(config, tokenizer),
-    }
-    write_json_atomic(manifest_path, manifest)
+    manifest = DataManifest(
+        train_file=str(write_jsonl(train, out / "data" / "train.jsonl")),
+        test_file=str(write_jsonl(test, out / "data" / "test.jsonl")),
+        test_rows=[p.as_row() for p in test],
+        retention=_retention_texts(config, tokenizer),
+    )
+    manifest.write(manifest_path)
     return manifest
 
 
@@ -89,15 +89,14 @@ def token_batches(tokenizer: Any, texts: list[str], max_length: int, batch_size:
 def evaluate_model(
     loaded: Any,
     config: StudyConfig,
-    manifest: dict[str, Any],
+    manifest: DataManifest,
     *,
     is_base: bool,
     is_disel: bool,
     base_model: Any = None,
     gates_path: Path | None = None,
-) -> dict[str, Any]:
-    """One model's evaluation record: ``correct`` (0/1 per test problem), ``exact_match``, ``perplexity`` and
-    ``kl`` per domain (KL 0 for the base by definition), and for DISeL ``anti_aligned_*`` and ``gate_means``.
+) -> CheckpointEval:
+    """One model's evaluation (:class:`~.records.CheckpointEval`, step 0; KL 0 for the base by definition).
     ``base_model``: the reference of the KL (default: the model with its adapter disabled; pass the base when
     the adapted model's own base weights were changed, as by a static merge, or it has no adapter). ``gates_path``:
     where a DISeL model's whole ``disel.gates/1`` record is kept (for the gate figures)."""
@@ -107,7 +106,7 @@ def evaluate_model(
     settings, (model, tokenizer) = config.evaluation, loaded[:2]
     started = time.perf_counter()
     generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.generation_batch_size)
-    graded = evaluate_gsm8k(model, tokenizer, manifest["test_rows"], settings=generation)
+    graded = evaluate_gsm8k(model, tokenizer, manifest.test_rows, settings=generation)
     record: dict[str, Any] = {
         "correct": [int(s["correct"]) for s in graded["samples"]],
         "exact_match": graded["exact_match"],
@@ -118,19 +117,18 @@ def evaluate_model(
     }
     for domain in DOMAINS:
         batches = token_batches(
-            tokenizer, manifest["retention"][domain], settings.retention_max_length, settings.retention_batch_size
+            tokenizer, manifest.retention[domain], settings.retention_max_length, settings.retention_batch_size
         )
         result = mean_token_kl(model, batches, base_model=model if is_base else base_model)
         record["perplexity"][domain] = result.base_perplexity if is_base else result.perplexity
         record["kl"][domain] = 0.0 if is_base else result.mean_kl  # the base against itself: 0 by definition
     if is_disel:
         record.update(_gate_diagnostics(model, tokenizer, config, manifest, gates_path))
-    record["seconds"] = time.perf_counter() - started
-    return record
+    return CheckpointEval(**record, seconds=time.perf_counter() - started)
 
 
 def _gate_diagnostics(
-    model: Any, tokenizer: Any, config: StudyConfig, manifest: dict[str, Any], gates_path: Path | None
+    model: Any, tokenizer: Any, config: StudyConfig, manifest: DataManifest, gates_path: Path | None
 ) -> dict[str, Any]:
     """Anti-aligned fraction (overall and per layer) and mean gate on math / English / code (every real token)."""
     from ..data.templates import get_template
@@ -140,8 +138,8 @@ def _gate_diagnostics(
     n, settings = config.evaluation.gate_sequences, config.evaluation
     template = get_template("alpaca")
     texts = {
-        "math": [template.format_prompt(r["instruction"]) + r["output"] for r in manifest["test_rows"][:n]],
-        **{domain: manifest["retention"][domain][:n] for domain in DOMAINS},
+        "math": [template.format_prompt(r["instruction"]) + r["output"] for r in manifest.test_rows[:n]],
+        **{domain: manifest.retention[domain][:n] for domain in DOMAINS},
     }
     gates = analyze_gates(
         model,
@@ -155,14 +153,14 @@ def _gate_diagnostics(
     alignment = gate_alignment(model)
     return {
         "anti_aligned_fraction": alignment.fraction,
-        "anti_aligned_by_layer": alignment.by_layer,
+        "anti_aligned_by_layer": {str(layer): f for layer, f in alignment.by_layer.items()},  # JSON keys
         "min_cosine": alignment.min_cosine,
         "gate_means": {domain: mean_gate(summary) for domain, summary in gates["domains"].items()},
     }
 
 
 def run_job(
-    spec: RunSpec, config: StudyConfig, manifest: dict[str, Any], model_path: str, report: Report
+    spec: RunSpec, config: StudyConfig, manifest: DataManifest, model_path: str, report: Report
 ) -> dict[str, Any]:
     """Train one (arm, seed) unless finished (a post-hoc arm trains nothing), then evaluate every checkpoint of
     its source folder not yet evaluated."""
@@ -190,7 +188,8 @@ def run_job(
         record = evaluate_model(
             loaded, config, manifest, is_base=False, is_disel=spec.is_disel, base_model=frozen_base, gates_path=gates
         )
-        write_json_atomic(target, {"step": step, **record})
+        record = replace(record, step=step)
+        record.write(target)
         report(f"{spec.label} step {step}", headline(record))
     return {"arm": spec.arm, "seed": spec.seed}
 
@@ -205,16 +204,17 @@ def _load_checkpoint(spec: RunSpec, config: StudyConfig, path: Path | None, mode
     return load_model_for_eval(path, None, dtype=dtype, device=config.device, tokenizer_path=model_path)
 
 
-def headline(record: dict[str, Any]) -> str:
+def headline(record: CheckpointEval) -> str:
     """One line of a checkpoint's numbers."""
+    ppl, kl = record.perplexity, record.kl
     text = (
-        f"EM {record['exact_match']:.3f}, ppl en/code {record['perplexity']['english']:.2f}/"
-        f"{record['perplexity']['code']:.2f}, KL en/code {record['kl']['english']:.4f}/{record['kl']['code']:.4f}"
+        f"EM {record.exact_match:.3f}, ppl en/code {ppl['english']:.2f}/{ppl['code']:.2f}, "
+        f"KL en/code {kl['english']:.4f}/{kl['code']:.4f}"
     )
-    if record.get("anti_aligned_fraction") is not None:
-        gates = record["gate_means"]
+    if record.anti_aligned_fraction is not None:
+        gates = record.gate_means
         text += (
-            f", anti-aligned {record['anti_aligned_fraction']:.3f}, gates math/en/code "
+            f", anti-aligned {record.anti_aligned_fraction:.3f}, gates math/en/code "
             f"{gates['math']:.3f}/{gates['english']:.3f}/{gates['code']:.3f}"
         )
     return text

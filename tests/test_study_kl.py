@@ -6,11 +6,8 @@ import pytest
 import torch
 
 import disel
-from disel.experiments.study.kl import (
-    mean_token_kl,
-    right_padded_batches,
-    token_kl_divergence,
-)
+from disel.experiments.eval.perplexity import window_batches
+from disel.experiments.study.kl import mean_token_kl, token_kl_divergence
 from tiny_models import tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -18,6 +15,11 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 def _tiny_llama(seed=0):
     return tiny_llama(seed, vocab_size=50, max_position_embeddings=64, pad_token_id=0)
+
+
+def right_padded_batches(sequences, batch_size, pad_token_id):
+    """Batches of token-id lists, every real next token scored (each sequence is its own labels)."""
+    return window_batches([(s, s) for s in sequences], batch_size, pad_token_id)
 
 
 def _sequences():
@@ -117,7 +119,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="no position was scored"):
         mean_token_kl(model, right_padded_batches([[3], [4]], 2, 0), base_model=model)
     with pytest.raises(ValueError, match="batch_size"):
-        next(right_padded_batches([[1, 2]], 0, 0))
+        right_padded_batches([[1, 2]], 0, 0)
 
 
 def test_perplexities_come_from_the_same_pass():

@@ -98,6 +98,8 @@ def window_batches(
     """``{"input_ids", "attention_mask", "labels"}`` batches (b, T) of ``(ids, labels)`` windows, right-padded
     (labels -100 on padding; the causal mask keeps padding from affecting real positions), longest first so
     that a batch holds little padding (the order changes no mean: every scored token counts once)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     ordered = sorted(windows, key=lambda window: len(window[0]), reverse=True)
     batches = []
     for start in range(0, len(ordered), batch_size):

@@ -517,13 +517,13 @@ def _timing_stage(
     ]
     if path.is_file() and read_json(path).get("models") == wanted:
         return read_json(path)
-    from .kl import right_padded_batches
+    from ..eval.perplexity import causal_lm_windows, window_batches
 
     texts = study.manifest.retention["english"][: settings.timing_batch]
-    ids = [tokenizer(t, truncation=True, max_length=settings.timing_tokens)["input_ids"] for t in texts]
-    batch = {
-        k: v.to(study.base.device) for k, v in next(right_padded_batches(ids, len(ids), tokenizer.pad_token_id)).items()
-    }
+    length = settings.timing_tokens
+    windows = causal_lm_windows(tokenizer, texts, max_length=length, max_tokens=length)
+    (padded,) = window_batches(windows, len(texts), tokenizer.pad_token_id)
+    batch = {k: v.to(study.base.device) for k, v in padded.items() if k != "labels"}  # a forward is timed, no loss
     models = _timed_models(study, results, lora)
     median = _median_forward_seconds(models, batch, settings.timing_repetitions)
     ratios = {

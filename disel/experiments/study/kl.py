@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KLResult", "mean_token_kl", "right_padded_batches", "token_kl_divergence"]
+__all__ = ["KLResult", "mean_token_kl", "token_kl_divergence"]
 
 # Positions per float32 log_softmax chunk: bounds the temporaries at (chunk, vocab) for large vocabularies.
 _CHUNK_POSITIONS = 1024
@@ -71,26 +71,6 @@ def token_kl_divergence(base_logits: Tensor, tuned_logits: Tensor) -> Tensor:
 def _kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
     """Σ_v p (log p − log q) over the last dimension: (..., V), (..., V) → (...)."""
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-
-
-def right_padded_batches(
-    sequences: Sequence[Sequence[int]], batch_size: int, pad_token_id: int
-) -> Iterator[dict[str, Tensor]]:
-    """``{"input_ids", "attention_mask"}`` batches (batch, longest) of token-id lists, padded on the right.
-
-    Sequences are taken in the given order; sort them by length beforehand to cut padding waste.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    from ..data.collator import right_pad
-
-    for start in range(0, len(sequences), batch_size):
-        chunk = [list(tokens) for tokens in sequences[start : start + batch_size]]
-        # right_pad pads (ids, per-token values) pairs; here the ids alone matter, so they are their own values
-        ids, mask, _ = right_pad(
-            [(tokens, tokens) for tokens in chunk], pad_token_id, fill=pad_token_id, dtype=torch.long
-        )
-        yield {"input_ids": ids, "attention_mask": mask}
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -168,7 +148,7 @@ def mean_token_kl(
         model: the fine-tuned causal LM (a PEFT model or any model returning ``.logits``).
         batches: mappings with ``input_ids`` (batch, seq), optionally ``attention_mask`` (batch, seq) (all ones
             if absent) and ``labels`` (batch, seq; -100: not scored), e.g. from
-            :func:`~disel.experiments.eval.perplexity.window_batches` or :func:`right_padded_batches`.
+            :func:`~disel.experiments.eval.perplexity.window_batches`.
         base_model: the reference model. ``None`` uses ``model`` itself inside ``model.disable_adapter()``
             (PEFT), which needs no second copy of the weights.
 

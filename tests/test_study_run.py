@@ -260,3 +260,33 @@ def test_comparison_export_posthoc_and_full_arms(tmp_path):
     argv = ["--results", str(out), "--out", str(tmp_path / "figs"), *figures, *tables, "--ft-metric", "exact_match"]
     assert run_all.main(argv) == 0
     assert (tmp_path / "figs" / "figure11.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["arms.zero.from_arm=lora-r4"], "needs both from_arm and transform"),
+        (["arms.zero.from_arm=lora-r4", "arms.zero.transform=no_such"], "'no_such' is not registered"),
+        (["arms.zero.from_arm=dora", "arms.zero.transform=scale_adapter"], "'dora' is not an arm"),
+        (["arms.zero.from_arm=lora-r4", "arms.zero.transform=scale_adapter", "arms.zero.seeds=[5]"], "seeds"),
+        (["arms.lora-r4.overrides=[method.name=lora,model.path=/elsewhere]"], "cannot be overridden"),
+    ],
+)
+def test_arms_that_cannot_work_are_refused_naming_the_key(overrides, message):
+    from disel.experiments.config import ConfigError
+    from disel.experiments.study.config import load_study_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_study_config(COMPARISON, overrides)
+
+
+def test_the_console_script_is_this_main():
+    """pyproject registers disel-study at cli/study.py's main, and no other command of the study runner."""
+    import re
+
+    from disel.experiments.cli import study
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    scripts = dict(re.findall(r'^(disel-[\w-]+) = "([\w.:]+)"$', text.split("[project.scripts]")[1], re.MULTILINE))
+    assert scripts["disel-study"] == f"{study.__name__}:main"
+    assert not {"disel-compare", "disel-evidence"} & set(scripts)

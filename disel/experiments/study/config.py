@@ -234,10 +234,13 @@ def check_study(config: StudyConfig, source: str) -> None:
             raise ConfigError(
                 f"arms.{arm}.transform in {source}: {settings.transform!r} is not registered ({sorted(TRANSFORMS)})"
             )
-        if settings.from_arm is not None and (settings.overrides or config.arms[settings.from_arm].from_arm):
+        source_arm = config.arms.get(settings.from_arm)
+        if source_arm is not None and (
+            settings.overrides or source_arm.from_arm or not set(settings.seeds) <= set(source_arm.seeds)
+        ):
             raise ConfigError(
-                f"arms.{arm} in {source}: a post-hoc arm trains nothing, so it takes no overrides, and its "
-                "from_arm must be a trained arm"
+                f"arms.{arm} in {source}: a post-hoc arm trains nothing, so it takes no overrides, its from_arm "
+                "must be a trained arm, and its seeds must be seeds of that arm"
             )
         for override in [*config.overrides, *settings.overrides]:
             key = override.partition("=")[0].strip()

@@ -149,3 +149,26 @@ def test_intermediate_records_are_typed_and_files_from_before_the_types_still_re
     (tmp_path / "bad.json").write_text(json.dumps({**raw, "exact_match": "half"}))
     with pytest.raises(MalformedResultFileError, match=r"bad.json: 'exact_match'"):
         CheckpointEval.read(tmp_path / "bad.json")
+
+
+def test_run_all_redraws_the_committed_evidence_figures_from_the_committed_results(tmp_path):
+    """``python -m paper_figs.run_all --evidence ... --compression ...`` draws the committed evidence and
+    compression figures again, byte for byte, from the committed results files (the runner draws none)."""
+    from pathlib import Path
+
+    from paper_figs import run_all
+
+    committed = Path(__file__).resolve().parents[1] / "paper_figs" / "evidence"
+    argv = [
+        "--evidence",
+        str(committed / "results.json"),
+        "--compression",
+        str(committed / "compression" / "compression.json"),
+    ]
+    assert run_all.main([*argv, "--only", "1", "--allow-missing", "--out", str(tmp_path)]) == 0
+    for drawn, kept in (
+        ("evidence_tradeoff_kl.png", "evidence_tradeoff_kl.png"),
+        ("evidence_accuracy.png", "evidence_accuracy.png"),
+        ("evidence_compression.png", "compression/evidence_compression.png"),
+    ):
+        assert (tmp_path / drawn).read_bytes() == (committed / kept).read_bytes(), drawn

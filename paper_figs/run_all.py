@@ -12,7 +12,7 @@ them can be given explicitly instead (the flag wins)::
     DIR/runs_math/<run>/        Figures 6, 7       --runs-dir DIR        (train_result.json + retention_*.json)
     DIR/runs_code/<run>/        Figures 8, 9       --runs-dir-code DIR
 
-The SmolLM2 studies' own figures are drawn when their file is given (``--only`` leaves them alone)::
+The SmolLM2 studies' own figures are drawn when their file is given (``--only evidence`` draws those alone)::
 
     --evidence results.json         the evidence figures (paper_figs.evidence_all; disel-study results)
     --compression compression.json  the compression figure (paper_figs.evidence_compression)
@@ -35,6 +35,8 @@ from ._cli import DEFAULT_OUT
 
 __all__ = ["FIGURES", "FigureJob", "build_jobs", "main"]
 
+# The SmolLM2 studies' figure sets → their script (drawn from the flag of the same name).
+STUDY_FIGURES: dict[str, str] = {"evidence": "evidence_all", "compression": "evidence_compression"}
 # Figure number → its script (module in paper_figs).
 FIGURES: dict[int, str] = {
     1: "fig1_toy",
@@ -77,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-missing", action="store_true", help="skip (with a message) figures whose inputs are missing"
     )
     parser.add_argument(
-        "--only", type=int, nargs="+", choices=sorted(FIGURES), default=None, help="draw only these figures"
+        "--only",
+        type=lambda text: int(text) if text.isdigit() else text,
+        nargs="+",
+        choices=[*sorted(FIGURES), *STUDY_FIGURES],
+        default=None,
+        help="draw only these figures (numbers, or evidence / compression)",
     )
     inputs = parser.add_argument_group("inputs (default: the names under --results)")
     inputs.add_argument("--figure1-json", type=Path, help="Figure 1 numbers (python -m toy figure1)")
@@ -180,10 +187,8 @@ def build_jobs(args: argparse.Namespace) -> tuple[list[FigureJob], dict[int, str
     if args.only is not None:
         jobs = [job for job in jobs if job.figure in args.only]
         unlocated = {figure: reason for figure, reason in unlocated.items() if figure in args.only}
-    for name, module, path in (
-        ("evidence", "evidence_all", args.evidence),
-        ("compression", "evidence_compression", args.compression),
-    ):
+    for name, module in STUDY_FIGURES.items():
+        path = getattr(args, name)
         if path is not None:
             jobs.append(FigureJob(name, module, ["--results", str(path), "--out", out], [path]))
     jobs.sort(key=lambda job: _order(job.figure))

@@ -1,7 +1,7 @@
 """Every evidence figure of a ``disel-study`` results file: the tradeoff paths and the retention curves (KL and
 perplexity), exact match over training, and the gate means when an arm is DISeL.
 
-    python -m paper_figs.evidence_all --results runs/evidence/results.json --out paper_figs/evidence
+    python -m paper_figs.run_all --evidence runs/evidence/results.json --out paper_figs/evidence --only evidence
 """
 
 from __future__ import annotations

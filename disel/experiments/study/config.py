@@ -15,8 +15,9 @@ The next studies fit this shape (issues 17, 18): an arm varying the learning rat
 as it has no adapter to disable); a post-hoc arm (``from_arm`` + ``transform``) that transforms every checkpoint
 of another arm without training and is scored like the rest (:mod:`.transforms`); and, designed but not built,
 a run of several training phases on different data (continual learning) as ``phases:`` of an arm, each a list
-of overrides (``[data.train_files=[a.jsonl], training.max_steps=100]``) trained in turn from the previous
-phase's final weights, every phase's checkpoints numbered on one step axis and scored on every phase's test set.
+of overrides (``[data.train_files=[b.jsonl], training.max_steps=200]``) trained in turn in the arm's run folder,
+each phase resuming the previous one's final checkpoint, so every phase's checkpoints lie on one step axis and
+are scored on every phase's test set (``recipes/evidence/README.md``).
 """
 
 from __future__ import annotations

@@ -91,3 +91,21 @@ def test_the_graph_sees_known_imports():
     assert "disel.io" in GRAPH["disel.recording"]
     assert "toy.train" in GRAPH["toy.__main__"]
     assert "disel.experiments.schemas" in GRAPH["paper_figs._cli"]  # the edge the figures layer test forbids reversed
+
+
+def test_every_command_of_the_experiment_path_lives_in_cli():
+    """No module of ``disel/experiments`` outside ``cli/`` parses a command line or defines a ``main``: the
+    library takes typed configs, the commands are in one place."""
+    offenders = []
+    for name, path in _modules().items():
+        if not name.startswith("disel.experiments") or name.startswith("disel.experiments.cli"):
+            continue
+        if name == "disel.experiments.__main__":
+            continue  # ``python -m disel.experiments`` = disel-train: it imports cli.train's main, defines nothing
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "main":
+                offenders.append(f"{name} defines main()")
+            if isinstance(node, ast.Import) and any(alias.name == "argparse" for alias in node.names):
+                offenders.append(f"{name} imports argparse")
+    assert not offenders, offenders

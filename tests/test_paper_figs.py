@@ -426,16 +426,18 @@ def test_run_all_fails_on_a_malformed_file_even_with_allow_missing(tiny, tmp_pat
 
 
 def test_tradeoff_command_line_writes_the_table_from_runs(tiny, tmp_path, capsys):
-    """`python -m disel.experiments.schemas tradeoff` writes the same rows as tradeoff_table_from_runs,
+    """`python -m disel.experiments.cli.tradeoff` writes the same rows as tradeoff_table_from_runs,
     and names a missing per-checkpoint table instead of writing anything."""
     out = tmp_path / "tradeoff.json"
-    argv = ["tradeoff", "--runs-dir", str(tiny.runs_dir), "--ft-evaluator", "gsm8k", "--retention-evaluator",
+    from disel.experiments.cli import tradeoff
+
+    argv = ["--runs-dir", str(tiny.runs_dir), "--ft-evaluator", "gsm8k", "--retention-evaluator",
             "perplexity", "--lower-is-better", "--out", str(out)]  # fmt: skip
-    assert results.main(argv) == 0
+    assert tradeoff.main(argv) == 0
     written = read_tradeoff_table(out)
     assert written.rows == read_tradeoff_table(tiny.tradeoff).rows
     assert written.retention_higher_is_better is False and written.ft_metric == "gsm8k mean"
     argv[argv.index("gsm8k")] = "humaneval"
-    assert results.main([*argv[:-1], str(tmp_path / "other.json")]) == 2
+    assert tradeoff.main([*argv[:-1], str(tmp_path / "other.json")]) == 2
     assert "retention_humaneval.json: does not exist" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()

@@ -8,7 +8,7 @@ any other version fails naming the expected one. The module uses no torch.
 
 A run directory (for the checkpoint figures 6–9) holds ``train_result.json``, which names its method, rank and
 seed, and one ``retention_<evaluator>.json`` per evaluator; :func:`tradeoff_table_from_runs` (from the shell:
-``python -m disel.experiments.schemas tradeoff``) turns runs into a tradeoff table. ``paper_figs/README.md``
+``python -m disel.experiments.cli.tradeoff``) turns runs into a tradeoff table. ``paper_figs/README.md``
 lists which command writes which file.
 """
 
@@ -687,46 +687,3 @@ read_train_result = TrainResult.read
 read_gates = GatesFile.read
 read_retention_table = RetentionTable.read
 read_tradeoff_table = TradeoffTable.read
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m disel.experiments.schemas tradeoff --runs-dir DIR --ft-evaluator gsm8k
-    --retention-evaluator lm-eval --out tradeoff_llm.json``: :func:`tradeoff_table_from_runs` + write."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m disel.experiments.schemas", description="Result-file tools.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("tradeoff", help="a disel.tradeoff/1 table from training runs and their retention tables")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--runs-dir", type=Path, help="folder of runs (sub-folders with train_result.json)")
-    source.add_argument("--run", type=Path, nargs="+", help="run directories")
-    p.add_argument("--ft-evaluator", required=True, help="fine-tuning table: retention_<NAME>.json (e.g. gsm8k)")
-    p.add_argument("--ft-metric", default="mean")
-    p.add_argument("--retention-evaluator", required=True, help="retention table: retention_<NAME>.json")
-    p.add_argument("--retention-metric", default="mean")
-    p.add_argument("--lower-is-better", action="store_true", help="the retention metric is a perplexity")
-    p.add_argument("--select", choices=["best", "last"], default="best", help="checkpoint per run (default: best FT)")
-    p.add_argument("--ft-name", default=None, help="axis name of the fine-tuning score")
-    p.add_argument("--retention-name", default=None, help="axis name of the retention score")
-    p.add_argument("--title", default=None, help="panel title")
-    p.add_argument("--out", type=Path, required=True, help="the table to write (JSON)")
-    args = parser.parse_args(argv)
-    try:
-        run_dirs = args.run if args.run else find_run_dirs(args.runs_dir)
-        table = tradeoff_table_from_runs(
-            run_dirs, ft_evaluator=args.ft_evaluator, ft_metric=args.ft_metric,
-            retention_evaluator=args.retention_evaluator, retention_metric=args.retention_metric,
-            retention_higher_is_better=not args.lower_is_better, select=args.select,
-            ft_metric_name=args.ft_name, retention_metric_name=args.retention_name, title=args.title,
-        )  # fmt: skip
-    except ResultFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    table.write(args.out)
-    print(f"wrote {args.out} ({len(table.rows)} rows)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""``python -m disel.experiments.cli.tradeoff``: a ``disel.tradeoff/1`` table (Figures 2 and 3) from training runs
+and their per-checkpoint tables (:func:`~disel.experiments.schemas.tradeoff_table_from_runs`).
+
+    python -m disel.experiments.cli.tradeoff --runs-dir runs_math --ft-evaluator gsm8k \\
+        --retention-evaluator lm-eval --title "Llama-2-7B / MetaMathQA" --out results/tradeoff_llm_llama.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m disel.experiments.cli.tradeoff", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs-dir", type=Path, help="folder of runs (sub-folders with train_result.json)")
+    source.add_argument("--run", type=Path, nargs="+", help="run directories")
+    parser.add_argument("--ft-evaluator", required=True, help="fine-tuning table: retention_<NAME>.json (e.g. gsm8k)")
+    parser.add_argument("--ft-metric", default="mean")
+    parser.add_argument("--retention-evaluator", required=True, help="retention table: retention_<NAME>.json")
+    parser.add_argument("--retention-metric", default="mean")
+    parser.add_argument("--lower-is-better", action="store_true", help="the retention metric is a perplexity")
+    parser.add_argument("--select", choices=["best", "last"], default="best", help="checkpoint per run (best FT)")
+    parser.add_argument("--ft-name", default=None, help="axis name of the fine-tuning score")
+    parser.add_argument("--retention-name", default=None, help="axis name of the retention score")
+    parser.add_argument("--title", default=None, help="panel title")
+    parser.add_argument("--out", type=Path, required=True, help="the table to write (JSON)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..schemas import ResultFileError, find_run_dirs, tradeoff_table_from_runs
+
+    args = _parser().parse_args(argv)
+    try:
+        run_dirs = args.run if args.run else find_run_dirs(args.runs_dir)
+        table = tradeoff_table_from_runs(
+            run_dirs, ft_evaluator=args.ft_evaluator, ft_metric=args.ft_metric,
+            retention_evaluator=args.retention_evaluator, retention_metric=args.retention_metric,
+            retention_higher_is_better=not args.lower_is_better, select=args.select,
+            ft_metric_name=args.ft_name, retention_metric_name=args.retention_name, title=args.title,
+        )  # fmt: skip
+    except ResultFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table.write(args.out)
+    print(f"wrote {args.out} ({len(table.rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -290,3 +290,19 @@ def test_the_console_script_is_this_main():
     scripts = dict(re.findall(r'^(disel-[\w-]+) = "([\w.:]+)"$', text.split("[project.scripts]")[1], re.MULTILINE))
     assert scripts["disel-study"] == f"{study.__name__}:main"
     assert not {"disel-compare", "disel-evidence"} & set(scripts)
+
+
+def test_an_output_folder_of_another_study_is_refused_not_mixed_in(tmp_path):
+    """The data stage records the problems and retention settings; a recipe with others refuses the folder
+    instead of scoring its arms on the other study's problems."""
+    from disel.experiments.config import ConfigError
+    from disel.experiments.models import load_tokenizer
+    from disel.experiments.study.config import load_study_config
+    from disel.experiments.study.stages import prepare_data
+
+    tokenizer = load_tokenizer(make_tiny_causal_lm(tmp_path / "model"))
+    settings = ["problems.train=12", "problems.test=6", "evaluation.retention_tokens=60"]
+    first = prepare_data(load_study_config(RECIPE, settings), tmp_path / "out", tokenizer)
+    assert prepare_data(load_study_config(RECIPE, settings), tmp_path / "out", tokenizer) == first  # read back
+    with pytest.raises(ConfigError, match="another study's output folder"):
+        prepare_data(load_study_config(RECIPE, [*settings, "problems.test=7"]), tmp_path / "out", tokenizer)

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"study recipe (default {DEFAULT_RECIPE})")
     parser.add_argument(
-        "--output-dir", help="where every stage writes (default runs/evidence; a compression recipe: its out)"
+        "--output-dir", help="where every stage writes (default runs/<recipe name>; a compression recipe: its out)"
     )
     parser.add_argument(
         "--workers",
@@ -73,11 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight.check_input_files([args.recipe], "--recipe")
         if read_recipe(args.recipe).get("kind") == "compression":
             return _compression(args)
-        args.output_dir = args.output_dir or "runs/evidence"
-        preflight.check_output_dir(args.output_dir, "--output-dir")
         from ..study.config import load_study_config
 
         config = load_study_config(args.recipe, args.override, device=args.device, arms=args.arms)
+        args.output_dir = args.output_dir or f"runs/{config.name}"
+        preflight.check_output_dir(args.output_dir, "--output-dir")
         if config.model_path is not None:
             preflight.check_model_dir(config.model_path, "model_path")
     except (ConfigError, ValidationError, ValueError, preflight.UsageError) as error:

@@ -124,8 +124,9 @@ class StudyConfig(_Strict):
     reference_arm: str = "lora"
     problems: ProblemsConfig = ProblemsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
-    figures_dir: str = "paper_figs/evidence"
-    """Where the final adapters are copied (``adapters/<arm>-seed<k>/``); ``paper_figs`` draws its figures there."""
+    figures_dir: str | None = None
+    """Where the final adapters are copied (``adapters/<arm>-seed<k>/``; None: the output folder), e.g. next to the
+    figures ``paper_figs`` draws."""
     export: ExportConfig | None = None
     device: str = "cpu"
     """``cpu`` or ``cuda`` (then training runs on the GPU: ``training.use_cpu`` is set false)."""

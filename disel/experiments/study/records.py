@@ -27,6 +27,7 @@ class DataManifest(ResultFile, schema="disel.study.data/1", accept=_UNVERSIONED,
     test_file: str
     test_rows: list[dict[str, str]]  # {"instruction", "output", "answer"} per held-out problem
     retention: dict[str, list[str]]  # domain → texts (perplexity and KL are scored on them)
+    settings: dict[str, Any] | None = None  # the recipe's problems and retention settings they were made with
     path: Path | None = field(default=None, compare=False)
 
 

@@ -222,7 +222,7 @@ def _aggregate_stage(
     from .aggregate import build_results, copy_final_adapters, diagnostics_table, format_table, verdict
     from .results import save_results
 
-    figures_dir = Path(config.figures_dir)
+    figures_dir = out if config.figures_dir is None else Path(config.figures_dir)
     adapters = copy_final_adapters(specs, figures_dir / "adapters")
     recipe = {"evidence": config.model_dump(mode="json"), "training": resolved_training_recipe(config)}
     results = build_results(config, specs, base, plain(throughput), adapters, recipe)

@@ -33,11 +33,20 @@ Report = Callable[[str, str], None]  # (stage label, headline) of a finished sta
 
 def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest:
     """Training/test problems and retention texts (``data/manifest.json``; read back if present)."""
+    from ..config import ConfigError
     from ..data.arithmetic import train_and_test_problems, write_jsonl
 
     manifest_path = out / "data" / "manifest.json"
+    retention = config.evaluation.model_dump(include={"retention_tokens", "retention_max_length"})
+    settings = {"problems": config.problems.model_dump(), **retention}
     if manifest_path.is_file():
-        return DataManifest.read(manifest_path)
+        manifest = DataManifest.read(manifest_path)
+        if manifest.settings not in (None, settings):  # None: written before the settings were recorded
+            raise ConfigError(
+                f"{manifest_path} was made with other problems or retention settings ({manifest.settings}, the "
+                f"recipe: {settings}): another study's output folder? Give another --output-dir"
+            )
+        return manifest
     problems = config.problems
     train, test = train_and_test_problems(problems.train, problems.test, problems.data_seed)
     manifest = DataManifest(
@@ -45,6 +54,7 @@ def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest
         test_file=str(write_jsonl(test, out / "data" / "test.jsonl")),
         test_rows=[p.as_row() for p in test],
         retention=_retention_texts(config, tokenizer),
+        settings=settings,
     )
     manifest.write(manifest_path)
     return manifest

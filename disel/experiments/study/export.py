@@ -63,7 +63,7 @@ def export_for_figures(config: StudyConfig, specs: list[RunSpec], out: Path, bas
             written.append(_retention_table(spec, base, records, evaluator, columns))
     for domain in DOMAINS:
         rows = [
-            TradeoffRow(_method(spec), _rank(spec), spec.seed, final.exact_match, final.perplexity[domain])
+            TradeoffRow(*_method_and_rank(spec), spec.seed, final.exact_match, final.perplexity[domain])
             for spec, final in finals
         ]
         written.append(
@@ -86,10 +86,7 @@ def export_for_figures(config: StudyConfig, specs: list[RunSpec], out: Path, bas
     return written
 
 
-def _method(spec: RunSpec) -> str:
-    """The tradeoff table's method: the trained method, or the arm's name for a post-hoc arm."""
-    return spec.config.method.name if spec.arm_config.from_arm is None else spec.arm
-
-
-def _rank(spec: RunSpec) -> int | None:
-    return None if spec.config.method.name == "full" else spec.config.method.r
+def _method_and_rank(spec: RunSpec) -> tuple[str, int | None]:
+    """A tradeoff row's method (a post-hoc arm: its arm's name) and rank (full fine-tuning: none)."""
+    method = spec.config.method.name
+    return spec.arm if spec.arm_config.from_arm else method, None if method == "full" else spec.config.method.r

@@ -1,7 +1,7 @@
 """Shared reading and drawing of the evidence experiment's figures (``evidence_*.py``; issue 9).
 
 Every figure reads one ``results.json`` (:mod:`disel.experiments.study.results`, written by
-``disel-evidence``). Arms are coloured in results order (LoRA first), seeds of an arm share the colour;
+``disel-study``). Arms are coloured in results order (LoRA first), seeds of an arm share the colour;
 over-time figures draw the mean over seeds with a band (the per-checkpoint 95% bootstrap interval of exact
 match; the min–max over seeds of a retention metric). Step 0 is the base model, shared by every run.
 """
@@ -32,7 +32,7 @@ def evidence_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParse
     """The figure parser with ``--results`` (default runs/evidence/results.json) and ``--out`` paper_figs/evidence."""
     parser = figure_parser(module_doc, prog)
     parser.set_defaults(out=DEFAULT_OUT)
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results.json of disel-evidence")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results.json of disel-study")
     return parser
 
 
@@ -40,7 +40,7 @@ def read_evidence(path: Path):
     """The :class:`~disel.experiments.study.results.EvidenceResults` in ``path``, or a ResultFileError."""
     from disel.experiments.study.results import load_results
 
-    return read_typed(path, load_results, "disel-evidence", "evidence results")
+    return read_typed(path, load_results, "disel-study", "evidence results")
 
 
 def read_typed(path: Path, load, made_by: str, what: str):

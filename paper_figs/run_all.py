@@ -12,6 +12,11 @@ them can be given explicitly instead (the flag wins)::
     DIR/runs_math/<run>/        Figures 6, 7       --runs-dir DIR        (train_result.json + retention_*.json)
     DIR/runs_code/<run>/        Figures 8, 9       --runs-dir-code DIR
 
+The SmolLM2 studies' own figures are drawn when their file is given (``--only evidence`` draws those alone)::
+
+    --evidence results.json         the evidence figures (paper_figs.evidence_all; disel-study results)
+    --compression compression.json  the compression figure (paper_figs.evidence_compression)
+
 If an input is missing the command stops before drawing anything and lists every missing input, unless
 ``--allow-missing``: then the figures whose inputs are missing are skipped, each with a line saying
 which input it lacks. A malformed file always fails (exit status 2), never skips.
@@ -30,6 +35,8 @@ from ._cli import DEFAULT_OUT
 
 __all__ = ["FIGURES", "FigureJob", "build_jobs", "main"]
 
+# The SmolLM2 studies' figure sets → their script (drawn from the flag of the same name).
+STUDY_FIGURES: dict[str, str] = {"evidence": "evidence_all", "compression": "evidence_compression"}
 # Figure number → its script (module in paper_figs).
 FIGURES: dict[int, str] = {
     1: "fig1_toy",
@@ -53,7 +60,7 @@ FIGURES: dict[int, str] = {
 class FigureJob:
     """One figure to draw: its script, the argv for the script's ``main``, and the inputs that must exist."""
 
-    figure: int
+    figure: int | str  # a paper figure's number, or the name of a study's figure set
     module: str
     argv: list[str]
     inputs: list[Path]
@@ -72,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-missing", action="store_true", help="skip (with a message) figures whose inputs are missing"
     )
     parser.add_argument(
-        "--only", type=int, nargs="+", choices=sorted(FIGURES), default=None, help="draw only these figures"
+        "--only",
+        type=lambda text: int(text) if text.isdigit() else text,
+        nargs="+",
+        choices=[*sorted(FIGURES), *STUDY_FIGURES],
+        default=None,
+        help="draw only these figures (numbers, or evidence / compression)",
     )
     inputs = parser.add_argument_group("inputs (default: the names under --results)")
     inputs.add_argument("--figure1-json", type=Path, help="Figure 1 numbers (python -m toy figure1)")
@@ -104,7 +116,15 @@ def _parser() -> argparse.ArgumentParser:
         "--code-ft-domain", default="code", help="fine-tuning domain of --gates-code (Figures 13, 14; default code)"
     )
     gates.add_argument("--modules", nargs="+", default=["v_proj", "up_proj", "down_proj"], help="Figure 5's modules")
+    studies = parser.add_argument_group("the SmolLM2 studies' figures (drawn only when given)")
+    studies.add_argument("--evidence", type=Path, help="results.json of a disel-study run: the evidence figures")
+    studies.add_argument("--compression", type=Path, help="compression.json of the compression study: its figure")
     return parser
+
+
+def _order(figure: int | str) -> tuple[bool, str]:
+    """Paper figures by number, then the studies' figure sets by name."""
+    return isinstance(figure, str), f"{figure:>3}" if isinstance(figure, int) else figure
 
 
 def _default(explicit: Path | None, results: Path | None, name: str) -> Path | None:
@@ -167,7 +187,11 @@ def build_jobs(args: argparse.Namespace) -> tuple[list[FigureJob], dict[int, str
     if args.only is not None:
         jobs = [job for job in jobs if job.figure in args.only]
         unlocated = {figure: reason for figure, reason in unlocated.items() if figure in args.only}
-    jobs.sort(key=lambda job: job.figure)
+    for name, module in STUDY_FIGURES.items():
+        path = getattr(args, name)
+        if path is not None:
+            jobs.append(FigureJob(name, module, ["--results", str(path), "--out", out], [path]))
+    jobs.sort(key=lambda job: _order(job.figure))
     return jobs, unlocated
 
 
@@ -183,12 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     absent = {**unlocated, **missing}
     if absent and not args.allow_missing:
         print("error: inputs missing (pass --allow-missing to skip these figures):", file=sys.stderr)
-        for figure in sorted(absent):
+        for figure in sorted(absent, key=_order):
             print(f"  figure {figure}: {absent[figure]}", file=sys.stderr)
         return 2
-    status: dict[int, str] = {}
+    status: dict[int | str, str] = {}
     by_figure = {job.figure: job for job in jobs}
-    for figure in sorted({*by_figure, *absent}):
+    for figure in sorted({*by_figure, *absent}, key=_order):
         if figure in absent:
             print(f"figure {figure}: skipped, {absent[figure]}")
             status[figure] = "skipped"
@@ -198,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(f"{__package__}.{job.module}")
         code = module.main(job.argv) or 0
         status[figure] = "drawn" if code == 0 else f"FAILED (exit {code})"
-    print("summary: " + "; ".join(f"{figure}: {status[figure]}" for figure in sorted(status)))
+    print("summary: " + "; ".join(f"{figure}: {status[figure]}" for figure in sorted(status, key=_order)))
     return 2 if any(value.startswith("FAILED") for value in status.values()) else 0
 
 

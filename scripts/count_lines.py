@@ -2,8 +2,9 @@
 
     python scripts/count_lines.py [REV] [--exclude PART ...]
 
-Files whose path contains an excluded part are left out, e.g. ``--exclude evidence/ compress.py preflight.py``
-counts only the files of the features that existed when issue 8 was filed. Blank lines count as raw lines only.
+Files whose path contains an excluded part are left out, e.g. ``--exclude evidence/ study/ compress.py
+preflight.py`` counts only the files of the features that existed when issue 8 was filed (the study runner was
+``evidence/`` until issue 16). Blank lines count as raw lines only.
 """
 
 from __future__ import annotations

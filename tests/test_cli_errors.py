@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from disel.experiments.cli import compare as compare_cli
 from disel.experiments.cli import eval as eval_cli
 from disel.experiments.cli import preflight
+from disel.experiments.cli import study as study_cli
 from disel.experiments.cli import train as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,12 +63,15 @@ def no_heavy_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded or training started before the arguments were checked")
 
-    from disel.experiments import comparison, models
+    from disel.experiments import models
+    from disel.experiments.study import compression
+    from disel.experiments.study import run as study_run
     from disel.experiments.train import run
 
     monkeypatch.setattr(run, "train", forbidden)
     monkeypatch.setattr(models, "load_model", forbidden)
-    monkeypatch.setattr(comparison, "run_comparison", forbidden)
+    monkeypatch.setattr(study_run, "run_study", forbidden)
+    monkeypatch.setattr(compression, "run_compression", forbidden)
 
 
 def _fill(argv: list[str], places: dict[str, str]) -> list[str]:
@@ -211,41 +214,33 @@ def test_eval_errors_are_one_line_before_loading(places, capsys, no_heavy_work, 
 
 
 # --------------------------------------------------------------------------------------------------
-# disel-compare
+# disel-study
 # --------------------------------------------------------------------------------------------------
 
-COMPARE_CASES = [
-    ("output dir is a file", ["--output-dir", "{file}", "--model-path", "{llama}"], ("--output-dir", "is a file")),
-    (
-        "output dir not writable",
-        ["--output-dir", "{unwritable}/c", "--model-path", "{llama}"],
-        ("--output-dir", "not writable"),
-    ),
-    (
-        "missing model path",
-        ["--output-dir", "{root}/c", "--model-path", "{missing}"],
-        ("--model-path", "does not exist"),
-    ),
-    (
-        "model without tokenizer",
-        ["--output-dir", "{root}/c", "--model-path", "{no_tokenizer}"],
-        ("--model-path", "tokenizer"),
-    ),
-    ("rank 0", ["--output-dir", "{root}/c", "--model-path", "{llama}", "--ranks", "0"], ("ranks",)),
-    ("threads 0", ["--output-dir", "{root}/c", "--model-path", "{llama}", "--threads", "0"], ("--threads",)),
-    ("config yaml error", ["--config", "{bad_yaml}"], ("config file", "bad.yaml")),
-    (
-        "recipe missing",
-        ["--output-dir", "{root}/c", "--model-path", "{llama}", "--recipe", "{missing}.yaml"],
-        ("--recipe",),
-    ),
+COMPARISON = str(REPO / "recipes" / "comparison" / "smollm2_methods_ranks.yaml")
+COMPRESSION = str(REPO / "recipes" / "evidence" / "smollm2_compression.yaml")
+STUDY_CASES = [
+    ("output dir is a file", ["--output-dir", "{file}"], ("--output-dir", "is a file")),
+    ("output dir not writable", ["--output-dir", "{unwritable}/c"], ("--output-dir", "not writable")),
+    ("missing model path", ["--override", "model_path={missing}"], ("model_path", "does not exist")),
+    ("model without tokenizer", ["--override", "model_path={no_tokenizer}"], ("model_path", "tokenizer")),
+    ("learning rate not a number", ["--override", "training.learning_rate=fast"], ("training.learning_rate",)),
+    ("unknown training key", ["--override", "training.max_step=3"], ("training.max_step", "max_steps")),
+    ("a key the runner sets", ["--override", "training.seed=3"], ("training.seed", "cannot be overridden")),
+    ("unknown study key", ["--override", "problems.tests=3"], ("problems.tests",)),
+    ("threads 0", ["--threads", "0"], ("--threads",)),
+    ("workers 0", ["--workers", "0"], ("--workers",)),
+    ("recipe missing", ["--recipe", "{missing}.yaml"], ("--recipe",)),
+    ("recipe yaml error", ["--recipe", "{bad_yaml}"], ("bad.yaml",)),
+    ("compression: no adapter", ["--recipe", COMPRESSION, "--override", "adapter={dir}"], ("adapter_config.json",)),
+    ("compression: bad fraction", ["--recipe", COMPRESSION, "--override", "fractions=[1.5]"], ("fractions",)),
 ]
 
 
-@pytest.mark.parametrize("argv, names", [case[1:] for case in COMPARE_CASES], ids=[c[0] for c in COMPARE_CASES])
-def test_compare_errors_are_one_line_before_training(places, capsys, no_heavy_work, argv, names):
-    status = compare_cli.main(_fill(argv, places))
-    _assert_one_line_error(capsys, "disel-compare", status, names)
+@pytest.mark.parametrize("argv, names", [case[1:] for case in STUDY_CASES], ids=[c[0] for c in STUDY_CASES])
+def test_study_errors_are_one_line_before_training(places, capsys, no_heavy_work, argv, names):
+    status = study_cli.main(_fill(["--recipe", COMPARISON, "--output-dir", "{root}/s", *argv], places))
+    _assert_one_line_error(capsys, "disel-study", status, names)
 
 
 # --------------------------------------------------------------------------------------------------

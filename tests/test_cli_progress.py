@@ -12,9 +12,9 @@ import torch
 
 import disel
 from disel.experiments.cli.eval import main
-from disel.experiments.eval.generation import load_model_for_eval
 from disel.experiments.eval.perplexity import causal_lm_perplexity
 from disel.experiments.eval.progress import show_progress
+from disel.experiments.models import load_model_for_eval
 from tiny_models import LLAMA_TARGET_MODULES, make_tiny_roberta_classifier, make_tiny_roberta_mlm
 
 TEXTS = ["the quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b\n"]

@@ -246,7 +246,7 @@ def test_humaneval_evaluator_for_checkpoint_tables(monkeypatch):
     """The per-checkpoint HumanEval evaluator (Figure 9's source) reports pass@1 as its column and mean,
     and refuses to run code without the explicit opt-in."""
     from disel.experiments.eval.evaluators import HumanEvalEvaluator
-    from disel.experiments.eval.generation import LoadedModel
+    from disel.experiments.models import LoadedModel
 
     canned = ["    return a + b\n"]
     monkeypatch.setattr(evaluate_module, "generate_responses", lambda *args, **kwargs: canned)

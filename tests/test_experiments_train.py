@@ -691,14 +691,14 @@ def test_atomic_json_write_replaces_whole_file_or_nothing(tmp_path, monkeypatch)
     [
         ("disel.experiments.cli.train", ["--config", "r.yaml", "--print-conf"], "--print-conf"),
         ("disel.experiments.cli.eval", ["perplexity", "--base", "b", "--out", "o.json", "--max-len", "8"], "--max-len"),
-        ("disel.experiments.cli.compare", ["--max-step", "3"], "--max-step"),
+        ("disel.experiments.cli.study", ["--max-step", "3"], "--max-step"),
     ],
 )
 def test_every_cli_names_itself_and_refuses_abbreviated_flags(module, argv, abbreviated, capsys):
     """Each console script shows its own name (not `python -m ...`) and never takes a prefix for another flag."""
     import importlib
 
-    command = {"train": "disel-train", "eval": "disel-eval", "compare": "disel-compare"}[module.rsplit(".", 1)[1]]
+    command = {"train": "disel-train", "eval": "disel-eval", "study": "disel-study"}[module.rsplit(".", 1)[1]]
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(module).main(argv)
     assert exit_info.value.code == 2

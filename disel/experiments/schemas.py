@@ -228,20 +228,6 @@ class TrainResult(ResultFile, schema=TRAIN_RESULT_SCHEMA, accept=("disel.train_r
         return super().read(path / TRAIN_RESULT_FILE if path.is_dir() or not path.suffix else path)
 
 
-@dataclass(frozen=True)
-class Comparison(ResultFile, schema="disel.comparison/2", accept=("disel.comparison/1",), made_by="disel-compare"):
-    """``comparison.json`` of ``disel-compare``: the base model's and every run's final numbers. Version 1 (before
-    recipes) had a flat ``config`` and still reads."""
-
-    schema: str
-    config: dict[str, Any]
-    base: dict[str, float | None]  # exact_match, ppl_english, ppl_code
-    runs: list[dict[str, Any]]  # method, rank, seed, exact_match, ppl_english, ppl_code, checkpoints, ...
-    model_path: str | None = None
-    invocation_runtime_s: float | None = None  # this call only: a resumed call skips finished stages
-    threads: int | None = None
-
-
 @dataclass
 class Gsm8kResult(ResultFile, schema="disel.gsm8k/1", made_by="disel-eval gsm8k"):
     """GSM8K exact match of one model: ``exact_match`` (strict ``#### N`` / "The answer is", the paper's number)
@@ -564,7 +550,6 @@ def write_tradeoff_table(
 
 
 # Readers as functions, for the figure scripts.
-read_comparison = Comparison.read
 read_train_result = TrainResult.read
 read_gates = GatesFile.read
 read_retention_table = RetentionTable.read

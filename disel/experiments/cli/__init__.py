@@ -1,2 +1,3 @@
-"""The command lines: ``disel-train`` (:mod:`.train`), ``disel-eval`` (:mod:`.eval`), ``disel-compare``
-(:mod:`.compare`), ``disel-prune`` and ``disel-merge-static`` (:mod:`.compress`)."""
+"""Every command line: ``disel-train`` (:mod:`.train`), ``disel-eval`` (:mod:`.eval`), ``disel-study`` (:mod:`.study`,
+every SmolLM2 study from its recipe), ``disel-prune`` and ``disel-merge-static`` (:mod:`.compress`), and
+``python -m disel.experiments.cli.tradeoff`` (a tradeoff table from runs, :mod:`.tradeoff`)."""

@@ -195,11 +195,3 @@ def _check_retention_output(args: Any) -> list[Path]:
             default_base, "--base (from the adapters' base_model_name_or_path)", tokenizer_dirs=tokenizer_dirs
         )
     return tokenizer_dirs
-
-
-def check_comparison(config: Any) -> None:
-    """``disel-compare``: the output directory, the model directory (when given) and the recipe file."""
-    check_output_dir(config.output_dir, "--output-dir")
-    if config.model_path is not None:
-        check_model_dir(config.model_path, "--model-path")
-    check_input_files([config.recipe], "--recipe")

@@ -21,7 +21,6 @@ from pydantic import PositiveInt
 from pydantic.dataclasses import dataclass as checked_dataclass
 
 from ..data.templates import DEFAULT_TEMPLATE
-from ..models import LoadedModel, load_model_for_eval  # noqa: F401 (re-exported for the study's imports)
 from ..schemas import Gsm8kResult, HumanEvalResult
 from .progress import progress_bar
 

@@ -1,5 +1,5 @@
 """Retention through lm-evaluation-harness for models it cannot load itself (it knows nothing of DISeL): we load
-base + adapter (:func:`~disel.experiments.eval.generation.load_model_for_eval`, not merged) and hand the live
+base + adapter (:func:`~disel.experiments.models.load_model_for_eval`, not merged) and hand the live
 ``PeftModel`` to lm-eval's ``HFLM(pretrained=<model>, tokenizer=...)``, which scores it like any HF model.
 
 The paper's retention score is the unweighted mean over 14 zero-shot benchmarks at ``max_length=512`` (Table 10):

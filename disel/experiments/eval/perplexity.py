@@ -1,6 +1,7 @@
-"""Perplexity as a forgetting measure: causal-LM perplexity with sliding windows (:func:`causal_lm_perplexity`),
-and masked-LM perplexity with seeded masks (:func:`masked_lm_perplexity`) of a fine-tuned RoBERTa encoder paired
-with its ORIGINAL pre-trained MLM head (:func:`mlm_with_original_head`, paper Appendix II.5).
+"""Perplexity as a forgetting measure: causal-LM perplexity with sliding windows (:func:`causal_lm_perplexity`;
+:func:`causal_lm_windows` is the one definition of which tokens are scored with which context, also used by the
+study's KL), and masked-LM perplexity with seeded masks (:func:`masked_lm_perplexity`) of a fine-tuned RoBERTa
+encoder paired with its ORIGINAL pre-trained MLM head (:func:`mlm_with_original_head`, paper Appendix II.5).
 """
 
 from __future__ import annotations
@@ -41,6 +42,72 @@ def _check_texts(texts: Sequence[str]) -> None:
         raise ValueError("texts is empty: nothing to score")
 
 
+def causal_lm_windows(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int = 512,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+) -> list[tuple[list[int], list[int]]]:
+    """``(input ids, labels)`` of every window of ``texts``: labels are the ids where scored, -100 elsewhere.
+
+    Each text is tokenized on its own (with the tokenizer's special tokens, e.g. Llama's BOS) and, if
+    ``max_tokens`` is given, cut to its first ``max_tokens`` tokens. The first window is the first
+    ``max_length`` tokens; each next window moves its end ``stride`` tokens on, keeps ``max_length`` tokens
+    and scores only the ``stride`` new ones. So every kept token after a text's first is predicted exactly
+    once, with all earlier tokens as context when the text fits in one window and at least
+    ``max_length - stride`` otherwise. ``stride`` must be below ``max_length`` (the token before the first
+    new one has to be in the window) and defaults to ``max_length // 2``.
+
+    Why one definition with a per-text cap: perplexity and KL are then scored on the same positions with the
+    same context whoever computes them (``disel-eval``, a study stage). A study scores retention on a token
+    budget of many short texts, each cut at ``max_tokens = max_length`` (one window per text, every text of
+    bounded weight, a fixed cost per checkpoint: the committed evidence numbers were made that way); a long
+    document without ``max_tokens`` is scored whole in sliding windows.
+    """
+    _check_texts(texts)
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (a context token and a target), got {max_length}")
+    stride = max_length // 2 if stride is None else stride
+    if not 0 < stride < max_length:
+        raise ValueError(f"stride must be in [1, max_length - 1] = [1, {max_length - 1}], got stride={stride}")
+    if max_tokens is not None and max_tokens < 2:
+        raise ValueError(f"max_tokens must be at least 2 or None (no cap), got {max_tokens}")
+    windows: list[tuple[list[int], list[int]]] = []
+    for text in texts:
+        # verbose=False: a text longer than the model's window is expected here, the windows handle it.
+        ids = tokenizer(text, verbose=False)["input_ids"][:max_tokens]
+        scored_until = 1  # the first token has no context and is never predicted
+        end = min(max_length, len(ids))
+        while scored_until < len(ids):
+            begin = max(0, end - max_length)  # <= scored_until - 1 because stride < max_length
+            window = ids[begin:end]
+            unscored = len(window) - (end - scored_until)
+            windows.append((window, [-100] * unscored + window[unscored:]))
+            scored_until = end
+            end = min(end + stride, len(ids))
+    if not windows:
+        raise ValueError("every text tokenized to fewer than 2 tokens: nothing to score")
+    return windows
+
+
+def window_batches(
+    windows: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int, pad_id: int
+) -> list[dict[str, torch.Tensor]]:
+    """``{"input_ids", "attention_mask", "labels"}`` batches (b, T) of ``(ids, labels)`` windows, right-padded
+    (labels -100 on padding; the causal mask keeps padding from affecting real positions), longest first so
+    that a batch holds little padding (the order changes no mean: every scored token counts once)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    ordered = sorted(windows, key=lambda window: len(window[0]), reverse=True)
+    batches = []
+    for start in range(0, len(ordered), batch_size):
+        ids, attention, labels = right_pad(ordered[start : start + batch_size], pad_id, fill=-100, dtype=torch.long)
+        batches.append({"input_ids": ids, "attention_mask": attention, "labels": labels})
+    return batches
+
+
 @torch.no_grad()
 def causal_lm_perplexity(
     model: nn.Module,
@@ -49,43 +116,15 @@ def causal_lm_perplexity(
     *,
     max_length: int = 512,
     stride: int | None = None,
+    max_tokens: int | None = None,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """Perplexity of a causal LM over ``texts`` with sliding windows.
-
-    Each text is tokenized on its own (with the tokenizer's special tokens, e.g. Llama's BOS). The
-    first window is the first ``max_length`` tokens; each next window moves its end ``stride`` tokens
-    on, keeps ``max_length`` tokens and scores only the ``stride`` new ones. So every token after a
-    text's first is predicted exactly once, with all earlier tokens as context when the text fits in
-    one window and at least ``max_length - stride`` otherwise. ``stride`` must be below ``max_length``
-    (the token before the first new one has to be in the window) and defaults to ``max_length // 2``.
-    Windows are batched with right padding (the causal mask keeps padding from affecting real
-    positions).
+    """Perplexity of a causal LM over the windows of ``texts`` (:func:`causal_lm_windows`).
 
     Returns ``{"perplexity", "nll" (mean per scored token), "tokens" (scored), "texts"}``.
     """
-    _check_texts(texts)
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2 (a context token and a target), got {max_length}")
-    stride = max_length // 2 if stride is None else stride
-    if not 0 < stride < max_length:
-        raise ValueError(f"stride must be in [1, max_length - 1] = [1, {max_length - 1}], got stride={stride}")
-    windows: list[tuple[list[int], int]] = []  # (input ids, number of trailing tokens to score)
-    for text in texts:
-        # verbose=False: a text longer than the model's window is expected here, the windows handle it.
-        ids = tokenizer(text, verbose=False)["input_ids"]
-        scored_until = 1  # the first token has no context and is never predicted
-        end = min(max_length, len(ids))
-        while scored_until < len(ids):
-            begin = max(0, end - max_length)  # <= scored_until - 1 because stride < max_length
-            windows.append((ids[begin:end], end - scored_until))
-            scored_until = end
-            end = min(end + stride, len(ids))
-    if not windows:
-        raise ValueError("every text tokenized to fewer than 2 tokens: nothing to score")
-    # Labels: only the window's last n_scored tokens are scored (-100 elsewhere).
-    pairs = [(ids, [-100] * (len(ids) - n_scored) + ids[len(ids) - n_scored :]) for ids, n_scored in windows]
-    return {**_perplexity(model, tokenizer, pairs, batch_size, shift=True), "texts": len(texts)}
+    windows = causal_lm_windows(tokenizer, texts, max_length=max_length, stride=stride, max_tokens=max_tokens)
+    return {**_perplexity(model, tokenizer, windows, batch_size, shift=True), "texts": len(texts)}
 
 
 def _perplexity(model: nn.Module, tokenizer: Any, pairs, batch_size: int, *, shift: bool) -> dict[str, float]:

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from disel.io import read_json
-
 from ..models import ADAPTER_CONFIG_FILE, portable_base_name
 from ..schemas import TrainResult
-from .config import EvidenceConfig, RunSpec
+from .config import RunSpec, StudyConfig
+from .records import CheckpointEval
 from .results import (
     CheckpointRecord,
     EvidenceResults,
@@ -36,46 +35,51 @@ __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
 _ADAPTER_FILES = ("adapter_model.safetensors", ADAPTER_CONFIG_FILE)
 
 
-def _checkpoint(record: dict[str, Any], rng: np.random.Generator, replicates: int) -> CheckpointRecord:
-    estimate, low, high = exact_match_interval(np.array(record["correct"]), rng, replicates)
-    by_layer = record.get("anti_aligned_by_layer")
+def _checkpoint(record: CheckpointEval, rng: np.random.Generator, replicates: int) -> CheckpointRecord:
+    estimate, low, high = exact_match_interval(np.array(record.correct), rng, replicates)
+    by_layer = record.anti_aligned_by_layer
     return CheckpointRecord(
-        step=int(record["step"]),
+        step=record.step,
         exact_match=Interval(estimate, low, high),
-        perplexity=dict(record["perplexity"]),
-        kl=dict(record["kl"]),
-        anti_aligned_fraction=record.get("anti_aligned_fraction"),
+        perplexity=dict(record.perplexity),
+        kl=dict(record.kl),
+        anti_aligned_fraction=record.anti_aligned_fraction,
         anti_aligned_by_layer=None if by_layer is None else {int(k): v for k, v in by_layer.items()},
-        gate_means=record.get("gate_means"),
+        gate_means=record.gate_means,
     )
 
 
+def checkpoint_evals(spec: RunSpec) -> list[CheckpointEval]:
+    """The run's evaluated checkpoints, by step."""
+    return sorted((CheckpointEval.read(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r.step)
+
+
 def _run_record(
-    spec: RunSpec, base: dict[str, Any], rng: np.random.Generator, replicates: int, adapter: str | None
+    spec: RunSpec, base: CheckpointEval, rng: np.random.Generator, replicates: int, adapter: str | None
 ) -> RunRecord:
     """The run's path: the base model as step 0, then every evaluated checkpoint."""
-    evals = sorted((read_json(p) for p in (spec.run_dir / "eval").glob("step-*.json")), key=lambda r: r["step"])
-    records = [{**base, "step": 0}, *evals]
-    train = TrainResult.read(spec.run_dir)
+    evals = checkpoint_evals(spec)
+    records = [base, *evals]
+    train = TrainResult.read(spec.source_dir)  # a post-hoc arm's: its source's training
     runtime = train.trainer_runtime_s or train.runtime_s
     return RunRecord(
         arm=spec.arm,
         seed=spec.seed,
         checkpoints=[_checkpoint(r, rng, replicates) for r in records],
-        correct=np.array([r["correct"] for r in records], dtype=bool),
+        correct=np.array([r.correct for r in records], dtype=bool),
         adapter=adapter,
         timing={
             "train_runtime_s": float(runtime),
             "train_steps": float(train.global_step),
-            "eval_s": float(sum(r["seconds"] for r in evals)),
+            "eval_s": float(sum(r.seconds for r in evals)),
         },
     )
 
 
 def build_results(
-    config: EvidenceConfig,
+    config: StudyConfig,
     specs: list[RunSpec],
-    base: dict[str, Any],
+    base: CheckpointEval,
     throughput: dict[str, Any],
     adapters: dict[str, str],
     recipe: dict[str, Any],
@@ -88,7 +92,7 @@ def build_results(
         compare_arms(
             runs,
             arm,
-            config.reference_arm,
+            config.reference_of(arm),
             kind,
             domain,
             rng,
@@ -96,17 +100,17 @@ def build_results(
             replicates=replicates,
         )
         for arm in config.arms
-        if arm != config.reference_arm
+        if arm != config.reference_of(arm)
         for kind in ("kl", "perplexity")
         for domain in DOMAINS
     ]
     return EvidenceResults(
         model=portable_base_name(specs[0].config.model.path),
         task="arithmetic word problems (exact match)",
-        n_test_problems=len(base["correct"]),
+        n_test_problems=len(base.correct),
         runs=runs,
         comparisons=comparisons,
-        base=_checkpoint({**base, "step": 0}, rng, replicates),
+        base=_checkpoint(base, rng, replicates),
         throughput=throughput,
         recipe=recipe,
     )
@@ -115,10 +119,12 @@ def build_results(
 def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
     """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config, its base named portably:
     :func:`~disel.experiments.models.make_adapter_portable`); label → folder."""
-    from ..models import make_adapter_portable
+    from ..models import is_adapter_dir, make_adapter_portable
 
     copied = {}
     for spec in specs:
+        if not is_adapter_dir(spec.run_dir):
+            continue  # a full fine-tuning or post-hoc arm: no adapter of its own to ship
         folder = target / spec.label
         folder.mkdir(parents=True, exist_ok=True)
         for name in _ADAPTER_FILES:

@@ -1,10 +1,9 @@
 """Issue 11, item 6: how far can the evidence run's SmolLM2 DISeL adapter be pruned or partly merged before
-exact match or retention moves? One command, resumable:
+exact match or retention moves? A study recipe (:class:`CompressionConfig`, ``kind: compression``), resumable:
 
-    python -m disel.experiments.study.compression --evidence-dir runs/evidence \\
-        --adapter paper_figs/evidence/adapters/disel_paper-seed0 --out paper_figs/evidence/compression
+    disel-study --recipe recipes/evidence/smollm2_compression.yaml
 
-Steps (each cached as a JSON file in ``--out``, skipped when present; delete a file to redo it):
+Steps (each cached as a JSON file in ``out``, skipped when present; delete a file to redo it):
 
 1. ``statistics.json``: :func:`disel.component_statistics` (with gate correlations) of the adapter on
    three domains: ``math`` = training problems in the training prompt format (``data/train.jsonl``
@@ -19,11 +18,11 @@ Steps (each cached as a JSON file in ``--out``, skipped when present; delete a f
    every domain). Each is scored by the evidence's own :func:`.stages.evaluate_model` (exact match on the
    held-out problems, perplexity and KL to the *original* base on English and code), with the
    fraction of components removed or merged, the adapter parameters left, and the output change the
-   operation measured on the first ``--change-texts`` statistics texts per domain.
+   operation measured on the first ``change_texts`` statistics texts per domain.
 3. ``timing.json``: one forward pass on the same tokens, repetitions interleaved over the models (base,
    unpruned DISeL, LoRA, and each operation's largest acceptable reduction), medians and their ratios.
-4. ``compression.json`` (:class:`CompressionResults`), ``compression.md`` (table) and the figure
-   ``evidence_compression.png`` (``paper_figs/evidence_compression.py``).
+4. ``compression.json`` (:class:`CompressionResults`) and ``compression.md`` (table); the figure is
+   ``python -m paper_figs.evidence_compression --results <out>/compression.json --out <out>``.
 
 **Acceptable** (stated once, applied to every level): exact match at or above the lower end of the
 unpruned adapter's 95% bootstrap interval (over test problems), and retention unchanged: in English and
@@ -34,22 +33,21 @@ so these are paired differences, not sampling noise.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
 from disel.io import read_json, write_json_atomic, write_text_atomic
 
 from ..models import portable_base_name
 from . import stages
-from .figures import draw_compression_figure
+from .records import CheckpointEval, DataManifest, plain
 from .results import (
     COMPRESSION_SCHEMA_VERSION as SCHEMA_VERSION,
 )
@@ -64,83 +62,99 @@ from .stats import exact_match_interval
 __all__ = [
     "SCHEMA_VERSION",
     "CompressionResults",
+    "CompressionConfig",
     "LevelResult",
-    "build_parser",
+    "check_compression",
     "load_compression_results",
-    "main",
     "run_compression",
 ]
 
 OPERATIONS = ("prune", "prune_aligned", "merge_static")
 RESULTS_FILE, TABLE_FILE = "compression.json", "compression.md"
-PROG = "python -m disel.experiments.study.compression"
+
+
+class CompressionConfig(BaseModel):
+    """The compression study's recipe (``recipes/evidence/smollm2_compression.yaml``; module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    kind: Literal["compression"]
+    evidence_dir: str = "runs/evidence"  # a disel-study output folder (with data/manifest.json)
+    adapter: str  # the DISeL adapter folder, e.g. runs/evidence/runs/disel_paper-seed0
+    out: str  # output folder (cached steps, results, table)
+    fractions: list[Annotated[float, Field(ge=0, lt=1)]] = [0, 0.25, 0.5, 0.75, 0.9]  # of all components to prune
+    merge_std: list[NonNegativeFloat] = [0.005, 0.01, 0.02, 0.05]  # gate std thresholds of the static merge
+    operations: list[Literal["prune", "prune_aligned", "merge_static"]] = list(OPERATIONS)
+    lora_adapter: str | None = None  # LoRA adapter to time against (default: the reference arm's, same seed)
+    evidence_recipe: str | None = None  # the evidence study recipe (default: the one in <evidence_dir>/results.json)
+    evidence_overrides: list[str] = []  # keys of that recipe
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: str = "float32"
+    stats_texts: PositiveInt = 16  # texts per domain for the statistics
+    change_texts: PositiveInt = 4  # of those, texts per domain each level measures its output change on (2 passes)
+    stats_batch_size: PositiveInt = 4  # sequences per statistics batch (the output change holds float64 logits)
+    kl_tolerance: NonNegativeFloat = 0.1  # relative KL rise still counted as retention unchanged
+    perplexity_tolerance: NonNegativeFloat = 0.01  # relative perplexity rise still counted as retention unchanged
+    bootstrap_replicates: PositiveInt = 2000  # replicates of the exact-match intervals
+    timing_repetitions: PositiveInt = 10  # interleaved timed rounds over the models
+    timing_tokens: PositiveInt = 128  # tokens per timed sequence
+    timing_batch: PositiveInt = 1  # sequences per timed forward pass
 
 
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _check_inputs(args: argparse.Namespace) -> None:
-    """ValueError naming the flag for inputs that cannot work, before anything is loaded."""
+def _check_inputs(settings: CompressionConfig) -> None:
+    """ValueError naming the recipe key for inputs that cannot work, before anything is loaded (the numbers are
+    checked by :class:`CompressionConfig`)."""
     from ..cli import preflight
     from ..models import is_adapter_dir
 
-    if not is_adapter_dir(args.adapter):
+    adapter = Path(settings.adapter)
+    if not is_adapter_dir(adapter):
         raise ValueError(
-            f"--adapter {args.adapter!r} is not a saved adapter folder (no adapter_config.json); the "
-            "evidence run writes them to <figures_dir>/adapters/<arm>-seed<k>/ at its end"
+            f"adapter {settings.adapter!r} is not a saved adapter folder (no adapter_config.json); the "
+            "evidence run's are runs/<arm>-seed<k>/ of its output folder (and <figures_dir>/adapters/<arm>-seed<k>/)"
         )
-    if not (Path(args.evidence_dir) / "data" / "manifest.json").is_file():
+    if not (Path(settings.evidence_dir) / "data" / "manifest.json").is_file():
         raise ValueError(
-            f"--evidence-dir {args.evidence_dir!r} holds no data/manifest.json (not a disel-evidence "
+            f"evidence_dir {settings.evidence_dir!r} holds no data/manifest.json (not a disel-study "
             "output folder, or its data stage has not run)"
         )
-    if any(not 0 <= f < 1 for f in args.fractions):
-        raise ValueError(f"--fractions must be fractions of components removed, in [0, 1), got {args.fractions}")
-    if any(s < 0 for s in args.merge_std):
-        raise ValueError(f"--merge-std must be gate standard deviations >= 0, got {args.merge_std}")
-    counts = ("stats_texts", "change_texts", "stats_batch_size", "bootstrap_replicates", "timing_repetitions")
-    for flag in (*counts, "timing_tokens", "timing_batch", "threads"):
-        preflight.check_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
-    if min(args.kl_tolerance, args.perplexity_tolerance) < 0:
-        raise ValueError(
-            "--kl-tolerance and --perplexity-tolerance must be >= 0 (relative rises), got "
-            f"{args.kl_tolerance} and {args.perplexity_tolerance}"
-        )
-    if Path(args.out).resolve() == Path(args.adapter).resolve():
-        raise ValueError("--out must be a folder of its own, not the --adapter folder")
-    preflight.check_output_dir(args.out, "--out")
+    if Path(settings.out).resolve() == adapter.resolve():
+        raise ValueError("out must be a folder of its own, not the adapter folder")
+    preflight.check_output_dir(settings.out, "out")
 
 
-def _evidence_config(args: argparse.Namespace):
-    """The evidence recipe: ``--recipe`` if given, else the one recorded in ``<evidence-dir>/results.json``."""
+def _evidence_config(settings: CompressionConfig):
+    """The evidence recipe: ``evidence_recipe`` if given, else the one recorded in ``<evidence_dir>/results.json``."""
     from ..config import apply_overrides
-    from .config import EvidenceConfig, load_evidence_config
+    from .config import StudyConfig, load_study_config
 
-    if args.recipe is not None:
-        return load_evidence_config(args.recipe, args.override, device=args.device)
-    results = Path(args.evidence_dir) / "results.json"
+    if settings.evidence_recipe is not None:
+        return load_study_config(settings.evidence_recipe, settings.evidence_overrides, device=settings.device)
+    results = Path(settings.evidence_dir) / "results.json"
     if not results.is_file():
         raise ValueError(
-            f"--evidence-dir {args.evidence_dir!r} has no results.json to read the recipe from "
-            "(the run has not finished); pass --recipe"
+            f"evidence_dir {settings.evidence_dir!r} has no results.json to read the recipe from "
+            "(the run has not finished); set evidence_recipe"
         )
-    raw = apply_overrides(read_json(results)["recipe"]["evidence"], args.override)
-    return EvidenceConfig.model_validate({**raw, "device": args.device})
+    raw = apply_overrides(read_json(results)["recipe"]["evidence"], settings.evidence_overrides)
+    return StudyConfig.model_validate({**raw, "device": settings.device})
 
 
-def _evidence_run(args: argparse.Namespace, reference_arm: str) -> tuple[dict | None, str | None]:
+def _evidence_run(settings: CompressionConfig, reference_arm: str) -> tuple[dict | None, str | None]:
     """(the evidence run's final-checkpoint record of this adapter, the LoRA adapter of the same seed): the
     run whose label names the adapter folder (``copy_final_adapters`` names them so); (None, None) if none."""
     from .results import load_results
 
-    results = Path(args.evidence_dir) / "results.json"
+    results = Path(settings.evidence_dir) / "results.json"
     if not results.is_file():
         return None, None
     runs = {f"{r.arm}-seed{r.seed}": r for r in load_results(results).runs}
-    run = runs.get(Path(args.adapter).name)
+    run = runs.get(Path(settings.adapter).name)
     if run is None:
         return None, None
-    lora = Path(args.adapter).parent / f"{reference_arm}-seed{run.seed}"
+    lora = Path(settings.adapter).parent / f"{reference_arm}-seed{run.seed}"
     return asdict(run.checkpoints[-1]), str(lora) if lora.is_dir() else None
 
 
@@ -153,7 +167,7 @@ class Study:
     the statistics data and the statistics."""
 
     config: Any
-    manifest: dict[str, Any]
+    manifest: DataManifest
     model_path: str
     adapter: str
     dtype: str
@@ -168,7 +182,7 @@ class Study:
 
     def load(self, adapter: str | None = None):
         """A fresh (model, tokenizer, description), as the evidence run loads a checkpoint."""
-        from ..eval.generation import load_model_for_eval
+        from ..models import load_model_for_eval
 
         return load_model_for_eval(
             self.model_path, adapter or self.adapter, dtype=self.dtype, device=self.config.device
@@ -186,14 +200,14 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
     rows = read_jsonl(study.evidence_dir / "data" / "train.jsonl", n)
     texts = {"math": [template.format_prompt(r["instruction"]) + r["output"] for r in rows]}
     for domain, pool in stages.retention_pools(study.config).items():
-        scored = set(study.manifest["retention"][domain])
+        scored = set(study.manifest.retention[domain])
         texts[domain] = [t for t in pool if t not in scored][:n]
         if not texts[domain]:
             raise RuntimeError(f"no {domain} text is left outside the retention texts for the statistics")
     return texts
 
 
-def _prepare_statistics(study: Study, tokenizer: Any, args: argparse.Namespace) -> None:
+def _prepare_statistics(study: Study, tokenizer: Any, settings: CompressionConfig) -> None:
     """Batches (for the statistics; their first ``change_texts`` texts per domain for the output change) and
     statistics (plain and aligned), from ``statistics*.json`` when present."""
     import disel
@@ -202,19 +216,19 @@ def _prepare_statistics(study: Study, tokenizer: Any, args: argparse.Namespace) 
 
     def batches(texts: list[str]) -> list[dict]:
         return [
-            {k: v.to(device) for k, v in b.items()}
-            for b in stages._token_batches(tokenizer, texts, length, args.stats_batch_size)
+            {k: v.to(device) for k, v in b.items() if k != "labels"}  # the statistics read outputs, not losses
+            for b in stages.token_batches(tokenizer, texts, length, settings.stats_batch_size)
         ]
 
-    texts = _statistics_texts(study, args.stats_texts)
+    texts = _statistics_texts(study, settings.stats_texts)
     study.batches = {d: batches(t) for d, t in texts.items()}
-    study.change_batches = {d: batches(t[: args.change_texts]) for d, t in texts.items()}
+    study.change_batches = {d: batches(t[: settings.change_texts]) for d, t in texts.items()}
     path, aligned_path = study.out / "statistics.json", study.out / "statistics_aligned.json"
     if not path.is_file():
         model = study.load().model
         disel.component_statistics(model, study.batches, pairwise=True).save_json(path, adapter=study.adapter)
     study.stats = disel.ComponentStatistics.load_json(path)
-    if "prune_aligned" in args.operations:
+    if "prune_aligned" in settings.operations:
         if not aligned_path.is_file():
             _aligned_statistics(study, aligned_path)
         study.aligned_stats = disel.ComponentStatistics.load_json(aligned_path)
@@ -231,23 +245,23 @@ def _aligned_statistics(study: Study, path: Path) -> None:
     aligned.save_json(path, adapter=study.adapter, aligned_groups=groups)
 
 
-def _check_settings(args: argparse.Namespace, out: Path) -> None:
+def _check_settings(settings: CompressionConfig, out: Path) -> None:
     """``out/settings.json``: what the cached steps depend on; ValueError if ``out`` was made with others."""
-    settings = {
-        "adapter": str(Path(args.adapter).resolve()),
-        "dtype": args.dtype,
-        "stats_texts": args.stats_texts,
-        "change_texts": args.change_texts,
-        "recipe": args.recipe,
-        "override": list(args.override),
+    depends_on = {
+        "adapter": str(Path(settings.adapter).resolve()),
+        "dtype": settings.dtype,
+        "stats_texts": settings.stats_texts,
+        "change_texts": settings.change_texts,
+        "recipe": settings.evidence_recipe,
+        "override": list(settings.evidence_overrides),
     }
     path = out / "settings.json"
-    if path.is_file() and read_json(path) != settings:
+    if path.is_file() and read_json(path) != depends_on:
         raise ValueError(
-            f"--out {str(out)!r} holds steps made with other settings ({read_json(path)}); give a new "
-            "--out, or delete that folder to start over"
+            f"out {str(out)!r} holds steps made with other settings ({read_json(path)}); give a new "
+            "out, or delete that folder to start over"
         )
-    write_json_atomic(path, settings)
+    write_json_atomic(path, depends_on)
 
 
 # ----------------------------------------------------------------------------------------------- levels
@@ -286,10 +300,11 @@ def _evaluate_level(study: Study, operation: str, level: float, total: int) -> d
     loaded = study.load()
     change = _apply(study, loaded.model, operation, level)
     gated, parameters = _gated(loaded.model)
-    record = stages.evaluate_model(
+    evaluation = stages.evaluate_model(
         loaded, study.config, study.manifest, is_base=False, is_disel=False, base_model=study.base
     )
-    record.update(
+    record = dict(
+        plain(evaluation),
         operation=operation,
         level=level,
         gated_components=gated,
@@ -301,17 +316,18 @@ def _evaluate_level(study: Study, operation: str, level: float, total: int) -> d
     return record
 
 
-def _plan(args: argparse.Namespace, study: Study) -> tuple[list[tuple[str, float]], list[str]]:
+def _plan(settings: CompressionConfig, study: Study) -> tuple[list[tuple[str, float]], list[str]]:
     """Every (operation, level) to evaluate, reference first; notes on what was left out and why."""
     plan, notes = [("reference", 0.0)], []
-    for operation in args.operations:
+    for operation in settings.operations:
         if operation == "prune_aligned" and study.aligned_groups == 0:
             notes.append(
                 "prune_aligned skipped: no components share a gate (correlation >= 0.99), so alignment "
                 "changes nothing and it equals prune"
             )
             continue
-        plan += [(operation, level) for level in (args.merge_std if operation == "merge_static" else args.fractions)]
+        levels = settings.merge_std if operation == "merge_static" else settings.fractions
+        plan += [(operation, level) for level in levels]
     return plan, notes
 
 
@@ -327,10 +343,8 @@ def _run_levels(study: Study, plan: list[tuple[str, float]], echo=print) -> list
             continue
         record = _evaluate_level(study, operation, level, total)
         records.append(record)
-        echo(
-            f"[{path.stem}] reduced {record['fraction_reduced']:.3f}, {stages.headline(record)}, "
-            f"{record['seconds']:.0f} s"
-        )
+        headline = stages.headline(CheckpointEval.from_dict(record))  # the level's extra keys are ignored
+        echo(f"[{path.stem}] reduced {record['fraction_reduced']:.3f}, {headline}, {record['seconds']:.0f} s")
     return records
 
 
@@ -338,15 +352,15 @@ def _run_levels(study: Study, plan: list[tuple[str, float]], echo=print) -> list
 
 
 def _level_result(
-    record: dict[str, Any], reference: dict[str, Any], args: argparse.Namespace, reference_low: float
+    record: dict[str, Any], reference: dict[str, Any], settings: CompressionConfig, reference_low: float
 ) -> LevelResult:
     """The typed record of one level, with its acceptability (module docstring) against ``reference``."""
     estimate, low, high = exact_match_interval(
-        np.array(record["correct"]), np.random.default_rng(0), args.bootstrap_replicates
+        np.array(record["correct"]), np.random.default_rng(0), settings.bootstrap_replicates
     )
     acceptable = estimate >= reference_low and all(
-        record["kl"][d] <= reference["kl"][d] * (1 + args.kl_tolerance)
-        and record["perplexity"][d] <= reference["perplexity"][d] * (1 + args.perplexity_tolerance)
+        record["kl"][d] <= reference["kl"][d] * (1 + settings.kl_tolerance)
+        and record["perplexity"][d] <= reference["perplexity"][d] * (1 + settings.perplexity_tolerance)
         for d in stages.DOMAINS
     )
     return LevelResult(
@@ -420,22 +434,22 @@ def format_table(results: CompressionResults) -> str:
 
 
 def _aggregate(
-    args: argparse.Namespace, study: Study, records: list[dict[str, Any]], notes: list[str], evidence_final: dict | None
+    settings: CompressionConfig, study: Study, records: list[dict], notes: list[str], evidence_final: dict | None
 ) -> CompressionResults:
     reference = records[0]
     _, reference_low, _ = exact_match_interval(
-        np.array(reference["correct"]), np.random.default_rng(0), args.bootstrap_replicates
+        np.array(reference["correct"]), np.random.default_rng(0), settings.bootstrap_replicates
     )
-    typed = [_level_result(r, reference, args, reference_low) for r in records]
+    typed = [_level_result(r, reference, settings, reference_low) for r in records]
     return CompressionResults(
         adapter=study.adapter,
         base_model=portable_base_name(study.model_path),
-        evidence_dir=str(args.evidence_dir),
+        evidence_dir=str(settings.evidence_dir),
         total_components=sum(entry.rank for entry in study.stats.layers),
         criterion={
             "exact_match_low": reference_low,
-            "kl_tolerance": args.kl_tolerance,
-            "perplexity_tolerance": args.perplexity_tolerance,
+            "kl_tolerance": settings.kl_tolerance,
+            "perplexity_tolerance": settings.perplexity_tolerance,
             "confidence": 0.95,
         },
         reference=typed[0],
@@ -493,7 +507,7 @@ def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repet
 
 
 def _timing_stage(
-    study: Study, results: CompressionResults, lora: str | None, args: argparse.Namespace, tokenizer: Any
+    study: Study, results: CompressionResults, lora: str | None, settings: CompressionConfig, tokenizer: Any
 ) -> dict[str, Any]:
     """``timing.json`` (recomputed when the set of models to time changed): medians and ratios."""
     path = study.out / "timing.json"
@@ -505,15 +519,15 @@ def _timing_stage(
     ]
     if path.is_file() and read_json(path).get("models") == wanted:
         return read_json(path)
-    from .kl import right_padded_batches
+    from ..eval.perplexity import causal_lm_windows, window_batches
 
-    texts = study.manifest["retention"]["english"][: args.timing_batch]
-    ids = [tokenizer(t, truncation=True, max_length=args.timing_tokens)["input_ids"] for t in texts]
-    batch = {
-        k: v.to(study.base.device) for k, v in next(right_padded_batches(ids, len(ids), tokenizer.pad_token_id)).items()
-    }
+    texts = study.manifest.retention["english"][: settings.timing_batch]
+    length = settings.timing_tokens
+    windows = causal_lm_windows(tokenizer, texts, max_length=length, max_tokens=length)
+    (padded,) = window_batches(windows, len(texts), tokenizer.pad_token_id)
+    batch = {k: v.to(study.base.device) for k, v in padded.items() if k != "labels"}  # a forward is timed, no loss
     models = _timed_models(study, results, lora)
-    median = _median_forward_seconds(models, batch, args.timing_repetitions)
+    median = _median_forward_seconds(models, batch, settings.timing_repetitions)
     ratios = {
         f"{name} / {ref}": median[name] / median[ref]
         for ref in ("disel", "lora", "base")
@@ -526,110 +540,54 @@ def _timing_stage(
         "median_s": median,
         "ratios": ratios,
         "tokens": int(batch["attention_mask"].sum()),
-        "repetitions": args.timing_repetitions,
+        "repetitions": settings.timing_repetitions,
         "lora_adapter": lora,
     }
     write_json_atomic(path, timing)
     return timing
 
 
-# ------------------------------------------------------------------------------------------------ command
+# ------------------------------------------------------------------------------------------------ study
 
 
-def run_compression(args: argparse.Namespace, echo=print) -> CompressionResults:
-    """The whole study (module docstring); resumes from the files in ``args.out``. ValueError naming the flag
-    for unusable inputs (checked before any model is loaded)."""
+def check_compression(settings: CompressionConfig):
+    """Every input checked before a model is loaded; the evidence study's recipe (ValueError / ConfigError)."""
+    _check_inputs(settings)
+    config = _evidence_config(settings)
+    _check_settings(settings, Path(settings.out))
+    return config
+
+
+def run_compression(settings: CompressionConfig, echo=print) -> CompressionResults:
+    """The whole study (module docstring); resumes from the files in ``settings.out``. ValueError naming the
+    recipe key for unusable inputs (checked before any model is loaded: :func:`check_compression`)."""
     from dataclasses import replace
 
     from ..models import force_offline, model_path_or_smollm2
 
     force_offline()
-    _check_inputs(args)
-    config = _evidence_config(args)
-    out = Path(args.out)
-    _check_settings(args, out)
+    config = check_compression(settings)
+    out = Path(settings.out)
     study = Study(
         config,
-        read_json(Path(args.evidence_dir) / "data" / "manifest.json"),
+        DataManifest.read(Path(settings.evidence_dir) / "data" / "manifest.json"),
         model_path_or_smollm2(config.model_path),
-        str(args.adapter),
-        args.dtype,
+        str(settings.adapter),
+        settings.dtype,
         out,
-        Path(args.evidence_dir),
+        Path(settings.evidence_dir),
     )
-    from ..eval.generation import load_model_for_eval
+    from ..models import load_model_for_eval
 
-    base = load_model_for_eval(study.model_path, None, dtype=args.dtype, device=config.device)
+    base = load_model_for_eval(study.model_path, None, dtype=settings.dtype, device=config.device)
     study.base = base.model
-    _prepare_statistics(study, base.tokenizer, args)
-    plan, notes = _plan(args, study)
+    _prepare_statistics(study, base.tokenizer, settings)
+    plan, notes = _plan(settings, study)
     records = _run_levels(study, plan, echo)
-    evidence_final, lora = _evidence_run(args, config.reference_arm)
-    results = _aggregate(args, study, records, notes, evidence_final)
-    timing = _timing_stage(study, results, args.lora_adapter or lora, args, base.tokenizer)
+    evidence_final, lora = _evidence_run(settings, config.reference_arm)
+    results = _aggregate(settings, study, records, notes, evidence_final)
+    timing = _timing_stage(study, results, settings.lora_adapter or lora, settings, base.tokenizer)
     results = replace(results, timing=timing)
     results.write(out / RESULTS_FILE)
     write_text_atomic(out / TABLE_FILE, format_table(results))
-    draw_compression_figure(out / RESULTS_FILE, out)
     return results
-
-
-# (flag, type, default, help) of the tuning flags; every count must be a positive integer (_check_inputs).
-_SETTINGS = (
-    ("--stats-texts", int, 16, "texts per domain for the statistics"),
-    ("--change-texts", int, 4, "of those, texts per domain each level measures its output change on (2 passes)"),
-    ("--stats-batch-size", int, 4, "sequences per statistics batch (the output change holds its float64 logits)"),
-    ("--kl-tolerance", float, 0.1, "relative KL rise still counted as retention unchanged"),
-    ("--perplexity-tolerance", float, 0.01, "relative perplexity rise still counted as retention unchanged"),
-    ("--bootstrap-replicates", int, 2000, "replicates of the exact-match intervals"),
-    ("--timing-repetitions", int, 10, "interleaved timed rounds over the models"),
-    ("--timing-tokens", int, 128, "tokens per timed sequence"),
-    ("--timing-batch", int, 1, "sequences per timed forward pass"),
-    ("--threads", int, None, "torch threads (default: torch's choice)"),
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    description = __doc__.split("\n\n")[0]
-    parser = argparse.ArgumentParser(prog=PROG, allow_abbrev=False, description=description)
-    add = parser.add_argument
-    add("--evidence-dir", default="runs/evidence", help="disel-evidence output folder (with data/manifest.json)")
-    add("--adapter", required=True, help="DISeL adapter folder, e.g. paper_figs/evidence/adapters/disel_paper-seed0")
-    add("--out", required=True, help="output folder (cached steps, results, table, figure)")
-    fractions, stds = [0, 0.25, 0.5, 0.75, 0.9], [0.005, 0.01, 0.02, 0.05]
-    add("--fractions", type=float, nargs="+", default=fractions, help="fractions of all components to prune")
-    add("--merge-std", type=float, nargs="+", default=stds, help="gate std thresholds of the static merge")
-    add("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
-    add("--lora-adapter", help="LoRA adapter to time against (default: the evidence reference arm's, same seed)")
-    add("--recipe", help="evidence recipe (default: the one in <evidence-dir>/results.json)")
-    add("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="evidence recipe keys")
-    add("--device", choices=("cpu", "cuda"), default="cpu")
-    add("--dtype", default="float32")
-    for flag, kind, default, text in _SETTINGS:
-        add(flag, type=kind, default=default, help=text)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import preflight
-    from ..config import ConfigError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:  # every argument checked before any model is loaded
-        _check_inputs(args)
-        _evidence_config(args)
-        _check_settings(args, Path(args.out))
-    except (ValueError, ConfigError) as error:
-        return preflight.report(parser.prog, error)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    results = run_compression(args)
-    print(format_table(results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

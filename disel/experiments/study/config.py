@@ -1,13 +1,23 @@
-"""The evidence experiment's recipe (``recipes/evidence/*.yaml``): one training recipe, the arms that overlay
-it, the problems and the evaluation settings. Read with :func:`load_evidence_config`.
+"""A study's recipe (``recipes/evidence/*.yaml``, ``recipes/comparison/smollm2_methods_ranks.yaml``): one training
+recipe, the arms that overlay it, the problems and the evaluation settings. Read with :func:`load_study_config`.
 
 The training recipe is an ordinary :class:`~disel.experiments.config.ExperimentConfig` file (``training_recipe``,
-relative to the evidence recipe) with ``overrides`` for every arm; each arm adds its own ``overrides`` and
+relative to the study recipe) with ``overrides`` for every arm; each arm adds its own ``overrides`` and
 trains once per seed (``training.seed``). So arms share data, steps and schedule by construction.
 
 ``--override`` keys whose first part is a training-recipe section (``model``, ``data``, ``method``,
 ``training``) go to every arm's training recipe (``model.dtype=bfloat16``); the others set this file's
-keys (``problems.test=8``, ``evaluation.max_new_tokens=16``).
+keys (``problems.test=8``, ``evaluation.max_new_tokens=16``). The runner sets the keys of :data:`RUNNER_KEYS`
+itself (where each run writes, its data, its seed ...); an override of one of them is refused, never ignored.
+
+The next studies fit this shape (issues 17, 18): an arm varying the learning rate or the method
+(``[training.learning_rate=1e-3]``, ``[method.name=full]``: its KL reference is then a frozen copy of the base,
+as it has no adapter to disable); a post-hoc arm (``from_arm`` + ``transform``) that transforms every checkpoint
+of another arm without training and is scored like the rest (:mod:`.transforms`); and, designed but not built,
+a run of several training phases on different data (continual learning) as ``phases:`` of an arm, each a list
+of overrides (``[data.train_files=[b.jsonl], training.max_steps=200]``) trained in turn in the arm's run folder,
+each phase resuming the previous one's final checkpoint, so every phase's checkpoints lie on one step axis and
+are scored on every phase's test set (``recipes/evidence/README.md``).
 """
 
 from __future__ import annotations
@@ -26,9 +36,28 @@ from ..config import (
     read_recipe,
 )
 
-__all__ = ["ArmConfig", "EvaluationConfig", "EvidenceConfig", "ProblemsConfig", "RunSpec", "load_evidence_config"]
+__all__ = [
+    "ArmConfig",
+    "EvaluationConfig",
+    "ExportConfig",
+    "ProblemsConfig",
+    "RunSpec",
+    "StudyConfig",
+    "load_study_config",
+]
 
 TRAINING_SECTIONS = ("model", "data", "method", "training")
+RUNNER_KEYS = (
+    "model.path",
+    "data.train_files",
+    "training.seed",
+    "training.output_dir",
+    "training.resume_from_checkpoint",
+    "training.use_cpu",
+    "training.report_to",
+    "training.disable_tqdm",
+)
+"""Training-recipe keys the runner sets for every run (an override of one is refused)."""
 
 
 class _Strict(BaseModel):
@@ -36,10 +65,18 @@ class _Strict(BaseModel):
 
 
 class ArmConfig(_Strict):
-    """One arm: ``overrides`` on the shared training recipe (e.g. ``method.name=lora``) and its training ``seeds``."""
+    """One arm: ``overrides`` on the shared training recipe (e.g. ``method.name=lora``) and its training ``seeds``;
+    ``reference``: the arm it is compared with at matched exact match (default the study's ``reference_arm``).
+
+    A post-hoc arm trains nothing: ``from_arm`` names the arm whose every checkpoint (same seeds) it transforms
+    with the registered ``transform`` (:mod:`.transforms`) and its ``transform_params``."""
 
     overrides: list[str] = []
     seeds: list[int] = Field(default=[0], min_length=1)
+    reference: str | None = None
+    from_arm: str | None = None
+    transform: str | None = None
+    transform_params: dict[str, Any] = {}
 
 
 class ProblemsConfig(_Strict):
@@ -66,8 +103,17 @@ class EvaluationConfig(_Strict):
     matched_fractions: list[float] = Field(default=[0.25, 0.5, 0.75], min_length=1)
 
 
-class EvidenceConfig(_Strict):
-    """The whole experiment (module docstring). ``training_recipe`` is resolved against the recipe's folder."""
+class ExportConfig(_Strict):
+    """What the export stage writes for ``paper_figs`` (Figures 3–7, 10, 11): per run ``retention_perplexity.json``,
+    ``retention_kl.json`` and ``retention_gsm8k.json`` (``disel.retention/1``), ``tradeoff_llm_english.json`` and
+    ``tradeoff_llm_code.json`` (``disel.tradeoff/1``, final checkpoints), and ``gates_math.json``
+    (``disel.gates/1``) of the final checkpoint of ``gates_arm``'s first seed (a DISeL arm)."""
+
+    gates_arm: str
+
+
+class StudyConfig(_Strict):
+    """The whole study (module docstring). ``training_recipe`` is resolved against the recipe's folder."""
 
     name: str = "evidence"
     model_path: str | None = None
@@ -78,15 +124,20 @@ class EvidenceConfig(_Strict):
     reference_arm: str = "lora"
     problems: ProblemsConfig = ProblemsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
-    figures_dir: str = "paper_figs/evidence"
+    figures_dir: str | None = None
+    """Where the final adapters are copied (``adapters/<arm>-seed<k>/``; None: the output folder), e.g. next to the
+    figures ``paper_figs`` draws."""
+    export: ExportConfig | None = None
     device: str = "cpu"
     """``cpu`` or ``cuda`` (then training runs on the GPU: ``training.use_cpu`` is set false)."""
 
     def run_specs(self, model_path: str, train_file: Path, output_dir: Path) -> list[RunSpec]:
         """Every (arm, seed) with its validated training recipe: seed-major (every arm's first seed, then every
-        arm's second, ...), so that an interrupted run already holds one complete comparison of all arms."""
+        arm's second, ...), so that an interrupted run already holds one complete comparison of all arms. A
+        post-hoc arm's recipe is its source arm's (its run folder is its own)."""
         specs = []
         for arm, settings in self.arms.items():
+            trained = self.arms[settings.from_arm] if settings.from_arm else settings
             for seed in settings.seeds:
                 run_dir = output_dir / "runs" / f"{arm}-seed{seed}"
                 fixed = [
@@ -99,9 +150,12 @@ class EvidenceConfig(_Strict):
                     "training.report_to=none",
                     "training.disable_tqdm=true",
                 ]
-                config = load_config(self.training_recipe, [*self.overrides, *settings.overrides, *fixed])
-                specs.append(RunSpec(arm=arm, seed=seed, config=config))
+                config = load_config(self.training_recipe, [*self.overrides, *trained.overrides, *fixed])
+                specs.append(RunSpec(arm=arm, seed=seed, config=config, arm_config=settings))
         return sorted(specs, key=lambda spec: self.arms[spec.arm].seeds.index(spec.seed))  # stable: arm order kept
+
+    def reference_of(self, arm: str) -> str:
+        return self.arms[arm].reference or self.reference_arm
 
 
 class RunSpec(BaseModel):
@@ -111,6 +165,7 @@ class RunSpec(BaseModel):
     arm: str
     seed: int
     config: ExperimentConfig
+    arm_config: ArmConfig = ArmConfig()
 
     @property
     def label(self) -> str:
@@ -124,14 +179,20 @@ class RunSpec(BaseModel):
     def is_disel(self) -> bool:
         return self.config.method.name == "disel"
 
+    @property
+    def source_dir(self) -> Path:
+        """The folder whose checkpoints this run scores: its own, or its source arm's for a post-hoc arm."""
+        source = self.arm_config.from_arm
+        return self.run_dir if source is None else self.run_dir.parent / f"{source}-seed{self.seed}"
 
-def load_evidence_config(
+
+def load_study_config(
     path: str | os.PathLike,
     overrides: list[str] | tuple[str, ...] = (),
     device: str = "cpu",
     arms: list[str] | tuple[str, ...] | None = None,
-) -> EvidenceConfig:
-    """Read an evidence recipe, route ``overrides`` (module docstring), keep only ``arms`` if given (e.g. to
+) -> StudyConfig:
+    """Read a study recipe, route ``overrides`` (module docstring), keep only ``arms`` if given (e.g. to
     aggregate the arms finished so far of a run in progress), validate; ``ConfigError`` naming the key."""
     raw = read_recipe(path)
     if arms:
@@ -150,18 +211,47 @@ def load_evidence_config(
     if isinstance(recipe, str):
         raw["training_recipe"] = str((Path(path).parent / recipe).resolve())
     try:
-        config = EvidenceConfig.model_validate(raw)
+        config = StudyConfig.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{key} in {path}: {first['msg']} (got {first.get('input')!r})") from None
-    if config.reference_arm not in config.arms:
-        raise ConfigError(
-            f"reference_arm in {path}: {config.reference_arm!r} is not an arm (arms: {sorted(config.arms)})"
-        )
+    check_study(config, str(path))
     return config
 
 
-def resolved_training_recipe(config: EvidenceConfig) -> dict[str, Any]:
-    """The shared training recipe with the shared overrides, before any arm's (for the results file)."""
-    return apply_overrides(read_recipe(config.training_recipe), config.overrides)
+def check_study(config: StudyConfig, source: str) -> None:
+    """ConfigError for arms that cannot work together: an unknown reference or source arm, a post-hoc arm without
+    a registered transform or with overrides of its own, an override of a key the runner sets."""
+    from .transforms import TRANSFORMS
+
+    for arm, settings in config.arms.items():
+        reference_key = "reference_arm" if settings.reference is None else f"arms.{arm}.reference"
+        for key, name in ((reference_key, config.reference_of(arm)), (f"arms.{arm}.from_arm", settings.from_arm)):
+            if name is not None and name not in config.arms:
+                raise ConfigError(f"{key} in {source}: {name!r} is not an arm (arms: {sorted(config.arms)})")
+        if (settings.from_arm is None) != (settings.transform is None):
+            raise ConfigError(f"arms.{arm} in {source}: a post-hoc arm needs both from_arm and transform")
+        if settings.transform is not None and settings.transform not in TRANSFORMS:
+            raise ConfigError(
+                f"arms.{arm}.transform in {source}: {settings.transform!r} is not registered ({sorted(TRANSFORMS)})"
+            )
+        source_arm = config.arms.get(settings.from_arm)
+        if source_arm is not None and (
+            settings.overrides or source_arm.from_arm or not set(settings.seeds) <= set(source_arm.seeds)
+        ):
+            raise ConfigError(
+                f"arms.{arm} in {source}: a post-hoc arm trains nothing, so it takes no overrides, its from_arm "
+                "must be a trained arm, and its seeds must be seeds of that arm"
+            )
+        for override in [*config.overrides, *settings.overrides]:
+            key = override.partition("=")[0].strip()
+            if key in RUNNER_KEYS:
+                raise ConfigError(
+                    f"override {override!r} ({source}, arm {arm}): the study runner sets {key} for every run "
+                    "(model.path: the study's model_path; data.train_files: the generated problems; "
+                    "training.seed: the arm's seeds; training.use_cpu: --device), so it cannot be overridden"
+                )
+    if config.export is not None and config.export.gates_arm not in config.arms:
+        raise ConfigError(f"export.gates_arm in {source}: {config.export.gates_arm!r} is not an arm")
+    config.run_specs("<model_path>", Path("<train_file>"), Path("<output_dir>"))  # every arm's training recipe

@@ -142,8 +142,8 @@ def measure_evaluation_split(problems: int = 25, texts: int = 6) -> EvaluationSp
 
     from ..data.arithmetic import train_and_test_problems
     from ..data.offline_text import general_english_texts
-    from ..eval.generation import GenerationSettings, evaluate_gsm8k, load_model_for_eval
-    from ..models import force_offline, smollm2_path
+    from ..eval.generation import GenerationSettings, evaluate_gsm8k
+    from ..models import force_offline, load_model_for_eval, smollm2_path
     from .kl import mean_token_kl, right_padded_batches
 
     force_offline()

@@ -6,10 +6,12 @@ averaged over the scored positions of the text. It measures how far fine-tuning 
 next-token distribution, including moves that leave the reference token's probability (and hence
 perplexity) unchanged, so it is the more sensitive retention metric of the two.
 
-Scored positions are those perplexity scores: position ``t`` of a sequence where both token ``t`` and
-token ``t + 1`` are real (``attention_mask`` 1), i.e. every prediction of a real next token. Padding on
-either side is ignored. Log-probabilities are computed in float32 with ``log_softmax`` whatever the
-model's dtype.
+Scored positions are those perplexity scores (one definition,
+:func:`disel.experiments.eval.perplexity.causal_lm_windows`): position ``t`` of a sequence predicting a real
+token ``t + 1`` (``attention_mask`` 1 on both) whose label is not -100 (a batch without ``labels`` scores
+every real next token). Padding on either side is ignored. So the perplexity these passes give equals
+:func:`~disel.experiments.eval.perplexity.causal_lm_perplexity` on the same windows. Log-probabilities are
+computed in float32 with ``log_softmax`` whatever the model's dtype.
 
 The efficient path needs no second model: for a PEFT model, the base distribution is the same model
 inside ``disable_adapter()`` (one set of weights in memory, two forward passes per batch).
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KLResult", "mean_token_kl", "right_padded_batches", "token_kl_divergence"]
+__all__ = ["KLResult", "mean_token_kl", "token_kl_divergence"]
 
 # Positions per float32 log_softmax chunk: bounds the temporaries at (chunk, vocab) for large vocabularies.
 _CHUNK_POSITIONS = 1024
@@ -71,26 +73,6 @@ def _kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
-def right_padded_batches(
-    sequences: Sequence[Sequence[int]], batch_size: int, pad_token_id: int
-) -> Iterator[dict[str, Tensor]]:
-    """``{"input_ids", "attention_mask"}`` batches (batch, longest) of token-id lists, padded on the right.
-
-    Sequences are taken in the given order; sort them by length beforehand to cut padding waste.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    from ..data.collator import right_pad
-
-    for start in range(0, len(sequences), batch_size):
-        chunk = [list(tokens) for tokens in sequences[start : start + batch_size]]
-        # right_pad pads (ids, per-token values) pairs; here the ids alone matter, so they are their own values
-        ids, mask, _ = right_pad(
-            [(tokens, tokens) for tokens in chunk], pad_token_id, fill=pad_token_id, dtype=torch.long
-        )
-        yield {"input_ids": ids, "attention_mask": mask}
-
-
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -108,8 +90,9 @@ def _eval_mode(*models: nn.Module) -> Iterator[None]:
             m.train(training)
 
 
-def _checked_batch(index: int, batch: Mapping[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """``(input_ids, attention_mask)`` of batch ``index`` on ``device``, (b, s) each; the mask defaults to ones."""
+def _checked_batch(index: int, batch: Mapping[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``(input_ids, attention_mask, scored)`` of batch ``index`` on ``device``: (b, s), (b, s), (b, s-1); the mask
+    defaults to ones; ``scored``: position t predicts a real token t + 1 whose label (if any) is not -100."""
     if "input_ids" not in batch:
         raise ValueError(f"batch {index} has no 'input_ids' (keys: {sorted(batch)})")
     ids = batch["input_ids"].to(device)  # (b, s)
@@ -117,7 +100,11 @@ def _checked_batch(index: int, batch: Mapping[str, Tensor], device: torch.device
     mask = torch.ones_like(ids) if mask is None else mask.to(device)  # (b, s)
     if mask.shape != ids.shape:
         raise ValueError(f"batch {index}: attention_mask {tuple(mask.shape)} differs from input_ids {tuple(ids.shape)}")
-    return ids, mask
+    scored = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)  # (b, s-1): a real token predicting a real token
+    labels = batch.get("labels")
+    if labels is not None:
+        scored &= labels[:, 1:].to(device) != -100
+    return ids, mask, scored
 
 
 def _base_logits(model: nn.Module, base_model: nn.Module | None, ids: Tensor, mask: Tensor) -> Tensor:
@@ -159,8 +146,9 @@ def mean_token_kl(
 
     Args:
         model: the fine-tuned causal LM (a PEFT model or any model returning ``.logits``).
-        batches: mappings with ``input_ids`` (batch, seq) and optionally ``attention_mask`` (batch, seq)
-            (all ones if absent), e.g. from :func:`right_padded_batches`.
+        batches: mappings with ``input_ids`` (batch, seq), optionally ``attention_mask`` (batch, seq) (all ones
+            if absent) and ``labels`` (batch, seq; -100: not scored), e.g. from
+            :func:`~disel.experiments.eval.perplexity.window_batches`.
         base_model: the reference model. ``None`` uses ``model`` itself inside ``model.disable_adapter()``
             (PEFT), which needs no second copy of the weights.
 
@@ -181,8 +169,7 @@ def mean_token_kl(
     models = (model,) if base_model is None else (model, base_model)
     with _eval_mode(*models), torch.inference_mode():
         for index, batch in enumerate(batches):
-            ids, mask = _checked_batch(index, batch, device)  # (b, s), (b, s)
-            scored = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)  # (b, s-1): a real token predicting a real token
+            ids, mask, scored = _checked_batch(index, batch, device)  # (b, s), (b, s), (b, s-1)
             if not scored.any():
                 continue
             base_logits = _base_logits(model, base_model, ids, mask)  # (b, s-1, V) on model's device

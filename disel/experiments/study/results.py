@@ -159,7 +159,7 @@ class MatchedComparison:
 
 
 @dataclass(frozen=True)
-class EvidenceResults(_EvidenceFile, schema=SCHEMA_VERSION, accept=("disel.evidence/1",), made_by="disel-evidence"):
+class EvidenceResults(_EvidenceFile, schema=SCHEMA_VERSION, accept=("disel.evidence/1",), made_by="disel-study"):
     """The whole experiment. ``model``: the base model's name; ``task``: the fine-tuning task;
     ``n_test_problems``: held-out problems every checkpoint is scored on; ``base``: the base model's own
     evaluation (shared by all runs); ``runs``; ``comparisons``; ``throughput``: e.g. measured matmul
@@ -273,7 +273,7 @@ class CompressionResults(
     _EvidenceFile,
     schema=COMPRESSION_SCHEMA_VERSION,
     accept=("disel.evidence_compression/1",),
-    made_by="python -m disel.experiments.study.compression",
+    made_by="disel-study (a compression recipe)",
 ):
     """The whole study: inputs, the acceptance ``criterion``, the reference and every level, the largest
     acceptable ``fraction_reduced`` per operation (``best``), the timing (free-form), and the evidence run's

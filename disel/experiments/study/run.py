@@ -1,9 +1,11 @@
-"""``disel-evidence``: the whole experiment of issue 9 from one recipe, resumable, with progress and an ETA.
+"""The one study runner (``disel-study``): a whole study from one recipe, resumable, with progress and an ETA.
 
 Stages (each skipped when its output file exists; every file is written atomically, so a killed run resumes):
 data → base model evaluation (once) → per (arm, seed): training and checkpoint evaluations
-(:func:`.stages.run_job`; ``workers`` of them in parallel, one single-threaded process each) →
-throughput → ``results.json`` (:mod:`.results`), ``summary.md`` (table + verdict), figures, final adapters.
+(:func:`.stages.run_job`; ``workers`` of them in parallel, one single-threaded process each; post-hoc arms
+after the arms they transform) → throughput → ``results.json`` (:mod:`.results`), ``summary.md`` (table +
+verdict), final adapters → the export for ``paper_figs`` (:mod:`.export`) if the recipe asks for it. Figures
+are drawn by ``paper_figs`` from these files, not here.
 
 Output folder layout: ``data/``, ``base.json``, ``runs/<arm>-seed<k>/`` (the Trainer's folder, with
 ``eval/step-<N>.json``), ``throughput.json``, ``results.json``, ``summary.md``.
@@ -18,12 +20,14 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from disel.io import read_json, write_json_atomic, write_text_atomic
+from disel.io import write_text_atomic
 
-from .config import EvidenceConfig, RunSpec, resolved_training_recipe
+from ..config import apply_overrides, read_recipe
+from .config import RunSpec, StudyConfig
+from .records import CheckpointEval, DataManifest, Throughput, plain
 from .stages import evaluate_model, headline, prepare_data, run_job
 
-__all__ = ["Progress", "run_evidence"]
+__all__ = ["Progress", "run_study"]
 
 
 class Progress:
@@ -53,14 +57,15 @@ class Progress:
 _TRAIN_STEP_S, _PROBLEM_S, _TOKEN_S = 6.0, 0.5, 0.01
 
 
-def stage_weights(config: EvidenceConfig, specs: list[RunSpec]) -> dict[str, float]:
+def stage_weights(config: StudyConfig, specs: list[RunSpec]) -> dict[str, float]:
     """Every stage's label (as reported) and estimated cost."""
     settings = config.evaluation
     evaluation = config.problems.test * _PROBLEM_S + 2 * settings.retention_tokens * _TOKEN_S + 10
     weights = {"data": 5.0, "base": evaluation}
     for spec in specs:
         training = spec.config.training
-        weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
+        if spec.arm_config.from_arm is None:
+            weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
         every = (
             int(training.save_steps)
             if training.save_steps >= 1
@@ -68,21 +73,21 @@ def stage_weights(config: EvidenceConfig, specs: list[RunSpec]) -> dict[str, flo
         )
         for step in range(every, training.max_steps + 1, every):
             weights[f"{spec.label} step {step}"] = evaluation
-    return {**weights, "throughput": 30.0, "results": 10.0}
+    return {**weights, "throughput": 30.0, "results": 10.0, **({"export": 5.0} if config.export else {})}
 
 
 def _base_stage(
-    config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, dtype: str, progress: Progress
-) -> dict[str, Any]:
-    from ..eval.generation import load_model_for_eval
+    config: StudyConfig, out: Path, manifest: DataManifest, model_path: str, dtype: str, progress: Progress
+) -> CheckpointEval:
+    from ..models import load_model_for_eval
 
     path = out / "base.json"
     if path.is_file():
         progress.done("base", "already evaluated")
-        return read_json(path)
+        return CheckpointEval.read(path)
     loaded = load_model_for_eval(model_path, None, dtype=dtype, device=config.device)
     record = evaluate_model(loaded, config, manifest, is_base=True, is_disel=False)
-    write_json_atomic(path, record)
+    record.write(path)
     progress.done("base", headline(record))
     return record
 
@@ -97,11 +102,11 @@ def _worker_init(threads: int) -> None:
 
 
 def _worker_job(
-    label: str, config: EvidenceConfig, out: Path, manifest: dict[str, Any], model_path: str, queue: Any
+    label: str, config: StudyConfig, out: Path, manifest: DataManifest, model_path: str, queue: Any
 ) -> dict:
     # A recipe holds a class built at run time (the TrainingArguments section), which does not pickle: the
     # worker rebuilds the specs from the evidence config, which does.
-    spec = next(s for s in config.run_specs(model_path, Path(manifest["train_file"]), out) if s.label == label)
+    spec = next(s for s in config.run_specs(model_path, Path(manifest.train_file), out) if s.label == label)
     return run_job(spec, config, manifest, model_path, lambda stage, text: queue.put((stage, text)))
 
 
@@ -115,9 +120,9 @@ def _done_before(spec: RunSpec) -> list[str]:
 
 def _run_jobs(
     specs: list[RunSpec],
-    config: EvidenceConfig,
+    config: StudyConfig,
     out: Path,
-    manifest: dict,
+    manifest: DataManifest,
     model_path: str,
     workers: int,
     progress: Progress,
@@ -126,10 +131,18 @@ def _run_jobs(
     for spec in specs:
         for label in _done_before(spec):
             progress.skip(label)
+    trained = [spec for spec in specs if spec.arm_config.from_arm is None]
+    posthoc = [spec for spec in specs if spec.arm_config.from_arm is not None]  # need their source's checkpoints
     if workers == 1:
-        for spec in specs:
+        for spec in [*trained, *posthoc]:
             run_job(spec, config, manifest, model_path, progress.done)
         return
+    _run_in_workers(trained, config, out, manifest, model_path, workers, progress)
+    _run_in_workers(posthoc, config, out, manifest, model_path, workers, progress)
+
+
+def _run_in_workers(specs, config, out, manifest, model_path, workers, progress) -> None:
+    """The jobs of ``specs`` in ``workers`` single-thread processes, their reports forwarded to ``progress``."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with (
         context.Manager() as manager,
@@ -147,7 +160,7 @@ def _run_jobs(
             progress.done(*queue.get())
 
 
-def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
+def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
     """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``."""
     from ..models import check_model_dir, force_offline, load_tokenizer, model_path_or_smollm2
 
@@ -162,50 +175,61 @@ def run_evidence(config: EvidenceConfig, output_dir: str | Path, *, workers: int
     progress = Progress(stage_weights(config, specs), echo)
     progress.done(
         "data",
-        f"{config.problems.train} training / {len(manifest['test_rows'])} test problems, "
-        f"{len(manifest['retention']['english'])} English and {len(manifest['retention']['code'])} code texts",
+        f"{config.problems.train} training / {len(manifest.test_rows)} test problems, "
+        f"{len(manifest.retention['english'])} English and {len(manifest.retention['code'])} code texts",
     )
     try:
         base = _base_stage(config, out, manifest, model_path, specs[0].config.model.dtype, progress)
         _run_jobs(specs, config, out, manifest, model_path, workers, progress)
-        throughput = _throughput_stage(specs, out, model_path, manifest, progress)
+        throughput = _throughput_stage(specs, out, model_path, progress)
         summary = _aggregate_stage(config, specs, out, base, throughput, progress)
+        if config.export is not None:
+            from .export import export_for_figures
+
+            written = export_for_figures(config, specs, out, base)
+            progress.done("export", f"{len(written)} files for paper_figs in {out}")
     finally:
         progress.close()
     return summary
 
 
-def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, manifest: dict, progress: Progress) -> dict:
+def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, progress: Progress) -> Throughput:
     from .throughput_stage import measure_training_throughput
 
     path = out / "throughput.json"
     if not path.is_file():
-        write_json_atomic(path, measure_training_throughput(specs, model_path, manifest))
-    record = read_json(path)
+        measure_training_throughput(specs, model_path).write(path)
+    record = Throughput.read(path)
     progress.done(
         "throughput",
         ", ".join(
-            f"{arm} {r['tokens_per_s']:.0f} tok/s = {r['fraction_of_flop_limit']:.0%} of the FLOP limit"
-            for arm, r in record["arms"].items()
+            f"{arm}: no training runtime logged"
+            if r.tokens_per_s is None
+            else f"{arm} {r.tokens_per_s:.0f} tok/s = {r.fraction_of_flop_limit:.0%} of the FLOP limit"
+            for arm, r in record.arms.items()
         ),
     )
     return record
 
 
 def _aggregate_stage(
-    config: EvidenceConfig, specs: list[RunSpec], out: Path, base: dict, throughput: dict, progress: Progress
+    config: StudyConfig,
+    specs: list[RunSpec],
+    out: Path,
+    base: CheckpointEval,
+    throughput: Throughput,
+    progress: Progress,
 ) -> dict[str, Any]:
     from .aggregate import build_results, copy_final_adapters, diagnostics_table, format_table, verdict
-    from .figures import draw_figures
     from .results import save_results
 
-    figures_dir = Path(config.figures_dir)
+    figures_dir = out if config.figures_dir is None else Path(config.figures_dir)
     adapters = copy_final_adapters(specs, figures_dir / "adapters")
-    recipe = {"evidence": config.model_dump(mode="json"), "training": resolved_training_recipe(config)}
-    results = build_results(config, specs, base, throughput, adapters, recipe)
+    training = apply_overrides(read_recipe(config.training_recipe), config.overrides)  # before any arm's
+    recipe = {"evidence": config.model_dump(mode="json"), "training": training}
+    results = build_results(config, specs, base, plain(throughput), adapters, recipe)
     save_results(results, out / "results.json")
     table, sentence = format_table(results), verdict(results)
     write_text_atomic(out / "summary.md", f"{table}\n{sentence}\n\n{diagnostics_table(results)}")
-    draw_figures(out / "results.json", figures_dir)
-    progress.done("results", f"{out / 'results.json'}, figures in {figures_dir}")
+    progress.done("results", f"{out / 'results.json'}, final adapters in {figures_dir / 'adapters'}")
     return {"results": results, "table": table, "verdict": sentence}

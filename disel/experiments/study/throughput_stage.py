@@ -15,6 +15,7 @@ import torch
 
 from ..schemas import TrainResult
 from .config import RunSpec
+from .records import ArmThroughput, Throughput
 from .throughput import (
     measure_matmul_throughput,
     tokens_per_second_bound,
@@ -45,14 +46,16 @@ def _trainable(model_path: str, spec: RunSpec) -> torch.nn.Module:
 
     import disel  # noqa: F401  (registers the DISeL PEFT type)
 
-    from ..models import load_model
+    from ..models import is_adapter_dir, load_model
 
+    if not is_adapter_dir(spec.run_dir):  # full fine-tuning: every weight trains
+        return load_model(spec.run_dir, dtype=spec.config.model.dtype).requires_grad_(True)
     base = load_model(model_path, dtype=spec.config.model.dtype)
     return peft.PeftModel.from_pretrained(base, spec.run_dir, is_trainable=True)
 
 
-def measure_training_throughput(specs: list[RunSpec], model_path: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    """``{"matmul": ..., "arms": {arm: {tokens_per_s, flop_limit_tokens_per_s, fraction_of_flop_limit, ...}}}``."""
+def measure_training_throughput(specs: list[RunSpec], model_path: str) -> Throughput:
+    """The matmul throughput and, per trained arm (its first run), tokens/s against the FLOP limit."""
     from ..models import load_tokenizer
 
     threads = torch.get_num_threads()
@@ -62,24 +65,24 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str, manifest:
     finally:
         torch.set_num_threads(threads)
     tokenizer = load_tokenizer(model_path)
-    arms: dict[str, Any] = {}
+    arms: dict[str, ArmThroughput] = {}
     for spec in specs:
-        if spec.arm in arms:
+        if spec.arm in arms or spec.arm_config.from_arm is not None:  # a post-hoc arm does not train
             continue
         batch = spec.config.training.per_device_train_batch_size
         seq_len, padding = padded_lengths(_train_lengths(spec, tokenizer), batch)
         flops = training_step_flops(_trainable(model_path, spec), batch, max(1, round(seq_len)))
         train = TrainResult.read(spec.run_dir)
         runtime = train.trainer_runtime_s
-        tokens_per_s = train.global_step * batch * seq_len / runtime if runtime else float("nan")
+        tokens_per_s = train.global_step * batch * seq_len / runtime if runtime else None
         bound = tokens_per_second_bound(flops, matmul.cpu_gflops)
-        arms[spec.arm] = {
-            "tokens_per_s": tokens_per_s,
-            "flop_limit_tokens_per_s": bound,
-            "fraction_of_flop_limit": tokens_per_s / bound,
-            "mean_padded_length": seq_len,
-            "padding_fraction": padding,
-            "step_flops": flops.to_dict(),
-            "run": spec.label,
-        }
-    return {"matmul": matmul.to_dict(), "arms": arms}
+        arms[spec.arm] = ArmThroughput(
+            tokens_per_s=tokens_per_s,
+            flop_limit_tokens_per_s=bound,
+            fraction_of_flop_limit=None if tokens_per_s is None else tokens_per_s / bound,
+            mean_padded_length=seq_len,
+            padding_fraction=padding,
+            step_flops=flops.to_dict(),
+            run=spec.label,
+        )
+    return Throughput(matmul=matmul.to_dict(), arms=arms)

@@ -1,6 +1,6 @@
-"""The issue-11 LLM evidence driver (``python -m disel.experiments.study.compression``) end to end on a tiny
+"""The issue-11 compression study (a ``kind: compression`` recipe of ``disel-study``) end to end on a tiny
 Llama: an evidence-style folder (the evidence's own data stage), a planted DISeL adapter and a LoRA adapter;
-the results file, the table, the figure, resumption, and the one-line errors.
+the results file, the table, the figure (``paper_figs``), resumption, and the one-line errors.
 
 The adapter is planted as in ``test_compress_cli``: component 1 of every layer has a zero gate row (a constant
 gate), so a static merge below any positive std threshold folds exactly those, a quarter of the components;
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from test_evidence_run import RECIPE, TINY
+from test_study_run import RECIPE, TINY
 from transformers import AutoModelForCausalLM
 
 import disel
@@ -45,44 +45,46 @@ def _adapters(base: Path, root: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The command line of a tiny study (an evidence-style folder with its data stage done, two adapters)."""
+def study(tmp_path_factory) -> dict:
+    """The recipe of a tiny study (an evidence-style folder with its data stage done, two adapters)."""
     from disel.experiments.models import load_tokenizer
-    from disel.experiments.study.config import load_evidence_config
+    from disel.experiments.study.config import load_study_config
     from disel.experiments.study.stages import prepare_data
 
     root = tmp_path_factory.mktemp("compression")
     base = make_tiny_causal_lm(root / "model")
     overrides = [*TINY, f"model_path={base}"]
     evidence = root / "evidence"
-    prepare_data(load_evidence_config(RECIPE, overrides), evidence, load_tokenizer(base))
+    prepare_data(load_study_config(RECIPE, overrides), evidence, load_tokenizer(base))
     adapter, lora = _adapters(base, root)
-    return [
-        "--evidence-dir",
-        str(evidence),
-        "--adapter",
-        str(adapter),
-        "--lora-adapter",
-        str(lora),
-        "--recipe",
-        str(RECIPE),
-        "--override",
-        *overrides,
-        "--fractions",
-        "0",
-        "0.5",
-        "--merge-std",
-        "0",
-        "1e-6",
-        "--stats-texts",
-        "4",
-        "--bootstrap-replicates",
-        "50",
-        "--timing-repetitions",
-        "2",
-        "--timing-tokens",
-        "16",
-    ]
+    return {
+        "kind": "compression",
+        "evidence_dir": str(evidence),
+        "adapter": str(adapter),
+        "lora_adapter": str(lora),
+        "out": str(root / "unused"),
+        "evidence_recipe": str(RECIPE),
+        "evidence_overrides": overrides,
+        "fractions": [0, 0.5],
+        "merge_std": [0, 1e-6],
+        "stats_texts": 4,
+        "bootstrap_replicates": 50,
+        "timing_repetitions": 2,
+        "timing_tokens": 16,
+    }
+
+
+def main(recipe: dict, out: Path, *overrides: str) -> int:
+    """``disel-study --recipe <recipe written as YAML> --output-dir out [--override ...]``."""
+    import yaml
+
+    from disel.experiments.cli.study import main as study_main
+
+    path = out.parent / f"{out.name}-recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return study_main(
+        ["--recipe", str(path), "--output-dir", str(out), *(["--override", *overrides] if overrides else [])]
+    )
 
 
 def _mtimes(out: Path) -> dict[str, int]:
@@ -91,10 +93,11 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path, monkeypatch, capsys):
     from disel.experiments.study import stages
-    from disel.experiments.study.compression import load_compression_results, main
+    from disel.experiments.study.compression import load_compression_results
+    from paper_figs import evidence_compression
 
     out = tmp_path / "out"
-    assert main([*study, "--out", str(out)]) == 0
+    assert main(study, out) == 0
     results = load_compression_results(out / "compression.json")
     reference = results.reference
     assert results.total_components == RANK * len(LLAMA_TARGET_MODULES) * 2  # two layers
@@ -119,6 +122,7 @@ def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path
     assert folded.kl["english"] == pytest.approx(reference.kl["english"], rel=1e-3, abs=1e-7)
     assert results.best["prune"] >= 0.0 and results.criterion["kl_tolerance"] == 0.1
     assert {"disel", "lora", "base"} <= set(results.timing["median_s"]) and results.timing["ratios"]
+    assert evidence_compression.main(["--results", str(out / "compression.json"), "--out", str(out)]) == 0
     assert (out / "evidence_compression.png").is_file()
     table = (out / "compression.md").read_text()
     assert "| prune | 0.5 | 0.500 |" in table and "largest acceptable reduction overall: " in table
@@ -130,7 +134,7 @@ def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path
     calls = []
     evaluate = stages.evaluate_model
     monkeypatch.setattr(stages, "evaluate_model", lambda *a, **k: calls.append(a) or evaluate(*a, **k))
-    assert main([*study, "--out", str(out)]) == 0
+    assert main(study, out) == 0
     assert len(calls) == 1
     after = _mtimes(out)
     assert {k: v for k, v in after.items() if k != "prune-0.5.json"} == {
@@ -140,40 +144,27 @@ def test_compression_study_runs_then_resumes_without_recomputing(study, tmp_path
     assert {(r.operation, r.level): r.kl for r in again.levels} == {k: r.kl for k, r in by_key.items()}
 
     # Cached steps made with other settings are refused, not mixed in.
-    assert main([*_replace(study, "--stats-texts", "3"), "--out", str(out)]) == 2
+    assert main(study, out, "stats_texts=3") == 2
     assert "holds steps made with other settings" in capsys.readouterr().err
 
 
-def _replace(argv: list[str], flag: str, value: str) -> list[str]:
-    argv = list(argv)
-    argv[argv.index(flag) + 1] = value
-    return argv
-
-
 @pytest.mark.parametrize(
-    "flag, value, message",
+    "override, message",
     [
-        ("--adapter", "/no/such/adapter", "--adapter '/no/such/adapter' is not a saved adapter folder"),
-        ("--evidence-dir", "/no/such/evidence", "--evidence-dir '/no/such/evidence' holds no data/manifest.json"),
-        ("--fractions", "1.0", "--fractions must be fractions of components removed, in [0, 1)"),
-        ("--stats-texts", "0", "--stats-texts must be a positive integer, got 0"),
+        ("adapter=/no/such/adapter", "adapter '/no/such/adapter' is not a saved adapter folder"),
+        ("evidence_dir=/no/such/evidence", "evidence_dir '/no/such/evidence' holds no data/manifest.json"),
+        ("fractions=[1.0]", "fractions.0"),
+        ("stats_texts=0", "stats_texts"),
     ],
 )
-def test_bad_inputs_give_one_line_errors(study, tmp_path, capsys, flag, value, message):
-    from disel.experiments.study.compression import main
-
-    assert main([*_replace(study, flag, value), "--out", str(tmp_path / "out")]) == 2
+def test_bad_inputs_give_one_line_errors(study, tmp_path, capsys, override, message):
+    assert main(study, tmp_path / "out", override) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_evidence_dir_without_results_needs_a_recipe(study, tmp_path, capsys):
-    from disel.experiments.study.compression import main
-
-    argv = list(study)
-    at = argv.index("--recipe")
-    del argv[at : at + 2]
-    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert main({k: v for k, v in study.items() if k != "evidence_recipe"}, tmp_path / "out") == 2
     assert "has no results.json to read the recipe from" in capsys.readouterr().err
 
 
@@ -195,8 +186,8 @@ def test_recipe_evidence_record_and_lora_come_from_the_evidence_results(study, t
 
     import numpy as np
 
-    from disel.experiments.study.compression import load_compression_results, main
-    from disel.experiments.study.config import load_evidence_config
+    from disel.experiments.study.compression import load_compression_results
+    from disel.experiments.study.config import load_study_config
     from disel.experiments.study.results import (
         CheckpointRecord,
         EvidenceResults,
@@ -205,10 +196,9 @@ def test_recipe_evidence_record_and_lora_come_from_the_evidence_results(study, t
         save_results,
     )
 
-    argv = list(study)
     evidence = tmp_path / "evidence"
-    shutil.copytree(argv[argv.index("--evidence-dir") + 1], evidence)
-    config = load_evidence_config(RECIPE, argv[argv.index("--override") + 1 : argv.index("--fractions")])
+    shutil.copytree(study["evidence_dir"], evidence)
+    config = load_study_config(RECIPE, study["evidence_overrides"])
     final = CheckpointRecord(
         step=7,
         exact_match=Interval(0.5, 0.2, 0.8),
@@ -220,29 +210,9 @@ def test_recipe_evidence_record_and_lora_come_from_the_evidence_results(study, t
         EvidenceResults("tiny", "arithmetic", 6, [run], recipe={"evidence": config.model_dump(mode="json")}),
         evidence / "results.json",
     )
-    assert (
-        main(
-            [
-                "--evidence-dir",
-                str(evidence),
-                "--adapter",
-                argv[argv.index("--adapter") + 1],
-                "--out",
-                str(tmp_path / "out"),
-                "--operations",
-                "prune",
-                "--fractions",
-                "0",
-                "--stats-texts",
-                "2",
-                "--timing-repetitions",
-                "1",
-                "--timing-tokens",
-                "8",
-            ]
-        )
-        == 0
-    )
+    recipe = {"kind": "compression", "evidence_dir": str(evidence), "adapter": study["adapter"], "out": "unused"}
+    settings = {"operations": ["prune"], "fractions": [0], "stats_texts": 2, "timing_repetitions": 1}
+    assert main({**recipe, **settings, "timing_tokens": 8}, tmp_path / "out") == 0
     results = load_compression_results(tmp_path / "out" / "compression.json")
     assert results.evidence_final["step"] == 7 and results.evidence_final["kl"]["code"] == 0.5
     assert results.timing["lora_adapter"].endswith("lora-seed0") and "lora" in results.timing["median_s"]

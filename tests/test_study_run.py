@@ -1,5 +1,7 @@
-"""``disel-evidence`` end to end on a tiny Llama model: every stage, the results file, the figures, a resumed
-run that recomputes nothing already done, and the command-line checks (device and bf16 override parsing)."""
+"""``disel-study`` end to end on a tiny Llama model: every stage, the results file, the figures ``paper_figs``
+draws from it, a resumed run that recomputes nothing already done, the command-line checks (device and bf16
+override parsing); the methods x ranks comparison recipe with its export for ``paper_figs``; a post-hoc arm and
+a full fine-tuning arm."""
 
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, monkeypatch):
+    from disel.experiments.cli.study import main
     from disel.experiments.study import stages
-    from disel.experiments.study.cli import main
     from disel.experiments.study.results import load_results
 
     model = make_tiny_causal_lm(tmp_path / "model")
@@ -67,6 +69,10 @@ def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, mon
         assert (Path(run.adapter) / "adapter_model.safetensors").is_file()
     assert {(c.arm, c.kind, c.domain) for c in results.comparisons} >= {("disel_paper", "kl", "english")}
     assert results.throughput["arms"]["lora"]["tokens_per_s"] > 0
+    from paper_figs import evidence_all
+
+    assert not (tmp_path / "figs" / "evidence_accuracy.png").exists()  # the runner draws nothing
+    assert evidence_all.main(["--results", str(out / "results.json"), "--out", str(tmp_path / "figs")]) == 0
     for stem in ("evidence_tradeoff_kl", "evidence_accuracy", "evidence_retention_kl", "evidence_gates"):
         assert (tmp_path / "figs" / f"{stem}.png").is_file()
     summary = (out / "summary.md").read_text()
@@ -103,9 +109,9 @@ def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, mon
 def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     """``--device cuda --override model.dtype=bfloat16`` (no GPU needed to parse): training on the GPU, the
     base loaded in bf16; evidence keys stay in the evidence recipe."""
-    from disel.experiments.study.config import load_evidence_config
+    from disel.experiments.study.config import load_study_config
 
-    config = load_evidence_config(
+    config = load_study_config(
         RECIPE,
         ["model.dtype=bfloat16", "training.bf16=true", "problems.test=300", "model_path=/some/model"],
         device="cuda",
@@ -127,6 +133,7 @@ def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
         (["--workers", "0"], "--workers must be a positive integer"),
         (["--arms", "lora", "dora"], "--arms: ['dora'] are not arms"),
         (["--arms", "disel_paper"], "reference_arm"),  # the reference arm must stay
+        (["--override", "arms.lora.overrides=[training.output_dir=/x]"], "cannot be overridden"),
         (["--threads", "0"], "--threads must be a positive integer"),
         (["--output-dir", __file__], "--output-dir"),  # a file, not a folder: refused before any work
         (["--override", "problems.tests=3"], "problems.tests"),
@@ -135,7 +142,7 @@ def test_device_and_bf16_overrides_are_accepted_and_routed(tmp_path):
     ],
 )
 def test_bad_arguments_give_one_line_errors(argv, message, capsys, tmp_path):
-    from disel.experiments.study.cli import main
+    from disel.experiments.cli.study import main
 
     try:
         code = main(["--recipe", str(RECIPE), "--output-dir", str(tmp_path), *argv])
@@ -183,10 +190,119 @@ def test_verdict_follows_the_intervals(low, high, expected):
 
 
 def test_arms_keeps_only_the_named_arms_with_their_settings():
-    from disel.experiments.study.config import load_evidence_config
+    from disel.experiments.study.config import load_study_config
 
-    full = load_evidence_config(RECIPE)
-    subset = load_evidence_config(RECIPE, ["arms.lora.seeds=[0]"], arms=["lora", "disel_paper"])
+    full = load_study_config(RECIPE)
+    subset = load_study_config(RECIPE, ["arms.lora.seeds=[0]"], arms=["lora", "disel_paper"])
     assert list(subset.arms) == ["lora", "disel_paper"]
     assert subset.arms["disel_paper"] == full.arms["disel_paper"]
     assert subset.arms["lora"].seeds == [0] and full.arms["lora"].seeds == [0, 1]
+
+
+COMPARISON = Path(__file__).resolve().parents[1] / "recipes" / "comparison" / "smollm2_methods_ranks.yaml"
+
+
+def test_the_comparison_recipe_is_methods_by_ranks_each_disel_arm_against_lora_of_its_rank(tmp_path):
+    from disel.experiments.study.config import load_study_config
+
+    config = load_study_config(COMPARISON)
+    specs = config.run_specs("/m", tmp_path / "train.jsonl", tmp_path)
+    methods = {s.arm: (s.config.method.name, s.config.method.r) for s in specs}
+    assert sorted(methods.values()) == sorted((m, r) for m in ("lora", "disel") for r in (4, 16))
+    for arm, (method, rank) in methods.items():
+        if method == "disel":
+            assert methods[config.reference_of(arm)] == ("lora", rank)
+
+
+@pytest.mark.slow
+def test_comparison_export_posthoc_and_full_arms(tmp_path):
+    """The comparison recipe (two of its arms) plus a post-hoc arm (every LoRA checkpoint with B scaled by 0:
+    exactly the base again) and a full fine-tuning arm (KL against a frozen copy of the base): the export's
+    files read under their schemas and ``paper_figs.run_all`` draws Figures 3-7, 10, 11 from them."""
+    from disel.experiments.cli.study import main
+    from disel.experiments.schemas import RetentionTable, TradeoffTable
+    from disel.experiments.study.results import load_results
+    from paper_figs import run_all
+
+    model = make_tiny_causal_lm(tmp_path / "model")
+    out = tmp_path / "out"
+    overrides = [
+        *TINY[:14],
+        f"model_path={model}",
+        f"figures_dir={tmp_path / 'adapters'}",
+        "export.gates_arm=disel-r4",
+        "arms.zero.from_arm=lora-r4",
+        "arms.zero.transform=scale_adapter",
+        "arms.zero.transform_params={factor: 0.0}",
+        "arms.full.overrides=[method.name=full]",
+    ]
+    argv = ["--recipe", str(COMPARISON), "--output-dir", str(out), "--arms", "lora-r4", "disel-r4"]
+    assert main([*argv, "--override", *overrides]) == 0
+    results = load_results(out / "results.json")
+    base = results.base
+    by_arm = {run.arm: run for run in results.runs}
+    for checkpoint in by_arm["zero"].checkpoints[1:]:
+        assert checkpoint.kl == {"english": pytest.approx(0.0, abs=1e-6), "code": pytest.approx(0.0, abs=1e-6)}
+        assert checkpoint.perplexity == pytest.approx(base.perplexity, rel=1e-5)
+    assert all(c.kl["english"] > 1e-6 for c in by_arm["full"].checkpoints[1:])
+    assert all(c.kl["english"] > 1e-6 for c in by_arm["lora-r4"].checkpoints[1:])
+    assert by_arm["full"].adapter is None and by_arm["lora-r4"].adapter is not None
+
+    for arm in ("lora-r4", "disel-r4", "full"):
+        table = RetentionTable.read(out / "runs" / f"{arm}-seed0" / "retention_perplexity.json")
+        assert [row.step for row in table.rows] == [c.step for c in by_arm[arm].checkpoints]
+        assert table.value(table.base, "english") == base.perplexity["english"]
+    tradeoff = TradeoffTable.read(out / "tradeoff_llm_code.json")
+    assert {(row.method, row.rank) for row in tradeoff.rows} == {("lora", 4), ("disel", 4), ("zero", 4), ("full", None)}
+    assert tradeoff.base_retention == base.perplexity["code"]
+    figures = ["--only", "3", "4", "5", "6", "7", "10", "11", "--runs-dir", str(out / "runs")]
+    tables = ["--retention-evaluator", "perplexity", "--retention-metric", "english", "--ft-evaluator", "gsm8k"]
+    argv = ["--results", str(out), "--out", str(tmp_path / "figs"), *figures, *tables, "--ft-metric", "exact_match"]
+    assert run_all.main(argv) == 0
+    assert (tmp_path / "figs" / "figure11.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["arms.zero.from_arm=lora-r4"], "needs both from_arm and transform"),
+        (["arms.zero.from_arm=lora-r4", "arms.zero.transform=no_such"], "'no_such' is not registered"),
+        (["arms.zero.from_arm=dora", "arms.zero.transform=scale_adapter"], "'dora' is not an arm"),
+        (["arms.zero.from_arm=lora-r4", "arms.zero.transform=scale_adapter", "arms.zero.seeds=[5]"], "seeds"),
+        (["arms.lora-r4.overrides=[method.name=lora,model.path=/elsewhere]"], "cannot be overridden"),
+    ],
+)
+def test_arms_that_cannot_work_are_refused_naming_the_key(overrides, message):
+    from disel.experiments.config import ConfigError
+    from disel.experiments.study.config import load_study_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_study_config(COMPARISON, overrides)
+
+
+def test_the_console_script_is_this_main():
+    """pyproject registers disel-study at cli/study.py's main, and no other command of the study runner."""
+    import re
+
+    from disel.experiments.cli import study
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    scripts = dict(re.findall(r'^(disel-[\w-]+) = "([\w.:]+)"$', text.split("[project.scripts]")[1], re.MULTILINE))
+    assert scripts["disel-study"] == f"{study.__name__}:main"
+    assert not {"disel-compare", "disel-evidence"} & set(scripts)
+
+
+def test_an_output_folder_of_another_study_is_refused_not_mixed_in(tmp_path):
+    """The data stage records the problems and retention settings; a recipe with others refuses the folder
+    instead of scoring its arms on the other study's problems."""
+    from disel.experiments.config import ConfigError
+    from disel.experiments.models import load_tokenizer
+    from disel.experiments.study.config import load_study_config
+    from disel.experiments.study.stages import prepare_data
+
+    tokenizer = load_tokenizer(make_tiny_causal_lm(tmp_path / "model"))
+    settings = ["problems.train=12", "problems.test=6", "evaluation.retention_tokens=60"]
+    first = prepare_data(load_study_config(RECIPE, settings), tmp_path / "out", tokenizer)
+    assert prepare_data(load_study_config(RECIPE, settings), tmp_path / "out", tokenizer) == first  # read back
+    with pytest.raises(ConfigError, match="another study's output folder"):
+        prepare_data(load_study_config(RECIPE, [*settings, "problems.test=7"]), tmp_path / "out", tokenizer)

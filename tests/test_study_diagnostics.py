@@ -75,7 +75,7 @@ def _tiny_disel_with_tokenizer(tmp_path, r=4):
     """A tiny DISeL Llama that reads text: the evidence stage's gate means come from eval.gates.analyze_gates."""
     from peft import get_peft_model
 
-    from disel.experiments.eval.generation import load_model_for_eval
+    from disel.experiments.models import load_model_for_eval
 
     loaded = load_model_for_eval(make_tiny_causal_lm(tmp_path / "tiny"), device="cpu")
     config = disel.DiselConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS)

@@ -6,11 +6,8 @@ import pytest
 import torch
 
 import disel
-from disel.experiments.study.kl import (
-    mean_token_kl,
-    right_padded_batches,
-    token_kl_divergence,
-)
+from disel.experiments.eval.perplexity import window_batches
+from disel.experiments.study.kl import mean_token_kl, token_kl_divergence
 from tiny_models import tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -18,6 +15,11 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 def _tiny_llama(seed=0):
     return tiny_llama(seed, vocab_size=50, max_position_embeddings=64, pad_token_id=0)
+
+
+def right_padded_batches(sequences, batch_size, pad_token_id):
+    """Batches of token-id lists, every real next token scored (each sequence is its own labels)."""
+    return window_batches([(s, s) for s in sequences], batch_size, pad_token_id)
 
 
 def _sequences():
@@ -117,7 +119,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="no position was scored"):
         mean_token_kl(model, right_padded_batches([[3], [4]], 2, 0), base_model=model)
     with pytest.raises(ValueError, match="batch_size"):
-        next(right_padded_batches([[1, 2]], 0, 0))
+        right_padded_batches([[1, 2]], 0, 0)
 
 
 def test_perplexities_come_from_the_same_pass():
@@ -149,3 +151,29 @@ def test_perplexities_come_from_the_same_pass():
     assert result.perplexity == pytest.approx(torch.tensor(nll / n).exp().item(), rel=1e-5)
     same = mean_token_kl(base, right_padded_batches(sequences, 2, 0), base_model=base)
     assert same.nll == pytest.approx(same.base_nll, rel=1e-7) and same.nll != pytest.approx(result.nll)
+
+
+@pytest.mark.parametrize("max_tokens, stride", [(16, None), (None, 5)])
+def test_kl_passes_give_the_one_perplexity_definition(tmp_path, max_tokens, stride):
+    """The perplexity of the KL passes equals ``causal_lm_perplexity`` on the same windows (``causal_lm_windows``),
+    cut texts (the study's setting) and sliding windows over whole texts alike; with texts cut at the window
+    length it is also the truncated-text perplexity the committed evidence numbers were made with (every real
+    token after the first of ``tokenizer(text, truncation=True, max_length=L)``)."""
+    from disel.experiments.eval.perplexity import causal_lm_perplexity, causal_lm_windows, window_batches
+    from disel.experiments.models import load_model_for_eval
+    from tiny_models import CORPUS, make_tiny_causal_lm
+
+    loaded = load_model_for_eval(make_tiny_causal_lm(tmp_path / "m"), None, device="cpu")
+    model, tokenizer = _peft(loaded.model, "lora"), loaded.tokenizer
+    texts, length = list(CORPUS[:5]), 16
+    assert max(len(tokenizer(t)["input_ids"]) for t in texts) > length  # so cutting and sliding really happen
+    windows = causal_lm_windows(tokenizer, texts, max_length=length, stride=stride, max_tokens=max_tokens)
+    kl = mean_token_kl(model, window_batches(windows, 2, tokenizer.pad_token_id))
+    reference = causal_lm_perplexity(model, tokenizer, texts, max_length=length, stride=stride, max_tokens=max_tokens)
+    assert kl.tokens == reference["tokens"]
+    assert kl.perplexity == pytest.approx(reference["perplexity"], rel=1e-5)
+    if max_tokens is not None:
+        cut = [tokenizer(t, truncation=True, max_length=length)["input_ids"] for t in texts]
+        truncated = mean_token_kl(model, right_padded_batches(cut, 2, tokenizer.pad_token_id))
+        assert truncated.tokens == kl.tokens == sum(len(ids) - 1 for ids in cut)
+        assert truncated.perplexity == pytest.approx(kl.perplexity, rel=1e-6)

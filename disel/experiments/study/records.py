@@ -1,0 +1,81 @@
+"""The intermediate files of a study, typed: what each stage writes and the next reads (:mod:`.stages`, :mod:`.run`).
+
+Each is a :class:`~disel.experiments.schemas.ResultFile`, so a stale or hand-edited file fails on reading with
+one message naming the file and the key. Files written before these had a ``schema`` key still read (a study
+resumes from them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..schemas import ResultFile
+
+__all__ = ["ArmThroughput", "CheckpointEval", "DataManifest", "Throughput", "plain"]
+
+_UNVERSIONED = (None,)  # files of a study run before the records were typed carry no schema key
+
+
+@dataclass(frozen=True)
+class DataManifest(ResultFile, schema="disel.study.data/1", accept=_UNVERSIONED, made_by="disel-study"):
+    """``data/manifest.json``: the problem files, the held-out problems' rows and the retention texts per domain."""
+
+    train_file: str
+    test_file: str
+    test_rows: list[dict[str, str]]  # {"instruction", "output", "answer"} per held-out problem
+    retention: dict[str, list[str]]  # domain → texts (perplexity and KL are scored on them)
+    settings: dict[str, Any] | None = None  # the recipe's problems and retention settings they were made with
+    path: Path | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class CheckpointEval(ResultFile, schema="disel.study.eval/1", accept=_UNVERSIONED, made_by="disel-study"):
+    """One model's evaluation: ``base.json`` (the base model, step 0) and ``runs/<run>/eval/step-<N>.json``.
+
+    ``correct``: 0/1 per held-out problem (greedy exact match, whose mean is ``exact_match``); ``perplexity``
+    and ``kl`` (to the base; 0 for the base itself) per retention domain; for DISeL the anti-aligned fraction
+    (overall, per layer, the smallest cosine) and the mean gate per domain; seconds spent."""
+
+    correct: list[int]
+    exact_match: float
+    perplexity: dict[str, float]
+    kl: dict[str, float]
+    generation_s: float
+    longest_response_chars: int
+    seconds: float
+    step: int = 0
+    anti_aligned_fraction: float | None = None
+    anti_aligned_by_layer: dict[str, float] | None = None  # layer index (a JSON key) → fraction
+    min_cosine: float | None = None
+    gate_means: dict[str, float] | None = None
+    path: Path | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ArmThroughput:
+    """One arm's measured training speed against this machine's FLOP limit (:mod:`.throughput_stage`)."""
+
+    tokens_per_s: float | None  # None: the Trainer logged no runtime
+    flop_limit_tokens_per_s: float
+    fraction_of_flop_limit: float | None
+    mean_padded_length: float
+    padding_fraction: float
+    step_flops: dict[str, Any]
+    run: str  # the run measured
+
+
+@dataclass(frozen=True)
+class Throughput(ResultFile, schema="disel.study.throughput/1", accept=_UNVERSIONED, made_by="disel-study"):
+    """``throughput.json``: the measured matmul throughput and each trained arm's :class:`ArmThroughput`."""
+
+    matmul: dict[str, Any]
+    arms: dict[str, ArmThroughput]
+    path: Path | None = field(default=None, compare=False)
+
+
+def plain(record: ResultFile) -> dict[str, Any]:
+    """A record's fields as a plain dict (no ``path``, no schema key), e.g. for embedding in ``results.json``."""
+    return {k: v for k, v in dataclasses.asdict(record).items() if k != "path"}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
@@ -38,6 +38,8 @@ from ..config import (
 
 __all__ = [
     "ArmConfig",
+    "ContinualConfig",
+    "LearningRateSelection",
     "EvaluationConfig",
     "ExportConfig",
     "ProblemsConfig",
@@ -77,6 +79,42 @@ class ArmConfig(_Strict):
     from_arm: str | None = None
     transform: str | None = None
     transform_params: dict[str, Any] = {}
+    phases: Literal["sequential", "branches", "olora", "osf", "multitask"] | None = None
+    """Continual studies only (:mod:`.continual_run`): how the arm's training phases (one per task) continue:
+    ``sequential`` one adapter trained on, ``branches`` a new DISeL branch per task (``disel.add_task_branch``),
+    ``olora`` a new LoRA adapter per task + the orthogonality loss, ``osf`` peft's OSF re-wrapped per task
+    (``method.name=full``: the weights themselves change), ``multitask`` one phase on every task's rows."""
+
+
+class LearningRateSelection(_Strict):
+    """Each method's learning rate, chosen by one rule (``continual_metrics.choose_learning_rate``: the highest
+    held-out label accuracy, ties to the smaller rate) after one phase on the first task of the first order,
+    trained on its rows minus a seeded ``held_out_fraction`` and scored on those. ``grids``: ``method.name`` →
+    candidate rates; every arm of that method trains with the chosen one."""
+
+    held_out_fraction: float = Field(default=0.1, gt=0, lt=1)
+    seed: int = 0
+    grids: dict[str, list[float]] = Field(min_length=1)
+
+
+class ContinualConfig(_Strict):
+    """A continual study (issue 18): every arm learns ``tasks`` (``data.continual``) one phase per task in each
+    of the ``orders``, ``training.max_steps`` steps per task (a multitask arm: one phase of T times as many);
+    after each phase the test rows of the tasks learned so far (``matrix: full``: of every task) are scored by
+    label likelihood (``eval.labels``); after the last, KL to the base on English and code and DISeL's gate
+    table."""
+
+    data_dir: str | None = None
+    """None: ``../shared/data/continual`` next to the checkout (``data.continual.default_data_dir``)."""
+    tasks: list[str] = Field(min_length=2)
+    orders: dict[str, list[str]] = Field(min_length=1)
+    max_text_tokens: PositiveInt | None = 128
+    max_length: PositiveInt = 256
+    test_per_task: PositiveInt = 100
+    score_batch_size: PositiveInt = 16
+    matrix: Literal["lower_triangle", "full"] = "lower_triangle"
+    learning_rates: LearningRateSelection | None = None
+    """None: every arm trains with its recipe's ``training.learning_rate``."""
 
 
 class ProblemsConfig(_Strict):
@@ -128,6 +166,8 @@ class StudyConfig(_Strict):
     """Where the final adapters are copied (``adapters/<arm>-seed<k>/``; None: the output folder), e.g. next to the
     figures ``paper_figs`` draws."""
     export: ExportConfig | None = None
+    continual: ContinualConfig | None = None
+    """Set: a continual study (:mod:`.continual_run`; every arm has ``phases``), else the problems study."""
     device: str = "cpu"
     """``cpu`` or ``cuda`` (then training runs on the GPU: ``training.use_cpu`` is set false)."""
 
@@ -252,6 +292,10 @@ def check_study(config: StudyConfig, source: str) -> None:
                     "(model.path: the study's model_path; data.train_files: the generated problems; "
                     "training.seed: the arm's seeds; training.use_cpu: --device), so it cannot be overridden"
                 )
+    if config.continual is not None:
+        from .continual_run import check_continual
+
+        check_continual(config, source)
     if config.export is not None and config.export.gates_arm not in config.arms:
         raise ConfigError(f"export.gates_arm in {source}: {config.export.gates_arm!r} is not an arm")
     config.run_specs("<model_path>", Path("<train_file>"), Path("<output_dir>"))  # every arm's training recipe

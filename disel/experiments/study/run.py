@@ -161,7 +161,12 @@ def _run_in_workers(specs, config, out, manifest, model_path, workers, progress)
 
 
 def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
-    """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``."""
+    """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``. A continual recipe
+    (``continual:``) runs its phases instead (:func:`.continual_run.run_continual`, in this process)."""
+    if config.continual is not None:
+        from .continual_run import run_continual
+
+        return run_continual(config, output_dir, echo=echo)
     from ..models import check_model_dir, force_offline, load_tokenizer, model_path_or_smollm2
 
     force_offline()

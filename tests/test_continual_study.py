@@ -1,0 +1,178 @@
+"""The continual study through the one runner (issue 18): every kind of arm trains its phases end to end on a
+tiny Llama and tiny two-task data, a killed run resumes at the next phase, the results file and the gate table."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from disel.experiments.study.config import load_study_config
+
+TASKS = {"agnews": ["World", "Sports"], "yelp": ["1 star", "5 stars"]}
+WORDS = {"World": "election minister", "Sports": "match goal", "1 star": "awful rude", "5 stars": "lovely great"}
+
+
+def _tiny_data(folder: Path) -> Path:
+    """Two tasks of two labels: 8 training and 4 test rows each, the label's words in the text."""
+    for task, labels in TASKS.items():
+        (folder / task).mkdir(parents=True)
+        (folder / task / "labels.json").write_text(json.dumps(labels))
+        for split, n in (("train", 8), ("test", 4)):
+            rows = [{"text": f"{WORDS[labels[i % 2]]} {i}", "label": labels[i % 2]} for i in range(n)]
+            (folder / task / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+ARMS = {
+    "sequential_lora": ("lora", "sequential"),
+    "disel_branches": ("disel", "branches"),
+    "sequential_disel": ("disel", "sequential"),
+    "olora": ("lora", "olora"),
+    "osf": ("full", "osf"),
+    "multitask_lora": ("lora", "multitask"),
+}
+
+
+def _recipe(tmp_path: Path, model_dir: Path, arms=ARMS, selection: bool = False) -> Path:
+    training = {
+        "name": "tiny_continual",
+        "model": {"path": "set-by-runner", "task_type": "causal_lm"},
+        "data": {"train_files": ["set-by-runner.jsonl"], "template": "alpaca", "max_length": 96},
+        "method": {"name": "lora", "r": 2, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"output_dir": "x", "learning_rate": 1e-3, "per_device_train_batch_size": 4, "max_steps": 2},
+    }
+    study = {
+        "name": "tiny_continual",
+        "model_path": str(model_dir),
+        "training_recipe": "training.json",
+        "reference_arm": next(iter(arms)),
+        "arms": {name: {"overrides": [f"method.name={m}"], "phases": p} for name, (m, p) in arms.items()},
+        "evaluation": {"retention_tokens": 40, "retention_max_length": 32, "gate_sequences": 2, "bootstrap_replicates": 50},
+        "continual": {
+            "data_dir": str(_tiny_data(tmp_path / "data")),
+            "tasks": list(TASKS),
+            "orders": {"order1": ["agnews", "yelp"], "order2": ["yelp", "agnews"]},
+            "max_text_tokens": None,
+            "test_per_task": 3,
+            **({"learning_rates": {"held_out_fraction": 0.25, "grids": {"lora": [1e-4, 1e-3]}}} if selection else {}),
+        },
+    }
+    (tmp_path / "training.json").write_text(json.dumps(training))
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    return tmp_path / "study.json"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_llama_dir, tmp_path_factory):
+    """One whole tiny study, every arm kind, two orders, with learning-rate selection for LoRA."""
+    from disel.experiments.study.run import run_study
+
+    tmp = tmp_path_factory.mktemp("continual")
+    config = load_study_config(_recipe(tmp, tiny_llama_dir, selection=True))
+    lines: list[str] = []
+    summary = run_study(config, tmp / "out", echo=lines.append)
+    return config, tmp / "out", summary, lines
+
+
+def test_every_arm_kind_trains_two_phases_and_scores_them(finished):
+    """Each (arm, order) has a scores.json per phase (the multitask arm one) holding the lower triangle."""
+    config, out, _, _ = finished
+    for arm, (_, mode) in ARMS.items():
+        for order_name, order in config.continual.orders.items():
+            folder = out / "runs" / f"{arm}-seed0" / ("multitask" if mode == "multitask" else order_name)
+            phases = sorted(folder.glob("phase-*/scores.json"))
+            expected = 1 if mode == "multitask" else 2
+            assert len(phases) == expected, (arm, order_name)
+            scored = [set(json.loads(p.read_text())["correct"]) for p in phases]
+            assert scored == ([set(order)] if mode == "multitask" else [{order[0]}, set(order)])
+            assert (folder / "final.json").is_file()
+
+
+def test_phases_continue_from_the_previous_weights(finished):
+    """Branches: phase 1's adapter holds a frozen copy of phase 0's branch; O-LoRA: two adapters; OSF: the
+    merged weights differ from phase 0's (the phase trained on them)."""
+    from safetensors.torch import load_file
+
+    _, out, _, _ = finished
+    runs = out / "runs"
+    phase0 = load_file(str(runs / "disel_branches-seed0/order1/phase-0-agnews/adapter/adapter_model.safetensors"))
+    phase1 = load_file(str(runs / "disel_branches-seed0/order1/phase-1-yelp/adapter/adapter_model.safetensors"))
+    frozen = {k: v for k, v in phase1.items() if "disel_frozen" in k}
+    assert frozen, "phase 1 should carry phase 0's branch as frozen tensors"
+    a_keys = sorted(k for k in phase0 if k.endswith("disel_A.weight"))
+    first_frozen = sorted(k for k in frozen if k.endswith(".A"))
+    assert len(a_keys) == len(first_frozen)
+    assert all(np.array_equal(phase0[a].numpy(), frozen[f].numpy()) for a, f in zip(a_keys, first_frozen))
+    assert sorted(p.name for p in (runs / "olora-seed0/order1/phase-1-yelp/adapter").iterdir() if p.is_dir()) == [
+        "task0",
+        "task1",
+    ]
+    m0 = load_file(str(runs / "osf-seed0/order1/phase-0-agnews/model/model.safetensors"))
+    m1 = load_file(str(runs / "osf-seed0/order1/phase-1-yelp/model/model.safetensors"))
+    assert any(not np.array_equal(m0[k].numpy(), m1[k].numpy()) for k in m0 if "q_proj" in k)
+
+
+def test_results_file_and_gate_table(finished):
+    """results.json: every arm, its matrices matching the phase records, AA/BWT/forgetting with intervals; DISeL
+    branch arms carry a (branch x task) gate table of means in (0, 1); the learning rate chosen by the rule."""
+    from disel.experiments.study.continual_metrics import choose_learning_rate
+
+    config, out, summary, _ = finished
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == set(ARMS)
+    entry = results["arms"]["sequential_lora"]
+    run = next(r for r in entry["runs"] if r["order"] == "order2")
+    phase1 = json.loads((out / "runs/sequential_lora-seed0/order2/phase-1-agnews/scores.json").read_text())
+    assert run["R"][1][0] == pytest.approx(np.mean(phase1["correct"]["yelp"]))
+    assert run["R"][0][1] is None  # upper triangle not scored
+    assert entry["AA"]["low"] <= entry["AA"]["value"] <= entry["AA"]["high"]
+    assert entry["BWT"]["value"] is not None and results["arms"]["multitask_lora"]["BWT"]["value"] is None
+    gates = results["arms"]["disel_branches"]["gates"]
+    assert gates["branches"] == list(TASKS) and np.array(gates["mean"]).shape == (2, 2)
+    assert all(0 < g < 1 for row in gates["mean"] for g in row)
+    assert results["arms"]["sequential_disel"]["gates"]["branches"] == ["all"]
+    held = {float(k): v for k, v in results["learning_rates"]["lora"]["held_out"].items()}
+    assert results["learning_rates"]["lora"]["chosen"] == choose_learning_rate(held)
+    assert entry["learning_rate"] == choose_learning_rate(held)
+    assert "sequential_lora" in summary["table"] and (out / "summary.md").is_file()
+
+
+def test_a_killed_run_resumes_at_the_next_phase(tiny_llama_dir, tmp_path):
+    """A run whose second phase's record is lost redoes that phase only; phase 0 is not retrained."""
+    from disel.experiments.study.run import run_study
+
+    config = load_study_config(_recipe(tmp_path, tiny_llama_dir, arms={"disel_branches": ("disel", "branches")}))
+    config = config.model_copy(update={"continual": config.continual.model_copy(update={"orders": {"o": ["agnews", "yelp"]}})})
+    out = tmp_path / "out"
+    run_study(config, out, echo=lambda _: None)
+    folder = out / "runs/disel_branches-seed0/o"
+    first = (folder / "phase-0-agnews/scores.json").read_text()
+    (folder / "phase-1-yelp/scores.json").unlink()  # killed during phase 1
+    (folder / "final.json").unlink()
+    lines: list[str] = []
+    run_study(config, out, echo=lines.append)
+    assert [line for line in lines if "phase" in line and line.startswith("[")] == [
+        next(line for line in lines if "phase 1 yelp" in line)
+    ]
+    assert (folder / "phase-0-agnews/scores.json").read_text() == first
+    assert (folder / "final.json").is_file()
+    shutil.rmtree(folder / "phase-0-agnews/adapter")  # a fresh checkout: records kept, weights lost
+    lines.clear()
+    run_study(config, out, echo=lines.append)
+    assert not any("phase" in line for line in lines), "a complete order is skipped without its weights"
+
+
+def test_continual_recipe_refuses_mismatched_arms(tiny_llama_dir, tmp_path):
+    """A branches arm must be DISeL, an order must be a permutation of the tasks."""
+    from disel.experiments.config import ConfigError
+
+    with pytest.raises(ConfigError, match="branches need disel"):
+        load_study_config(_recipe(tmp_path, tiny_llama_dir, arms={"bad": ("lora", "branches")}))
+    path = _recipe(tmp_path / "b", tiny_llama_dir) if (tmp_path / "b").mkdir() is None else None
+    raw = json.loads(path.read_text())
+    raw["continual"]["orders"]["order2"] = ["yelp", "yelp"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="is not an order"):
+        load_study_config(path)

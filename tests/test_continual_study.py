@@ -49,7 +49,12 @@ def _recipe(tmp_path: Path, model_dir: Path, arms=ARMS, selection: bool = False)
         "training_recipe": "training.json",
         "reference_arm": next(iter(arms)),
         "arms": {name: {"overrides": [f"method.name={m}"], "phases": p} for name, (m, p) in arms.items()},
-        "evaluation": {"retention_tokens": 40, "retention_max_length": 32, "gate_sequences": 2, "bootstrap_replicates": 50},
+        "evaluation": {
+            "retention_tokens": 40,
+            "retention_max_length": 32,
+            "gate_sequences": 2,
+            "bootstrap_replicates": 50,
+        },
         "continual": {
             "data_dir": str(_tiny_data(tmp_path / "data")),
             "tasks": list(TASKS),
@@ -90,9 +95,9 @@ def test_every_arm_kind_trains_two_phases_and_scores_them(finished):
             assert (folder / "final.json").is_file()
 
 
-def test_phases_continue_from_the_previous_weights(finished):
-    """Branches: phase 1's adapter holds a frozen copy of phase 0's branch; O-LoRA: two adapters; OSF: the
-    merged weights differ from phase 0's (the phase trained on them)."""
+def test_phases_continue_from_the_previous_weights(finished, tiny_llama_dir):
+    """Branches: phase 1's adapter holds a frozen copy of phase 0's branch; O-LoRA: two adapters; OSF: the merged
+    weights moved from the base, and only the newest merged model is kept."""
     from safetensors.torch import load_file
 
     _, out, _, _ = finished
@@ -109,9 +114,10 @@ def test_phases_continue_from_the_previous_weights(finished):
         "task0",
         "task1",
     ]
-    m0 = load_file(str(runs / "osf-seed0/order1/phase-0-agnews/model/model.safetensors"))
-    m1 = load_file(str(runs / "osf-seed0/order1/phase-1-yelp/model/model.safetensors"))
-    assert any(not np.array_equal(m0[k].numpy(), m1[k].numpy()) for k in m0 if "q_proj" in k)
+    base = load_file(str(tiny_llama_dir / "model.safetensors"))
+    merged = load_file(str(runs / "osf-seed0/order1/phase-1-yelp/model/model.safetensors"))
+    assert any(not np.array_equal(base[k].numpy(), merged[k].numpy()) for k in base if "q_proj" in k)
+    assert not (runs / "osf-seed0/order1/phase-0-agnews/model").exists(), "only the newest merged model is kept"
 
 
 def test_results_file_and_gate_table(finished):
@@ -144,7 +150,9 @@ def test_a_killed_run_resumes_at_the_next_phase(tiny_llama_dir, tmp_path):
     from disel.experiments.study.run import run_study
 
     config = load_study_config(_recipe(tmp_path, tiny_llama_dir, arms={"disel_branches": ("disel", "branches")}))
-    config = config.model_copy(update={"continual": config.continual.model_copy(update={"orders": {"o": ["agnews", "yelp"]}})})
+    config = config.model_copy(
+        update={"continual": config.continual.model_copy(update={"orders": {"o": ["agnews", "yelp"]}})}
+    )
     out = tmp_path / "out"
     run_study(config, out, echo=lambda _: None)
     folder = out / "runs/disel_branches-seed0/o"
@@ -176,3 +184,47 @@ def test_continual_recipe_refuses_mismatched_arms(tiny_llama_dir, tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match="is not an order"):
         load_study_config(path)
+
+
+def test_run_all_draws_the_continual_figures(finished, tmp_path):
+    """``python -m paper_figs.run_all --continual results.json --only continual`` draws the three figures from a
+    finished study's file, and refuses a file of another kind with exit status 2."""
+    from paper_figs import run_all
+
+    _, out, _, _ = finished
+    argv = ["--continual", str(out / "results.json"), "--only", "continual", "--out", str(tmp_path)]
+    assert run_all.main(argv) == 0
+    for stem in ("continual_matrices", "continual_measures", "continual_gates"):
+        assert (tmp_path / f"{stem}.png").stat().st_size > 0, stem
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "disel.study.eval/1"}))
+    argv[1] = str(tmp_path / "other.json")
+    assert run_all.main(argv) == 2
+
+
+def test_matrix_by_task_name_reindexes_each_order():
+    """A run in order (b, a) puts its R[0][0] (accuracy on b after learning b) at cell (b, b) of the task-name
+    matrix; the two orders' values at the same cell are averaged; unscored cells stay NaN."""
+    from paper_figs.continual_matrices import by_task_name
+
+    entry = {
+        "phases": "sequential",
+        "runs": [
+            {"tasks": ["a", "b"], "R": [[0.2, None], [0.4, 0.6]]},
+            {"tasks": ["b", "a"], "R": [[0.8, None], [0.1, 0.3]]},
+        ],
+    }
+    matrix = by_task_name(entry, ["a", "b"])
+    assert matrix[0, 0] == pytest.approx((0.2 + 0.3) / 2)  # a after learning a: order 1 R[0][0], order 2 R[1][1]
+    assert matrix[1, 1] == pytest.approx((0.6 + 0.8) / 2)
+    assert matrix[1, 0] == pytest.approx(0.4) and matrix[0, 1] == pytest.approx(0.1)
+    assert np.isnan(by_task_name({"phases": "sequential", "runs": [entry["runs"][0]]}, ["a", "b"])[0, 1])
+
+
+def test_results_report_the_measured_cost(finished):
+    """results.json's cost sums the seconds recorded by every phase, final and selection file."""
+    _, out, _, _ = finished
+    cost = json.loads((out / "results.json").read_text())["cost"]
+    phases = [json.loads(p.read_text()) for p in (out / "runs").glob("*/*/phase-*/scores.json")]
+    assert cost["train_s"] == pytest.approx(sum(p["train_s"] for p in phases))
+    total = cost["selection_s"] + cost["train_s"] + cost["score_s"] + cost["final_s"]
+    assert cost["worker_hours"] == pytest.approx(total / 3600)

@@ -7,7 +7,8 @@
      "arms": {arm: {"phases", "method", "learning_rate",
                     "runs": [{"seed", "order", "tasks", "R": (T, T) accuracies (null: not scored)}],
                     "AA" | "BWT" | "forgetting": {"value", "low", "high", "per_order"} (null where undefined),
-                    "kl": {domain: {"mean", "per_run"}}, "gates": {"branches", "tasks", "mean"} | null}}}
+                    "kl": {domain: {"mean", "per_run"}}, "gates": {"branches", "tasks", "mean"} | null}},
+     "cost": {"selection_s", "train_s", "score_s", "final_s", "worker_hours"}}
 
 AA, BWT and forgetting come from :func:`~.continual_metrics.continual_summary` (95% bootstrap over test
 examples and orders). A multitask arm has one phase: only its last row, so AA alone is defined (BWT and
@@ -85,7 +86,9 @@ def _arm_results(config: StudyConfig, specs: list[RunSpec], rate: float, out: Pa
         "phases": spec.arm_config.phases,
         "method": spec.config.method.name,
         "learning_rate": rate,
-        "runs": [{"seed": seed, "order": name, "tasks": list(r.tasks), "R": r.matrix().tolist()} for seed, name, r in runs],
+        "runs": [
+            {"seed": seed, "order": name, "tasks": list(r.tasks), "R": r.matrix().tolist()} for seed, name, r in runs
+        ],
         **{measure: summary[measure] for measure in MEASURES},
         "kl": {
             domain: {"mean": float(np.mean([f.kl[domain] for f in finals])), "per_run": [f.kl[domain] for f in finals]}
@@ -115,9 +118,11 @@ def build_continual_results(
 
     settings = config.continual
     held_out: dict[str, dict[str, float]] = {}
+    seconds = {"selection": 0.0}
     for path in sorted((out / "selection").glob("*.json")):
         record = SelectionScores.read(path)
         held_out.setdefault(record.method, {})[f"{record.learning_rate:g}"] = record.accuracy
+        seconds["selection"] += record.train_s + record.score_s
     arms = {}
     for arm in config.arms:
         arm_specs = [s for s in specs.values() if s.arm == arm]
@@ -133,16 +138,40 @@ def build_continual_results(
             "base": {task: float(np.mean(c)) for task, c in base.correct.items()},
             "learning_rates": {m: {"chosen": rate, "held_out": held_out.get(m, {})} for m, rate in rates.items()},
             "arms": arms,
+            "cost": _cost(seconds, out),
         }
     )
 
 
+def _cost(seconds: dict[str, float], out: Path) -> dict[str, float]:
+    """Measured seconds of the finished stages (wall clock of each stage in its process; the base model's scoring
+    is not timed), and their sum in worker-hours: the study's measured cost."""
+    from .continual_run import FinalRecord, PhaseScores
+
+    seconds.update(train=0.0, score=0.0, final=0.0)
+    for path in (out / "runs").glob("*/*/phase-*/scores.json"):
+        record = PhaseScores.read(path)
+        seconds["train"] += record.train_s
+        seconds["score"] += record.score_s
+    for path in (out / "runs").glob("*/*/final.json"):
+        seconds["final"] += FinalRecord.read(path).seconds
+    return {**{f"{k}_s": v for k, v in seconds.items()}, "worker_hours": sum(seconds.values()) / 3600}
+
+
 def read_continual_results(path: str | Path) -> dict[str, Any]:
-    """A ``results.json`` of a continual study; ValueError naming the file when it is not one."""
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    """A ``results.json`` of a continual study; a ResultFileError naming the file when it is missing or not one."""
+    from ..schemas import MalformedResultFileError, MissingResultFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingResultFileError(path, "does not exist; expected a continual study's results.json (disel-study)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MalformedResultFileError(path, f"not valid JSON ({error})") from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         found = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path}: expected a continual study's results.json (schema {SCHEMA!r}), found {found!r}")
+        raise MalformedResultFileError(path, f"expected schema {SCHEMA!r} (disel-study, continual), found {found!r}")
     return raw
 
 

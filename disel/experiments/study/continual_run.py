@@ -27,6 +27,7 @@ after the last phase whose weights remain.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +45,16 @@ __all__ = [
     "SelectionScores",
     "check_continual",
     "gate_table",
+    "learning_rate",
     "run_continual",
+    "run_order",
     "start_phase",
 ]
 
 _MADE_BY = "disel-study (continual)"
-_GITIGNORE = "# weights: needed only to continue an unfinished order; the JSON records are the results\nadapter/\nmodel/\n"
+_GITIGNORE = (
+    "# weights: needed only to continue an unfinished order; the JSON records are the results\nadapter/\nmodel/\n"
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class SelectionScores(ResultFile, schema="disel.study.continual_selection/1", ma
     correct: list[int]
     train_loss: float | None
     train_s: float
+    score_s: float
     path: Path | None = field(default=None, compare=False)
 
 
@@ -122,8 +128,10 @@ def check_continual(config: StudyConfig, source: str) -> None:
         mode, method = spec.arm_config.phases, spec.config.method.name
         if mode is None or spec.arm_config.from_arm is not None:
             raise ConfigError(f"arms.{arm} in {source}: every arm of a continual study needs phases (no from_arm)")
-        if needs.get(mode, method) != method or method not in ("lora", "disel", "full") or (
-            method == "full" and mode != "osf"
+        if (
+            needs.get(mode, method) != method
+            or method not in ("lora", "disel", "full")
+            or (method == "full" and mode != "osf")
         ):
             raise ConfigError(
                 f"arms.{arm} in {source}: phases {mode!r} with method.name {method!r}; branches need disel, olora "
@@ -311,6 +319,8 @@ def _run_phase(ctx: _Context, spec: RunSpec, order_name: str, order, index: int,
     model = start_phase(spec, index, len(phases), ctx.load_base(), dirs[index - 1] if index else None)
     loss, train_s = _train(ctx, spec, model, rows, steps, rate, dirs[index] / "trainer")
     model = _save_weights(spec, model, dirs[index])
+    if spec.arm_config.phases == "osf" and index > 0:  # only the newest merged model is ever read again
+        shutil.rmtree(dirs[index - 1] / "model", ignore_errors=True)
     correct, score_s = _score(ctx, model, _scored_tasks(ctx, order, index, len(phases)))
     record = PhaseScores(spec.arm, spec.seed, order_name, index, name, rate, steps, loss, train_s, score_s, correct)
     record.write(dirs[index] / "scores.json")
@@ -333,7 +343,11 @@ def _final(ctx: _Context, spec: RunSpec, model: Any, order: list[str], path: Pat
         )
         result = mean_token_kl(model, batches, base_model=base)
         kl[domain], perplexity[domain] = result.mean_kl, result.perplexity
-    gates = gate_table(model, ctx.tokenizer, ctx.tasks, order, ctx.template, settings.gate_sequences) if spec.is_disel else None
+    gates = (
+        gate_table(model, ctx.tokenizer, ctx.tasks, order, ctx.template, settings.gate_sequences)
+        if spec.is_disel
+        else None
+    )
     FinalRecord(kl, perplexity, gates, time.perf_counter() - started).write(path)
     ctx.echo(f"[{spec.label} {path.parent.name} final] KL en/code {kl['english']:.4f}/{kl['code']:.4f}")
 
@@ -375,27 +389,21 @@ def _branch_means(stats: dict, ranks: dict[str, list[int]], n_branches: int) -> 
     return [s / c for s, c in zip(sums, counts)]
 
 
-def select_learning_rates(ctx: _Context, specs: dict[str, RunSpec]) -> dict[str, float]:
-    """Each method's learning rate by the one rule (:class:`~.config.LearningRateSelection`); without a selection,
-    each method's recipe rate."""
+def learning_rate(ctx: _Context, spec: RunSpec) -> float:
+    """The learning rate of ``spec``'s method: chosen by the one rule (:class:`~.config.LearningRateSelection`) the
+    first time the method is needed (its candidate runs are files, so a rerun reads them), or the recipe's rate
+    when the recipe selects none for that method."""
     from ..data.continual import held_out_split
     from .continual_metrics import choose_learning_rate
 
-    settings = ctx.config.continual
-    chosen = {spec.config.method.name: spec.config.training.learning_rate for spec in specs.values()}
-    if settings.learning_rates is None:
-        return chosen
+    settings, method = ctx.config.continual, spec.config.method.name
     selection = settings.learning_rates
+    if selection is None or method not in selection.grids:
+        return spec.config.training.learning_rate
     first = next(iter(settings.orders.values()))[0]
     train, held = held_out_split(ctx.tasks[first].train, selection.held_out_fraction, selection.seed)
-    for method, grid in selection.grids.items():
-        spec = next((s for s in specs.values() if s.config.method.name == method), None)
-        if spec is None:
-            continue
-        accuracy = {rate: _selection_run(ctx, spec, first, train, held, rate).accuracy for rate in grid}
-        chosen[method] = choose_learning_rate(accuracy)
-        ctx.echo(f"[learning rate {method}] held-out accuracy {accuracy}: {chosen[method]:g}")
-    return chosen
+    accuracy = {rate: _selection_run(ctx, spec, first, train, held, rate).accuracy for rate in selection.grids[method]}
+    return choose_learning_rate(accuracy)
 
 
 def _selection_run(ctx: _Context, spec: RunSpec, task: str, train, held, rate: float) -> SelectionScores:
@@ -411,10 +419,12 @@ def _selection_run(ctx: _Context, spec: RunSpec, task: str, train, held, rate: f
     set_seed(spec.seed)
     n_tasks = len(ctx.config.continual.tasks)
     model = start_phase(spec, 0, n_tasks, ctx.load_base(), None)
-    loss, train_s = _train(ctx, spec, model, train, spec.config.training.max_steps, rate, ctx.out / "selection" / "work")
+    loss, train_s = _train(
+        ctx, spec, model, train, spec.config.training.max_steps, rate, ctx.out / "selection" / "work"
+    )
     held_task = replace(ctx.tasks[task], test=tuple(held))
-    correct, _ = _score(replace(ctx, tasks={task: held_task}), model, [task])
-    record = SelectionScores(method, rate, task, sum(correct[task]) / len(held), correct[task], loss, train_s)
+    correct, score_s = _score(replace(ctx, tasks={task: held_task}), model, [task])
+    record = SelectionScores(method, rate, task, sum(correct[task]) / len(held), correct[task], loss, train_s, score_s)
     record.write(path)
     return record
 
@@ -425,6 +435,19 @@ def _base_scores(ctx: _Context) -> BaseScores:
         correct, _ = _score(ctx, ctx.load_base(), list(ctx.config.continual.tasks))
         BaseScores(correct).write(path)
     return BaseScores.read(path)
+
+
+def _schedule(config: StudyConfig, specs: dict[str, RunSpec]) -> list[tuple[str, list[str], RunSpec]]:
+    """(order name, order, spec) in the order they run: order by order every sequential arm in recipe order (the
+    first order's comparison of all arms completes first), then each multitask arm once (``multitask``, on the
+    first order's task list: it does not depend on the order)."""
+    orders = config.continual.orders
+    sequential = [s for s in specs.values() if s.arm_config.phases != "multitask"]
+    multitask = [s for s in specs.values() if s.arm_config.phases == "multitask"]
+    first = next(iter(orders.values()))
+    return [(name, list(order), s) for name, order in orders.items() for s in sequential] + [
+        ("multitask", list(first), s) for s in multitask
+    ]
 
 
 def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print) -> dict[str, Any]:
@@ -443,13 +466,13 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print) ->
     ctx = _prepare(config, out, model_path, next(iter(specs.values())).config.data.template, echo)
     write_text_atomic(out / "runs" / ".gitignore", _GITIGNORE)
     base = _base_scores(ctx)
-    rates = select_learning_rates(ctx, specs)
-    orders = config.continual.orders
-    for order_name, order in orders.items():
-        for spec in specs.values():
-            if spec.arm_config.phases == "multitask" and order_name != next(iter(orders)):
-                continue  # independent of the order: trained once, on the first order's task list
-            run_order(ctx, spec, "multitask" if spec.arm_config.phases == "multitask" else order_name, order, rates[spec.config.method.name])
+    rates: dict[str, float] = {}
+    for order_name, order, spec in _schedule(config, specs):
+        method = spec.config.method.name
+        if method not in rates:
+            rates[method] = learning_rate(ctx, spec)
+            echo(f"[learning rate {method}] {rates[method]:g}")
+        run_order(ctx, spec, order_name, order, rates[method])
     results = build_continual_results(config, specs, base, rates, out)
     write_json_atomic(out / "results.json", results)
     table, verdict = format_continual_table(results)

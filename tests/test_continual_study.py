@@ -228,3 +228,32 @@ def test_results_report_the_measured_cost(finished):
     assert cost["train_s"] == pytest.approx(sum(p["train_s"] for p in phases))
     total = cost["selection_s"] + cost["train_s"] + cost["score_s"] + cost["final_s"]
     assert cost["worker_hours"] == pytest.approx(total / 3600)
+
+
+def test_gate_table_slices_each_branch(tiny_llama_dir):
+    """gate_table's row k is branch k: with the frozen first branch's gates forced open (W_g = 0, b_g = +20:
+    σ = 1) and the trainable second's shut (b_g = -20: σ ≈ 0), the rows are [1, 1] and [0, 0] on both tasks."""
+    import torch
+    from peft import get_peft_model
+
+    import disel
+    from disel.experiments.data.continual import ContinualTask, LabelledRow
+    from disel.experiments.models import load_model, load_tokenizer
+    from disel.experiments.study.continual_run import gate_table
+    from disel.tuner.layer import DiselLayer
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    config = disel.DiselConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    model = disel.add_task_branch(get_peft_model(load_model(str(tiny_llama_dir)), config))
+    with torch.no_grad():
+        for layer in (m for m in model.modules() if isinstance(m, DiselLayer)):
+            frozen = layer.frozen_branches("default")[0]
+            frozen.gate_weight.zero_()
+            frozen.gate_bias.fill_(20.0)
+            layer.disel_gate["default"].weight.zero_()
+            layer.disel_gate["default"].bias.fill_(-20.0)
+    rows = (LabelledRow("agnews", "What topic? sport", "Sports", 0),)
+    tasks = {name: ContinualTask(name, ("Sports",), rows, rows) for name in ("agnews", "yelp")}
+    table = gate_table(model, tokenizer, tasks, ["agnews", "yelp"], "alpaca", 1)
+    assert table["branches"] == ["agnews", "yelp"] and table["tasks"] == ["agnews", "yelp"]
+    np.testing.assert_allclose(table["mean"], [[1.0, 1.0], [0.0, 0.0]], atol=1e-6)

@@ -20,7 +20,7 @@ table (:func:`gate_table`).
 **Resumable at phase granularity**: ``runs/<arm>-seed<k>/<order>/phase-<i>-<task>/`` holds the phase's weights
 (``adapter/``, or ``model/`` for OSF) and, written last, ``scores.json``; a killed run redoes the unfinished
 phase only. The small JSON files (scores, ``final.json``, ``selection/``, ``base.json``) are what to keep; the
-weights are needed only to continue an unfinished order (``.gitignore`` in the output folder leaves them out),
+weights are needed only to continue an unfinished order (the ``.gitignore`` written in the output folder leaves them out),
 so an order whose records are complete is skipped even without them, and one whose weights were lost restarts
 after the last phase whose weights remain.
 """
@@ -464,7 +464,7 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print) ->
     check_model_dir(model_path, what="model_path")
     specs = _specs(config, model_path, out)
     ctx = _prepare(config, out, model_path, next(iter(specs.values())).config.data.template, echo)
-    write_text_atomic(out / "runs" / ".gitignore", _GITIGNORE)
+    write_text_atomic(out / ".gitignore", _GITIGNORE)
     base = _base_scores(ctx)
     rates: dict[str, float] = {}
     for order_name, order, spec in _schedule(config, specs):

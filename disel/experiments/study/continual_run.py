@@ -20,8 +20,8 @@ table (:func:`gate_table`).
 **Resumable at phase granularity**: ``runs/<arm>-seed<k>/<order>/phase-<i>-<task>/`` holds the phase's weights
 (``adapter/``, or ``model/`` for OSF) and, written last, ``scores.json``; a killed run redoes the unfinished
 phase only. The small JSON files (scores, ``final.json``, ``selection/``, ``base.json``) are what to keep; the
-weights are needed only to continue an unfinished order (the ``.gitignore`` written in the output folder leaves them out),
-so an order whose records are complete is skipped even without them, and one whose weights were lost restarts
+weights are needed only to continue an unfinished order (the ``.gitignore`` written in the output folder leaves
+them out), so an order whose records are complete is skipped even without them, and one whose weights were lost restarts
 after the last phase whose weights remain.
 """
 
@@ -53,7 +53,8 @@ __all__ = [
 
 _MADE_BY = "disel-study (continual)"
 _GITIGNORE = (
-    "# weights: needed only to continue an unfinished order; the JSON records are the results\nadapter/\nmodel/\n"
+    "# weights and Trainer folders: needed only to continue an unfinished order; the JSON records are the results\n"
+    "adapter/\nmodel/\ntrainer/\nselection/work/\n"
 )
 
 

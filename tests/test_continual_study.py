@@ -257,3 +257,17 @@ def test_gate_table_slices_each_branch(tiny_llama_dir):
     table = gate_table(model, tokenizer, tasks, ["agnews", "yelp"], "alpaca", 1)
     assert table["branches"] == ["agnews", "yelp"] and table["tasks"] == ["agnews", "yelp"]
     np.testing.assert_allclose(table["mean"], [[1.0, 1.0], [0.0, 0.0]], atol=1e-6)
+
+
+def test_aggregate_alone_rebuilds_the_results_from_the_records(finished, tmp_path):
+    """aggregate_continual (no model loaded) rebuilds results.json from a copy of the records alone (weights
+    left out, as in a commit), equal to what the run wrote."""
+    from disel.experiments.study.continual_results import aggregate_continual
+
+    config, out, _, _ = finished
+    copy = tmp_path / "records"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("adapter", "model", "trainer", "work"))
+    written = json.loads((out / "results.json").read_text())
+    rebuilt = aggregate_continual(config, copy)["results"]
+    rebuilt["cost"], written["cost"] = rebuilt["cost"]["train_s"], written["cost"]["train_s"]
+    assert rebuilt == written

@@ -28,7 +28,14 @@ import numpy as np
 from .config import RunSpec, StudyConfig
 from .continual_metrics import MEASURES, OrderRun, continual_summary
 
-__all__ = ["SCHEMA", "build_continual_results", "format_continual_table", "read_continual_results"]
+__all__ = [
+    "SCHEMA",
+    "aggregate_continual",
+    "build_continual_results",
+    "chosen_learning_rates",
+    "format_continual_table",
+    "read_continual_results",
+]
 
 SCHEMA = "disel.study.continual/1"
 
@@ -206,3 +213,39 @@ def format_continual_table(results: dict[str, Any]) -> tuple[str, str]:
         f"(AA {_interval(entry['AA'])}, over {len(entry['runs'])} runs)."
     )
     return "\n".join(lines), sentence
+
+
+def chosen_learning_rates(config: StudyConfig, specs: dict[str, RunSpec], out: Path) -> dict[str, float]:
+    """Each method's rate as the runner chose it: by the rule from the ``selection/`` records when every candidate
+    has one, else the recipe's rate (a method whose selection has not finished has no finished run either)."""
+    from .continual_metrics import choose_learning_rate
+    from .continual_run import SelectionScores
+
+    selection = config.continual.learning_rates
+    rates = {}
+    for spec in specs.values():
+        method = spec.config.method.name
+        rates[method] = spec.config.training.learning_rate
+        grid = [] if selection is None else selection.grids.get(method, [])
+        paths = {rate: out / "selection" / f"{method}-lr{rate:g}.json" for rate in grid}
+        if grid and all(path.is_file() for path in paths.values()):
+            rates[method] = choose_learning_rate({r: SelectionScores.read(p).accuracy for r, p in paths.items()})
+    return rates
+
+
+def aggregate_continual(config: StudyConfig, output_dir: str | Path) -> dict[str, Any]:
+    """``results.json`` and ``summary.md`` from the records under ``output_dir`` (every finished run; no model is
+    loaded, so it can refresh them while the study runs on). Returns ``{"results", "table", "verdict"}``."""
+    from disel.io import write_json_atomic, write_text_atomic
+
+    from .continual_run import BaseScores, _specs
+
+    out = Path(output_dir)
+    specs = _specs(config, "<model_path>", out)
+    results = build_continual_results(
+        config, specs, BaseScores.read(out / "base.json"), chosen_learning_rates(config, specs, out), out
+    )
+    write_json_atomic(out / "results.json", results)
+    table, verdict = format_continual_table(results)
+    write_text_atomic(out / "summary.md", f"{table}\n{verdict}\n")
+    return {"results": results, "table": table, "verdict": verdict}

@@ -457,7 +457,7 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print) ->
     then ``results.json`` and ``summary.md`` (:mod:`.continual_results`). Returns ``{"results", "table",
     "verdict"}``."""
     from ..models import check_model_dir, force_offline, model_path_or_smollm2
-    from .continual_results import build_continual_results, format_continual_table
+    from .continual_results import aggregate_continual
 
     force_offline()
     out = Path(output_dir)
@@ -466,7 +466,7 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print) ->
     specs = _specs(config, model_path, out)
     ctx = _prepare(config, out, model_path, next(iter(specs.values())).config.data.template, echo)
     write_text_atomic(out / ".gitignore", _GITIGNORE)
-    base = _base_scores(ctx)
+    _base_scores(ctx)
     rates: dict[str, float] = {}
     for order_name, order, spec in _schedule(config, specs):
         method = spec.config.method.name
@@ -474,9 +474,6 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print) ->
             rates[method] = learning_rate(ctx, spec)
             echo(f"[learning rate {method}] {rates[method]:g}")
         run_order(ctx, spec, order_name, order, rates[method])
-    results = build_continual_results(config, specs, base, rates, out)
-    write_json_atomic(out / "results.json", results)
-    table, verdict = format_continual_table(results)
-    write_text_atomic(out / "summary.md", f"{table}\n{verdict}\n")
+    summary = aggregate_continual(config, out)
     echo(f"[results] {out / 'results.json'}")
-    return {"results": results, "table": table, "verdict": verdict}
+    return summary

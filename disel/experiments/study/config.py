@@ -13,11 +13,10 @@ itself (where each run writes, its data, its seed ...); an override of one of th
 The next studies fit this shape (issues 17, 18): an arm varying the learning rate or the method
 (``[training.learning_rate=1e-3]``, ``[method.name=full]``: its KL reference is then a frozen copy of the base,
 as it has no adapter to disable); a post-hoc arm (``from_arm`` + ``transform``) that transforms every checkpoint
-of another arm without training and is scored like the rest (:mod:`.transforms`); and, designed but not built,
-a run of several training phases on different data (continual learning) as ``phases:`` of an arm, each a list
-of overrides (``[data.train_files=[b.jsonl], training.max_steps=200]``) trained in turn in the arm's run folder,
-each phase resuming the previous one's final checkpoint, so every phase's checkpoints lie on one step axis and
-are scored on every phase's test set (``recipes/evidence/README.md``).
+of another arm without training and is scored like the rest (:mod:`.transforms`); and a run of several training
+phases on different data (continual learning, issue 18): a ``continual:`` section (:class:`ContinualConfig`:
+tasks, orders, learning-rate selection) with each arm's ``phases`` (how one phase continues from the previous
+one), run by :mod:`.continual_run` (``recipes/continual/``).
 """
 
 from __future__ import annotations

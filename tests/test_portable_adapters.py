@@ -102,8 +102,9 @@ def absolute_paths(record) -> list[str]:
 
 
 def test_results_record_paths_relative_to_the_checkout_and_read_them_back(tmp_path, monkeypatch):
-    """A results file names a folder of the checkout by its path inside it, the SmolLM2 conversion by its name, and
-    :func:`recorded_path` turns either back into this machine's folder."""
+    """A results file names a folder of the checkout by its path inside it and the SmolLM2 conversion by its name;
+    :func:`recorded_path` turns the path back into this machine's folder and keeps the name, which
+    ``model_path_or_smollm2`` finds offline."""
     monkeypatch.setattr(models, "source_root", lambda: tmp_path)
     conversion = _fake_conversion(tmp_path / "cache" / "smollm2")
     monkeypatch.setattr(models, "smollm2_path", lambda cache_dir=None: conversion)
@@ -117,7 +118,8 @@ def test_results_record_paths_relative_to_the_checkout_and_read_them_back(tmp_pa
         "model": "/path/to/model",
     }
     assert Path(recorded_path(portable["adapter"])) == adapter
-    assert Path(recorded_path(portable["nested"][0]["model_path"])) == conversion
+    assert recorded_path(portable["nested"][0]["model_path"]) == SMOLLM2_NAME  # converted only when loaded:
+    assert Path(models.model_path_or_smollm2(SMOLLM2_NAME)) == conversion
     assert portable_path(tmp_path.parent / "elsewhere") == "../elsewhere"  # outside the checkout: still relative
 
 
@@ -126,6 +128,23 @@ def test_results_record_paths_relative_to_the_checkout_and_read_them_back(tmp_pa
 )
 def test_committed_evidence_files_name_no_folder_of_the_machine_that_wrote_them(results_file):
     assert absolute_paths(json.loads(results_file.read_text())) == []
+
+
+def test_the_committed_results_recipe_reads_back_from_another_working_directory(tmp_path, monkeypatch):
+    """The compression study reads the evidence recipe from ``results.json``: its training recipe (recorded inside
+    the checkout) is found wherever the command runs, and the model stays the portable name."""
+    import shutil
+
+    from disel.experiments.study.compression import CompressionConfig, _evidence_config
+
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    shutil.copy(REPO / "paper_figs/evidence/results.json", evidence)
+    monkeypatch.chdir(tmp_path)
+    settings = CompressionConfig(kind="compression", evidence_dir=str(evidence), adapter="unused", out="unused")
+    config = _evidence_config(settings)
+    assert Path(config.training_recipe) == REPO / "recipes/comparison/smollm2_arithmetic.yaml"
+    assert config.model_path == SMOLLM2_NAME
 
 
 def test_committed_results_record_the_model():

@@ -355,8 +355,9 @@ def portable_paths(record: Any) -> Any:
 
 
 def recorded_path(recorded: str) -> str:
-    """The local path a results file's :func:`portable_path` means on this machine (an absolute one as it is)."""
-    return str(smollm2_path()) if recorded == SMOLLM2_NAME else os.path.normpath(source_root() / recorded)
+    """The local path a results file's :func:`portable_path` means on this machine (an absolute one as it is);
+    :data:`SMOLLM2_NAME` is kept (:func:`model_path_or_smollm2` finds it offline when the model is loaded)."""
+    return recorded if recorded == SMOLLM2_NAME else os.path.normpath(source_root() / recorded)
 
 
 def resolve_base(name_or_path: str) -> Path:

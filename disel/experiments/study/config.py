@@ -298,3 +298,9 @@ def check_study(config: StudyConfig, source: str) -> None:
     if config.export is not None and config.export.gates_arm not in config.arms:
         raise ConfigError(f"export.gates_arm in {source}: {config.export.gates_arm!r} is not an arm")
     config.run_specs("<model_path>", Path("<train_file>"), Path("<output_dir>"))  # every arm's training recipe
+
+
+def resolved_training_recipe(config: StudyConfig) -> dict[str, Any]:
+    """The shared training recipe with the shared overrides, before any arm's (the results file records it; the
+    evaluation asks in its ``data.template``)."""
+    return apply_overrides(read_recipe(config.training_recipe), config.overrides)

@@ -69,6 +69,8 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str) -> Throug
     for spec in specs:
         if spec.arm in arms or spec.arm_config.from_arm is not None:  # a post-hoc arm does not train
             continue
+        if not any((spec.run_dir / name).is_file() for name in ("adapter_config.json", "config.json")):
+            continue  # its records only (committed from an earlier session, weights not kept): nothing to measure
         batch = spec.config.training.per_device_train_batch_size
         seq_len, padding = padded_lengths(_train_lengths(spec, tokenizer), batch)
         flops = training_step_flops(_trainable(model_path, spec), batch, max(1, round(seq_len)))

@@ -16,6 +16,7 @@ The SmolLM2 studies' own figures are drawn when their file is given (``--only ev
 
     --evidence results.json         the evidence figures (paper_figs.evidence_all; disel-study results)
     --compression compression.json  the compression figure (paper_figs.evidence_compression)
+    --frontier frontier.json        the learning-forgetting frontier figures (paper_figs.frontier_all)
 
 If an input is missing the command stops before drawing anything and lists every missing input, unless
 ``--allow-missing``: then the figures whose inputs are missing are skipped, each with a line saying
@@ -36,7 +37,11 @@ from ._cli import DEFAULT_OUT
 __all__ = ["FIGURES", "FigureJob", "build_jobs", "main"]
 
 # The SmolLM2 studies' figure sets → their script (drawn from the flag of the same name).
-STUDY_FIGURES: dict[str, str] = {"evidence": "evidence_all", "compression": "evidence_compression"}
+STUDY_FIGURES: dict[str, str] = {
+    "evidence": "evidence_all",
+    "compression": "evidence_compression",
+    "frontier": "frontier_all",
+}
 # Figure number → its script (module in paper_figs).
 FIGURES: dict[int, str] = {
     1: "fig1_toy",
@@ -84,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=[*sorted(FIGURES), *STUDY_FIGURES],
         default=None,
-        help="draw only these figures (numbers, or evidence / compression)",
+        help="draw only these figures (numbers, or evidence / compression / frontier)",
     )
     inputs = parser.add_argument_group("inputs (default: the names under --results)")
     inputs.add_argument("--figure1-json", type=Path, help="Figure 1 numbers (python -m toy figure1)")
@@ -119,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     studies = parser.add_argument_group("the SmolLM2 studies' figures (drawn only when given)")
     studies.add_argument("--evidence", type=Path, help="results.json of a disel-study run: the evidence figures")
     studies.add_argument("--compression", type=Path, help="compression.json of the compression study: its figure")
+    studies.add_argument("--frontier", type=Path, help="frontier.json of the frontier study: its figures")
     return parser
 
 

@@ -74,8 +74,9 @@ def _records(out: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_frontier_recipe_runs_exports_and_resumes_from_committed_records(tmp_path, tiny_llama_dir, monkeypatch):
     from disel.experiments.cli.study import main
+    from disel.experiments.models import load_tokenizer
     from disel.experiments.study.frontier_results import load_frontier_results
-    from disel.experiments.study.records import CheckpointEval
+    from disel.experiments.study.records import CheckpointEval, DataManifest
 
     out = tmp_path / "out"
     argv = ["--recipe", str(RECIPE), "--output-dir", str(out), "--arms", *ARMS]
@@ -88,6 +89,10 @@ def test_frontier_recipe_runs_exports_and_resumes_from_committed_records(tmp_pat
     # Per checkpoint: per-text sums on English, code and the task's prompts that give back its KL and perplexity.
     base = CheckpointEval.read(out / "base.json")
     assert set(base.texts) == {"english", "code", "task"} and len(base.texts["task"]["tokens"]) == 3
+    manifest = DataManifest.read(out / "data" / "manifest.json")
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    lengths = [min(len(tokenizer(text)["input_ids"]), 32) - 1 for text in manifest.retention["code"]]
+    assert base.texts["code"]["tokens"] == lengths  # per text, in the manifest's order
     for path in out.glob("runs/*/eval/step-*.json"):
         record = CheckpointEval.read(path)
         for domain, sums in record.texts.items():
@@ -117,6 +122,10 @@ def test_frontier_recipe_runs_exports_and_resumes_from_committed_records(tmp_pat
     assert set(results.proxy) == {"english", "code"} and results.proxy["english"].n == 1 + 4 * 2
     summary = (out / "frontier.md").read_text()
     assert "| disel |" in summary and "| english |" in summary
+    from paper_figs import frontier_all
+
+    assert frontier_all.main(["--results", str(out / "frontier.json"), "--out", str(tmp_path / "figs")]) == 0
+    assert len(list((tmp_path / "figs").glob("frontier*.png"))) == 3
 
     # A rerun, and a rerun from the committed records alone, recompute nothing and write the same analysis.
     frontier = (out / "frontier.json").read_text()
@@ -142,16 +151,18 @@ def _check_cache_is_exact(out: Path, model_path: Path) -> None:
     from disel.experiments.models import load_model_for_eval
     from disel.experiments.study.kl import mean_token_kl
     from disel.experiments.study.records import DataManifest
-    from disel.experiments.study.stages import token_batches
+    from disel.experiments.study.task_kl import in_text_order, text_batches
 
     manifest = DataManifest.read(out / "data" / "manifest.json")
     run = out / "runs" / "full_lr5e-5-seed0"
     tuned, tokenizer = load_model_for_eval(run / "checkpoint-2", None, tokenizer_path=model_path)[:2]
     base = load_model_for_eval(model_path, None)[0]
-    live = mean_token_kl(tuned, token_batches(tokenizer, manifest.retention["code"], 32, 8), base_model=base)
+    batches, order = text_batches(tokenizer, manifest.retention["code"], 32, 8)
+    live = mean_token_kl(tuned, batches, base_model=base)
     record = json.loads((run / "eval" / "step-2.json").read_text())
     assert record["kl"]["code"] == pytest.approx(live.mean_kl, rel=1e-6, abs=1e-9)
-    assert record["texts"]["code"]["kl_sums"] == pytest.approx(list(live.sequence_kl_sums), rel=1e-6, abs=1e-9)
+    expected = in_text_order(live.sequence_kl_sums, order)
+    assert record["texts"]["code"]["kl_sums"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
 
 def test_checkpoint_steps_the_training_does_not_save_are_refused_naming_the_key(tmp_path, capsys):

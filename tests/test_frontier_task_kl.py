@@ -64,8 +64,10 @@ def test_per_text_sums_give_back_mean_token_kl_on_all_the_texts(tiny):
     assert per_text.mean_kl == pytest.approx(pooled.mean_kl, rel=1e-5)
     assert per_text.perplexity == pytest.approx(pooled.perplexity, rel=1e-5)
     assert per_text.base_perplexity == pytest.approx(pooled.base_perplexity, rel=1e-5)
-    alone = mean_token_kl(model, [{"input_ids": torch.tensor([ids[2]])}])
-    assert per_text.kl_sums[2] / per_text.tokens[2] == pytest.approx(alone.mean_kl, rel=1e-6)
+    assert per_text.tokens.tolist() == [len(i) - 1 for i in ids]  # in the order of the texts, not of the batches
+    for index in range(len(texts)):
+        alone = mean_token_kl(model, [{"input_ids": torch.tensor([ids[index]])}])
+        assert per_text.kl_sums[index] / per_text.tokens[index] == pytest.approx(alone.mean_kl, rel=1e-5)
 
 
 def test_a_fully_fine_tuned_model_is_scored_against_the_base_passed(tiny):

@@ -4,13 +4,16 @@
   question in the training set, and the retention texts (English, code);
 * :func:`evaluate_model` on the base model → ``base.json``, once for all runs;
 * :func:`run_job` per (arm, seed): training (the Trainer resumes a killed run from its newest checkpoint),
-  then one ``eval/step-<N>.json`` per checkpoint: per-problem correctness, perplexity and KL to the base
-  on English and code (one forward pass of each model per batch, :func:`~.kl.mean_token_kl`, the base
-  being the same weights with the adapter disabled, or a frozen copy of the base for a full fine-tuning or
-  a post-hoc arm, whose weights outside an adapter may have changed), and for DISeL the gate means per domain
-  (:mod:`~disel.experiments.eval.gates`, the whole ``disel.gates/1`` record kept as ``gates/step-<N>.json``)
-  and the anti-aligned fraction (:mod:`.diagnostics`). A post-hoc arm trains nothing: it scores its source
-  arm's checkpoints after its transform (:mod:`.transforms`).
+  then one ``eval/step-<N>.json`` per evaluated checkpoint (``evaluation.checkpoint_steps``, default every
+  saved one): per-problem correctness, perplexity and KL to the base on English, code and, if asked, the
+  task's own prompts, with per-text sums (:func:`~.kl.mean_token_kl`, one forward pass of the model per batch:
+  the base's log-probabilities on these fixed texts are computed once per process, :func:`base_log_probs_of`,
+  which also serves full fine-tuning and post-hoc arms, whose weights outside an adapter may have changed), and
+  for DISeL the gate means per domain (:mod:`~disel.experiments.eval.gates`, the whole ``disel.gates/1`` record
+  kept as ``gates/step-<N>.json``) and the anti-aligned fraction (:mod:`.diagnostics`). A post-hoc arm trains
+  nothing: it scores its source arm's checkpoints after its transform (:mod:`.transforms`). A finished run
+  whose checkpoints are gone (committed records in a fresh checkout) before all its steps, and those of the
+  post-hoc arms on it, were evaluated trains again (:func:`_restart_if_unfinishable`).
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def evaluate_model(
     gate figures)."""
     from ..eval.generation import GenerationSettings, evaluate_gsm8k
     from .kl import mean_token_kl
+    from .task_kl import in_text_order, text_batches
 
     settings, (model, tokenizer) = config.evaluation, loaded[:2]
     started = time.perf_counter()
@@ -133,15 +137,15 @@ def evaluate_model(
     }
     record["texts"], retention_started = {}, time.perf_counter()
     for domain, texts in scored_texts(config, manifest).items():
-        batches = token_batches(tokenizer, texts, settings.retention_max_length, settings.retention_batch_size)
+        batches, order = text_batches(tokenizer, texts, settings.retention_max_length, settings.retention_batch_size)
         cached = None if is_base or base_cache is None else base_cache[domain]
         result = mean_token_kl(model, batches, base_model=model if is_base else base_model, base_log_probs=cached)
         record["perplexity"][domain] = result.base_perplexity if is_base else result.perplexity
         record["kl"][domain] = 0.0 if is_base else result.mean_kl  # the base against itself: 0 by definition
-        record["texts"][domain] = {
-            "kl_sums": [0.0] * len(texts) if is_base else list(result.sequence_kl_sums),
-            "nll_sums": list(result.sequence_base_nll_sums if is_base else result.sequence_nll_sums),
-            "tokens": list(result.sequence_tokens),
+        record["texts"][domain] = {  # per text, in the order of the texts
+            "kl_sums": [0.0] * len(texts) if is_base else in_text_order(result.sequence_kl_sums, order),
+            "nll_sums": in_text_order(result.sequence_base_nll_sums if is_base else result.sequence_nll_sums, order),
+            "tokens": in_text_order(result.sequence_tokens, order),
         }
     record["retention_s"] = time.perf_counter() - retention_started
     if is_disel:
@@ -179,6 +183,7 @@ def base_log_probs_of(config: StudyConfig, manifest: DataManifest, model_path: s
     Memory: 4 · vocabulary bytes per scored token (about 2 GB for SmolLM2 on 9,500 tokens)."""
     from ..models import load_model_for_eval
     from .kl import base_log_probs
+    from .task_kl import text_batches
 
     settings, texts = config.evaluation, scored_texts(config, manifest)
     key = (model_path, dtype, config.device, settings.retention_max_length, settings.retention_batch_size, str(texts))
@@ -188,7 +193,7 @@ def base_log_probs_of(config: StudyConfig, manifest: DataManifest, model_path: s
         _BASE_CACHE[key] = {
             domain: base_log_probs(
                 model,
-                token_batches(tokenizer, domain_texts, settings.retention_max_length, settings.retention_batch_size),
+                text_batches(tokenizer, domain_texts, settings.retention_max_length, settings.retention_batch_size)[0],
                 base_model=model,
             )
             for domain, domain_texts in texts.items()

@@ -24,7 +24,7 @@ from torch import nn
 
 from .kl import KLResult
 
-__all__ = ["PerTextForgetting", "per_text_forgetting", "task_input_texts"]
+__all__ = ["PerTextForgetting", "in_text_order", "per_text_forgetting", "task_input_texts", "text_batches"]
 
 
 def task_input_texts(rows: Sequence[Mapping[str, str]], template: str, *, with_answer: bool = False) -> list[str]:
@@ -73,10 +73,35 @@ class PerTextForgetting:
         return {name: getattr(self, name).tolist() for name in ("kl_sums", "nll_sums", "base_nll_sums", "tokens")}
 
     @classmethod
-    def of(cls, result: KLResult) -> PerTextForgetting:
-        """The per-sequence sums of one :func:`~.kl.mean_token_kl` pass, a sequence per text."""
+    def of(cls, result: KLResult, order: Sequence[int]) -> PerTextForgetting:
+        """The per-sequence sums of one :func:`~.kl.mean_token_kl` pass on :func:`text_batches`, in text order."""
         columns = (result.sequence_kl_sums, result.sequence_nll_sums, result.sequence_base_nll_sums)
-        return cls(*(np.array(c, dtype=np.float64) for c in (*columns, result.sequence_tokens)))
+        return cls(*(np.array(in_text_order(c, order), dtype=np.float64) for c in (*columns, result.sequence_tokens)))
+
+
+def text_batches(
+    tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Right-padded batches of ``texts``, each cut at ``max_length`` tokens and scored in one window (the one
+    perplexity definition, :func:`~disel.experiments.eval.perplexity.causal_lm_windows`), and ``order``: the index
+    of the text of each sequence, in batch order (longest first, so that a batch holds little padding); with
+    :func:`in_text_order` the per-sequence sums of :func:`~.kl.mean_token_kl` come back in text order."""
+    from ..eval.perplexity import causal_lm_windows, window_batches
+
+    windows = causal_lm_windows(tokenizer, texts, max_length=max_length, max_tokens=max_length)
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))  # stable: ties keep text order
+    # already longest first, so window_batches (which sorts so, stably) keeps this order
+    return window_batches([windows[i] for i in order], batch_size, tokenizer.pad_token_id), order
+
+
+def in_text_order(values: Sequence[float], order: Sequence[int]) -> list[float]:
+    """``values`` per sequence in batch order, as a list in text order (``order`` from :func:`text_batches`)."""
+    if len(values) != len(order):
+        raise ValueError(f"{len(values)} values for {len(order)} texts")
+    ordered = [0.0] * len(order)
+    for value, text in zip(values, order):
+        ordered[text] = value
+    return ordered
 
 
 def per_text_forgetting(
@@ -94,7 +119,6 @@ def per_text_forgetting(
     for a fully fine-tuned model, or the model itself to score the base (KL 0). ``ValueError`` naming the text
     when one has fewer than two tokens (nothing to score).
     """
-    from ..eval.perplexity import causal_lm_windows, window_batches
     from .kl import mean_token_kl
 
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
@@ -104,6 +128,5 @@ def per_text_forgetting(
     for index, text in enumerate(texts):
         if len(tokenizer(text)["input_ids"]) < 2:
             raise ValueError(f"texts[{index}] has fewer than 2 tokens, at least 2 are needed to score one: {text!r}")
-    windows = causal_lm_windows(tokenizer, texts, max_length=max_length, max_tokens=max_length)
-    batches = window_batches(windows, batch_size, tokenizer.pad_token_id)
-    return PerTextForgetting.of(mean_token_kl(model, batches, base_model=base_model))
+    batches, order = text_batches(tokenizer, texts, max_length, batch_size)
+    return PerTextForgetting.of(mean_token_kl(model, batches, base_model=base_model), order)

@@ -103,6 +103,7 @@ def test_frontier_recipe_runs_exports_and_resumes_from_committed_records(tmp_pat
 
     # The full fine-tuning arm's KL, from the cached base log-probabilities, is the live two-model computation.
     _check_cache_is_exact(out, tiny_llama_dir)
+    _check_measured_stages(out)
 
     results = load_frontier_results(out / "frontier.json")
     assert {(run.method, run.configuration) for run in results.runs} == {
@@ -196,3 +197,26 @@ def test_the_recipe_has_every_arm_the_issue_asks_for():
         assert len(strengths) >= 2
     assert len(config.evaluation.checkpoint_steps) >= 4
     assert {s.config.method.r for s in specs} == {8}
+
+
+def _check_measured_stages(out: Path) -> None:
+    """frontier_cost reads this study's own stage times: medians of its LoRA-like evaluations, seconds per
+    training step by method, DISeL's extra evaluation time."""
+    import statistics
+
+    from disel.experiments.schemas import TrainResult
+    from disel.experiments.study.frontier_cost import measured_stages
+    from disel.experiments.study.records import CheckpointEval
+
+    stages = measured_stages(out, Path(__file__).resolve().parents[1] / "paper_figs" / "evidence" / "results.json")
+    records = {p: CheckpointEval.read(p) for p in out.glob("runs/*/eval/step-*.json")}
+    plain = [r for p, r in records.items() if "disel" not in str(p)]
+    assert stages.generation_s == statistics.median(r.generation_s for r in plain)
+    assert stages.retention_s == statistics.median(r.retention_s for r in plain)
+    per_step = {}
+    for arm in ("lora_lr5e-4", "full_lr5e-5"):
+        train = TrainResult.read(out / "runs" / f"{arm}-seed0")
+        per_step[arm] = (train.trainer_runtime_s or train.runtime_s) / train.global_step
+    assert stages.train_s_per_step == per_step["lora_lr5e-4"]
+    assert stages.full_step_factor == pytest.approx(per_step["full_lr5e-5"] / per_step["lora_lr5e-4"])
+    assert set(stages.sources.values()) == {"this study"}

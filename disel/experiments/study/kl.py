@@ -208,18 +208,8 @@ def mean_token_kl(
             if not scored.any():  # nothing to score: its sequences count zero positions
                 per_sequence.append(torch.zeros(ids.shape[0], 4, dtype=torch.float64))
                 continue
-            rows = scored.nonzero(as_tuple=True)
-            if base_log_probs is None:
-                base = _base_logits(model, base_model, ids, mask)[rows]  # (n, V) on model's device
-            else:
-                base = _cached(base_log_probs, index, len(rows[0])).to(device)  # (n, V)
-            tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][rows]  # (n, V)
-            targets = ids[:, 1:][rows]  # (n,): the real next tokens
-            terms = _scored_position_terms(base, tuned_logits, targets, base_log_probs is not None)  # 3 × (n,)
-            sums = torch.zeros(ids.shape[0], 4, dtype=torch.float64, device=ids.device)
-            for column, values in enumerate(terms):
-                sums[:, column].index_add_(0, rows[0], values.double())
-            sums[:, 3] = scored.sum(dim=1)
+            cached = None if base_log_probs is None else _cached(base_log_probs, index, int(scored.sum()))
+            sums = _sequence_sums(model, base_model, ids, mask, scored, cached)  # (b, 4)
             per_sequence.append(sums.cpu())
             totals += sums[:, :3].sum(dim=0).cpu()
     table = torch.cat(per_sequence) if per_sequence else torch.zeros(0, 4, dtype=torch.float64)  # (N, 4)
@@ -240,6 +230,26 @@ def mean_token_kl(
         sequence_base_nll_sums=tuple(base_nll_sums.tolist()),
         sequence_tokens=tuple(int(c) for c in counts.tolist()),
     )
+
+
+def _sequence_sums(
+    model: nn.Module, base_model: nn.Module | None, ids: Tensor, mask: Tensor, scored: Tensor, cached: Tensor | None
+) -> Tensor:
+    """(b, 4) per sequence of one batch: summed KL, NLL and base NLL over its scored positions, and their count.
+    ``cached``: the base's (n, V) log-probabilities at the scored positions, else the base is run."""
+    rows = scored.nonzero(as_tuple=True)
+    if cached is None:
+        base = _base_logits(model, base_model, ids, mask)[rows]  # (n, V) on model's device
+    else:
+        base = cached.to(ids.device)  # (n, V)
+    tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][rows]  # (n, V)
+    targets = ids[:, 1:][rows]  # (n,): the real next tokens
+    terms = _scored_position_terms(base, tuned_logits, targets, cached is not None)  # 3 × (n,)
+    sums = torch.zeros(ids.shape[0], 4, dtype=torch.float64, device=ids.device)
+    for column, values in enumerate(terms):
+        sums[:, column].index_add_(0, rows[0], values.double())
+    sums[:, 3] = scored.sum(dim=1)
+    return sums
 
 
 def _cached(base_log_probs: Sequence[Tensor], index: int, positions: int) -> Tensor:

@@ -182,6 +182,16 @@ EVAL_CASES = [
         ["gates", "--base", "{llama}", "--batch-size", "0", "--out", "{root}/g.json"],
         ("--batch-size",),
     ),
+    (  # the --domain file is read as disel-eval components reads it (it was a traceback after loading)
+        "gates domain file missing",
+        ["gates", "--base", "{llama}", "--domain", "math={missing}.jsonl", "--out", "{root}/g.json"],
+        ("--domain", "is not a file"),
+    ),
+    (
+        "gates domain malformed",
+        ["gates", "--base", "{llama}", "--domain", "math", "--out", "{root}/g.json"],
+        ("--domain",),
+    ),
     (
         "retention output missing",
         ["retention", "--output-dir", "{missing}", "--evaluator", "perplexity"],

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import disel
 from disel.experiments.cli import compress
 from disel.experiments.cli import eval as eval_cli
-from tiny_models import LLAMA_TARGET_MODULES, make_tiny_causal_lm
+from tiny_models import LLAMA_TARGET_MODULES
 
 RANK = 4
 TEXTS = [
@@ -30,10 +30,10 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tmp_path_factory, tiny_llama_dir):
     """(base dir, planted adapter dir, a JSONL text domain, the adapter's logits on the texts)."""
     root = tmp_path_factory.mktemp("compress")
-    base = make_tiny_causal_lm(root / "base")
+    base = tiny_llama_dir
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base),
         disel.DiselConfig(r=RANK, lora_alpha=8, target_modules=list(LLAMA_TARGET_MODULES)),

@@ -57,10 +57,11 @@ def test_study_asks_in_the_training_recipes_template(monkeypatch):
     """The study grades the test problems in the training recipe's ``data.template``."""
     from disel.experiments.eval import generation
     from disel.experiments.study import stages
-    from disel.experiments.study.config import load_evidence_config
+    from disel.experiments.study.config import load_study_config
+    from disel.experiments.study.records import DataManifest
 
     recipe = REPO / "recipes/evidence/smollm2_tradeoff.yaml"
-    config = load_evidence_config(recipe, [f"data.template={OTHER}"])
+    config = load_study_config(recipe, [f"data.template={OTHER}"])
     asked = {}
 
     class Stop(Exception):
@@ -72,5 +73,6 @@ def test_study_asks_in_the_training_recipes_template(monkeypatch):
 
     monkeypatch.setattr(generation, "evaluate_gsm8k", capture)
     with pytest.raises(Stop):
-        stages.evaluate_model((None, None), config, {"test_rows": []}, is_base=True, is_disel=False)
+        manifest = DataManifest(train_file="", test_file="", test_rows=[], retention={})
+        stages.evaluate_model((None, None), config, manifest, is_base=True, is_disel=False)
     assert asked["template"] == OTHER

@@ -26,9 +26,9 @@ from disel.experiments.eval.generation import (
     generate_responses,
     gsm8k_reference_answer,
     humaneval_program,
-    load_model_for_eval,
 )
 from disel.experiments.eval.perplexity import causal_lm_perplexity, masked_lm_perplexity, mlm_with_original_head
+from disel.experiments.models import load_model_for_eval
 from tiny_models import LLAMA_TARGET_MODULES, ROBERTA_TARGET_MODULES, make_tiny_causal_lm, make_tiny_roberta_mlm
 
 DATA = Path(__file__).parent / "data"

@@ -22,6 +22,9 @@ from disel.experiments.models import (
     adapter_base,
     make_adapter_portable,
     portable_base_name,
+    portable_path,
+    portable_paths,
+    recorded_path,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +88,63 @@ def test_study_copies_adapters_with_a_portable_base(tmp_path):
 @pytest.mark.parametrize("config_file", COMMITTED, ids=lambda p: p.parent.name)
 def test_committed_adapters_name_their_base_portably(config_file):
     assert json.loads(config_file.read_text())["base_model_name_or_path"] == SMOLLM2_NAME
+
+
+def absolute_paths(record) -> list[str]:
+    """Every string in a JSON-ready ``record`` that is an absolute path (of the machine that wrote it), but the
+    recipes' placeholders (``/path/to/...``, recipes/README.md)."""
+    if isinstance(record, dict):
+        return [path for value in record.values() for path in absolute_paths(value)]
+    if isinstance(record, list):
+        return [path for value in record for path in absolute_paths(value)]
+    placeholder = isinstance(record, str) and record.startswith("/path/to/")
+    return [record] if isinstance(record, str) and os.path.isabs(record) and not placeholder else []
+
+
+def test_results_record_paths_relative_to_the_checkout_and_read_them_back(tmp_path, monkeypatch):
+    """A results file names a folder of the checkout by its path inside it and the SmolLM2 conversion by its name;
+    :func:`recorded_path` turns the path back into this machine's folder and keeps the name, which
+    ``model_path_or_smollm2`` finds offline."""
+    monkeypatch.setattr(models, "source_root", lambda: tmp_path)
+    conversion = _fake_conversion(tmp_path / "cache" / "smollm2")
+    monkeypatch.setattr(models, "smollm2_path", lambda cache_dir=None: conversion)
+    adapter = tmp_path / "runs" / "lora-seed0"
+    adapter.mkdir(parents=True)
+    record = {"adapter": str(adapter), "nested": [{"model_path": str(conversion)}], "model": "/path/to/model"}
+    portable = portable_paths(record)
+    assert portable == {
+        "adapter": "runs/lora-seed0",
+        "nested": [{"model_path": SMOLLM2_NAME}],
+        "model": "/path/to/model",
+    }
+    assert Path(recorded_path(portable["adapter"])) == adapter
+    assert recorded_path(portable["nested"][0]["model_path"]) == SMOLLM2_NAME  # converted only when loaded:
+    assert Path(models.model_path_or_smollm2(SMOLLM2_NAME)) == conversion
+    assert portable_path(tmp_path.parent / "elsewhere") == "../elsewhere"  # outside the checkout: still relative
+
+
+@pytest.mark.parametrize(
+    "results_file", sorted((REPO / "paper_figs/evidence").rglob("*.json")), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_committed_evidence_files_name_no_folder_of_the_machine_that_wrote_them(results_file):
+    assert absolute_paths(json.loads(results_file.read_text())) == []
+
+
+def test_the_committed_results_recipe_reads_back_from_another_working_directory(tmp_path, monkeypatch):
+    """The compression study reads the evidence recipe from ``results.json``: its training recipe (recorded inside
+    the checkout) is found wherever the command runs, and the model stays the portable name."""
+    import shutil
+
+    from disel.experiments.study.compression import CompressionConfig, _evidence_config
+
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    shutil.copy(REPO / "paper_figs/evidence/results.json", evidence)
+    monkeypatch.chdir(tmp_path)
+    settings = CompressionConfig(kind="compression", evidence_dir=str(evidence), adapter="unused", out="unused")
+    config = _evidence_config(settings)
+    assert Path(config.training_recipe) == REPO / "recipes/comparison/smollm2_arithmetic.yaml"
+    assert config.model_path == SMOLLM2_NAME
 
 
 def test_committed_results_record_the_model():

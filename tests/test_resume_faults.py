@@ -305,18 +305,18 @@ def test_save_only_model_checkpoints_need_no_optimizer(template, tmp_path):
     assert checkpoint_damage(folder)[0].name == "optimizer.pt"
 
 
-def test_missing_file_in_the_newest_checkpoint_falls_back(template, tmp_path, llama_dir, math_file):
+def test_missing_file_in_the_newest_checkpoint_falls_back(template, tmp_path, tiny_llama_dir, math_file):
     """A deleted optimizer state: the warning names it; the run resumes from checkpoint-1 and ends exactly as
     the uninterrupted run did."""
     _, straight = template
     run = _crashed_copy(template, tmp_path)
     (run / "checkpoint-2" / "optimizer.pt").unlink()
     with pytest.warns(DamagedCheckpointWarning, match=r"checkpoint-2.*optimizer\.pt: missing"):
-        result = train(_config(llama_dir, math_file, run))
+        result = train(_config(tiny_llama_dir, math_file, run))
     assert result.resumed_from == str(run / "checkpoint-1") and result.loss_history == straight.loss_history
 
 
-def test_without_run_config_the_checkpoint_copy_is_compared(template, tmp_path, llama_dir, math_file):
+def test_without_run_config_the_checkpoint_copy_is_compared(template, tmp_path, tiny_llama_dir, math_file):
     """Regression (issue 19 item 5): a run folder without run_config.yaml skipped the changed-config check.
     The checkpoint's own copy is compared instead: a change is refused, the same recipe resumes."""
     _, straight = template
@@ -324,12 +324,14 @@ def test_without_run_config_the_checkpoint_copy_is_compared(template, tmp_path, 
     shutil.rmtree(run / "checkpoint-2")  # resume from checkpoint-1: one step left to train
     (run / RUN_CONFIG_FILE).unlink()
     with pytest.raises(ConfigError, match=r"checkpoint-1.*training.learning_rate: 0.01 -> 0.02"):
-        train(_config(llama_dir, math_file, run, training={"learning_rate": 2.0e-2}))
-    result = train(_config(llama_dir, math_file, run))
+        train(_config(tiny_llama_dir, math_file, run, training={"learning_rate": 2.0e-2}))
+    result = train(_config(tiny_llama_dir, math_file, run))
     assert result.resumed_from == str(run / "checkpoint-1") and result.loss_history == straight.loss_history
 
 
-def test_with_no_recipe_anywhere_the_resume_is_refused_unless_told(template, tmp_path, llama_dir, math_file, capsys):
+def test_with_no_recipe_anywhere_the_resume_is_refused_unless_told(
+    template, tmp_path, tiny_llama_dir, math_file, capsys
+):
     """No run_config.yaml in the run folder nor the checkpoint: refused (the command line: one line, status 2)
     unless every change is accepted explicitly with ``--allow-config-change '*'``."""
     _, straight = template
@@ -337,7 +339,7 @@ def test_with_no_recipe_anywhere_the_resume_is_refused_unless_told(template, tmp
     shutil.rmtree(run / "checkpoint-2")
     for folder in (run, run / "checkpoint-1"):
         (folder / RUN_CONFIG_FILE).unlink()
-    config = _config(llama_dir, math_file, run)
+    config = _config(tiny_llama_dir, math_file, run)
     with pytest.raises(ConfigError, match=r"no run_config.yaml in .* nor in .*checkpoint-1.*allow-config-change '\*'"):
         train(config)
     recipe = tmp_path / "recipe.yaml"

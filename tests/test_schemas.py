@@ -186,7 +186,7 @@ def test_study_reads_train_result_through_its_class(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "train_result.json").write_text(json.dumps({"schema": "disel.train_result/2", "method": "lora"}))
-    spec = SimpleNamespace(run_dir=run, arm="lora", seed=0)
+    spec = SimpleNamespace(run_dir=run, source_dir=run, arm="lora", seed=0)
     base = {"correct": [1, 0], "perplexity": {"english": 2.0}, "kl": {"english": 0.0}}
     with pytest.raises(MalformedResultFileError, match="train_result.json"):
         _run_record(spec, base, np.random.default_rng(0), 10, None)

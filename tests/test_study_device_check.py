@@ -16,15 +16,31 @@ def _module():
     return module
 
 
-def test_device_check_small_shapes_on_cpu():
+def test_device_check_small_shapes_on_cpu(monkeypatch):
     """Without --small on a machine without CUDA, small shapes are chosen; every gradient is within bf16
-    tolerance of the float32 reference and every ratio is reported."""
+    tolerance of the float32 reference and every ratio is the quotient of the two timings it names."""
     module = _module()
+    milliseconds = {"lora/branch": 2.0, "lora/layer": 5.0, "disel/branch": 3.0, "disel/layer": 7.0}
+    milliseconds |= {"disel_ref/branch": 11.0, "disel_ref/layer": 13.0}
+    speed_runs = module.speed_runs
+
+    def named_runs(case, autocast):  # each run carries its name, so that the stand-in clock can answer for it
+        runs = speed_runs(case, autocast)
+        for name, run in runs.items():
+            run.name = name
+        return runs
+
+    def clock(run, device, reps, warmup):  # every run still runs once; its time is the one named above
+        run()
+        return milliseconds[run.name]
+
+    monkeypatch.setattr(module, "speed_runs", named_runs)
+    monkeypatch.setattr(module, "time_ms", clock)
     result = module.main(["--device", "cpu", "--reps", "1", "--warmup", "0", "--ranks", "4"])
     assert result["gradients_ok"] is True
-    assert set(result["ratios"]) == {"128->344 r=4", "344->128 r=4"}
-    for row in result["ratios"].values():
-        assert all(value > 0 for value in row.values())
+    expected = {"branch DISeL/LoRA": 3 / 2, "layer DISeL/LoRA": 7 / 5, "branch fused/ref": 3 / 11}
+    expected["layer DISeL-ref/LoRA"] = 13 / 5
+    assert result["ratios"] == {"128->344 r=4": expected, "344->128 r=4": expected}
 
 
 def test_gradient_check_catches_a_wrong_backward():

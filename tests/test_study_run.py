@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from tiny_models import make_tiny_causal_lm
+from test_portable_adapters import absolute_paths
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evidence" / "smollm2_tradeoff.yaml"
 TINY = [
@@ -49,12 +48,15 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, monkeypatch):
+def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, monkeypatch, tiny_llama_dir):
     from disel.experiments.cli.study import main
+    from disel.experiments.models import recorded_path
+    from disel.experiments.schemas import TrainResult
     from disel.experiments.study import stages
     from disel.experiments.study.results import load_results
+    from disel.io import read_json
 
-    model = make_tiny_causal_lm(tmp_path / "model")
+    model = tiny_llama_dir
     out = tmp_path / "out"
     argv = ["--recipe", str(RECIPE), "--output-dir", str(out), "--override", *_overrides(tmp_path, model)]
     assert main(argv) == 0
@@ -66,9 +68,14 @@ def test_evidence_runs_end_to_end_then_resumes_without_recomputing(tmp_path, mon
         assert run.checkpoints[0].kl == {"english": 0.0, "code": 0.0}
         assert all(c.kl["english"] > 0 for c in run.checkpoints[1:])
         assert (run.arm == "lora") == (run.checkpoints[-1].anti_aligned_fraction is None)
-        assert (Path(run.adapter) / "adapter_model.safetensors").is_file()
+        assert (Path(recorded_path(run.adapter)) / "adapter_model.safetensors").is_file()
+    assert absolute_paths(read_json(out / "results.json")) == []  # every input was given as an absolute path
     assert {(c.arm, c.kind, c.domain) for c in results.comparisons} >= {("disel_paper", "kl", "english")}
-    assert results.throughput["arms"]["lora"]["tokens_per_s"] > 0
+    speed = results.throughput["arms"]["lora"]  # measured on the arm's first run: its steps x tokens / runtime
+    train = TrainResult.read(out / "runs" / speed["run"])
+    tokens = train.global_step * train.config["training"]["per_device_train_batch_size"] * speed["mean_padded_length"]
+    assert speed["tokens_per_s"] == pytest.approx(tokens / train.trainer_runtime_s)
+    assert speed["fraction_of_flop_limit"] == pytest.approx(speed["tokens_per_s"] / speed["flop_limit_tokens_per_s"])
     from paper_figs import evidence_all
 
     assert not (tmp_path / "figs" / "evidence_accuracy.png").exists()  # the runner draws nothing
@@ -190,13 +197,16 @@ def test_verdict_follows_the_intervals(low, high, expected):
 
 
 def test_arms_keeps_only_the_named_arms_with_their_settings():
+    from disel.experiments.config import read_recipe
     from disel.experiments.study.config import load_study_config
 
     full = load_study_config(RECIPE)
-    subset = load_study_config(RECIPE, ["arms.lora.seeds=[0]"], arms=["lora", "disel_paper"])
+    seeds = read_recipe(RECIPE)["arms"]["lora"]["seeds"]
+    assert len(seeds) > 1  # so that the override below changes them
+    subset = load_study_config(RECIPE, [f"arms.lora.seeds=[{seeds[-1]}]"], arms=["lora", "disel_paper"])
     assert list(subset.arms) == ["lora", "disel_paper"]
     assert subset.arms["disel_paper"] == full.arms["disel_paper"]
-    assert subset.arms["lora"].seeds == [0] and full.arms["lora"].seeds == [0, 1]
+    assert subset.arms["lora"].seeds == [seeds[-1]] and full.arms["lora"].seeds == seeds
 
 
 COMPARISON = Path(__file__).resolve().parents[1] / "recipes" / "comparison" / "smollm2_methods_ranks.yaml"
@@ -208,14 +218,16 @@ def test_the_comparison_recipe_is_methods_by_ranks_each_disel_arm_against_lora_o
     config = load_study_config(COMPARISON)
     specs = config.run_specs("/m", tmp_path / "train.jsonl", tmp_path)
     methods = {s.arm: (s.config.method.name, s.config.method.r) for s in specs}
-    assert sorted(methods.values()) == sorted((m, r) for m in ("lora", "disel") for r in (4, 16))
+    ranks = {rank for _, rank in methods.values()}
+    assert len(ranks) > 1 and sorted(methods.values()) == sorted((m, r) for m in ("lora", "disel") for r in ranks)
     for arm, (method, rank) in methods.items():
+        assert arm == f"{method}-r{rank}"  # the arm's name says what its overrides make it
         if method == "disel":
             assert methods[config.reference_of(arm)] == ("lora", rank)
 
 
 @pytest.mark.slow
-def test_comparison_export_posthoc_and_full_arms(tmp_path):
+def test_comparison_export_posthoc_and_full_arms(tmp_path, tiny_llama_dir):
     """The comparison recipe (two of its arms) plus a post-hoc arm (every LoRA checkpoint with B scaled by 0:
     exactly the base again) and a full fine-tuning arm (KL against a frozen copy of the base): the export's
     files read under their schemas and ``paper_figs.run_all`` draws Figures 3-7, 10, 11 from them."""
@@ -224,7 +236,7 @@ def test_comparison_export_posthoc_and_full_arms(tmp_path):
     from disel.experiments.study.results import load_results
     from paper_figs import run_all
 
-    model = make_tiny_causal_lm(tmp_path / "model")
+    model = tiny_llama_dir
     out = tmp_path / "out"
     overrides = [
         *TINY[:14],
@@ -292,7 +304,7 @@ def test_the_console_script_is_this_main():
     assert not {"disel-compare", "disel-evidence"} & set(scripts)
 
 
-def test_an_output_folder_of_another_study_is_refused_not_mixed_in(tmp_path):
+def test_an_output_folder_of_another_study_is_refused_not_mixed_in(tmp_path, tiny_llama_dir):
     """The data stage records the problems and retention settings; a recipe with others refuses the folder
     instead of scoring its arms on the other study's problems."""
     from disel.experiments.config import ConfigError
@@ -300,7 +312,7 @@ def test_an_output_folder_of_another_study_is_refused_not_mixed_in(tmp_path):
     from disel.experiments.study.config import load_study_config
     from disel.experiments.study.stages import prepare_data
 
-    tokenizer = load_tokenizer(make_tiny_causal_lm(tmp_path / "model"))
+    tokenizer = load_tokenizer(tiny_llama_dir)
     settings = ["problems.train=12", "problems.test=6", "evaluation.retention_tokens=60"]
     first = prepare_data(load_study_config(RECIPE, settings), tmp_path / "out", tokenizer)
     assert prepare_data(load_study_config(RECIPE, settings), tmp_path / "out", tokenizer) == first  # read back

@@ -72,10 +72,30 @@ def test_disel_costs_more_adapter_flops_than_lora_by_the_gate_projection():
     assert dis.frozen == lora.frozen
 
 
-def test_matmul_throughput_is_positive_and_bounds_tokens_per_second():
-    """A short measurement gives a positive GFLOP/s; the token bound is GFLOP/s over FLOPs per token."""
-    result = measure_matmul_throughput((64, 64, 64), seconds=0.05)
-    assert result.best_gflops >= result.median_gflops > 0 and result.cpu_gflops > 0
+def test_matmul_throughput_divides_the_flops_by_the_timed_seconds_and_bounds_tokens_per_second(monkeypatch):
+    """With a stand-in clock on which each timed product takes a known time (and twice that in CPU time), the best,
+    median and CPU GFLOP/s are 2·tokens·d_in·d_out over the shortest, median and median CPU seconds; the token
+    bound is GFLOP/s over FLOPs per token."""
+    from disel.experiments.study import throughput
+
+    clock = {"wall": 0.0, "cpu": 0.0}
+    durations = iter([1.0, 0.004, 0.002, 0.003])  # the warm-up, then three timed products
+
+    def timed_mm(*args, **kwargs):
+        seconds = next(durations)
+        clock["wall"] += seconds
+        clock["cpu"] += 2 * seconds
+
+    monkeypatch.setattr(throughput.torch, "mm", timed_mm)
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(throughput.time, "process_time", lambda: clock["cpu"])
+    result = measure_matmul_throughput((64, 32, 16), seconds=0.0, min_repetitions=3)
+    monkeypatch.undo()
+    flops = 2.0 * 64 * 32 * 16
+    assert result.repetitions == 3
+    assert result.best_gflops == pytest.approx(flops / 0.002 / 1e9)
+    assert result.median_gflops == pytest.approx(flops / 0.003 / 1e9)
+    assert result.cpu_gflops == pytest.approx(flops / 0.006 / 1e9)
     assert result.threads == torch.get_num_threads()
     flops = training_step_flops(_adapted("lora"), 1, 4)
     assert tokens_per_second_bound(flops, 10.0) == pytest.approx(10e9 * flops.tokens / flops.total)

@@ -301,8 +301,9 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def model_path_or_smollm2(path: str | os.PathLike | None) -> str:
-    """``path``, or (None or empty) the offline SmolLM2: the default model of the SmolLM2 studies."""
-    return str(path) if path else str(smollm2_path())
+    """``path``, or (None, empty or :data:`SMOLLM2_NAME`, as a results file records it) the offline SmolLM2: the
+    default model of the SmolLM2 studies."""
+    return str(path) if path and str(path) != SMOLLM2_NAME else str(smollm2_path())
 
 
 def is_adapter_dir(path: str | os.PathLike | None) -> bool:
@@ -324,6 +325,39 @@ def portable_base_name(path: str | os.PathLike) -> str:
     """The name an adapter should record for its base: :data:`SMOLLM2_NAME` for a SmolLM2 conversion of
     :func:`smollm2_path` (wherever it lies), else ``path`` as given."""
     return SMOLLM2_NAME if _is_complete(Path(path)) else str(path)
+
+
+def source_root() -> Path:
+    """The source checkout holding this package (an editable install: the folder with ``pyproject.toml``), else
+    the working directory: what the paths a results file records are relative to."""
+    repo = Path(__file__).resolve().parents[2]
+    return repo if (repo / "pyproject.toml").is_file() else Path.cwd()
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """How a results file records a local path: a SmolLM2 conversion as :data:`SMOLLM2_NAME`, anything else
+    relative to :func:`source_root` with ``/`` separators, so a committed file names no folder of the machine that
+    wrote it (:func:`recorded_path` reads it back)."""
+    if _is_complete(Path(path)):
+        return SMOLLM2_NAME
+    return Path(os.path.relpath(Path(path).resolve(), source_root())).as_posix()
+
+
+def portable_paths(record: Any) -> Any:
+    """``record`` (JSON-ready: dicts, lists, scalars) with every absolute path of this machine as
+    :func:`portable_path` (one that exists: a recipe's placeholder such as ``/path/to/model`` is kept)."""
+    if isinstance(record, dict):
+        return {key: portable_paths(value) for key, value in record.items()}
+    if isinstance(record, list):
+        return [portable_paths(value) for value in record]
+    local = isinstance(record, str) and os.path.isabs(record) and os.path.exists(record)
+    return portable_path(record) if local else record
+
+
+def recorded_path(recorded: str) -> str:
+    """The local path a results file's :func:`portable_path` means on this machine (an absolute one as it is);
+    :data:`SMOLLM2_NAME` is kept (:func:`model_path_or_smollm2` finds it offline when the model is loaded)."""
+    return recorded if recorded == SMOLLM2_NAME else os.path.normpath(source_root() / recorded)
 
 
 def resolve_base(name_or_path: str) -> Path:

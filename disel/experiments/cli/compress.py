@@ -32,6 +32,8 @@ __all__ = [
     "add_data_flags",
     "add_model_flags",
     "check_inputs",
+    "domain_specs",
+    "gate_domains",
     "main_merge_static",
     "main_prune",
     "measure_components",
@@ -78,7 +80,7 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
 
 
-def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
+def domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
     """``(name, file, template)`` per ``--domain`` (template: the spec's, else the adapter's training run's);
     UsageError for a malformed spec or a missing file."""
     from ..data.templates import DEFAULT_TEMPLATE
@@ -98,7 +100,7 @@ def _domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
         specs.append(
             (name, Path(path), template or training_template(getattr(args, "adapter", None)) or DEFAULT_TEMPLATE)
         )
-    names = [name for name, _, _ in specs] + list(args.offline or ())
+    names = [name for name, _, _ in specs] + list(getattr(args, "offline", None) or ())
     if len(set(names)) != len(names):
         raise UsageError(f"--domain / --offline name the same domain twice: {names}")
     return specs
@@ -116,7 +118,7 @@ def check_inputs(args: argparse.Namespace, *, out_dir: str | None = None, out_fi
     for flag in ("n", "max_length", "batch_size"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    _domain_specs(args)
+    domain_specs(args)
     check_model_dir(args.base, "--base", tokenizer_dirs=[args.adapter])
     if not is_adapter_dir(args.adapter):
         raise UsageError(f"--adapter {args.adapter!r} has no adapter_config.json (not a saved PEFT adapter)")
@@ -126,30 +128,37 @@ def check_inputs(args: argparse.Namespace, *, out_dir: str | None = None, out_fi
             raise UsageError("--out must be a new folder, not the --adapter folder")
         if out.is_dir() and any(out.iterdir()):
             raise UsageError(f"--out {out_dir!r} is not empty; give a new folder")
-    if out_dir is not None:
         check_output_dir(out_dir, "--out")
     else:
         check_output_file(out_file, "--out")
 
 
-def _domain_texts(args: argparse.Namespace) -> dict[str, list[str]]:
-    """Per domain, the texts to run: raw text, or an instruction example's formatted prompt + response."""
+def gate_domains(args: argparse.Namespace) -> list:
+    """The data (``disel.experiments.eval.gates`` domains): each ``--domain`` file (its first ``--n`` rows), then
+    the ``--offline`` domains (all three when neither is given; a command without ``--offline``: when no
+    ``--domain`` is given)."""
     from disel.io import read_jsonl
 
     from ..eval.gates import default_offline_domains, domain_from_rows
 
     domains = [
-        domain_from_rows(name, read_jsonl(path, args.n), template) for name, path, template in _domain_specs(args)
+        domain_from_rows(name, read_jsonl(path, args.n), template) for name, path, template in domain_specs(args)
     ]
-    offline = args.offline if args.offline is not None else ([] if domains else list(OFFLINE_DOMAINS))
+    offline = getattr(args, "offline", None)
+    offline = offline if offline is not None else ([] if domains else list(OFFLINE_DOMAINS))
     if offline:
         by_name = {domain.name: domain for domain in default_offline_domains(args.n, args.seed)}
         domains += [by_name[name] for name in offline]
+    return domains
+
+
+def _domain_texts(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Per domain, the texts to run: raw text, or an instruction example's formatted prompt + response."""
     return {
         domain.name: list(domain.texts)
         if domain.texts is not None
         else [domain.format_prompt(e["instruction"]) + e["output"] for e in domain.examples]
-        for domain in domains
+        for domain in gate_domains(args)
     }
 
 

@@ -174,21 +174,9 @@ def _cmd_retention(args: argparse.Namespace) -> None:
 
 
 def _cmd_gates(args: argparse.Namespace) -> None:
-    from disel.io import read_jsonl
+    from ..eval.gates import analyze_gates, mean_gate, save_gates
 
-    from ..data.templates import DEFAULT_TEMPLATE
-    from ..eval.evaluators import training_template
-    from ..eval.gates import analyze_gates, default_offline_domains, domain_from_rows, mean_gate, save_gates
-
-    domains = []
-    for spec in args.domain:
-        name, sep, rest = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
-        path, _, template = rest.partition(":")
-        template = template or training_template(args.adapter) or DEFAULT_TEMPLATE
-        domains.append(domain_from_rows(name, read_jsonl(path, args.n), template))
-    domains = domains or default_offline_domains(args.n, args.seed)
+    domains = compress.gate_domains(args)  # the --domain files (as disel-eval components reads them) or offline
     loaded = _load(args)
     sizes = dict(bins=args.bins, batch_size=args.batch_size, max_length=args.max_length)
     result = analyze_gates(loaded.model, loaded.tokenizer, domains, **sizes, description=loaded.description)
@@ -381,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight.check_evaluation(args)  # before any model is loaded
         if args.command == "components":
             compress.check_inputs(args, out_file=args.out)
+        elif args.command == "gates":
+            compress.domain_specs(args)  # a malformed, missing or empty --domain file: one line, before loading
     except preflight.UsageError as error:
         return preflight.report("disel-eval", error)
     from ..eval.progress import show_progress

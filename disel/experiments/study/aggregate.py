@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models import ADAPTER_CONFIG_FILE, portable_base_name
+from ..models import ADAPTER_CONFIG_FILE, portable_path, portable_paths
 from ..schemas import TrainResult
 from .config import RunSpec, StudyConfig
 from .records import CheckpointEval
@@ -84,9 +84,11 @@ def build_results(
     adapters: dict[str, str],
     recipe: dict[str, Any],
 ) -> EvidenceResults:
-    """Every run's path, and each arm against the reference arm (perplexity and KL, English and code)."""
+    """Every run's path, and each arm against the reference arm (perplexity and KL, English and code); the adapter
+    folders and the recipe's paths recorded portably (:func:`~disel.experiments.models.portable_path`)."""
     rng = np.random.default_rng(config.problems.data_seed + 9)
     replicates = config.evaluation.bootstrap_replicates
+    adapters = {label: portable_path(folder) for label, folder in adapters.items()}
     runs = [_run_record(s, base, rng, replicates, adapters.get(s.label)) for s in specs]
     comparisons = [
         compare_arms(
@@ -105,14 +107,14 @@ def build_results(
         for domain in DOMAINS
     ]
     return EvidenceResults(
-        model=portable_base_name(specs[0].config.model.path),
+        model=portable_path(specs[0].config.model.path),
         task="arithmetic word problems (exact match)",
         n_test_problems=len(base.correct),
         runs=runs,
         comparisons=comparisons,
         base=_checkpoint(base, rng, replicates),
         throughput=throughput,
-        recipe=recipe,
+        recipe=portable_paths(recipe),
     )
 
 

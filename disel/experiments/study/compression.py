@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
 from disel.io import read_json, write_json_atomic, write_text_atomic
 
-from ..models import portable_base_name
+from ..models import portable_path, recorded_path
 from . import stages
 from .records import CheckpointEval, DataManifest, plain
 from .results import (
@@ -139,7 +139,8 @@ def _evidence_config(settings: CompressionConfig):
             "(the run has not finished); set evidence_recipe"
         )
     raw = apply_overrides(read_json(results)["recipe"]["evidence"], settings.evidence_overrides)
-    return StudyConfig.model_validate({**raw, "device": settings.device})
+    paths = {key: recorded_path(raw[key]) for key in ("model_path", "training_recipe") if raw.get(key)}
+    return StudyConfig.model_validate({**raw, **paths, "device": settings.device})
 
 
 def _evidence_run(settings: CompressionConfig, reference_arm: str) -> tuple[dict | None, str | None]:
@@ -442,9 +443,9 @@ def _aggregate(
     )
     typed = [_level_result(r, reference, settings, reference_low) for r in records]
     return CompressionResults(
-        adapter=study.adapter,
-        base_model=portable_base_name(study.model_path),
-        evidence_dir=str(settings.evidence_dir),
+        adapter=portable_path(study.adapter),
+        base_model=portable_path(study.model_path),
+        evidence_dir=portable_path(settings.evidence_dir),
         total_components=sum(entry.rank for entry in study.stats.layers),
         criterion={
             "exact_match_low": reference_low,
@@ -541,7 +542,7 @@ def _timing_stage(
         "ratios": ratios,
         "tokens": int(batch["attention_mask"].sum()),
         "repetitions": settings.timing_repetitions,
-        "lora_adapter": lora,
+        "lora_adapter": lora and portable_path(lora),
     }
     write_json_atomic(path, timing)
     return timing

@@ -305,3 +305,9 @@ def saved_steps(spec: RunSpec) -> list[int]:
     save = training.save_steps
     every = int(save) if save >= 1 else math.ceil(save * training.max_steps)
     return list(range(every, training.max_steps + 1, every))
+
+
+def resolved_training_recipe(config: StudyConfig) -> dict[str, Any]:
+    """The shared training recipe with the shared overrides, before any arm's (the results file records it; the
+    evaluation asks in its ``data.template``)."""
+    return apply_overrides(read_recipe(config.training_recipe), config.overrides)

@@ -108,8 +108,8 @@ class CheckpointRecord:
 class RunRecord:
     """One training run: ``arm`` (e.g. ``"lora"``, ``"disel_paper"``), ``seed``, its checkpoints in step
     order, ``correct`` ((checkpoints, problems) correctness, one row per checkpoint), the final adapter's
-    path relative to the results file (``adapter``, or None), and optional timings (``timing``: name →
-    seconds or tokens/s)."""
+    folder (``adapter``, or None; relative to the source checkout: :func:`~disel.experiments.models.portable_path`),
+    and optional timings (``timing``: name → seconds or tokens/s)."""
 
     arm: str
     seed: int

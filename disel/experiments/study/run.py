@@ -23,8 +23,7 @@ from typing import Any
 
 from disel.io import write_text_atomic
 
-from ..config import apply_overrides, read_recipe
-from .config import RunSpec, StudyConfig
+from .config import RunSpec, StudyConfig, resolved_training_recipe
 from .records import CheckpointEval, DataManifest, Throughput, plain
 from .stages import drop_checkpoints, evaluate_model, evaluated_steps, headline, prepare_data, run_job
 
@@ -232,8 +231,7 @@ def _aggregate_stage(
 
     figures_dir = out if config.figures_dir is None else Path(config.figures_dir)
     adapters = copy_final_adapters(specs, figures_dir / "adapters")
-    training = apply_overrides(read_recipe(config.training_recipe), config.overrides)  # before any arm's
-    recipe = {"evidence": config.model_dump(mode="json"), "training": training}
+    recipe = {"evidence": config.model_dump(mode="json"), "training": resolved_training_recipe(config)}
     results = build_results(config, specs, base, plain(throughput), adapters, recipe)
     save_results(results, out / "results.json")
     table, sentence = format_table(results), verdict(results)

@@ -156,10 +156,10 @@ def evaluate_model(
 def training_template(config: StudyConfig) -> str:
     """The prompt template (``data.template``) of the shared training recipe: the test problems are asked, and
     the gates read, in the words training used."""
-    from ..config import DataConfig, apply_overrides, read_recipe
+    from ..config import DataConfig
+    from .config import resolved_training_recipe
 
-    recipe = apply_overrides(read_recipe(config.training_recipe), config.overrides)
-    return DataConfig.model_validate(recipe.get("data", {})).template
+    return DataConfig.model_validate(resolved_training_recipe(config).get("data", {})).template
 
 
 def scored_texts(config: StudyConfig, manifest: DataManifest) -> dict[str, list[str]]:

@@ -10,7 +10,8 @@ the evidence study's timing (``paper_figs/evidence/results.json``: per run ``tra
 and ``eval_s``), or an assumed factor, as :class:`MeasuredStages` says. :func:`study_cost` adds them up for a
 :class:`StudyPlan`::
 
-    python -c "from disel.experiments.study.frontier_cost import cost_table; print(cost_table('paper_figs/frontier'))"
+    python -c "import sys; from disel.experiments.study import frontier_cost as f; print(f.cost_table(sys.argv[1]))" \
+        paper_figs/frontier
 """
 
 from __future__ import annotations

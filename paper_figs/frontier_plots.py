@@ -17,16 +17,17 @@ from .style import _FALLBACK, METHOD_COLORS
 
 __all__ = ["DEFAULT_OUT", "DEFAULT_RESULTS", "frontier_parser", "method_colors", "read_frontier"]
 
-DEFAULT_RESULTS = Path("runs") / "frontier" / "results.json"
+DEFAULT_RESULTS = Path("paper_figs") / "frontier" / "frontier.json"
 DEFAULT_OUT = Path("paper_figs") / "frontier"
 METHOD_NAMES = {"lora": "LoRA", "disel": "DISeL", "full": "Full FT", "lora_intruder": "LoRA, intruders reduced"}
 
 
 def frontier_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParser:
-    """The figure parser with ``--results`` (default runs/frontier/results.json) and ``--out`` paper_figs/frontier."""
+    """The figure parser with ``--results`` (default paper_figs/frontier/frontier.json, where the study's recipe
+    writes it) and ``--out`` paper_figs/frontier."""
     parser = figure_parser(module_doc, prog)
     parser.set_defaults(out=DEFAULT_OUT)
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the frontier study's results.json")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the frontier study's frontier.json")
     return parser
 
 

@@ -17,6 +17,7 @@ The SmolLM2 studies' own figures are drawn when their file is given (``--only ev
     --evidence results.json         the evidence figures (paper_figs.evidence_all; disel-study results)
     --compression compression.json  the compression figure (paper_figs.evidence_compression)
     --continual results.json        the continual study's figures (paper_figs.continual_all)
+    --frontier frontier.json        the learning-forgetting frontier figures (paper_figs.frontier_all)
 
 If an input is missing the command stops before drawing anything and lists every missing input, unless
 ``--allow-missing``: then the figures whose inputs are missing are skipped, each with a line saying
@@ -41,6 +42,7 @@ STUDY_FIGURES: dict[str, str] = {
     "evidence": "evidence_all",
     "compression": "evidence_compression",
     "continual": "continual_all",
+    "frontier": "frontier_all",
 }
 # Figure number → its script (module in paper_figs).
 FIGURES: dict[int, str] = {
@@ -89,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=[*sorted(FIGURES), *STUDY_FIGURES],
         default=None,
-        help="draw only these figures (numbers, or evidence / compression / continual)",
+        help="draw only these figures (numbers, or evidence / compression / continual / frontier)",
     )
     inputs = parser.add_argument_group("inputs (default: the names under --results)")
     inputs.add_argument("--figure1-json", type=Path, help="Figure 1 numbers (python -m toy figure1)")
@@ -125,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     studies.add_argument("--evidence", type=Path, help="results.json of a disel-study run: the evidence figures")
     studies.add_argument("--compression", type=Path, help="compression.json of the compression study: its figure")
     studies.add_argument("--continual", type=Path, help="results.json of the continual study: its figures")
+    studies.add_argument("--frontier", type=Path, help="frontier.json of the frontier study: its figures")
     return parser
 
 

@@ -1,16 +1,17 @@
-"""The frontier study's cost model (disel.experiments.study.frontier_cost) on the committed evidence timing."""
+"""The frontier study's cost model (disel.experiments.study.frontier_cost): the evidence timing it falls back on,
+the sums of a plan, the interpolation error of fewer checkpoints. Stage times measured on a study's records:
+tests/test_frontier_study.py."""
 
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from disel.experiments.study.frontier_cost import (
-    EvaluationSplit,
+    MeasuredStages,
     StudyPlan,
     evidence_timing,
     interpolation_error,
@@ -31,22 +32,20 @@ def test_timing_is_the_medians_and_total_of_the_evidence_file():
     assert timing.total_s == pytest.approx(total) and timing.runs == len(raw["runs"])
 
 
-def test_evaluation_parts_scale_with_checkpoints_and_caching_halves_the_kl_passes():
-    timing = evidence_timing(EVIDENCE)
-    split = EvaluationSplit(generation_s_per_problem=1.0, forward_s_per_token=0.02)
-    plan = StudyPlan(10, 3, 4, 32, 0, 0.6)
-    cost = study_cost(timing, split, plan)
-    doubled = study_cost(timing, split, replace(plan, checkpoints=8, posthoc_evaluations=64))
-    assert doubled["training"] == cost["training"]
-    assert doubled["generation"] == pytest.approx(2 * cost["generation"])
-    assert doubled["kl_passes"] == pytest.approx(2 * cost["kl_passes"])
-    cached = study_cost(timing, split, replace(plan, base_logits_cached=True))
-    assert cached["kl_passes"] == pytest.approx(cost["kl_passes"] / 2)
-    assert cost["total"] == pytest.approx(cost["training"] + cost["generation"] + cost["kl_passes"])
-    # Without task texts and new arms, one evidence-like run costs what the file says a run costs (LoRA only).
-    one = study_cost(timing, split, StudyPlan(1, 0, timing.checkpoints_per_run, 0, 0, 0.0))
-    expected = timing.train_s_per_step * 120 + timing.eval_s_per_checkpoint["lora"] * timing.checkpoints_per_run
-    assert one["total"] == pytest.approx(expected)
+def test_a_plan_costs_its_evaluations_and_steps_at_the_measured_stage_times():
+    stages = MeasuredStages(
+        train_s_per_step=10.0, generation_s=100.0, retention_s=50.0, other_s=5.0, gates_s=20.0, base_s=300.0,
+        full_step_factor=2.0,
+    )  # fmt: skip
+    plan = StudyPlan(adapter_runs=3, disel_runs=1, full_runs=2, checkpoints=4, posthoc_evaluations=8)
+    cost = study_cost(stages, plan)
+    evaluations = (3 + 2) * 4 + 8
+    assert cost["training"] == 10.0 * 120 * (3 + 2 * 2)
+    assert cost["generation"] == 100.0 * evaluations and cost["kl_passes"] == 50.0 * evaluations
+    assert cost["other"] == 5.0 * evaluations + 20.0 * 1 * 4 + 300.0
+    assert cost["total"] == pytest.approx(sum(v for k, v in cost.items() if k != "total"))
+    doubled = study_cost(stages, StudyPlan(3, 1, 2, 8, 16))
+    assert doubled["training"] == cost["training"] and doubled["generation"] == 2 * cost["generation"]
 
 
 def test_interpolation_error_is_zero_with_every_checkpoint_and_refuses_unknown_steps():

@@ -1,4 +1,4 @@
-"""Post-hoc arms (disel.experiments.study.posthoc) on tiny Llama adapters: what changes, what does not, and that
+"""Post-hoc arms (disel.experiments.study.transforms) on tiny Llama adapters: what changes, what does not, and that
 the result saves and loads with plain peft calls."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.intruders import reduce_intruder_dimension
 
-import disel
 from disel import DiselConfig
-from disel.experiments.study.posthoc import TRANSFORMS, apply_transform
+from disel.experiments.study.transforms import apply_transform
 from tiny_models import LLAMA_TARGET_MODULES, tiny_llama
 
 VOCAB = 96
@@ -117,34 +116,12 @@ def _disel() -> PeftModel:
     return model.eval()
 
 
-def test_pruning_keeps_the_fraction_and_round_trips(tmp_path):
-    """keep_fraction .5 of 4 components × 14 layers keeps 28, ranked by contribution on the batches (as
-    disel.prune on the same statistics); the base is untouched and the pruned adapter reloads exactly."""
-    model, reference = _disel(), _disel()
-    base = _base_weights(model)
-    batches = [{"input_ids": _ids(4), "attention_mask": torch.ones(2, 12, dtype=torch.long)}]
-    TRANSFORMS["pruned"](model, keep_fraction=0.5, batches=batches)
-    report = disel.prune(reference, disel.component_statistics(reference, batches), keep_fraction=0.5)
-    ranks = model.peft_config["default"].rank_pattern
-    assert sum(report.rank_after.values()) == 28 and ranks == reference.peft_config["default"].rank_pattern
-    for name, weight in _base_weights(model).items():
-        assert torch.equal(weight, base[name]), name
-    model.save_pretrained(tmp_path / "pruned")
-    reloaded = PeftModel.from_pretrained(_base(), tmp_path / "pruned").eval()
-    ids = _ids()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
-        torch.testing.assert_close(model(ids).logits, reference(ids).logits)
-
-
 @pytest.mark.parametrize(
     ("name", "make", "params", "message"),
     [
         ("intruder_reduced", _disel, {"mitigation_lambda": 0.5}, "LoRA adapter"),
-        ("pruned", _lora, {"keep_fraction": 0.5, "batches": []}, "DISeL adapter"),
         ("intruder_reduced", _lora, {"mitigation_lambda": 1.5}, "mitigation_lambda"),
         ("intruder_reduced", _lora, {"mitigation_lambda": 0.5, "top_k": 0}, "top_k"),
-        ("pruned", _disel, {"keep_fraction": 0.0, "batches": []}, "keep_fraction"),
         ("merged", _lora, {}, "transform must be one of"),
     ],
 )

@@ -96,3 +96,15 @@ def test_accuracy_by_learning_rate_and_proxy_figures_read_the_file(analysed, tmp
         assert module.main(["--results", str(path), "--out", str(tmp_path)]) == 0
         assert (tmp_path / f"{stem}.png").is_file()
     assert frontier.main(["--results", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
+
+
+def test_run_all_draws_the_frontier_figures_from_the_flag(analysed, tmp_path):
+    """``python -m paper_figs.run_all --frontier FILE --only frontier`` draws the three frontier figures, and only
+    those; a missing file is reported, not drawn."""
+    from paper_figs import run_all
+
+    _, path = analysed
+    assert run_all.main(["--frontier", str(path), "--out", str(tmp_path), "--only", "frontier"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["frontier.png", "frontier_lr.png", "frontier_proxy.png"]
+    missing = ["--frontier", str(tmp_path / "none.json"), "--out", str(tmp_path), "--only", "frontier"]
+    assert run_all.main(missing) == 2

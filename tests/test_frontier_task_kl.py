@@ -11,7 +11,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from disel.experiments.data.arithmetic import generate_problems
-from disel.experiments.study.kl import mean_token_kl, right_padded_batches
+from disel.experiments.eval.perplexity import window_batches
+from disel.experiments.study.kl import mean_token_kl
 from disel.experiments.study.task_kl import per_text_forgetting, task_input_texts
 from tiny_models import LLAMA_TARGET_MODULES, make_tiny_causal_lm
 
@@ -50,20 +51,23 @@ def _lora(path) -> torch.nn.Module:
 
 
 def test_per_text_sums_give_back_mean_token_kl_on_all_the_texts(tiny):
-    """Σ kl_sum / Σ tokens is mean_token_kl's token mean on the same texts in padded batches, and the NLL sums
-    give its perplexities; each text's own mean is that text's mean_token_kl."""
+    """Σ kl_sum / Σ tokens is mean_token_kl's token mean on the same texts in padded batches of another size, and
+    the NLL sums give its perplexities; each text's own mean (scored in a padded batch) is that text's
+    mean_token_kl scored alone: padding changes no text's numbers."""
     path, tokenizer = tiny
     model = _lora(path)
     texts = task_input_texts(_rows(), "alpaca", with_answer=True)
     per_text = per_text_forgetting(model, tokenizer, texts, max_length=48)
     ids = [tokenizer(t, truncation=True, max_length=48)["input_ids"] for t in texts]
-    pooled = mean_token_kl(model, right_padded_batches(ids, 3, tokenizer.pad_token_id))
+    pooled = mean_token_kl(model, window_batches([(i, i) for i in ids], 3, tokenizer.pad_token_id))
     assert per_text.tokens.sum() == pooled.tokens and per_text.kl_sums.min() > 0
     assert per_text.mean_kl == pytest.approx(pooled.mean_kl, rel=1e-5)
     assert per_text.perplexity == pytest.approx(pooled.perplexity, rel=1e-5)
     assert per_text.base_perplexity == pytest.approx(pooled.base_perplexity, rel=1e-5)
-    alone = mean_token_kl(model, [{"input_ids": torch.tensor([ids[2]])}])
-    assert per_text.kl_sums[2] / per_text.tokens[2] == pytest.approx(alone.mean_kl, rel=1e-6)
+    assert per_text.tokens.tolist() == [len(i) - 1 for i in ids]  # in the order of the texts, not of the batches
+    for index in range(len(texts)):
+        alone = mean_token_kl(model, [{"input_ids": torch.tensor([ids[index]])}])
+        assert per_text.kl_sums[index] / per_text.tokens[index] == pytest.approx(alone.mean_kl, rel=1e-5)
 
 
 def test_a_fully_fine_tuned_model_is_scored_against_the_base_passed(tiny):

@@ -7,7 +7,7 @@ import torch
 
 import disel
 from disel.experiments.eval.perplexity import window_batches
-from disel.experiments.study.kl import mean_token_kl, token_kl_divergence
+from disel.experiments.study.kl import base_log_probs, mean_token_kl, token_kl_divergence
 from tiny_models import tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -182,3 +182,49 @@ def test_kl_passes_give_the_one_perplexity_definition(tiny_llama_dir, max_tokens
         truncated = mean_token_kl(model, right_padded_batches(cut, 2, tokenizer.pad_token_id))
         assert truncated.tokens == kl.tokens == sum(len(ids) - 1 for ids in cut)
         assert truncated.perplexity == pytest.approx(kl.perplexity, rel=1e-6)
+
+
+def _perturbed_pair():
+    base = _tiny_llama(0)
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        tuned.model.layers[1].self_attn.v_proj.weight.add_(0.3)
+    return base, tuned
+
+
+def test_per_sequence_sums_are_each_sequence_scored_alone():
+    """Every sequence of a padded batch, in batch order (a 1-token one with 0 positions), gets the KL and NLL sums
+    and scored positions of its own unpadded pass; they add up to the pooled means."""
+    base, tuned = _perturbed_pair()
+    batches = right_padded_batches(_sequences(), 2, 0)
+    result = mean_token_kl(tuned, batches, base_model=base)
+    pairs = [pair for batch in batches for pair in zip(batch["input_ids"], batch["attention_mask"])]
+    rows = [ids[mask.bool()].tolist() for ids, mask in pairs]
+    assert result.sequence_tokens == tuple(max(len(row) - 1, 0) for row in rows)
+    for i, row in enumerate(rows):
+        if len(row) < 2:
+            assert result.sequence_kl_sums[i] == 0.0
+            continue
+        alone = mean_token_kl(tuned, [{"input_ids": torch.tensor([row])}], base_model=base)
+        assert result.sequence_kl_sums[i] == pytest.approx(alone.mean_kl * alone.tokens, rel=1e-5)
+        assert result.sequence_nll_sums[i] == pytest.approx(alone.nll * alone.tokens, rel=1e-5)
+        assert result.sequence_base_nll_sums[i] == pytest.approx(alone.base_nll * alone.tokens, rel=1e-5)
+    assert sum(result.sequence_kl_sums) / result.tokens == pytest.approx(result.mean_kl, rel=1e-9)
+
+
+def test_cached_base_log_probs_give_the_live_numbers():
+    """base_log_probs computed once and passed back give the same result as the live reference pass, with no
+    reference forward pass at all; a cache of other batches is refused."""
+    base, tuned = _perturbed_pair()
+    batches = list(right_padded_batches(_sequences(), 2, 0))
+    cache = base_log_probs(base, batches, base_model=base)
+    live = mean_token_kl(tuned, batches, base_model=base)
+    calls = []
+    handle = base.register_forward_hook(lambda *args: calls.append(1))
+    cached = mean_token_kl(tuned, batches, base_model=base, base_log_probs=cache)
+    handle.remove()
+    assert calls == []
+    assert cached.sequence_kl_sums == pytest.approx(live.sequence_kl_sums, rel=1e-6, abs=1e-9)
+    assert (cached.nll, cached.base_nll, cached.tokens) == pytest.approx((live.nll, live.base_nll, live.tokens))
+    with pytest.raises(ValueError, match="do not fit batch"):
+        mean_token_kl(tuned, batches[1:], base_log_probs=cache)

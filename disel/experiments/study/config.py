@@ -21,11 +21,12 @@ one), run by :mod:`.continual_run` (``recipes/continual/``).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 
 from ..config import (
     ConfigError,
@@ -41,6 +42,7 @@ __all__ = [
     "LearningRateSelection",
     "EvaluationConfig",
     "ExportConfig",
+    "FrontierConfig",
     "ProblemsConfig",
     "RunSpec",
     "StudyConfig",
@@ -138,6 +140,13 @@ class EvaluationConfig(_Strict):
     gate_sequences: PositiveInt = 16
     bootstrap_replicates: PositiveInt = 2000
     matched_fractions: list[float] = Field(default=[0.25, 0.5, 0.75], min_length=1)
+    checkpoint_steps: list[PositiveInt] | None = None
+    """The saved checkpoints evaluated (None: every one), e.g. ``[20, 40, 60, 120]`` of 120 steps saved every 20."""
+    task_prompts: NonNegativeInt = 0
+    """KL and perplexity also on the first this many test prompts in the training template (domain ``task``)."""
+    keep_checkpoints: bool = True
+    """False: a run's checkpoint folders are deleted once it and the post-hoc arms on it are evaluated (disk: a
+    fully fine-tuned SmolLM2 checkpoint with its optimizer state is about 1.6 GB); the final weights stay."""
 
 
 class ExportConfig(_Strict):
@@ -147,6 +156,25 @@ class ExportConfig(_Strict):
     (``disel.gates/1``) of the final checkpoint of ``gates_arm``'s first seed (a DISeL arm)."""
 
     gates_arm: str
+
+
+class FrontierConfig(_Strict):
+    """The learning-forgetting fronts (issue 17, :mod:`.frontier_export`): ``methods`` maps a method to the arms
+    that are its configurations (shell patterns, e.g. ``lora: [lora_lr*]``); ``pairs`` (method, reference) front
+    differences; ``fractions`` of [base accuracy, highest level both reach]; ``replicates`` and ``seed`` of the
+    cross-fitted bootstrap (:mod:`.fronts`)."""
+
+    methods: dict[str, list[str]] = Field(min_length=1)
+    pairs: list[tuple[str, str]] = Field(min_length=1)
+    fractions: list[float] = Field(default=[0.25, 0.5, 0.75, 1.0], min_length=1)
+    replicates: PositiveInt = 2000
+    seed: int = 0
+
+    def method_of(self, arm: str) -> str | None:
+        """The method whose patterns match ``arm`` first (None: the arm is in no front)."""
+        from fnmatch import fnmatchcase
+
+        return next((m for m, patterns in self.methods.items() if any(fnmatchcase(arm, p) for p in patterns)), None)
 
 
 class StudyConfig(_Strict):
@@ -169,6 +197,8 @@ class StudyConfig(_Strict):
     """Set: a continual study (:mod:`.continual_run`; every arm has ``phases``), else the problems study."""
     device: str = "cpu"
     """``cpu`` or ``cuda`` (then training runs on the GPU: ``training.use_cpu`` is set false)."""
+    frontier: FrontierConfig | None = None
+    """Set: the frontier stage writes ``frontier.json`` and ``frontier.md`` after the results (issue 17)."""
 
     def run_specs(self, model_path: str, train_file: Path, output_dir: Path) -> list[RunSpec]:
         """Every (arm, seed) with its validated training recipe: seed-major (every arm's first seed, then every
@@ -295,9 +325,29 @@ def check_study(config: StudyConfig, source: str) -> None:
         from .continual_run import check_continual
 
         check_continual(config, source)
+    if config.frontier is not None:
+        for pair in config.frontier.pairs:
+            if not set(pair) <= set(config.frontier.methods):
+                raise ConfigError(f"frontier.pairs in {source}: {list(pair)} names a method not in frontier.methods")
     if config.export is not None and config.export.gates_arm not in config.arms:
         raise ConfigError(f"export.gates_arm in {source}: {config.export.gates_arm!r} is not an arm")
-    config.run_specs("<model_path>", Path("<train_file>"), Path("<output_dir>"))  # every arm's training recipe
+    specs = config.run_specs("<model_path>", Path("<train_file>"), Path("<output_dir>"))  # every arm's recipe
+    for spec in specs if config.evaluation.checkpoint_steps is not None else []:
+        unsaved = sorted(set(config.evaluation.checkpoint_steps) - set(saved_steps(spec)))
+        if unsaved:
+            raise ConfigError(
+                f"evaluation.checkpoint_steps in {source}: arm {spec.arm} saves no checkpoint at steps {unsaved} "
+                f"(it saves at {saved_steps(spec)})"
+            )
+
+
+def saved_steps(spec: RunSpec) -> list[int]:
+    """The steps at which a run's training saves a checkpoint (``training.save_steps``: a count, or a fraction of
+    ``max_steps``)."""
+    training = spec.config.training
+    save = training.save_steps
+    every = int(save) if save >= 1 else math.ceil(save * training.max_steps)
+    return list(range(every, training.max_steps + 1, every))
 
 
 def resolved_training_recipe(config: StudyConfig) -> dict[str, Any]:

@@ -8,13 +8,17 @@
 * ``gates_math.json`` (``disel.gates/1``, Figures 4, 5, 10, 11): the final checkpoint of ``export.gates_arm``'s
   first seed, on math / English / code as the gate means are measured (:mod:`.stages`).
 
-Everything is rewritten from the records on every call (cheap; no model is loaded).
+Everything is rewritten from the records on every call (cheap; no model is loaded). A recipe with a ``frontier``
+section also gets :func:`export_frontier`: ``frontier.json`` (``disel.frontier/1``: every point with per-problem
+and per-text values, the cross-fitted front differences, best accuracies and the task-KL proxy fits) and
+``frontier.md``, which ``python -m paper_figs.run_all --frontier frontier.json`` draws.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..schemas import RETENTION_SCHEMA, RetentionTable, TradeoffRow, write_tradeoff_table
 from .aggregate import checkpoint_evals
@@ -22,7 +26,10 @@ from .config import RunSpec, StudyConfig
 from .records import CheckpointEval
 from .stages import DOMAINS
 
-__all__ = ["export_for_figures"]
+if TYPE_CHECKING:
+    from .frontier_results import FrontierResults
+
+__all__ = ["export_for_figures", "export_frontier", "frontier_results"]
 
 _TEXT = {"english": "general English", "code": "Python code"}
 
@@ -90,3 +97,94 @@ def _method_and_rank(spec: RunSpec) -> tuple[str, int | None]:
     """A tradeoff row's method (a post-hoc arm: its arm's name) and rank (full fine-tuning: none)."""
     method = spec.config.method.name
     return spec.arm if spec.arm_config.from_arm else method, None if method == "full" else spec.config.method.r
+
+
+def frontier_results(config: StudyConfig, specs: list[RunSpec], base: CheckpointEval) -> FrontierResults:
+    """Every run of an arm in ``frontier.methods`` with at least one evaluated checkpoint as a
+    :class:`~.frontier_results.PointRun`: the base (``base.json``) as step 0, then its checkpoints, with
+    per-problem correctness and per-text sums on every domain the records hold (English, code, task)."""
+    from ..models import portable_base_name
+    from .frontier_results import FrontierResults, PointRun, TextRecord
+
+    if base.texts is None:
+        raise ValueError(f"{base.path}: no per-text sums (written before the runner recorded them): delete it to redo")
+    runs = []
+    for spec in specs:
+        method, evals = config.frontier.method_of(spec.arm), checkpoint_evals(spec)
+        if method is None or not evals:
+            continue
+        records = [base, *evals]
+        texts = {
+            domain: TextRecord(
+                tokens=[float(t) for t in base.texts[domain]["tokens"]],  # as read back from a file
+                kl_sums=[r.texts[domain]["kl_sums"] for r in records],
+                nll_sums=[r.texts[domain]["nll_sums"] for r in records],
+            )
+            for domain in base.texts
+        }
+        runs.append(
+            PointRun(
+                method=method,
+                configuration=spec.arm,
+                seed=spec.seed,
+                steps=[r.step for r in records],
+                correct=["".join(str(c) for c in r.correct) for r in records],
+                texts=texts,
+                settings=_frontier_settings(spec),
+                source=spec.arm_config.from_arm,
+                timing=_frontier_timing(spec, evals),
+            )
+        )
+    return FrontierResults(
+        model=portable_base_name(specs[0].config.model.path),
+        task="arithmetic word problems (exact match)",
+        n_test_problems=len(base.correct),
+        runs=runs,
+        recipe=config.model_dump(mode="json"),
+    )
+
+
+def _frontier_settings(spec: RunSpec) -> dict[str, float]:
+    """The numbers behind a configuration: its (source's) learning rate, DISeL's gate learning-rate ratio, and a
+    post-hoc arm's numeric transform parameters."""
+    settings = {"learning_rate": float(spec.config.training.learning_rate)}
+    if spec.is_disel and spec.config.method.gate_lr_ratio is not None:  # None: DiselConfig's default
+        settings["gate_lr_ratio"] = float(spec.config.method.gate_lr_ratio)
+    for name, value in spec.arm_config.transform_params.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            settings[name] = float(value)
+    return settings
+
+
+def _frontier_timing(spec: RunSpec, evals: list[CheckpointEval]) -> dict[str, float]:
+    """Where the run's time went, in seconds: training (its source's, for a post-hoc arm), generation and the
+    KL / perplexity passes summed over its evaluations, and their whole."""
+    from ..schemas import TrainResult
+
+    train = TrainResult.read(spec.source_dir)
+    return {
+        "train_s": 0.0 if spec.arm_config.from_arm else float(train.trainer_runtime_s or train.runtime_s),
+        "train_steps": float(train.global_step),
+        "generation_s": float(sum(r.generation_s for r in evals)),
+        "retention_s": float(sum(r.retention_s or 0.0 for r in evals)),
+        "eval_s": float(sum(r.seconds for r in evals)),
+    }
+
+
+def export_frontier(config: StudyConfig, specs: list[RunSpec], out: Path, base: CheckpointEval) -> FrontierResults:
+    """``frontier.json`` (every point, analysed: :func:`~.frontier_results.analyse_frontier` on the pairs of
+    methods that have runs) and ``frontier.md`` (:func:`~.frontier_results.frontier_summary`)."""
+    from disel.io import write_text_atomic
+
+    from .frontier_results import analyse_frontier, frontier_summary
+    from .fronts import FrontSettings
+
+    settings = config.frontier
+    results = frontier_results(config, specs, base)
+    present = set(results.methods)
+    pairs = [tuple(pair) for pair in settings.pairs if set(pair) <= present]
+    front = FrontSettings(replicates=settings.replicates, fractions=tuple(settings.fractions))
+    results = analyse_frontier(results, pairs, seed=settings.seed, settings=front)
+    results.write(out / "frontier.json")
+    write_text_atomic(out / "frontier.md", frontier_summary(results))
+    return results

@@ -1,35 +1,40 @@
-"""What the frontier study (issue 17) costs in single-thread worker time, from the evidence study's own timing.
+"""What the frontier study (issue 17) costs in single-thread worker time, from measured stage times.
 
-The evidence results file records per run ``timing``: ``train_runtime_s`` and ``train_steps`` (the Trainer's
-last invocation: a resumed run reports only its last part, so medians are used), and ``eval_s`` (all its
-checkpoint evaluations: greedy generation on the test problems, then KL/perplexity passes on the retention
-texts, and for DISeL the gate diagnostics). An evaluation's split into generation and forward passes is not
-in that file: :class:`EvaluationSplit` gives it from a measurement (``generation_s_per_problem`` and
-``forward_s_per_token`` for one token through both the model and its base, on the same machine), used only as
-a ratio to apportion the file's ``eval_s``.
+:func:`measured_stages` reads a study's output folder as the runner leaves it: every checkpoint evaluation
+(``runs/*/eval/step-*.json``) records its seconds, of which ``generation_s`` (greedy generation on the test
+problems) and ``retention_s`` (the KL / perplexity passes on English, code and the task's prompts, one forward
+pass of the model per batch against the cached base log-probabilities); the rest is loading, the post-hoc
+transform and, for DISeL, the gate diagnostics. Each trained run's ``train_result.json`` gives its seconds per
+step. Stages the folder has not measured yet (e.g. before a DISeL or full fine-tuning run finished) come from
+the evidence study's timing (``paper_figs/evidence/results.json``: per run ``train_runtime_s``, ``train_steps``
+and ``eval_s``), or an assumed factor, as :class:`MeasuredStages` says. :func:`study_cost` adds them up for a
+:class:`StudyPlan`::
 
-    python -m disel.experiments.study.frontier_cost    # measures the split first (about 2 minutes)
-    python -m disel.experiments.study.frontier_cost --generation-s-per-problem 1.37 --forward-s-per-token 0.0288
+    python -c "import sys; from disel.experiments.study import frontier_cost as f; print(f.cost_table(sys.argv[1]))" \
+        paper_figs/frontier
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 __all__ = [
-    "EvaluationSplit",
     "EvidenceTiming",
+    "MeasuredStages",
+    "PLANS",
     "StudyPlan",
+    "cost_table",
     "evidence_timing",
     "interpolation_error",
-    "measure_evaluation_split",
+    "measured_stages",
     "study_cost",
 ]
+
+EVIDENCE_RESULTS = Path("paper_figs") / "evidence" / "results.json"
 
 
 @dataclass(frozen=True)
@@ -74,139 +79,116 @@ def evidence_timing(path: str | Path) -> EvidenceTiming:
 
 
 @dataclass(frozen=True)
-class EvaluationSplit:
-    """Measured on one machine: greedy generation seconds per test problem; seconds per token through the
-    model and its base (one KL pass)."""
+class MeasuredStages:
+    """Seconds of each stage (medians): ``train_s_per_step`` of an adapter run; per checkpoint evaluation
+    ``generation_s``, ``retention_s`` and ``other_s`` (loading, transform); ``gates_s`` added by a DISeL
+    evaluation; ``base_s`` the base evaluation (once); ``full_step_factor`` a full fine-tuning step over an
+    adapter step. ``sources``: stage → where its number comes from (this study's records or the evidence file
+    or an assumption)."""
 
-    generation_s_per_problem: float
-    forward_s_per_token: float
+    train_s_per_step: float
+    generation_s: float
+    retention_s: float
+    other_s: float
+    gates_s: float
+    base_s: float
+    full_step_factor: float
+    sources: dict[str, str] = field(default_factory=dict)
 
-    def generation_fraction(self, problems: int, tokens: int) -> float:
-        """Fraction of an evaluation spent generating, for ``problems`` problems and ``tokens`` KL tokens."""
-        generation = self.generation_s_per_problem * problems
-        return generation / (generation + self.forward_s_per_token * tokens)
+
+def measured_stages(study_dir: str | Path, evidence: str | Path = EVIDENCE_RESULTS) -> MeasuredStages:
+    """The stage times of the study in ``study_dir`` (module docstring); ``FileNotFoundError`` without any
+    evaluated checkpoint there."""
+    from ..schemas import TrainResult
+    from .records import CheckpointEval
+
+    study, timing = Path(study_dir), evidence_timing(evidence)
+    evals = {p: CheckpointEval.read(p) for p in sorted(study.glob("runs/*/eval/step-*.json"))}
+    if not evals:
+        raise FileNotFoundError(f"no runs/*/eval/step-*.json under {study}: nothing measured yet")
+    adapter = [r for r in evals.values() if r.gate_means is None]
+    disel = [r for r in evals.values() if r.gate_means is not None]
+    rest = [r.seconds - r.generation_s - (r.retention_s or 0.0) for r in adapter]
+    trained = [
+        TrainResult.read(folder.parent)
+        for folder in study.glob("runs/*/train_result.json")
+        if (folder.parent / "eval").is_dir()
+    ]
+    steps: dict[str, list[float]] = {}  # method → seconds per step of each of its runs
+    for r in trained:
+        steps.setdefault(r.method, []).append((r.trainer_runtime_s or r.runtime_s) / r.global_step)
+    per_step = {method: statistics.median(values) for method, values in steps.items()}
+    adapter_step = per_step.get("lora", per_step.get("disel"))
+    sources = {
+        "train_s_per_step": "this study" if adapter_step else "evidence study",
+        "gates_s": "this study" if disel else "evidence study (DISeL − LoRA evaluation)",
+        "full_step_factor": "this study" if "full" in per_step and adapter_step else "assumed 1.5",
+    }
+    base = CheckpointEval.read(study / "base.json")
+    median = statistics.median
+    return MeasuredStages(
+        train_s_per_step=adapter_step or timing.train_s_per_step,
+        generation_s=median(r.generation_s for r in adapter),
+        retention_s=median(r.retention_s for r in adapter),
+        other_s=median(rest),
+        gates_s=median(r.seconds - r.generation_s - r.retention_s for r in disel) - median(rest)
+        if disel
+        else timing.eval_s_per_checkpoint["disel"] - timing.eval_s_per_checkpoint["lora"],
+        base_s=base.seconds,
+        full_step_factor=per_step["full"] / adapter_step if "full" in per_step and adapter_step else 1.5,
+        sources=sources,
+    )
 
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """Runs of the study: ``adapter_runs`` (LoRA and DISeL), ``full_runs``, evaluated ``checkpoints`` per run,
-    ``posthoc_evaluations`` (transformed checkpoints), ``task_tokens`` added to each evaluation's KL passes,
-    ``full_step_factor``: a full fine-tuning step's cost over an adapter step's, ``disel_share`` of the adapter
-    runs, ``problems`` test problems generated per evaluation."""
+    """Runs of the study: ``adapter_runs`` (LoRA and DISeL) of which ``disel_runs``, ``full_runs``, evaluated
+    ``checkpoints`` per run, ``posthoc_evaluations`` (transformed checkpoints), ``steps`` per training."""
 
     adapter_runs: int
+    disel_runs: int
     full_runs: int
     checkpoints: int
     posthoc_evaluations: int
-    task_tokens: int
-    disel_share: float
     steps: int = 120
-    full_step_factor: float = 1.5
-    problems: int = 200
-    base_logits_cached: bool = False
-    """The base model's next-token distributions on the (fixed) texts computed once, not at every checkpoint:
-    a KL pass then runs the tuned model only (half the forward passes; needs a change in ``kl.py``)."""
 
 
-def study_cost(timing: EvidenceTiming, split: EvaluationSplit, plan: StudyPlan) -> dict[str, float]:
-    """Worker-seconds of each part of the study: training, generation, KL passes, and the total.
-
-    An evaluation's seconds (the evidence file's, per kind) are split by :class:`EvaluationSplit`; its KL part
-    grows with the task-input tokens and halves with cached base logits. Adapter runs' evaluations mix the
-    DISeL (gate diagnostics) and LoRA costs by ``disel_share``; full and post-hoc evaluations cost LoRA's.
-    """
-    fraction = split.generation_fraction(timing.test_problems, timing.retention_tokens)
-    kl_scale = (timing.retention_tokens + plan.task_tokens) / timing.retention_tokens
-    kl_scale *= 0.5 if plan.base_logits_cached else 1.0
-    cost = timing.eval_s_per_checkpoint
-    adapter = plan.disel_share * cost["disel"] + (1 - plan.disel_share) * cost["lora"]  # one evaluation
-    evaluated = (
-        plan.adapter_runs * plan.checkpoints * adapter
-        + (plan.full_runs * plan.checkpoints + plan.posthoc_evaluations) * cost["lora"]
-    )
-    training_steps = plan.steps * (plan.adapter_runs + plan.full_step_factor * plan.full_runs)
+def study_cost(stages: MeasuredStages, plan: StudyPlan) -> dict[str, float]:
+    """Worker-seconds of each part of the study: training, generation, KL passes, the rest of the evaluations
+    (loading, transforms, DISeL's gate diagnostics) and the total."""
+    evaluations = (plan.adapter_runs + plan.full_runs) * plan.checkpoints + plan.posthoc_evaluations
+    adapter_steps = plan.steps * (plan.adapter_runs + stages.full_step_factor * plan.full_runs)  # equivalent
     parts = {
-        "training": timing.train_s_per_step * training_steps,
-        "generation": evaluated * fraction * plan.problems / timing.test_problems,
-        "kl_passes": evaluated * (1 - fraction) * kl_scale,
+        "training": stages.train_s_per_step * adapter_steps,
+        "generation": evaluations * stages.generation_s,
+        "kl_passes": evaluations * stages.retention_s,
+        "other": evaluations * stages.other_s + plan.disel_runs * plan.checkpoints * stages.gates_s + stages.base_s,
     }
     return {**parts, "total": sum(parts.values())}
 
 
-def measure_evaluation_split(problems: int = 25, texts: int = 6) -> EvaluationSplit:
-    """Time, single-threaded on SmolLM2-135M (the base model), greedy generation on ``problems`` of the evidence
-    test problems (one batch) and one KL pass (model and base) over ``texts`` English retention texts."""
-    import time
-
-    import torch
-
-    from ..data.arithmetic import train_and_test_problems
-    from ..data.offline_text import general_english_texts
-    from ..eval.generation import GenerationSettings, evaluate_gsm8k
-    from ..models import force_offline, load_model_for_eval, smollm2_path
-    from .kl import mean_token_kl, right_padded_batches
-
-    force_offline()
-    torch.set_num_threads(1)
-    model, tokenizer = load_model_for_eval(smollm2_path(), None, device="cpu")[:2]
-    rows = [p.as_row() for p in train_and_test_problems(1000, 200, 0)[1][:problems]]
-    started = time.perf_counter()
-    evaluate_gsm8k(model, tokenizer, rows, settings=GenerationSettings(max_new_tokens=44, batch_size=problems))
-    generation = (time.perf_counter() - started) / problems
-    ids = [tokenizer(t, truncation=True, max_length=256)["input_ids"] for t in general_english_texts(150, seed=101)]
-    ids = sorted(ids[:texts], key=len, reverse=True)
-    started = time.perf_counter()
-    mean_token_kl(model, right_padded_batches(ids, 8, tokenizer.pad_token_id), base_model=model)
-    return EvaluationSplit(generation, (time.perf_counter() - started) / sum(len(i) for i in ids))
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=Path("paper_figs/evidence/results.json"))
-    parser.add_argument("--generation-s-per-problem", type=float, help="measured; omit both to measure now")
-    parser.add_argument("--forward-s-per-token", type=float, help="one KL pass (model and base), per token")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    timing = evidence_timing(args.results)
-    if args.generation_s_per_problem is None or args.forward_s_per_token is None:
-        split = measure_evaluation_split()
-    else:
-        split = EvaluationSplit(args.generation_s_per_problem, args.forward_s_per_token)
-    print(f"split: {split}")
-    print(f"evidence: {timing}")
-    share = timing.train_total_s / timing.total_s
-    print(f"evidence runs: {timing.total_s:.0f} worker-s, training {share:.0%}, evaluation {1 - share:.0%}")
-    print(f"generation share of an evidence evaluation: {split.generation_fraction(200, timing.retention_tokens):.2f}")
-    for kept in ([20, 40, 60, 120], [40, 80, 100, 120], [20, 60, 120]):
-        print(f"interpolation error, checkpoints {kept}: {interpolation_error(args.results, kept):.4f} KL (English)")
-    print("| plan | training h | generation h | KL passes h | total h |\n|---|---|---|---|---|")
-    for name, plan in PLANS.items():
-        cost = study_cost(timing, split, plan)
-        hours = " | ".join(f"{cost[k] / 3600:.1f}" for k in ("training", "generation", "kl_passes", "total"))
-        print(f"| {name} | {hours} |")
-    return 0
-
-
-# The recipe (recipes/frontier/smollm2_frontier.yaml), its second-seed phase, and what it would cost uncut.
-# Phase 1: 4 LoRA + 4 DISeL + 2 gate-ratio arms (6 of 10 DISeL), 3 full; intruder reduction at 2 strengths on
-# the 4 evaluated checkpoints of the 4 LoRA arms. Task inputs: 64 prompts of about 40 tokens.
-_TASK_TOKENS = 64 * 40
-_CACHED = {"base_logits_cached": True}
+# The recipe (recipes/frontier/smollm2_frontier.yaml) and its second-seed phase: 4 LoRA + 4 DISeL + 2 gate-ratio
+# arms, 3 full; the intruder reduction at 2 strengths on the evaluated checkpoints of the 4 LoRA arms.
 PLANS: dict[str, StudyPlan] = {
-    "phase 1, 4 checkpoints (the recipe)": StudyPlan(10, 3, 4, 2 * 4 * 4, _TASK_TOKENS, 0.6),
-    "phase 1, 6 checkpoints (uncut)": StudyPlan(10, 3, 6, 2 * 4 * 6, _TASK_TOKENS, 0.6),
-    "phase 1, 4 checkpoints, 128 task prompts": StudyPlan(10, 3, 4, 2 * 4 * 4, 2 * _TASK_TOKENS, 0.6),
-    # Phase 2: seed 1 of each method's two best configurations: 2 LoRA + 2 DISeL + (at most) 2 more LoRA
-    # sources of the intruder arm's best two, 2 full; their post-hoc evaluations (2 configurations x 4).
-    "phase 2 (second seeds)": StudyPlan(6, 2, 4, 2 * 4, _TASK_TOKENS, 2 / 6),
-    "phase 1, base logits cached": StudyPlan(10, 3, 4, 2 * 4 * 4, _TASK_TOKENS, 0.6, base_logits_cached=True),
-    "phase 2, LoRA and DISeL only, cached": StudyPlan(4, 0, 4, 2 * 4, _TASK_TOKENS, 0.5, base_logits_cached=True),
-    "phase 1, cached, intruders on 2 LoRA arms": StudyPlan(10, 3, 4, 2 * 4 * 2, _TASK_TOKENS, 0.6, **_CACHED),
-    "phase 1, cached, 100 problems": StudyPlan(10, 3, 4, 2 * 4 * 4, _TASK_TOKENS, 0.6, problems=100, **_CACHED),
+    "phase 1 (the recipe: 4 checkpoints)": StudyPlan(10, 6, 3, 4, 2 * 4 * 4),
+    "phase 1 with 6 checkpoints (uncut)": StudyPlan(10, 6, 3, 6, 2 * 4 * 6),
+    "phase 1, intruders on 2 LoRA arms": StudyPlan(10, 6, 3, 4, 2 * 4 * 2),
+    # seed 1 of the two best configurations of LoRA and DISeL (with the intruder arms of those LoRA runs)
+    "phase 2 (seed 1, LoRA and DISeL)": StudyPlan(4, 2, 0, 4, 2 * 2 * 4),
+    "phase 2 (seed 1, every method)": StudyPlan(4, 2, 2, 4, 2 * 2 * 4),
 }
+
+
+def cost_table(study_dir: str | Path, evidence: str | Path = EVIDENCE_RESULTS) -> str:
+    """Markdown: the measured stage times, then worker-hours of each plan of :data:`PLANS`."""
+    stages = measured_stages(study_dir, evidence)
+    lines = [f"stages (s): {replace(stages, sources={})}", f"sources: {stages.sources}", ""]
+    lines += ["| plan | training h | generation h | KL passes h | other h | total h |", "|---|---|---|---|---|---|"]
+    for name, plan in PLANS.items():
+        cost = study_cost(stages, plan)
+        hours = " | ".join(f"{cost[k] / 3600:.1f}" for k in ("training", "generation", "kl_passes", "other", "total"))
+        lines.append(f"| {name} | {hours} |")
+    return "\n".join(lines)
 
 
 def interpolation_error(path: str | Path, kept_steps: Sequence[int], domain: str = "english") -> float:
@@ -230,7 +212,3 @@ def interpolation_error(path: str | Path, kept_steps: Sequence[int], domain: str
         difference = path_front(accuracy[kept], kl[kept], levels) - path_front(accuracy, kl, levels)
         worst = max(worst, float(np.nanmax(np.abs(difference))))
     return worst
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

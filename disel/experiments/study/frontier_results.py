@@ -40,6 +40,8 @@ __all__ = [
     "PointRun",
     "TextRecord",
     "analyse_frontier",
+    "frontier_summary",
+    "frontier_verdict",
     "load_frontier_results",
 ]
 
@@ -226,3 +228,78 @@ def analyse_frontier(
     analysis = {"pairs": [list(p) for p in pairs], "seed": seed, "settings": asdict(settings)}
     proxy = _proxy_fits(results.runs) if has_task else {}
     return replace(results, comparisons=comparisons, best_accuracy=best, proxy=proxy, analysis=analysis)
+
+
+def _interval_text(estimate: float, low: float, high: float, digits: int = 4) -> str:
+    return f"{estimate:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _finding(d: FrontDifference) -> str:
+    """less / more / no clear difference, by whether the interval excludes 0 (negative: ``method`` forgets less)."""
+    if d.high < 0:
+        return "forgets LESS"
+    return "forgets MORE" if d.low > 0 else "no clear difference"
+
+
+def frontier_verdict(results: FrontierResults) -> list[str]:
+    """Plain sentences from the numbers: per pair, the English-KL front difference at each level with its
+    finding; then whether each method's best accuracy reaches the reference's (cross-fitted intervals)."""
+    best = {b.method: b for b in results.best_accuracy}
+    lines = []
+    for comparison in results.comparisons:
+        if (comparison.kind, comparison.domain) != ("kl", "english"):
+            continue
+        for method, reference in dict.fromkeys((d.method, d.reference) for d in comparison.differences):
+            at = [d for d in comparison.differences if (d.method, d.reference) == (method, reference)]
+            levels = "; ".join(
+                f"at exact match {d.level:.3f}: {_finding(d)} ({_interval_text(d.estimate, d.low, d.high)})" for d in at
+            )
+            lines.append(f"{method} − {reference}, KL from the base on English at equal exact match: {levels}.")
+    for method, reference in results.analysis.get("pairs", []):
+        if method in best and reference in best:
+            ours, theirs = best[method], best[reference]
+            if ours.high < theirs.low:
+                finding = f"{method} does NOT reach {reference}'s best accuracy"
+            elif ours.low > theirs.high:
+                finding = f"{method}'s best accuracy is HIGHER than {reference}'s"
+            else:
+                finding = f"no clear difference between {method}'s and {reference}'s best accuracy"
+            lines.append(
+                f"{finding}: {ours.estimate:.3f} [{ours.low:.3f}, {ours.high:.3f}] against "
+                f"{theirs.estimate:.3f} [{theirs.low:.3f}, {theirs.high:.3f}] (cross-fitted, 95%)."
+            )
+    return lines
+
+
+def frontier_summary(results: FrontierResults) -> str:
+    """Markdown: best accuracy per method, every front difference per measure, the proxy fits, the verdict."""
+    points = sum(len(run.steps) - 1 for run in results.runs)
+    lines = [
+        f"# Learning–forgetting fronts: {results.model}, {results.task}",
+        "",
+        f"{len(results.runs)} runs, {points} checkpoints, {results.n_test_problems} test problems. Front estimates "
+        "are cross-fitted (configuration chosen on one half of the problems and texts, scored on the other); "
+        "95% percentile intervals resample problems, texts and seeds; `naive` is the whole-front bootstrap.",
+        "",
+        "| method | best exact match (cross-fitted) [95%] | observed max | configuration | step |",
+        "|---|---|---|---|---|",
+    ]
+    for b in results.best_accuracy:
+        lines.append(
+            f"| {b.method} | {b.estimate:.3f} [{b.low:.3f}, {b.high:.3f}] | {b.naive:.3f} | {b.configuration} "
+            f"| {b.step} |"
+        )
+    lines += ["", "| measure | method − reference | exact-match level | difference [95%] | defined | naive [95%] |"]
+    lines.append("|---|---|---|---|---|---|")
+    for comparison in results.comparisons:
+        for d in comparison.differences:
+            lines.append(
+                f"| {comparison.kind} {comparison.domain} | {d.method} − {d.reference} | {d.level:.3f} | "
+                f"{_interval_text(d.estimate, d.low, d.high)} | {d.defined_fraction:.2f} | "
+                f"{_interval_text(d.naive, d.naive_low, d.naive_high)} |"
+            )
+    if results.proxy:
+        lines += ["", "| KL on | R² on task-input KL | Spearman ρ | points |", "|---|---|---|---|"]
+        for domain, fit in results.proxy.items():
+            lines.append(f"| {domain} | {fit.r_squared:.3f} | {fit.spearman:.3f} | {fit.n} |")
+    return "\n".join([*lines, "", *frontier_verdict(results)]) + "\n"

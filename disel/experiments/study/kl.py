@@ -14,20 +14,23 @@ every real next token). Padding on either side is ignored. So the perplexity the
 computed in float32 with ``log_softmax`` whatever the model's dtype.
 
 The efficient path needs no second model: for a PEFT model, the base distribution is the same model
-inside ``disable_adapter()`` (one set of weights in memory, two forward passes per batch).
+inside ``disable_adapter()`` (one set of weights in memory, two forward passes per batch). When many models are
+scored on the same fixed texts (every checkpoint of a study), the base's log-probabilities can be computed once
+(:func:`base_log_probs`) and passed back: one forward pass per batch, the same numbers (the cache holds exactly
+what the live pass computes: float32 ``log_softmax`` of the base logits at the scored positions).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KLResult", "mean_token_kl", "token_kl_divergence"]
+__all__ = ["KLResult", "base_log_probs", "mean_token_kl", "token_kl_divergence"]
 
 # Positions per float32 log_softmax chunk: bounds the temporaries at (chunk, vocab) for large vocabularies.
 _CHUNK_POSITIONS = 1024
@@ -42,7 +45,10 @@ class KLResult:
     same, however long); ``tokens``: number of scored positions; ``sequences``: sequences with at least
     one scored position. From the same forward passes, at no extra cost: ``nll`` / ``base_nll``, the mean
     negative log-likelihood (nats per token) of the real next tokens under the tuned / base model, whose
-    ``exp`` is the perplexity (:attr:`perplexity`, :attr:`base_perplexity`).
+    ``exp`` is the perplexity (:attr:`perplexity`, :attr:`base_perplexity`). Per sequence, in batch order
+    (every sequence, also one with no scored position): ``sequence_kl_sums``, ``sequence_nll_sums``,
+    ``sequence_base_nll_sums`` (summed over its scored positions) and ``sequence_tokens`` (its scored positions),
+    so a resample of the texts gives back the token means exactly.
     """
 
     mean_kl: float
@@ -51,6 +57,10 @@ class KLResult:
     sequences: int
     nll: float = math.nan
     base_nll: float = math.nan
+    sequence_kl_sums: tuple[float, ...] = ()
+    sequence_nll_sums: tuple[float, ...] = ()
+    sequence_base_nll_sums: tuple[float, ...] = ()
+    sequence_tokens: tuple[int, ...] = ()
 
     @property
     def perplexity(self) -> float:
@@ -120,15 +130,19 @@ def _base_logits(model: nn.Module, base_model: nn.Module | None, ids: Tensor, ma
     return logits[:, :-1].to(ids.device)
 
 
-def _scored_position_terms(base_logits: Tensor, tuned_logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _scored_position_terms(
+    base: Tensor, tuned_logits: Tensor, targets: Tensor, base_is_log_probs: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-position ``(KL(p_base ‖ p_tuned), tuned NLL, base NLL)`` of the targets: (n, V), (n, V), (n,) → 3 × (n,).
 
-    Float32 ``log_softmax`` in chunks of :data:`_CHUNK_POSITIONS` positions bounds the temporaries.
+    ``base``: the base's logits, or (``base_is_log_probs``) its cached float32 log-probabilities. Float32
+    ``log_softmax`` in chunks of :data:`_CHUNK_POSITIONS` positions bounds the temporaries (row-wise, so the
+    chunking changes no number).
     """
     kl_parts, nll_parts, base_nll_parts = [], [], []
-    for i in range(0, base_logits.shape[0], _CHUNK_POSITIONS):
+    for i in range(0, base.shape[0], _CHUNK_POSITIONS):
         chunk = slice(i, i + _CHUNK_POSITIONS)
-        log_p = base_logits[chunk].float().log_softmax(dim=-1)  # (c, V)
+        log_p = base[chunk] if base_is_log_probs else base[chunk].float().log_softmax(dim=-1)  # (c, V)
         log_q = tuned_logits[chunk].float().log_softmax(dim=-1)  # (c, V)
         kl_parts.append(_kl_from_log_probs(log_p, log_q))  # (c,)
         target = targets[chunk, None]  # (c, 1)
@@ -137,10 +151,31 @@ def _scored_position_terms(base_logits: Tensor, tuned_logits: Tensor, targets: T
     return torch.cat(kl_parts), torch.cat(nll_parts), torch.cat(base_nll_parts)
 
 
+def base_log_probs(
+    model: nn.Module, batches: Sequence[Mapping[str, Tensor]], base_model: nn.Module | None = None
+) -> list[Tensor]:
+    """The base's float32 log-probabilities at each batch's scored positions, (n_b, V) per batch: the
+    ``base_log_probs`` of :func:`mean_token_kl` on the same ``batches``. ``base_model`` as there (None: ``model``
+    with its adapter disabled; pass the base itself to score it). Memory: 4 · V bytes per scored token."""
+    cached = []
+    models = (model,) if base_model is None else (model, base_model)
+    with _eval_mode(*models), torch.inference_mode():
+        for index, batch in enumerate(batches):
+            ids, mask, scored = _checked_batch(index, batch, _device_of(model))  # (b, s), (b, s), (b, s-1)
+            if not scored.any():
+                cached.append(torch.zeros(0))  # keeps the batch indices; mean_token_kl skips the batch
+                continue
+            logits = _base_logits(model, base_model, ids, mask)[scored.nonzero(as_tuple=True)]  # (n, V)
+            chunks = range(0, logits.shape[0], _CHUNK_POSITIONS)
+            cached.append(torch.cat([logits[i : i + _CHUNK_POSITIONS].float().log_softmax(-1) for i in chunks]))
+    return cached
+
+
 def mean_token_kl(
     model: nn.Module,
     batches: Iterable[Mapping[str, Tensor]],
     base_model: nn.Module | None = None,
+    base_log_probs: Sequence[Tensor] | None = None,
 ) -> KLResult:
     """KL(p_base ‖ p_model) averaged over the scored positions of ``batches`` (module docstring).
 
@@ -151,49 +186,77 @@ def mean_token_kl(
             :func:`~disel.experiments.eval.perplexity.window_batches`.
         base_model: the reference model. ``None`` uses ``model`` itself inside ``model.disable_adapter()``
             (PEFT), which needs no second copy of the weights.
+        base_log_probs: the reference's cached log-probabilities on these ``batches`` (:func:`base_log_probs`);
+            then no reference forward pass is run and ``base_model`` is not used.
 
-    Raises ``ValueError`` if ``base_model`` is ``None`` and ``model`` has no ``disable_adapter``, if a
-    batch lacks ``input_ids`` or its mask has another shape, or if no position was scored.
+    Raises ``ValueError`` if no reference is given and ``model`` has no ``disable_adapter``, if a batch lacks
+    ``input_ids`` or its mask has another shape, if the cache does not fit the batches, or if no position was
+    scored.
     """
-    if base_model is None and not callable(getattr(model, "disable_adapter", None)):
+    if base_log_probs is None and base_model is None and not callable(getattr(model, "disable_adapter", None)):
         raise ValueError(
             f"base_model is None but the {type(model).__name__} has no disable_adapter(); pass base_model "
             "or a PEFT model"
         )
     device = _device_of(model)
-    total = torch.zeros((), dtype=torch.float64)
-    nll_total = torch.zeros((), dtype=torch.float64)
-    base_nll_total = torch.zeros((), dtype=torch.float64)
-    tokens = 0
-    sequence_means: list[Tensor] = []
-    models = (model,) if base_model is None else (model, base_model)
+    totals = torch.zeros(3, dtype=torch.float64)  # KL, NLL, base NLL summed over every scored position
+    per_sequence: list[Tensor] = []  # (b, 4) per batch: KL, NLL, base NLL sums and scored positions
+    models = (model,) if base_model is None or base_log_probs is not None else (model, base_model)
     with _eval_mode(*models), torch.inference_mode():
         for index, batch in enumerate(batches):
             ids, mask, scored = _checked_batch(index, batch, device)  # (b, s), (b, s), (b, s-1)
-            if not scored.any():
+            if not scored.any():  # nothing to score: its sequences count zero positions
+                per_sequence.append(torch.zeros(ids.shape[0], 4, dtype=torch.float64))
                 continue
-            base_logits = _base_logits(model, base_model, ids, mask)  # (b, s-1, V) on model's device
-            tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (b, s-1, V)
-            rows = scored.nonzero(as_tuple=True)
-            targets = ids[:, 1:][rows]  # (n,): the real next tokens
-            kl, nll, base_nll = _scored_position_terms(base_logits[rows], tuned_logits[rows], targets)  # (n,) each
-            nll_total += nll.double().sum().cpu()
-            base_nll_total += base_nll.double().sum().cpu()
-            per_sequence = torch.zeros(ids.shape[0], dtype=torch.float64, device=kl.device)
-            per_sequence.index_add_(0, rows[0], kl.double())  # (b,)
-            counts = scored.sum(dim=1)  # (b,)
-            has = counts > 0
-            sequence_means.append((per_sequence[has] / counts[has]).cpu())
-            total += kl.double().sum().cpu()
-            tokens += int(counts.sum())
+            cached = None if base_log_probs is None else _cached(base_log_probs, index, int(scored.sum()))
+            sums = _sequence_sums(model, base_model, ids, mask, scored, cached)  # (b, 4)
+            per_sequence.append(sums.cpu())
+            totals += sums[:, :3].sum(dim=0).cpu()
+    table = torch.cat(per_sequence) if per_sequence else torch.zeros(0, 4, dtype=torch.float64)  # (N, 4)
+    tokens = int(table[:, 3].sum())
     if tokens == 0:
         raise ValueError("no position was scored: every sequence has fewer than two real tokens")
-    means = torch.cat(sequence_means)
+    has = table[:, 3] > 0
+    kl_sums, nll_sums, base_nll_sums, counts = table.T
     return KLResult(
-        mean_kl=float(total) / tokens,
-        sequence_mean_kl=float(means.mean()),
+        mean_kl=float(totals[0]) / tokens,
+        sequence_mean_kl=float((kl_sums[has] / counts[has]).mean()),
         tokens=tokens,
-        sequences=int(means.numel()),
-        nll=float(nll_total) / tokens,
-        base_nll=float(base_nll_total) / tokens,
+        sequences=int(has.sum()),
+        nll=float(totals[1]) / tokens,
+        base_nll=float(totals[2]) / tokens,
+        sequence_kl_sums=tuple(kl_sums.tolist()),
+        sequence_nll_sums=tuple(nll_sums.tolist()),
+        sequence_base_nll_sums=tuple(base_nll_sums.tolist()),
+        sequence_tokens=tuple(int(c) for c in counts.tolist()),
     )
+
+
+def _sequence_sums(
+    model: nn.Module, base_model: nn.Module | None, ids: Tensor, mask: Tensor, scored: Tensor, cached: Tensor | None
+) -> Tensor:
+    """(b, 4) per sequence of one batch: summed KL, NLL and base NLL over its scored positions, and their count.
+    ``cached``: the base's (n, V) log-probabilities at the scored positions, else the base is run."""
+    rows = scored.nonzero(as_tuple=True)
+    if cached is None:
+        base = _base_logits(model, base_model, ids, mask)[rows]  # (n, V) on model's device
+    else:
+        base = cached.to(ids.device)  # (n, V)
+    tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][rows]  # (n, V)
+    targets = ids[:, 1:][rows]  # (n,): the real next tokens
+    terms = _scored_position_terms(base, tuned_logits, targets, cached is not None)  # 3 × (n,)
+    sums = torch.zeros(ids.shape[0], 4, dtype=torch.float64, device=ids.device)
+    for column, values in enumerate(terms):
+        sums[:, column].index_add_(0, rows[0], values.double())
+    sums[:, 3] = scored.sum(dim=1)
+    return sums
+
+
+def _cached(base_log_probs: Sequence[Tensor], index: int, positions: int) -> Tensor:
+    """Batch ``index``'s cached (n, V) log-probabilities; ``ValueError`` when they are not of these batches."""
+    if index >= len(base_log_probs) or base_log_probs[index].shape[0] != positions:
+        raise ValueError(
+            f"base_log_probs do not fit batch {index} ({positions} scored positions): were they computed on "
+            "these batches (base_log_probs(model, batches))?"
+        )
+    return base_log_probs[index]

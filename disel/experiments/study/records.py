@@ -37,7 +37,10 @@ class CheckpointEval(ResultFile, schema="disel.study.eval/1", accept=_UNVERSIONE
 
     ``correct``: 0/1 per held-out problem (greedy exact match, whose mean is ``exact_match``); ``perplexity``
     and ``kl`` (to the base; 0 for the base itself) per retention domain; for DISeL the anti-aligned fraction
-    (overall, per layer, the smallest cosine) and the mean gate per domain; seconds spent."""
+    (overall, per layer, the smallest cosine) and the mean gate per domain; seconds spent. ``texts``: per domain the
+    per-text sums of the KL and NLL passes (:class:`~.task_kl.PerTextForgetting`, ``base_nll_sums`` left out: the
+    base record's ``nll_sums``), so intervals can resample texts (issue 17); ``kl`` and ``perplexity`` then also
+    hold the ``task`` domain when the recipe scores the task's own prompts (``evaluation.task_prompts``)."""
 
     correct: list[int]
     exact_match: float
@@ -51,6 +54,8 @@ class CheckpointEval(ResultFile, schema="disel.study.eval/1", accept=_UNVERSIONE
     anti_aligned_by_layer: dict[str, float] | None = None  # layer index (a JSON key) → fraction
     min_cosine: float | None = None
     gate_means: dict[str, float] | None = None
+    texts: dict[str, dict[str, list[float]]] | None = None  # domain → per text: kl_sums, nll_sums, tokens
+    retention_s: float | None = None  # of ``seconds``: the KL and perplexity passes
     path: Path | None = field(default=None, compare=False)
 
 

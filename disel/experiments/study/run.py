@@ -3,9 +3,11 @@
 Stages (each skipped when its output file exists; every file is written atomically, so a killed run resumes):
 data → base model evaluation (once) → per (arm, seed): training and checkpoint evaluations
 (:func:`.stages.run_job`; ``workers`` of them in parallel, one single-threaded process each; post-hoc arms
-after the arms they transform) → throughput → ``results.json`` (:mod:`.results`), ``summary.md`` (table +
-verdict), final adapters → the export for ``paper_figs`` (:mod:`.export`) if the recipe asks for it. Figures
-are drawn by ``paper_figs`` from these files, not here.
+after the arms they transform, with one worker right after each) → throughput → ``results.json``
+(:mod:`.results`), ``summary.md`` (table + verdict), final adapters → the export for ``paper_figs``
+(:mod:`.export`) and the learning-forgetting fronts (``frontier.json``, ``frontier.md``:
+:func:`.export.export_frontier`) if the recipe asks for them. Figures are drawn by ``paper_figs`` from these
+files, not here.
 
 Output folder layout: ``data/``, ``base.json``, ``runs/<arm>-seed<k>/`` (the Trainer's folder, with
 ``eval/step-<N>.json``), ``throughput.json``, ``results.json``, ``summary.md``.
@@ -13,7 +15,6 @@ Output folder layout: ``data/``, ``base.json``, ``runs/<arm>-seed<k>/`` (the Tra
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 from collections.abc import Callable
 from concurrent import futures
@@ -24,7 +25,7 @@ from disel.io import write_text_atomic
 
 from .config import RunSpec, StudyConfig, resolved_training_recipe
 from .records import CheckpointEval, DataManifest, Throughput, plain
-from .stages import evaluate_model, headline, prepare_data, run_job
+from .stages import drop_checkpoints, evaluate_model, evaluated_steps, headline, prepare_data, run_job
 
 __all__ = ["Progress", "run_study"]
 
@@ -65,14 +66,10 @@ def stage_weights(config: StudyConfig, specs: list[RunSpec]) -> dict[str, float]
         training = spec.config.training
         if spec.arm_config.from_arm is None:
             weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
-        every = (
-            int(training.save_steps)
-            if training.save_steps >= 1
-            else math.ceil(training.save_steps * training.max_steps)
-        )
-        for step in range(every, training.max_steps + 1, every):
+        for step in evaluated_steps(spec, config):
             weights[f"{spec.label} step {step}"] = evaluation
-    return {**weights, "throughput": 30.0, "results": 10.0, **({"export": 5.0} if config.export else {})}
+    extra = {"export": 5.0} if config.export else {}
+    return {**weights, "throughput": 30.0, "results": 10.0, **extra, **({"frontier": 60.0} if config.frontier else {})}
 
 
 def _base_stage(
@@ -132,12 +129,17 @@ def _run_jobs(
             progress.skip(label)
     trained = [spec for spec in specs if spec.arm_config.from_arm is None]
     posthoc = [spec for spec in specs if spec.arm_config.from_arm is not None]  # need their source's checkpoints
-    if workers == 1:
-        for spec in [*trained, *posthoc]:
-            run_job(spec, config, manifest, model_path, progress.done)
+    if workers == 1:  # each post-hoc run right after its source (its checkpoints are not kept across sessions)
+        for spec in trained:
+            for job in [spec, *(p for p in posthoc if p.source_dir == spec.run_dir)]:
+                run_job(job, config, manifest, model_path, progress.done)
+            if not config.evaluation.keep_checkpoints:
+                drop_checkpoints(spec)
         return
     _run_in_workers(trained, config, out, manifest, model_path, workers, progress)
     _run_in_workers(posthoc, config, out, manifest, model_path, workers, progress)
+    for spec in trained if not config.evaluation.keep_checkpoints else []:
+        drop_checkpoints(spec)
 
 
 def _run_in_workers(specs, config, out, manifest, model_path, workers, progress) -> None:
@@ -192,6 +194,11 @@ def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, 
 
             written = export_for_figures(config, specs, out, base)
             progress.done("export", f"{len(written)} files for paper_figs in {out}")
+        if config.frontier is not None:
+            from .export import export_frontier
+
+            export_frontier(config, specs, out, base)
+            progress.done("frontier", f"{out / 'frontier.json'}, {out / 'frontier.md'}")
     finally:
         progress.close()
     return summary

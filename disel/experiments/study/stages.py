@@ -4,17 +4,21 @@
   question in the training set, and the retention texts (English, code);
 * :func:`evaluate_model` on the base model → ``base.json``, once for all runs;
 * :func:`run_job` per (arm, seed): training (the Trainer resumes a killed run from its newest checkpoint),
-  then one ``eval/step-<N>.json`` per checkpoint: per-problem correctness, perplexity and KL to the base
-  on English and code (one forward pass of each model per batch, :func:`~.kl.mean_token_kl`, the base
-  being the same weights with the adapter disabled, or a frozen copy of the base for a full fine-tuning or
-  a post-hoc arm, whose weights outside an adapter may have changed), and for DISeL the gate means per domain
-  (:mod:`~disel.experiments.eval.gates`, the whole ``disel.gates/1`` record kept as ``gates/step-<N>.json``)
-  and the anti-aligned fraction (:mod:`.diagnostics`). A post-hoc arm trains nothing: it scores its source
-  arm's checkpoints after its transform (:mod:`.transforms`).
+  then one ``eval/step-<N>.json`` per evaluated checkpoint (``evaluation.checkpoint_steps``, default every
+  saved one): per-problem correctness, perplexity and KL to the base on English, code and, if asked, the
+  task's own prompts, with per-text sums (:func:`~.kl.mean_token_kl`, one forward pass of the model per batch:
+  the base's log-probabilities on these fixed texts are computed once per process, :func:`base_log_probs_of`,
+  which also serves full fine-tuning and post-hoc arms, whose weights outside an adapter may have changed), and
+  for DISeL the gate means per domain (:mod:`~disel.experiments.eval.gates`, the whole ``disel.gates/1`` record
+  kept as ``gates/step-<N>.json``) and the anti-aligned fraction (:mod:`.diagnostics`). A post-hoc arm trains
+  nothing: it scores its source arm's checkpoints after its transform (:mod:`.transforms`). A finished run
+  whose checkpoints are gone (committed records in a fresh checkout) before all its steps, and those of the
+  post-hoc arms on it, were evaluated trains again (:func:`_restart_if_unfinishable`).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,7 +28,7 @@ from typing import Any
 from .config import RunSpec, StudyConfig
 from .records import CheckpointEval, DataManifest
 
-__all__ = ["evaluate_model", "prepare_data", "retention_pools", "run_job"]
+__all__ = ["drop_checkpoints", "evaluate_model", "evaluated_steps", "prepare_data", "retention_pools", "run_job"]
 
 DOMAINS = ("english", "code")
 GATE_DOMAINS = ("math", *DOMAINS)  # gate means: the task text first, then the retention texts
@@ -105,13 +109,17 @@ def evaluate_model(
     is_disel: bool,
     base_model: Any = None,
     gates_path: Path | None = None,
+    base_cache: dict[str, list[Any]] | None = None,
 ) -> CheckpointEval:
     """One model's evaluation (:class:`~.records.CheckpointEval`, step 0; KL 0 for the base by definition).
     ``base_model``: the reference of the KL (default: the model with its adapter disabled; pass the base when
-    the adapted model's own base weights were changed, as by a static merge, or it has no adapter). ``gates_path``:
-    where a DISeL model's whole ``disel.gates/1`` record is kept (for the gate figures)."""
+    the adapted model's own base weights were changed, as by a static merge, or it has no adapter);
+    ``base_cache``: instead, the base's log-probabilities per domain (:func:`base_log_probs_of`), one forward
+    pass fewer per batch. ``gates_path``: where a DISeL model's whole ``disel.gates/1`` record is kept (for the
+    gate figures)."""
     from ..eval.generation import GenerationSettings, evaluate_gsm8k
     from .kl import mean_token_kl
+    from .task_kl import in_text_order, text_batches
 
     settings, (model, tokenizer) = config.evaluation, loaded[:2]
     started = time.perf_counter()
@@ -127,13 +135,19 @@ def evaluate_model(
         "generation_s": graded["seconds"],
         "longest_response_chars": max(len(s["response"]) for s in graded["samples"]),
     }
-    for domain in DOMAINS:
-        batches = token_batches(
-            tokenizer, manifest.retention[domain], settings.retention_max_length, settings.retention_batch_size
-        )
-        result = mean_token_kl(model, batches, base_model=model if is_base else base_model)
+    record["texts"], retention_started = {}, time.perf_counter()
+    for domain, texts in scored_texts(config, manifest).items():
+        batches, order = text_batches(tokenizer, texts, settings.retention_max_length, settings.retention_batch_size)
+        cached = None if is_base or base_cache is None else base_cache[domain]
+        result = mean_token_kl(model, batches, base_model=model if is_base else base_model, base_log_probs=cached)
         record["perplexity"][domain] = result.base_perplexity if is_base else result.perplexity
         record["kl"][domain] = 0.0 if is_base else result.mean_kl  # the base against itself: 0 by definition
+        record["texts"][domain] = {  # per text, in the order of the texts
+            "kl_sums": [0.0] * len(texts) if is_base else in_text_order(result.sequence_kl_sums, order),
+            "nll_sums": in_text_order(result.sequence_base_nll_sums if is_base else result.sequence_nll_sums, order),
+            "tokens": in_text_order(result.sequence_tokens, order),
+        }
+    record["retention_s"] = time.perf_counter() - retention_started
     if is_disel:
         record.update(_gate_diagnostics(model, tokenizer, config, manifest, gates_path))
     return CheckpointEval(**record, seconds=time.perf_counter() - started)
@@ -146,6 +160,45 @@ def training_template(config: StudyConfig) -> str:
     from .config import resolved_training_recipe
 
     return DataConfig.model_validate(resolved_training_recipe(config).get("data", {})).template
+
+
+def scored_texts(config: StudyConfig, manifest: DataManifest) -> dict[str, list[str]]:
+    """Domain → the texts KL and perplexity are scored on: English and code, and ``task`` (the first
+    ``evaluation.task_prompts`` test prompts in the training template) when asked for."""
+    from .task_kl import task_input_texts
+
+    texts = {domain: manifest.retention[domain] for domain in DOMAINS}
+    if config.evaluation.task_prompts:
+        rows = manifest.test_rows[: config.evaluation.task_prompts]
+        texts["task"] = task_input_texts(rows, training_template(config))
+    return texts
+
+
+_BASE_CACHE: dict[tuple, dict[str, list[Any]]] = {}  # one study's base log-probabilities, kept for the process
+
+
+def base_log_probs_of(config: StudyConfig, manifest: DataManifest, model_path: str, dtype: str) -> dict[str, list]:
+    """The base's log-probabilities on every scored text (:func:`~.kl.base_log_probs`), per domain: computed once
+    per process and study, then every checkpoint needs one forward pass per batch, not two (the same numbers).
+    Memory: 4 · vocabulary bytes per scored token (about 2 GB for SmolLM2 on 9,500 tokens)."""
+    from ..models import load_model_for_eval
+    from .kl import base_log_probs
+    from .task_kl import text_batches
+
+    settings, texts = config.evaluation, scored_texts(config, manifest)
+    key = (model_path, dtype, config.device, settings.retention_max_length, settings.retention_batch_size, str(texts))
+    if key not in _BASE_CACHE:
+        _BASE_CACHE.clear()  # one study at a time: never two caches in memory
+        model, tokenizer = load_model_for_eval(model_path, None, dtype=dtype, device=config.device)[:2]
+        _BASE_CACHE[key] = {
+            domain: base_log_probs(
+                model,
+                text_batches(tokenizer, domain_texts, settings.retention_max_length, settings.retention_batch_size)[0],
+                base_model=model,
+            )
+            for domain, domain_texts in texts.items()
+        }
+    return _BASE_CACHE[key]
 
 
 def _gate_diagnostics(
@@ -180,39 +233,89 @@ def _gate_diagnostics(
     }
 
 
+def evaluated_steps(spec: RunSpec, config: StudyConfig) -> list[int]:
+    """The checkpoint steps a run evaluates: ``evaluation.checkpoint_steps``, or every step its training saves."""
+    from .config import saved_steps
+
+    steps = config.evaluation.checkpoint_steps
+    return saved_steps(spec) if steps is None else sorted(steps)
+
+
 def run_job(
     spec: RunSpec, config: StudyConfig, manifest: DataManifest, model_path: str, report: Report
 ) -> dict[str, Any]:
     """Train one (arm, seed) unless finished (a post-hoc arm trains nothing), then evaluate every checkpoint of
-    its source folder not yet evaluated."""
+    its source folder (those of ``evaluation.checkpoint_steps`` if set) not yet evaluated, the KL against the
+    base's cached log-probabilities (:func:`base_log_probs_of`: the base is never needed beside the model)."""
     from ..eval.retention import list_checkpoints
     from ..train.run import RESULT_FILE, train
 
     posthoc = spec.arm_config.from_arm is not None
+    if not posthoc:
+        _restart_if_unfinishable(spec, config, report)
     if not posthoc and not (spec.run_dir / RESULT_FILE).is_file():
         result = train(spec.config)
         loss = "n/a" if result.final_train_loss is None else f"{result.final_train_loss:.3f}"
         report(f"{spec.label} train", f"{result.global_step} steps, last logged loss {loss}, {result.runtime_s:.0f} s")
-    frozen_base = None
-    for step, path in list_checkpoints(spec.source_dir):
-        target = spec.run_dir / "eval" / f"step-{step}.json"
-        if target.is_file():
-            continue
-        loaded = _load_checkpoint(spec, config, path, model_path)
-        if posthoc or loaded.description["adapter_path"] is None:  # weights outside an adapter may differ
-            frozen_base = frozen_base or _load_checkpoint(spec, config, None, model_path).model
+    saved = dict(list_checkpoints(spec.source_dir))
+    wanted = config.evaluation.checkpoint_steps or sorted(saved)
+    todo = sorted(s for s in wanted if not (spec.run_dir / "eval" / f"step-{s}.json").is_file())
+    if set(todo) - set(saved):
+        raise FileNotFoundError(
+            f"{spec.label}: the checkpoints of steps {sorted(set(todo) - set(saved))} are not in {spec.source_dir} "
+            f"(saved: {sorted(saved)}): a post-hoc arm runs in the session that trained its source arm (the "
+            "checkpoints are not committed)"
+        )
+    for step in todo:
+        loaded = _load_checkpoint(spec, config, saved[step], model_path)
         if posthoc:
-            from .transforms import TRANSFORMS
+            from .transforms import apply_transform
 
-            TRANSFORMS[spec.arm_config.transform](loaded.model, **spec.arm_config.transform_params)
+            apply_transform(spec.arm_config.transform, loaded.model, **spec.arm_config.transform_params)
+        cache = base_log_probs_of(config, manifest, model_path, spec.config.model.dtype)
         gates = spec.run_dir / "gates" / f"step-{step}.json" if spec.is_disel else None
         record = evaluate_model(
-            loaded, config, manifest, is_base=False, is_disel=spec.is_disel, base_model=frozen_base, gates_path=gates
+            loaded, config, manifest, is_base=False, is_disel=spec.is_disel, gates_path=gates, base_cache=cache
         )
         record = replace(record, step=step)
-        record.write(target)
+        record.write(spec.run_dir / "eval" / f"step-{step}.json")
         report(f"{spec.label} step {step}", headline(record))
     return {"arm": spec.arm, "seed": spec.seed}
+
+
+def drop_checkpoints(spec: RunSpec) -> None:
+    """Delete a finished run's ``checkpoint-<N>`` folders (``evaluation.keep_checkpoints`` false)."""
+    from ..eval.retention import list_checkpoints
+
+    if (spec.run_dir / "train_result.json").is_file():
+        for _, folder in list_checkpoints(spec.run_dir):
+            shutil.rmtree(folder)
+
+
+def _restart_if_unfinishable(spec: RunSpec, config: StudyConfig, report: Report) -> None:
+    """A finished training whose checkpoints are gone (a fresh checkout of committed records) while a step of it or
+    of a post-hoc arm on it is not evaluated: its records are removed so that it trains again from the start
+    (a seeded run; the post-hoc arms' records too, so that every record of a run comes from one training)."""
+    from ..eval.retention import list_checkpoints
+    from ..train.run import RESULT_FILE
+
+    if not (spec.run_dir / RESULT_FILE).is_file():
+        return
+    runs = [spec.run_dir] + [
+        spec.run_dir.parent / f"{arm}-seed{spec.seed}"
+        for arm, settings in config.arms.items()
+        if settings.from_arm == spec.arm and spec.seed in settings.seeds
+    ]
+    steps = evaluated_steps(spec, config)
+    missing = {s for run in runs for s in steps if not (run / "eval" / f"step-{s}.json").is_file()}
+    gone = missing - {step for step, _ in list_checkpoints(spec.run_dir)}
+    if not gone:
+        return
+    for run in runs:
+        for folder in ("eval", "gates"):
+            shutil.rmtree(run / folder, ignore_errors=True)
+    (spec.run_dir / RESULT_FILE).unlink()
+    report(f"{spec.label} restart", f"steps {sorted(gone)} not evaluated and their checkpoints gone: training again")
 
 
 def _load_checkpoint(spec: RunSpec, config: StudyConfig, path: Path | None, model_path: str) -> Any:

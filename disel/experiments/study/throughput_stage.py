@@ -56,7 +56,7 @@ def _trainable(model_path: str, spec: RunSpec) -> torch.nn.Module:
 
 def measure_training_throughput(specs: list[RunSpec], model_path: str) -> Throughput:
     """The matmul throughput and, per trained arm (its first run), tokens/s against the FLOP limit."""
-    from ..models import load_tokenizer
+    from ..models import is_adapter_dir, load_tokenizer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' setting: one core per training run
@@ -69,6 +69,8 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str) -> Throug
     for spec in specs:
         if spec.arm in arms or spec.arm_config.from_arm is not None:  # a post-hoc arm does not train
             continue
+        if not (is_adapter_dir(spec.run_dir) or (spec.run_dir / "config.json").is_file()):
+            continue  # its records only (committed from an earlier session, weights not kept): nothing to measure
         batch = spec.config.training.per_device_train_batch_size
         seq_len, padding = padded_lengths(_train_lengths(spec, tokenizer), batch)
         flops = training_step_flops(_trainable(model_path, spec), batch, max(1, round(seq_len)))

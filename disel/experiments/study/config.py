@@ -322,8 +322,6 @@ def check_study(config: StudyConfig, source: str) -> None:
                     "training.seed: the arm's seeds; training.use_cpu: --device), so it cannot be overridden"
                 )
     if config.continual is not None:
-        from .continual_run import check_continual
-
         check_continual(config, source)
     if config.frontier is not None:
         for pair in config.frontier.pairs:
@@ -354,3 +352,32 @@ def resolved_training_recipe(config: StudyConfig) -> dict[str, Any]:
     """The shared training recipe with the shared overrides, before any arm's (the results file records it; the
     evaluation asks in its ``data.template``)."""
     return apply_overrides(read_recipe(config.training_recipe), config.overrides)
+
+
+def check_continual(config: StudyConfig, source: str) -> None:
+    """ConfigError for a continual recipe that cannot run: unknown tasks, an order that is not a permutation of
+    ``tasks``, an arm without ``phases`` or whose method does not fit them, a post-hoc arm."""
+    from ..data.continual import TASK_QUESTIONS  # the data module, not the runner: no import cycle
+
+    settings = config.continual
+    unknown = sorted(set(settings.tasks) - set(TASK_QUESTIONS))
+    if unknown:
+        raise ConfigError(f"continual.tasks in {source}: {unknown} are not tasks ({sorted(TASK_QUESTIONS)})")
+    for name, order in settings.orders.items():
+        if sorted(order) != sorted(settings.tasks):
+            raise ConfigError(f"continual.orders.{name} in {source}: {order} is not an order of {settings.tasks}")
+    needs = {"branches": "disel", "olora": "lora", "osf": "full"}
+    for spec in config.run_specs("<model_path>", Path("<train_file>"), Path("<out>")):
+        arm = spec.arm
+        mode, method = spec.arm_config.phases, spec.config.method.name
+        if mode is None or spec.arm_config.from_arm is not None:
+            raise ConfigError(f"arms.{arm} in {source}: every arm of a continual study needs phases (no from_arm)")
+        if (
+            needs.get(mode, method) != method
+            or method not in ("lora", "disel", "full")
+            or (method == "full" and mode != "osf")
+        ):
+            raise ConfigError(
+                f"arms.{arm} in {source}: phases {mode!r} with method.name {method!r}; branches need disel, olora "
+                "lora, osf full (OSF changes the weights), sequential and multitask lora or disel"
+            )

@@ -68,7 +68,7 @@ def _order_run(phases, order: list[str]) -> OrderRun:
 
 def _arm_results(config: StudyConfig, specs: list[RunSpec], rate: float, out: Path) -> dict[str, Any] | None:
     """One arm's entry from its finished runs (None when none has finished)."""
-    from .continual_run import FinalRecord, PhaseScores
+    from .records import FinalRecord, PhaseScores
 
     runs, finals, gates = [], [], []
     spec = specs[0]
@@ -121,7 +121,7 @@ def build_continual_results(
     config: StudyConfig, specs: dict[str, RunSpec], base, rates: dict[str, float], out: Path
 ) -> dict[str, Any]:
     """The whole ``results.json`` (module docstring) from the records under ``out``."""
-    from .continual_run import SelectionScores
+    from .records import SelectionScores
 
     settings = config.continual
     held_out: dict[str, dict[str, float]] = {}
@@ -153,7 +153,7 @@ def build_continual_results(
 def _cost(seconds: dict[str, float], out: Path) -> dict[str, float]:
     """Measured seconds of the finished stages (wall clock of each stage in its process; the base model's scoring
     is not timed), and their sum in worker-hours: the study's measured cost."""
-    from .continual_run import FinalRecord, PhaseScores
+    from .records import FinalRecord, PhaseScores
 
     seconds.update(train=0.0, score=0.0, final=0.0)
     for path in (out / "runs").glob("*/*/phase-*/scores.json"):
@@ -219,7 +219,7 @@ def chosen_learning_rates(config: StudyConfig, specs: dict[str, RunSpec], out: P
     """Each method's rate as the runner chose it: by the rule from the ``selection/`` records when every candidate
     has one, else the recipe's rate (a method whose selection has not finished has no finished run either)."""
     from .continual_metrics import choose_learning_rate
-    from .continual_run import SelectionScores
+    from .records import SelectionScores
 
     selection = config.continual.learning_rates
     rates = {}
@@ -238,10 +238,10 @@ def aggregate_continual(config: StudyConfig, output_dir: str | Path) -> dict[str
     loaded, so it can refresh them while the study runs on). Returns ``{"results", "table", "verdict"}``."""
     from disel.io import write_json_atomic, write_text_atomic
 
-    from .continual_run import BaseScores, _specs
+    from .records import BaseScores
 
     out = Path(output_dir)
-    specs = _specs(config, "<model_path>", out)
+    specs = {s.label: s for s in config.run_specs("<model_path>", out / "data" / "rows-in-memory.jsonl", out)}
     results = build_continual_results(
         config, specs, BaseScores.read(out / "base.json"), chosen_learning_rates(config, specs, out), out
     )

@@ -29,21 +29,16 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from disel.io import write_json_atomic, write_text_atomic
 
-from ..schemas import ResultFile
 from .config import RunSpec, StudyConfig
+from .records import BaseScores, FinalRecord, PhaseScores, SelectionScores
 
 __all__ = [
-    "BaseScores",
-    "FinalRecord",
-    "PhaseScores",
-    "SelectionScores",
-    "check_continual",
     "gate_table",
     "learning_rate",
     "run_continual",
@@ -51,93 +46,10 @@ __all__ = [
     "start_phase",
 ]
 
-_MADE_BY = "disel-study (continual)"
 _GITIGNORE = (
     "# weights and Trainer folders: needed only to continue an unfinished order; the JSON records are the results\n"
     "adapter/\nmodel/\ntrainer/\nselection/work/\n"
 )
-
-
-@dataclass(frozen=True)
-class PhaseScores(ResultFile, schema="disel.study.continual_phase/1", made_by=_MADE_BY):
-    """``scores.json`` of one phase: 0/1 per test row of each scored task (a row of the accuracy matrix)."""
-
-    arm: str
-    seed: int
-    order: str
-    phase: int
-    task: str  # the task trained in this phase ("multitask": all of them)
-    learning_rate: float
-    steps: int
-    train_loss: float | None
-    train_s: float
-    score_s: float
-    correct: dict[str, list[int]]
-    path: Path | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class SelectionScores(ResultFile, schema="disel.study.continual_selection/1", made_by=_MADE_BY):
-    """``selection/<method>-lr<rate>.json``: held-out label accuracy of one candidate learning rate."""
-
-    method: str
-    learning_rate: float
-    task: str
-    accuracy: float
-    correct: list[int]
-    train_loss: float | None
-    train_s: float
-    score_s: float
-    path: Path | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class BaseScores(ResultFile, schema="disel.study.continual_base/1", made_by=_MADE_BY):
-    """``base.json``: the base model's test rows per task (the accuracy before any training)."""
-
-    correct: dict[str, list[int]]
-    path: Path | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class FinalRecord(ResultFile, schema="disel.study.continual_final/1", made_by=_MADE_BY):
-    """``final.json`` of an (arm, seed, order) after its last phase: KL to the base and perplexity per retention
-    domain; for DISeL ``gates``: :func:`gate_table`."""
-
-    kl: dict[str, float]
-    perplexity: dict[str, float]
-    gates: dict[str, Any] | None
-    seconds: float
-    path: Path | None = field(default=None, compare=False)
-
-
-def check_continual(config: StudyConfig, source: str) -> None:
-    """ConfigError for a continual recipe that cannot run: unknown tasks, an order that is not a permutation of
-    ``tasks``, an arm without ``phases`` or whose method does not fit them, a post-hoc arm."""
-    from ..config import ConfigError
-    from ..data.continual import TASK_QUESTIONS
-
-    settings = config.continual
-    unknown = sorted(set(settings.tasks) - set(TASK_QUESTIONS))
-    if unknown:
-        raise ConfigError(f"continual.tasks in {source}: {unknown} are not tasks ({sorted(TASK_QUESTIONS)})")
-    for name, order in settings.orders.items():
-        if sorted(order) != sorted(settings.tasks):
-            raise ConfigError(f"continual.orders.{name} in {source}: {order} is not an order of {settings.tasks}")
-    needs = {"branches": "disel", "olora": "lora", "osf": "full"}
-    for arm, spec in _specs(config, "<model_path>", Path("<out>")).items():
-        mode, method = spec.arm_config.phases, spec.config.method.name
-        if mode is None or spec.arm_config.from_arm is not None:
-            raise ConfigError(f"arms.{arm} in {source}: every arm of a continual study needs phases (no from_arm)")
-        if (
-            needs.get(mode, method) != method
-            or method not in ("lora", "disel", "full")
-            or (method == "full" and mode != "osf")
-        ):
-            raise ConfigError(
-                f"arms.{arm} in {source}: phases {mode!r} with method.name {method!r}; branches need disel, olora "
-                "lora, osf full (OSF changes the weights), sequential and multitask lora or disel"
-            )
 
 
 def _specs(config: StudyConfig, model_path: str, out: Path) -> dict[str, RunSpec]:

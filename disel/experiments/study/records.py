@@ -14,7 +14,17 @@ from typing import Any
 
 from ..schemas import ResultFile
 
-__all__ = ["ArmThroughput", "CheckpointEval", "DataManifest", "Throughput", "plain"]
+__all__ = [
+    "ArmThroughput",
+    "BaseScores",
+    "CheckpointEval",
+    "DataManifest",
+    "FinalRecord",
+    "PhaseScores",
+    "SelectionScores",
+    "Throughput",
+    "plain",
+]
 
 _UNVERSIONED = (None,)  # files of a study run before the records were typed carry no schema key
 
@@ -84,3 +94,60 @@ class Throughput(ResultFile, schema="disel.study.throughput/1", accept=_UNVERSIO
 def plain(record: ResultFile) -> dict[str, Any]:
     """A record's fields as a plain dict (no ``path``, no schema key), e.g. for embedding in ``results.json``."""
     return {k: v for k, v in dataclasses.asdict(record).items() if k != "path"}
+
+
+# The continual study's records (:mod:`.continual_run` writes them, :mod:`.continual_results` reads them).
+_MADE_BY = "disel-study (continual)"
+
+
+@dataclass(frozen=True)
+class PhaseScores(ResultFile, schema="disel.study.continual_phase/1", made_by=_MADE_BY):
+    """``scores.json`` of one phase: 0/1 per test row of each scored task (a row of the accuracy matrix)."""
+
+    arm: str
+    seed: int
+    order: str
+    phase: int
+    task: str  # the task trained in this phase ("multitask": all of them)
+    learning_rate: float
+    steps: int
+    train_loss: float | None
+    train_s: float
+    score_s: float
+    correct: dict[str, list[int]]
+    path: Path | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class SelectionScores(ResultFile, schema="disel.study.continual_selection/1", made_by=_MADE_BY):
+    """``selection/<method>-lr<rate>.json``: held-out label accuracy of one candidate learning rate."""
+
+    method: str
+    learning_rate: float
+    task: str
+    accuracy: float
+    correct: list[int]
+    train_loss: float | None
+    train_s: float
+    score_s: float
+    path: Path | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class BaseScores(ResultFile, schema="disel.study.continual_base/1", made_by=_MADE_BY):
+    """``base.json``: the base model's test rows per task (the accuracy before any training)."""
+
+    correct: dict[str, list[int]]
+    path: Path | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class FinalRecord(ResultFile, schema="disel.study.continual_final/1", made_by=_MADE_BY):
+    """``final.json`` of an (arm, seed, order) after its last phase: KL to the base and perplexity per retention
+    domain; for DISeL ``gates``: :func:`~.continual_run.gate_table`."""
+
+    kl: dict[str, float]
+    perplexity: dict[str, float]
+    gates: dict[str, Any] | None
+    seconds: float
+    path: Path | None = field(default=None, compare=False)

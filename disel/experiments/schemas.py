@@ -100,13 +100,6 @@ class ResultFile:
         """The schema a file's JSON object declares: its ``schema`` key."""
         return raw.get("schema")
 
-    @classmethod
-    def _version_problem(cls, raw: dict[str, Any]) -> str:
-        """The message for a file of another schema (or none)."""
-        found = cls.schema_of(raw)
-        found = "no 'schema' key" if found is None else f"schema {found!r}"
-        return f"expected schema {cls.SCHEMA!r} (written by {cls.MADE_BY}), found {found}"
-
     def to_dict(self) -> dict[str, Any]:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "schema")}
         # Non-finite floats become null (strict JSON has no NaN); the check in write() then refuses them.
@@ -141,8 +134,10 @@ class ResultFile:
             raise MalformedResultFileError(
                 path, f"expected a JSON object with schema {schema!r}, got {type(raw).__name__}"
             )
-        if cls.schema_of(raw) != schema and cls.schema_of(raw) not in cls.ACCEPT:
-            raise MalformedResultFileError(path, cls._version_problem(raw))
+        got = cls.schema_of(raw)
+        if got != schema and got not in cls.ACCEPT:
+            got = "no 'schema' key" if got is None else f"schema {got!r}"
+            raise MalformedResultFileError(path, f"expected schema {schema!r} (written by {cls.MADE_BY}), found {got}")
         return cls.from_dict(raw, path)
 
     def write(self, path: str | os.PathLike) -> Path:
@@ -550,7 +545,5 @@ def write_tradeoff_table(
 
 
 # Readers as functions, for the figure scripts.
-read_train_result = TrainResult.read
 read_gates = GatesFile.read
-read_retention_table = RetentionTable.read
 read_tradeoff_table = TradeoffTable.read

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from .preflight import UsageError, check_model_dir, check_output_dir, check_output_file
+from .preflight import UsageError, check_model_dir, check_output_dir, check_output_file, report
 
 __all__ = [
     "add_data_flags",
@@ -152,27 +151,17 @@ def gate_domains(args: argparse.Namespace) -> list:
     return domains
 
 
-def _domain_texts(args: argparse.Namespace) -> dict[str, list[str]]:
-    """Per domain, the texts to run: raw text, or an instruction example's formatted prompt + response."""
-    return {
-        domain.name: list(domain.texts)
-        if domain.texts is not None
-        else [domain.format_prompt(e["instruction"]) + e["output"] for e in domain.examples]
-        for domain in gate_domains(args)
-    }
-
-
-def _batches(
-    texts: dict[str, list[str]], tokenizer: Any, args: argparse.Namespace, device: Any
-) -> dict[str, list[dict]]:
-    """Per domain, right-padded batches ``{"input_ids", "attention_mask"}`` (padding is not counted)."""
-    batches = {}
-    for name, domain_texts in texts.items():
-        batches[name] = []
-        for start in range(0, len(domain_texts), args.batch_size):
-            chunk = domain_texts[start : start + args.batch_size]
+def _data(args: argparse.Namespace, tokenizer: Any, device: Any) -> dict[str, list[dict]]:
+    """Per domain, right-padded batches ``{"input_ids", "attention_mask"}`` (padding is not counted) of its texts:
+    raw text, or an instruction example's formatted prompt + response."""
+    batches: dict[str, list[dict]] = {}
+    for domain in gate_domains(args):
+        texts = domain.texts or [domain.format_prompt(e["instruction"]) + e["output"] for e in domain.examples]
+        batches[domain.name] = []
+        for start in range(0, len(texts), args.batch_size):
+            chunk = list(texts[start : start + args.batch_size])
             encoded = tokenizer(chunk, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
-            batches[name].append({k: encoded[k].to(device) for k in ("input_ids", "attention_mask")})
+            batches[domain.name].append({k: encoded[k].to(device) for k in ("input_ids", "attention_mask")})
     return batches
 
 
@@ -204,10 +193,6 @@ def _load_base(args: argparse.Namespace):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.base, dtype=args.dtype, what="--base").to(device).eval()
     return model, load_tokenizer(args.base, padding_side="right"), device
-
-
-def _data(args: argparse.Namespace, tokenizer: Any, device: Any) -> dict[str, list[dict]]:
-    return _batches(_domain_texts(args), tokenizer, args, device)
 
 
 def measure_components(args: argparse.Namespace, *, pairwise: bool = False):
@@ -307,16 +292,14 @@ def _compress(prog: str, args: argparse.Namespace, numbers: list[tuple[float | N
         check_inputs(args, out_dir=args.out)
         stats = _load_stats(args.stats, args.adapter)
     except UsageError as problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
-        return 2
+        return report(prog, problem)
     base, tokenizer, device = _load_base(args)
     try:
         measured = nullcontext(None) if args.no_measure else _progress(_data(args, tokenizer, device), "measuring")
         with measured as batches:
             act(stats, base, tokenizer, batches)
     except ValueError as problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
-        return 2
+        return report(prog, problem)
     return 0
 
 

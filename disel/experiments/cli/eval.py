@@ -84,7 +84,10 @@ def _evaluator(args: argparse.Namespace, kind: str):
         raise SystemExit(f"{kind} needs --data FILE.jsonl")
     rows = read_jsonl(args.data, int(args.limit) if args.limit is not None else None)
     generation = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    template = _template(args)
+    # --template, else the one the evaluated run was trained with (its run_config.yaml), else the task's own
+    # (alpaca for gsm8k, magicoder for humaneval)
+    trained = getattr(args, "adapter", None) or getattr(args, "output_dir", None)  # the run evaluated
+    template = args.template or evaluators.training_template(trained)
     template = {"template": template} if template else {}
     if kind == "gsm8k":
         return evaluators.Gsm8kEvaluator(rows, generation, **template)
@@ -93,14 +96,6 @@ def _evaluator(args: argparse.Namespace, kind: str):
     return evaluators.HumanEvalEvaluator(
         rows, allow_code_execution=True, generation=generation, timeout_s=args.timeout, **template
     )
-
-
-def _template(args: argparse.Namespace) -> str | None:
-    """``--template``, else the one the evaluated run was trained with (its ``run_config.yaml``), else None (the
-    task's own: alpaca for gsm8k, magicoder for humaneval)."""
-    from ..eval.evaluators import training_template
-
-    return args.template or training_template(getattr(args, "adapter", None) or getattr(args, "output_dir", None))
 
 
 def _headline(name: str, metrics: dict[str, float], mean: float, n: int | None = None) -> str:
@@ -126,7 +121,8 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
     num_labels = args.num_labels or (_num_labels_from_adapter(args.adapter) if args.adapter else None)
     classifier_size = {"num_labels": num_labels} if num_labels else {}
     loaded = _load(args, model_class=AutoModelForSequenceClassification, **classifier_size)
-    mlm = mlm_with_original_head(args.pretrained_mlm or args.base, loaded.model)
+    pretrained_mlm = str(args.pretrained_mlm or args.base)
+    mlm = mlm_with_original_head(pretrained_mlm, loaded.model)
     masking = dict(mask_prob=args.mask_prob, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size)
     corpora = {
         name: masked_lm_perplexity(mlm, loaded.tokenizer, texts, **masking)
@@ -135,7 +131,6 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
     metrics = {name: result["perplexity"] for name, result in corpora.items()}
     mean = sum(metrics.values()) / len(metrics)
     print(_headline("mlm-perplexity", metrics, mean))
-    pretrained_mlm = str(args.pretrained_mlm or args.base)
     MlmPerplexityResult(dict(loaded.description), corpora, mean, pretrained_mlm=pretrained_mlm).write(args.out)
 
 

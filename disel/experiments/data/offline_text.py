@@ -114,20 +114,15 @@ def _definitions_in(path: Path) -> list[CodeDefinition]:
         body = text
         first = node.body[0] if node.body else None
         if docstring and isinstance(first, ast.Expr) and first.end_lineno is not None:
-            kept = lines[start : first.lineno - 1] + lines[first.end_lineno : node.end_lineno]
-            body = "\n".join(kept)
+            body = "\n".join(lines[start : first.lineno - 1] + lines[first.end_lineno : node.end_lineno])
         found.append(CodeDefinition(path.stem, node.name, text, docstring, body))
     return found
 
 
 @lru_cache(maxsize=None)
 def _all_definitions() -> tuple[CodeDefinition, ...]:
-    definitions: list[CodeDefinition] = []
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        if path.stem in _SKIPPED_MODULES:
-            continue
-        definitions.extend(_definitions_in(path))
-    return tuple(definitions)
+    paths = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    return tuple(d for path in paths if path.stem not in _SKIPPED_MODULES for d in _definitions_in(path))
 
 
 def stdlib_definitions(exclude: Iterable[str] = ()) -> list[CodeDefinition]:

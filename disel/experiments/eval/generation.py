@@ -243,20 +243,14 @@ class ExecutionResult:
         return self.status == "passed"
 
 
-def check_program(
-    program: str,
-    *,
-    timeout_s: float = 10.0,
-    allow_code_execution: bool = False,
-    memory_mb: int = 1024,
-    max_file_mb: int = 16,
-) -> ExecutionResult:
+def check_program(program: str, *, timeout_s: float = 10.0, allow_code_execution: bool = False) -> ExecutionResult:
     """Run ``program`` in a fresh, isolated Python process and report whether it exits cleanly.
 
     Refuses (``PermissionError``) unless ``allow_code_execution=True``. The child is ``sys.executable -I``
     (isolated mode: no user site-packages, no ``PYTHON*`` variables, no current directory on ``sys.path``) in its
     own session, in a temporary working directory deleted afterwards, with address space, CPU time and written-file
-    size limited (``resource``: POSIX only) and no stdin. After ``timeout_s`` seconds its process group is killed.
+    size limited (``resource``, POSIX only: 1 GiB, ``timeout_s`` + 1 s, 16 MiB) and no stdin. After ``timeout_s``
+    seconds its process group is killed.
     """
     if allow_code_execution is not True:
         raise PermissionError(_EXECUTION_REFUSAL)
@@ -265,7 +259,7 @@ def check_program(
     with tempfile.TemporaryDirectory(prefix="disel-exec-") as scratch:
         program_path = Path(scratch) / "program.py"
         program_path.write_text(program, encoding="utf-8")
-        limits = (memory_mb * 2**20, int(timeout_s) + 1, max_file_mb * 2**20)  # bytes, CPU seconds, bytes
+        limits = (2**30, int(timeout_s) + 1, 16 * 2**20)  # address space bytes, CPU seconds, file bytes
         command = [sys.executable, "-I", "-c", _CHILD_BOOTSTRAP, str(program_path), *map(str, limits)]
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": scratch}
         started = time.perf_counter()

@@ -17,8 +17,7 @@ import torch
 from disel.io import write_json_atomic, write_text_atomic
 
 from ..models import LoadedModel, adapter_base, has_tokenizer, is_adapter_dir, load_model_for_eval
-from ..schemas import RETENTION_SCHEMA as TABLE_SCHEMA
-from ..schemas import RetentionTable, write_record
+from ..schemas import RETENTION_SCHEMA, RetentionTable, write_record
 from ..train.checkpoints import checkpoint_folders
 from .evaluators import Evaluator
 from .progress import progress_bar
@@ -88,7 +87,7 @@ def evaluate_checkpoints(
     table_path = Path(table_path) if table_path is not None else Path(output_dir) / f"retention_{evaluator.name}.json"
     settings = json.loads(json.dumps(evaluator.settings(), default=str))
     header = dict(
-        schema=TABLE_SCHEMA,
+        schema=RETENTION_SCHEMA,
         evaluator=evaluator.name,
         settings=settings,
         output_dir=str(output_dir),

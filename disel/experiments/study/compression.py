@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,22 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
 from disel.io import read_json, write_json_atomic, write_text_atomic
 
-from ..models import portable_path, recorded_path
+from ..models import force_offline, load_model_for_eval, model_path_or_smollm2, portable_path, recorded_path
 from . import stages
 from .records import CheckpointEval, DataManifest, plain
-from .results import (
-    COMPRESSION_SCHEMA_VERSION as SCHEMA_VERSION,
-)
-from .results import (
-    CompressionResults,
-    Interval,
-    LevelResult,
-    load_compression_results,
-)
+from .results import CompressionResults, Interval, LevelResult, load_compression_results
 from .stats import exact_match_interval
 
 __all__ = [
-    "SCHEMA_VERSION",
     "CompressionResults",
     "CompressionConfig",
     "LevelResult",
@@ -183,8 +173,6 @@ class Study:
 
     def load(self, adapter: str | None = None):
         """A fresh (model, tokenizer, description), as the evidence run loads a checkpoint."""
-        from ..models import load_model_for_eval
-
         return load_model_for_eval(
             self.model_path, adapter or self.adapter, dtype=self.dtype, device=self.config.device
         )
@@ -268,14 +256,6 @@ def _check_settings(settings: CompressionConfig, out: Path) -> None:
 # ----------------------------------------------------------------------------------------------- levels
 
 
-def _gated(model: Any) -> tuple[int, int]:
-    """(gated components, adapter parameters) of the model as it is now."""
-    from disel.components.branches import find_branches
-
-    branches = find_branches(model)
-    return sum(b.rank for b in branches), sum(b.num_parameters() for b in branches)
-
-
 def _apply(study: Study, model: Any, operation: str, level: float):
     """Apply ``operation`` at ``level`` in place; the report's output change (None for the reference)."""
     import disel
@@ -298,9 +278,12 @@ def _level_file(study: Study, operation: str, level: float) -> Path:
 
 def _evaluate_level(study: Study, operation: str, level: float, total: int) -> dict[str, Any]:
     """A fresh model with the operation applied, scored by the evidence's evaluation; written to its file."""
+    from disel.components.branches import find_branches
+
     loaded = study.load()
     change = _apply(study, loaded.model, operation, level)
-    gated, parameters = _gated(loaded.model)
+    branches = find_branches(loaded.model)  # what is left gated after the operation
+    gated, parameters = sum(b.rank for b in branches), sum(b.num_parameters() for b in branches)
     evaluation = stages.evaluate_model(
         loaded, study.config, study.manifest, is_base=False, is_disel=False, base_model=study.base
     )
@@ -380,14 +363,6 @@ def _level_result(
     )
 
 
-def _best(levels: list[LevelResult], operations: Sequence[str]) -> dict[str, float | None]:
-    """Per operation, the largest acceptable fraction reduced (None: no level acceptable)."""
-    return {
-        op: max((r.fraction_reduced for r in levels if r.operation == op and r.acceptable), default=None)
-        for op in operations
-    }
-
-
 def format_table(results: CompressionResults) -> str:
     """Markdown: one row per level (the reference first), then the largest acceptable reductions and timing."""
     header = (
@@ -442,6 +417,7 @@ def _aggregate(
         np.array(reference["correct"]), np.random.default_rng(0), settings.bootstrap_replicates
     )
     typed = [_level_result(r, reference, settings, reference_low) for r in records]
+    levels, operations = typed[1:], [op for op in OPERATIONS if any(r.operation == op for r in typed)]
     return CompressionResults(
         adapter=portable_path(study.adapter),
         base_model=portable_path(study.model_path),
@@ -454,8 +430,12 @@ def _aggregate(
             "confidence": 0.95,
         },
         reference=typed[0],
-        levels=typed[1:],
-        best=_best(typed[1:], [op for op in OPERATIONS if any(r.operation == op for r in typed)]),
+        levels=levels,
+        # per operation, the largest acceptable fraction reduced (None: no level acceptable)
+        best={
+            op: max((r.fraction_reduced for r in levels if r.operation == op and r.acceptable), default=None)
+            for op in operations
+        },
         notes=notes,
         evidence_final=evidence_final,
     )
@@ -562,10 +542,6 @@ def check_compression(settings: CompressionConfig):
 def run_compression(settings: CompressionConfig, echo=print) -> CompressionResults:
     """The whole study (module docstring); resumes from the files in ``settings.out``. ValueError naming the
     recipe key for unusable inputs (checked before any model is loaded: :func:`check_compression`)."""
-    from dataclasses import replace
-
-    from ..models import force_offline, model_path_or_smollm2
-
     force_offline()
     config = check_compression(settings)
     out = Path(settings.out)
@@ -578,8 +554,6 @@ def run_compression(settings: CompressionConfig, echo=print) -> CompressionResul
         out,
         Path(settings.evidence_dir),
     )
-    from ..models import load_model_for_eval
-
     base = load_model_for_eval(study.model_path, None, dtype=settings.dtype, device=config.device)
     study.base = base.model
     _prepare_statistics(study, base.tokenizer, settings)

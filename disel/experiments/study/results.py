@@ -62,8 +62,7 @@ class _EvidenceFile(ResultFile):
         """``schema``, or for a file written before it was the one key, ``"<name>/1"`` from its
         ``"schema_version": 1``."""
         if "schema" not in raw and "schema_version" in raw:
-            version = raw["schema_version"]
-            return f"{cls.SCHEMA.rpartition('/')[0]}/{version}"
+            return f"{cls.SCHEMA.rpartition('/')[0]}/{raw['schema_version']}"
         return raw.get("schema")
 
 

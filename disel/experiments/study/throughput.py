@@ -64,9 +64,6 @@ class MatmulThroughput:
     repetitions: int
     dtype: str = "float32"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def measure_matmul_throughput(
     shape: tuple[int, int, int] = (512, 576, 1536), seconds: float = 1.0, min_repetitions: int = 3
@@ -177,14 +174,7 @@ def training_step_flops(model: nn.Module, batch_size: int, seq_len: int) -> Step
                 adapter_params += stacked + b
 
     attention = _attention_flops(model, batch_size, seq_len)
-    return StepFlops(
-        frozen=frozen,
-        adapter=adapter,
-        attention=attention,
-        tokens=tokens,
-        frozen_params=frozen_params,
-        adapter_params=adapter_params,
-    )
+    return StepFlops(frozen, adapter, attention, tokens, frozen_params, adapter_params)
 
 
 def _probe_linear_layers(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
@@ -238,8 +228,4 @@ def _attention_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
 
 def _is_disel_base(module: nn.Module, disel_modules: list[nn.Module]) -> bool:
     """Whether ``module`` is the frozen base linear of a DISeL module (counted as a frozen linear)."""
-    for m in disel_modules:
-        base = m.base if isinstance(m, DiselLinear) else m.get_base_layer()
-        if base is module:
-            return True
-    return False
+    return any((m.base if isinstance(m, DiselLinear) else m.get_base_layer()) is module for m in disel_modules)

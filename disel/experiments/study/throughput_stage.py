@@ -9,6 +9,7 @@ time) / the step's matmul FLOPs per token (:func:`~.throughput.training_step_flo
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -16,11 +17,7 @@ import torch
 from ..schemas import TrainResult
 from .config import RunSpec
 from .records import ArmThroughput, Throughput
-from .throughput import (
-    measure_matmul_throughput,
-    tokens_per_second_bound,
-    training_step_flops,
-)
+from .throughput import measure_matmul_throughput, tokens_per_second_bound, training_step_flops
 
 __all__ = ["measure_training_throughput", "padded_lengths"]
 
@@ -87,4 +84,4 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str) -> Throug
             step_flops=flops.to_dict(),
             run=spec.label,
         )
-    return Throughput(matmul=matmul.to_dict(), arms=arms)
+    return Throughput(matmul=asdict(matmul), arms=arms)

@@ -288,14 +288,6 @@ def _listing(changes: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
-def _saved_config(config: ExperimentConfig, checkpoint: str | os.PathLike | None) -> Path | None:
-    """The recipe the run started with: its folder's ``run_config.yaml``, else the copy the checkpoint keeps."""
-    candidates = [Path(config.training.output_dir) / RUN_CONFIG_FILE]
-    if checkpoint is not None:
-        candidates.append(Path(checkpoint) / RUN_CONFIG_FILE)
-    return next((path for path in candidates if path.is_file()), None)
-
-
 def check_config_unchanged(
     config: ExperimentConfig, allowed: Iterable[str] = (), checkpoint: str | os.PathLike | None = None
 ) -> dict[str, tuple[Any, Any]]:
@@ -309,7 +301,9 @@ def check_config_unchanged(
             ``allowed`` does not hold ``"*"``.
     """
     allowed = tuple(allowed)
-    saved_path = _saved_config(config, checkpoint)
+    # The recipe the run started with: its folder's run_config.yaml, else the copy the checkpoint keeps.
+    folders = [config.training.output_dir, *([checkpoint] if checkpoint is not None else [])]
+    saved_path = next((Path(f) / RUN_CONFIG_FILE for f in folders if (Path(f) / RUN_CONFIG_FILE).is_file()), None)
     if saved_path is None:
         where = f"{config.training.output_dir!r}" + (f" nor in {str(checkpoint)!r}" if checkpoint else "")
         if ACCEPT_ANY_CHANGE not in allowed:

@@ -9,8 +9,9 @@ partial figure is written.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -20,7 +21,7 @@ from disel.experiments.schemas import ResultFileError
 
 from .style import paper_style, savefig
 
-__all__ = ["DEFAULT_OUT", "EXIT_BAD_INPUT", "figure_parser", "render"]
+__all__ = ["DEFAULT_OUT", "EXIT_BAD_INPUT", "figure_parser", "render", "toy_figure_main"]
 
 DEFAULT_OUT = Path("paper_figs") / "out"
 EXIT_BAD_INPUT = 2
@@ -52,6 +53,31 @@ def render(draw: Callable[[], Figure], stem: Path) -> int:
         return EXIT_BAD_INPUT
     print("wrote " + ", ".join(str(path) for path in paths))
     return 0
+
+
+def toy_figure_main(
+    argv: Sequence[str] | None, *, script: str, module_doc: str | None, command: str, stem: str, plot: Callable
+) -> int:
+    """A toy figure's command (``python -m paper_figs.SCRIPT``): redraw from ``--from-json``, or train with
+    ``python -m toy COMMAND`` (every option after ours goes to it), which writes ``OUT/STEM.json``; then draw
+    ``plot(numbers)`` to ``OUT/STEM.{png,pdf}``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m paper_figs.{script}", description=(module_doc or "").split("\n\n")[0], allow_abbrev=False
+    )
+    parser.add_argument("--from-json", type=Path, default=None, help=f"numbers written by `python -m toy {command}`")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    args, rest = parser.parse_known_args(argv)
+    if args.from_json is None:
+        from toy.__main__ import main as toy_main
+
+        status = toy_main([command, "--out", str(args.out), *rest])
+        if status != 0:
+            return status
+        args.from_json = args.out / f"{stem}.json"
+    elif rest:
+        parser.error(f"unrecognised arguments with --from-json: {' '.join(rest)}")
+    numbers = json.loads(args.from_json.read_text(encoding="utf-8"))
+    return render(lambda: plot(numbers), args.out / stem)
 
 
 def add_runs_arguments(parser: argparse.ArgumentParser, *, evaluator: str, what: str) -> None:

@@ -14,10 +14,7 @@ The toy never imports this module: it computes and writes ``figure1.json``; this
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -25,9 +22,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .style import REFERENCE_COLORS, TEXT_WIDTH_IN, method_color, method_label, paper_style, savefig
+from ._cli import toy_figure_main
+from .style import REFERENCE_COLORS, TEXT_WIDTH_IN, method_color, method_label
 
-__all__ = ["plot_figure1", "render_figure1", "main"]
+__all__ = ["plot_figure1", "main"]
 
 POPULATIONS = (("ft", r"$P_{\mathrm{ft}}$ (adapt)"), ("pt", r"$P_{\mathrm{pt}}$ (retain)"))
 _BAR_WIDTH = 0.26
@@ -81,37 +79,11 @@ def plot_figure1(numbers: Mapping[str, Any]) -> Figure:
     return fig
 
 
-def render_figure1(numbers: Mapping[str, Any], stem: str | Path) -> list[Path]:
-    """Draw Figure 1 in the paper style and write ``stem.png`` and ``stem.pdf`` atomically."""
-    with paper_style():
-        fig = plot_figure1(numbers)
-        try:
-            return savefig(fig, stem)
-        finally:
-            plt.close(fig)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Redraw Figure 1 from a JSON (``--from-json``), or train (``python -m toy figure1``) and draw it."""
-    parser = argparse.ArgumentParser(
-        prog="python -m paper_figs.fig1_toy", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    """Redraw from a JSON (``--from-json``), or train (``python -m toy figure1``) and draw."""
+    return toy_figure_main(
+        argv, script="fig1_toy", module_doc=__doc__, command="figure1", stem="figure1", plot=plot_figure1
     )
-    parser.add_argument("--from-json", type=Path, default=None, help="numbers written by `python -m toy figure1`")
-    parser.add_argument("--out", type=Path, default=Path("paper_figs") / "out", help="output folder")
-    args, rest = parser.parse_known_args(argv)
-    if args.from_json is None:
-        from toy.__main__ import main as toy_main  # train (all of `python -m toy figure1`'s options apply)
-
-        status = toy_main(["figure1", "--out", str(args.out), *rest])
-        if status != 0:
-            return status
-        args.from_json = args.out / "figure1.json"
-    elif rest:
-        parser.error(f"unrecognised arguments with --from-json: {' '.join(rest)}")
-    numbers = json.loads(args.from_json.read_text(encoding="utf-8"))
-    paths = render_figure1(numbers, args.out / "figure1")
-    print("wrote " + ", ".join(str(path) for path in paths))
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,19 +15,17 @@ figure of the paper, so not named ``fig*`` and not in ``run_all`` (like the ``ev
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .style import TEXT_WIDTH_IN, paper_style, savefig
+from ._cli import toy_figure_main
+from .style import TEXT_WIDTH_IN
 
-__all__ = ["main", "plot_toy_continual", "render_toy_continual"]
+__all__ = ["main", "plot_toy_continual"]
 
 _POPULATION_COLORS = ("#000000", "#E69F00", "#0072B2", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442")
 _STYLES = {"disel_branches": ("-", "DISeL, a branch per task"), "lora": ("--", "sequential LoRA")}
@@ -91,37 +89,16 @@ def plot_toy_continual(numbers: Mapping[str, Any]) -> Figure:
     return fig
 
 
-def render_toy_continual(numbers: Mapping[str, Any], stem: str | Path) -> list[Path]:
-    """Draw in the paper style and write ``stem.png`` and ``stem.pdf`` atomically."""
-    with paper_style():
-        fig = plot_toy_continual(numbers)
-        try:
-            return savefig(fig, stem)
-        finally:
-            plt.close(fig)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Redraw from a JSON (``--from-json``), or train (``python -m toy continual``) and draw."""
-    parser = argparse.ArgumentParser(
-        prog="python -m paper_figs.toy_continual", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    return toy_figure_main(
+        argv,
+        script="toy_continual",
+        module_doc=__doc__,
+        command="continual",
+        stem="toy_continual",
+        plot=plot_toy_continual,
     )
-    parser.add_argument("--from-json", type=Path, default=None, help="numbers written by `python -m toy continual`")
-    parser.add_argument("--out", type=Path, default=Path("paper_figs") / "out", help="output folder")
-    args, rest = parser.parse_known_args(argv)
-    if args.from_json is None:
-        from toy.__main__ import main as toy_main  # train (all of `python -m toy continual`'s options apply)
-
-        status = toy_main(["continual", "--out", str(args.out), *rest])
-        if status != 0:
-            return status
-        args.from_json = args.out / "toy_continual.json"
-    elif rest:
-        parser.error(f"unrecognised arguments with --from-json: {' '.join(rest)}")
-    numbers = json.loads(args.from_json.read_text(encoding="utf-8"))
-    paths = render_toy_continual(numbers, args.out / "toy_continual")
-    print("wrote " + ", ".join(str(path) for path in paths))
-    return 0
 
 
 if __name__ == "__main__":

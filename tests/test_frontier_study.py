@@ -12,21 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tiny_models import TINY_STUDY
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "frontier" / "smollm2_frontier.yaml"
 ARMS = ["lora_lr5e-4", "lora_lr5e-4_intruder0.5", "disel_lr5e-4", "full_lr5e-5"]
 TINY = [
-    "training.max_steps=2",
-    "training.save_steps=1",
-    "training.per_device_train_batch_size=2",
-    "training.logging_steps=1",
-    "training.warmup_steps=0",
-    "problems.train=12",
-    "problems.test=6",
-    "evaluation.retention_tokens=60",
-    "evaluation.retention_max_length=32",
-    "evaluation.max_new_tokens=4",
-    "evaluation.generation_batch_size=6",
-    "evaluation.gate_sequences=2",
+    *TINY_STUDY,
     "evaluation.bootstrap_replicates=20",
     "evaluation.checkpoint_steps=[1,2]",
     "evaluation.task_prompts=3",

@@ -10,21 +10,12 @@ from pathlib import Path
 import pytest
 from test_portable_adapters import absolute_paths
 
+from tiny_models import TINY_STUDY
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evidence" / "smollm2_tradeoff.yaml"
 TINY = [
-    "training.max_steps=2",
-    "training.save_steps=1",
-    "training.per_device_train_batch_size=2",
-    "training.logging_steps=1",
-    "training.warmup_steps=0",
+    *TINY_STUDY,
     "training.learning_rate=0.01",
-    "problems.train=12",
-    "problems.test=6",
-    "evaluation.retention_tokens=60",
-    "evaluation.retention_max_length=32",
-    "evaluation.max_new_tokens=4",
-    "evaluation.generation_batch_size=6",
-    "evaluation.gate_sequences=2",
     "evaluation.bootstrap_replicates=50",
     "arms.lora.seeds=[0,1]",
     "arms.disel_paper.seeds=[0]",

@@ -29,6 +29,7 @@ __all__ = [
     "CORPUS",
     "LLAMA_TARGET_MODULES",
     "ROBERTA_TARGET_MODULES",
+    "TINY_STUDY",
     "make_tiny_causal_lm",
     "make_tiny_roberta_classifier",
     "make_tiny_roberta_mlm",
@@ -243,3 +244,21 @@ def tiny_roberta_classifier(seed: int = 0, **overrides):
         num_labels=3,
     )
     return RobertaForSequenceClassification(RobertaConfig(**{**fields, **overrides})).eval()
+
+
+# A disel-study run sized for tests (seconds on the tiny Llama): two training steps, a checkpoint each, a dozen
+# problems and a few short retention texts. Each study test adds its own arms and statistics settings.
+TINY_STUDY = [
+    "training.max_steps=2",
+    "training.save_steps=1",
+    "training.per_device_train_batch_size=2",
+    "training.logging_steps=1",
+    "training.warmup_steps=0",
+    "problems.train=12",
+    "problems.test=6",
+    "evaluation.retention_tokens=60",
+    "evaluation.retention_max_length=32",
+    "evaluation.max_new_tokens=4",
+    "evaluation.generation_batch_size=6",
+    "evaluation.gate_sequences=2",
+]

@@ -6,6 +6,7 @@ Writes ``OUT_DIR/peft_model.pt`` (``PeftModel.from_pretrained``), ``OUT_DIR/auto
 (``AutoPeftModelForCausalLM.from_pretrained``) and ``OUT_DIR/unknown_before_import.txt`` (the error PEFT
 gives for the adapter config before ``import disel``, showing why a loading process must import it first).
 The base model is read from the local directory named in the adapter config's ``base_model_name_or_path``.
+Tests call :func:`load_in_fresh_process`, which runs this file as a new process.
 """
 
 import os
@@ -42,6 +43,31 @@ def main(adapter_dir: str, input_ids_path: str, out_dir: str) -> None:
     auto_model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir).eval()
     with torch.no_grad():
         torch.save(auto_model(input_ids).logits, os.path.join(out_dir, "auto.pt"))
+
+
+def load_in_fresh_process(adapter_dir, input_ids, out_dir, **env: str):
+    """Save ``input_ids`` under ``out_dir``, run this script on ``adapter_dir`` in a new Python process (offline,
+    one thread, ``env`` added to the environment), fail with its stderr unless it succeeds; returns ``out_dir``
+    (a ``pathlib.Path``) holding ``peft_model.pt``, ``auto.pt`` and ``unknown_before_import.txt``."""
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(input_ids, out_dir / "ids.pt")
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", **env)
+    done = subprocess.run(
+        [sys.executable, __file__, str(adapter_dir), str(out_dir / "ids.pt"), str(out_dir)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out_dir
 
 
 if __name__ == "__main__":

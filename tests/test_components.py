@@ -4,14 +4,12 @@ issue 10 item 4). Each test's docstring names the claim it checks."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
+from peft_fresh_process_load import load_in_fresh_process
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import disel
@@ -84,22 +82,7 @@ def test_bad_patterns_are_refused_naming_the_field(patterns, message):
 
 def _fresh_process_logits(tmp_path: Path, adapter_dir: Path) -> torch.Tensor:
     """Load ``adapter_dir`` with PeftModel.from_pretrained in a new Python process; return its logits."""
-    ids = token_ids()
-    torch.save(ids, tmp_path / "ids.pt")
-    out = tmp_path / "fresh"
-    out.mkdir()
-    script = Path(__file__).with_name("peft_fresh_process_load.py")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, str(script), str(adapter_dir), str(tmp_path / "ids.pt"), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out / "peft_model.pt")
+    return torch.load(load_in_fresh_process(adapter_dir, token_ids(), tmp_path / "fresh") / "peft_model.pt")
 
 
 def test_rank_pattern_round_trips_in_a_fresh_process(tmp_path):

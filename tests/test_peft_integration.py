@@ -4,9 +4,6 @@ Every model is a tiny one built from a config (Llama, GPT-2, RoBERTa); nothing i
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft_fresh_process_load import load_in_fresh_process
 from safetensors.torch import load_file
 from torch import nn
 from transformers import (
@@ -448,26 +446,14 @@ def test_reload_in_a_fresh_process_gives_identical_logits(tmp_path):
     """A fresh process that imports disel loads the adapter with PeftModel and AutoPeftModelForCausalLM: same logits."""
     peft_model, _, adapter_dir = _saved_adapter(tmp_path, task_type="CAUSAL_LM")
     ids = token_ids()
-    torch.save(ids, tmp_path / "ids.pt")
     with torch.no_grad():
         expected = peft_model(ids).logits
-    script = Path(__file__).with_name("peft_fresh_process_load.py")
     # Auto-registration off (tests/test_ecosystem.py covers it): this checks the explicit `import disel` path.
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", DISEL_NO_AUTO_REGISTER="1"
-    )
-    completed = subprocess.run(
-        [sys.executable, str(script), str(adapter_dir), str(tmp_path / "ids.pt"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert torch.equal(torch.load(tmp_path / "peft_model.pt"), expected)
-    assert torch.equal(torch.load(tmp_path / "auto.pt"), expected)
+    out = load_in_fresh_process(adapter_dir, ids, tmp_path, DISEL_NO_AUTO_REGISTER="1")
+    assert torch.equal(torch.load(out / "peft_model.pt"), expected)
+    assert torch.equal(torch.load(out / "auto.pt"), expected)
     # The documented requirement: before `import disel`, PEFT does not know the type.
-    assert "KeyError" in (tmp_path / "unknown_before_import.txt").read_text()
+    assert "KeyError" in (out / "unknown_before_import.txt").read_text()
 
 
 def test_reload_is_trainable_only_when_asked(tmp_path):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
+from peft_fresh_process_load import load_in_fresh_process
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -152,19 +149,9 @@ def test_fresh_process_reload_rebuilds_every_branch(tmp_path):
     written = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert [b["r"] for b in written["frozen_branches"]] == [4] and written["r"] == 3
     ids = token_ids()
-    torch.save(ids, tmp_path / "ids.pt")
     expected = logits(model, ids)
-    script = Path(__file__).with_name("peft_fresh_process_load.py")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    completed = subprocess.run(
-        [sys.executable, str(script), str(adapter_dir), str(tmp_path / "ids.pt"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert torch.equal(torch.load(tmp_path / "peft_model.pt"), expected)
+    out = load_in_fresh_process(adapter_dir, ids, tmp_path / "fresh")
+    assert torch.equal(torch.load(out / "peft_model.pt"), expected)
 
 
 def test_trainable_reload_trains_only_the_newest_branch(tmp_path):

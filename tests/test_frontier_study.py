@@ -216,3 +216,19 @@ def _check_measured_stages(out: Path) -> None:
     assert stages.train_s_per_step == per_step["lora_lr5e-4"]
     assert stages.full_step_factor == pytest.approx(per_step["full_lr5e-5"] / per_step["lora_lr5e-4"])
     assert set(stages.sources.values()) == {"this study"}
+
+
+@pytest.mark.slow
+def test_two_workers_run_each_posthoc_arm_on_its_source_and_then_drop_the_checkpoints(tmp_path, tiny_llama_dir):
+    """``--workers 2``: a post-hoc arm runs once its source is trained (its checkpoints still there), and a source's
+    checkpoints are deleted once it and its post-hoc arms are evaluated (``evaluation.keep_checkpoints`` false)."""
+    from disel.experiments.cli.study import main
+
+    out = tmp_path / "out"
+    overrides = [*TINY, "evaluation.keep_checkpoints=false", f"model_path={tiny_llama_dir}"]
+    argv = ["--recipe", str(RECIPE), "--output-dir", str(out), "--arms", *ARMS, "--workers", "2"]
+    assert main([*argv, "--override", *overrides]) == 0
+    for arm in ARMS:
+        run = out / "runs" / f"{arm}-seed0"
+        assert sorted(p.name for p in (run / "eval").glob("step-*.json")) == ["step-1.json", "step-2.json"], arm
+        assert not list(run.glob("checkpoint-*")), arm

@@ -3,7 +3,7 @@
 Stages (each skipped when its output file exists; every file is written atomically, so a killed run resumes):
 data → base model evaluation (once) → per (arm, seed): training and checkpoint evaluations
 (:func:`.stages.run_job`; ``workers`` of them in parallel, one single-threaded process each; post-hoc arms
-after the arms they transform, with one worker right after each) → throughput → ``results.json``
+each right after the arm it transforms) → throughput → ``results.json``
 (:mod:`.results`), ``summary.md`` (table + verdict), final adapters → the export for ``paper_figs``
 (:mod:`.export`) and the learning-forgetting fronts (``frontier.json``, ``frontier.md``:
 :func:`.export.export_frontier`) if the recipe asks for them. Figures are drawn by ``paper_figs`` from these
@@ -128,35 +128,44 @@ def _run_jobs(
         for label in _done_before(spec):
             progress.skip(label)
     trained = [spec for spec in specs if spec.arm_config.from_arm is None]
-    posthoc = [spec for spec in specs if spec.arm_config.from_arm is not None]  # need their source's checkpoints
+    posthoc = {  # need their source's checkpoints, so each runs once its source is trained
+        spec.run_dir: [p for p in specs if p.arm_config.from_arm is not None and p.source_dir == spec.run_dir]
+        for spec in trained
+    }
+    keep = config.evaluation.keep_checkpoints
     if workers == 1:  # each post-hoc run right after its source (its checkpoints are not kept across sessions)
         for spec in trained:
-            for job in [spec, *(p for p in posthoc if p.source_dir == spec.run_dir)]:
+            for job in [spec, *posthoc[spec.run_dir]]:
                 run_job(job, config, manifest, model_path, progress.done)
-            if not config.evaluation.keep_checkpoints:
+            if not keep:
                 drop_checkpoints(spec)
         return
-    _run_in_workers(trained, config, out, manifest, model_path, workers, progress)
-    _run_in_workers(posthoc, config, out, manifest, model_path, workers, progress)
-    for spec in trained if not config.evaluation.keep_checkpoints else []:
-        drop_checkpoints(spec)
-
-
-def _run_in_workers(specs, config, out, manifest, model_path, workers, progress) -> None:
-    """The jobs of ``specs`` in ``workers`` single-thread processes, their reports forwarded to ``progress``."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with (
         context.Manager() as manager,
         futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(1,)) as pool,
     ):
         queue = manager.Queue()
-        running = {pool.submit(_worker_job, s.label, config, out, manifest, model_path, queue) for s in specs}
-        while running:
-            finished, running = futures.wait(running, timeout=2.0)
+        waiting, running = list(trained), {}  # running: future -> its spec
+        left = {spec.run_dir: len(jobs) for spec, jobs in zip(trained, posthoc.values())}  # post-hoc jobs not done
+        sources = {p.label: spec for spec in trained for p in posthoc[spec.run_dir]}
+        while waiting or running:
+            while waiting and len(running) < workers:  # at most `workers` in flight, so post-hoc jobs go next
+                spec = waiting.pop(0)
+                running[pool.submit(_worker_job, spec.label, config, out, manifest, model_path, queue)] = spec
+            finished, _ = futures.wait(running, timeout=2.0, return_when=futures.FIRST_COMPLETED)
             while not queue.empty():
                 progress.done(*queue.get())
             for job in finished:
                 job.result()  # re-raises a worker's error here
+                spec = running.pop(job)
+                source = sources.get(spec.label, spec)
+                if spec is source:
+                    waiting[:0] = posthoc[spec.run_dir]
+                else:
+                    left[source.run_dir] -= 1
+                if not keep and left[source.run_dir] == 0:
+                    drop_checkpoints(source)
         while not queue.empty():
             progress.done(*queue.get())
 

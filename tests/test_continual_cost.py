@@ -27,8 +27,7 @@ PLAN = {
     "orders": 2,
     "sequential_arms": {"x": "lora", "y": "osf"},
     "multitask_arms": {"m": "disel"},
-    "lr_methods": ["lora"],
-    "lr_grid": 3,
+    "lr_grids": {"lora": 3},
     "examples_per_task": 10,
     "test_per_task": 5,
     "held_out": 4,
@@ -56,3 +55,13 @@ def test_estimate_command_reads_the_cost_file(tmp_path, capsys):
     module = _module()
     assert module.main(["--out", str(path), "--estimate"]) == 0
     assert json.loads(capsys.readouterr().out) == pytest.approx(module.estimate(costs))
+
+
+def test_the_plan_counts_the_recipe_grids():
+    """The selection's size comes from the recipe: every method it selects a rate for, with its grid's length."""
+    import yaml
+
+    module = _module()
+    grids = yaml.safe_load(module.RECIPE.read_text())["continual"]["learning_rates"]["grids"]
+    assert module.PLAN["lr_grids"] == {("osf" if m == "full" else m): len(r) for m, r in grids.items()}
+    assert set(module.PLAN["lr_grids"]) == {"lora", "disel", "osf"}

@@ -271,3 +271,34 @@ def test_aggregate_alone_rebuilds_the_results_from_the_records(finished, tmp_pat
     rebuilt = aggregate_continual(config, copy)["results"]
     rebuilt["cost"], written["cost"] = rebuilt["cost"]["train_s"], written["cost"]["train_s"]
     assert rebuilt == written
+
+
+def test_records_of_another_learning_rate_are_refused_not_reused(tiny_llama_dir, tmp_path):
+    """A changed learning rate (a recipe edit, or a selection grid that now chooses another rate) must not continue
+    a run from phase records made at the old rate: refused naming the folder and both rates."""
+    from disel.experiments.study.run import run_study
+
+    config = load_study_config(_recipe(tmp_path, tiny_llama_dir, arms={"sequential_lora": ("lora", "sequential")}))
+    config = config.model_copy(
+        update={"continual": config.continual.model_copy(update={"orders": {"o": ["agnews", "yelp"]}})}
+    )
+    out = tmp_path / "out"
+    run_study(config, out, echo=lambda _: None)
+    folder = out / "runs/sequential_lora-seed0/o"
+    (folder / "phase-1-yelp/scores.json").unlink()
+    path = tmp_path / "study.json"
+    training = json.loads((tmp_path / "training.json").read_text())
+    training["training"]["learning_rate"] = 2e-3
+    (tmp_path / "training.json").write_text(json.dumps(training))
+    changed = load_study_config(path).model_copy(update={"continual": config.continual})
+    with pytest.raises(ValueError, match=r"phase-0-agnews.*learning rate 0\.001 .*now gives 0\.002 .*delete"):
+        run_study(changed, out, echo=lambda _: None)
+    assert not (folder / "phase-1-yelp/scores.json").exists()  # nothing trained on top of the old phase
+
+
+def test_a_rate_chosen_at_the_edge_of_its_grid_is_reported(finished):
+    """LoRA's grid here is [1e-4, 1e-3]: whichever wins lies at an edge, where the best rate may be outside the grid."""
+    lines = finished[3]
+    chosen = next(line for line in lines if line.startswith("[learning rate lora]") and "edge" not in line)
+    rate = chosen.split()[-1]
+    assert f"[learning rate lora] {rate} is at the edge of its grid [0.0001, 0.001]: widen the grid" in lines

@@ -50,6 +50,17 @@ def _step_seconds(model, batch, steps: int) -> float:
     return sum(times[1:]) / steps
 
 
+RECIPE = Path(__file__).with_name("smollm2_continual.yaml")
+
+
+def recipe_grid_sizes(recipe: Path = RECIPE) -> dict[str, int]:
+    """Candidate learning rates per selected method, from the recipe (its ``full`` grid is OSF's)."""
+    import yaml
+
+    grids = yaml.safe_load(recipe.read_text())["continual"]["learning_rates"]["grids"]
+    return {("osf" if method == "full" else method): len(rates) for method, rates in grids.items()}
+
+
 PLAN = {
     "orders": 3,
     "sequential_arms": {
@@ -60,8 +71,8 @@ PLAN = {
         "osf": "osf",
     },
     "multitask_arms": {"multitask_lora": "lora", "multitask_disel": "disel"},
-    "lr_methods": ["lora", "disel", "osf"],  # on the first task LoRA = O-LoRA = multitask LoRA, DISeL = branches
-    "lr_grid": 3,
+    # on the first task LoRA = O-LoRA = multitask LoRA and DISeL = branches: one selection per method
+    "lr_grids": recipe_grid_sizes(),
     "examples_per_task": 160,  # steps_per_task x batch (e.g. 20 x 8)
     "test_per_task": 100,
     "held_out": 100,
@@ -77,10 +88,11 @@ def estimate(costs: dict, plan: dict = PLAN) -> dict[str, float]:
     e, n = plan["examples_per_task"], plan["test_per_task"]
     sequential = plan["orders"] * tasks * e * sum(per_example[m] for m in plan["sequential_arms"].values())
     multitask = tasks * e * sum(per_example[m] for m in plan["multitask_arms"].values())
-    selection = plan["lr_grid"] * e * sum(per_example[m] for m in plan["lr_methods"])
+    grids = plan["lr_grids"]
+    selection = e * sum(n_rates * per_example[m] for m, n_rates in grids.items())
     scored = plan["orders"] * len(plan["sequential_arms"]) * tasks * (tasks + 1) // 2  # lower triangle
     scored += len(plan["multitask_arms"]) * tasks + tasks  # multitask: final row; the base model once
-    scoring = scored * n * score + plan["lr_grid"] * len(plan["lr_methods"]) * plan["held_out"] * score
+    scoring = scored * n * score + sum(grids.values()) * plan["held_out"] * score
     hours = {
         "train_sequential": sequential,
         "train_multitask": multitask,

@@ -212,6 +212,7 @@ def run_order(ctx: _Context, spec: RunSpec, order_name: str, order: list[str], r
     phases = _phases(ctx, spec, order)
     dirs = [folder / f"phase-{i}-{name}" for i, (name, _, _) in enumerate(phases)]
     done = [(d / "scores.json").is_file() for d in dirs]
+    _refuse_other_settings(folder, [d / "scores.json" for d, ok in zip(dirs, done) if ok], rate, phases)
     if all(done) and (folder / "final.json").is_file():
         return [PhaseScores.read(d / "scores.json") for d in dirs]
     start = done.index(False) if not all(done) else len(dirs) - 1  # final.json missing: redo the last phase
@@ -221,6 +222,19 @@ def run_order(ctx: _Context, spec: RunSpec, order_name: str, order: list[str], r
         model = _run_phase(ctx, spec, order_name, order, index, phases, dirs, rate)
     _final(ctx, spec, model, order, folder / "final.json")
     return [PhaseScores.read(d / "scores.json") for d in dirs]
+
+
+def _refuse_other_settings(folder: Path, records: list[Path], rate: float, phases) -> None:
+    """A phase record made with another learning rate or step count (the recipe or the rate selection changed since)
+    cannot continue this run: refused, naming the folder, rather than mixed into one run's accuracy matrix."""
+    for path in records:
+        record = PhaseScores.read(path)
+        steps = phases[record.phase][2]
+        if (record.learning_rate, record.steps) != (rate, steps):
+            raise ValueError(
+                f"{path} was made with learning rate {record.learning_rate:g} and {record.steps} steps, but this "
+                f"recipe now gives {rate:g} and {steps}: delete {folder} to run this order again"
+            )
 
 
 def _run_phase(ctx: _Context, spec: RunSpec, order_name: str, order, index: int, phases, dirs, rate: float) -> Any:
@@ -316,7 +330,10 @@ def learning_rate(ctx: _Context, spec: RunSpec) -> float:
     first = next(iter(settings.orders.values()))[0]
     train, held = held_out_split(ctx.tasks[first].train, selection.held_out_fraction, selection.seed)
     accuracy = {rate: _selection_run(ctx, spec, first, train, held, rate).accuracy for rate in selection.grids[method]}
-    return choose_learning_rate(accuracy)
+    chosen = choose_learning_rate(accuracy)
+    if len(accuracy) > 1 and chosen in (min(accuracy), max(accuracy)):  # the best may lie outside the grid
+        ctx.echo(f"[learning rate {method}] {chosen:g} is at the edge of its grid {sorted(accuracy)}: widen the grid")
+    return chosen
 
 
 def _selection_run(ctx: _Context, spec: RunSpec, task: str, train, held, rate: float) -> SelectionScores:

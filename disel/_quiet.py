@@ -1,4 +1,4 @@
-"""Keep one known import-time notice of bitsandbytes out of every command and test, and nothing else.
+"""Keep two known notices of our dependencies out of every command and test, and nothing else.
 
 bitsandbytes (the ``qlora`` extra) logs "Failed to load CPU gemm_4bit_forward from kernels-community: No module
 named 'kernels' …" at import on CPUs with AVX-512 BF16 when the optional ``kernels`` package is absent; it then
@@ -7,16 +7,23 @@ printed it before doing anything. Importing this module (``disel`` does so first
 drops exactly that record (that logger, that message, the
 ``kernels`` package missing); any other bitsandbytes message, the same notice with any other cause (``kernels``
 installed but failing), and every exception still surface.
+
+The second: peft 0.21 reads ``model.is_gradient_checkpointing`` in ``get_peft_model`` and when loading an adapter,
+a property transformers 5 deprecated, so every DISeL or LoRA model built printed a ``FutureWarning`` that the user
+can do nothing about. :func:`install` ignores exactly that warning (its message, its category, raised from
+``transformers.modeling_utils``); every other warning keeps Python's default handling.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 __all__ = ["BNB_CPU_LOGGER", "KernelsMissingNotice", "install"]
 
 BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 _NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+_PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
 
 
 class KernelsMissingNotice(logging.Filter):
@@ -35,6 +42,9 @@ def install() -> None:
     logger = logging.getLogger(BNB_CPU_LOGGER)
     if not any(isinstance(f, KernelsMissingNotice) for f in logger.filters):
         logger.addFilter(KernelsMissingNotice())
+    warnings.filterwarnings(  # filterwarnings drops an identical earlier entry: idempotent too
+        "ignore", message=_PEFT_DEPRECATION, category=FutureWarning, module="transformers.modeling_utils"
+    )
 
 
 install()

@@ -85,3 +85,33 @@ def test_without_disel_the_notice_is_bitsandbytes_own(tmp_path):
     if NOTICE not in plain:
         pytest.skip("this CPU/bitsandbytes prints no kernels notice")
     assert NOTICE not in _run(["-c", "import disel, bitsandbytes"], tmp_path).stderr
+
+
+EXPLICIT = """
+import warnings
+import disel
+import transformers
+from peft import LoraConfig, get_peft_model
+text = "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` instead."
+def emit(message, module, category=FutureWarning):
+    warnings.warn_explicit(message, category, module.replace(".", "/") + ".py", 1, module=module)
+emit(text, "transformers.modeling_utils")                       # the known one: ignored
+emit("another deprecation", "transformers.modeling_utils")      # shown
+emit(text, "somewhere.else")                                    # shown: same text, another module
+emit(text, "transformers.modeling_utils", DeprecationWarning)   # shown: another category
+config = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  num_key_value_heads=2, vocab_size=32)
+get_peft_model(transformers.LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+"""
+
+
+def test_only_the_deprecation_peft_triggers_is_ignored(tmp_path):
+    """peft's ``get_peft_model`` reads transformers' deprecated ``is_gradient_checkpointing`` (a FutureWarning on
+    every model built); disel ignores exactly that warning from that module, and nothing else."""
+    finished = _run(["-W", "default", "-c", EXPLICIT], tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    shown = [line for line in finished.stderr.splitlines() if "Warning: " in line and "torch/jit" not in line]
+    assert len(shown) == 3, finished.stderr
+    assert "transformers/modeling_utils.py:1: FutureWarning: another deprecation" in shown
+    assert "somewhere/else.py:1: FutureWarning: `is_gradient_checkpointing` is deprecated" in shown[1]
+    assert "transformers/modeling_utils.py:1: DeprecationWarning: `is_gradient_checkpointing`" in shown[2]

@@ -80,6 +80,29 @@ def test_front_differences_and_best_accuracy_on_known_lines():
     assert 0.0 < result.differences[2].defined_fraction < 0.9
 
 
+def test_the_highest_level_is_lowered_to_where_the_crossfitted_fronts_are_defined():
+    """DISeL's one configuration reaches .6 on problem half A but only .5 on half B, so its cross-fitted best
+    accuracy is (.5 + .6) / 2 = .55; at .55 the configuration chosen on A falls short on B and none is chosen on B:
+    the cross-fitted front is undefined there. The comparison's top level becomes .5, the highest level at which
+    both directions are defined, with a finite estimate; the fractions scale from the base accuracy (0) to it."""
+    problems, checkpoints = 100, 7
+    reach = {"a": np.linspace(0, 0.6, checkpoints), "b": np.linspace(0, 0.5, checkpoints)}
+    correct = np.hstack([np.arange(problems)[None, :] < np.round(reach[h] * problems)[:, None] for h in "ab"])
+    tokens = np.arange(1.0, 6.0)
+    disel = FrontierRun(
+        "disel", "uneven", 0, np.arange(checkpoints) * 10, correct, correct.mean(1)[:, None] * tokens, tokens
+    )
+    runs = [disel, *_line_runs("lora", [2.0], [0.7])]
+    settings = FrontSettings(replicates=50, fractions=(0.5, 1.0))
+    halves = np.arange(2 * problems) < problems
+    result = compare_fronts(runs, [("disel", "lora")], np.random.default_rng(0), settings, halves, np.arange(5) < 3)
+    assert next(b for b in result.best if b.method == "disel").estimate == pytest.approx(0.55)
+    low, top = result.differences
+    assert top.level == pytest.approx(0.5, abs=0.55 / 200 + 1e-12) and top.level <= 0.5 + 1e-12
+    assert low.level == pytest.approx(top.level / 2)
+    assert np.isfinite(top.estimate) and np.isfinite(low.estimate)
+
+
 def test_a_random_split_needs_two_problems_and_known_methods():
     run = _line_runs("lora", [1.0], [0.5])[0]
     with pytest.raises(ValueError, match="pairs"):

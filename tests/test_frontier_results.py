@@ -108,3 +108,23 @@ def test_run_all_draws_the_frontier_figures_from_the_flag(analysed, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["frontier.png", "frontier_lr.png", "frontier_proxy.png"]
     missing = ["--frontier", str(tmp_path / "none.json"), "--out", str(tmp_path), "--only", "frontier"]
     assert run_all.main(missing) == 2
+
+
+@pytest.mark.parametrize(
+    "estimate, low, high, defined, expected",
+    [
+        (-0.05, -0.08, -0.02, 1.0, "forgets LESS"),
+        (0.05, 0.02, 0.08, 1.0, "forgets MORE"),
+        (-0.01, -0.04, 0.02, 1.0, "no clear difference"),
+        (-0.05, -0.08, -0.02, 0.6, "forgets LESS, defined in 60% of replicates"),
+        (float("nan"), -0.08, -0.02, 0.4, "undefined (a chosen configuration does not reach this level"),
+    ],
+)
+def test_a_front_difference_reads_as_its_interval_says(estimate, low, high, defined, expected):
+    """The verdict's words follow the interval's sign; an undefined observed estimate is never read as a finding,
+    and a level defined in few replicates says so."""
+    from disel.experiments.study.frontier_results import _finding
+    from disel.experiments.study.fronts import FrontDifference
+
+    d = FrontDifference("disel", "lora", 0.4, estimate, low, high, defined, estimate, low, high)
+    assert _finding(d).startswith(expected)

@@ -235,10 +235,15 @@ def _interval_text(estimate: float, low: float, high: float, digits: int = 4) ->
 
 
 def _finding(d: FrontDifference) -> str:
-    """less / more / no clear difference, by whether the interval excludes 0 (negative: ``method`` forgets less)."""
-    if d.high < 0:
-        return "forgets LESS"
-    return "forgets MORE" if d.low > 0 else "no clear difference"
+    """less / more / no clear difference, by whether the interval excludes 0 (negative: ``method`` forgets less);
+    undefined where the observed cross-fitted front is; flagged where many replicates are undefined (the
+    interval then describes only the replicates where both fronts reach the level)."""
+    if not math.isfinite(d.estimate):
+        return "undefined (a chosen configuration does not reach this level on the other half)"
+    finding = "forgets LESS" if d.high < 0 else "forgets MORE" if d.low > 0 else "no clear difference"
+    if d.defined_fraction < 0.95:
+        finding += f", defined in {d.defined_fraction:.0%} of replicates"
+    return finding
 
 
 def frontier_verdict(results: FrontierResults) -> list[str]:

@@ -47,7 +47,9 @@ them, are clean held-out replicates of exactly that choice.
 
 **Comparisons.** Front differences (method − reference, negative: the method forgets less) are taken at
 exact-match levels between the base accuracy and the highest level both methods reach (the smaller of their
-cross-fitted best accuracies), fixed before resampling, with the same resampled problems and texts for both
+cross-fitted best accuracies, lowered where needed to the highest level at which both cross-fitted fronts are
+defined on the observed data: a half's chosen configuration may fall short of it on the other half), fixed
+before resampling, with the same resampled problems and texts for both
 methods (paired). Best accuracy per method: the highest seed-mean checkpoint accuracy, cross-fitted the same
 way (chosen on one half, scored on the other).
 """
@@ -338,6 +340,11 @@ class _MethodReplicates:
         chosen_on_a, chosen_on_b = (np.broadcast_to(_lowest(p[:1])[1], p[:, 0].shape) for p in (per_a, per_b))
         return _mean_of_defined(_take_path(per_a, chosen_on_b), _take_path(per_b, chosen_on_a))
 
+    def observed(self) -> _MethodReplicates:
+        """The observed data alone (row 0 of every path array)."""
+        paths = {h: (accuracy[:1], forgetting[:1]) for h, (accuracy, forgetting) in self.paths.items()}
+        return _MethodReplicates(paths, self.configurations, self.steps)
+
     def naive_best(self) -> np.ndarray:
         """(R,) highest seed-mean checkpoint accuracy, on all the data."""
         return self.paths["all"][0].max(axis=(1, 2))
@@ -467,6 +474,17 @@ def comparison_levels(base_accuracy: float, best: Sequence[float], fractions: Se
     return base_accuracy + np.asarray(fractions, dtype=np.float64) * (hi - base_accuracy)
 
 
+def _defined_top(pair: Sequence[_MethodReplicates], base_accuracy: float, top: float, grid: int = 200) -> float:
+    """The highest level ≤ ``top`` at which every method of ``pair`` has a defined cross-fitted front on the
+    observed data. ``top`` (the smaller cross-fitted best accuracy) averages two directions, so it can exceed
+    what the configuration chosen on one half reaches on the other: there the cross-fitted front is undefined
+    and the comparison's highest level is lowered (on a grid of ``grid`` steps above the base accuracy) to the
+    highest one it is defined at. Only definedness chooses the level, not the difference measured there."""
+    levels = np.linspace(top, base_accuracy, grid + 1)
+    defined = np.all([np.isfinite(reps.observed().crossfit_front(levels)[0]) for reps in pair], axis=0)
+    return float(levels[defined.argmax()]) if defined.any() else base_accuracy
+
+
 def _check_rng(rng: np.random.Generator) -> None:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -519,8 +537,9 @@ def compare_fronts(
     base_accuracy = float(min(rep.paths["all"][0][0, :, 0].min() for rep in reps.values()))
     differences = []
     for method, reference in pairs:
-        levels = comparison_levels(base_accuracy, [best[method].estimate, best[reference].estimate], settings.fractions)
         ours, theirs = reps[method], reps[reference]
+        top = _defined_top((ours, theirs), base_accuracy, min(best[method].estimate, best[reference].estimate))
+        levels = comparison_levels(base_accuracy, [top], settings.fractions)
         crossfit = ours.crossfit_front(levels) - theirs.crossfit_front(levels)  # (R, L)
         naive = ours.naive_front(levels) - theirs.naive_front(levels)
         for j, level in enumerate(levels):

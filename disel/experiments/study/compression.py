@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,7 +47,7 @@ from disel.io import read_json, write_json_atomic, write_text_atomic
 from ..models import force_offline, load_model_for_eval, model_path_or_smollm2, portable_path, recorded_path
 from . import stages
 from .records import CheckpointEval, DataManifest, plain
-from .results import CompressionResults, Interval, LevelResult, load_compression_results
+from .results import CompressionResults, LevelResult, load_compression_results
 from .stats import exact_match_interval
 
 __all__ = [
@@ -217,21 +217,15 @@ def _prepare_statistics(study: Study, tokenizer: Any, settings: CompressionConfi
         model = study.load().model
         disel.component_statistics(model, study.batches, pairwise=True).save_json(path, adapter=study.adapter)
     study.stats = disel.ComponentStatistics.load_json(path)
-    if "prune_aligned" in settings.operations:
-        if not aligned_path.is_file():
-            _aligned_statistics(study, aligned_path)
-        study.aligned_stats = disel.ComponentStatistics.load_json(aligned_path)
-        study.aligned_groups = read_json(aligned_path)["aligned_groups"]
-
-
-def _aligned_statistics(study: Study, path: Path) -> None:
-    """Statistics after :func:`disel.align_components` (the plain ones when no component shares a gate)."""
-    import disel
-
-    model = study.load().model
-    groups = sum(len(layer_groups) for layer_groups in disel.align_components(model, study.stats).groups.values())
-    aligned = disel.component_statistics(model, study.batches, pairwise=True) if groups else study.stats
-    aligned.save_json(path, adapter=study.adapter, aligned_groups=groups)
+    if "prune_aligned" not in settings.operations:
+        return
+    if not aligned_path.is_file():  # after align_components; the plain statistics when no component shares a gate
+        model = study.load().model
+        groups = sum(len(layer) for layer in disel.align_components(model, study.stats).groups.values())
+        aligned = disel.component_statistics(model, study.batches, pairwise=True) if groups else study.stats
+        aligned.save_json(aligned_path, adapter=study.adapter, aligned_groups=groups)
+    study.aligned_stats = disel.ComponentStatistics.load_json(aligned_path)
+    study.aligned_groups = read_json(aligned_path)["aligned_groups"]
 
 
 def _check_settings(settings: CompressionConfig, out: Path) -> None:
@@ -335,32 +329,27 @@ def _run_levels(study: Study, plan: list[tuple[str, float]], echo=print) -> list
 # ----------------------------------------------------------------------------------------------- results
 
 
+def _exact_match_interval(record: dict[str, Any], settings: CompressionConfig) -> tuple[float, float, float]:
+    return exact_match_interval(np.array(record["correct"]), np.random.default_rng(0), settings.bootstrap_replicates)
+
+
 def _level_result(
     record: dict[str, Any], reference: dict[str, Any], settings: CompressionConfig, reference_low: float
-) -> LevelResult:
-    """The typed record of one level, with its acceptability (module docstring) against ``reference``."""
-    estimate, low, high = exact_match_interval(
-        np.array(record["correct"]), np.random.default_rng(0), settings.bootstrap_replicates
-    )
+) -> dict[str, Any]:
+    """One level's :class:`LevelResult` fields (a level file's keys), with its acceptability (module docstring)
+    against ``reference``; :class:`CompressionResults` coerces them (e.g. a level ``0`` to ``0.0``)."""
+    estimate, low, high = _exact_match_interval(record, settings)
     acceptable = estimate >= reference_low and all(
         record["kl"][d] <= reference["kl"][d] * (1 + settings.kl_tolerance)
         and record["perplexity"][d] <= reference["perplexity"][d] * (1 + settings.perplexity_tolerance)
         for d in stages.DOMAINS
     )
-    return LevelResult(
-        operation=record["operation"],
-        level=float(record["level"]),
-        fraction_reduced=float(record["fraction_reduced"]),
-        gated_components=int(record["gated_components"]),
-        adapter_parameters=int(record["adapter_parameters"]),
-        exact_match=Interval(estimate, low, high),
-        perplexity=record["perplexity"],
-        kl=record["kl"],
-        correct="".join(str(int(c)) for c in record["correct"]),
-        output_change_rms=record["output_change_rms"],
-        seconds=float(record["seconds"]),
-        acceptable=bool(acceptable),
-    )
+    return {
+        **{f.name: record[f.name] for f in fields(LevelResult) if f.name in record},
+        "exact_match": {"estimate": estimate, "low": low, "high": high},
+        "correct": "".join(str(int(c)) for c in record["correct"]),
+        "acceptable": bool(acceptable),
+    }
 
 
 def format_table(results: CompressionResults) -> str:
@@ -413,57 +402,47 @@ def _aggregate(
     settings: CompressionConfig, study: Study, records: list[dict], notes: list[str], evidence_final: dict | None
 ) -> CompressionResults:
     reference = records[0]
-    _, reference_low, _ = exact_match_interval(
-        np.array(reference["correct"]), np.random.default_rng(0), settings.bootstrap_replicates
-    )
-    typed = [_level_result(r, reference, settings, reference_low) for r in records]
-    levels, operations = typed[1:], [op for op in OPERATIONS if any(r.operation == op for r in typed)]
-    return CompressionResults(
-        adapter=portable_path(study.adapter),
-        base_model=portable_path(study.model_path),
-        evidence_dir=portable_path(settings.evidence_dir),
-        total_components=sum(entry.rank for entry in study.stats.layers),
-        criterion={
+    _, reference_low, _ = _exact_match_interval(reference, settings)
+    reference_result, *levels = [_level_result(r, reference, settings, reference_low) for r in records]
+    operations = [op for op in OPERATIONS if any(r["operation"] == op for r in levels)]
+    raw = {
+        "adapter": portable_path(study.adapter),
+        "base_model": portable_path(study.model_path),
+        "evidence_dir": portable_path(settings.evidence_dir),
+        "total_components": sum(entry.rank for entry in study.stats.layers),
+        "criterion": {
             "exact_match_low": reference_low,
             "kl_tolerance": settings.kl_tolerance,
             "perplexity_tolerance": settings.perplexity_tolerance,
             "confidence": 0.95,
         },
-        reference=typed[0],
-        levels=levels,
+        "reference": reference_result,
+        "levels": levels,
         # per operation, the largest acceptable fraction reduced (None: no level acceptable)
-        best={
-            op: max((r.fraction_reduced for r in levels if r.operation == op and r.acceptable), default=None)
+        "best": {
+            op: max((r["fraction_reduced"] for r in levels if r["operation"] == op and r["acceptable"]), default=None)
             for op in operations
         },
-        notes=notes,
-        evidence_final=evidence_final,
-    )
+        "notes": notes,
+        "evidence_final": evidence_final,
+    }
+    return CompressionResults.from_dict(raw)
 
 
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def _timed_models(study: Study, results: CompressionResults, lora: str | None) -> dict[str, Any]:
-    """name → model: base, the unpruned adapter, LoRA (if found), each operation at its largest acceptable
-    reduction (when above 0)."""
-    models = {"base": study.base, "disel": study.load().model}
-    if lora is not None:
-        models["lora"] = study.load(lora).model
-    for operation, level in _best_levels(results).items():
-        model = study.load().model
-        _apply(study, model, operation, level)
-        models[f"{operation}@{level:g}"] = model
-    return models
-
-
-def _best_levels(results: CompressionResults) -> dict[str, float]:
-    """Per operation with an acceptable reduction above 0, the level giving its largest one."""
-    return {
-        op: next(r.level for r in results.levels if r.operation == op and r.fraction_reduced == best)
-        for op, best in results.best.items()
-        if best
-    }
+def _timed_adapters(results: CompressionResults, lora: str | None) -> dict[str, tuple[str | None, str, float]]:
+    """name → (adapter (None: the study's), operation, level) of each adapted model to time: the unpruned
+    adapter, LoRA (if found), each operation at its largest acceptable reduction (when above 0)."""
+    adapters = {"disel": (None, "reference", 0.0)}
+    if lora:
+        adapters["lora"] = (lora, "reference", 0.0)
+    for op, best in results.best.items():
+        if best:
+            level = next(r.level for r in results.levels if r.operation == op and r.fraction_reduced == best)
+            adapters[f"{op}@{level:g}"] = (None, op, level)
+    return adapters
 
 
 def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repetitions: int) -> dict[str, float]:
@@ -472,16 +451,15 @@ def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repet
     import torch
 
     times: dict[str, list[float]] = {name: [] for name in models}
-    on_gpu = next(iter(batch.values())).is_cuda
+    # GPU calls return before the work is done: time the work itself
+    synchronize = torch.cuda.synchronize if next(iter(batch.values())).is_cuda else lambda: None
     with torch.inference_mode():
         for repetition in range(repetitions + 1):
             for name, model in models.items():
-                if on_gpu:  # GPU calls return before the work is done: time the work itself
-                    torch.cuda.synchronize()
+                synchronize()
                 started = time.perf_counter()
                 model(**batch)
-                if on_gpu:
-                    torch.cuda.synchronize()
+                synchronize()
                 if repetition:  # the first round warms up
                     times[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}
@@ -491,14 +469,8 @@ def _timing_stage(
     study: Study, results: CompressionResults, lora: str | None, settings: CompressionConfig, tokenizer: Any
 ) -> dict[str, Any]:
     """``timing.json`` (recomputed when the set of models to time changed): medians and ratios."""
-    path = study.out / "timing.json"
-    wanted = [
-        "base",
-        "disel",
-        *(["lora"] if lora else []),
-        *(f"{op}@{level:g}" for op, level in _best_levels(results).items()),
-    ]
-    if path.is_file() and read_json(path).get("models") == wanted:
+    path, adapters = study.out / "timing.json", _timed_adapters(results, lora)
+    if path.is_file() and read_json(path).get("models") == ["base", *adapters]:
         return read_json(path)
     from ..eval.perplexity import causal_lm_windows, window_batches
 
@@ -507,7 +479,10 @@ def _timing_stage(
     windows = causal_lm_windows(tokenizer, texts, max_length=length, max_tokens=length)
     (padded,) = window_batches(windows, len(texts), tokenizer.pad_token_id)
     batch = {k: v.to(study.base.device) for k, v in padded.items() if k != "labels"}  # a forward is timed, no loss
-    models = _timed_models(study, results, lora)
+    models = {"base": study.base}
+    for name, (adapter, operation, level) in adapters.items():
+        models[name] = study.load(adapter).model
+        _apply(study, models[name], operation, level)
     median = _median_forward_seconds(models, batch, settings.timing_repetitions)
     ratios = {
         f"{name} / {ref}": median[name] / median[ref]

@@ -154,16 +154,13 @@ def _evidence_run(settings: CompressionConfig, reference_arm: str) -> tuple[dict
 
 @dataclass
 class Study:
-    """Everything a level needs: the recipe, the manifest, where the models are, the base (the KL reference),
-    the statistics data and the statistics."""
+    """Everything a level needs: this study's recipe, the evidence study's recipe and manifest, the base model's
+    path and the base model (the KL reference), the statistics data and the statistics."""
 
+    settings: CompressionConfig
     config: Any
     manifest: DataManifest
     model_path: str
-    adapter: str
-    dtype: str
-    out: Path
-    evidence_dir: Path
     base: Any = None
     batches: dict[str, list] = field(default_factory=dict)
     change_batches: dict[str, list] = field(default_factory=dict)
@@ -171,11 +168,15 @@ class Study:
     aligned_stats: Any = None
     aligned_groups: int = 0
 
+    @property
+    def out(self) -> Path:
+        return Path(self.settings.out)
+
     def load(self, adapter: str | None = None):
-        """A fresh (model, tokenizer, description), as the evidence run loads a checkpoint."""
-        return load_model_for_eval(
-            self.model_path, adapter or self.adapter, dtype=self.dtype, device=self.config.device
-        )
+        """A fresh (model, tokenizer, description) with ``adapter`` (default: the study's), as the evidence run
+        loads a checkpoint."""
+        adapter = adapter or self.settings.adapter
+        return load_model_for_eval(self.model_path, adapter, dtype=self.settings.dtype, device=self.config.device)
 
 
 def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
@@ -186,7 +187,7 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
 
     template = get_template(stages.training_template(study.config))
     # The manifest's train_file is relative to where the evidence ran; the folder layout is fixed.
-    rows = read_jsonl(study.evidence_dir / "data" / "train.jsonl", n)
+    rows = read_jsonl(Path(study.settings.evidence_dir) / "data" / "train.jsonl", n)
     texts = {"math": [template.format_prompt(r["instruction"]) + r["output"] for r in rows]}
     for domain, pool in stages.retention_pools(study.config).items():
         scored = set(study.manifest.retention[domain])
@@ -196,11 +197,12 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
     return texts
 
 
-def _prepare_statistics(study: Study, tokenizer: Any, settings: CompressionConfig) -> None:
+def _prepare_statistics(study: Study, tokenizer: Any) -> None:
     """Batches (for the statistics; their first ``change_texts`` texts per domain for the output change) and
     statistics (plain and aligned), from ``statistics*.json`` when present."""
     import disel
 
+    settings = study.settings
     length, device = study.config.evaluation.retention_max_length, study.base.device
 
     def batches(texts: list[str]) -> list[dict]:
@@ -215,7 +217,7 @@ def _prepare_statistics(study: Study, tokenizer: Any, settings: CompressionConfi
     path, aligned_path = study.out / "statistics.json", study.out / "statistics_aligned.json"
     if not path.is_file():
         model = study.load().model
-        disel.component_statistics(model, study.batches, pairwise=True).save_json(path, adapter=study.adapter)
+        disel.component_statistics(model, study.batches, pairwise=True).save_json(path, adapter=settings.adapter)
     study.stats = disel.ComponentStatistics.load_json(path)
     if "prune_aligned" not in settings.operations:
         return
@@ -223,7 +225,7 @@ def _prepare_statistics(study: Study, tokenizer: Any, settings: CompressionConfi
         model = study.load().model
         groups = sum(len(layer) for layer in disel.align_components(model, study.stats).groups.values())
         aligned = disel.component_statistics(model, study.batches, pairwise=True) if groups else study.stats
-        aligned.save_json(aligned_path, adapter=study.adapter, aligned_groups=groups)
+        aligned.save_json(aligned_path, adapter=settings.adapter, aligned_groups=groups)
     study.aligned_stats = disel.ComponentStatistics.load_json(aligned_path)
     study.aligned_groups = read_json(aligned_path)["aligned_groups"]
 
@@ -294,8 +296,9 @@ def _evaluate_level(study: Study, operation: str, level: float, total: int) -> d
     return record
 
 
-def _plan(settings: CompressionConfig, study: Study) -> tuple[list[tuple[str, float]], list[str]]:
+def _plan(study: Study) -> tuple[list[tuple[str, float]], list[str]]:
     """Every (operation, level) to evaluate, reference first; notes on what was left out and why."""
+    settings = study.settings
     plan, notes = [("reference", 0.0)], []
     for operation in settings.operations:
         if operation == "prune_aligned" and study.aligned_groups == 0:
@@ -398,15 +401,13 @@ def format_table(results: CompressionResults) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _aggregate(
-    settings: CompressionConfig, study: Study, records: list[dict], notes: list[str], evidence_final: dict | None
-) -> CompressionResults:
-    reference = records[0]
+def _aggregate(study: Study, records: list[dict], notes: list[str], evidence_final: dict | None) -> CompressionResults:
+    settings, reference = study.settings, records[0]
     _, reference_low, _ = _exact_match_interval(reference, settings)
     reference_result, *levels = [_level_result(r, reference, settings, reference_low) for r in records]
     operations = [op for op in OPERATIONS if any(r["operation"] == op for r in levels)]
     raw = {
-        "adapter": portable_path(study.adapter),
+        "adapter": portable_path(settings.adapter),
         "base_model": portable_path(study.model_path),
         "evidence_dir": portable_path(settings.evidence_dir),
         "total_components": sum(entry.rank for entry in study.stats.layers),
@@ -465,11 +466,10 @@ def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repet
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _timing_stage(
-    study: Study, results: CompressionResults, lora: str | None, settings: CompressionConfig, tokenizer: Any
-) -> dict[str, Any]:
+def _timing_stage(study: Study, results: CompressionResults, lora: str | None, tokenizer: Any) -> dict[str, Any]:
     """``timing.json`` (recomputed when the set of models to time changed): medians and ratios."""
     path, adapters = study.out / "timing.json", _timed_adapters(results, lora)
+    settings = study.settings
     if path.is_file() and read_json(path).get("models") == ["base", *adapters]:
         return read_json(path)
     from ..eval.perplexity import causal_lm_windows, window_batches
@@ -519,25 +519,17 @@ def run_compression(settings: CompressionConfig, echo=print) -> CompressionResul
     recipe key for unusable inputs (checked before any model is loaded: :func:`check_compression`)."""
     force_offline()
     config = check_compression(settings)
-    out = Path(settings.out)
-    study = Study(
-        config,
-        DataManifest.read(Path(settings.evidence_dir) / "data" / "manifest.json"),
-        model_path_or_smollm2(config.model_path),
-        str(settings.adapter),
-        settings.dtype,
-        out,
-        Path(settings.evidence_dir),
-    )
+    manifest = DataManifest.read(Path(settings.evidence_dir) / "data" / "manifest.json")
+    study = Study(settings, config, manifest, model_path_or_smollm2(config.model_path))
     base = load_model_for_eval(study.model_path, None, dtype=settings.dtype, device=config.device)
     study.base = base.model
-    _prepare_statistics(study, base.tokenizer, settings)
-    plan, notes = _plan(settings, study)
+    _prepare_statistics(study, base.tokenizer)
+    plan, notes = _plan(study)
     records = _run_levels(study, plan, echo)
     evidence_final, lora = _evidence_run(settings, config.reference_arm)
-    results = _aggregate(settings, study, records, notes, evidence_final)
-    timing = _timing_stage(study, results, settings.lora_adapter or lora, settings, base.tokenizer)
+    results = _aggregate(study, records, notes, evidence_final)
+    timing = _timing_stage(study, results, settings.lora_adapter or lora, base.tokenizer)
     results = replace(results, timing=timing)
-    results.write(out / RESULTS_FILE)
-    write_text_atomic(out / TABLE_FILE, format_table(results))
+    results.write(study.out / RESULTS_FILE)
+    write_text_atomic(study.out / TABLE_FILE, format_table(results))
     return results

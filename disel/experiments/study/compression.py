@@ -93,9 +93,9 @@ class CompressionConfig(BaseModel):
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _check_inputs(settings: CompressionConfig) -> None:
-    """ValueError naming the recipe key for inputs that cannot work, before anything is loaded (the numbers are
-    checked by :class:`CompressionConfig`)."""
+def check_compression(settings: CompressionConfig):
+    """Every input checked before a model is loaded (the numbers by :class:`CompressionConfig`): ValueError
+    naming the recipe key for inputs that cannot work, or ConfigError; the evidence study's recipe."""
     from ..cli import preflight
     from ..models import is_adapter_dir
 
@@ -113,6 +113,9 @@ def _check_inputs(settings: CompressionConfig) -> None:
     if Path(settings.out).resolve() == adapter.resolve():
         raise ValueError("out must be a folder of its own, not the adapter folder")
     preflight.check_output_dir(settings.out, "out")
+    config = _evidence_config(settings)
+    _check_settings(settings)
+    return config
 
 
 def _evidence_config(settings: CompressionConfig):
@@ -197,23 +200,27 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
     return texts
 
 
+def _input_batches(study: Study, tokenizer: Any, texts: list[str], max_length: int, size: int) -> list[dict]:
+    """Token batches of ``texts`` (:func:`.stages.token_batches`) on the base's device, without labels: the
+    statistics and the timing read outputs, not losses."""
+    return [
+        {k: v.to(study.base.device) for k, v in batch.items() if k != "labels"}
+        for batch in stages.token_batches(tokenizer, texts, max_length, size)
+    ]
+
+
 def _prepare_statistics(study: Study, tokenizer: Any) -> None:
     """Batches (for the statistics; their first ``change_texts`` texts per domain for the output change) and
     statistics (plain and aligned), from ``statistics*.json`` when present."""
     import disel
 
     settings = study.settings
-    length, device = study.config.evaluation.retention_max_length, study.base.device
-
-    def batches(texts: list[str]) -> list[dict]:
-        return [
-            {k: v.to(device) for k, v in b.items() if k != "labels"}  # the statistics read outputs, not losses
-            for b in stages.token_batches(tokenizer, texts, length, settings.stats_batch_size)
-        ]
-
+    length, size = study.config.evaluation.retention_max_length, settings.stats_batch_size
     texts = _statistics_texts(study, settings.stats_texts)
-    study.batches = {d: batches(t) for d, t in texts.items()}
-    study.change_batches = {d: batches(t[: settings.change_texts]) for d, t in texts.items()}
+    study.batches = {d: _input_batches(study, tokenizer, t, length, size) for d, t in texts.items()}
+    study.change_batches = {
+        d: _input_batches(study, tokenizer, t[: settings.change_texts], length, size) for d, t in texts.items()
+    }
     path, aligned_path = study.out / "statistics.json", study.out / "statistics_aligned.json"
     if not path.is_file():
         model = study.load().model
@@ -230,7 +237,7 @@ def _prepare_statistics(study: Study, tokenizer: Any) -> None:
     study.aligned_groups = read_json(aligned_path)["aligned_groups"]
 
 
-def _check_settings(settings: CompressionConfig, out: Path) -> None:
+def _check_settings(settings: CompressionConfig) -> None:
     """``out/settings.json``: what the cached steps depend on; ValueError if ``out`` was made with others."""
     depends_on = {
         "adapter": str(Path(settings.adapter).resolve()),
@@ -240,10 +247,10 @@ def _check_settings(settings: CompressionConfig, out: Path) -> None:
         "recipe": settings.evidence_recipe,
         "override": list(settings.evidence_overrides),
     }
-    path = out / "settings.json"
+    path = Path(settings.out) / "settings.json"
     if path.is_file() and read_json(path) != depends_on:
         raise ValueError(
-            f"out {str(out)!r} holds steps made with other settings ({read_json(path)}); give a new "
+            f"out {str(path.parent)!r} holds steps made with other settings ({read_json(path)}); give a new "
             "out, or delete that folder to start over"
         )
     write_json_atomic(path, depends_on)
@@ -472,13 +479,8 @@ def _timing_stage(study: Study, results: CompressionResults, lora: str | None, t
     settings = study.settings
     if path.is_file() and read_json(path).get("models") == ["base", *adapters]:
         return read_json(path)
-    from ..eval.perplexity import causal_lm_windows, window_batches
-
     texts = study.manifest.retention["english"][: settings.timing_batch]
-    length = settings.timing_tokens
-    windows = causal_lm_windows(tokenizer, texts, max_length=length, max_tokens=length)
-    (padded,) = window_batches(windows, len(texts), tokenizer.pad_token_id)
-    batch = {k: v.to(study.base.device) for k, v in padded.items() if k != "labels"}  # a forward is timed, no loss
+    (batch,) = _input_batches(study, tokenizer, texts, settings.timing_tokens, len(texts))
     models = {"base": study.base}
     for name, (adapter, operation, level) in adapters.items():
         models[name] = study.load(adapter).model
@@ -504,14 +506,6 @@ def _timing_stage(study: Study, results: CompressionResults, lora: str | None, t
 
 
 # ------------------------------------------------------------------------------------------------ study
-
-
-def check_compression(settings: CompressionConfig):
-    """Every input checked before a model is loaded; the evidence study's recipe (ValueError / ConfigError)."""
-    _check_inputs(settings)
-    config = _evidence_config(settings)
-    _check_settings(settings, Path(settings.out))
-    return config
 
 
 def run_compression(settings: CompressionConfig, echo=print) -> CompressionResults:

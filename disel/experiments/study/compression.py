@@ -142,9 +142,7 @@ def _evidence_run(settings: CompressionConfig, reference_arm: str) -> tuple[dict
     from .results import load_results
 
     results = Path(settings.evidence_dir) / "results.json"
-    if not results.is_file():
-        return None, None
-    runs = {f"{r.arm}-seed{r.seed}": r for r in load_results(results).runs}
+    runs = {f"{r.arm}-seed{r.seed}": r for r in load_results(results).runs} if results.is_file() else {}
     run = runs.get(Path(settings.adapter).name)
     if run is None:
         return None, None

@@ -338,6 +338,7 @@ def _run_levels(study: Study, plan: list[tuple[str, float]], echo=print) -> list
 
 
 def _exact_match_interval(record: dict[str, Any], settings: CompressionConfig) -> tuple[float, float, float]:
+    """(estimate, low, high) of a level's exact match: the bootstrap over its test problems, seeded alike."""
     return exact_match_interval(np.array(record["correct"]), np.random.default_rng(0), settings.bootstrap_replicates)
 
 
@@ -473,8 +474,8 @@ def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repet
 
 def _timing_stage(study: Study, results: CompressionResults, lora: str | None, tokenizer: Any) -> dict[str, Any]:
     """``timing.json`` (recomputed when the set of models to time changed): medians and ratios."""
-    path, adapters = study.out / "timing.json", _timed_adapters(results, lora)
-    settings = study.settings
+    settings, path = study.settings, study.out / "timing.json"
+    adapters = _timed_adapters(results, lora)
     if path.is_file() and read_json(path).get("models") == ["base", *adapters]:
         return read_json(path)
     texts = study.manifest.retention["english"][: settings.timing_batch]

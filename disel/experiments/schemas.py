@@ -465,17 +465,12 @@ class GatesFile(ResultFile, schema=GATES_SCHEMA, made_by="disel-eval gates"):
     def group(self, domain: str, grouping: str, key: str, sub_key: str | None = None) -> GateHistogram:
         """One histogram, e.g. ``group("math", "by_depth", "late")`` or
         ``group("math", "by_depth_and_module", "late", "up_proj")``; the error lists what exists."""
-        summary = self.domain(domain)
-        table = getattr(summary, grouping)
-        where = f"domains.{domain}.{grouping}"
-        if key not in table:
-            raise MalformedResultFileError(self.path, f"has no {where}.{key}; present: {list(table)}")
-        entry = table[key]
-        if sub_key is None:
-            return entry
-        if sub_key not in entry:
-            raise MalformedResultFileError(self.path, f"has no {where}.{key}.{sub_key}; present: {list(entry)}")
-        return entry[sub_key]
+        entry, where = getattr(self.domain(domain), grouping), f"domains.{domain}.{grouping}"
+        for part in (key,) if sub_key is None else (key, sub_key):
+            if part not in entry:
+                raise MalformedResultFileError(self.path, f"has no {where}.{part}; present: {list(entry)}")
+            entry, where = entry[part], f"{where}.{part}"
+        return entry
 
 
 @dataclass(frozen=True)

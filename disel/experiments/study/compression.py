@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,7 +47,7 @@ from disel.io import read_json, write_json_atomic, write_text_atomic
 from ..models import force_offline, load_model_for_eval, model_path_or_smollm2, portable_path, recorded_path
 from . import stages
 from .records import CheckpointEval, DataManifest, plain
-from .results import CompressionResults, Interval, LevelResult, load_compression_results
+from .results import CompressionResults, LevelResult, load_compression_results
 from .stats import exact_match_interval
 
 __all__ = [
@@ -93,9 +93,9 @@ class CompressionConfig(BaseModel):
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _check_inputs(settings: CompressionConfig) -> None:
-    """ValueError naming the recipe key for inputs that cannot work, before anything is loaded (the numbers are
-    checked by :class:`CompressionConfig`)."""
+def check_compression(settings: CompressionConfig):
+    """Every input checked before a model is loaded (the numbers by :class:`CompressionConfig`): ValueError
+    naming the recipe key for inputs that cannot work, or ConfigError; the evidence study's recipe."""
     from ..cli import preflight
     from ..models import is_adapter_dir
 
@@ -113,6 +113,9 @@ def _check_inputs(settings: CompressionConfig) -> None:
     if Path(settings.out).resolve() == adapter.resolve():
         raise ValueError("out must be a folder of its own, not the adapter folder")
     preflight.check_output_dir(settings.out, "out")
+    config = _evidence_config(settings)
+    _check_settings(settings)
+    return config
 
 
 def _evidence_config(settings: CompressionConfig):
@@ -139,9 +142,7 @@ def _evidence_run(settings: CompressionConfig, reference_arm: str) -> tuple[dict
     from .results import load_results
 
     results = Path(settings.evidence_dir) / "results.json"
-    if not results.is_file():
-        return None, None
-    runs = {f"{r.arm}-seed{r.seed}": r for r in load_results(results).runs}
+    runs = {f"{r.arm}-seed{r.seed}": r for r in load_results(results).runs} if results.is_file() else {}
     run = runs.get(Path(settings.adapter).name)
     if run is None:
         return None, None
@@ -154,16 +155,13 @@ def _evidence_run(settings: CompressionConfig, reference_arm: str) -> tuple[dict
 
 @dataclass
 class Study:
-    """Everything a level needs: the recipe, the manifest, where the models are, the base (the KL reference),
-    the statistics data and the statistics."""
+    """Everything a level needs: this study's recipe, the evidence study's recipe and manifest, the base model's
+    path and the base model (the KL reference), the statistics data and the statistics."""
 
+    settings: CompressionConfig
     config: Any
     manifest: DataManifest
     model_path: str
-    adapter: str
-    dtype: str
-    out: Path
-    evidence_dir: Path
     base: Any = None
     batches: dict[str, list] = field(default_factory=dict)
     change_batches: dict[str, list] = field(default_factory=dict)
@@ -171,11 +169,15 @@ class Study:
     aligned_stats: Any = None
     aligned_groups: int = 0
 
+    @property
+    def out(self) -> Path:
+        return Path(self.settings.out)
+
     def load(self, adapter: str | None = None):
-        """A fresh (model, tokenizer, description), as the evidence run loads a checkpoint."""
-        return load_model_for_eval(
-            self.model_path, adapter or self.adapter, dtype=self.dtype, device=self.config.device
-        )
+        """A fresh (model, tokenizer, description) with ``adapter`` (default: the study's), as the evidence run
+        loads a checkpoint."""
+        adapter = adapter or self.settings.adapter
+        return load_model_for_eval(self.model_path, adapter, dtype=self.settings.dtype, device=self.config.device)
 
 
 def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
@@ -186,7 +188,7 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
 
     template = get_template(stages.training_template(study.config))
     # The manifest's train_file is relative to where the evidence ran; the folder layout is fixed.
-    rows = read_jsonl(study.evidence_dir / "data" / "train.jsonl", n)
+    rows = read_jsonl(Path(study.settings.evidence_dir) / "data" / "train.jsonl", n)
     texts = {"math": [template.format_prompt(r["instruction"]) + r["output"] for r in rows]}
     for domain, pool in stages.retention_pools(study.config).items():
         scored = set(study.manifest.retention[domain])
@@ -196,45 +198,44 @@ def _statistics_texts(study: Study, n: int) -> dict[str, list[str]]:
     return texts
 
 
-def _prepare_statistics(study: Study, tokenizer: Any, settings: CompressionConfig) -> None:
+def _input_batches(study: Study, tokenizer: Any, texts: list[str], max_length: int, size: int) -> list[dict]:
+    """Token batches of ``texts`` (:func:`.stages.token_batches`) on the base's device, without labels: the
+    statistics and the timing read outputs, not losses."""
+    return [
+        {k: v.to(study.base.device) for k, v in batch.items() if k != "labels"}
+        for batch in stages.token_batches(tokenizer, texts, max_length, size)
+    ]
+
+
+def _prepare_statistics(study: Study, tokenizer: Any) -> None:
     """Batches (for the statistics; their first ``change_texts`` texts per domain for the output change) and
     statistics (plain and aligned), from ``statistics*.json`` when present."""
     import disel
 
-    length, device = study.config.evaluation.retention_max_length, study.base.device
-
-    def batches(texts: list[str]) -> list[dict]:
-        return [
-            {k: v.to(device) for k, v in b.items() if k != "labels"}  # the statistics read outputs, not losses
-            for b in stages.token_batches(tokenizer, texts, length, settings.stats_batch_size)
-        ]
-
+    settings = study.settings
+    length, size = study.config.evaluation.retention_max_length, settings.stats_batch_size
     texts = _statistics_texts(study, settings.stats_texts)
-    study.batches = {d: batches(t) for d, t in texts.items()}
-    study.change_batches = {d: batches(t[: settings.change_texts]) for d, t in texts.items()}
+    study.batches = {d: _input_batches(study, tokenizer, t, length, size) for d, t in texts.items()}
+    study.change_batches = {
+        d: _input_batches(study, tokenizer, t[: settings.change_texts], length, size) for d, t in texts.items()
+    }
     path, aligned_path = study.out / "statistics.json", study.out / "statistics_aligned.json"
     if not path.is_file():
         model = study.load().model
-        disel.component_statistics(model, study.batches, pairwise=True).save_json(path, adapter=study.adapter)
+        disel.component_statistics(model, study.batches, pairwise=True).save_json(path, adapter=settings.adapter)
     study.stats = disel.ComponentStatistics.load_json(path)
-    if "prune_aligned" in settings.operations:
-        if not aligned_path.is_file():
-            _aligned_statistics(study, aligned_path)
-        study.aligned_stats = disel.ComponentStatistics.load_json(aligned_path)
-        study.aligned_groups = read_json(aligned_path)["aligned_groups"]
+    if "prune_aligned" not in settings.operations:
+        return
+    if not aligned_path.is_file():  # after align_components; the plain statistics when no component shares a gate
+        model = study.load().model
+        groups = sum(len(layer) for layer in disel.align_components(model, study.stats).groups.values())
+        aligned = disel.component_statistics(model, study.batches, pairwise=True) if groups else study.stats
+        aligned.save_json(aligned_path, adapter=settings.adapter, aligned_groups=groups)
+    study.aligned_stats = disel.ComponentStatistics.load_json(aligned_path)
+    study.aligned_groups = read_json(aligned_path)["aligned_groups"]
 
 
-def _aligned_statistics(study: Study, path: Path) -> None:
-    """Statistics after :func:`disel.align_components` (the plain ones when no component shares a gate)."""
-    import disel
-
-    model = study.load().model
-    groups = sum(len(layer_groups) for layer_groups in disel.align_components(model, study.stats).groups.values())
-    aligned = disel.component_statistics(model, study.batches, pairwise=True) if groups else study.stats
-    aligned.save_json(path, adapter=study.adapter, aligned_groups=groups)
-
-
-def _check_settings(settings: CompressionConfig, out: Path) -> None:
+def _check_settings(settings: CompressionConfig) -> None:
     """``out/settings.json``: what the cached steps depend on; ValueError if ``out`` was made with others."""
     depends_on = {
         "adapter": str(Path(settings.adapter).resolve()),
@@ -244,10 +245,10 @@ def _check_settings(settings: CompressionConfig, out: Path) -> None:
         "recipe": settings.evidence_recipe,
         "override": list(settings.evidence_overrides),
     }
-    path = out / "settings.json"
+    path = Path(settings.out) / "settings.json"
     if path.is_file() and read_json(path) != depends_on:
         raise ValueError(
-            f"out {str(out)!r} holds steps made with other settings ({read_json(path)}); give a new "
+            f"out {str(path.parent)!r} holds steps made with other settings ({read_json(path)}); give a new "
             "out, or delete that folder to start over"
         )
     write_json_atomic(path, depends_on)
@@ -300,8 +301,9 @@ def _evaluate_level(study: Study, operation: str, level: float, total: int) -> d
     return record
 
 
-def _plan(settings: CompressionConfig, study: Study) -> tuple[list[tuple[str, float]], list[str]]:
+def _plan(study: Study) -> tuple[list[tuple[str, float]], list[str]]:
     """Every (operation, level) to evaluate, reference first; notes on what was left out and why."""
+    settings = study.settings
     plan, notes = [("reference", 0.0)], []
     for operation in settings.operations:
         if operation == "prune_aligned" and study.aligned_groups == 0:
@@ -335,32 +337,28 @@ def _run_levels(study: Study, plan: list[tuple[str, float]], echo=print) -> list
 # ----------------------------------------------------------------------------------------------- results
 
 
+def _exact_match_interval(record: dict[str, Any], settings: CompressionConfig) -> tuple[float, float, float]:
+    """(estimate, low, high) of a level's exact match: the bootstrap over its test problems, seeded alike."""
+    return exact_match_interval(np.array(record["correct"]), np.random.default_rng(0), settings.bootstrap_replicates)
+
+
 def _level_result(
     record: dict[str, Any], reference: dict[str, Any], settings: CompressionConfig, reference_low: float
-) -> LevelResult:
-    """The typed record of one level, with its acceptability (module docstring) against ``reference``."""
-    estimate, low, high = exact_match_interval(
-        np.array(record["correct"]), np.random.default_rng(0), settings.bootstrap_replicates
-    )
+) -> dict[str, Any]:
+    """One level's :class:`LevelResult` fields (a level file's keys), with its acceptability (module docstring)
+    against ``reference``; :class:`CompressionResults` coerces them (e.g. a level ``0`` to ``0.0``)."""
+    estimate, low, high = _exact_match_interval(record, settings)
     acceptable = estimate >= reference_low and all(
         record["kl"][d] <= reference["kl"][d] * (1 + settings.kl_tolerance)
         and record["perplexity"][d] <= reference["perplexity"][d] * (1 + settings.perplexity_tolerance)
         for d in stages.DOMAINS
     )
-    return LevelResult(
-        operation=record["operation"],
-        level=float(record["level"]),
-        fraction_reduced=float(record["fraction_reduced"]),
-        gated_components=int(record["gated_components"]),
-        adapter_parameters=int(record["adapter_parameters"]),
-        exact_match=Interval(estimate, low, high),
-        perplexity=record["perplexity"],
-        kl=record["kl"],
-        correct="".join(str(int(c)) for c in record["correct"]),
-        output_change_rms=record["output_change_rms"],
-        seconds=float(record["seconds"]),
-        acceptable=bool(acceptable),
-    )
+    return {
+        **{f.name: record[f.name] for f in fields(LevelResult) if f.name in record},
+        "exact_match": {"estimate": estimate, "low": low, "high": high},
+        "correct": "".join(str(int(c)) for c in record["correct"]),
+        "acceptable": bool(acceptable),
+    }
 
 
 def format_table(results: CompressionResults) -> str:
@@ -409,61 +407,49 @@ def format_table(results: CompressionResults) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _aggregate(
-    settings: CompressionConfig, study: Study, records: list[dict], notes: list[str], evidence_final: dict | None
-) -> CompressionResults:
-    reference = records[0]
-    _, reference_low, _ = exact_match_interval(
-        np.array(reference["correct"]), np.random.default_rng(0), settings.bootstrap_replicates
-    )
-    typed = [_level_result(r, reference, settings, reference_low) for r in records]
-    levels, operations = typed[1:], [op for op in OPERATIONS if any(r.operation == op for r in typed)]
-    return CompressionResults(
-        adapter=portable_path(study.adapter),
-        base_model=portable_path(study.model_path),
-        evidence_dir=portable_path(settings.evidence_dir),
-        total_components=sum(entry.rank for entry in study.stats.layers),
-        criterion={
+def _aggregate(study: Study, records: list[dict], notes: list[str], evidence_final: dict | None) -> CompressionResults:
+    settings, reference = study.settings, records[0]
+    _, reference_low, _ = _exact_match_interval(reference, settings)
+    reference_result, *levels = [_level_result(r, reference, settings, reference_low) for r in records]
+    operations = [op for op in OPERATIONS if any(r["operation"] == op for r in levels)]
+    raw = {
+        "adapter": portable_path(settings.adapter),
+        "base_model": portable_path(study.model_path),
+        "evidence_dir": portable_path(settings.evidence_dir),
+        "total_components": sum(entry.rank for entry in study.stats.layers),
+        "criterion": {
             "exact_match_low": reference_low,
             "kl_tolerance": settings.kl_tolerance,
             "perplexity_tolerance": settings.perplexity_tolerance,
             "confidence": 0.95,
         },
-        reference=typed[0],
-        levels=levels,
+        "reference": reference_result,
+        "levels": levels,
         # per operation, the largest acceptable fraction reduced (None: no level acceptable)
-        best={
-            op: max((r.fraction_reduced for r in levels if r.operation == op and r.acceptable), default=None)
+        "best": {
+            op: max((r["fraction_reduced"] for r in levels if r["operation"] == op and r["acceptable"]), default=None)
             for op in operations
         },
-        notes=notes,
-        evidence_final=evidence_final,
-    )
+        "notes": notes,
+        "evidence_final": evidence_final,
+    }
+    return CompressionResults.from_dict(raw)
 
 
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def _timed_models(study: Study, results: CompressionResults, lora: str | None) -> dict[str, Any]:
-    """name → model: base, the unpruned adapter, LoRA (if found), each operation at its largest acceptable
-    reduction (when above 0)."""
-    models = {"base": study.base, "disel": study.load().model}
-    if lora is not None:
-        models["lora"] = study.load(lora).model
-    for operation, level in _best_levels(results).items():
-        model = study.load().model
-        _apply(study, model, operation, level)
-        models[f"{operation}@{level:g}"] = model
-    return models
-
-
-def _best_levels(results: CompressionResults) -> dict[str, float]:
-    """Per operation with an acceptable reduction above 0, the level giving its largest one."""
-    return {
-        op: next(r.level for r in results.levels if r.operation == op and r.fraction_reduced == best)
-        for op, best in results.best.items()
-        if best
-    }
+def _timed_adapters(results: CompressionResults, lora: str | None) -> dict[str, tuple[str | None, str, float]]:
+    """name → (adapter (None: the study's), operation, level) of each adapted model to time: the unpruned
+    adapter, LoRA (if found), each operation at its largest acceptable reduction (when above 0)."""
+    adapters = {"disel": (None, "reference", 0.0)}
+    if lora:
+        adapters["lora"] = (lora, "reference", 0.0)
+    for op, best in results.best.items():
+        if best:
+            level = next(r.level for r in results.levels if r.operation == op and r.fraction_reduced == best)
+            adapters[f"{op}@{level:g}"] = (None, op, level)
+    return adapters
 
 
 def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repetitions: int) -> dict[str, float]:
@@ -472,42 +458,32 @@ def _median_forward_seconds(models: dict[str, Any], batch: dict[str, Any], repet
     import torch
 
     times: dict[str, list[float]] = {name: [] for name in models}
-    on_gpu = next(iter(batch.values())).is_cuda
+    # GPU calls return before the work is done: time the work itself
+    synchronize = torch.cuda.synchronize if next(iter(batch.values())).is_cuda else lambda: None
     with torch.inference_mode():
         for repetition in range(repetitions + 1):
             for name, model in models.items():
-                if on_gpu:  # GPU calls return before the work is done: time the work itself
-                    torch.cuda.synchronize()
+                synchronize()
                 started = time.perf_counter()
                 model(**batch)
-                if on_gpu:
-                    torch.cuda.synchronize()
+                synchronize()
                 if repetition:  # the first round warms up
                     times[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _timing_stage(
-    study: Study, results: CompressionResults, lora: str | None, settings: CompressionConfig, tokenizer: Any
-) -> dict[str, Any]:
+def _timing_stage(study: Study, results: CompressionResults, lora: str | None, tokenizer: Any) -> dict[str, Any]:
     """``timing.json`` (recomputed when the set of models to time changed): medians and ratios."""
-    path = study.out / "timing.json"
-    wanted = [
-        "base",
-        "disel",
-        *(["lora"] if lora else []),
-        *(f"{op}@{level:g}" for op, level in _best_levels(results).items()),
-    ]
-    if path.is_file() and read_json(path).get("models") == wanted:
+    settings, path = study.settings, study.out / "timing.json"
+    adapters = _timed_adapters(results, lora)
+    if path.is_file() and read_json(path).get("models") == ["base", *adapters]:
         return read_json(path)
-    from ..eval.perplexity import causal_lm_windows, window_batches
-
     texts = study.manifest.retention["english"][: settings.timing_batch]
-    length = settings.timing_tokens
-    windows = causal_lm_windows(tokenizer, texts, max_length=length, max_tokens=length)
-    (padded,) = window_batches(windows, len(texts), tokenizer.pad_token_id)
-    batch = {k: v.to(study.base.device) for k, v in padded.items() if k != "labels"}  # a forward is timed, no loss
-    models = _timed_models(study, results, lora)
+    (batch,) = _input_batches(study, tokenizer, texts, settings.timing_tokens, len(texts))
+    models = {"base": study.base}
+    for name, (adapter, operation, level) in adapters.items():
+        models[name] = study.load(adapter).model
+        _apply(study, models[name], operation, level)
     median = _median_forward_seconds(models, batch, settings.timing_repetitions)
     ratios = {
         f"{name} / {ref}": median[name] / median[ref]
@@ -531,38 +507,22 @@ def _timing_stage(
 # ------------------------------------------------------------------------------------------------ study
 
 
-def check_compression(settings: CompressionConfig):
-    """Every input checked before a model is loaded; the evidence study's recipe (ValueError / ConfigError)."""
-    _check_inputs(settings)
-    config = _evidence_config(settings)
-    _check_settings(settings, Path(settings.out))
-    return config
-
-
 def run_compression(settings: CompressionConfig, echo=print) -> CompressionResults:
     """The whole study (module docstring); resumes from the files in ``settings.out``. ValueError naming the
     recipe key for unusable inputs (checked before any model is loaded: :func:`check_compression`)."""
     force_offline()
     config = check_compression(settings)
-    out = Path(settings.out)
-    study = Study(
-        config,
-        DataManifest.read(Path(settings.evidence_dir) / "data" / "manifest.json"),
-        model_path_or_smollm2(config.model_path),
-        str(settings.adapter),
-        settings.dtype,
-        out,
-        Path(settings.evidence_dir),
-    )
+    manifest = DataManifest.read(Path(settings.evidence_dir) / "data" / "manifest.json")
+    study = Study(settings, config, manifest, model_path_or_smollm2(config.model_path))
     base = load_model_for_eval(study.model_path, None, dtype=settings.dtype, device=config.device)
     study.base = base.model
-    _prepare_statistics(study, base.tokenizer, settings)
-    plan, notes = _plan(settings, study)
+    _prepare_statistics(study, base.tokenizer)
+    plan, notes = _plan(study)
     records = _run_levels(study, plan, echo)
     evidence_final, lora = _evidence_run(settings, config.reference_arm)
-    results = _aggregate(settings, study, records, notes, evidence_final)
-    timing = _timing_stage(study, results, settings.lora_adapter or lora, settings, base.tokenizer)
+    results = _aggregate(study, records, notes, evidence_final)
+    timing = _timing_stage(study, results, settings.lora_adapter or lora, base.tokenizer)
     results = replace(results, timing=timing)
-    results.write(out / RESULTS_FILE)
-    write_text_atomic(out / TABLE_FILE, format_table(results))
+    results.write(study.out / RESULTS_FILE)
+    write_text_atomic(study.out / TABLE_FILE, format_table(results))
     return results

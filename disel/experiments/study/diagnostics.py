@@ -93,25 +93,22 @@ def gate_alignment(model: nn.Module, threshold: float = ANTI_ALIGNED_BELOW) -> G
 
     Raises ``ValueError`` if the model has no DISeL adapter.
     """
-    modules: list[ComponentCosines] = []
-    below_by_layer: dict[int, list[int]] = {}  # layer → [anti-aligned, total]
-    below = total = 0
-    for path, adapter, lora_A, gate_weight in _adapters(model):
-        cos = row_cosines(gate_weight, lora_A)  # (r,)
-        layer = parse_layer_index(path)
-        modules.append(ComponentCosines(path=path, layer=layer, adapter=adapter, cosines=cos.tolist()))
-        n_below = int((cos < threshold).sum())
-        below, total = below + n_below, total + cos.numel()
-        if layer is not None:
-            counts = below_by_layer.setdefault(layer, [0, 0])
-            counts[0] += n_below
-            counts[1] += cos.numel()
+    modules = [
+        ComponentCosines(path, parse_layer_index(path), adapter, row_cosines(gate_weight, lora_A).tolist())
+        for path, adapter, lora_A, gate_weight in _adapters(model)
+    ]
     if not modules:
         raise ValueError(f"the {type(model).__name__} has no DISeL adapter (DiselLinear or PEFT DiselLayer)")
+
+    def fraction_below(group: list[ComponentCosines]) -> float:
+        cosines = [c for m in group for c in m.cosines]
+        return sum(c < threshold for c in cosines) / len(cosines)
+
+    layers = sorted({m.layer for m in modules if m.layer is not None})
     return GateAlignment(
-        fraction=below / total,
-        by_layer={layer: n / t for layer, (n, t) in sorted(below_by_layer.items())},
-        components=total,
+        fraction=fraction_below(modules),
+        by_layer={layer: fraction_below([m for m in modules if m.layer == layer]) for layer in layers},
+        components=sum(len(m.cosines) for m in modules),
         threshold=threshold,
         modules=modules,
     )

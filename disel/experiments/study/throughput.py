@@ -185,23 +185,21 @@ def _probe_linear_layers(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     """
     records: list[tuple[str, nn.Module, bool]] = []
     disel_modules = [m for m in model.modules() if isinstance(m, (DiselLinear, DiselLayer))]
-    inside_disel = {id(sub) for m in disel_modules for sub in m.modules() if sub is not m}
+    bases = {id(m.base if isinstance(m, DiselLinear) else m.get_base_layer()) for m in disel_modules}
+    # a DISeL module's adapter matrices, counted with the module; its frozen base counts as a frozen linear
+    adapter_matrices = {id(sub) for m in disel_modules for sub in m.modules() if sub is not m} - bases
 
-    def hook_for(kind: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                records.append((kind, module, args[0].requires_grad))
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            kind = "disel" if isinstance(module, (DiselLinear, DiselLayer)) else "linear"
+            records.append((kind, module, args[0].requires_grad))
 
-        return hook
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, (DiselLinear, DiselLayer)):
-            handles.append(module.register_forward_hook(hook_for("disel")))
-        elif isinstance(module, nn.Linear) and (
-            id(module) not in inside_disel or _is_disel_base(module, disel_modules)
-        ):
-            handles.append(module.register_forward_hook(hook_for("linear")))
+    handles = [
+        module.register_forward_hook(hook)
+        for module in model.modules()
+        if isinstance(module, (DiselLinear, DiselLayer))
+        or (isinstance(module, nn.Linear) and id(module) not in adapter_matrices)
+    ]
     device = next(model.parameters()).device
     was_training = model.training
     try:
@@ -224,8 +222,3 @@ def _attention_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
         raise ValueError("model.config must give num_attention_heads and num_hidden_layers for the attention FLOPs")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return 12 * batch_size * seq_len * seq_len * heads * head_dim * layers
-
-
-def _is_disel_base(module: nn.Module, disel_modules: list[nn.Module]) -> bool:
-    """Whether ``module`` is the frozen base linear of a DISeL module (counted as a frozen linear)."""
-    return any((m.base if isinstance(m, DiselLinear) else m.get_base_layer()) is module for m in disel_modules)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict
-from typing import Any
 
 import torch
 
@@ -31,13 +30,6 @@ def padded_lengths(lengths: list[int], batch_size: int, seed: int = 0) -> tuple[
     return padded / len(order), 1.0 - sum(order) / padded
 
 
-def _train_lengths(spec: RunSpec, tokenizer: Any) -> list[int]:
-    """Token counts of the training sequences, tokenised exactly as training does."""
-    from ..data.datasets import prepare_data
-
-    return [len(example["input_ids"]) for example in prepare_data(spec.config.data, tokenizer, "causal_lm").train]
-
-
 def _trainable(model_path: str, spec: RunSpec) -> torch.nn.Module:
     import peft
 
@@ -53,6 +45,7 @@ def _trainable(model_path: str, spec: RunSpec) -> torch.nn.Module:
 
 def measure_training_throughput(specs: list[RunSpec], model_path: str) -> Throughput:
     """The matmul throughput and, per trained arm (its first run), tokens/s against the FLOP limit."""
+    from ..data.datasets import prepare_data
     from ..models import is_adapter_dir, load_tokenizer
 
     threads = torch.get_num_threads()
@@ -69,7 +62,8 @@ def measure_training_throughput(specs: list[RunSpec], model_path: str) -> Throug
         if not (is_adapter_dir(spec.run_dir) or (spec.run_dir / "config.json").is_file()):
             continue  # its records only (committed from an earlier session, weights not kept): nothing to measure
         batch = spec.config.training.per_device_train_batch_size
-        seq_len, padding = padded_lengths(_train_lengths(spec, tokenizer), batch)
+        train_data = prepare_data(spec.config.data, tokenizer, "causal_lm").train  # tokenised as training does
+        seq_len, padding = padded_lengths([len(example["input_ids"]) for example in train_data], batch)
         flops = training_step_flops(_trainable(model_path, spec), batch, max(1, round(seq_len)))
         train = TrainResult.read(spec.run_dir)
         runtime = train.trainer_runtime_s

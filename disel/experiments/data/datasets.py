@@ -57,12 +57,11 @@ def _read_json(path: Path) -> list[Row]:
         raise DataFormatError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
     if not isinstance(items, list):
         raise DataFormatError(f"{path}: expected a JSON list of objects (or use JSONL), got a {type(items).__name__}")
-    for index, values in enumerate(items):
-        if not isinstance(values, dict):
-            raise DataFormatError(
-                f"{path}, item {index} (0-based): expected a JSON object, got {type(values).__name__}"
-            )
-    return [Row(values, f"{path}, item {index} (0-based)") for index, values in enumerate(items)]
+    rows = [Row(values, f"{path}, item {index} (0-based)") for index, values in enumerate(items)]
+    for row in rows:
+        if not isinstance(row.values, dict):
+            raise DataFormatError(f"{row.location}: expected a JSON object, got {type(row.values).__name__}")
+    return rows
 
 
 def _read_csv(path: Path, delimiter: str) -> list[Row]:
@@ -150,11 +149,10 @@ def tokenize_instruction(tokenizer: Any, prompt: str, response: str, max_length:
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
         n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
-    if ids and ids[-1] == eos:  # the tokenizer appends EOS itself: learn it, do not add a second one
-        labels[-1] = eos
-    else:
+    if not ids or ids[-1] != eos:  # a tokenizer that appends EOS itself gets no second one
         ids.append(eos)
         labels.append(eos)
+    labels[-1] = eos  # EOS is learned, whoever appended it
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
         return None
@@ -211,14 +209,10 @@ def _tokenize_row(row: Row, config: DataConfig, tokenizer: Any, task_type: str, 
     """One training example of ``row`` for ``task_type``; None when no response token fits in ``max_length``."""
     if task_type == "sequence_classification":
         text = _string_field(row, config.text_field, "data.text_field")
-        pair_field = config.text_pair_field
-        pair = _string_field(row, pair_field, "data.text_pair_field") if pair_field else None
+        pair = _string_field(row, config.text_pair_field, "data.text_pair_field") if config.text_pair_field else None
         encoding = tokenizer(text, pair, truncation=True, max_length=config.max_length)
-        return {
-            "input_ids": list(encoding["input_ids"]),
-            "attention_mask": list(encoding["attention_mask"]),
-            "labels": _label(row, config, num_labels),
-        }
+        example = {key: list(encoding[key]) for key in ("input_ids", "attention_mask")}
+        return {**example, "labels": _label(row, config, num_labels)}
     if config.template == "none":  # raw text: an empty prompt, so loss on every token
         text = _string_field(row, config.text_field, "data.text_field")
         return tokenize_instruction(tokenizer, "", text, config.max_length)

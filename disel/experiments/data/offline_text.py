@@ -42,9 +42,8 @@ def _prose_paragraphs(topic_text: str) -> list[str]:
         text = " ".join(line.strip() for line in lines)
         letters = sum(ch.isalpha() or ch.isspace() for ch in text)
         # Headings, one-line notes and symbol-heavy lines are not prose.
-        if len(text) < 80 or letters < 0.85 * len(text) or not text.rstrip().endswith((".", ":", ")")):
-            continue
-        paragraphs.append(text)
+        if len(text) >= 80 and letters >= 0.85 * len(text) and text.rstrip().endswith((".", ":", ")")):
+            paragraphs.append(text)
     return paragraphs
 
 

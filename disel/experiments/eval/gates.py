@@ -69,13 +69,10 @@ def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[
     if domain.texts is not None:
         texts = [tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in domain.texts]
         return [(ids, [True] * len(ids)) for ids in texts]
-    encoded = []
-    for example in domain.examples:
-        prompt = domain.format_prompt(example["instruction"])
-        tokenized = tokenize_instruction(tokenizer, prompt, example["output"], max_length)
-        if tokenized is not None:  # None: no response token survived truncation
-            encoded.append((tokenized["input_ids"], [label != IGNORE_INDEX for label in tokenized["labels"]]))
-    return encoded
+    prompts = [domain.format_prompt(example["instruction"]) for example in domain.examples]
+    tokenized = [tokenize_instruction(tokenizer, p, e["output"], max_length) for p, e in zip(prompts, domain.examples)]
+    # None: no response token survived truncation
+    return [(t["input_ids"], [label != IGNORE_INDEX for label in t["labels"]]) for t in tokenized if t is not None]
 
 
 def _cross_groups(
@@ -86,9 +83,8 @@ def _cross_groups(
         return {}
     groups: dict[str, dict[str, list[GateStats]]] = {}
     for (layer, module), summary in stats.items():
-        if layer is None:
-            continue
-        groups.setdefault(depth_group(layer, num_layers), {}).setdefault(second(module), []).append(summary)
+        if layer is not None:  # a module outside the numbered layers has no depth
+            groups.setdefault(depth_group(layer, num_layers), {}).setdefault(second(module), []).append(summary)
     return {
         depth: {name: GateStats.merge(members, module=name).to_dict() for name, members in groups[depth].items()}
         for depth in DEPTH_GROUPS

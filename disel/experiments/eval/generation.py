@@ -182,19 +182,18 @@ _EXECUTION_REFUSAL = (
 # Runs inside the child interpreter: apply the limits, then execute the program file as __main__.
 # Limits go here rather than in a preexec_fn because preexec_fn is unsafe in a parent that has
 # threads (torch always has), and a child that limits itself needs no cooperation from the parent.
+# Its arguments: the program file, then the address space (bytes), CPU time (s) and file size (bytes); no core dumps.
 _CHILD_BOOTSTRAP = """
+import contextlib
 import resource
-import sys
-memory_bytes, cpu_seconds, file_bytes = (int(v) for v in sys.argv[2:5])
-for limit, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_seconds),
-                     (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_CORE, 0)):
-    soft, hard = resource.getrlimit(limit)
-    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-    try:
-        resource.setrlimit(limit, (value, hard))
-    except (ValueError, OSError):
-        pass
 import runpy
+import sys
+limits = (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_CORE)
+for limit, value in zip(limits, [*map(int, sys.argv[2:5]), 0]):
+    hard = resource.getrlimit(limit)[1]
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(limit, (value, hard))
 sys.argv = sys.argv[1:2]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -247,8 +246,7 @@ def check_program(program: str, *, timeout_s: float = 10.0, allow_code_execution
             _, stderr = process.communicate()
             status = "timeout"
         seconds = time.perf_counter() - started
-    detail = stderr.decode("utf-8", errors="replace")[-2000:]
-    return ExecutionResult(status, process.returncode, detail, seconds)
+    return ExecutionResult(status, process.returncode, stderr.decode("utf-8", errors="replace")[-2000:], seconds)
 
 
 @dataclass(frozen=True)
@@ -314,11 +312,9 @@ def evaluate_humaneval(
     ask = "Complete the following Python function.\n```python\n{}```"
     format_prompt = format_prompt or (lambda problem: get_template(template).format_prompt(ask.format(problem.prompt)))
     responses = generate_responses(model, tokenizer, [format_prompt(problem) for problem in problems], settings)
-    outcomes = []
     tested = progress_bar(zip(problems, responses), "running tests", total=len(problems), unit="program")
-    for problem, response in tested:
-        program = humaneval_program(problem, extract_code_completion(problem, response))
-        outcomes.append(check_program(program, timeout_s=timeout_s, allow_code_execution=True))
+    programs = (humaneval_program(problem, extract_code_completion(problem, response)) for problem, response in tested)
+    outcomes = [check_program(program, timeout_s=timeout_s, allow_code_execution=True) for program in programs]
     samples = [
         {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
         for p, r, o in zip(problems, responses, outcomes)

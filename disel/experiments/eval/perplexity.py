@@ -81,8 +81,7 @@ def causal_lm_windows(
         scored_until = 1  # the first token has no context and is never predicted
         end = min(max_length, len(ids))
         while scored_until < len(ids):
-            begin = max(0, end - max_length)  # <= scored_until - 1 because stride < max_length
-            window = ids[begin:end]
+            window = ids[max(0, end - max_length) : end]  # begins <= scored_until - 1 because stride < max_length
             unscored = len(window) - (end - scored_until)
             windows.append((window, [-100] * unscored + window[unscored:]))
             scored_until = end
@@ -101,11 +100,9 @@ def window_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     ordered = sorted(windows, key=lambda window: len(window[0]), reverse=True)
-    batches = []
-    for start in range(0, len(ordered), batch_size):
-        ids, attention, labels = right_pad(ordered[start : start + batch_size], pad_id, fill=-100, dtype=torch.long)
-        batches.append({"input_ids": ids, "attention_mask": attention, "labels": labels})
-    return batches
+    starts = range(0, len(ordered), batch_size)
+    padded = (right_pad(ordered[start : start + batch_size], pad_id, fill=-100, dtype=torch.long) for start in starts)
+    return [{"input_ids": ids, "attention_mask": attention, "labels": labels} for ids, attention, labels in padded]
 
 
 @torch.no_grad()
@@ -188,9 +185,7 @@ def masked_lm_perplexity(
             draws[len(piece) - len(suffix) :] = torch.inf
             chosen = draws < mask_prob  # (T,)
             chosen[draws.argmin()] = True  # a short piece may draw no mask: its smallest draw is masked then
-            labels = torch.where(chosen, piece, torch.full_like(piece, -100))
-            masked = torch.where(chosen, torch.full_like(piece, tokenizer.mask_token_id), piece)
-            pieces.append((masked, labels))
+            pieces.append((piece.masked_fill(chosen, tokenizer.mask_token_id), piece.masked_fill(~chosen, -100)))
     if not pieces:
         raise ValueError("every text is empty after tokenization: nothing to score")
     result = _perplexity(model, tokenizer, pieces, batch_size, shift=False)

@@ -82,8 +82,7 @@ _KINDS = (
 
 def _problem(rng: random.Random) -> ArithmeticProblem:
     draw, question, work = rng.choice(_KINDS)
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    values = {"name": name, "item": item, **draw(rng)}
+    values = {"name": rng.choice(_NAMES), "item": rng.choice(_ITEMS), **draw(rng)}  # drawn in this order
     answer = values["answer"]
     return ArithmeticProblem(question.format(**values), f"{work.format(**values)}\n#### {answer}", answer)
 
@@ -103,8 +102,7 @@ def train_and_test_problems(
     among the training questions. ``RuntimeError`` if too few such questions can be drawn."""
     train_problems = generate_problems(train, seed)
     seen = {p.instruction for p in train_problems}
-    candidates = generate_problems(4 * test, seed + 1)
-    test_problems = [p for p in candidates if p.instruction not in seen][:test]
+    test_problems = [p for p in generate_problems(4 * test, seed + 1) if p.instruction not in seen][:test]
     if len(test_problems) < test:
         raise RuntimeError(f"could not draw {test} test problems whose question is absent from the training set")
     return train_problems, test_problems

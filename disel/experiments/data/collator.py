@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .templates import IGNORE_INDEX
 
@@ -23,15 +24,11 @@ def right_pad(
     and ``fill`` (values, e.g. -100 for labels or False for a token mask). Right padding leaves every real
     position's causal context unchanged.
     """
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (b, T)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)  # (b, T)
-    values = torch.full((len(batch), width), fill, dtype=dtype)  # (b, T)
-    for row, (ids, per_token) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.as_tensor(ids)
-        attention[row, : len(ids)] = 1
-        values[row, : len(ids)] = torch.as_tensor(per_token)
-    return input_ids, attention, values
+    ids = [torch.as_tensor(sequence, dtype=torch.long) for sequence, _ in batch]
+    values = [torch.as_tensor(per_token, dtype=dtype) for _, per_token in batch]
+    input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id)  # (b, T)
+    attention = pad_sequence([torch.ones_like(row) for row in ids], batch_first=True)  # (b, T)
+    return input_ids, attention, pad_sequence(values, batch_first=True, padding_value=fill)  # (b, T) each
 
 
 @dataclass

@@ -57,12 +57,11 @@ def _read_json(path: Path) -> list[Row]:
         raise DataFormatError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
     if not isinstance(items, list):
         raise DataFormatError(f"{path}: expected a JSON list of objects (or use JSONL), got a {type(items).__name__}")
-    for index, values in enumerate(items):
-        if not isinstance(values, dict):
-            raise DataFormatError(
-                f"{path}, item {index} (0-based): expected a JSON object, got {type(values).__name__}"
-            )
-    return [Row(values, f"{path}, item {index} (0-based)") for index, values in enumerate(items)]
+    rows = [Row(values, f"{path}, item {index} (0-based)") for index, values in enumerate(items)]
+    for row in rows:
+        if not isinstance(row.values, dict):
+            raise DataFormatError(f"{row.location}: expected a JSON object, got {type(row.values).__name__}")
+    return rows
 
 
 def _read_csv(path: Path, delimiter: str) -> list[Row]:
@@ -150,11 +149,10 @@ def tokenize_instruction(tokenizer: Any, prompt: str, response: str, max_length:
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
         n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
-    if ids and ids[-1] == eos:  # the tokenizer appends EOS itself: learn it, do not add a second one
-        labels[-1] = eos
-    else:
+    if not ids or ids[-1] != eos:  # a tokenizer that appends EOS itself gets no second one
         ids.append(eos)
         labels.append(eos)
+    labels[-1] = eos  # EOS is learned, whoever appended it
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
         return None
@@ -192,57 +190,35 @@ def prepare_data(config: DataConfig, tokenizer: Any, task_type: str, num_labels:
     validation_rows = validation_rows[: config.max_validation_samples]
 
     stats = {"train_rows": len(train_rows), "validation_rows": len(validation_rows)}
-    train = _tokenize_rows(train_rows, config, tokenizer, task_type, num_labels, stats, "train")
-    validation = None
-    if validation_rows:
-        validation = _tokenize_rows(validation_rows, config, tokenizer, task_type, num_labels, stats, "validation")
-    if len(train) == 0:
+    splits = {"train": train_rows, "validation": validation_rows} if validation_rows else {"train": train_rows}
+    examples = {}
+    for name, rows in splits.items():
+        tokenized = [_tokenize_row(row, config, tokenizer, task_type, num_labels) for row in rows]
+        examples[name] = kept = [example for example in tokenized if example is not None]  # None: no response token
+        stats[f"{name}_examples"] = len(kept)
+        stats[f"{name}_dropped_no_response"] = len(rows) - len(kept)
+        stats[f"{name}_at_max_length"] = sum(len(e["input_ids"]) >= config.max_length for e in kept)  # possibly cut
+    if len(examples["train"]) == 0:
         raise DataFormatError(
             f"every training example was dropped: no response token fits in data.max_length={config.max_length}"
         )
-    return PreparedData(train, validation, stats)
+    return PreparedData(examples["train"], examples.get("validation"), stats)
 
 
-def _tokenize_rows(
-    rows: list[Row],
-    config: DataConfig,
-    tokenizer: Any,
-    task_type: str,
-    num_labels: int | None,
-    stats: dict[str, int],
-    split: str,
-) -> list[dict[str, Any]]:
-    examples = []
-    dropped = truncated = 0
-    for row in rows:
-        if task_type == "sequence_classification":
-            text = _string_field(row, config.text_field, "data.text_field")
-            pair_field = config.text_pair_field
-            pair = _string_field(row, pair_field, "data.text_pair_field") if pair_field else None
-            encoding = tokenizer(text, pair, truncation=True, max_length=config.max_length)
-            example = {
-                "input_ids": list(encoding["input_ids"]),
-                "attention_mask": list(encoding["attention_mask"]),
-                "labels": _label(row, config, num_labels),
-            }
-        elif config.template == "none":  # raw text: an empty prompt, so loss on every token
-            text = _string_field(row, config.text_field, "data.text_field")
-            example = tokenize_instruction(tokenizer, "", text, config.max_length)
-        else:
-            instruction = _string_field(row, config.instruction_field, "data.instruction_field")
-            response = _string_field(row, config.response_field, "data.response_field")
-            prompt = format_prompt(config.template, instruction)
-            example = tokenize_instruction(tokenizer, prompt, response, config.max_length)
-        if example is None:
-            dropped += 1
-            continue
-        if len(example["input_ids"]) >= config.max_length:
-            truncated += 1  # at the limit: possibly cut
-        examples.append(example)
-    stats[f"{split}_examples"] = len(examples)
-    stats[f"{split}_dropped_no_response"] = dropped
-    stats[f"{split}_at_max_length"] = truncated
-    return examples
+def _tokenize_row(row: Row, config: DataConfig, tokenizer: Any, task_type: str, num_labels: int | None) -> dict | None:
+    """One training example of ``row`` for ``task_type``; None when no response token fits in ``max_length``."""
+    if task_type == "sequence_classification":
+        text = _string_field(row, config.text_field, "data.text_field")
+        pair = _string_field(row, config.text_pair_field, "data.text_pair_field") if config.text_pair_field else None
+        encoding = tokenizer(text, pair, truncation=True, max_length=config.max_length)
+        example = {key: list(encoding[key]) for key in ("input_ids", "attention_mask")}
+        return {**example, "labels": _label(row, config, num_labels)}
+    if config.template == "none":  # raw text: an empty prompt, so loss on every token
+        text = _string_field(row, config.text_field, "data.text_field")
+        return tokenize_instruction(tokenizer, "", text, config.max_length)
+    instruction = _string_field(row, config.instruction_field, "data.instruction_field")
+    response = _string_field(row, config.response_field, "data.response_field")
+    return tokenize_instruction(tokenizer, format_prompt(config.template, instruction), response, config.max_length)
 
 
 def _field(row: Row, key: str, setting: str) -> Any:

@@ -42,9 +42,8 @@ def _prose_paragraphs(topic_text: str) -> list[str]:
         text = " ".join(line.strip() for line in lines)
         letters = sum(ch.isalpha() or ch.isspace() for ch in text)
         # Headings, one-line notes and symbol-heavy lines are not prose.
-        if len(text) < 80 or letters < 0.85 * len(text) or not text.rstrip().endswith((".", ":", ")")):
-            continue
-        paragraphs.append(text)
+        if len(text) >= 80 and letters >= 0.85 * len(text) and text.rstrip().endswith((".", ":", ")")):
+            paragraphs.append(text)
     return paragraphs
 
 
@@ -112,8 +111,8 @@ def _definitions_in(path: Path) -> list[CodeDefinition]:
             continue
         docstring = ast.get_docstring(node) or ""
         body = text
-        first = node.body[0] if node.body else None
-        if docstring and isinstance(first, ast.Expr) and first.end_lineno is not None:
+        if docstring:  # then the first statement is the docstring: cut it out
+            first = node.body[0]
             body = "\n".join(lines[start : first.lineno - 1] + lines[first.end_lineno : node.end_lineno])
         found.append(CodeDefinition(path.stem, node.name, text, docstring, body))
     return found
@@ -139,8 +138,7 @@ def stdlib_definitions(exclude: Iterable[str] = ()) -> list[CodeDefinition]:
 def python_code_texts(n: int, seed: int = 0, exclude: Iterable[str] = ()) -> list[str]:
     """``n`` Python source texts, each one top-level function or class of a standard-library module
     not in ``exclude`` (see :func:`stdlib_definitions`)."""
-    definitions = stdlib_definitions(exclude)
-    return [d.source for d in _sample(definitions, n, seed, "Python definitions")]
+    return [d.source for d in _sample(stdlib_definitions(exclude), n, seed, "Python definitions")]
 
 
 def python_function_tasks(n: int, seed: int = 0, exclude: Iterable[str] = ()) -> list[dict[str, str]]:
@@ -153,11 +151,7 @@ def python_function_tasks(n: int, seed: int = 0, exclude: Iterable[str] = ()) ->
     definitions = [
         d for d in stdlib_definitions(exclude) if d.docstring and d.source.lstrip().startswith(("def ", "async def "))
     ]
-    chosen = _sample(definitions, n, seed, "documented Python functions")
     return [
-        {
-            "instruction": f"Write a Python function `{d.name}`.\n{d.docstring.strip()}",
-            "output": d.body_without_docstring,
-        }
-        for d in chosen
+        dict(instruction=f"Write a Python function `{d.name}`.\n{d.docstring.strip()}", output=d.body_without_docstring)
+        for d in _sample(definitions, n, seed, "documented Python functions")
     ]

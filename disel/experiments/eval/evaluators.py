@@ -81,8 +81,7 @@ class PerplexityEvaluator:
         }
         metrics = {name: result["perplexity"] for name, result in per_corpus.items()}
         mean = sum(metrics.values()) / len(metrics)
-        detail = PerplexityResult(dict(loaded.description), per_corpus, mean).to_dict()
-        return EvalOutcome(metrics, mean, detail)
+        return EvalOutcome(metrics, mean, PerplexityResult(dict(loaded.description), per_corpus, mean).to_dict())
 
 
 @dataclass
@@ -103,7 +102,7 @@ class Gsm8kEvaluator:
             loaded.model, loaded.tokenizer, self.rows, settings=self.generation, template=self.template
         )
         record["model"] = loaded.description
-        metrics = {"exact_match": record["exact_match"], "exact_match_flexible": record["exact_match_flexible"]}
+        metrics = {key: record[key] for key in ("exact_match", "exact_match_flexible")}
         return EvalOutcome(metrics, record["exact_match"], record)
 
 
@@ -145,8 +144,7 @@ def training_template(path: str | os.PathLike | None) -> str | None:
     folder holds the file (a model not trained here): the caller then names the template."""
     if path is None:
         return None
-    for folder in (Path(path), Path(path).parent):
-        saved = folder / RUN_CONFIG_FILE
+    for saved in (Path(path) / RUN_CONFIG_FILE, Path(path).parent / RUN_CONFIG_FILE):
         if saved.is_file():
             try:
                 return DataConfig.model_validate(read_mapping(saved).get("data", {})).template

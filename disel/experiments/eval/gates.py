@@ -21,8 +21,11 @@ from torch import nn
 from disel.io import write_json_atomic
 from disel.recording import DEPTH_GROUPS, GateStats, depth_group, module_kind, record_gates
 
+from ..data.arithmetic import generate_problems
 from ..data.collator import right_pad
-from ..data.templates import DEFAULT_TEMPLATE
+from ..data.datasets import tokenize_instruction
+from ..data.offline_text import general_english_texts, python_function_tasks
+from ..data.templates import ALPACA, DEFAULT_TEMPLATE, IGNORE_INDEX, MAGICODER, get_template
 from ..schemas import GATES_SCHEMA, GatesFile
 from .progress import progress_bar
 
@@ -66,16 +69,10 @@ def _encode_domain(domain: GateDomain, tokenizer: Any, max_length: int) -> list[
     if domain.texts is not None:
         texts = [tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in domain.texts]
         return [(ids, [True] * len(ids)) for ids in texts]
-    from ..data.datasets import tokenize_instruction
-    from ..data.templates import IGNORE_INDEX
-
-    encoded = []
-    for example in domain.examples:
-        prompt = domain.format_prompt(example["instruction"])
-        tokenized = tokenize_instruction(tokenizer, prompt, example["output"], max_length)
-        if tokenized is not None:  # None: no response token survived truncation
-            encoded.append((tokenized["input_ids"], [label != IGNORE_INDEX for label in tokenized["labels"]]))
-    return encoded
+    prompts = [domain.format_prompt(example["instruction"]) for example in domain.examples]
+    tokenized = [tokenize_instruction(tokenizer, p, e["output"], max_length) for p, e in zip(prompts, domain.examples)]
+    # None: no response token survived truncation
+    return [(t["input_ids"], [label != IGNORE_INDEX for label in t["labels"]]) for t in tokenized if t is not None]
 
 
 def _cross_groups(
@@ -86,9 +83,8 @@ def _cross_groups(
         return {}
     groups: dict[str, dict[str, list[GateStats]]] = {}
     for (layer, module), summary in stats.items():
-        if layer is None:
-            continue
-        groups.setdefault(depth_group(layer, num_layers), {}).setdefault(second(module), []).append(summary)
+        if layer is not None:  # a module outside the numbered layers has no depth
+            groups.setdefault(depth_group(layer, num_layers), {}).setdefault(second(module), []).append(summary)
     return {
         depth: {name: GateStats.merge(members, module=name).to_dict() for name, members in groups[depth].items()}
         for depth in DEPTH_GROUPS
@@ -161,8 +157,6 @@ def domain_from_rows(name: str, rows: Sequence[dict[str, Any]], template: str = 
     """A domain from JSONL-style rows: ``text`` rows are raw text (all tokens); rows with
     ``instruction``/``output``, ``question``/``answer`` (GSM8K) or ``prompt``/``canonical_solution``
     (HumanEval) are instruction examples in the named training template (response tokens only)."""
-    from ..data.templates import get_template
-
     if not rows:
         raise ValueError(f"domain {name!r} has no rows")
     if all("text" in row for row in rows):
@@ -185,16 +179,11 @@ def default_offline_domains(n: int = 64, seed: int = 12345) -> list[GateDomain]:
     * ``general``: English prose from Python's documentation; all tokens.
     * ``code``: documented standard-library functions in the Magicoder template; response tokens.
     """
-    from ..data.arithmetic import generate_problems
-    from ..data.offline_text import general_english_texts, python_function_tasks
-    from ..data.templates import ALPACA, MAGICODER
-
     math_examples = [{"instruction": p.instruction, "output": p.output} for p in generate_problems(n, seed)]
-    code_examples = python_function_tasks(n, seed)
     return [
         GateDomain("math", examples=math_examples, format_prompt=ALPACA.format_prompt),
         GateDomain("general", texts=general_english_texts(n, seed)),
-        GateDomain("code", examples=code_examples, format_prompt=MAGICODER.format_prompt),
+        GateDomain("code", examples=python_function_tasks(n, seed), format_prompt=MAGICODER.format_prompt),
     ]
 
 

@@ -20,7 +20,7 @@ import torch
 from pydantic import PositiveInt
 from pydantic.dataclasses import dataclass as checked_dataclass
 
-from ..data.templates import DEFAULT_TEMPLATE
+from ..data.templates import DEFAULT_TEMPLATE, get_template
 from ..schemas import Gsm8kResult, HumanEvalResult
 from .progress import progress_bar
 
@@ -48,15 +48,11 @@ def extract_final_number(text: str, strict: bool = True) -> str | None:
     """
     if strict:
         match = _GSM8K_STRICT.search(text) or _ANSWER_IS_STRICT.search(text)
-        if match is None:
-            return None
-        number = match.group(1)
+        number = match.group(1) if match else ""
     else:
-        matches = _FLEXIBLE.findall(text)
-        if not matches:
-            return None
-        number = next(group for group in matches[-1] if group)
-    normalised = _normalise_number(number)
+        numbers = _FLEXIBLE.findall(text)  # (group 1, group 2) per match: the one that matched, and ""
+        number = "".join(numbers[-1]) if numbers else ""
+    normalised = _normalise_number(number)  # "" (no number) has no digit: None
     return normalised if re.search(r"[0-9]", normalised) else None
 
 
@@ -68,13 +64,10 @@ def gsm8k_reference_answer(row: dict[str, Any]) -> str:
     if answer is None:
         raise KeyError(f"a GSM8K row needs an 'answer' field, got fields {sorted(row)}")
     answer = str(answer)
-    extracted = extract_final_number(answer, strict=True)
-    if extracted is not None:
-        return extracted
-    bare = _normalise_number(answer)
-    if not re.fullmatch(r"-?[0-9.]+", bare):
+    reference = extract_final_number(answer, strict=True) or _normalise_number(answer)
+    if not re.fullmatch(r"-?[0-9.]+", reference):
         raise ValueError(f"answer {answer!r} is neither a number nor a GSM8K solution ending '#### <number>'")
-    return bare
+    return reference
 
 
 def _question_of(row: dict[str, Any]) -> str:
@@ -99,11 +92,8 @@ class GenerationSettings:
 
     def for_template(self, template: str) -> GenerationSettings:
         """These settings with the stop strings of ``template`` filled in (when not set explicitly)."""
-        from ..data.templates import get_template
-
-        if self.stop_strings is not None:
-            return self
-        return GenerationSettings(self.max_new_tokens, self.batch_size, get_template(template).stop_strings)
+        stops = self.stop_strings if self.stop_strings is not None else get_template(template).stop_strings
+        return GenerationSettings(self.max_new_tokens, self.batch_size, stops)
 
 
 @torch.no_grad()
@@ -138,25 +128,6 @@ def generate_responses(
     return responses
 
 
-def _respond(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    items: Sequence[Any],
-    settings: GenerationSettings | None,
-    template: str,
-    format_prompt: Callable[[Any], str] | None,
-    instruction: Callable[[Any], str],
-) -> tuple[list[str], GenerationSettings]:
-    """Greedy responses to ``items``, each asked as ``instruction(item)`` in ``template`` (or as
-    ``format_prompt(item)``), stopping at the template's stop strings unless ``settings`` sets them; and the
-    settings used."""
-    from ..data.templates import get_template
-
-    settings = (settings or GenerationSettings()).for_template(template)
-    format_prompt = format_prompt or (lambda item: get_template(template).format_prompt(instruction(item)))
-    return generate_responses(model, tokenizer, [format_prompt(item) for item in items], settings), settings
-
-
 def evaluate_gsm8k(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -178,13 +149,14 @@ def evaluate_gsm8k(
         raise ValueError("rows is empty: nothing to evaluate")
     questions = [_question_of(row) for row in rows]
     references = [gsm8k_reference_answer(row) for row in rows]
+    settings = (settings or GenerationSettings()).for_template(template)
+    format_prompt = format_prompt or get_template(template).format_prompt
     started = time.perf_counter()
-    responses, settings = _respond(model, tokenizer, questions, settings, template, format_prompt, str)
+    responses = generate_responses(model, tokenizer, [format_prompt(question) for question in questions], settings)
     seconds = time.perf_counter() - started
     strict = [extract_final_number(r, strict=True) for r in responses]
     flexible = [extract_final_number(r, strict=False) for r in responses]
-    strict_correct = [p is not None and p == ref for p, ref in zip(strict, references)]
-    flexible_correct = [p is not None and p == ref for p, ref in zip(flexible, references)]
+    strict_correct = [p == ref for p, ref in zip(strict, references)]  # a reference is never None
     columns = zip(questions, references, responses, strict, flexible, strict_correct)
     samples = [
         dict(index=i, question=q, reference=ref, response=r, prediction_strict=s, prediction_flexible=f, correct=c)
@@ -192,7 +164,7 @@ def evaluate_gsm8k(
     ]
     return Gsm8kResult(
         exact_match=sum(strict_correct) / len(rows),
-        exact_match_flexible=sum(flexible_correct) / len(rows),
+        exact_match_flexible=sum(p == ref for p, ref in zip(flexible, references)) / len(rows),
         n=len(rows),
         n_no_strict_answer=sum(p is None for p in strict),
         generation=asdict(settings),
@@ -210,19 +182,18 @@ _EXECUTION_REFUSAL = (
 # Runs inside the child interpreter: apply the limits, then execute the program file as __main__.
 # Limits go here rather than in a preexec_fn because preexec_fn is unsafe in a parent that has
 # threads (torch always has), and a child that limits itself needs no cooperation from the parent.
+# Its arguments: the program file, then the address space (bytes), CPU time (s) and file size (bytes); no core dumps.
 _CHILD_BOOTSTRAP = """
+import contextlib
 import resource
-import sys
-memory_bytes, cpu_seconds, file_bytes = (int(v) for v in sys.argv[2:5])
-for limit, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_seconds),
-                     (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_CORE, 0)):
-    soft, hard = resource.getrlimit(limit)
-    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-    try:
-        resource.setrlimit(limit, (value, hard))
-    except (ValueError, OSError):
-        pass
 import runpy
+import sys
+limits = (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_CORE)
+for limit, value in zip(limits, [*map(int, sys.argv[2:5]), 0]):
+    hard = resource.getrlimit(limit)[1]
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(limit, (value, hard))
 sys.argv = sys.argv[1:2]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -275,8 +246,7 @@ def check_program(program: str, *, timeout_s: float = 10.0, allow_code_execution
             _, stderr = process.communicate()
             status = "timeout"
         seconds = time.perf_counter() - started
-    detail = stderr.decode("utf-8", errors="replace")[-2000:]
-    return ExecutionResult(status, process.returncode, detail, seconds)
+    return ExecutionResult(status, process.returncode, stderr.decode("utf-8", errors="replace")[-2000:], seconds)
 
 
 @dataclass(frozen=True)
@@ -338,13 +308,13 @@ def evaluate_humaneval(
     problems = [p if isinstance(p, CodeProblem) else CodeProblem.from_row(p) for p in problems]
     if not problems:
         raise ValueError("problems is empty: nothing to evaluate")
-    ask = lambda problem: f"Complete the following Python function.\n```python\n{problem.prompt}```"  # noqa: E731
-    responses, settings = _respond(model, tokenizer, problems, settings, template, format_prompt, ask)
-    outcomes = []
+    settings = (settings or GenerationSettings()).for_template(template)
+    ask = "Complete the following Python function.\n```python\n{}```"
+    format_prompt = format_prompt or (lambda problem: get_template(template).format_prompt(ask.format(problem.prompt)))
+    responses = generate_responses(model, tokenizer, [format_prompt(problem) for problem in problems], settings)
     tested = progress_bar(zip(problems, responses), "running tests", total=len(problems), unit="program")
-    for problem, response in tested:
-        program = humaneval_program(problem, extract_code_completion(problem, response))
-        outcomes.append(check_program(program, timeout_s=timeout_s, allow_code_execution=True))
+    programs = (humaneval_program(problem, extract_code_completion(problem, response)) for problem, response in tested)
+    outcomes = [check_program(program, timeout_s=timeout_s, allow_code_execution=True) for program in programs]
     samples = [
         {"task_id": p.task_id, "response": r, "status": o.status, "detail": o.detail[-500:]}
         for p, r, o in zip(problems, responses, outcomes)

@@ -93,14 +93,12 @@ class LmEvalSettings:
 def resolve_benchmarks(settings: LmEvalSettings) -> list[Benchmark]:
     """The preset's benchmarks followed by ``settings.tasks`` (a task listed twice keeps its first entry)."""
     benchmarks = list(PRESETS[settings.preset]) if settings.preset else []
-    seen = {b.task for b in benchmarks}
     for spec in settings.tasks:
         task, _, metric = spec.partition(":")
         if not task:
             raise ValueError(f"task spec {spec!r} has no task name (expected 'task' or 'task:metric,filter')")
-        if task not in seen:
+        if task not in {b.task for b in benchmarks}:
             benchmarks.append(Benchmark(task, metric))  # metric "" → chosen from the results
-            seen.add(task)
     return benchmarks
 
 
@@ -187,8 +185,7 @@ def evaluate_lm_eval(
 
     settings = settings or LmEvalSettings()
     started = time.perf_counter()
-    raw = run_lm_eval(model, tokenizer, settings)
-    summary = summarize_lm_eval(raw, resolve_benchmarks(settings))
+    summary = summarize_lm_eval(run_lm_eval(model, tokenizer, settings), resolve_benchmarks(settings))
     return LmEvalResult(
         model=dict(description or {}),
         settings=asdict(settings),

@@ -81,8 +81,7 @@ def causal_lm_windows(
         scored_until = 1  # the first token has no context and is never predicted
         end = min(max_length, len(ids))
         while scored_until < len(ids):
-            begin = max(0, end - max_length)  # <= scored_until - 1 because stride < max_length
-            window = ids[begin:end]
+            window = ids[max(0, end - max_length) : end]  # begins <= scored_until - 1 because stride < max_length
             unscored = len(window) - (end - scored_until)
             windows.append((window, [-100] * unscored + window[unscored:]))
             scored_until = end
@@ -101,11 +100,9 @@ def window_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     ordered = sorted(windows, key=lambda window: len(window[0]), reverse=True)
-    batches = []
-    for start in range(0, len(ordered), batch_size):
-        ids, attention, labels = right_pad(ordered[start : start + batch_size], pad_id, fill=-100, dtype=torch.long)
-        batches.append({"input_ids": ids, "attention_mask": attention, "labels": labels})
-    return batches
+    starts = range(0, len(ordered), batch_size)
+    padded = (right_pad(ordered[start : start + batch_size], pad_id, fill=-100, dtype=torch.long) for start in starts)
+    return [{"input_ids": ids, "attention_mask": attention, "labels": labels} for ids, attention, labels in padded]
 
 
 @torch.no_grad()
@@ -146,17 +143,6 @@ def _perplexity(model: nn.Module, tokenizer: Any, pairs, batch_size: int, *, shi
     return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": total_tokens}
 
 
-def _mask_positions(candidates: torch.Tensor, mask_prob: float, generator: torch.Generator) -> torch.Tensor:
-    """Bool mask over ``candidates`` (bool, (T,)): each candidate kept with probability ``mask_prob``,
-    at least one if there is any candidate."""
-    draws = torch.rand(candidates.shape, generator=generator)  # (T,)
-    chosen = (draws < mask_prob) & candidates
-    if not chosen.any() and candidates.any():
-        # A short text may draw no mask at all; mask its candidate with the smallest draw instead.
-        chosen[torch.where(candidates, draws, torch.inf).argmin()] = True
-    return chosen
-
-
 @torch.no_grad()
 def masked_lm_perplexity(
     model: nn.Module,
@@ -193,13 +179,13 @@ def masked_lm_perplexity(
         chunk = max_length - len(prefix) - len(suffix)
         for begin in range(0, len(inner_ids), chunk):
             piece = torch.tensor(prefix + inner_ids[begin : begin + chunk] + suffix)  # (T,)
-            candidates = torch.zeros(len(piece), dtype=torch.bool)
-            candidates[len(prefix) : len(piece) - len(suffix)] = True
             generator = torch.Generator().manual_seed(seed * 1_000_003 + len(pieces))
-            chosen = _mask_positions(candidates, mask_prob, generator)  # (T,)
-            labels = torch.where(chosen, piece, torch.full_like(piece, -100))
-            masked = torch.where(chosen, torch.full_like(piece, tokenizer.mask_token_id), piece)
-            pieces.append((masked, labels))
+            draws = torch.rand(len(piece), generator=generator)  # (T,)
+            draws[: len(prefix)] = torch.inf  # <s> and </s> are never masked
+            draws[len(piece) - len(suffix) :] = torch.inf
+            chosen = draws < mask_prob  # (T,)
+            chosen[draws.argmin()] = True  # a short piece may draw no mask: its smallest draw is masked then
+            pieces.append((piece.masked_fill(chosen, tokenizer.mask_token_id), piece.masked_fill(~chosen, -100)))
     if not pieces:
         raise ValueError("every text is empty after tokenization: nothing to score")
     result = _perplexity(model, tokenizer, pieces, batch_size, shift=False)
@@ -231,12 +217,9 @@ def mlm_with_original_head(pretrained_mlm_path: str | os.PathLike, finetuned_mod
         )
     parameter = next(encoder.parameters())
     mlm = AutoModelForMaskedLM.from_pretrained(pretrained_mlm_path, dtype=parameter.dtype)
-    prefix = mlm.base_model_prefix
     head = mlm.get_output_embeddings()
     if head is not None:
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
     mlm.config.tie_word_embeddings = False
-    setattr(mlm, prefix, encoder)
-    mlm.to(parameter.device)
-    mlm.eval()
-    return mlm
+    setattr(mlm, mlm.base_model_prefix, encoder)
+    return mlm.to(parameter.device).eval()

@@ -47,13 +47,6 @@ def _load_checkpoint(path: Path | None, base_path: str, dtype: Any) -> LoadedMod
     raise FileNotFoundError(f"{path} holds neither an adapter (adapter_config.json) nor a model (config.json)")
 
 
-def _resumed_rows(table_path: Path, evaluator_name: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of an existing table made by the same evaluator with the same settings (else none: start over)."""
-    previous = RetentionTable.read(table_path) if table_path.is_file() else None
-    same = previous is not None and (previous.evaluator, previous.settings) == (evaluator_name, settings)
-    return previous.to_dict()["rows"] if same else []
-
-
 def evaluate_checkpoints(
     output_dir: str | Path,
     evaluator: Evaluator,
@@ -93,7 +86,10 @@ def evaluate_checkpoints(
         output_dir=str(output_dir),
         base_path=base_path,
     )
-    rows = _resumed_rows(table_path, evaluator.name, settings) if resume else []
+    # resumed: the rows of an existing table made by the same evaluator with the same settings (else start over)
+    previous = RetentionTable.read(table_path) if resume and table_path.is_file() else None
+    same = previous is not None and (previous.evaluator, previous.settings) == (evaluator.name, settings)
+    rows = previous.to_dict()["rows"] if same else []
     done = {row["checkpoint"] for row in rows}
     models = [(0, "base", None)] if include_base else []
     models += [(step, path.name, path) for step, path in checkpoints]
@@ -117,14 +113,12 @@ def evaluate_checkpoints(
 
 def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write the table (JSON and CSV, atomically) and return it; columns in order of first appearance."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in ("step", "checkpoint", "mean") and key not in columns]
+    columns = list(dict.fromkeys(key for row in rows for key in row if key not in ("step", "checkpoint", "mean")))
     table = {**header, "metric_columns": columns, "rows": rows}
     RetentionTable.from_dict(table, table_path).write(table_path)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["step", "checkpoint", *columns, "mean"], extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({key: ("" if value is None else value) for key, value in row.items()} for row in rows)
+    writer.writerows(rows)  # None is written as an empty cell
     write_text_atomic(table_path.with_suffix(".csv"), buffer.getvalue())
     return table

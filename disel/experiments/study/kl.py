@@ -88,8 +88,9 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout: KL of a stochastic forward would be noise) restored afterwards."""
+def _eval_mode(*models: nn.Module | None) -> Iterator[None]:
+    """Eval mode (no dropout: KL of a stochastic forward would be noise) restored afterwards; None is skipped."""
+    models = [m for m in models if m is not None]
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
@@ -158,8 +159,7 @@ def base_log_probs(
     ``base_log_probs`` of :func:`mean_token_kl` on the same ``batches``. ``base_model`` as there (None: ``model``
     with its adapter disabled; pass the base itself to score it). Memory: 4 · V bytes per scored token."""
     cached = []
-    models = (model,) if base_model is None else (model, base_model)
-    with _eval_mode(*models), torch.inference_mode():
+    with _eval_mode(model, base_model), torch.inference_mode():
         for index, batch in enumerate(batches):
             ids, mask, scored = _checked_batch(index, batch, _device_of(model))  # (b, s), (b, s), (b, s-1)
             if not scored.any():
@@ -201,8 +201,7 @@ def mean_token_kl(
     device = _device_of(model)
     totals = torch.zeros(3, dtype=torch.float64)  # KL, NLL, base NLL summed over every scored position
     per_sequence: list[Tensor] = []  # (b, 4) per batch: KL, NLL, base NLL sums and scored positions
-    models = (model,) if base_model is None or base_log_probs is not None else (model, base_model)
-    with _eval_mode(*models), torch.inference_mode():
+    with _eval_mode(model, base_model if base_log_probs is None else None), torch.inference_mode():
         for index, batch in enumerate(batches):
             ids, mask, scored = _checked_batch(index, batch, device)  # (b, s), (b, s), (b, s-1)
             if not scored.any():  # nothing to score: its sequences count zero positions
@@ -238,10 +237,7 @@ def _sequence_sums(
     """(b, 4) per sequence of one batch: summed KL, NLL and base NLL over its scored positions, and their count.
     ``cached``: the base's (n, V) log-probabilities at the scored positions, else the base is run."""
     rows = scored.nonzero(as_tuple=True)
-    if cached is None:
-        base = _base_logits(model, base_model, ids, mask)[rows]  # (n, V) on model's device
-    else:
-        base = cached.to(ids.device)  # (n, V)
+    base = _base_logits(model, base_model, ids, mask)[rows] if cached is None else cached.to(ids.device)  # (n, V)
     tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][rows]  # (n, V)
     targets = ids[:, 1:][rows]  # (n,): the real next tokens
     terms = _scored_position_terms(base, tuned_logits, targets, cached is not None)  # 3 × (n,)

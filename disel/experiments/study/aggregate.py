@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models import ADAPTER_CONFIG_FILE, portable_path, portable_paths
+from ..models import ADAPTER_CONFIG_FILE, is_adapter_dir, make_adapter_portable, portable_path, portable_paths
 from ..schemas import TrainResult
 from .config import RunSpec, StudyConfig
 from .records import CheckpointEval
@@ -61,7 +61,6 @@ def _run_record(
     evals = checkpoint_evals(spec)
     records = [base, *evals]
     train = TrainResult.read(spec.source_dir)  # a post-hoc arm's: its source's training
-    runtime = train.trainer_runtime_s or train.runtime_s
     return RunRecord(
         arm=spec.arm,
         seed=spec.seed,
@@ -69,7 +68,7 @@ def _run_record(
         correct=np.array([r.correct for r in records], dtype=bool),
         adapter=adapter,
         timing={
-            "train_runtime_s": float(runtime),
+            "train_runtime_s": float(train.trainer_runtime_s or train.runtime_s),
             "train_steps": float(train.global_step),
             "eval_s": float(sum(r.seconds for r in evals)),
         },
@@ -112,8 +111,6 @@ def build_results(
 def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
     """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config, its base named portably:
     :func:`~disel.experiments.models.make_adapter_portable`); label → folder."""
-    from ..models import is_adapter_dir, make_adapter_portable
-
     copied = {}
     for spec in specs:
         if not is_adapter_dir(spec.run_dir):
@@ -123,8 +120,7 @@ def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
         for name in _ADAPTER_FILES:
             if (spec.run_dir / name).is_file():
                 shutil.copy2(spec.run_dir / name, folder / name)
-        if (folder / ADAPTER_CONFIG_FILE).is_file():
-            make_adapter_portable(folder)
+        make_adapter_portable(folder)  # is_adapter_dir: the config was copied
         copied[spec.label] = str(folder)
     return copied
 

@@ -140,16 +140,13 @@ def _scored_position_terms(
     ``log_softmax`` in chunks of :data:`_CHUNK_POSITIONS` positions bounds the temporaries (row-wise, so the
     chunking changes no number).
     """
-    kl_parts, nll_parts, base_nll_parts = [], [], []
-    for i in range(0, base.shape[0], _CHUNK_POSITIONS):
-        chunk = slice(i, i + _CHUNK_POSITIONS)
-        log_p = base[chunk] if base_is_log_probs else base[chunk].float().log_softmax(dim=-1)  # (c, V)
-        log_q = tuned_logits[chunk].float().log_softmax(dim=-1)  # (c, V)
-        kl_parts.append(_kl_from_log_probs(log_p, log_q))  # (c,)
-        target = targets[chunk, None]  # (c, 1)
-        nll_parts.append(-log_q.gather(-1, target)[:, 0])  # (c,)
-        base_nll_parts.append(-log_p.gather(-1, target)[:, 0])
-    return torch.cat(kl_parts), torch.cat(nll_parts), torch.cat(base_nll_parts)
+    parts = []  # per chunk: its KL, NLL and base NLL, (c,) each
+    for base_chunk, tuned_chunk, target in zip(*(t.split(_CHUNK_POSITIONS) for t in (base, tuned_logits, targets))):
+        log_p = base_chunk if base_is_log_probs else base_chunk.float().log_softmax(dim=-1)  # (c, V)
+        log_q = tuned_chunk.float().log_softmax(dim=-1)  # (c, V)
+        nll, base_nll = (-log.gather(-1, target[:, None])[:, 0] for log in (log_q, log_p))  # (c,) each
+        parts.append((_kl_from_log_probs(log_p, log_q), nll, base_nll))
+    return tuple(torch.cat(column) for column in zip(*parts))
 
 
 def base_log_probs(
@@ -166,8 +163,7 @@ def base_log_probs(
                 cached.append(torch.zeros(0))  # keeps the batch indices; mean_token_kl skips the batch
                 continue
             logits = _base_logits(model, base_model, ids, mask)[scored.nonzero(as_tuple=True)]  # (n, V)
-            chunks = range(0, logits.shape[0], _CHUNK_POSITIONS)
-            cached.append(torch.cat([logits[i : i + _CHUNK_POSITIONS].float().log_softmax(-1) for i in chunks]))
+            cached.append(torch.cat([chunk.float().log_softmax(-1) for chunk in logits.split(_CHUNK_POSITIONS)]))
     return cached
 
 

@@ -256,12 +256,11 @@ def exact_match_interval(
     mean over seeds.
     """
     _check_bootstrap_args(rng, replicates, confidence)
-    correct = np.asarray(correct)
+    correct = np.asarray(correct, dtype=np.float64)
     if correct.ndim == 1:
         correct = correct[None, :]
     if correct.ndim != 2 or correct.shape[1] < 1:
         raise ValueError(f"correct must have shape (problems,) or (seeds, problems), got {correct.shape}")
-    correct = correct.astype(np.float64)
     seeds, problems = correct.shape
     per_seed = _problem_weights(rng, replicates, problems) @ correct.T / problems  # (B, S)
     drawn = rng.integers(0, seeds, size=(replicates, seeds))  # (B, S)

@@ -32,15 +32,12 @@ from .stats import exact_match_interval
 
 __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
 
-_ADAPTER_FILES = ("adapter_model.safetensors", ADAPTER_CONFIG_FILE)
-
 
 def _checkpoint(record: CheckpointEval, rng: np.random.Generator, replicates: int) -> CheckpointRecord:
-    estimate, low, high = exact_match_interval(np.array(record.correct), rng, replicates)
     by_layer = record.anti_aligned_by_layer
     return CheckpointRecord(
         step=record.step,
-        exact_match=Interval(estimate, low, high),
+        exact_match=Interval(*exact_match_interval(np.array(record.correct), rng, replicates)),
         perplexity=dict(record.perplexity),
         kl=dict(record.kl),
         anti_aligned_fraction=record.anti_aligned_fraction,
@@ -117,7 +114,7 @@ def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
             continue  # a full fine-tuning or post-hoc arm: no adapter of its own to ship
         folder = target / spec.label
         folder.mkdir(parents=True, exist_ok=True)
-        for name in _ADAPTER_FILES:
+        for name in ("adapter_model.safetensors", ADAPTER_CONFIG_FILE):
             if (spec.run_dir / name).is_file():
                 shutil.copy2(spec.run_dir / name, folder / name)
         make_adapter_portable(folder)  # is_adapter_dir: the config was copied

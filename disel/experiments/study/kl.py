@@ -83,10 +83,6 @@ def _kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @contextlib.contextmanager
 def _eval_mode(*models: nn.Module | None) -> Iterator[None]:
     """Eval mode (no dropout: KL of a stochastic forward would be noise) restored afterwards; None is skipped."""
@@ -126,7 +122,7 @@ def _base_logits(model: nn.Module, base_model: nn.Module | None, ids: Tensor, ma
     if base_model is None:
         with model.disable_adapter():
             return model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    base_device = _device_of(base_model)
+    base_device = next(base_model.parameters()).device
     logits = base_model(input_ids=ids.to(base_device), attention_mask=mask.to(base_device)).logits
     return logits[:, :-1].to(ids.device)
 
@@ -158,7 +154,9 @@ def base_log_probs(
     cached = []
     with _eval_mode(model, base_model), torch.inference_mode():
         for index, batch in enumerate(batches):
-            ids, mask, scored = _checked_batch(index, batch, _device_of(model))  # (b, s), (b, s), (b, s-1)
+            ids, mask, scored = _checked_batch(
+                index, batch, next(model.parameters()).device
+            )  # (b, s), (b, s), (b, s-1)
             if not scored.any():
                 cached.append(torch.zeros(0))  # keeps the batch indices; mean_token_kl skips the batch
                 continue
@@ -194,7 +192,7 @@ def mean_token_kl(
             f"base_model is None but the {type(model).__name__} has no disable_adapter(); pass base_model "
             "or a PEFT model"
         )
-    device = _device_of(model)
+    device = next(model.parameters()).device
     totals = torch.zeros(3, dtype=torch.float64)  # KL, NLL, base NLL summed over every scored position
     per_sequence: list[Tensor] = []  # (b, 4) per batch: KL, NLL, base NLL sums and scored positions
     with _eval_mode(model, base_model if base_log_probs is None else None), torch.inference_mode():

@@ -117,10 +117,8 @@ class RunRecord:
 
     def __post_init__(self) -> None:
         correct = np.asarray(self.correct)
-        if correct.dtype != np.bool_:
-            if correct.size and not np.isin(correct, (0, 1)).all():
-                raise ValueError(f"run {self.arm}/{self.seed}: correct must hold booleans or 0/1")
-            correct = correct.astype(bool)
+        if correct.dtype != np.bool_ and not np.isin(correct, (0, 1)).all():
+            raise ValueError(f"run {self.arm}/{self.seed}: correct must hold booleans or 0/1")
         if correct.ndim != 2 or correct.shape[0] != len(self.checkpoints):
             raise ValueError(
                 f"run {self.arm}/{self.seed}: correct must have one row per checkpoint "
@@ -129,7 +127,7 @@ class RunRecord:
         steps = [c.step for c in self.checkpoints]
         if steps != sorted(set(steps)):
             raise ValueError(f"run {self.arm}/{self.seed}: checkpoint steps must be strictly increasing, got {steps}")
-        object.__setattr__(self, "correct", correct)
+        object.__setattr__(self, "correct", correct.astype(bool))
 
     @property
     def num_problems(self) -> int:

@@ -65,14 +65,12 @@ _TRAIN_STEP_S, _PROBLEM_S, _TOKEN_S = 6.0, 0.5, 0.01
 
 def stage_weights(config: StudyConfig, specs: list[RunSpec]) -> dict[str, float]:
     """Every stage's label (as reported) and estimated cost."""
-    settings = config.evaluation
-    evaluation = config.problems.test * _PROBLEM_S + 2 * settings.retention_tokens * _TOKEN_S + 10
+    evaluation = config.problems.test * _PROBLEM_S + 2 * config.evaluation.retention_tokens * _TOKEN_S + 10
     weights = {"data": 5.0, "base": evaluation, "throughput": 30.0, "results": 10.0}
     weights.update(export=5.0 if config.export else 0.0, frontier=60.0 if config.frontier else 0.0)
     for spec in specs:
-        training = spec.config.training
         if spec.arm_config.from_arm is None:
-            weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
+            weights[f"{spec.label} train"] = spec.config.training.max_steps * _TRAIN_STEP_S
         for step in evaluated_steps(spec, config):
             weights[f"{spec.label} step {step}"] = evaluation
     return weights

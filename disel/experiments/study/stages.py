@@ -61,8 +61,7 @@ def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest
                 f"recipe: {settings}): another study's output folder? Give another --output-dir"
             )
         return manifest
-    problems = config.problems
-    train, test = train_and_test_problems(problems.train, problems.test, problems.data_seed)
+    train, test = train_and_test_problems(config.problems.train, config.problems.test, config.problems.data_seed)
     manifest = DataManifest(
         train_file=str(write_jsonl(train, out / "data" / "train.jsonl")),
         test_file=str(write_jsonl(test, out / "data" / "test.jsonl")),

@@ -62,10 +62,8 @@ class RunPath:
         retention = np.asarray(self.retention, dtype=np.float64)
         if correct.ndim != 2 or correct.shape[0] < 1 or correct.shape[1] < 1:
             raise ValueError(f"correct must be a (checkpoints, problems) array, got shape {correct.shape}")
-        if correct.dtype != np.bool_:
-            if not np.isin(correct, (0, 1)).all():
-                raise ValueError("correct must hold booleans or 0/1 values")
-            correct = correct.astype(bool)
+        if correct.dtype != np.bool_ and not np.isin(correct, (0, 1)).all():
+            raise ValueError("correct must hold booleans or 0/1 values")
         k = correct.shape[0]
         if steps.shape != (k,) or retention.shape != (k,):
             raise ValueError(
@@ -74,9 +72,8 @@ class RunPath:
             )
         if k > 1 and not np.all(np.diff(steps) > 0):
             raise ValueError(f"steps must be strictly increasing, got {steps.tolist()}")
-        object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "correct", correct)
-        object.__setattr__(self, "retention", retention)
+        for name, value in (("steps", steps), ("correct", correct.astype(bool)), ("retention", retention)):
+            object.__setattr__(self, name, value)
 
     @property
     def exact_match(self) -> np.ndarray:
@@ -183,8 +180,7 @@ def _arm_retention_at(runs: Sequence[RunPath], levels: np.ndarray) -> np.ndarray
 
     NaN at a level some seed does not reach.
     """
-    values = np.stack([interpolate_first_crossing(r.exact_match, r.retention, levels) for r in runs])  # (S, L)
-    return values.mean(axis=0)
+    return np.stack([interpolate_first_crossing(r.exact_match, r.retention, levels) for r in runs]).mean(axis=0)
 
 
 def _arm_bootstrap_replicates(

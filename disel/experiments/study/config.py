@@ -359,8 +359,7 @@ def check_continual(config: StudyConfig, source: str) -> None:
             raise ConfigError(f"continual.orders.{name} in {source}: {order} is not an order of {settings.tasks}")
     methods = {"branches": ("disel",), "olora": ("lora",), "osf": ("full",)}  # sequential, multitask: lora or disel
     for spec in config.run_specs("<model_path>", Path("<train_file>"), Path("<out>")):
-        arm = spec.arm
-        mode, method = spec.arm_config.phases, spec.config.method.name
+        arm, mode, method = spec.arm, spec.arm_config.phases, spec.config.method.name
         if mode is None or spec.arm_config.from_arm is not None:
             raise ConfigError(f"arms.{arm} in {source}: every arm of a continual study needs phases (no from_arm)")
         if method not in methods.get(mode, ("lora", "disel")):

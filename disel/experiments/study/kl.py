@@ -151,12 +151,10 @@ def base_log_probs(
     """The base's float32 log-probabilities at each batch's scored positions, (n_b, V) per batch: the
     ``base_log_probs`` of :func:`mean_token_kl` on the same ``batches``. ``base_model`` as there (None: ``model``
     with its adapter disabled; pass the base itself to score it). Memory: 4 · V bytes per scored token."""
-    cached = []
+    cached, device = [], next(model.parameters()).device
     with _eval_mode(model, base_model), torch.inference_mode():
         for index, batch in enumerate(batches):
-            ids, mask, scored = _checked_batch(
-                index, batch, next(model.parameters()).device
-            )  # (b, s), (b, s), (b, s-1)
+            ids, mask, scored = _checked_batch(index, batch, device)  # (b, s), (b, s), (b, s-1)
             if not scored.any():
                 cached.append(torch.zeros(0))  # keeps the batch indices; mean_token_kl skips the batch
                 continue

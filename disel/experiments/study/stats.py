@@ -209,9 +209,9 @@ def matched_differences(
     ``disel_runs`` / ``lora_runs``: one :class:`RunPath` per training seed, all on the same test problems
     and with the same retention metric. Returns one :class:`MatchedDifference` per level.
     """
+    _check_bootstrap_args(rng, replicates, confidence)
     if not disel_runs or not lora_runs:
         raise ValueError("disel_runs and lora_runs must each hold at least one RunPath")
-    _check_bootstrap_args(rng, replicates, confidence)
     levels = np.asarray(levels, dtype=np.float64)
     problems = _check_same_problems([*disel_runs, *lora_runs])
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models import ADAPTER_CONFIG_FILE, portable_path, portable_paths
+from ..models import ADAPTER_CONFIG_FILE, is_adapter_dir, make_adapter_portable, portable_path, portable_paths
 from ..schemas import TrainResult
 from .config import RunSpec, StudyConfig
 from .records import CheckpointEval
@@ -32,15 +32,12 @@ from .stats import exact_match_interval
 
 __all__ = ["build_results", "copy_final_adapters", "format_table", "verdict"]
 
-_ADAPTER_FILES = ("adapter_model.safetensors", ADAPTER_CONFIG_FILE)
-
 
 def _checkpoint(record: CheckpointEval, rng: np.random.Generator, replicates: int) -> CheckpointRecord:
-    estimate, low, high = exact_match_interval(np.array(record.correct), rng, replicates)
     by_layer = record.anti_aligned_by_layer
     return CheckpointRecord(
         step=record.step,
-        exact_match=Interval(estimate, low, high),
+        exact_match=Interval(*exact_match_interval(np.array(record.correct), rng, replicates)),
         perplexity=dict(record.perplexity),
         kl=dict(record.kl),
         anti_aligned_fraction=record.anti_aligned_fraction,
@@ -61,7 +58,6 @@ def _run_record(
     evals = checkpoint_evals(spec)
     records = [base, *evals]
     train = TrainResult.read(spec.source_dir)  # a post-hoc arm's: its source's training
-    runtime = train.trainer_runtime_s or train.runtime_s
     return RunRecord(
         arm=spec.arm,
         seed=spec.seed,
@@ -69,7 +65,7 @@ def _run_record(
         correct=np.array([r.correct for r in records], dtype=bool),
         adapter=adapter,
         timing={
-            "train_runtime_s": float(runtime),
+            "train_runtime_s": float(train.trainer_runtime_s or train.runtime_s),
             "train_steps": float(train.global_step),
             "eval_s": float(sum(r.seconds for r in evals)),
         },
@@ -87,20 +83,11 @@ def build_results(
     """Every run's path, and each arm against the reference arm (perplexity and KL, English and code); the adapter
     folders and the recipe's paths recorded portably (:func:`~disel.experiments.models.portable_path`)."""
     rng = np.random.default_rng(config.problems.data_seed + 9)
-    replicates = config.evaluation.bootstrap_replicates
+    replicates, fractions = config.evaluation.bootstrap_replicates, tuple(config.evaluation.matched_fractions)
     adapters = {label: portable_path(folder) for label, folder in adapters.items()}
     runs = [_run_record(s, base, rng, replicates, adapters.get(s.label)) for s in specs]
     comparisons = [
-        compare_arms(
-            runs,
-            arm,
-            config.reference_of(arm),
-            kind,
-            domain,
-            rng,
-            fractions=tuple(config.evaluation.matched_fractions),
-            replicates=replicates,
-        )
+        compare_arms(runs, arm, config.reference_of(arm), kind, domain, rng, fractions=fractions, replicates=replicates)
         for arm in config.arms
         if arm != config.reference_of(arm)
         for kind in ("kl", "perplexity")
@@ -121,19 +108,16 @@ def build_results(
 def copy_final_adapters(specs: list[RunSpec], target: Path) -> dict[str, str]:
     """``target/<arm>-seed<k>/`` ← each run's final adapter (safetensors + config, its base named portably:
     :func:`~disel.experiments.models.make_adapter_portable`); label → folder."""
-    from ..models import is_adapter_dir, make_adapter_portable
-
     copied = {}
     for spec in specs:
         if not is_adapter_dir(spec.run_dir):
             continue  # a full fine-tuning or post-hoc arm: no adapter of its own to ship
         folder = target / spec.label
         folder.mkdir(parents=True, exist_ok=True)
-        for name in _ADAPTER_FILES:
+        for name in ("adapter_model.safetensors", ADAPTER_CONFIG_FILE):
             if (spec.run_dir / name).is_file():
                 shutil.copy2(spec.run_dir / name, folder / name)
-        if (folder / ADAPTER_CONFIG_FILE).is_file():
-            make_adapter_portable(folder)
+        make_adapter_portable(folder)  # is_adapter_dir: the config was copied
         copied[spec.label] = str(folder)
     return copied
 
@@ -147,12 +131,14 @@ def _final(results: EvidenceResults, arm: str, kind: str, domain: str) -> tuple[
     )
 
 
+def _header(columns: str) -> list[str]:
+    """A markdown table's header line ``| a | b |`` and the rule under it."""
+    return [columns, "|" + "---|" * (columns.count(" | ") + 1)]
+
+
 def format_table(results: EvidenceResults) -> str:
     """Markdown: final exact match and retention per arm (seed means), then every matched difference."""
-    lines = [
-        "| arm | seeds | exact match | ppl English | ppl code | KL English | KL code |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = _header("| arm | seeds | exact match | ppl English | ppl code | KL English | KL code |")
     base = results.base
     lines.append(
         f"| base | - | {base.exact_match.estimate:.3f} | {base.perplexity['english']:.3f} | "
@@ -166,11 +152,7 @@ def format_table(results: EvidenceResults) -> str:
             for d in DOMAINS
         ]
         lines.append(f"| {arm} | {len(seeds)} | {em:.3f} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| arm − reference | retention | exact-match level | difference [95% interval] | defined |",
-        "|---|---|---|---|---|",
-    ]
+    lines += ["", *_header("| arm − reference | retention | exact-match level | difference [95% interval] | defined |")]
     for comp in results.comparisons:
         for d in comp.differences:
             lines.append(
@@ -183,10 +165,7 @@ def format_table(results: EvidenceResults) -> str:
 def diagnostics_table(results: EvidenceResults) -> str:
     """Markdown: per DISeL arm the largest anti-aligned fraction over every checkpoint and seed and the final gate
     means (seed means); then each measured arm's training speed against the FLOP limit of its step."""
-    lines = [
-        "| arm | seeds | max anti-aligned fraction | final gate mean math | English | code |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = _header("| arm | seeds | max anti-aligned fraction | final gate mean math | English | code |")
     for arm, seeds in results.seeds.items():
         runs = results.runs_of(arm)
         fractions = [c.anti_aligned_fraction for run in runs for c in run.checkpoints if c.step > 0]
@@ -194,11 +173,7 @@ def diagnostics_table(results: EvidenceResults) -> str:
             continue  # not a DISeL arm
         gates = [np.mean([run.checkpoints[-1].gate_means[d] for run in runs]) for d in GATE_DOMAINS]
         lines.append(f"| {arm} | {len(seeds)} | {max(fractions):.3f} | " + " | ".join(f"{g:.3f}" for g in gates) + " |")
-    lines += [
-        "",
-        "| arm (run measured) | training tokens/s | FLOP-limit tokens/s | fraction | padding |",
-        "|---|---|---|---|---|",
-    ]
+    lines += ["", *_header("| arm (run measured) | training tokens/s | FLOP-limit tokens/s | fraction | padding |")]
     for arm, r in results.throughput.get("arms", {}).items():
         lines.append(
             f"| {arm} ({r['run']}) | {r['tokens_per_s']:.1f} | {r['flop_limit_tokens_per_s']:.1f} | "
@@ -215,17 +190,16 @@ def _sentence(comp: MatchedComparison) -> str:
             f"{comp.arm} and {comp.reference_arm} reach no common exact-match range, so they cannot be "
             f"compared at equal accuracy."
         )
-    groups = {"retains MORE of the base model than": [], "retains LESS of the base model than": [], "": []}
+    groups: dict[str, list[str]] = {"MORE": [], "LESS": [], "NO": []}  # finding → its levels (with intervals)
     for d in comp.differences:
-        key = "retains MORE of the base model than" if d.high < 0 else "retains LESS of the base model than"
-        groups[key if d.high < 0 or d.low > 0 else ""].append(
-            f"{d.level:.2f} ({d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
-        )
+        finding = "MORE" if d.high < 0 else "LESS" if d.low > 0 else "NO"
+        groups[finding].append(f"{d.level:.2f} ({d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}])")
+    ref = comp.reference_arm
     findings = [
-        f"{finding} {comp.reference_arm} at {', '.join(at)}" for finding, at in groups.items() if finding and at
+        f"retains {k} of the base model than {ref} at {', '.join(groups[k])}" for k in ("MORE", "LESS") if groups[k]
     ]
-    if groups[""]:
-        findings.append(f"shows NO clear retention difference from {comp.reference_arm} at {', '.join(groups[''])}")
+    if groups["NO"]:
+        findings.append(f"shows NO clear retention difference from {ref} at {', '.join(groups['NO'])}")
     return (
         f"At equal exact match, {comp.arm} {'; '.join(findings)}: difference in {comp.kind} on {comp.domain} text "
         f"at each exact-match level, with its 95% bootstrap interval over test problems and seeds "

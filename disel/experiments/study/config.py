@@ -60,7 +60,8 @@ RUNNER_KEYS = (
     "training.report_to",
     "training.disable_tqdm",
 )
-"""Training-recipe keys the runner sets for every run (an override of one is refused)."""
+"""Training-recipe keys the runner sets for every run (an override of one is refused); :meth:`StudyConfig.run_specs`
+gives their values in this order."""
 
 
 class _Strict(BaseModel):
@@ -195,7 +196,7 @@ class StudyConfig(_Strict):
     export: ExportConfig | None = None
     continual: ContinualConfig | None = None
     """Set: a continual study (:mod:`.continual_run`; every arm has ``phases``), else the problems study."""
-    device: str = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"
     """``cpu`` or ``cuda`` (then training runs on the GPU: ``training.use_cpu`` is set false)."""
     frontier: FrontierConfig | None = None
     """Set: the frontier stage writes ``frontier.json`` and ``frontier.md`` after the results (issue 17)."""
@@ -204,21 +205,13 @@ class StudyConfig(_Strict):
         """Every (arm, seed) with its validated training recipe: seed-major (every arm's first seed, then every
         arm's second, ...), so that an interrupted run already holds one complete comparison of all arms. A
         post-hoc arm's recipe is its source arm's (its run folder is its own)."""
-        specs = []
+        specs, use_cpu = [], str(self.device == "cpu").lower()
         for arm, settings in self.arms.items():
             trained = self.arms[settings.from_arm] if settings.from_arm else settings
             for seed in settings.seeds:
                 run_dir = output_dir / "runs" / f"{arm}-seed{seed}"
-                fixed = [
-                    f"model.path={model_path}",
-                    f"data.train_files=[{train_file}]",
-                    f"training.seed={seed}",
-                    f"training.output_dir={run_dir}",
-                    "training.resume_from_checkpoint=auto",
-                    f"training.use_cpu={str(self.device == 'cpu').lower()}",
-                    "training.report_to=none",
-                    "training.disable_tqdm=true",
-                ]
+                values = (model_path, f"[{train_file}]", seed, run_dir, "auto", use_cpu, "none", "true")
+                fixed = [f"{key}={value}" for key, value in zip(RUNNER_KEYS, values, strict=True)]
                 config = load_config(self.training_recipe, [*self.overrides, *trained.overrides, *fixed])
                 specs.append(RunSpec(arm=arm, seed=seed, config=config, arm_config=settings))
         return sorted(specs, key=lambda spec: self.arms[spec.arm].seeds.index(spec.seed))  # stable: arm order kept
@@ -269,8 +262,6 @@ def load_study_config(
         if unknown:
             raise ConfigError(f"--arms: {unknown} are not arms of {path} (arms: {sorted(raw.get('arms', {}))})")
         raw["arms"] = {name: settings for name, settings in raw["arms"].items() if name in arms}
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
     ours = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in TRAINING_SECTIONS]
     theirs = [o for o in overrides if o not in ours]
     raw = apply_overrides(raw, ours)
@@ -366,17 +357,12 @@ def check_continual(config: StudyConfig, source: str) -> None:
     for name, order in settings.orders.items():
         if sorted(order) != sorted(settings.tasks):
             raise ConfigError(f"continual.orders.{name} in {source}: {order} is not an order of {settings.tasks}")
-    needs = {"branches": "disel", "olora": "lora", "osf": "full"}
+    methods = {"branches": ("disel",), "olora": ("lora",), "osf": ("full",)}  # sequential, multitask: lora or disel
     for spec in config.run_specs("<model_path>", Path("<train_file>"), Path("<out>")):
-        arm = spec.arm
-        mode, method = spec.arm_config.phases, spec.config.method.name
+        arm, mode, method = spec.arm, spec.arm_config.phases, spec.config.method.name
         if mode is None or spec.arm_config.from_arm is not None:
             raise ConfigError(f"arms.{arm} in {source}: every arm of a continual study needs phases (no from_arm)")
-        if (
-            needs.get(mode, method) != method
-            or method not in ("lora", "disel", "full")
-            or (method == "full" and mode != "osf")
-        ):
+        if method not in methods.get(mode, ("lora", "disel")):
             raise ConfigError(
                 f"arms.{arm} in {source}: phases {mode!r} with method.name {method!r}; branches need disel, olora "
                 "lora, osf full (OSF changes the weights), sequential and multitask lora or disel"

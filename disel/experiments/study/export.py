@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..schemas import RETENTION_SCHEMA, RetentionTable, TradeoffRow, write_tradeoff_table
+from disel.io import write_text_atomic
+
+from ..models import portable_base_name
+from ..schemas import RETENTION_SCHEMA, RetentionTable, TradeoffRow, TrainResult, write_tradeoff_table
 from .aggregate import checkpoint_evals
 from .config import RunSpec, StudyConfig
+from .frontier_results import FrontierResults, PointRun, TextRecord, analyse_frontier, frontier_summary
+from .fronts import FrontSettings
 from .records import CheckpointEval
 from .stages import DOMAINS
-
-if TYPE_CHECKING:
-    from .frontier_results import FrontierResults
 
 __all__ = ["export_for_figures", "export_frontier", "frontier_results"]
 
@@ -103,9 +104,6 @@ def frontier_results(config: StudyConfig, specs: list[RunSpec], base: Checkpoint
     """Every run of an arm in ``frontier.methods`` with at least one evaluated checkpoint as a
     :class:`~.frontier_results.PointRun`: the base (``base.json``) as step 0, then its checkpoints, with
     per-problem correctness and per-text sums on every domain the records hold (English, code, task)."""
-    from ..models import portable_base_name
-    from .frontier_results import FrontierResults, PointRun, TextRecord
-
     if base.texts is None:
         raise ValueError(f"{base.path}: no per-text sums (written before the runner recorded them): delete it to redo")
     runs = []
@@ -159,8 +157,6 @@ def _frontier_settings(spec: RunSpec) -> dict[str, float]:
 def _frontier_timing(spec: RunSpec, evals: list[CheckpointEval]) -> dict[str, float]:
     """Where the run's time went, in seconds: training (its source's, for a post-hoc arm), generation and the
     KL / perplexity passes summed over its evaluations, and their whole."""
-    from ..schemas import TrainResult
-
     train = TrainResult.read(spec.source_dir)
     return {
         "train_s": 0.0 if spec.arm_config.from_arm else float(train.trainer_runtime_s or train.runtime_s),
@@ -174,11 +170,6 @@ def _frontier_timing(spec: RunSpec, evals: list[CheckpointEval]) -> dict[str, fl
 def export_frontier(config: StudyConfig, specs: list[RunSpec], out: Path, base: CheckpointEval) -> FrontierResults:
     """``frontier.json`` (every point, analysed: :func:`~.frontier_results.analyse_frontier` on the pairs of
     methods that have runs) and ``frontier.md`` (:func:`~.frontier_results.frontier_summary`)."""
-    from disel.io import write_text_atomic
-
-    from .frontier_results import analyse_frontier, frontier_summary
-    from .fronts import FrontSettings
-
     settings = config.frontier
     results = frontier_results(config, specs, base)
     present = set(results.methods)

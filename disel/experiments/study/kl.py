@@ -83,13 +83,10 @@ def _kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @contextlib.contextmanager
-def _eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout: KL of a stochastic forward would be noise) restored afterwards."""
+def _eval_mode(*models: nn.Module | None) -> Iterator[None]:
+    """Eval mode (no dropout: KL of a stochastic forward would be noise) restored afterwards; None is skipped."""
+    models = [m for m in models if m is not None]
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
@@ -125,7 +122,7 @@ def _base_logits(model: nn.Module, base_model: nn.Module | None, ids: Tensor, ma
     if base_model is None:
         with model.disable_adapter():
             return model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    base_device = _device_of(base_model)
+    base_device = next(base_model.parameters()).device
     logits = base_model(input_ids=ids.to(base_device), attention_mask=mask.to(base_device)).logits
     return logits[:, :-1].to(ids.device)
 
@@ -139,16 +136,13 @@ def _scored_position_terms(
     ``log_softmax`` in chunks of :data:`_CHUNK_POSITIONS` positions bounds the temporaries (row-wise, so the
     chunking changes no number).
     """
-    kl_parts, nll_parts, base_nll_parts = [], [], []
-    for i in range(0, base.shape[0], _CHUNK_POSITIONS):
-        chunk = slice(i, i + _CHUNK_POSITIONS)
-        log_p = base[chunk] if base_is_log_probs else base[chunk].float().log_softmax(dim=-1)  # (c, V)
-        log_q = tuned_logits[chunk].float().log_softmax(dim=-1)  # (c, V)
-        kl_parts.append(_kl_from_log_probs(log_p, log_q))  # (c,)
-        target = targets[chunk, None]  # (c, 1)
-        nll_parts.append(-log_q.gather(-1, target)[:, 0])  # (c,)
-        base_nll_parts.append(-log_p.gather(-1, target)[:, 0])
-    return torch.cat(kl_parts), torch.cat(nll_parts), torch.cat(base_nll_parts)
+    parts = []  # per chunk: its KL, NLL and base NLL, (c,) each
+    for base_chunk, tuned_chunk, target in zip(*(t.split(_CHUNK_POSITIONS) for t in (base, tuned_logits, targets))):
+        log_p = base_chunk if base_is_log_probs else base_chunk.float().log_softmax(dim=-1)  # (c, V)
+        log_q = tuned_chunk.float().log_softmax(dim=-1)  # (c, V)
+        nll, base_nll = (-log.gather(-1, target[:, None])[:, 0] for log in (log_q, log_p))  # (c,) each
+        parts.append((_kl_from_log_probs(log_p, log_q), nll, base_nll))
+    return tuple(torch.cat(column) for column in zip(*parts))
 
 
 def base_log_probs(
@@ -157,17 +151,15 @@ def base_log_probs(
     """The base's float32 log-probabilities at each batch's scored positions, (n_b, V) per batch: the
     ``base_log_probs`` of :func:`mean_token_kl` on the same ``batches``. ``base_model`` as there (None: ``model``
     with its adapter disabled; pass the base itself to score it). Memory: 4 · V bytes per scored token."""
-    cached = []
-    models = (model,) if base_model is None else (model, base_model)
-    with _eval_mode(*models), torch.inference_mode():
+    cached, device = [], next(model.parameters()).device
+    with _eval_mode(model, base_model), torch.inference_mode():
         for index, batch in enumerate(batches):
-            ids, mask, scored = _checked_batch(index, batch, _device_of(model))  # (b, s), (b, s), (b, s-1)
+            ids, mask, scored = _checked_batch(index, batch, device)  # (b, s), (b, s), (b, s-1)
             if not scored.any():
                 cached.append(torch.zeros(0))  # keeps the batch indices; mean_token_kl skips the batch
                 continue
             logits = _base_logits(model, base_model, ids, mask)[scored.nonzero(as_tuple=True)]  # (n, V)
-            chunks = range(0, logits.shape[0], _CHUNK_POSITIONS)
-            cached.append(torch.cat([logits[i : i + _CHUNK_POSITIONS].float().log_softmax(-1) for i in chunks]))
+            cached.append(torch.cat([chunk.float().log_softmax(-1) for chunk in logits.split(_CHUNK_POSITIONS)]))
     return cached
 
 
@@ -198,11 +190,10 @@ def mean_token_kl(
             f"base_model is None but the {type(model).__name__} has no disable_adapter(); pass base_model "
             "or a PEFT model"
         )
-    device = _device_of(model)
+    device = next(model.parameters()).device
     totals = torch.zeros(3, dtype=torch.float64)  # KL, NLL, base NLL summed over every scored position
     per_sequence: list[Tensor] = []  # (b, 4) per batch: KL, NLL, base NLL sums and scored positions
-    models = (model,) if base_model is None or base_log_probs is not None else (model, base_model)
-    with _eval_mode(*models), torch.inference_mode():
+    with _eval_mode(model, base_model if base_log_probs is None else None), torch.inference_mode():
         for index, batch in enumerate(batches):
             ids, mask, scored = _checked_batch(index, batch, device)  # (b, s), (b, s), (b, s-1)
             if not scored.any():  # nothing to score: its sequences count zero positions
@@ -238,10 +229,7 @@ def _sequence_sums(
     """(b, 4) per sequence of one batch: summed KL, NLL and base NLL over its scored positions, and their count.
     ``cached``: the base's (n, V) log-probabilities at the scored positions, else the base is run."""
     rows = scored.nonzero(as_tuple=True)
-    if cached is None:
-        base = _base_logits(model, base_model, ids, mask)[rows]  # (n, V) on model's device
-    else:
-        base = cached.to(ids.device)  # (n, V)
+    base = _base_logits(model, base_model, ids, mask)[rows] if cached is None else cached.to(ids.device)  # (n, V)
     tuned_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][rows]  # (n, V)
     targets = ids[:, 1:][rows]  # (n,): the real next tokens
     terms = _scored_position_terms(base, tuned_logits, targets, cached is not None)  # 3 × (n,)

@@ -30,7 +30,14 @@ _UNVERSIONED = (None,)  # files of a study run before the records were typed car
 
 
 @dataclass(frozen=True)
-class DataManifest(ResultFile, schema="disel.study.data/1", accept=_UNVERSIONED, made_by="disel-study"):
+class _Record(ResultFile):
+    """A study's file: ``path`` is where it was read from (not written; keyword-only, so it follows every field)."""
+
+    path: Path | None = field(default=None, compare=False, kw_only=True)
+
+
+@dataclass(frozen=True)
+class DataManifest(_Record, schema="disel.study.data/1", accept=_UNVERSIONED, made_by="disel-study"):
     """``data/manifest.json``: the problem files, the held-out problems' rows and the retention texts per domain."""
 
     train_file: str
@@ -38,11 +45,10 @@ class DataManifest(ResultFile, schema="disel.study.data/1", accept=_UNVERSIONED,
     test_rows: list[dict[str, str]]  # {"instruction", "output", "answer"} per held-out problem
     retention: dict[str, list[str]]  # domain → texts (perplexity and KL are scored on them)
     settings: dict[str, Any] | None = None  # the recipe's problems and retention settings they were made with
-    path: Path | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
-class CheckpointEval(ResultFile, schema="disel.study.eval/1", accept=_UNVERSIONED, made_by="disel-study"):
+class CheckpointEval(_Record, schema="disel.study.eval/1", accept=_UNVERSIONED, made_by="disel-study"):
     """One model's evaluation: ``base.json`` (the base model, step 0) and ``runs/<run>/eval/step-<N>.json``.
 
     ``correct``: 0/1 per held-out problem (greedy exact match, whose mean is ``exact_match``); ``perplexity``
@@ -66,7 +72,6 @@ class CheckpointEval(ResultFile, schema="disel.study.eval/1", accept=_UNVERSIONE
     gate_means: dict[str, float] | None = None
     texts: dict[str, dict[str, list[float]]] | None = None  # domain → per text: kl_sums, nll_sums, tokens
     retention_s: float | None = None  # of ``seconds``: the KL and perplexity passes
-    path: Path | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,11 @@ class ArmThroughput:
 
 
 @dataclass(frozen=True)
-class Throughput(ResultFile, schema="disel.study.throughput/1", accept=_UNVERSIONED, made_by="disel-study"):
+class Throughput(_Record, schema="disel.study.throughput/1", accept=_UNVERSIONED, made_by="disel-study"):
     """``throughput.json``: the measured matmul throughput and each trained arm's :class:`ArmThroughput`."""
 
     matmul: dict[str, Any]
     arms: dict[str, ArmThroughput]
-    path: Path | None = field(default=None, compare=False)
 
 
 def plain(record: ResultFile) -> dict[str, Any]:
@@ -101,7 +105,7 @@ _MADE_BY = "disel-study (continual)"
 
 
 @dataclass(frozen=True)
-class PhaseScores(ResultFile, schema="disel.study.continual_phase/1", made_by=_MADE_BY):
+class PhaseScores(_Record, schema="disel.study.continual_phase/1", made_by=_MADE_BY):
     """``scores.json`` of one phase: 0/1 per test row of each scored task (a row of the accuracy matrix)."""
 
     arm: str
@@ -115,11 +119,10 @@ class PhaseScores(ResultFile, schema="disel.study.continual_phase/1", made_by=_M
     train_s: float
     score_s: float
     correct: dict[str, list[int]]
-    path: Path | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
-class SelectionScores(ResultFile, schema="disel.study.continual_selection/1", made_by=_MADE_BY):
+class SelectionScores(_Record, schema="disel.study.continual_selection/1", made_by=_MADE_BY):
     """``selection/<method>-lr<rate>.json``: held-out label accuracy of one candidate learning rate."""
 
     method: str
@@ -130,19 +133,17 @@ class SelectionScores(ResultFile, schema="disel.study.continual_selection/1", ma
     train_loss: float | None
     train_s: float
     score_s: float
-    path: Path | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
-class BaseScores(ResultFile, schema="disel.study.continual_base/1", made_by=_MADE_BY):
+class BaseScores(_Record, schema="disel.study.continual_base/1", made_by=_MADE_BY):
     """``base.json``: the base model's test rows per task (the accuracy before any training)."""
 
     correct: dict[str, list[int]]
-    path: Path | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
-class FinalRecord(ResultFile, schema="disel.study.continual_final/1", made_by=_MADE_BY):
+class FinalRecord(_Record, schema="disel.study.continual_final/1", made_by=_MADE_BY):
     """``final.json`` of an (arm, seed, order) after its last phase: KL to the base and perplexity per retention
     domain; for DISeL ``gates``: :func:`~.continual_run.gate_table`."""
 
@@ -150,4 +151,3 @@ class FinalRecord(ResultFile, schema="disel.study.continual_final/1", made_by=_M
     perplexity: dict[str, float]
     gates: dict[str, Any] | None
     seconds: float
-    path: Path | None = field(default=None, compare=False)

@@ -16,9 +16,7 @@ stored as strings of ``0``/``1`` (one character per test problem).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -119,10 +117,8 @@ class RunRecord:
 
     def __post_init__(self) -> None:
         correct = np.asarray(self.correct)
-        if correct.dtype != np.bool_:
-            if correct.size and not np.isin(correct, (0, 1)).all():
-                raise ValueError(f"run {self.arm}/{self.seed}: correct must hold booleans or 0/1")
-            correct = correct.astype(bool)
+        if correct.dtype != np.bool_ and not np.isin(correct, (0, 1)).all():
+            raise ValueError(f"run {self.arm}/{self.seed}: correct must hold booleans or 0/1")
         if correct.ndim != 2 or correct.shape[0] != len(self.checkpoints):
             raise ValueError(
                 f"run {self.arm}/{self.seed}: correct must have one row per checkpoint "
@@ -131,7 +127,7 @@ class RunRecord:
         steps = [c.step for c in self.checkpoints]
         if steps != sorted(set(steps)):
             raise ValueError(f"run {self.arm}/{self.seed}: checkpoint steps must be strictly increasing, got {steps}")
-        object.__setattr__(self, "correct", correct)
+        object.__setattr__(self, "correct", correct.astype(bool))
 
     @property
     def num_problems(self) -> int:
@@ -190,10 +186,7 @@ class EvidenceResults(_EvidenceFile, schema=SCHEMA_VERSION, accept=("disel.evide
     @property
     def seeds(self) -> dict[str, list[int]]:
         """Arm → its training seeds, in run order."""
-        result: dict[str, list[int]] = {}
-        for run in self.runs:
-            result.setdefault(run.arm, []).append(run.seed)
-        return result
+        return {arm: [run.seed for run in self.runs_of(arm)] for arm in dict.fromkeys(run.arm for run in self.runs)}
 
     def runs_of(self, arm: str) -> list[RunRecord]:
         return [run for run in self.runs if run.arm == arm]
@@ -232,11 +225,7 @@ def compare_arms(
     return MatchedComparison(arm, reference_arm, kind, domain, differences)
 
 
-def save_results(results: EvidenceResults, path: str | os.PathLike) -> Path:
-    """Check and write ``results`` atomically (non-finite numbers as null)."""
-    return results.write(path)
-
-
+save_results = EvidenceResults.write  # (results, path): checked, written atomically, non-finite numbers as null
 load_results = EvidenceResults.read
 
 

@@ -21,11 +21,19 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from disel.io import write_text_atomic
 
+from ..models import check_model_dir, force_offline, load_model_for_eval, load_tokenizer, model_path_or_smollm2
+from .aggregate import build_results, copy_final_adapters, diagnostics_table, format_table, verdict
 from .config import RunSpec, StudyConfig, resolved_training_recipe
+from .continual_run import run_continual
+from .export import export_for_figures, export_frontier
 from .records import CheckpointEval, DataManifest, Throughput, plain
 from .stages import drop_checkpoints, evaluate_model, evaluated_steps, headline, prepare_data, run_job
+from .throughput_stage import measure_training_throughput
 
 __all__ = ["Progress", "run_study"]
 
@@ -35,8 +43,6 @@ class Progress:
     printed line per finished stage."""
 
     def __init__(self, weights: dict[str, float], echo: Callable[[str], None] = print) -> None:
-        from tqdm.auto import tqdm
-
         self.weights = weights
         self.bar = tqdm(total=round(sum(weights.values())), unit="est.s", dynamic_ncols=True)
         self.echo = echo
@@ -59,24 +65,20 @@ _TRAIN_STEP_S, _PROBLEM_S, _TOKEN_S = 6.0, 0.5, 0.01
 
 def stage_weights(config: StudyConfig, specs: list[RunSpec]) -> dict[str, float]:
     """Every stage's label (as reported) and estimated cost."""
-    settings = config.evaluation
-    evaluation = config.problems.test * _PROBLEM_S + 2 * settings.retention_tokens * _TOKEN_S + 10
-    weights = {"data": 5.0, "base": evaluation}
+    evaluation = config.problems.test * _PROBLEM_S + 2 * config.evaluation.retention_tokens * _TOKEN_S + 10
+    weights = {"data": 5.0, "base": evaluation, "throughput": 30.0, "results": 10.0}
+    weights.update(export=5.0 if config.export else 0.0, frontier=60.0 if config.frontier else 0.0)
     for spec in specs:
-        training = spec.config.training
         if spec.arm_config.from_arm is None:
-            weights[f"{spec.label} train"] = training.max_steps * _TRAIN_STEP_S
+            weights[f"{spec.label} train"] = spec.config.training.max_steps * _TRAIN_STEP_S
         for step in evaluated_steps(spec, config):
             weights[f"{spec.label} step {step}"] = evaluation
-    extra = {"export": 5.0} if config.export else {}
-    return {**weights, "throughput": 30.0, "results": 10.0, **extra, **({"frontier": 60.0} if config.frontier else {})}
+    return weights
 
 
 def _base_stage(
     config: StudyConfig, out: Path, manifest: DataManifest, model_path: str, dtype: str, progress: Progress
 ) -> CheckpointEval:
-    from ..models import load_model_for_eval
-
     path = out / "base.json"
     if path.is_file():
         progress.done("base", "already evaluated")
@@ -89,10 +91,6 @@ def _base_stage(
 
 
 def _worker_init(threads: int) -> None:
-    import torch
-
-    from ..models import force_offline
-
     force_offline()
     torch.set_num_threads(threads)
 
@@ -174,10 +172,7 @@ def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, 
     """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``. A continual recipe
     (``continual:``) runs its phases instead (:func:`.continual_run.run_continual`, in this process)."""
     if config.continual is not None:
-        from .continual_run import run_continual
-
         return run_continual(config, output_dir, echo=echo)
-    from ..models import check_model_dir, force_offline, load_tokenizer, model_path_or_smollm2
 
     force_offline()
     if workers < 1:
@@ -199,13 +194,9 @@ def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, 
         throughput = _throughput_stage(specs, out, model_path, progress)
         summary = _aggregate_stage(config, specs, out, base, throughput, progress)
         if config.export is not None:
-            from .export import export_for_figures
-
             written = export_for_figures(config, specs, out, base)
             progress.done("export", f"{len(written)} files for paper_figs in {out}")
         if config.frontier is not None:
-            from .export import export_frontier
-
             export_frontier(config, specs, out, base)
             progress.done("frontier", f"{out / 'frontier.json'}, {out / 'frontier.md'}")
     finally:
@@ -214,8 +205,6 @@ def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, 
 
 
 def _throughput_stage(specs: list[RunSpec], out: Path, model_path: str, progress: Progress) -> Throughput:
-    from .throughput_stage import measure_training_throughput
-
     path = out / "throughput.json"
     if not path.is_file():
         measure_training_throughput(specs, model_path).write(path)
@@ -240,14 +229,11 @@ def _aggregate_stage(
     throughput: Throughput,
     progress: Progress,
 ) -> dict[str, Any]:
-    from .aggregate import build_results, copy_final_adapters, diagnostics_table, format_table, verdict
-    from .results import save_results
-
     figures_dir = out if config.figures_dir is None else Path(config.figures_dir)
     adapters = copy_final_adapters(specs, figures_dir / "adapters")
     recipe = {"evidence": config.model_dump(mode="json"), "training": resolved_training_recipe(config)}
     results = build_results(config, specs, base, plain(throughput), adapters, recipe)
-    save_results(results, out / "results.json")
+    results.write(out / "results.json")
     table, sentence = format_table(results), verdict(results)
     write_text_atomic(out / "summary.md", f"{table}\n{sentence}\n\n{diagnostics_table(results)}")
     progress.done("results", f"{out / 'results.json'}, final adapters in {figures_dir / 'adapters'}")

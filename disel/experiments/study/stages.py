@@ -25,8 +25,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import RunSpec, StudyConfig
+from ..config import ConfigError, DataConfig
+from ..data.arithmetic import train_and_test_problems, write_jsonl
+from ..data.offline_text import general_english_texts, python_code_texts
+from ..data.templates import get_template
+from ..eval.gates import GateDomain, analyze_gates, mean_gate, save_gates
+from ..eval.perplexity import causal_lm_windows, window_batches
+from ..eval.retention import list_checkpoints
+from ..models import is_adapter_dir, load_model_for_eval
+from ..train.run import RESULT_FILE
+from .config import RunSpec, StudyConfig, resolved_training_recipe, saved_steps
+from .diagnostics import gate_alignment
+from .kl import base_log_probs, mean_token_kl
 from .records import CheckpointEval, DataManifest
+from .task_kl import in_text_order, task_input_texts, text_batches
+from .transforms import apply_transform
 
 __all__ = ["drop_checkpoints", "evaluate_model", "evaluated_steps", "prepare_data", "retention_pools", "run_job"]
 
@@ -37,9 +50,6 @@ Report = Callable[[str, str], None]  # (stage label, headline) of a finished sta
 
 def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest:
     """Training/test problems and retention texts (``data/manifest.json``; read back if present)."""
-    from ..config import ConfigError
-    from ..data.arithmetic import train_and_test_problems, write_jsonl
-
     manifest_path = out / "data" / "manifest.json"
     retention = config.evaluation.model_dump(include={"retention_tokens", "retention_max_length"})
     settings = {"problems": config.problems.model_dump(), **retention}
@@ -51,8 +61,7 @@ def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest
                 f"recipe: {settings}): another study's output folder? Give another --output-dir"
             )
         return manifest
-    problems = config.problems
-    train, test = train_and_test_problems(problems.train, problems.test, problems.data_seed)
+    train, test = train_and_test_problems(config.problems.train, config.problems.test, config.problems.data_seed)
     manifest = DataManifest(
         train_file=str(write_jsonl(train, out / "data" / "train.jsonl")),
         test_file=str(write_jsonl(test, out / "data" / "test.jsonl")),
@@ -66,8 +75,6 @@ def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest
 
 def retention_pools(config: StudyConfig) -> dict[str, list[str]]:
     """The seeded English and code texts the retention texts are the first of (the rest: held out from them)."""
-    from ..data.offline_text import general_english_texts, python_code_texts
-
     seed = config.problems.data_seed
     return {"english": general_english_texts(150, seed=seed + 101), "code": python_code_texts(300, seed=seed + 202)}
 
@@ -94,8 +101,6 @@ def _retention_texts(config: StudyConfig, tokenizer: Any) -> dict[str, list[str]
 def token_batches(tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> list[dict[str, Any]]:
     """Right-padded batches of the texts, each cut at ``max_length`` tokens and scored in one window (the one
     perplexity definition, :func:`~disel.experiments.eval.perplexity.causal_lm_windows`)."""
-    from ..eval.perplexity import causal_lm_windows, window_batches
-
     windows = causal_lm_windows(tokenizer, texts, max_length=max_length, max_tokens=max_length)
     return window_batches(windows, batch_size, tokenizer.pad_token_id)
 
@@ -117,9 +122,7 @@ def evaluate_model(
     ``base_cache``: instead, the base's log-probabilities per domain (:func:`base_log_probs_of`), one forward
     pass fewer per batch. ``gates_path``: where a DISeL model's whole ``disel.gates/1`` record is kept (for the
     gate figures)."""
-    from ..eval.generation import GenerationSettings, evaluate_gsm8k
-    from .kl import mean_token_kl
-    from .task_kl import in_text_order, text_batches
+    from ..eval.generation import GenerationSettings, evaluate_gsm8k  # looked up per call: tests spy on it
 
     settings, (model, tokenizer) = config.evaluation, loaded[:2]
     started = time.perf_counter()
@@ -156,17 +159,12 @@ def evaluate_model(
 def training_template(config: StudyConfig) -> str:
     """The prompt template (``data.template``) of the shared training recipe: the test problems are asked, and
     the gates read, in the words training used."""
-    from ..config import DataConfig
-    from .config import resolved_training_recipe
-
     return DataConfig.model_validate(resolved_training_recipe(config).get("data", {})).template
 
 
 def scored_texts(config: StudyConfig, manifest: DataManifest) -> dict[str, list[str]]:
     """Domain → the texts KL and perplexity are scored on: English and code, and ``task`` (the first
     ``evaluation.task_prompts`` test prompts in the training template) when asked for."""
-    from .task_kl import task_input_texts
-
     texts = {domain: manifest.retention[domain] for domain in DOMAINS}
     if config.evaluation.task_prompts:
         rows = manifest.test_rows[: config.evaluation.task_prompts]
@@ -181,23 +179,14 @@ def base_log_probs_of(config: StudyConfig, manifest: DataManifest, model_path: s
     """The base's log-probabilities on every scored text (:func:`~.kl.base_log_probs`), per domain: computed once
     per process and study, then every checkpoint needs one forward pass per batch, not two (the same numbers).
     Memory: 4 · vocabulary bytes per scored token (about 2 GB for SmolLM2 on 9,500 tokens)."""
-    from ..models import load_model_for_eval
-    from .kl import base_log_probs
-    from .task_kl import text_batches
-
     settings, texts = config.evaluation, scored_texts(config, manifest)
     key = (model_path, dtype, config.device, settings.retention_max_length, settings.retention_batch_size, str(texts))
     if key not in _BASE_CACHE:
         _BASE_CACHE.clear()  # one study at a time: never two caches in memory
         model, tokenizer = load_model_for_eval(model_path, None, dtype=dtype, device=config.device)[:2]
-        _BASE_CACHE[key] = {
-            domain: base_log_probs(
-                model,
-                text_batches(tokenizer, domain_texts, settings.retention_max_length, settings.retention_batch_size)[0],
-                base_model=model,
-            )
-            for domain, domain_texts in texts.items()
-        }
+        length, size = settings.retention_max_length, settings.retention_batch_size
+        batches = {domain: text_batches(tokenizer, texts[domain], length, size)[0] for domain in texts}
+        _BASE_CACHE[key] = {domain: base_log_probs(model, b, base_model=model) for domain, b in batches.items()}
     return _BASE_CACHE[key]
 
 
@@ -205,10 +194,6 @@ def _gate_diagnostics(
     model: Any, tokenizer: Any, config: StudyConfig, manifest: DataManifest, gates_path: Path | None
 ) -> dict[str, Any]:
     """Anti-aligned fraction (overall and per layer) and mean gate on math / English / code (every real token)."""
-    from ..data.templates import get_template
-    from ..eval.gates import GateDomain, analyze_gates, mean_gate, save_gates
-    from .diagnostics import gate_alignment
-
     n, settings = config.evaluation.gate_sequences, config.evaluation
     template = get_template(training_template(config))
     texts = {
@@ -235,8 +220,6 @@ def _gate_diagnostics(
 
 def evaluated_steps(spec: RunSpec, config: StudyConfig) -> list[int]:
     """The checkpoint steps a run evaluates: ``evaluation.checkpoint_steps``, or every step its training saves."""
-    from .config import saved_steps
-
     steps = config.evaluation.checkpoint_steps
     return saved_steps(spec) if steps is None else sorted(steps)
 
@@ -247,8 +230,7 @@ def run_job(
     """Train one (arm, seed) unless finished (a post-hoc arm trains nothing), then evaluate every checkpoint of
     its source folder (those of ``evaluation.checkpoint_steps`` if set) not yet evaluated, the KL against the
     base's cached log-probabilities (:func:`base_log_probs_of`: the base is never needed beside the model)."""
-    from ..eval.retention import list_checkpoints
-    from ..train.run import RESULT_FILE, train
+    from ..train.run import train  # looked up per call: tests count the trainings
 
     posthoc = spec.arm_config.from_arm is not None
     if not posthoc:
@@ -269,8 +251,6 @@ def run_job(
     for step in todo:
         loaded = _load_checkpoint(spec, config, saved[step], model_path)
         if posthoc:
-            from .transforms import apply_transform
-
             apply_transform(spec.arm_config.transform, loaded.model, **spec.arm_config.transform_params)
         cache = base_log_probs_of(config, manifest, model_path, spec.config.model.dtype)
         gates = spec.run_dir / "gates" / f"step-{step}.json" if spec.is_disel else None
@@ -285,9 +265,7 @@ def run_job(
 
 def drop_checkpoints(spec: RunSpec) -> None:
     """Delete a finished run's ``checkpoint-<N>`` folders (``evaluation.keep_checkpoints`` false)."""
-    from ..eval.retention import list_checkpoints
-
-    if (spec.run_dir / "train_result.json").is_file():
+    if (spec.run_dir / RESULT_FILE).is_file():
         for _, folder in list_checkpoints(spec.run_dir):
             shutil.rmtree(folder)
 
@@ -296,9 +274,6 @@ def _restart_if_unfinishable(spec: RunSpec, config: StudyConfig, report: Report)
     """A finished training whose checkpoints are gone (a fresh checkout of committed records) while a step of it or
     of a post-hoc arm on it is not evaluated: its records are removed so that it trains again from the start
     (a seeded run; the post-hoc arms' records too, so that every record of a run comes from one training)."""
-    from ..eval.retention import list_checkpoints
-    from ..train.run import RESULT_FILE
-
     if not (spec.run_dir / RESULT_FILE).is_file():
         return
     runs = [spec.run_dir] + [
@@ -320,8 +295,6 @@ def _restart_if_unfinishable(spec: RunSpec, config: StudyConfig, report: Report)
 
 def _load_checkpoint(spec: RunSpec, config: StudyConfig, path: Path | None, model_path: str) -> Any:
     """The base (``path`` None), an adapter checkpoint on it, or a fully fine-tuned checkpoint (no adapter)."""
-    from ..models import is_adapter_dir, load_model_for_eval
-
     dtype = spec.config.model.dtype
     if path is None or is_adapter_dir(path):
         return load_model_for_eval(model_path, path, dtype=dtype, device=config.device)

@@ -62,10 +62,8 @@ class RunPath:
         retention = np.asarray(self.retention, dtype=np.float64)
         if correct.ndim != 2 or correct.shape[0] < 1 or correct.shape[1] < 1:
             raise ValueError(f"correct must be a (checkpoints, problems) array, got shape {correct.shape}")
-        if correct.dtype != np.bool_:
-            if not np.isin(correct, (0, 1)).all():
-                raise ValueError("correct must hold booleans or 0/1 values")
-            correct = correct.astype(bool)
+        if correct.dtype != np.bool_ and not np.isin(correct, (0, 1)).all():
+            raise ValueError("correct must hold booleans or 0/1 values")
         k = correct.shape[0]
         if steps.shape != (k,) or retention.shape != (k,):
             raise ValueError(
@@ -74,9 +72,8 @@ class RunPath:
             )
         if k > 1 and not np.all(np.diff(steps) > 0):
             raise ValueError(f"steps must be strictly increasing, got {steps.tolist()}")
-        object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "correct", correct)
-        object.__setattr__(self, "retention", retention)
+        for name, value in (("steps", steps), ("correct", correct.astype(bool)), ("retention", retention)):
+            object.__setattr__(self, name, value)
 
     @property
     def exact_match(self) -> np.ndarray:
@@ -105,10 +102,9 @@ def interpolate_first_crossing(exact_match: np.ndarray, retention: np.ndarray, l
     prev = np.maximum(first - 1, 0)  # (..., L)
     em_lists = np.broadcast_to(em[..., None, :], reached.shape)  # (..., L, K)
     ret_lists = np.broadcast_to(ret[..., None, :], reached.shape)
-    em_hi = np.take_along_axis(em_lists, first[..., None], -1)[..., 0]  # (..., L)
-    em_lo = np.take_along_axis(em_lists, prev[..., None], -1)[..., 0]
-    ret_hi = np.take_along_axis(ret_lists, first[..., None], -1)[..., 0]
-    ret_lo = np.take_along_axis(ret_lists, prev[..., None], -1)[..., 0]
+    # (..., L) each: exact match and retention at the first checkpoint reaching the level and at the one before
+    em_hi, ret_hi = (np.take_along_axis(lists, first[..., None], -1)[..., 0] for lists in (em_lists, ret_lists))
+    em_lo, ret_lo = (np.take_along_axis(lists, prev[..., None], -1)[..., 0] for lists in (em_lists, ret_lists))
     with np.errstate(invalid="ignore", divide="ignore"):
         t = (levels - em_lo) / (em_hi - em_lo)  # in (0, 1] where first > 0 (em_lo < level <= em_hi)
         value = np.where(first > 0, ret_lo + t * (ret_hi - ret_lo), ret_hi)
@@ -170,7 +166,9 @@ def _problem_weights(rng: np.random.Generator, replicates: int, problems: int) -
     return rng.multinomial(problems, np.full(problems, 1.0 / problems), size=replicates).astype(np.float64)
 
 
-def _check_bootstrap_args(replicates: int, confidence: float) -> None:
+def _check_bootstrap_args(rng: np.random.Generator, replicates: int, confidence: float) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise ValueError(f"replicates must be a positive integer, got {replicates!r}")
     if not 0 < confidence < 1:
@@ -182,8 +180,7 @@ def _arm_retention_at(runs: Sequence[RunPath], levels: np.ndarray) -> np.ndarray
 
     NaN at a level some seed does not reach.
     """
-    values = np.stack([interpolate_first_crossing(r.exact_match, r.retention, levels) for r in runs])  # (S, L)
-    return values.mean(axis=0)
+    return np.stack([interpolate_first_crossing(r.exact_match, r.retention, levels) for r in runs]).mean(axis=0)
 
 
 def _arm_bootstrap_replicates(
@@ -191,14 +188,10 @@ def _arm_bootstrap_replicates(
 ) -> np.ndarray:
     """Bootstrap replicates of :func:`_arm_retention_at`: problems reweighted by ``weights`` (B, P), seeds
     redrawn with replacement per replicate → (B, L)."""
-    replicates = weights.shape[0]
-    per_run = np.stack(
-        [
-            interpolate_first_crossing(weights @ r.correct.T.astype(np.float64) / problems, r.retention, levels)
-            for r in runs
-        ]
-    )  # (S, B, L)
-    drawn = rng.integers(0, len(runs), size=(replicates, len(runs)))  # (B, S): seeds drawn per replicate
+    exact_match = [weights @ r.correct.T.astype(np.float64) / problems for r in runs]  # S × (B, K)
+    # (S, B, L): each run's retention where its replicate paths first reach each level
+    per_run = np.stack([interpolate_first_crossing(em, r.retention, levels) for em, r in zip(exact_match, runs)])
+    drawn = rng.integers(0, len(runs), size=(weights.shape[0], len(runs)))  # (B, S): seeds drawn per replicate
     picked = np.take_along_axis(per_run.transpose(1, 0, 2), drawn[..., None], axis=1)  # (B, S, L)
     return picked.mean(axis=1)  # (B, L)
 
@@ -216,11 +209,9 @@ def matched_differences(
     ``disel_runs`` / ``lora_runs``: one :class:`RunPath` per training seed, all on the same test problems
     and with the same retention metric. Returns one :class:`MatchedDifference` per level.
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    _check_bootstrap_args(rng, replicates, confidence)
     if not disel_runs or not lora_runs:
         raise ValueError("disel_runs and lora_runs must each hold at least one RunPath")
-    _check_bootstrap_args(replicates, confidence)
     levels = np.asarray(levels, dtype=np.float64)
     problems = _check_same_problems([*disel_runs, *lora_runs])
 
@@ -260,15 +251,12 @@ def exact_match_interval(
     problems; then problems are resampled jointly and seeds independently, and the estimate is the
     mean over seeds.
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    _check_bootstrap_args(replicates, confidence)
-    correct = np.asarray(correct)
+    _check_bootstrap_args(rng, replicates, confidence)
+    correct = np.asarray(correct, dtype=np.float64)
     if correct.ndim == 1:
         correct = correct[None, :]
     if correct.ndim != 2 or correct.shape[1] < 1:
         raise ValueError(f"correct must have shape (problems,) or (seeds, problems), got {correct.shape}")
-    correct = correct.astype(np.float64)
     seeds, problems = correct.shape
     per_seed = _problem_weights(rng, replicates, problems) @ correct.T / problems  # (B, S)
     drawn = rng.integers(0, seeds, size=(replicates, seeds))  # (B, S)

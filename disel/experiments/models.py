@@ -17,7 +17,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,14 +31,8 @@ SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_SUBDIR = "smollm2-135m-instruct"
 # Written last into the converted directory; records where the weights came from.
 _PROVENANCE_FILE = "disel_conversion.json"
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Short name → ``torch`` attribute."""
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 _NO_DOWNLOAD_HINT = "give a local directory holding the model; disel never downloads from a hub"
 
@@ -56,9 +49,10 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
     ``"auto"`` is kept (transformers then uses the checkpoint's dtype)."""
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(_DTYPES)}, got dtype={dtype!r}")
-    return _DTYPES[dtype]
+    names = [*_DTYPE_NAMES, *_DTYPE_NAMES.values()]
+    if dtype not in names:
+        raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(names)}, got dtype={dtype!r}")
+    return getattr(torch, _DTYPE_NAMES.get(dtype, dtype))
 
 
 def check_model_dir(path: str | os.PathLike, gguf_file: str | None = None, *, what: str = "model.path") -> Path:
@@ -134,11 +128,11 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     folder = check_model_dir(path, gguf_file, what=what)
-    model_class = AutoModelForCausalLM if model_class is None else model_class
     if gguf_file is not None:
         from transformers.utils.quantization_config import GgufConfig
 
         kwargs.update(gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True))
+    model_class = model_class or AutoModelForCausalLM
     return model_class.from_pretrained(folder, local_files_only=True, dtype=resolve_dtype(dtype), **kwargs)
 
 
@@ -270,9 +264,13 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
         )
     gguf_file = smollm2_gguf_file()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private (0700); the cache is an ordinary shared directory
-    try:
+    # Removed on the way out unless renamed into place (then there is nothing left to remove).
+    partial = tempfile.TemporaryDirectory(
+        prefix=f".{target.name}.partial-", dir=target.parent, ignore_cleanup_errors=True
+    )
+    with partial as staging_name:
+        staging = Path(staging_name)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private (0700); the cache is an ordinary shared directory
         model, tokenizer = _load_from_gguf(gguf_file)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -292,9 +290,6 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
             if not _is_complete(target):
                 raise
             # Another process finished first; its copy is identical, keep it.
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

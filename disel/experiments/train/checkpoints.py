@@ -15,7 +15,6 @@ import fnmatch
 import json
 import os
 import re
-import struct
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -111,7 +110,7 @@ def resolve_resume(training: Any) -> str | None:
         existing = [Path(resume)]
     problems = []
     for folder in reversed(existing):
-        damage = checkpoint_damage(folder, bool(getattr(training, "save_only_model", False)))
+        damage = checkpoint_damage(folder, training.save_only_model)
         if damage is None:
             for problem in problems:
                 warnings.warn(
@@ -138,24 +137,15 @@ def resolve_resume(training: Any) -> str | None:
 
 
 def _safetensors_damage(path: Path) -> str | None:
-    """Why a safetensors file is not whole: its header must parse and its tensors must end at the file's end."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            return f"{size} bytes, shorter than the 8-byte header length"
-        (header_length,) = struct.unpack("<Q", prefix)
-        if 8 + header_length > size:
-            return f"header of {header_length} bytes does not fit in the file's {size} bytes"
-        try:
-            header = json.loads(handle.read(header_length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            return f"header is not valid JSON ({error})"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + header_length + max(ends, default=0)
-    if expected != size:
-        return f"the tensors need {expected} bytes but the file has {size} (truncated?)"
-    return None
+    """Why a safetensors file is not whole: safetensors refuses to open it (the header must parse and the
+    tensors must end exactly at the file's end; opening reads no tensor)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            return None
+    except SafetensorError as error:
+        return f"{error} ({path.stat().st_size} bytes; truncated?)"
 
 
 def _torch_archive_damage(path: Path) -> str | None:
@@ -248,12 +238,9 @@ def checkpoint_damage(folder: str | os.PathLike, save_only_model: bool = False) 
     missing = missing_file(folder, save_only_model)
     if missing is not None:
         return missing
-    for path in sorted(Path(folder).iterdir()):
-        check = _FILE_CHECKS.get(path.suffix)
-        if check is None or not path.is_file():
-            continue
+    for path in sorted(path for path in Path(folder).iterdir() if path.suffix in _FILE_CHECKS and path.is_file()):
         try:
-            reason = check(path)
+            reason = _FILE_CHECKS[path.suffix](path)
         except (OSError, KeyError, TypeError, IndexError, AttributeError) as error:
             reason = f"unreadable ({type(error).__name__}: {error})"
         if reason is not None:

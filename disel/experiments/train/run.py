@@ -16,6 +16,7 @@ its presence means the run finished and the final adapter beside it is complete.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import math
 import time
@@ -56,16 +57,15 @@ _PLACEHOLDER_TOTAL_STEP = 1_000_000
 def build_peft_config(config: ExperimentConfig):
     """The PEFT config of ``config.method`` (None for ``full``)."""
     method = config.method
-    task_type = "CAUSAL_LM" if config.model.task_type == "causal_lm" else "SEQ_CLS"
+    if method.name == "full":
+        return None
     common = {
         "lora_alpha": method.scaling_alpha,
         "lora_dropout": method.lora_dropout,
         "target_modules": method.target_modules,
         "modules_to_save": method.modules_to_save,
-        "task_type": task_type,
+        "task_type": "CAUSAL_LM" if config.model.task_type == "causal_lm" else "SEQ_CLS",
     }
-    if method.name == "full":
-        return None
     if method.name == "disel":
         import disel
 
@@ -125,11 +125,9 @@ class AdaLoraScheduleCallback(TrainerCallback):
                 getattr(tuner.rankallocator, key).clear()
                 getattr(tuner.rankallocator, key).update({k: v.to(args.device) for k, v in saved[key].items()})
             peft_config.rank_pattern = saved["rank_pattern"]
-        return control
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         model.base_model.update_and_allocate(state.global_step)
-        return control
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:
@@ -143,7 +141,6 @@ class AdaLoraScheduleCallback(TrainerCallback):
             torch.save(saved, buffer)
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # the Trainer has just written it
             write_bytes_atomic(checkpoint / _ADALORA_STATE, buffer.getvalue())
-        return control
 
 
 class AdaLoraTrainer(Trainer):
@@ -231,23 +228,14 @@ def _parameter_sha256(model: torch.nn.Module) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    import disel
-
-    return {module.__name__: module.__version__ for module in (torch, transformers, peft, accelerate, disel)}
+    names = ("torch", "transformers", "peft", "accelerate", "disel")
+    return {name: importlib.import_module(name).__version__ for name in names}
 
 
 def _final_evaluation(trainer) -> dict[str, Any]:
     """Metrics at the final step: the evaluation the schedule already ran there, else a new one."""
-    for entry in reversed(trainer.state.log_history):
-        if "eval_loss" in entry:
-            if entry.get("step") == trainer.state.global_step:
-                return dict(entry)
-            break
-    return trainer.evaluate()
+    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), {})
+    return dict(last) if last.get("step") == trainer.state.global_step else trainer.evaluate()
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -267,12 +255,11 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     )
     data = prepare_data(config.data, tokenizer, model_config.task_type, model_config.num_labels)
     args = training_arguments(config, data.validation is not None)
-    kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code}
-    if model_config.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_config.attn_implementation
+    loading = {"dtype", "gguf_file", "attn_implementation", "trust_remote_code"}  # unset ones: transformers' default
+    kwargs = model_config.model_dump(include=loading, exclude_none=True)
     if model_config.task_type == "sequence_classification":  # a fresh num_labels head
         kwargs.update(model_class=AutoModelForSequenceClassification, num_labels=model_config.num_labels)
-    model = load_model(model_config.path, dtype=model_config.dtype, gguf_file=model_config.gguf_file, **kwargs)
+    model = load_model(model_config.path, **kwargs)
     if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
         model.config.pad_token_id = tokenizer.pad_token_id
     reseed()  # the adapter's initialisation must not depend on what model loading drew

@@ -20,6 +20,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -282,12 +283,7 @@ def read_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping in a YAML or JSON (``.json``) file (empty: ``{}``); ConfigError naming the file otherwise."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-        if str(path).lower().endswith(".json"):
-            raw = json.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text)
+        raw = json.loads(text) if str(path).lower().endswith(".json") else yaml.safe_load(text)
     except Exception as error:  # noqa: BLE001 — re-raised with the file name
         raise ConfigError(f"cannot parse config file {str(path)!r}: {error}") from error
     raw = {} if raw is None else raw
@@ -315,8 +311,6 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A copy of ``raw`` with each ``"a.b.c=value"`` set (value parsed as YAML). Unknown keys are caught later."""
-    import yaml
-
     overlay: dict[str, Any] = {}
     for override in overrides:
         key, sep, value_text = override.partition("=")

@@ -179,8 +179,7 @@ def load_model_for_eval(
         peft_type = model.peft_config["default"].peft_type
         peft_type = str(getattr(peft_type, "value", peft_type))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    model.eval()
+    model.to(device).eval()
     if tokenizer_path is None:
         tokenizer_path = adapter_path if adapter_path is not None and has_tokenizer(adapter_path) else base_path
     from_base = Path(tokenizer_path) == Path(base_path)

@@ -21,12 +21,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import TrainerCallback
 
 from disel.io import write_json_atomic, write_yaml_atomic
 
-from ..config import ConfigError, ExperimentConfig, config_from_dict
+from ..config import ConfigError, ExperimentConfig, config_from_dict, read_mapping
 from ..schemas import TRAIN_RESULT_FILE
 
 RUN_CONFIG_FILE = "run_config.yaml"
@@ -65,10 +64,7 @@ class DamagedCheckpointWarning(UserWarning):
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """``(step, folder)`` of every ``checkpoint-<step>`` folder of ``output_dir`` by increasing step (numerically:
     ``checkpoint-10`` after ``checkpoint-9``); none if ``output_dir`` does not exist."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    matches = ((CHECKPOINT_NAME.match(child.name), child) for child in output_dir.iterdir())
+    matches = ((CHECKPOINT_NAME.match(child.name), child) for child in Path(output_dir).glob("checkpoint-*"))
     return sorted((int(match.group(1)), child) for match, child in matches if match and child.is_dir())
 
 
@@ -303,8 +299,8 @@ def check_config_unchanged(
         warnings.warn(f"resuming {config.training.output_dir!r} without a saved recipe to compare with", stacklevel=2)
         return {}
     try:
-        saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), source=str(saved_path))
-    except (OSError, yaml.YAMLError, ConfigError) as error:
+        saved = config_from_dict(read_mapping(saved_path), source=str(saved_path))
+    except ConfigError as error:  # read_mapping's too: an unreadable or unparsable file
         raise ConfigError(f"{saved_path}: cannot read the config the run started with: {error}") from None
     patterns = (*ALWAYS_ALLOWED_CHANGES, *allowed)
     changes = changed_keys(saved.to_dict(with_defaults=True), config.to_dict(with_defaults=True))

@@ -193,8 +193,7 @@ def training_arguments(config: ExperimentConfig, has_validation: bool):
 def _accuracy(eval_prediction) -> dict[str, float]:
     logits = eval_prediction.predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
-    predictions = logits.argmax(-1)
-    return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
+    return {"accuracy": float((logits.argmax(-1) == eval_prediction.label_ids).mean())}
 
 
 def _build_trainer(config, args, model, tokenizer, data: PreparedData, callbacks, resume_from) -> Trainer:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from disel.io import read_json, write_json_atomic
 
 SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """How a saved adapter names the converted SmolLM2 as its base (``base_model_name_or_path``): the same on every
@@ -282,7 +283,7 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
             "dtype": "float32",
             "note": "de-quantised from the Q4_1 GGUF file by transformers; weights are the de-quantised values",
         }
-        (staging / _PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        write_json_atomic(staging / _PROVENANCE_FILE, provenance)
         try:
             os.rename(staging, target)
         except OSError:
@@ -355,7 +356,7 @@ def adapter_base(adapter: str | os.PathLike) -> Path:
     """The local folder of the base model a saved adapter names (its ``base_model_name_or_path``):
     :data:`SMOLLM2_NAME` → :func:`smollm2_path` (converted offline once), an existing folder as it is;
     FileNotFoundError otherwise (disel never downloads)."""
-    config = json.loads((check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    config = read_json(check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE)
     name = config.get("base_model_name_or_path")
     if not name:
         raise ValueError(f"{adapter}/{ADAPTER_CONFIG_FILE} names no base_model_name_or_path; give the base model")
@@ -365,9 +366,7 @@ def adapter_base(adapter: str | os.PathLike) -> Path:
 def make_adapter_portable(adapter: str | os.PathLike) -> None:
     """Rewrite a saved adapter's ``base_model_name_or_path`` as :func:`portable_base_name`, so the folder means
     the same on another machine (a local path of the machine that trained it does not)."""
-    from disel.io import write_json_atomic
-
     config_file = check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = read_json(config_file)
     config["base_model_name_or_path"] = portable_base_name(config.get("base_model_name_or_path") or "")
     write_json_atomic(config_file, config)

@@ -12,7 +12,6 @@ recipe changed, listing every key ``old -> new``, and one whose recipe is nowher
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import warnings
@@ -23,7 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from disel.io import write_json_atomic, write_yaml_atomic
+from disel.io import read_json, write_json_atomic, write_yaml_atomic
 
 from ..config import ConfigError, ExperimentConfig, config_from_dict, read_mapping
 from ..schemas import TRAIN_RESULT_FILE
@@ -162,8 +161,8 @@ def _torch_archive_damage(path: Path) -> str | None:
 
 def _json_damage(path: Path) -> str | None:
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        read_json(path)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         return f"not valid JSON ({error})"
     return None
 
@@ -192,7 +191,7 @@ def _expected_files(folder: Path, save_only_model: bool) -> list[tuple[str, list
     for index in _WEIGHT_INDEXES:
         if (folder / index).is_file():
             try:
-                shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))
+                shards = sorted(set(read_json(folder / index)["weight_map"].values()))
             except (OSError, ValueError, KeyError, AttributeError):
                 shards = []  # a damaged index is reported by the file checks
             expected += [("a weight shard", [shard]) for shard in shards]
@@ -216,7 +215,7 @@ def missing_file(folder: str | os.PathLike, save_only_model: bool = False) -> tu
     manifest = folder / CHECKPOINT_MANIFEST
     if manifest.is_file():
         try:
-            names = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            names = read_json(manifest)["files"]
         except (OSError, ValueError, KeyError, TypeError):
             return manifest, "not a readable list of the checkpoint's files"
         missing = [name for name in names if not (folder / name).is_file()]

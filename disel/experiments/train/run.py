@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback
 
 from disel.io import write_bytes_atomic, write_yaml_atomic
@@ -71,11 +72,7 @@ def build_peft_config(config: ExperimentConfig):
 
         return disel.DiselConfig(r=method.r, **method.disel_settings(), **common)
     if method.name in ("lora", "dora"):
-        from peft import LoraConfig
-
         return LoraConfig(r=method.r, use_dora=method.name == "dora", **common)
-    from peft import AdaLoraConfig
-
     settings = method.adalora
     total = settings.total_step or _PLACEHOLDER_TOTAL_STEP
     tinit, tfinal = _adalora_phases(settings, total)
@@ -265,8 +262,6 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     if config.method.name == "full":
         model.requires_grad_(True)
     else:
-        from peft import get_peft_model
-
         model = get_peft_model(model, build_peft_config(config))
     return _build_trainer(config, args, model, tokenizer, data, callbacks, resume_from), data
 

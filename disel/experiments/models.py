@@ -62,10 +62,9 @@ def check_model_dir(path: str | os.PathLike, gguf_file: str | None = None, *, wh
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a directory; {_NO_DOWNLOAD_HINT}")
-    if gguf_file is not None:
-        if not (folder / gguf_file).is_file():
-            raise FileNotFoundError(f"gguf_file {gguf_file!r} is not a file in {what} {str(path)!r}")
-    elif not (folder / "config.json").is_file():
+    if gguf_file is not None and not (folder / gguf_file).is_file():
+        raise FileNotFoundError(f"gguf_file {gguf_file!r} is not a file in {what} {str(path)!r}")
+    if gguf_file is None and not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"{what} {str(path)!r} has no config.json (not a transformers checkpoint); {_NO_DOWNLOAD_HINT}"
         )
@@ -100,9 +99,8 @@ def load_tokenizer(
     the id never matters."""
     from transformers import AutoTokenizer
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
     tokenizer = AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
+        path, local_files_only=True, trust_remote_code=trust_remote_code, gguf_file=gguf_file
     )
     if padding_side is not None:
         tokenizer.padding_side = padding_side
@@ -152,7 +150,6 @@ def load_model_for_eval(
     dtype: torch.dtype | str = torch.float32,
     gguf_file: str | None = None,
     device: str | torch.device | None = None,
-    model_class: Any = None,
     tokenizer_path: str | os.PathLike | None = None,
     **model_kwargs: Any,
 ) -> LoadedModel:
@@ -164,13 +161,11 @@ def load_model_for_eval(
         adapter_path: directory with ``adapter_config.json`` (a training output or one ``checkpoint-*``), or None.
         gguf_file: name of a GGUF file inside ``base_path`` to read the base weights from.
         device: default CUDA if available, else CPU.
-        model_class: a transformers ``Auto*`` class, default ``AutoModelForCausalLM``; ``model_kwargs`` go to its
-            ``from_pretrained`` (e.g. ``num_labels`` of a sequence classifier).
         tokenizer_path: default the adapter directory if it has tokenizer files, else ``base_path``.
+        model_kwargs: go to :func:`load_model`: ``model_class`` (a transformers ``Auto*`` class, default
+            ``AutoModelForCausalLM``) and its ``from_pretrained`` arguments (``num_labels`` of a sequence classifier).
     """
-    model = load_model(
-        base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs
-    )
+    model = load_model(base_path, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs)
     peft_type = None
     if adapter_path is not None:
         import peft

@@ -29,8 +29,8 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback
 
+from disel import DiselConfig, DiselTrainer
 from disel.io import write_bytes_atomic, write_yaml_atomic
-from disel.optim import DiselTrainer
 
 from ..config import ConfigError, ExperimentConfig
 from ..data.collator import CausalLMCollator
@@ -68,9 +68,7 @@ def build_peft_config(config: ExperimentConfig):
         "task_type": "CAUSAL_LM" if config.model.task_type == "causal_lm" else "SEQ_CLS",
     }
     if method.name == "disel":
-        import disel
-
-        return disel.DiselConfig(r=method.r, **method.disel_settings(), **common)
+        return DiselConfig(r=method.r, **method.disel_settings(), **common)
     if method.name in ("lora", "dora"):
         return LoraConfig(r=method.r, use_dora=method.name == "dora", **common)
     settings = method.adalora
@@ -118,9 +116,8 @@ class AdaLoraScheduleCallback(TrainerCallback):
         path = None if self.resume_from is None else Path(self.resume_from) / _ADALORA_STATE
         if path is not None and path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            for key in _ALLOCATOR_STATISTICS:
-                getattr(tuner.rankallocator, key).clear()
-                getattr(tuner.rankallocator, key).update({k: v.to(args.device) for k, v in saved[key].items()})
+            for key in _ALLOCATOR_STATISTICS:  # the allocator reads them through these attributes only
+                setattr(tuner.rankallocator, key, {k: v.to(args.device) for k, v in saved[key].items()})
             peft_config.rank_pattern = saved["rank_pattern"]
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):

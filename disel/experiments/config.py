@@ -20,6 +20,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -282,12 +283,7 @@ def read_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping in a YAML or JSON (``.json``) file (empty: ``{}``); ConfigError naming the file otherwise."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-        if str(path).lower().endswith(".json"):
-            raw = json.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text)
+        raw = json.loads(text) if str(path).lower().endswith(".json") else yaml.safe_load(text)
     except Exception as error:  # noqa: BLE001 — re-raised with the file name
         raise ConfigError(f"cannot parse config file {str(path)!r}: {error}") from error
     raw = {} if raw is None else raw
@@ -315,8 +311,6 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A copy of ``raw`` with each ``"a.b.c=value"`` set (value parsed as YAML). Unknown keys are caught later."""
-    import yaml
-
     overlay: dict[str, Any] = {}
     for override in overrides:
         key, sep, value_text = override.partition("=")
@@ -324,7 +318,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         if not sep or not key:
             raise ConfigError(f"override {override!r} must have the form section.key=value")
         try:
-            value = yaml.safe_load(value_text) if value_text.strip() else None
+            value = yaml.safe_load(value_text)  # an empty value is None
         except yaml.YAMLError as error:
             raise ConfigError(f"override {override!r}: cannot parse the value: {error}") from error
         *sections, leaf = key.split(".")
@@ -364,19 +358,16 @@ def _config_error(error: ValidationError, source: str) -> ConfigError:
     union, every member's expectation)."""
     errors = error.errors()
     location = _field_location(errors[0]["loc"])
-    same_field = [e for e in errors if _field_location(e["loc"]) == location]
-    first = same_field[0]
     key = ".".join(str(part) for part in location).replace(".[", "[")
-    if first["type"] == "extra_forbidden":
-        section = _section_model(location[:-1])
-        label = ".".join(str(part) for part in location[:-1]) or "the top level"
-        near = difflib.get_close_matches(str(location[-1]), section.model_fields, n=3)
+    if errors[0]["type"] == "extra_forbidden":
+        known = _section_model(location[:-1]).model_fields
+        label = ".".join(location[:-1]) or "the top level"
+        near = difflib.get_close_matches(location[-1], known, n=3)
         hint = f"did you mean {' or '.join(near)}? " if near else ""
-        return ConfigError(
-            f"unknown key {key!r} in {source}; {hint}the keys of {label} are: {', '.join(section.model_fields)}"
-        )
+        return ConfigError(f"unknown key {key!r} in {source}; {hint}the keys of {label} are: {', '.join(known)}")
+    same_field = [e for e in errors if _field_location(e["loc"]) == location]
     expected = " or ".join(dict.fromkeys(_expected(e) for e in same_field))
-    return ConfigError(f"{key} in {source}: expected {expected}, got {first['input']!r}")
+    return ConfigError(f"{key} in {source}: expected {expected}, got {errors[0]['input']!r}")
 
 
 def _field_location(loc: tuple) -> tuple:
@@ -400,13 +391,10 @@ def _expected(error: dict[str, Any]) -> str:
     return next((text for name, text in _EXPECTED.items() if error["type"].startswith(name)), error["msg"])
 
 
-def _section_model(location: tuple) -> type[BaseModel]:
+def _section_model(location: tuple[str, ...]) -> type[BaseModel]:
+    """The model of the section at ``location``; sections nest only as models (extra keys inside a
+    ``training`` value are not refused, so an unknown key never lies deeper than the training section)."""
     model: type[BaseModel] = ExperimentConfig
     for part in location:
-        if isinstance(part, str) and part.startswith("["):
-            continue
-        if model is ExperimentConfig and part == "training":
-            return training_section_model()
-        annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+        model = training_section_model() if part == "training" else model.model_fields[part].annotation
     return model

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from disel.io import read_json, write_json_atomic
 
 SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """How a saved adapter names the converted SmolLM2 as its base (``base_model_name_or_path``): the same on every
@@ -32,14 +32,8 @@ SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_SUBDIR = "smollm2-135m-instruct"
 # Written last into the converted directory; records where the weights came from.
 _PROVENANCE_FILE = "disel_conversion.json"
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Short name → ``torch`` attribute."""
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 _NO_DOWNLOAD_HINT = "give a local directory holding the model; disel never downloads from a hub"
 
@@ -56,9 +50,10 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
     ``"auto"`` is kept (transformers then uses the checkpoint's dtype)."""
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(_DTYPES)}, got dtype={dtype!r}")
-    return _DTYPES[dtype]
+    names = [*_DTYPE_NAMES, *_DTYPE_NAMES.values()]
+    if dtype not in names:
+        raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(names)}, got dtype={dtype!r}")
+    return getattr(torch, _DTYPE_NAMES.get(dtype, dtype))
 
 
 def check_model_dir(path: str | os.PathLike, gguf_file: str | None = None, *, what: str = "model.path") -> Path:
@@ -67,10 +62,9 @@ def check_model_dir(path: str | os.PathLike, gguf_file: str | None = None, *, wh
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a directory; {_NO_DOWNLOAD_HINT}")
-    if gguf_file is not None:
-        if not (folder / gguf_file).is_file():
-            raise FileNotFoundError(f"gguf_file {gguf_file!r} is not a file in {what} {str(path)!r}")
-    elif not (folder / "config.json").is_file():
+    if gguf_file is not None and not (folder / gguf_file).is_file():
+        raise FileNotFoundError(f"gguf_file {gguf_file!r} is not a file in {what} {str(path)!r}")
+    if gguf_file is None and not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"{what} {str(path)!r} has no config.json (not a transformers checkpoint); {_NO_DOWNLOAD_HINT}"
         )
@@ -105,9 +99,8 @@ def load_tokenizer(
     the id never matters."""
     from transformers import AutoTokenizer
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
     tokenizer = AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
+        path, local_files_only=True, trust_remote_code=trust_remote_code, gguf_file=gguf_file
     )
     if padding_side is not None:
         tokenizer.padding_side = padding_side
@@ -134,11 +127,11 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     folder = check_model_dir(path, gguf_file, what=what)
-    model_class = AutoModelForCausalLM if model_class is None else model_class
     if gguf_file is not None:
         from transformers.utils.quantization_config import GgufConfig
 
         kwargs.update(gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True))
+    model_class = model_class or AutoModelForCausalLM
     return model_class.from_pretrained(folder, local_files_only=True, dtype=resolve_dtype(dtype), **kwargs)
 
 
@@ -157,7 +150,6 @@ def load_model_for_eval(
     dtype: torch.dtype | str = torch.float32,
     gguf_file: str | None = None,
     device: str | torch.device | None = None,
-    model_class: Any = None,
     tokenizer_path: str | os.PathLike | None = None,
     **model_kwargs: Any,
 ) -> LoadedModel:
@@ -169,13 +161,11 @@ def load_model_for_eval(
         adapter_path: directory with ``adapter_config.json`` (a training output or one ``checkpoint-*``), or None.
         gguf_file: name of a GGUF file inside ``base_path`` to read the base weights from.
         device: default CUDA if available, else CPU.
-        model_class: a transformers ``Auto*`` class, default ``AutoModelForCausalLM``; ``model_kwargs`` go to its
-            ``from_pretrained`` (e.g. ``num_labels`` of a sequence classifier).
         tokenizer_path: default the adapter directory if it has tokenizer files, else ``base_path``.
+        model_kwargs: go to :func:`load_model`: ``model_class`` (a transformers ``Auto*`` class, default
+            ``AutoModelForCausalLM``) and its ``from_pretrained`` arguments (``num_labels`` of a sequence classifier).
     """
-    model = load_model(
-        base_path, model_class=model_class, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs
-    )
+    model = load_model(base_path, dtype=dtype, gguf_file=gguf_file, what="base_path", **model_kwargs)
     peft_type = None
     if adapter_path is not None:
         import peft
@@ -185,8 +175,7 @@ def load_model_for_eval(
         peft_type = model.peft_config["default"].peft_type
         peft_type = str(getattr(peft_type, "value", peft_type))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    model.eval()
+    model.to(device).eval()
     if tokenizer_path is None:
         tokenizer_path = adapter_path if adapter_path is not None and has_tokenizer(adapter_path) else base_path
     from_base = Path(tokenizer_path) == Path(base_path)
@@ -270,9 +259,13 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
         )
     gguf_file = smollm2_gguf_file()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private (0700); the cache is an ordinary shared directory
-    try:
+    # Removed on the way out unless renamed into place (then there is nothing left to remove).
+    partial = tempfile.TemporaryDirectory(
+        prefix=f".{target.name}.partial-", dir=target.parent, ignore_cleanup_errors=True
+    )
+    with partial as staging_name:
+        staging = Path(staging_name)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private (0700); the cache is an ordinary shared directory
         model, tokenizer = _load_from_gguf(gguf_file)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -285,16 +278,13 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
             "dtype": "float32",
             "note": "de-quantised from the Q4_1 GGUF file by transformers; weights are the de-quantised values",
         }
-        (staging / _PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        write_json_atomic(staging / _PROVENANCE_FILE, provenance)
         try:
             os.rename(staging, target)
         except OSError:
             if not _is_complete(target):
                 raise
             # Another process finished first; its copy is identical, keep it.
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -361,7 +351,7 @@ def adapter_base(adapter: str | os.PathLike) -> Path:
     """The local folder of the base model a saved adapter names (its ``base_model_name_or_path``):
     :data:`SMOLLM2_NAME` → :func:`smollm2_path` (converted offline once), an existing folder as it is;
     FileNotFoundError otherwise (disel never downloads)."""
-    config = json.loads((check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    config = read_json(check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE)
     name = config.get("base_model_name_or_path")
     if not name:
         raise ValueError(f"{adapter}/{ADAPTER_CONFIG_FILE} names no base_model_name_or_path; give the base model")
@@ -371,9 +361,7 @@ def adapter_base(adapter: str | os.PathLike) -> Path:
 def make_adapter_portable(adapter: str | os.PathLike) -> None:
     """Rewrite a saved adapter's ``base_model_name_or_path`` as :func:`portable_base_name`, so the folder means
     the same on another machine (a local path of the machine that trained it does not)."""
-    from disel.io import write_json_atomic
-
     config_file = check_adapter_dir(adapter, "adapter") / ADAPTER_CONFIG_FILE
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = read_json(config_file)
     config["base_model_name_or_path"] = portable_base_name(config.get("base_model_name_or_path") or "")
     write_json_atomic(config_file, config)

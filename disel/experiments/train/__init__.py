@@ -1,26 +1,9 @@
 """Training: :func:`train` (config → trained adapter + ``train_result.json``), in :mod:`.run`; which
-checkpoint a resume can trust, in :mod:`.checkpoints`."""
+checkpoint a resume can trust, in :mod:`.checkpoints`. Exported here: what a caller of :func:`train` needs (the
+result file's name, the error and warning of a damaged checkpoint); the building blocks (``build_peft_config``,
+``training_arguments``, ``resolve_resume``, ``checkpoint_damage`` ...) are imported from their modules."""
 
-from .checkpoints import (
-    DamagedCheckpointError,
-    DamagedCheckpointWarning,
-    check_config_unchanged,
-    checkpoint_damage,
-    complete_checkpoints,
-    resolve_resume,
-)
-from .run import RESULT_FILE, AdaLoraScheduleCallback, build_peft_config, train, training_arguments
+from .checkpoints import DamagedCheckpointError, DamagedCheckpointWarning
+from .run import RESULT_FILE, train
 
-__all__ = [
-    "RESULT_FILE",
-    "AdaLoraScheduleCallback",
-    "DamagedCheckpointError",
-    "DamagedCheckpointWarning",
-    "build_peft_config",
-    "check_config_unchanged",
-    "checkpoint_damage",
-    "complete_checkpoints",
-    "resolve_resume",
-    "train",
-    "training_arguments",
-]
+__all__ = ["RESULT_FILE", "DamagedCheckpointError", "DamagedCheckpointWarning", "train"]

@@ -12,22 +12,19 @@ recipe changed, listing every key ``old -> new``, and one whose recipe is nowher
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
-import struct
 import warnings
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import TrainerCallback
 
-from disel.io import write_json_atomic, write_yaml_atomic
+from disel.io import read_json, write_json_atomic, write_yaml_atomic
 
-from ..config import ConfigError, ExperimentConfig, config_from_dict
+from ..config import ConfigError, ExperimentConfig, config_from_dict, read_mapping
 from ..schemas import TRAIN_RESULT_FILE
 
 RUN_CONFIG_FILE = "run_config.yaml"
@@ -66,10 +63,7 @@ class DamagedCheckpointWarning(UserWarning):
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """``(step, folder)`` of every ``checkpoint-<step>`` folder of ``output_dir`` by increasing step (numerically:
     ``checkpoint-10`` after ``checkpoint-9``); none if ``output_dir`` does not exist."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    matches = ((CHECKPOINT_NAME.match(child.name), child) for child in output_dir.iterdir())
+    matches = ((CHECKPOINT_NAME.match(child.name), child) for child in Path(output_dir).glob("checkpoint-*"))
     return sorted((int(match.group(1)), child) for match, child in matches if match and child.is_dir())
 
 
@@ -111,7 +105,7 @@ def resolve_resume(training: Any) -> str | None:
         existing = [Path(resume)]
     problems = []
     for folder in reversed(existing):
-        damage = checkpoint_damage(folder, bool(getattr(training, "save_only_model", False)))
+        damage = checkpoint_damage(folder, training.save_only_model)
         if damage is None:
             for problem in problems:
                 warnings.warn(
@@ -138,24 +132,15 @@ def resolve_resume(training: Any) -> str | None:
 
 
 def _safetensors_damage(path: Path) -> str | None:
-    """Why a safetensors file is not whole: its header must parse and its tensors must end at the file's end."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            return f"{size} bytes, shorter than the 8-byte header length"
-        (header_length,) = struct.unpack("<Q", prefix)
-        if 8 + header_length > size:
-            return f"header of {header_length} bytes does not fit in the file's {size} bytes"
-        try:
-            header = json.loads(handle.read(header_length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            return f"header is not valid JSON ({error})"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + header_length + max(ends, default=0)
-    if expected != size:
-        return f"the tensors need {expected} bytes but the file has {size} (truncated?)"
-    return None
+    """Why a safetensors file is not whole: safetensors refuses to open it (the header must parse and the
+    tensors must end exactly at the file's end; opening reads no tensor)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            return None
+    except SafetensorError as error:
+        return f"{error} ({path.stat().st_size} bytes; truncated?)"
 
 
 def _torch_archive_damage(path: Path) -> str | None:
@@ -176,8 +161,8 @@ def _torch_archive_damage(path: Path) -> str | None:
 
 def _json_damage(path: Path) -> str | None:
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        read_json(path)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         return f"not valid JSON ({error})"
     return None
 
@@ -206,7 +191,7 @@ def _expected_files(folder: Path, save_only_model: bool) -> list[tuple[str, list
     for index in _WEIGHT_INDEXES:
         if (folder / index).is_file():
             try:
-                shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))
+                shards = sorted(set(read_json(folder / index)["weight_map"].values()))
             except (OSError, ValueError, KeyError, AttributeError):
                 shards = []  # a damaged index is reported by the file checks
             expected += [("a weight shard", [shard]) for shard in shards]
@@ -230,7 +215,7 @@ def missing_file(folder: str | os.PathLike, save_only_model: bool = False) -> tu
     manifest = folder / CHECKPOINT_MANIFEST
     if manifest.is_file():
         try:
-            names = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            names = read_json(manifest)["files"]
         except (OSError, ValueError, KeyError, TypeError):
             return manifest, "not a readable list of the checkpoint's files"
         missing = [name for name in names if not (folder / name).is_file()]
@@ -248,12 +233,9 @@ def checkpoint_damage(folder: str | os.PathLike, save_only_model: bool = False) 
     missing = missing_file(folder, save_only_model)
     if missing is not None:
         return missing
-    for path in sorted(Path(folder).iterdir()):
-        check = _FILE_CHECKS.get(path.suffix)
-        if check is None or not path.is_file():
-            continue
+    for path in sorted(path for path in Path(folder).iterdir() if path.suffix in _FILE_CHECKS and path.is_file()):
         try:
-            reason = check(path)
+            reason = _FILE_CHECKS[path.suffix](path)
         except (OSError, KeyError, TypeError, IndexError, AttributeError) as error:
             reason = f"unreadable ({type(error).__name__}: {error})"
         if reason is not None:
@@ -316,8 +298,8 @@ def check_config_unchanged(
         warnings.warn(f"resuming {config.training.output_dir!r} without a saved recipe to compare with", stacklevel=2)
         return {}
     try:
-        saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), source=str(saved_path))
-    except (OSError, yaml.YAMLError, ConfigError) as error:
+        saved = config_from_dict(read_mapping(saved_path), source=str(saved_path))
+    except ConfigError as error:  # read_mapping's too: an unreadable or unparsable file
         raise ConfigError(f"{saved_path}: cannot read the config the run started with: {error}") from None
     patterns = (*ALWAYS_ALLOWED_CHANGES, *allowed)
     changes = changed_keys(saved.to_dict(with_defaults=True), config.to_dict(with_defaults=True))

@@ -16,6 +16,7 @@ its presence means the run finished and the final adapter beside it is complete.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import math
 import time
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback
 
+from disel import DiselConfig, DiselTrainer
 from disel.io import write_bytes_atomic, write_yaml_atomic
-from disel.optim import DiselTrainer
 
 from ..config import ConfigError, ExperimentConfig
 from ..data.collator import CausalLMCollator
@@ -56,26 +58,19 @@ _PLACEHOLDER_TOTAL_STEP = 1_000_000
 def build_peft_config(config: ExperimentConfig):
     """The PEFT config of ``config.method`` (None for ``full``)."""
     method = config.method
-    task_type = "CAUSAL_LM" if config.model.task_type == "causal_lm" else "SEQ_CLS"
+    if method.name == "full":
+        return None
     common = {
         "lora_alpha": method.scaling_alpha,
         "lora_dropout": method.lora_dropout,
         "target_modules": method.target_modules,
         "modules_to_save": method.modules_to_save,
-        "task_type": task_type,
+        "task_type": "CAUSAL_LM" if config.model.task_type == "causal_lm" else "SEQ_CLS",
     }
-    if method.name == "full":
-        return None
     if method.name == "disel":
-        import disel
-
-        return disel.DiselConfig(r=method.r, **method.disel_settings(), **common)
+        return DiselConfig(r=method.r, **method.disel_settings(), **common)
     if method.name in ("lora", "dora"):
-        from peft import LoraConfig
-
         return LoraConfig(r=method.r, use_dora=method.name == "dora", **common)
-    from peft import AdaLoraConfig
-
     settings = method.adalora
     total = settings.total_step or _PLACEHOLDER_TOTAL_STEP
     tinit, tfinal = _adalora_phases(settings, total)
@@ -121,15 +116,12 @@ class AdaLoraScheduleCallback(TrainerCallback):
         path = None if self.resume_from is None else Path(self.resume_from) / _ADALORA_STATE
         if path is not None and path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            for key in _ALLOCATOR_STATISTICS:
-                getattr(tuner.rankallocator, key).clear()
-                getattr(tuner.rankallocator, key).update({k: v.to(args.device) for k, v in saved[key].items()})
+            for key in _ALLOCATOR_STATISTICS:  # the allocator reads them through these attributes only
+                setattr(tuner.rankallocator, key, {k: v.to(args.device) for k, v in saved[key].items()})
             peft_config.rank_pattern = saved["rank_pattern"]
-        return control
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         model.base_model.update_and_allocate(state.global_step)
-        return control
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:
@@ -143,7 +135,6 @@ class AdaLoraScheduleCallback(TrainerCallback):
             torch.save(saved, buffer)
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # the Trainer has just written it
             write_bytes_atomic(checkpoint / _ADALORA_STATE, buffer.getvalue())
-        return control
 
 
 class AdaLoraTrainer(Trainer):
@@ -196,8 +187,7 @@ def training_arguments(config: ExperimentConfig, has_validation: bool):
 def _accuracy(eval_prediction) -> dict[str, float]:
     logits = eval_prediction.predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
-    predictions = logits.argmax(-1)
-    return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
+    return {"accuracy": float((logits.argmax(-1) == eval_prediction.label_ids).mean())}
 
 
 def _build_trainer(config, args, model, tokenizer, data: PreparedData, callbacks, resume_from) -> Trainer:
@@ -231,23 +221,14 @@ def _parameter_sha256(model: torch.nn.Module) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    import disel
-
-    return {module.__name__: module.__version__ for module in (torch, transformers, peft, accelerate, disel)}
+    names = ("torch", "transformers", "peft", "accelerate", "disel")
+    return {name: importlib.import_module(name).__version__ for name in names}
 
 
 def _final_evaluation(trainer) -> dict[str, Any]:
     """Metrics at the final step: the evaluation the schedule already ran there, else a new one."""
-    for entry in reversed(trainer.state.log_history):
-        if "eval_loss" in entry:
-            if entry.get("step") == trainer.state.global_step:
-                return dict(entry)
-            break
-    return trainer.evaluate()
+    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), {})
+    return dict(last) if last.get("step") == trainer.state.global_step else trainer.evaluate()
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -267,20 +248,17 @@ def _prepare(config: ExperimentConfig, callbacks, resume_from: str | None, resee
     )
     data = prepare_data(config.data, tokenizer, model_config.task_type, model_config.num_labels)
     args = training_arguments(config, data.validation is not None)
-    kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code}
-    if model_config.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_config.attn_implementation
+    loading = {"dtype", "gguf_file", "attn_implementation", "trust_remote_code"}  # unset ones: transformers' default
+    kwargs = model_config.model_dump(include=loading, exclude_none=True)
     if model_config.task_type == "sequence_classification":  # a fresh num_labels head
         kwargs.update(model_class=AutoModelForSequenceClassification, num_labels=model_config.num_labels)
-    model = load_model(model_config.path, dtype=model_config.dtype, gguf_file=model_config.gguf_file, **kwargs)
+    model = load_model(model_config.path, **kwargs)
     if model.config.pad_token_id is None:  # decoder classifiers find the last token through the pad id
         model.config.pad_token_id = tokenizer.pad_token_id
     reseed()  # the adapter's initialisation must not depend on what model loading drew
     if config.method.name == "full":
         model.requires_grad_(True)
     else:
-        from peft import get_peft_model
-
         model = get_peft_model(model, build_peft_config(config))
     return _build_trainer(config, args, model, tokenizer, data, callbacks, resume_from), data
 

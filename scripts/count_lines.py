@@ -27,7 +27,7 @@ def count(source: str) -> tuple[int, int, int]:
             value = getattr(statement, "value", None)
             if isinstance(statement, ast.Expr) and isinstance(value, ast.Constant) and isinstance(value.value, str):
                 docstrings.update(range(statement.lineno, statement.end_lineno + 1))
-    blank = sum(1 for line in lines if not line.strip())
+    blank = sum(1 for i, line in enumerate(lines, 1) if not line.strip() and i not in docstrings)  # counted once
     comments = sum(1 for i, line in enumerate(lines, 1) if line.strip().startswith("#") and i not in docstrings)
     prose = len(docstrings) + comments
     return len(lines), len(lines) - blank - prose, prose

@@ -20,3 +20,10 @@ def test_docstrings_comments_and_blank_lines_are_told_apart():
     )
     # 10 lines: 3 docstring, 1 comment, 3 blank, 3 code (X = 1, def, return)
     assert _count()(source) == (10, 3, 4)
+
+
+def test_a_blank_line_inside_a_docstring_is_prose_only():
+    """Counted as prose, not also as blank: adding one must not lower the code count."""
+    source = 'def f():\n    """Summary.\n\n    More."""\n    return 1\n'
+    # 5 lines: def and return are code; the docstring's 3 lines (its blank one included) are prose
+    assert _count()(source) == (5, 2, 3)

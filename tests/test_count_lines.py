@@ -27,3 +27,15 @@ def test_a_blank_line_inside_a_docstring_is_prose_only():
     source = 'def f():\n    """Summary.\n\n    More."""\n    return 1\n'
     # 5 lines: def and return are code; the docstring's 3 lines (its blank one included) are prose
     assert _count()(source) == (5, 2, 3)
+
+
+def test_a_named_top_level_definition_is_left_out_whole():
+    """``leave_out`` drops the named function (decorator and docstring included) and the named assignment;
+    the other definitions count as before."""
+    source = (
+        'import x\n\n\n@x.deco\ndef new(a):\n    """Doc."""\n    return a  # why\n\n\n'
+        "NEW_TABLE = {\n    1: 2,\n}\n\n\ndef old():\n    return 1\n"
+    )
+    # 16 lines: code import, decorator, def new, return a, 3 table lines, def old, return 1; prose the docstring
+    assert _count()(source) == (16, 9, 1)
+    assert _count()(source, frozenset({"new", "NEW_TABLE"})) == (9, 3, 0)  # import, def old, return 1

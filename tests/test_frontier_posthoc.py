@@ -139,3 +139,25 @@ def test_the_transform_works_in_place_and_shares_nothing_with_a_copy():
     for name, kept in _deltas(before).items():
         torch.testing.assert_close(kept, untouched[name])
     assert any(not torch.allclose(a, b) for a, b in zip(_deltas(before).values(), _deltas(model).values()))
+
+
+def test_intruder_layers_are_those_peft_flags_and_the_model_is_unchanged():
+    """On a large random update every layer holds intruders (its own directions dominate W + ΔW), as the paper's
+    definition computed by hand says; on a zero update none does. The model keeps one adapter, its weights."""
+    from disel.experiments.study.transforms import intruder_layers
+
+    model = _lora()
+    before = _deltas(model)
+    found = intruder_layers(model, threshold_epsilon=0.5)
+    expected = {}
+    for name, layer in model.named_modules():
+        if isinstance(layer, LoraLayer):
+            count = len(_intruders(layer.get_base_layer().weight, before[name])[0])
+            if count:
+                expected[name] = count
+    assert found == expected and len(found) > 10  # most of the 14 projections
+    assert list(model.peft_config) == ["default"] and model.active_adapter == "default"
+    for name, delta in _deltas(model).items():
+        assert torch.equal(delta, before[name]), name
+    quiet = _lora(scale=0.0)
+    assert intruder_layers(quiet, threshold_epsilon=0.5) == {}

@@ -16,6 +16,9 @@ with :func:`register_transform`. Registered here:
   (peft's docstring calls λ "the portion subtracted"; its code, read in peft 0.21.2, keeps λ of it, and the
   tests check the code's meaning). The frontier study names the *strength* ``1 − λ``. The base weights are
   left as they are and the model keeps one adapter of its name.
+
+:func:`intruder_layers` asks the same peft function which layers it would call intruded at a threshold (changing
+nothing): where it flags none, ``intruder_reduced`` is the adapter itself.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["TRANSFORMS", "Transform", "apply_transform", "reduce_intruders", "register_transform", "scale_adapter"]
+__all__ = [
+    "TRANSFORMS",
+    "Transform",
+    "apply_transform",
+    "intruder_layers",
+    "reduce_intruders",
+    "register_transform",
+    "scale_adapter",
+]
 
 Transform = Callable[..., None]
 TRANSFORMS: dict[str, Transform] = {}
@@ -79,15 +90,9 @@ def _fraction(value: Any, name: str, *, allow_zero: bool) -> float:
 _REDUCED = "intruder_reduced"  # peft's new adapter, removed again once its weights are copied back
 
 
-@register_transform("intruder_reduced")
-def reduce_intruders(model: Any, mitigation_lambda: float, top_k: int = 10, threshold_epsilon: float = 0.5) -> None:
-    """Intruder dimensions of the active LoRA adapter kept at ``mitigation_lambda`` (module docstring), in place.
-
-    Calls ``peft.tuners.lora.intruders.reduce_intruder_dimension``, copies its new adapter's weights back into the
-    active adapter (``set_peft_model_state_dict``) and deletes the new one, so the model keeps one adapter of
-    the original name. ``top_k`` and ``threshold_epsilon`` are peft's (defaults: peft's).
-    """
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+def _peft_intruders(model: Any, mitigation_lambda: float, top_k: int, threshold_epsilon: float, sink) -> str:
+    """peft's ``reduce_intruder_dimension`` on the active LoRA adapter into a new adapter (returned: the active
+    adapter's name), its per-layer messages to ``sink``; arguments checked first, naming the bad one."""
     from peft.tuners.lora.intruders import reduce_intruder_dimension
 
     config = getattr(model, "peft_config", None)
@@ -106,8 +111,49 @@ def reduce_intruders(model: Any, mitigation_lambda: float, top_k: int = 10, thre
         top_k=top_k,
         threshold_epsilon=threshold_epsilon,
         mitigation_lambda=mitigation_lambda,
-        logging_sink=None,
+        logging_sink=sink,
     )
+    return name
+
+
+@register_transform("intruder_reduced")
+def reduce_intruders(model: Any, mitigation_lambda: float, top_k: int = 10, threshold_epsilon: float = 0.5) -> None:
+    """Intruder dimensions of the active LoRA adapter kept at ``mitigation_lambda`` (module docstring), in place.
+
+    Calls ``peft.tuners.lora.intruders.reduce_intruder_dimension``, copies its new adapter's weights back into the
+    active adapter (``set_peft_model_state_dict``) and deletes the new one, so the model keeps one adapter of
+    the original name. ``top_k`` and ``threshold_epsilon`` are peft's (defaults: peft's).
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    name = _peft_intruders(model, mitigation_lambda, top_k, threshold_epsilon, None)
     set_peft_model_state_dict(model, get_peft_model_state_dict(model, adapter_name=_REDUCED), adapter_name=name)
     model.set_adapter(name)
     model.delete_adapter(_REDUCED)
+
+
+def intruder_layers(model: Any, threshold_epsilon: float = 0.5, top_k: int = 10) -> dict[str, int]:
+    """Layer name → number of intruder directions peft's ``reduce_intruder_dimension`` finds there at
+    ``threshold_epsilon`` and ``top_k`` (its per-layer report, read back), for the layers where it finds any.
+    The model is left as it was (the reduction's new adapter is deleted)."""
+    from peft.tuners.lora import LoraLayer
+
+    found: dict[str, int] = {}
+    clean: list[str] = []
+
+    def sink(message: str) -> None:  # peft also reports other steps ("Enabling new adapter ...")
+        layer, _, report = message.rpartition(": Intruders: ")
+        if layer:
+            found[layer] = int(report)
+        elif message.endswith(": No intruders"):
+            clean.append(message)
+
+    name = _peft_intruders(model, 1.0, top_k, threshold_epsilon, sink)
+    model.set_adapter(name)
+    model.delete_adapter(_REDUCED)
+    layers = sum(isinstance(m, LoraLayer) for m in model.modules())
+    if len(found) + len(clean) != layers:
+        raise RuntimeError(
+            f"peft reported on {len(found) + len(clean)} of {layers} LoRA layers: its report changed form"
+        )
+    return found

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..schemas import MlmPerplexityResult, write_record
 from . import compress, preflight
+from ._args import DATA_FLAGS, MODEL_FLAGS
 
 
 def _dtype(name: str | None):
@@ -305,11 +306,13 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
         "",
         {"--cache-dir": dict(help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")},
     ),
-    "components": (  # and disel-prune's model and data flags (build_parser), so the statistics are measured alike
+    "components": (  # with disel-prune's model and data flags, so the statistics are measured alike
         "per-component gate statistics of a DISeL adapter (issue 11)",
         _cmd_components,
         "",
         {
+            **MODEL_FLAGS,
+            **DATA_FLAGS,
             "--pairwise": dict(action="store_true", help="also record gate correlations (r x r per layer)"),
             "--out": dict(required=True, help="statistics JSON (disel.ComponentStatistics.load_json reads it)"),
         },
@@ -324,9 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command, (help_text, handler, shared, own) in _COMMANDS.items():
         subparser = commands.add_parser(command, help=help_text, allow_abbrev=False)
         subparser.set_defaults(handler=handler)
-        if handler is _cmd_components:
-            compress.add_model_flags(subparser)
-            compress.add_data_flags(subparser)
         for name in dict.fromkeys([*shared.split(), *own]):  # in order, each once
             options = own.get(name) or _FLAGS[name]
             if name == "--out":
@@ -336,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    from ..config import read_mapping
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     config_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -343,7 +345,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     config_path = config_only.parse_known_args(argv)[0].config
     if config_path is None:
         return parser.parse_args(argv)
-    values = preflight.read_mapping_file(config_path, "--config")
+    values = preflight.as_usage_error(read_mapping, config_path, prefix="--config: ")
     values = {str(key).replace("-", "_"): value for key, value in values.items()}
     command = next((arg for arg in argv if arg in _COMMANDS), None)
     if command is not None:
@@ -361,11 +363,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse(argv)
-        preflight.check_evaluation(args)  # before any model is loaded
-        if args.command == "components":
-            compress.check_inputs(args, out_file=args.out)
-        elif args.command == "gates":
-            compress.domain_specs(args)  # a malformed, missing or empty --domain file: one line, before loading
+        preflight.check_arguments(args)  # before any model is loaded
     except preflight.UsageError as error:
         return preflight.report("disel-eval", error)
     from ..eval.progress import show_progress

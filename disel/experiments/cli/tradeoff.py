@@ -1,5 +1,5 @@
 """``disel-tradeoff``: a ``disel.tradeoff/1`` table (Figures 2 and 3) from training runs and their per-checkpoint
-tables, :func:`disel.experiments.tables.tradeoff_table_from_runs` written to ``--out``.
+tables (fine-tuning and retention), :func:`disel.experiments.tables.tradeoff_table_from_runs` written to ``--out``.
 
     disel-tradeoff --runs-dir runs_math --ft-evaluator gsm8k --retention-evaluator lm-eval --out tradeoff_llm.json
 """
@@ -13,11 +13,7 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="disel-tradeoff",
-        allow_abbrev=False,
-        description="A disel.tradeoff/1 table from training runs and their retention tables.",
-    )
+    parser = argparse.ArgumentParser(prog="disel-tradeoff", allow_abbrev=False, description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--runs-dir", type=Path, help="folder of runs (sub-folders with train_result.json)")
     source.add_argument("--run", type=Path, nargs="+", help="run directories")

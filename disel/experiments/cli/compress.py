@@ -70,17 +70,13 @@ def _progress(batches: dict[str, list[dict]], description: str) -> Iterator[dict
     whether the work finished or stopped with an error."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(len(b) for b in batches.values()), desc=description, unit="batch")
-
     def run(domain_batches: list[dict]) -> Iterator[dict]:
         for batch in domain_batches:
             yield batch
             bar.update(1)
 
-    try:
+    with tqdm(total=sum(len(b) for b in batches.values()), desc=description, unit="batch") as bar:
         yield {name: run(domain_batches) for name, domain_batches in batches.items()}
-    finally:
-        bar.close()
 
 
 def _load_base(args: argparse.Namespace):

@@ -137,15 +137,11 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
 
 def _num_labels_from_adapter(adapter: str) -> int | None:
     """Rows of the saved classifier's output matrix (modules_to_save), or None if there is none."""
-    from safetensors import safe_open
+    from peft.utils import load_peft_weights
 
-    weights = Path(adapter) / "adapter_model.safetensors"
-    if not weights.is_file():
-        return None
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():
-            if key.endswith(("classifier.out_proj.weight", "classifier.weight", "score.weight")):
-                return int(handle.get_slice(key).get_shape()[0])
+    for key, weight in load_peft_weights(adapter, device="cpu").items():
+        if key.endswith(("classifier.out_proj.weight", "classifier.weight", "score.weight")):
+            return int(weight.shape[0])
     return None
 
 
@@ -343,20 +339,19 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     config_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     config_only.add_argument("--config", default=None)
     config_path = config_only.parse_known_args(argv)[0].config
-    if config_path is None:
+    command = next((arg for arg in argv if arg in _COMMANDS), None)
+    if config_path is None or command is None:  # without a command, argparse refuses the command line
         return parser.parse_args(argv)
     values = preflight.as_usage_error(read_mapping, config_path, prefix="--config: ")
     values = {str(key).replace("-", "_"): value for key, value in values.items()}
-    command = next((arg for arg in argv if arg in _COMMANDS), None)
-    if command is not None:
-        subparser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 (no public accessor)
-        unknown = sorted(set(values) - {action.dest for action in subparser._actions})  # noqa: SLF001
-        if unknown:
-            raise preflight.UsageError(f"--config {config_path}: unknown keys for '{command}': {unknown}")
-        # The config supplies defaults: a flag it sets is no longer required, and the command line still wins.
-        for action in subparser._actions:  # noqa: SLF001
-            action.required = action.required and action.dest not in values
-        subparser.set_defaults(**values)
+    subparser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 (no public accessor)
+    unknown = sorted(set(values) - {action.dest for action in subparser._actions})  # noqa: SLF001
+    if unknown:
+        raise preflight.UsageError(f"--config {config_path}: unknown keys for '{command}': {unknown}")
+    # The config supplies defaults: a flag it sets is no longer required, and the command line still wins.
+    for action in subparser._actions:  # noqa: SLF001
+        action.required = action.required and action.dest not in values
+    subparser.set_defaults(**values)
     return parser.parse_args(argv)
 
 

@@ -74,8 +74,7 @@ def check_model_dir(
     from ..models import check_model_dir as check_local_model
 
     as_usage_error(check_local_model, path, gguf_file, what=what)
-    folders = (path, *tokenizer_dirs)
-    if gguf_file is None and not any(has_tokenizer(folder) for folder in folders):
+    if gguf_file is None and not any(has_tokenizer(folder) for folder in (path, *tokenizer_dirs)):
         raise UsageError(
             f"{what} {str(path)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
             "save the tokenizer next to the model (tokenizer.save_pretrained)"
@@ -111,22 +110,18 @@ def check_target_modules(config: Any) -> None:
     from ..train.run import build_peft_config
 
     model = config.model
+    head = {"num_labels": model.num_labels} if model.task_type == "sequence_classification" else {}  # a classifier's
     architecture = AutoConfig.from_pretrained(
-        model.path, gguf_file=model.gguf_file, trust_remote_code=model.trust_remote_code, local_files_only=True
+        model.path, gguf_file=model.gguf_file, trust_remote_code=model.trust_remote_code, local_files_only=True, **head
     )
-    if model.task_type == "sequence_classification":
-        architecture.num_labels = model.num_labels
-        model_class = AutoModelForSequenceClassification
-    else:
-        model_class = AutoModelForCausalLM
-    peft_config = build_peft_config(config)
+    model_class = AutoModelForSequenceClassification if head else AutoModelForCausalLM
     with torch.device("meta"):
         skeleton = model_class.from_config(architecture, trust_remote_code=model.trust_remote_code)
         try:
-            get_peft_model(skeleton, peft_config)
+            get_peft_model(skeleton, build_peft_config(config))
         except (ValueError, TypeError) as error:
-            targets = config.method.target_modules
-            raise UsageError(f"method.target_modules {targets!r} for {config.method.name}: {error}") from None
+            method = config.method
+            raise UsageError(f"method.target_modules {method.target_modules!r} for {method.name}: {error}") from None
 
 
 _POSITIVE_FLAGS = ("batch_size", "max_length", "max_new_tokens", "n", "bins")
@@ -158,9 +153,11 @@ def check_arguments(args: Any, *, out_dir: bool = False) -> None:
     tokenizer_dirs: list[Path] = []
     if getattr(args, "command", None) == "retention":
         tokenizer_dirs = _check_retention_output(args)
+    if out_dir:  # a compression names a bad --base before a bad --adapter, in its command line's order
+        check_model_dir(args.base, "--base", tokenizer_dirs=[args.adapter])
     if getattr(args, "adapter", None) is not None:
         tokenizer_dirs.append(as_usage_error(check_adapter_dir, args.adapter, "--adapter"))
-    if getattr(args, "base", None) is not None:
+    if getattr(args, "base", None) is not None and not out_dir:
         check_model_dir(args.base, "--base", gguf_file=getattr(args, "gguf_file", None), tokenizer_dirs=tokenizer_dirs)
     if getattr(args, "pretrained_mlm", None) is not None:
         check_model_dir(args.pretrained_mlm, "--pretrained-mlm")

@@ -66,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight.check_positive(args.threads, "--threads")
         if args.threads:
             torch.set_num_threads(args.threads)
-        preflight.check_input_files([args.recipe], "--recipe")
-        if read_recipe(args.recipe).get("kind") == "compression":
+        if preflight.as_usage_error(read_recipe, args.recipe, prefix="--recipe: ").get("kind") == "compression":
             return _compression(args)
         from ..study.config import load_study_config
 

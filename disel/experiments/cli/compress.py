@@ -175,24 +175,25 @@ def _load_stats(path: str, adapter: str):
     return stats
 
 
-def _compress(prog: str, args: argparse.Namespace, act) -> int:
-    """Check the criterion, the other inputs and whether ``--stats`` fits ``--adapter`` (a problem: one line,
-    status 2, before any model is loaded); then load the base and the data and call
-    ``act(stats, base, tokenizer, batches)`` (``batches`` None with ``--no-measure``). A refusal of the library's
-    (a ``ValueError``) is one line and status 2 as well."""
+def _compress(parser: argparse.ArgumentParser, argv: Sequence[str] | None, act) -> int:
+    """Parse ``argv``; check the criterion, the other inputs and whether ``--stats`` fits ``--adapter`` (a problem:
+    one line, status 2, before any model is loaded); then load the base and the data and call
+    ``act(args, stats, base, tokenizer, batches)`` (``batches`` None with ``--no-measure``). A refusal of the
+    library's (a ``ValueError``) is one line and status 2 as well."""
+    args = parser.parse_args(argv)
     try:
         _check_criterion(args)
         check_arguments(args, out_dir=True)
         stats = _load_stats(args.stats, args.adapter)
     except UsageError as problem:
-        return report(prog, problem)
+        return report(parser.prog, problem)
     base, tokenizer, device = _load_base(args)
     try:
         measured = nullcontext(None) if args.no_measure else _progress(_data(args, tokenizer, device), "measuring")
         with measured as batches:
-            act(stats, base, tokenizer, batches)
+            act(args, stats, base, tokenizer, batches)
     except ValueError as problem:
-        return report(prog, problem)
+        return report(parser.prog, problem)
     return 0
 
 
@@ -202,28 +203,27 @@ def main_prune(argv: Sequence[str] | None = None) -> int:
     criterion = parser.add_mutually_exclusive_group(required=True)
     criterion.add_argument("--keep-fraction", type=float, help="keep this fraction of all components, largest first")
     criterion.add_argument("--threshold", type=float, help="keep the components contributing more than this")
-    args = parser.parse_args(argv)
+    return _compress(parser, argv, _prune)
 
-    def act(stats, base, tokenizer, batches) -> None:
-        import disel
 
-        report = disel.prune_adapter_dir(
-            args.adapter,
-            args.out,
-            stats,
-            base_model=base,
-            threshold=args.threshold,
-            keep_fraction=args.keep_fraction,
-            batches=batches,
-        )
-        rank_before, rank_after = sum(report.rank_before.values()), sum(report.rank_after.values())
-        print(
-            f"disel-prune: components {rank_before} -> {rank_after}; adapter parameters "
-            f"{report.parameters_before} -> {report.parameters_after}" + _change_text(report.output_change)
-        )
-        print(f"wrote {args.out} (adapter) and {Path(args.out) / 'prune_report.json'}")
+def _prune(args: argparse.Namespace, stats, base, tokenizer, batches) -> None:
+    import disel
 
-    return _compress("disel-prune", args, act)
+    report = disel.prune_adapter_dir(
+        args.adapter,
+        args.out,
+        stats,
+        base_model=base,
+        threshold=args.threshold,
+        keep_fraction=args.keep_fraction,
+        batches=batches,
+    )
+    rank_before, rank_after = sum(report.rank_before.values()), sum(report.rank_after.values())
+    print(
+        f"disel-prune: components {rank_before} -> {rank_after}; adapter parameters "
+        f"{report.parameters_before} -> {report.parameters_after}" + _change_text(report.output_change)
+    )
+    print(f"wrote {args.out} (adapter) and {Path(args.out) / 'prune_report.json'}")
 
 
 def main_merge_static(argv: Sequence[str] | None = None) -> int:
@@ -239,26 +239,25 @@ def main_merge_static(argv: Sequence[str] | None = None) -> int:
         required=True,
         help="fold the components whose gate std is below this on every domain",
     )
-    args = parser.parse_args(argv)
+    return _compress(parser, argv, _merge_static)
 
-    def act(stats, base, tokenizer, batches) -> None:
-        import disel
-        from disel.components.merge import MERGED_BASE_DIR
 
-        report = disel.merge_static_adapter_dir(
-            args.adapter, args.out, stats, base_model=base, std_threshold=args.std_threshold, batches=batches
-        )
-        merged_base = Path(args.out) / MERGED_BASE_DIR
-        tokenizer.save_pretrained(merged_base)  # a complete model folder: the merged base loads on its own
-        folded = sum(len(v) for v in report.merged.values())
-        print(
-            f"disel-merge-static: {folded} components folded, {sum(report.remaining_rank.values())} left gated"
-            + _change_text(report.output_change)
-        )
-        where = "the merged base is the whole model" if report.fully_static else f"adapter in {args.out}"
-        print(f"wrote {merged_base} ({where}) and {Path(args.out) / 'merge_report.json'}")
+def _merge_static(args: argparse.Namespace, stats, base, tokenizer, batches) -> None:
+    import disel
+    from disel.components.merge import MERGED_BASE_DIR
 
-    return _compress("disel-merge-static", args, act)
+    report = disel.merge_static_adapter_dir(
+        args.adapter, args.out, stats, base_model=base, std_threshold=args.std_threshold, batches=batches
+    )
+    merged_base = Path(args.out) / MERGED_BASE_DIR
+    tokenizer.save_pretrained(merged_base)  # a complete model folder: the merged base loads on its own
+    folded = sum(len(v) for v in report.merged.values())
+    print(
+        f"disel-merge-static: {folded} components folded, {sum(report.remaining_rank.values())} left gated"
+        + _change_text(report.output_change)
+    )
+    where = "the merged base is the whole model" if report.fully_static else f"adapter in {args.out}"
+    print(f"wrote {merged_base} ({where}) and {Path(args.out) / 'merge_report.json'}")
 
 
 def _change_text(change) -> str:

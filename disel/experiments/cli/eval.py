@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from ..schemas import MlmPerplexityResult, write_record
 from . import compress, preflight
@@ -238,28 +239,28 @@ _DOMAIN_HELP = (
     "(default: the adapter's training template, else alpaca). Without --domain: the offline math/general/code domains"
 )
 
-# command → (help, handler, flags from _FLAGS, the command's own flags: they replace a shared flag of that name)
-_COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
-    "lm-eval": (
-        "lm-evaluation-harness (the paper's retention suite by default)",
-        _cmd_evaluate,
-        f"{_MODEL} {_LM_EVAL} --out",
-        {},
+
+class _Command(NamedTuple):
+    """A subcommand of ``disel-eval``."""
+
+    help: str
+    handler: Callable[[argparse.Namespace], None]
+    shared: str = ""  # the names of the flags it takes from _FLAGS
+    own: Mapping[str, dict[str, Any]] = MappingProxyType({})  # its own flags: they replace a shared one of that name
+
+
+_COMMANDS: dict[str, _Command] = {
+    "lm-eval": _Command(
+        "lm-evaluation-harness (the paper's retention suite by default)", _cmd_evaluate, f"{_MODEL} {_LM_EVAL} --out"
     ),
-    "gsm8k": ("GSM8K-style strict exact match", _cmd_evaluate, f"{_MODEL} {_ROWS} --out", _ROW_LIMIT),
-    "humaneval": (
-        "HumanEval-style pass@1 (executes generated code)",
-        _cmd_evaluate,
-        f"{_MODEL} {_ROWS} {_CODE} --out",
-        _ROW_LIMIT,
+    "gsm8k": _Command("GSM8K-style strict exact match", _cmd_evaluate, f"{_MODEL} {_ROWS} --out", _ROW_LIMIT),
+    "humaneval": _Command(
+        "HumanEval-style pass@1 (executes generated code)", _cmd_evaluate, f"{_MODEL} {_ROWS} {_CODE} --out", _ROW_LIMIT
     ),
-    "perplexity": (
-        "causal-LM perplexity over texts",
-        _cmd_evaluate,
-        f"{_MODEL} {_TEXTS} --stride --max-length --batch-size --out",
-        {},
+    "perplexity": _Command(
+        "causal-LM perplexity over texts", _cmd_evaluate, f"{_MODEL} {_TEXTS} --stride --max-length --batch-size --out"
     ),
-    "mlm-perplexity": (
+    "mlm-perplexity": _Command(
         "masked-LM perplexity with the original MLM head",
         _cmd_mlm_perplexity,
         f"{_MODEL} {_TEXTS} --max-length --batch-size --out",
@@ -271,7 +272,7 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
             "--mask-prob": dict(type=float, default=0.15),
         },
     ),
-    "retention": (
+    "retention": _Command(
         "evaluate every checkpoint-* of a training output into one table",
         _cmd_retention,
         f"--dtype {_LM_EVAL} {_TEXTS} --stride {_ROWS} {_CODE}",
@@ -285,7 +286,7 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
             "--data": {**_FLAGS["--data"], "required": False},
         },
     ),
-    "gates": (
+    "gates": _Command(
         "gate histograms over domains",
         _cmd_gates,
         f"{_MODEL} --n --seed --max-length --batch-size --out",
@@ -296,17 +297,15 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
             "--bins": dict(type=int, default=20),
         },
     ),
-    "smollm2": (
+    "smollm2": _Command(
         "convert the offline SmolLM2-135M-Instruct once; print its directory",
         _cmd_smollm2,
-        "",
-        {"--cache-dir": dict(help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")},
+        own={"--cache-dir": dict(help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")},
     ),
-    "components": (  # with disel-prune's model and data flags, so the statistics are measured alike
+    "components": _Command(  # with disel-prune's model and data flags, so the statistics are measured alike
         "per-component gate statistics of a DISeL adapter (issue 11)",
         _cmd_components,
-        "",
-        {
+        own={
             **MODEL_FLAGS,
             **DATA_FLAGS,
             "--pairwise": dict(action="store_true", help="also record gate correlations (r x r per layer)"),
@@ -318,7 +317,7 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="disel-eval", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--config", default=None, help="JSON/YAML file of flag values (flags override it)")
+    parser.add_argument("--config", help="JSON/YAML file of flag values (flags override it)")
     commands = parser.add_subparsers(dest="command", required=True)
     for command, (help_text, handler, shared, own) in _COMMANDS.items():
         subparser = commands.add_parser(command, help=help_text, allow_abbrev=False)
@@ -337,7 +336,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     config_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    config_only.add_argument("--config", default=None)
+    config_only.add_argument("--config")
     config_path = config_only.parse_known_args(argv)[0].config
     command = next((arg for arg in argv if arg in _COMMANDS), None)
     if config_path is None or command is None:  # without a command, argparse refuses the command line

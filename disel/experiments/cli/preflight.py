@@ -49,11 +49,6 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     return as_usage_error(io.check_output_dir, path, what)
 
 
-def check_output_file(path: str | os.PathLike, what: str) -> Path:
-    """:func:`disel.io.check_output_file`, its refusal as a :class:`UsageError`."""
-    return as_usage_error(io.check_output_file, path, what)
-
-
 def check_input_files(paths: Iterable[str | os.PathLike], what: str) -> None:
     """Every path is an existing file."""
     for path in paths:
@@ -89,19 +84,15 @@ def check_positive(value: Any, what: str) -> None:
 
 def check_training(config: Any) -> None:
     """Everything ``disel-train`` can check about ``config`` (an ``ExperimentConfig``) without loading
-    weights: the output directory, the model and its tokenizer, the batch sizes, the target modules."""
-    training, model = config.training, config.model
+    weights: the output directory, the model and its tokenizer, the batch sizes, and that
+    ``method.target_modules`` name modules of ``model.path``'s architecture that the method can adapt (the
+    adapter is attached to the model built on the ``meta`` device: no weights are read)."""
+    training, model, method = config.training, config.model, config.method
     check_output_dir(training.output_dir, "training.output_dir")
     check_model_dir(model.path, "model.path", gguf_file=model.gguf_file)
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         check_positive(getattr(training, key), f"training.{key}")
-    check_target_modules(config)
-
-
-def check_target_modules(config: Any) -> None:
-    """``method.target_modules`` name modules that exist in ``model.path``'s architecture and that the method
-    can adapt: the adapter is attached to the model built on the ``meta`` device (no weights are read)."""
-    if config.method.name == "full":
+    if method.name == "full":
         return
     import torch
     from peft import get_peft_model
@@ -109,7 +100,6 @@ def check_target_modules(config: Any) -> None:
 
     from ..train.run import build_peft_config
 
-    model = config.model
     head = {"num_labels": model.num_labels} if model.task_type == "sequence_classification" else {}  # a classifier's
     architecture = AutoConfig.from_pretrained(
         model.path, gguf_file=model.gguf_file, trust_remote_code=model.trust_remote_code, local_files_only=True, **head
@@ -120,7 +110,6 @@ def check_target_modules(config: Any) -> None:
         try:
             get_peft_model(skeleton, build_peft_config(config))
         except (ValueError, TypeError) as error:
-            method = config.method
             raise UsageError(f"method.target_modules {method.target_modules!r} for {method.name}: {error}") from None
 
 
@@ -134,9 +123,8 @@ def check_arguments(args: Any, *, out_dir: bool = False) -> None:
     directories, and the input files."""
     from ..models import check_adapter_dir, resolve_dtype
 
-    for dest in _POSITIVE_FLAGS:
-        if hasattr(args, dest):
-            check_positive(getattr(args, dest), "--" + dest.replace("_", "-"))
+    for dest in _POSITIVE_FLAGS:  # None where the command has no such flag
+        check_positive(getattr(args, dest, None), "--" + dest.replace("_", "-"))
     if getattr(args, "dtype", None) is not None:
         as_usage_error(resolve_dtype, args.dtype, prefix="--dtype: ")
     if hasattr(args, "domain"):
@@ -149,10 +137,8 @@ def check_arguments(args: Any, *, out_dir: bool = False) -> None:
             raise UsageError(f"--out {args.out!r} is not empty; give a new folder")
         check_output_dir(out, "--out")
     elif out is not None:
-        check_output_file(out, "--out")
-    tokenizer_dirs: list[Path] = []
-    if getattr(args, "command", None) == "retention":
-        tokenizer_dirs = _check_retention_output(args)
+        as_usage_error(io.check_output_file, out, "--out")
+    tokenizer_dirs = _check_retention_output(args) if getattr(args, "command", None) == "retention" else []
     if out_dir:  # a compression names a bad --base before a bad --adapter, in its command line's order
         check_model_dir(args.base, "--base", tokenizer_dirs=[args.adapter])
     if getattr(args, "adapter", None) is not None:
@@ -202,7 +188,7 @@ def _check_retention_output(args: Any) -> list[Path]:
     if not checkpoints:
         raise UsageError(f"--output-dir {args.output_dir!r} holds no checkpoint-<step> folders")
     if args.table is not None:
-        check_output_file(args.table, "--table")
+        as_usage_error(io.check_output_file, args.table, "--table")
     else:
         check_output_dir(output_dir, "--output-dir")
     tokenizer_dirs = [output_dir, *(path for _, path in checkpoints)]

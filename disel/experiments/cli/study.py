@@ -48,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "has finished: stages already done are reused",
     )
     add_override_argument(parser, help="e.g. training.max_steps=2 problems.test=8 model.dtype=bfloat16")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads of this process (default: torch's choice)"
-    )
+    parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's choice)")
     return parser
 
 

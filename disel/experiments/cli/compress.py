@@ -25,111 +25,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from .preflight import UsageError, check_model_dir, check_output_dir, check_output_file, report
+from ._args import DATA_FLAGS, MODEL_FLAGS, OFFLINE_DOMAINS, add_flags
+from .preflight import UsageError, as_usage_error, check_arguments, domain_specs, report
 
-__all__ = [
-    "add_data_flags",
-    "add_model_flags",
-    "check_inputs",
-    "domain_specs",
-    "gate_domains",
-    "main_merge_static",
-    "main_prune",
-    "measure_components",
-    "statistics_headline",
-]
-
-OFFLINE_DOMAINS = ("math", "general", "code")  # disel.experiments.eval.gates.default_offline_domains
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, help="pre-trained model directory the adapter was trained on")
-    parser.add_argument("--adapter", required=True, help="DISeL adapter directory (PeftModel.save_pretrained)")
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        help="float32 (default: folds and statistics at full precision), bfloat16, float16",
-    )
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
-
-
-def add_data_flags(parser: argparse.ArgumentParser) -> None:
-    """The data the statistics are measured on (and prune / merge measure their output change on)."""
-    parser.add_argument(
-        "--domain",
-        nargs="*",
-        default=[],
-        metavar="NAME=FILE.jsonl[:TEMPLATE]",
-        help="rows with 'text', or instruction/output, question/answer or prompt/canonical_solution pairs "
-        "(prompt in TEMPLATE, default the adapter run's training template, else alpaca, then the response; "
-        "all tokens count)",
-    )
-    parser.add_argument(
-        "--offline",
-        nargs="*",
-        default=None,
-        choices=OFFLINE_DOMAINS,
-        help="offline domains to add (default: all three when no --domain is given)",
-    )
-    parser.add_argument("--n", type=int, default=32, help="texts per domain (the first N rows of a file)")
-    parser.add_argument(
-        "--seed", type=int, default=12345, help="seed of the offline domains (keep it off the training seed)"
-    )
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-
-
-def domain_specs(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
-    """``(name, file, template)`` per ``--domain`` (template: the spec's, else the adapter's training run's);
-    UsageError for a malformed spec or a missing file."""
-    from ..data.templates import DEFAULT_TEMPLATE
-    from ..eval.evaluators import training_template
-
-    specs = []
-    for spec in args.domain:
-        name, sep, rest = spec.partition("=")
-        path, _, template = rest.partition(":")
-        if not sep or not name or not path:
-            raise UsageError(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
-        if not Path(path).is_file():
-            raise UsageError(f"--domain {spec!r}: {path!r} is not a file")
-        with open(path, encoding="utf-8") as stream:
-            if not any(line.strip() for line in stream):  # statistics over no data would measure nothing
-                raise UsageError(f"--domain {spec!r}: {path!r} holds no rows")
-        specs.append(
-            (name, Path(path), template or training_template(getattr(args, "adapter", None)) or DEFAULT_TEMPLATE)
-        )
-    names = [name for name, _, _ in specs] + list(getattr(args, "offline", None) or ())
-    if len(set(names)) != len(names):
-        raise UsageError(f"--domain / --offline name the same domain twice: {names}")
-    return specs
-
-
-def check_inputs(args: argparse.Namespace, *, out_dir: str | None = None, out_file: str | None = None) -> None:
-    """Everything that can be checked before loading a model; UsageError naming the flag otherwise.
-    Exactly one of ``out_dir`` (a new, empty folder) or ``out_file`` (a JSON file) is where results go."""
-    from ..models import is_adapter_dir, resolve_dtype
-
-    try:
-        resolve_dtype(args.dtype)
-    except ValueError as error:
-        raise UsageError(f"--dtype: {error}") from None
-    for flag in ("n", "max_length", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    domain_specs(args)
-    check_model_dir(args.base, "--base", tokenizer_dirs=[args.adapter])
-    if not is_adapter_dir(args.adapter):
-        raise UsageError(f"--adapter {args.adapter!r} has no adapter_config.json (not a saved PEFT adapter)")
-    if out_dir is not None:
-        out = Path(out_dir)
-        if out.resolve() == Path(args.adapter).resolve():
-            raise UsageError("--out must be a new folder, not the --adapter folder")
-        if out.is_dir() and any(out.iterdir()):
-            raise UsageError(f"--out {out_dir!r} is not empty; give a new folder")
-        check_output_dir(out_dir, "--out")
-    else:
-        check_output_file(out_file, "--out")
+__all__ = ["gate_domains", "main_merge_static", "main_prune", "measure_components", "statistics_headline"]
 
 
 def gate_domains(args: argparse.Namespace) -> list:
@@ -171,17 +70,13 @@ def _progress(batches: dict[str, list[dict]], description: str) -> Iterator[dict
     whether the work finished or stopped with an error."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(len(b) for b in batches.values()), desc=description, unit="batch")
-
     def run(domain_batches: list[dict]) -> Iterator[dict]:
         for batch in domain_batches:
             yield batch
             bar.update(1)
 
-    try:
+    with tqdm(total=sum(len(b) for b in batches.values()), desc=description, unit="batch") as bar:
         yield {name: run(domain_batches) for name, domain_batches in batches.items()}
-    finally:
-        bar.close()
 
 
 def _load_base(args: argparse.Namespace):
@@ -242,23 +137,25 @@ def statistics_headline(stats, *, relative_contribution: float = 0.01, std: floa
     ]
 
 
-def _check_number(value: float | None, flag: str, *, at_most_one: bool = False) -> None:
-    """``value`` (if given) finite and >= 0, or in (0, 1] with ``at_most_one``; UsageError otherwise."""
-    if value is None:
-        return
-    if at_most_one and not 0 < value <= 1:
-        raise UsageError(f"{flag} must be in (0, 1], got {value}")
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
+def _check_criterion(args: argparse.Namespace) -> None:
+    """``--keep-fraction`` in (0, 1], ``--threshold`` / ``--std-threshold`` finite and >= 0 (each where given);
+    UsageError otherwise."""
+    fraction = getattr(args, "keep_fraction", None)
+    if fraction is not None and not 0 < fraction <= 1:
+        raise UsageError(f"--keep-fraction must be in (0, 1], got {fraction}")
+    for dest in ("threshold", "std_threshold"):
+        value = getattr(args, dest, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--{dest.replace('_', '-')} must be a finite number >= 0, got {value}")
 
 
 def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
-    add_model_flags(parser)
+    add_flags(parser, MODEL_FLAGS)
     parser.add_argument("--stats", required=True, help="statistics JSON from `disel-eval components`")
     parser.add_argument("--out", required=True, help="new folder for the compressed adapter and its report")
     parser.add_argument("--no-measure", action="store_true", help="skip measuring the output change on the data")
-    add_data_flags(parser)
+    add_flags(parser, DATA_FLAGS)
     return parser
 
 
@@ -274,32 +171,29 @@ def _load_stats(path: str, adapter: str):
         stats = disel.ComponentStatistics.load_json(path)
     except (ValueError, TypeError, KeyError) as error:
         raise UsageError(f"--stats {path!r} is not a component statistics JSON: {error}") from None
-    try:
-        check_statistics_match(stats, adapter)
-    except ValueError as error:
-        raise UsageError(f"--stats {path!r} does not fit --adapter: {error}") from None
+    as_usage_error(check_statistics_match, stats, adapter, prefix=f"--stats {path!r} does not fit --adapter: ")
     return stats
 
 
-def _compress(prog: str, args: argparse.Namespace, numbers: list[tuple[float | None, str, bool]], act) -> int:
-    """Check the ``numbers`` ((value, flag, at_most_one) for :func:`_check_number`), the other inputs and
-    whether ``--stats`` fits ``--adapter`` (a problem: one line, status 2, before any model is loaded); then
-    load the base and the data and call ``act(stats, base, tokenizer, batches)`` (``batches`` None with
-    ``--no-measure``). A refusal of the library's (a ``ValueError``) is one line and status 2 as well."""
+def _compress(parser: argparse.ArgumentParser, argv: Sequence[str] | None, act) -> int:
+    """Parse ``argv``; check the criterion, the other inputs and whether ``--stats`` fits ``--adapter`` (a problem:
+    one line, status 2, before any model is loaded); then load the base and the data and call
+    ``act(args, stats, base, tokenizer, batches)`` (``batches`` None with ``--no-measure``). A refusal of the
+    library's (a ``ValueError``) is one line and status 2 as well."""
+    args = parser.parse_args(argv)
     try:
-        for value, flag, at_most_one in numbers:
-            _check_number(value, flag, at_most_one=at_most_one)
-        check_inputs(args, out_dir=args.out)
+        _check_criterion(args)
+        check_arguments(args, out_dir=True)
         stats = _load_stats(args.stats, args.adapter)
     except UsageError as problem:
-        return report(prog, problem)
+        return report(parser.prog, problem)
     base, tokenizer, device = _load_base(args)
     try:
         measured = nullcontext(None) if args.no_measure else _progress(_data(args, tokenizer, device), "measuring")
         with measured as batches:
-            act(stats, base, tokenizer, batches)
+            act(args, stats, base, tokenizer, batches)
     except ValueError as problem:
-        return report(prog, problem)
+        return report(parser.prog, problem)
     return 0
 
 
@@ -309,29 +203,27 @@ def main_prune(argv: Sequence[str] | None = None) -> int:
     criterion = parser.add_mutually_exclusive_group(required=True)
     criterion.add_argument("--keep-fraction", type=float, help="keep this fraction of all components, largest first")
     criterion.add_argument("--threshold", type=float, help="keep the components contributing more than this")
-    args = parser.parse_args(argv)
+    return _compress(parser, argv, _prune)
 
-    def act(stats, base, tokenizer, batches) -> None:
-        import disel
 
-        report = disel.prune_adapter_dir(
-            args.adapter,
-            args.out,
-            stats,
-            base_model=base,
-            threshold=args.threshold,
-            keep_fraction=args.keep_fraction,
-            batches=batches,
-        )
-        rank_before, rank_after = sum(report.rank_before.values()), sum(report.rank_after.values())
-        print(
-            f"disel-prune: components {rank_before} -> {rank_after}; adapter parameters "
-            f"{report.parameters_before} -> {report.parameters_after}" + _change_text(report.output_change)
-        )
-        print(f"wrote {args.out} (adapter) and {Path(args.out) / 'prune_report.json'}")
+def _prune(args: argparse.Namespace, stats, base, tokenizer, batches) -> None:
+    import disel
 
-    numbers = [(args.keep_fraction, "--keep-fraction", True), (args.threshold, "--threshold", False)]
-    return _compress("disel-prune", args, numbers, act)
+    report = disel.prune_adapter_dir(
+        args.adapter,
+        args.out,
+        stats,
+        base_model=base,
+        threshold=args.threshold,
+        keep_fraction=args.keep_fraction,
+        batches=batches,
+    )
+    rank_before, rank_after = sum(report.rank_before.values()), sum(report.rank_after.values())
+    print(
+        f"disel-prune: components {rank_before} -> {rank_after}; adapter parameters "
+        f"{report.parameters_before} -> {report.parameters_after}" + _change_text(report.output_change)
+    )
+    print(f"wrote {args.out} (adapter) and {Path(args.out) / 'prune_report.json'}")
 
 
 def main_merge_static(argv: Sequence[str] | None = None) -> int:
@@ -347,26 +239,25 @@ def main_merge_static(argv: Sequence[str] | None = None) -> int:
         required=True,
         help="fold the components whose gate std is below this on every domain",
     )
-    args = parser.parse_args(argv)
+    return _compress(parser, argv, _merge_static)
 
-    def act(stats, base, tokenizer, batches) -> None:
-        import disel
-        from disel.components.merge import MERGED_BASE_DIR
 
-        report = disel.merge_static_adapter_dir(
-            args.adapter, args.out, stats, base_model=base, std_threshold=args.std_threshold, batches=batches
-        )
-        merged_base = Path(args.out) / MERGED_BASE_DIR
-        tokenizer.save_pretrained(merged_base)  # a complete model folder: the merged base loads on its own
-        folded = sum(len(v) for v in report.merged.values())
-        print(
-            f"disel-merge-static: {folded} components folded, {sum(report.remaining_rank.values())} left gated"
-            + _change_text(report.output_change)
-        )
-        where = "the merged base is the whole model" if report.fully_static else f"adapter in {args.out}"
-        print(f"wrote {merged_base} ({where}) and {Path(args.out) / 'merge_report.json'}")
+def _merge_static(args: argparse.Namespace, stats, base, tokenizer, batches) -> None:
+    import disel
+    from disel.components.merge import MERGED_BASE_DIR
 
-    return _compress("disel-merge-static", args, [(args.std_threshold, "--std-threshold", False)], act)
+    report = disel.merge_static_adapter_dir(
+        args.adapter, args.out, stats, base_model=base, std_threshold=args.std_threshold, batches=batches
+    )
+    merged_base = Path(args.out) / MERGED_BASE_DIR
+    tokenizer.save_pretrained(merged_base)  # a complete model folder: the merged base loads on its own
+    folded = sum(len(v) for v in report.merged.values())
+    print(
+        f"disel-merge-static: {folded} components folded, {sum(report.remaining_rank.values())} left gated"
+        + _change_text(report.output_change)
+    )
+    where = "the merged base is the whole model" if report.fully_static else f"adapter in {args.out}"
+    print(f"wrote {merged_base} ({where}) and {Path(args.out) / 'merge_report.json'}")
 
 
 def _change_text(change) -> str:

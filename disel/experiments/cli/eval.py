@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from ..schemas import MlmPerplexityResult, write_record
 from . import compress, preflight
+from ._args import DATA_FLAGS, MODEL_FLAGS
 
 
 def _dtype(name: str | None):
@@ -136,15 +138,11 @@ def _cmd_mlm_perplexity(args: argparse.Namespace) -> None:
 
 def _num_labels_from_adapter(adapter: str) -> int | None:
     """Rows of the saved classifier's output matrix (modules_to_save), or None if there is none."""
-    from safetensors import safe_open
+    from peft.utils import load_peft_weights
 
-    weights = Path(adapter) / "adapter_model.safetensors"
-    if not weights.is_file():
-        return None
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():
-            if key.endswith(("classifier.out_proj.weight", "classifier.weight", "score.weight")):
-                return int(handle.get_slice(key).get_shape()[0])
+    for key, weight in load_peft_weights(adapter, device="cpu").items():
+        if key.endswith(("classifier.out_proj.weight", "classifier.weight", "score.weight")):
+            return int(weight.shape[0])
     return None
 
 
@@ -241,28 +239,28 @@ _DOMAIN_HELP = (
     "(default: the adapter's training template, else alpaca). Without --domain: the offline math/general/code domains"
 )
 
-# command → (help, handler, flags from _FLAGS, the command's own flags: they replace a shared flag of that name)
-_COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
-    "lm-eval": (
-        "lm-evaluation-harness (the paper's retention suite by default)",
-        _cmd_evaluate,
-        f"{_MODEL} {_LM_EVAL} --out",
-        {},
+
+class _Command(NamedTuple):
+    """A subcommand of ``disel-eval``."""
+
+    help: str
+    handler: Callable[[argparse.Namespace], None]
+    shared: str = ""  # the names of the flags it takes from _FLAGS
+    own: Mapping[str, dict[str, Any]] = MappingProxyType({})  # its own flags: they replace a shared one of that name
+
+
+_COMMANDS: dict[str, _Command] = {
+    "lm-eval": _Command(
+        "lm-evaluation-harness (the paper's retention suite by default)", _cmd_evaluate, f"{_MODEL} {_LM_EVAL} --out"
     ),
-    "gsm8k": ("GSM8K-style strict exact match", _cmd_evaluate, f"{_MODEL} {_ROWS} --out", _ROW_LIMIT),
-    "humaneval": (
-        "HumanEval-style pass@1 (executes generated code)",
-        _cmd_evaluate,
-        f"{_MODEL} {_ROWS} {_CODE} --out",
-        _ROW_LIMIT,
+    "gsm8k": _Command("GSM8K-style strict exact match", _cmd_evaluate, f"{_MODEL} {_ROWS} --out", _ROW_LIMIT),
+    "humaneval": _Command(
+        "HumanEval-style pass@1 (executes generated code)", _cmd_evaluate, f"{_MODEL} {_ROWS} {_CODE} --out", _ROW_LIMIT
     ),
-    "perplexity": (
-        "causal-LM perplexity over texts",
-        _cmd_evaluate,
-        f"{_MODEL} {_TEXTS} --stride --max-length --batch-size --out",
-        {},
+    "perplexity": _Command(
+        "causal-LM perplexity over texts", _cmd_evaluate, f"{_MODEL} {_TEXTS} --stride --max-length --batch-size --out"
     ),
-    "mlm-perplexity": (
+    "mlm-perplexity": _Command(
         "masked-LM perplexity with the original MLM head",
         _cmd_mlm_perplexity,
         f"{_MODEL} {_TEXTS} --max-length --batch-size --out",
@@ -274,7 +272,7 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
             "--mask-prob": dict(type=float, default=0.15),
         },
     ),
-    "retention": (
+    "retention": _Command(
         "evaluate every checkpoint-* of a training output into one table",
         _cmd_retention,
         f"--dtype {_LM_EVAL} {_TEXTS} --stride {_ROWS} {_CODE}",
@@ -288,7 +286,7 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
             "--data": {**_FLAGS["--data"], "required": False},
         },
     ),
-    "gates": (
+    "gates": _Command(
         "gate histograms over domains",
         _cmd_gates,
         f"{_MODEL} --n --seed --max-length --batch-size --out",
@@ -299,17 +297,17 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
             "--bins": dict(type=int, default=20),
         },
     ),
-    "smollm2": (
+    "smollm2": _Command(
         "convert the offline SmolLM2-135M-Instruct once; print its directory",
         _cmd_smollm2,
-        "",
-        {"--cache-dir": dict(help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")},
+        own={"--cache-dir": dict(help="default $DISEL_CACHE/... or <repo>/.cache/smollm2-135m-instruct")},
     ),
-    "components": (  # and disel-prune's model and data flags (build_parser), so the statistics are measured alike
+    "components": _Command(  # with disel-prune's model and data flags, so the statistics are measured alike
         "per-component gate statistics of a DISeL adapter (issue 11)",
         _cmd_components,
-        "",
-        {
+        own={
+            **MODEL_FLAGS,
+            **DATA_FLAGS,
             "--pairwise": dict(action="store_true", help="also record gate correlations (r x r per layer)"),
             "--out": dict(required=True, help="statistics JSON (disel.ComponentStatistics.load_json reads it)"),
         },
@@ -319,14 +317,11 @@ _COMMANDS: dict[str, tuple[str, Any, str, dict[str, dict[str, Any]]]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="disel-eval", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--config", default=None, help="JSON/YAML file of flag values (flags override it)")
+    parser.add_argument("--config", help="JSON/YAML file of flag values (flags override it)")
     commands = parser.add_subparsers(dest="command", required=True)
     for command, (help_text, handler, shared, own) in _COMMANDS.items():
         subparser = commands.add_parser(command, help=help_text, allow_abbrev=False)
         subparser.set_defaults(handler=handler)
-        if handler is _cmd_components:
-            compress.add_model_flags(subparser)
-            compress.add_data_flags(subparser)
         for name in dict.fromkeys([*shared.split(), *own]):  # in order, each once
             options = own.get(name) or _FLAGS[name]
             if name == "--out":
@@ -336,36 +331,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    from ..config import read_mapping
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     config_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    config_only.add_argument("--config", default=None)
+    config_only.add_argument("--config")
     config_path = config_only.parse_known_args(argv)[0].config
-    if config_path is None:
-        return parser.parse_args(argv)
-    values = preflight.read_mapping_file(config_path, "--config")
-    values = {str(key).replace("-", "_"): value for key, value in values.items()}
     command = next((arg for arg in argv if arg in _COMMANDS), None)
-    if command is not None:
-        subparser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 (no public accessor)
-        unknown = sorted(set(values) - {action.dest for action in subparser._actions})  # noqa: SLF001
-        if unknown:
-            raise preflight.UsageError(f"--config {config_path}: unknown keys for '{command}': {unknown}")
-        # The config supplies defaults: a flag it sets is no longer required, and the command line still wins.
-        for action in subparser._actions:  # noqa: SLF001
-            action.required = action.required and action.dest not in values
-        subparser.set_defaults(**values)
+    if config_path is None or command is None:  # without a command, argparse refuses the command line
+        return parser.parse_args(argv)
+    values = preflight.as_usage_error(read_mapping, config_path, prefix="--config: ")
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    subparser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 (no public accessor)
+    unknown = sorted(set(values) - {action.dest for action in subparser._actions})  # noqa: SLF001
+    if unknown:
+        raise preflight.UsageError(f"--config {config_path}: unknown keys for '{command}': {unknown}")
+    # The config supplies defaults: a flag it sets is no longer required, and the command line still wins.
+    for action in subparser._actions:  # noqa: SLF001
+        action.required = action.required and action.dest not in values
+    subparser.set_defaults(**values)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse(argv)
-        preflight.check_evaluation(args)  # before any model is loaded
-        if args.command == "components":
-            compress.check_inputs(args, out_file=args.out)
-        elif args.command == "gates":
-            compress.domain_specs(args)  # a malformed, missing or empty --domain file: one line, before loading
+        preflight.check_arguments(args)  # before any model is loaded
     except preflight.UsageError as error:
         return preflight.report("disel-eval", error)
     from ..eval.progress import show_progress

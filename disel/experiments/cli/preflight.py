@@ -1,7 +1,7 @@
 """Checks every command line runs on its arguments before any heavy work (loading a model, training, evaluating).
 
 A bad argument becomes one :class:`UsageError` whose message starts with the argument's name; each entry
-(``disel-train``, ``disel-eval``, ``disel-compare``) prints it with :func:`report` as one line
+(``disel-train``, ``disel-eval``, ``disel-study``, ``disel-prune``, ...) prints it with :func:`report` as one line
 ``<prog>: error: <message>`` and exits with status 2, argparse's status for a usage error. Nothing here
 loads weights: the target-module check builds the model on the ``meta`` device from its ``config.json``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +35,18 @@ def report(prog: str, error: BaseException) -> int:
     return 2
 
 
-def read_mapping_file(path: str, what: str = "--config") -> dict[str, Any]:
-    """:func:`disel.experiments.config.read_mapping`, its refusal as a UsageError naming ``what``."""
-    from ..config import ConfigError, read_mapping
-
+def as_usage_error(check: Callable[..., Any], *args: Any, prefix: str = "", **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``; a refusal of the library's (``ValueError``, ``FileNotFoundError``: its message
+    names the argument) becomes a :class:`UsageError` whose message starts with ``prefix``."""
     try:
-        return read_mapping(path)
-    except ConfigError as error:
-        raise UsageError(f"{what}: {error}") from None
+        return check(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(f"{prefix}{error}") from None
 
 
 def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     """:func:`disel.io.check_output_dir`, its refusal as a :class:`UsageError`."""
-    return _as_usage_error(io.check_output_dir, path, what)
-
-
-def check_output_file(path: str | os.PathLike, what: str) -> Path:
-    """:func:`disel.io.check_output_file`, its refusal as a :class:`UsageError`."""
-    return _as_usage_error(io.check_output_file, path, what)
-
-
-def _as_usage_error(check, path: str | os.PathLike, what: str) -> Path:
-    try:
-        return check(path, what)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    return as_usage_error(io.check_output_dir, path, what)
 
 
 def check_input_files(paths: Iterable[str | os.PathLike], what: str) -> None:
@@ -81,12 +68,8 @@ def check_model_dir(
     from ..models import TOKENIZER_FILES, has_tokenizer
     from ..models import check_model_dir as check_local_model
 
-    try:
-        check_local_model(path, gguf_file, what=what)
-    except FileNotFoundError as error:
-        raise UsageError(str(error)) from None
-    folders = (path, *tokenizer_dirs)
-    if gguf_file is None and not any(has_tokenizer(folder) for folder in folders):
+    as_usage_error(check_local_model, path, gguf_file, what=what)
+    if gguf_file is None and not any(has_tokenizer(folder) for folder in (path, *tokenizer_dirs)):
         raise UsageError(
             f"{what} {str(path)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
             "save the tokenizer next to the model (tokenizer.save_pretrained)"
@@ -101,19 +84,15 @@ def check_positive(value: Any, what: str) -> None:
 
 def check_training(config: Any) -> None:
     """Everything ``disel-train`` can check about ``config`` (an ``ExperimentConfig``) without loading
-    weights: the output directory, the model and its tokenizer, the batch sizes, the target modules."""
-    training, model = config.training, config.model
+    weights: the output directory, the model and its tokenizer, the batch sizes, and that
+    ``method.target_modules`` name modules of ``model.path``'s architecture that the method can adapt (the
+    adapter is attached to the model built on the ``meta`` device: no weights are read)."""
+    training, model, method = config.training, config.model, config.method
     check_output_dir(training.output_dir, "training.output_dir")
     check_model_dir(model.path, "model.path", gguf_file=model.gguf_file)
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         check_positive(getattr(training, key), f"training.{key}")
-    check_target_modules(config)
-
-
-def check_target_modules(config: Any) -> None:
-    """``method.target_modules`` name modules that exist in ``model.path``'s architecture and that the method
-    can adapt: the adapter is attached to the model built on the ``meta`` device (no weights are read)."""
-    if config.method.name == "full":
+    if method.name == "full":
         return
     import torch
     from peft import get_peft_model
@@ -121,47 +100,50 @@ def check_target_modules(config: Any) -> None:
 
     from ..train.run import build_peft_config
 
-    model = config.model
+    head = {"num_labels": model.num_labels} if model.task_type == "sequence_classification" else {}  # a classifier's
     architecture = AutoConfig.from_pretrained(
-        model.path, gguf_file=model.gguf_file, trust_remote_code=model.trust_remote_code, local_files_only=True
+        model.path, gguf_file=model.gguf_file, trust_remote_code=model.trust_remote_code, local_files_only=True, **head
     )
-    if model.task_type == "sequence_classification":
-        architecture.num_labels = model.num_labels
-        model_class = AutoModelForSequenceClassification
-    else:
-        model_class = AutoModelForCausalLM
-    peft_config = build_peft_config(config)
+    model_class = AutoModelForSequenceClassification if head else AutoModelForCausalLM
     with torch.device("meta"):
         skeleton = model_class.from_config(architecture, trust_remote_code=model.trust_remote_code)
         try:
-            get_peft_model(skeleton, peft_config)
+            get_peft_model(skeleton, build_peft_config(config))
         except (ValueError, TypeError) as error:
-            targets = config.method.target_modules
-            raise UsageError(f"method.target_modules {targets!r} for {config.method.name}: {error}") from None
+            raise UsageError(f"method.target_modules {method.target_modules!r} for {method.name}: {error}") from None
 
 
-_POSITIVE_EVAL_FLAGS = ("batch_size", "max_length", "max_new_tokens", "n", "bins")
+_POSITIVE_FLAGS = ("batch_size", "max_length", "max_new_tokens", "n", "bins")
 
 
-def check_evaluation(args: Any) -> None:
-    """Everything ``disel-eval <command>`` can check about its parsed flags before loading a model: sizes,
-    the output file, the model, adapter and tokenizer directories, and the input files."""
-    for dest in _POSITIVE_EVAL_FLAGS:
-        if hasattr(args, dest):
-            check_positive(getattr(args, dest), "--" + dest.replace("_", "-"))
-    if getattr(args, "out", None) is not None:
-        check_output_file(args.out, "--out")
-    tokenizer_dirs: list[Path] = []
-    if args.command == "retention":
-        tokenizer_dirs = _check_retention_output(args)
-    adapter = getattr(args, "adapter", None)
-    if adapter is not None:
-        from ..models import is_adapter_dir
+def check_arguments(args: Any, *, out_dir: bool = False) -> None:
+    """Everything ``disel-eval <command>``, ``disel-prune`` and ``disel-merge-static`` can check about their parsed
+    flags before loading a model, each check where the command has the flag: sizes, the dtype, the ``--domain``
+    files, the output (a file, or with ``out_dir`` a new, empty folder), the model, adapter and tokenizer
+    directories, and the input files."""
+    from ..models import check_adapter_dir, resolve_dtype
 
-        if not is_adapter_dir(adapter):
-            raise UsageError(f"--adapter {adapter!r} is not an adapter directory (no adapter_config.json)")
-        tokenizer_dirs.append(Path(adapter))
-    if getattr(args, "base", None) is not None:
+    for dest in _POSITIVE_FLAGS:  # None where the command has no such flag
+        check_positive(getattr(args, dest, None), "--" + dest.replace("_", "-"))
+    if getattr(args, "dtype", None) is not None:
+        as_usage_error(resolve_dtype, args.dtype, prefix="--dtype: ")
+    if hasattr(args, "domain"):
+        domain_specs(args)
+    out = Path(args.out) if getattr(args, "out", None) is not None else None
+    if out_dir:  # a new or empty folder, not the adapter's
+        if out.resolve() == Path(args.adapter).resolve():
+            raise UsageError("--out must be a new folder, not the --adapter folder")
+        if out.is_dir() and any(out.iterdir()):
+            raise UsageError(f"--out {args.out!r} is not empty; give a new folder")
+        check_output_dir(out, "--out")
+    elif out is not None:
+        as_usage_error(io.check_output_file, out, "--out")
+    tokenizer_dirs = _check_retention_output(args) if getattr(args, "command", None) == "retention" else []
+    if out_dir:  # a compression names a bad --base before a bad --adapter, in its command line's order
+        check_model_dir(args.base, "--base", tokenizer_dirs=[args.adapter])
+    if getattr(args, "adapter", None) is not None:
+        tokenizer_dirs.append(as_usage_error(check_adapter_dir, args.adapter, "--adapter"))
+    if getattr(args, "base", None) is not None and not out_dir:
         check_model_dir(args.base, "--base", gguf_file=getattr(args, "gguf_file", None), tokenizer_dirs=tokenizer_dirs)
     if getattr(args, "pretrained_mlm", None) is not None:
         check_model_dir(args.pretrained_mlm, "--pretrained-mlm")
@@ -170,27 +152,48 @@ def check_evaluation(args: Any) -> None:
     check_input_files(getattr(args, "text", None) or [], "--text")
 
 
+def domain_specs(args: Any) -> list[tuple[str, Path, str]]:
+    """``(name, file, template)`` per ``--domain`` (template: the spec's, else the adapter's training run's);
+    UsageError for a malformed spec, a missing or empty file, or a domain named twice (with ``--offline``)."""
+    from ..data.templates import DEFAULT_TEMPLATE
+    from ..eval.evaluators import training_template
+
+    specs = []
+    for spec in args.domain:
+        name, sep, rest = spec.partition("=")
+        path, _, template = rest.partition(":")
+        if not sep or not name or not path:
+            raise UsageError(f"--domain {spec!r}: expected NAME=FILE.jsonl[:TEMPLATE]")
+        if not Path(path).is_file():
+            raise UsageError(f"--domain {spec!r}: {path!r} is not a file")
+        with open(path, encoding="utf-8") as stream:
+            if not any(line.strip() for line in stream):  # statistics over no data would measure nothing
+                raise UsageError(f"--domain {spec!r}: {path!r} holds no rows")
+        specs.append(
+            (name, Path(path), template or training_template(getattr(args, "adapter", None)) or DEFAULT_TEMPLATE)
+        )
+    names = [name for name, _, _ in specs] + list(getattr(args, "offline", None) or ())
+    if len(set(names)) != len(names):
+        raise UsageError(f"--domain / --offline name the same domain twice: {names}")
+    return specs
+
+
 def _check_retention_output(args: Any) -> list[Path]:
     """``retention``: the training output holds checkpoints, its table can be written, and the base model
     (``--base``, else the one the adapters name) is a local model; returns the folders a tokenizer may be in."""
     from ..eval.retention import _base_model_path, list_checkpoints
 
     output_dir = Path(args.output_dir)
-    if not output_dir.is_dir():
-        raise UsageError(f"--output-dir {args.output_dir!r} is not a directory (expected a training output)")
-    checkpoints = list_checkpoints(output_dir)
+    checkpoints = as_usage_error(list_checkpoints, output_dir, prefix="--output-dir (a training output): ")
     if not checkpoints:
         raise UsageError(f"--output-dir {args.output_dir!r} holds no checkpoint-<step> folders")
     if args.table is not None:
-        check_output_file(args.table, "--table")
+        as_usage_error(io.check_output_file, args.table, "--table")
     else:
         check_output_dir(output_dir, "--output-dir")
     tokenizer_dirs = [output_dir, *(path for _, path in checkpoints)]
     if args.base is None:
-        try:
-            default_base = _base_model_path(checkpoints)
-        except (ValueError, FileNotFoundError) as error:
-            raise UsageError(f"--base: not given, and {error}") from None
+        default_base = as_usage_error(_base_model_path, checkpoints, prefix="--base: not given, and ")
         check_model_dir(
             default_base, "--base (from the adapters' base_model_name_or_path)", tokenizer_dirs=tokenizer_dirs
         )

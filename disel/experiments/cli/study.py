@@ -1,4 +1,6 @@
-"""``disel-study``: one SmolLM2 study from its recipe (:mod:`disel.experiments.study`), resumable.
+"""``disel-study``: one SmolLM2 study from its recipe (:mod:`disel.experiments.study`): trains every arm and seed,
+evaluates each checkpoint (exact match, perplexity and KL to the base, gates), and writes results.json, summary.md,
+the final adapters and, if the recipe asks, the files paper_figs draws (resumable).
 
     disel-study --recipe recipes/evidence/smollm2_tradeoff.yaml --output-dir runs/evidence --workers 2
     disel-study --recipe recipes/comparison/smollm2_methods_ranks.yaml --output-dir runs/smollm2-methods-ranks
@@ -26,15 +28,7 @@ DEFAULT_RECIPE = "recipes/evidence/smollm2_tradeoff.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="disel-study",
-        allow_abbrev=False,
-        description=(
-            "Trains every arm and seed of a study recipe, evaluates each checkpoint (exact match, perplexity and KL "
-            "to the base, gates), and writes results.json, summary.md, the final adapters and, if the recipe "
-            "asks, the files paper_figs draws (resumable)."
-        ),
-    )
+    parser = argparse.ArgumentParser(prog="disel-study", allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"study recipe (default {DEFAULT_RECIPE})")
     parser.add_argument(
         "--output-dir", help="where every stage writes (default runs/<recipe name>; a compression recipe: its out)"
@@ -54,15 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "has finished: stages already done are reused",
     )
     add_override_argument(parser, help="e.g. training.max_steps=2 problems.test=8 model.dtype=bfloat16")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads of this process (default: torch's choice)"
-    )
+    parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's choice)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pydantic import ValidationError
+    import torch
 
     from ..config import ConfigError, read_recipe
     from . import preflight
@@ -70,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # every argument checked before any model is loaded
         preflight.check_positive(args.workers, "--workers")
         preflight.check_positive(args.threads, "--threads")
-        preflight.check_input_files([args.recipe], "--recipe")
-        if read_recipe(args.recipe).get("kind") == "compression":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if preflight.as_usage_error(read_recipe, args.recipe, prefix="--recipe: ").get("kind") == "compression":
             return _compression(args)
         from ..study.config import load_study_config
 
@@ -80,9 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight.check_output_dir(args.output_dir, "--output-dir")
         if config.model_path is not None:
             preflight.check_model_dir(config.model_path, "model_path")
-    except (ConfigError, ValidationError, ValueError, preflight.UsageError) as error:
+    except ValueError as error:  # ConfigError, UsageError and pydantic's ValidationError are ValueErrors
         return preflight.report("disel-study", error)
-    _set_threads(args.threads)
     from ..study.run import run_study
 
     try:
@@ -104,16 +96,8 @@ def _compression(args: argparse.Namespace) -> int:
         {**raw, "device": args.device, **({"out": args.output_dir} if args.output_dir else {})}
     )
     check_compression(settings)
-    _set_threads(args.threads)
     print(format_table(run_compression(settings)))
     return 0
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``disel-train``: the command line over :func:`disel.experiments.train.run.train`.
+"""``disel-train``: fine-tune a local model with DISeL, LoRA, DoRA, AdaLoRA or full fine-tuning from a recipe file
+(the command line over :func:`disel.experiments.train.run.train`).
 
 Usage::
 
@@ -24,11 +25,7 @@ from ._args import add_override_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="disel-train",
-        allow_abbrev=False,
-        description="Fine-tune a local model with DISeL, LoRA, DoRA, AdaLoRA or full fine-tuning from a recipe file.",
-    )
+    parser = argparse.ArgumentParser(prog="disel-train", allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--config", required=True, help="recipe file (YAML or JSON), e.g. recipes/roberta_base_sst2_disel.yaml"
     )

@@ -69,6 +69,14 @@ def _recipe(tmp_path: Path, model_dir: Path, arms=ARMS, selection: bool = False)
     return tmp_path / "study.json"
 
 
+def _one_order(tmp_path: Path, model_dir: Path, arm: str, method: str, phases: str):
+    """The tiny study with one arm and one order, ``o``: agnews then yelp."""
+    config = load_study_config(_recipe(tmp_path, model_dir, arms={arm: (method, phases)}))
+    return config.model_copy(
+        update={"continual": config.continual.model_copy(update={"orders": {"o": ["agnews", "yelp"]}})}
+    )
+
+
 @pytest.fixture(scope="module")
 def finished(tiny_llama_dir, tmp_path_factory):
     """One whole tiny study, every arm kind, two orders, with learning-rate selection for LoRA."""
@@ -149,10 +157,7 @@ def test_a_killed_run_resumes_at_the_next_phase(tiny_llama_dir, tmp_path):
     """A run whose second phase's record is lost redoes that phase only; phase 0 is not retrained."""
     from disel.experiments.study.run import run_study
 
-    config = load_study_config(_recipe(tmp_path, tiny_llama_dir, arms={"disel_branches": ("disel", "branches")}))
-    config = config.model_copy(
-        update={"continual": config.continual.model_copy(update={"orders": {"o": ["agnews", "yelp"]}})}
-    )
+    config = _one_order(tmp_path, tiny_llama_dir, "disel_branches", "disel", "branches")
     out = tmp_path / "out"
     run_study(config, out, echo=lambda _: None)
     folder = out / "runs/disel_branches-seed0/o"
@@ -278,10 +283,7 @@ def test_records_of_another_learning_rate_are_refused_not_reused(tiny_llama_dir,
     a run from phase records made at the old rate: refused naming the folder and both rates."""
     from disel.experiments.study.run import run_study
 
-    config = load_study_config(_recipe(tmp_path, tiny_llama_dir, arms={"sequential_lora": ("lora", "sequential")}))
-    config = config.model_copy(
-        update={"continual": config.continual.model_copy(update={"orders": {"o": ["agnews", "yelp"]}})}
-    )
+    config = _one_order(tmp_path, tiny_llama_dir, "sequential_lora", "lora", "sequential")
     out = tmp_path / "out"
     run_study(config, out, echo=lambda _: None)
     folder = out / "runs/sequential_lora-seed0/o"

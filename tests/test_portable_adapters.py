@@ -199,3 +199,36 @@ def test_committed_adapter_loads_from_a_fresh_clone_as_the_readme_says(tmp_path)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "LOADED" in done.stdout
+
+
+def test_a_run_on_the_smollm2_conversion_records_its_name_not_the_folder(tmp_path, tiny_llama_dir):
+    """``train_result.json`` names a SmolLM2 conversion by its hub name (copied study records then name no
+    folder of the machine that trained them); ``run_config.yaml``, which resume compares, keeps the folder."""
+    import shutil
+
+    import yaml
+
+    from disel.experiments.config import config_from_dict
+    from disel.experiments.schemas import TrainResult
+    from disel.experiments.train import train
+
+    conversion = tmp_path / "cache" / "smollm2"
+    shutil.copytree(tiny_llama_dir, conversion)
+    (conversion / models._PROVENANCE_FILE).write_text("{}")
+    rows = tmp_path / "train.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"{i} + 1?", "output": str(i + 1)}) + "\n" for i in range(8)))
+    output = tmp_path / "run"
+    config = config_from_dict(
+        {
+            "model": {"path": str(conversion)},
+            "data": {"train_files": [str(rows)], "template": "alpaca", "max_length": 32},
+            "method": {"name": "lora", "r": 2, "target_modules": ["q_proj"], "lora_dropout": 0.0},
+            "training": {"output_dir": str(output), "max_steps": 1, "per_device_train_batch_size": 4, "use_cpu": True},
+        },
+        source="test",
+    )
+    train(config)
+    result = TrainResult.read(output)
+    assert result.model_path == SMOLLM2_NAME and result.config["model"]["path"] == SMOLLM2_NAME
+    assert absolute_paths({"model": result.model_path, "config": result.config["model"]}) == []
+    assert yaml.safe_load((output / "run_config.yaml").read_text())["model"]["path"] == str(conversion)

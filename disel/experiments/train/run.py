@@ -35,7 +35,7 @@ from disel.io import write_bytes_atomic, write_yaml_atomic
 from ..config import ConfigError, ExperimentConfig
 from ..data.collator import CausalLMCollator
 from ..data.datasets import PreparedData, prepare_data
-from ..models import check_model_dir, force_offline, load_model, load_tokenizer
+from ..models import check_model_dir, force_offline, load_model, load_tokenizer, portable_base_name
 from ..schemas import TRAIN_RESULT_FILE as RESULT_FILE
 from ..schemas import TrainResult
 from .checkpoints import (
@@ -271,13 +271,15 @@ def _result(config: ExperimentConfig, trainer, data, train_output, eval_metrics,
     state, output_dir = trainer.state, Path(config.training.output_dir)
     log_history = list(state.log_history)
     parameters = list(trainer.model.parameters())
+    recipe = config.to_dict()  # the base recorded as it is named everywhere (the SmolLM2 conversion: its hub name)
+    recipe["model"]["path"] = portable_base_name(config.model.path)
     return TrainResult(
         name=config.name,
         method=config.method.name,
         rank=None if config.method.name == "full" else config.method.r,
         task_type=config.model.task_type,
-        model_path=config.model.path,
-        config=config.to_dict(),
+        model_path=recipe["model"]["path"],
+        config=recipe,
         output_dir=str(output_dir),
         world_size=trainer.args.world_size,
         global_step=state.global_step,

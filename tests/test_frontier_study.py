@@ -133,6 +133,13 @@ def test_frontier_recipe_runs_exports_and_resumes_from_committed_records(tmp_pat
     assert main(argv) == 0
     assert calls == {"train": [], "evaluate": [], "transform": []}
     assert _records(out) == before and (out / "frontier.json").read_text() == frontier
+    # The analysis alone, from the records (no model loaded): the same file.
+    from disel.experiments.study.config import load_study_config
+    from disel.experiments.study.export import refresh_frontier
+
+    (out / "frontier.json").unlink()
+    refresh_frontier(load_study_config(RECIPE, [*TINY, f"model_path={tiny_llama_dir}"], arms=ARMS), out)
+    assert (out / "frontier.json").read_text() == frontier
 
     # A run whose checkpoints are gone before its post-hoc arm was evaluated trains again, post-hoc arm and all.
     (out / "runs" / "lora_lr5e-4_intruder0.5-seed0" / "eval" / "step-2.json").unlink()

@@ -123,10 +123,13 @@ def test_results_record_paths_relative_to_the_checkout_and_read_them_back(tmp_pa
     assert portable_path(tmp_path.parent / "elsewhere") == "../elsewhere"  # outside the checkout: still relative
 
 
-@pytest.mark.parametrize(
-    "results_file", sorted((REPO / "paper_figs/evidence").rglob("*.json")), ids=lambda p: str(p.relative_to(REPO))
+STUDY_FILES = sorted(
+    path for study in ("evidence", "frontier", "continual") for path in (REPO / "paper_figs" / study).rglob("*.json")
 )
-def test_committed_evidence_files_name_no_folder_of_the_machine_that_wrote_them(results_file):
+
+
+@pytest.mark.parametrize("results_file", STUDY_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_committed_study_files_name_no_folder_of_the_machine_that_wrote_them(results_file):
     assert absolute_paths(json.loads(results_file.read_text())) == []
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from disel.io import write_text_atomic
 
-from ..models import portable_base_name
+from ..models import SMOLLM2_NAME, portable_base_name, portable_paths
 from ..schemas import RETENTION_SCHEMA, RetentionTable, TradeoffRow, TrainResult, write_tradeoff_table
 from .aggregate import checkpoint_evals
 from .config import RunSpec, StudyConfig
@@ -30,7 +30,7 @@ from .fronts import FrontSettings
 from .records import CheckpointEval
 from .stages import DOMAINS
 
-__all__ = ["export_for_figures", "export_frontier", "frontier_results"]
+__all__ = ["export_for_figures", "export_frontier", "frontier_results", "refresh_frontier"]
 
 _TEXT = {"english": "general English", "code": "Python code"}
 
@@ -138,7 +138,7 @@ def frontier_results(config: StudyConfig, specs: list[RunSpec], base: Checkpoint
         task="arithmetic word problems (exact match)",
         n_test_problems=len(base.correct),
         runs=runs,
-        recipe=config.model_dump(mode="json"),
+        recipe=portable_paths(config.model_dump(mode="json")),
     )
 
 
@@ -179,3 +179,13 @@ def export_frontier(config: StudyConfig, specs: list[RunSpec], out: Path, base: 
     results.write(out / "frontier.json")
     write_text_atomic(out / "frontier.md", frontier_summary(results))
     return results
+
+
+def refresh_frontier(config: StudyConfig, output_dir: str | Path) -> FrontierResults:
+    """``frontier.json`` and ``frontier.md`` from the records under ``output_dir`` alone (every run with an evaluated
+    checkpoint; no model is loaded), e.g. while the study runs on in another checkout, or on copied records."""
+    if config.frontier is None:
+        raise ValueError("the recipe has no frontier section: nothing to refresh")
+    out = Path(output_dir)
+    specs = config.run_specs(config.model_path or SMOLLM2_NAME, out / "data" / "train.jsonl", out)
+    return export_frontier(config, specs, out, CheckpointEval.read(out / "base.json"))

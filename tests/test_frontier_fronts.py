@@ -181,3 +181,14 @@ def test_bad_runs_are_refused_naming_the_field(changes, message):
     fields = dict(steps=np.array([0, 1]), correct=np.array([[0, 0], [1, 0]]), text_sums=np.zeros((2, 1)))
     with pytest.raises(ValueError, match=message):
         FrontierRun("m", "c", 0, **{**fields, "text_tokens": np.array([5.0]), **changes})
+
+
+def test_front_shares_tell_which_configuration_makes_each_part_of_the_front():
+    """Forgetting 1·L up to .5 (slope 1) and 3·L up to .7: the first gives the front on [0, .5] and the steeper
+    only above, so on a grid over (0, .7] the shares are 5/7 and 2/7 (100 levels: 71 and 29)."""
+    from disel.experiments.study.fronts import front_shares
+
+    runs = _line_runs("lora", [1.0, 3.0], [0.5, 0.7]) + _line_runs("disel", [2.0], [0.4])
+    shares = front_shares(runs)
+    assert shares["lora"] == pytest.approx({"slope=1.0": 0.71, "slope=3.0": 0.29})
+    assert shares["disel"] == {"slope=2.0": 1.0}

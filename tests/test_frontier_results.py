@@ -128,3 +128,18 @@ def test_a_front_difference_reads_as_its_interval_says(estimate, low, high, defi
 
     d = FrontDifference("disel", "lora", 0.4, estimate, low, high, defined, estimate, low, high)
     assert _finding(d).startswith(expected)
+
+
+def test_the_summary_names_each_methods_front_configurations_and_its_second_seeds(analysed):
+    """frontier.md lists, per method, the configurations its English-KL front is made of (largest share first)
+    and the two that get second seeds."""
+    from disel.experiments.study.frontier_results import frontier_summary
+    from disel.experiments.study.fronts import front_shares
+
+    results, _ = analysed
+    summary = frontier_summary(results)
+    shares = front_shares([run.frontier_run("kl", "english") for run in results.runs])
+    for method, by_configuration in shares.items():
+        first, second = sorted(by_configuration, key=lambda name: -by_configuration[name])[:2]
+        line = next(line for line in summary.splitlines() if line.startswith(f"- {method}: "))
+        assert line.endswith(f"second seeds: {first}, {second}.") and f"{first} {by_configuration[first]:.0%}" in line

@@ -29,6 +29,7 @@ from .fronts import (
     FrontSettings,
     ProxyFit,
     compare_fronts,
+    front_shares,
     r_squared,
 )
 
@@ -307,4 +308,17 @@ def frontier_summary(results: FrontierResults) -> str:
         lines += ["", "| KL on | R² on task-input KL | Spearman ρ | points |", "|---|---|---|---|"]
         for domain, fit in results.proxy.items():
             lines.append(f"| {domain} | {fit.r_squared:.3f} | {fit.spearman:.3f} | {fit.n} |")
-    return "\n".join([*lines, "", *frontier_verdict(results)]) + "\n"
+    return "\n".join([*lines, "", *frontier_verdict(results), "", *_second_seeds(results)]) + "\n"
+
+
+def _second_seeds(results: FrontierResults) -> list[str]:
+    """Which configurations make each method's English-KL front (observed; :func:`~.fronts.front_shares`), and
+    the two largest: where the study's second seeds go (recipes/frontier/README.md, phase 2)."""
+    if not results.runs or not all("english" in run.texts for run in results.runs):
+        return []
+    lines = ["Share of each method's accuracy range where a configuration gives its English-KL front (observed):"]
+    for method, shares in front_shares([run.frontier_run("kl", "english") for run in results.runs]).items():
+        ranked = sorted(shares.items(), key=lambda item: -item[1])
+        listing = ", ".join(f"{name} {share:.0%}" for name, share in ranked)
+        lines.append(f"- {method}: {listing}; second seeds: {', '.join(name for name, _ in ranked[:2])}.")
+    return lines

@@ -72,6 +72,7 @@ __all__ = [
     "compare_fronts",
     "comparison_levels",
     "front",
+    "front_shares",
     "method_fronts",
     "observed_front",
     "observed_paths",
@@ -316,6 +317,22 @@ def observed_front(
         stacked = np.stack([np.pad(p, ((0, 0), (0, longest - p.shape[1])), mode="edge") for p in paths.values()])
         fronts[method] = front(stacked[:, 0], stacked[:, 1], levels)[0]
     return fronts
+
+
+def front_shares(
+    runs: Sequence[FrontierRun], grid: int = 100, exponentiate: bool = False
+) -> dict[str, dict[str, float]]:
+    """method → configuration → the share of the method's observed accuracy range (from the lowest base accuracy
+    to its highest point, ``grid`` equally spaced levels) where that configuration gives its front: which
+    configurations its front is made of (the study's second seeds go to each method's two largest)."""
+    shares = {}
+    for method, paths in observed_paths(runs, exponentiate).items():
+        longest = max(p.shape[1] for p in paths.values())
+        stacked = np.stack([np.pad(p, ((0, 0), (0, longest - p.shape[1])), mode="edge") for p in paths.values()])
+        low, high = stacked[:, 0, 0].min(), stacked[:, 0].max()
+        _, index = front(stacked[:, 0], stacked[:, 1], np.linspace(low, high, grid + 1)[1:])
+        shares[method] = {name: float(np.mean(index == c)) for c, name in enumerate(paths)}
+    return shares
 
 
 # --- Estimates ----------------------------------------------------------------------------------------------

@@ -304,3 +304,32 @@ def test_a_rate_chosen_at_the_edge_of_its_grid_is_reported(finished):
     chosen = next(line for line in lines if line.startswith("[learning rate lora]") and "edge" not in line)
     rate = chosen.split()[-1]
     assert f"[learning rate lora] {rate} is at the edge of its grid [0.0001, 0.001]: widen the grid" in lines
+
+
+def test_two_workers_run_the_selection_and_every_arm_order_and_resume_from_their_records(tiny_llama_dir, tmp_path):
+    """``workers=2``: every selection candidate and every (arm, order) runs in a spawned process; the records are
+    all there, the chosen rate is the rule's on the candidates' files, and a rerun in one process trains nothing."""
+    from disel.experiments.study.continual_metrics import choose_learning_rate
+    from disel.experiments.study.records import PhaseScores, SelectionScores
+    from disel.experiments.study.run import run_study
+
+    arms = {"sequential_lora": ("lora", "sequential"), "disel_branches": ("disel", "branches")}
+    config = load_study_config(_recipe(tmp_path, tiny_llama_dir, arms=arms, selection=True))
+    out = tmp_path / "out"
+    lines: list[str] = []
+    run_study(config, out, echo=lines.append, workers=2)
+    candidates = {rate: SelectionScores.read(out / "selection" / f"lora-lr{rate:g}.json") for rate in (1e-4, 1e-3)}
+    chosen = choose_learning_rate({rate: record.accuracy for rate, record in candidates.items()})
+    assert f"[learning rate lora] {chosen:g}" in lines
+    assert sum(line.startswith("[selection lora ") for line in lines) == 2
+    for arm in arms:
+        for order, tasks in (("order1", ["agnews", "yelp"]), ("order2", ["yelp", "agnews"])):
+            folder = out / "runs" / f"{arm}-seed0" / order
+            scores = [PhaseScores.read(folder / f"phase-{i}-{task}" / "scores.json") for i, task in enumerate(tasks)]
+            assert [s.task for s in scores] == tasks and (folder / "final.json").is_file()
+            if arm == "sequential_lora":
+                assert {s.learning_rate for s in scores} == {chosen}
+    assert (out / "results.json").is_file()
+    lines.clear()
+    run_study(config, out, echo=lines.append)
+    assert not any(" phase " in line for line in lines), lines

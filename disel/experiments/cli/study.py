@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="(arm, seed) jobs run at once, each in its own single-thread process (default 1: in this process)",
+        help="jobs run at once, each in its own single-thread process: (arm, seed) runs, or a continual study's "
+        "selection candidates and (arm, order) runs (default 1: in this process)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(

@@ -48,7 +48,7 @@ __all__ = [
 
 _GITIGNORE = (
     "# weights and Trainer folders: needed only to continue an unfinished order; the JSON records are the results\n"
-    "adapter/\nmodel/\ntrainer/\nselection/work/\n"
+    "adapter/\nmodel/\ntrainer/\nselection/work*/\n"
 )
 
 
@@ -320,38 +320,38 @@ def learning_rate(ctx: _Context, spec: RunSpec) -> float:
     """The learning rate of ``spec``'s method: chosen by the one rule (:class:`~.config.LearningRateSelection`) the
     first time the method is needed (its candidate runs are files, so a rerun reads them), or the recipe's rate
     when the recipe selects none for that method."""
-    from ..data.continual import held_out_split
     from .continual_metrics import choose_learning_rate
 
-    settings, method = ctx.config.continual, spec.config.method.name
-    selection = settings.learning_rates
+    selection, method = ctx.config.continual.learning_rates, spec.config.method.name
     if selection is None or method not in selection.grids:
         return spec.config.training.learning_rate
-    first = next(iter(settings.orders.values()))[0]
-    train, held = held_out_split(ctx.tasks[first].train, selection.held_out_fraction, selection.seed)
-    accuracy = {rate: _selection_run(ctx, spec, first, train, held, rate).accuracy for rate in selection.grids[method]}
+    accuracy = {rate: _selection_run(ctx, spec, rate).accuracy for rate in selection.grids[method]}
     chosen = choose_learning_rate(accuracy)
     if len(accuracy) > 1 and chosen in (min(accuracy), max(accuracy)):  # the best may lie outside the grid
         ctx.echo(f"[learning rate {method}] {chosen:g} is at the edge of its grid {sorted(accuracy)}: widen the grid")
     return chosen
 
 
-def _selection_run(ctx: _Context, spec: RunSpec, task: str, train, held, rate: float) -> SelectionScores:
-    """One candidate rate: phase 0 of ``spec`` on ``train``, scored on the ``held`` rows (cached in a file)."""
+def _selection_run(ctx: _Context, spec: RunSpec, rate: float) -> SelectionScores:
+    """One candidate rate: phase 0 of ``spec`` on the selection task's training rows less the held-out ones,
+    scored on those (cached in a file)."""
     from dataclasses import replace
 
     from transformers import set_seed
 
-    method = spec.config.method.name
+    from ..data.continual import held_out_split
+
+    method, settings = spec.config.method.name, ctx.config.continual
     path = ctx.out / "selection" / f"{method}-lr{rate:g}.json"
     if path.is_file():
         return SelectionScores.read(path)
+    task = next(iter(settings.orders.values()))[0]  # the first task of the first order
+    selection = settings.learning_rates
+    train, held = held_out_split(ctx.tasks[task].train, selection.held_out_fraction, selection.seed)
     set_seed(spec.seed)
-    n_tasks = len(ctx.config.continual.tasks)
-    model = start_phase(spec, 0, n_tasks, ctx.load_base(), None)
-    loss, train_s = _train(
-        ctx, spec, model, train, spec.config.training.max_steps, rate, ctx.out / "selection" / "work"
-    )
+    model = start_phase(spec, 0, len(settings.tasks), ctx.load_base(), None)
+    work = ctx.out / "selection" / f"work-{method}-lr{rate:g}"  # one per candidate: candidates may run at once
+    loss, train_s = _train(ctx, spec, model, train, spec.config.training.max_steps, rate, work)
     held_task = replace(ctx.tasks[task], test=tuple(held))
     correct, score_s = _score(replace(ctx, tasks={task: held_task}), model, [task])
     record = SelectionScores(method, rate, task, sum(correct[task]) / len(held), correct[task], loss, train_s, score_s)
@@ -380,11 +380,12 @@ def _schedule(config: StudyConfig, specs: dict[str, RunSpec]) -> list[tuple[str,
     ]
 
 
-def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print) -> dict[str, Any]:
+def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print, workers: int = 1) -> dict[str, Any]:
     """Run (or resume) a continual study: base scores, learning-rate selection, then order by order every arm's
     phases (the first order first, so its comparison of all arms is complete earliest; a multitask arm once),
     then ``results.json`` and ``summary.md`` (:mod:`.continual_results`). Returns ``{"results", "table",
-    "verdict"}``."""
+    "verdict"}``. With ``workers`` > 1, every selection candidate, then every (arm, order), runs in one of
+    ``workers`` single-thread processes (each its own files: the records are the same kind either way)."""
     from ..models import check_model_dir, force_offline, model_path_or_smollm2
     from .continual_results import aggregate_continual
 
@@ -396,13 +397,66 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print) ->
     ctx = _prepare(config, out, model_path, next(iter(specs.values())).config.data.template, echo)
     write_text_atomic(out / ".gitignore", _GITIGNORE)
     _base_scores(ctx)
+    schedule = _schedule(config, specs)
+    selection = config.continual.learning_rates
+    if workers > 1 and selection is not None:
+        first = {spec.config.method.name: spec for _, _, spec in schedule}  # one spec per method
+        candidates = [
+            ("select", spec.label, rate) for method, spec in first.items() for rate in selection.grids.get(method, [])
+        ]
+        _in_workers(candidates, config, out, model_path, workers, echo)
     rates: dict[str, float] = {}
-    for order_name, order, spec in _schedule(config, specs):
+    jobs = []
+    for order_name, order, spec in schedule:
         method = spec.config.method.name
-        if method not in rates:
+        if method not in rates:  # one process: chosen when first needed, so the first order's runs start early
             rates[method] = learning_rate(ctx, spec)
             echo(f"[learning rate {method}] {rates[method]:g}")
-        run_order(ctx, spec, order_name, order, rates[method])
+        if workers == 1:
+            run_order(ctx, spec, order_name, order, rates[method])
+        else:
+            jobs.append(("order", spec.label, order_name, order, rates[method]))
+    _in_workers(jobs, config, out, model_path, workers, echo)
     summary = aggregate_continual(config, out)
     echo(f"[results] {out / 'results.json'}")
     return summary
+
+
+def _in_workers(jobs: list[tuple], config: StudyConfig, out: Path, model_path: str, workers: int, echo) -> None:
+    """Each job (:func:`_worker_job`) in one of ``workers`` spawned single-thread processes, in order; their
+    lines forwarded to ``echo``; a worker's error re-raised here."""
+    import multiprocessing
+    from concurrent import futures
+
+    from .run import worker_init
+
+    if not jobs:
+        return
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with (
+        context.Manager() as manager,
+        futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init, initargs=(1,)) as pool,
+    ):
+        queue = manager.Queue()
+        running = {pool.submit(_worker_job, config, out, model_path, job, queue) for job in jobs}
+        while running:
+            finished, running = futures.wait(running, timeout=2.0, return_when=futures.FIRST_COMPLETED)
+            while not queue.empty():
+                echo(queue.get())
+            for job in finished:
+                job.result()
+        while not queue.empty():
+            echo(queue.get())
+
+
+def _worker_job(config: StudyConfig, out: Path, model_path: str, job: tuple, queue: Any) -> None:
+    """``("select", label, rate)``: one selection candidate; ``("order", label, order name, order, rate)``: one
+    (arm, order). The context is rebuilt here (a spawned process shares nothing)."""
+    kind, label, *args = job
+    spec = _specs(config, model_path, out)[label]
+    ctx = _prepare(config, out, model_path, spec.config.data.template, queue.put)
+    if kind == "select":
+        record = _selection_run(ctx, spec, *args)
+        queue.put(f"[selection {record.method} {record.learning_rate:g}] held-out accuracy {record.accuracy:.2f}")
+    else:
+        run_order(ctx, spec, *args)

@@ -90,7 +90,7 @@ def _base_stage(
     return record
 
 
-def _worker_init(threads: int) -> None:
+def worker_init(threads: int) -> None:
     force_offline()
     torch.set_num_threads(threads)
 
@@ -141,7 +141,7 @@ def _run_jobs(
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with (
         context.Manager() as manager,
-        futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(1,)) as pool,
+        futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init, initargs=(1,)) as pool,
     ):
         queue = manager.Queue()
         waiting, running = list(trained), {}  # running: future -> its spec
@@ -170,13 +170,13 @@ def _run_jobs(
 
 def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:
     """Run (or resume) the whole experiment; returns ``{"results", "table", "verdict"}``. A continual recipe
-    (``continual:``) runs its phases instead (:func:`.continual_run.run_continual`, in this process)."""
-    if config.continual is not None:
-        return run_continual(config, output_dir, echo=echo)
-
-    force_offline()
+    (``continual:``) runs its phases instead (:func:`.continual_run.run_continual`, with ``workers`` too)."""
     if workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers}")
+    if config.continual is not None:
+        return run_continual(config, output_dir, echo=echo, workers=workers)
+
+    force_offline()
     out = Path(output_dir)
     model_path = model_path_or_smollm2(config.model_path)
     specs = config.run_specs(model_path, out / "data" / "train.jsonl", out)  # every recipe validated up front

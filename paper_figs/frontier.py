@@ -42,7 +42,10 @@ def plot_frontier(results):
         top = max(float(run.exact_match.max()) for run in results.runs)
         levels = np.linspace(base, top, LEVELS)
         for method, values in observed_front(frontier_runs, levels, exponentiate=kind == "perplexity").items():
-            ax.plot(values, levels, lw=2, color=colors[method], label=method_name(method))
+            # a post-hoc method's front dashed and on top: where it equals its source's, both stay visible
+            posthoc = all(run.source for run in results.runs if run.method == method)
+            style = dict(lw=1.2, ls="--", zorder=3) if posthoc else dict(lw=2)
+            ax.plot(values, levels, color=colors[method], label=method_name(method), **style)
         ax.set_xlabel(f"{'KL to base' if kind == 'kl' else 'perplexity'}, {domain}")
     axes[0].set_ylabel("exact match (held-out)")
     axes[-1].legend(loc="lower right", fontsize="x-small")

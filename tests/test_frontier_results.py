@@ -79,6 +79,8 @@ def test_the_frontier_figure_draws_every_point_and_each_methods_front(analysed):
     fronts = observed_front([r.frontier_run("kl", "english") for r in results.runs], levels)
     for line, method in zip(ax.lines, results.methods):
         np.testing.assert_allclose(line.get_xdata(), fronts[method])
+        # the post-hoc method (intruder-reduced LoRA) dashed, so that a front equal to LoRA's leaves LoRA's visible
+        assert (line.get_linestyle() == "--") == (method == "lora_intruder"), method
     assert len(fig.axes) == 3
 
 

@@ -239,3 +239,19 @@ def test_two_workers_run_each_posthoc_arm_on_its_source_and_then_drop_the_checkp
         run = out / "runs" / f"{arm}-seed0"
         assert sorted(p.name for p in (run / "eval").glob("step-*.json")) == ["step-1.json", "step-2.json"], arm
         assert not list(run.glob("checkpoint-*")), arm
+
+
+def test_the_second_seeds_go_where_the_phase_one_fronts_say():
+    """Phase 2's rule (recipes/frontier/README.md): seeds [0, 1] on each method's two configurations with the
+    largest share of its observed English-KL front in the committed phase-1 records; seed 0 alone elsewhere."""
+    from disel.experiments.study.config import load_study_config
+    from disel.experiments.study.frontier_results import load_frontier_results
+    from disel.experiments.study.fronts import front_shares
+
+    committed = RECIPE.parents[2] / "paper_figs" / "frontier" / "frontier.json"
+    phase_one = [run for run in load_frontier_results(committed).runs if run.seed == 0]
+    shares = front_shares([run.frontier_run("kl", "english") for run in phase_one])
+    chosen = {name for by in shares.values() for name in sorted(by, key=lambda n: -by[n])[:2]}
+    config = load_study_config(RECIPE)
+    assert {arm for arm, settings in config.arms.items() if settings.seeds == [0, 1]} == chosen
+    assert all(settings.seeds in ([0], [0, 1]) for settings in config.arms.values())

@@ -30,6 +30,20 @@ TINY = [
 ]
 
 
+def _phase_one(folder: Path) -> Path:
+    """The recipe with one seed per arm (its phase 2 gives some arms a second; an arm name holds a dot, so no
+    ``arms.<name>.seeds`` override can reach it): a copy whose training recipe path is absolute."""
+    import yaml
+
+    raw = yaml.safe_load(RECIPE.read_text())
+    for arm in raw["arms"].values():
+        arm.pop("seeds", None)
+    raw["training_recipe"] = str((RECIPE.parent / raw["training_recipe"]).resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RECIPE.name).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder / RECIPE.name
+
+
 def _committed_only(out: Path) -> None:
     """What a fresh clone holds of the study (paper_figs/frontier/.gitignore): per run its ``eval/`` and
     ``train_result.json``, and the study's top-level records; no weights, checkpoints, adapters or data."""
@@ -75,7 +89,8 @@ def test_frontier_recipe_runs_exports_and_resumes_from_committed_records(tmp_pat
     from disel.experiments.study.records import CheckpointEval, DataManifest
 
     out = tmp_path / "out"
-    argv = ["--recipe", str(RECIPE), "--output-dir", str(out), "--arms", *ARMS]
+    recipe = _phase_one(tmp_path / "recipe")
+    argv = ["--recipe", str(recipe), "--output-dir", str(out), "--arms", *ARMS]
     argv += ["--override", *TINY, f"model_path={tiny_llama_dir}"]
     calls = _spy(monkeypatch)
     assert main(argv) == 0
@@ -138,7 +153,7 @@ def test_frontier_recipe_runs_exports_and_resumes_from_committed_records(tmp_pat
     from disel.experiments.study.export import refresh_frontier
 
     (out / "frontier.json").unlink()
-    refresh_frontier(load_study_config(RECIPE, [*TINY, f"model_path={tiny_llama_dir}"], arms=ARMS), out)
+    refresh_frontier(load_study_config(recipe, [*TINY, f"model_path={tiny_llama_dir}"], arms=ARMS), out)
     assert (out / "frontier.json").read_text() == frontier
 
     # A run whose checkpoints are gone before its post-hoc arm was evaluated trains again, post-hoc arm and all.
@@ -233,7 +248,8 @@ def test_two_workers_run_each_posthoc_arm_on_its_source_and_then_drop_the_checkp
 
     out = tmp_path / "out"
     overrides = [*TINY, "evaluation.keep_checkpoints=false", f"model_path={tiny_llama_dir}"]
-    argv = ["--recipe", str(RECIPE), "--output-dir", str(out), "--arms", *ARMS, "--workers", "2"]
+    recipe = _phase_one(tmp_path / "recipe")
+    argv = ["--recipe", str(recipe), "--output-dir", str(out), "--arms", *ARMS, "--workers", "2"]
     assert main([*argv, "--override", *overrides]) == 0
     for arm in ARMS:
         run = out / "runs" / f"{arm}-seed0"

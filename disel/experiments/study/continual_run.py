@@ -428,7 +428,7 @@ def _in_workers(jobs: list[tuple], config: StudyConfig, out: Path, model_path: s
     import multiprocessing
     from concurrent import futures
 
-    from .run import worker_init
+    from .stages import worker_init
 
     if not jobs:
         return

@@ -21,7 +21,6 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from disel.io import write_text_atomic
@@ -32,7 +31,7 @@ from .config import RunSpec, StudyConfig, resolved_training_recipe
 from .continual_run import run_continual
 from .export import export_for_figures, export_frontier
 from .records import CheckpointEval, DataManifest, Throughput, plain
-from .stages import drop_checkpoints, evaluate_model, evaluated_steps, headline, prepare_data, run_job
+from .stages import drop_checkpoints, evaluate_model, evaluated_steps, headline, prepare_data, run_job, worker_init
 from .throughput_stage import measure_training_throughput
 
 __all__ = ["Progress", "run_study"]
@@ -88,11 +87,6 @@ def _base_stage(
     record.write(path)
     progress.done("base", headline(record))
     return record
-
-
-def worker_init(threads: int) -> None:
-    force_offline()
-    torch.set_num_threads(threads)
 
 
 def _worker_job(

@@ -32,7 +32,7 @@ from ..data.templates import get_template
 from ..eval.gates import GateDomain, analyze_gates, mean_gate, save_gates
 from ..eval.perplexity import causal_lm_windows, window_batches
 from ..eval.retention import list_checkpoints
-from ..models import is_adapter_dir, load_model_for_eval
+from ..models import force_offline, is_adapter_dir, load_model_for_eval
 from ..train.run import RESULT_FILE
 from .config import RunSpec, StudyConfig, resolved_training_recipe, saved_steps
 from .diagnostics import gate_alignment
@@ -46,6 +46,14 @@ __all__ = ["drop_checkpoints", "evaluate_model", "evaluated_steps", "prepare_dat
 DOMAINS = ("english", "code")
 GATE_DOMAINS = ("math", *DOMAINS)  # gate means: the task text first, then the retention texts
 Report = Callable[[str, str], None]  # (stage label, headline) of a finished stage
+
+
+def worker_init(threads: int) -> None:
+    """A spawned worker process of the runner: offline, ``threads`` torch threads."""
+    import torch
+
+    force_offline()
+    torch.set_num_threads(threads)
 
 
 def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest:

@@ -86,10 +86,7 @@ def evaluate_checkpoints(
         output_dir=str(output_dir),
         base_path=base_path,
     )
-    # resumed: the rows of an existing table made by the same evaluator with the same settings (else start over)
-    previous = RetentionTable.read(table_path) if resume and table_path.is_file() else None
-    same = previous is not None and (previous.evaluator, previous.settings) == (evaluator.name, settings)
-    rows = previous.to_dict()["rows"] if same else []
+    rows = _resumed_rows(table_path, evaluator.name, settings) if resume else []
     done = {row["checkpoint"] for row in rows}
     models = [(0, "base", None)] if include_base else []
     models += [(step, path.name, path) for step, path in checkpoints]
@@ -109,6 +106,14 @@ def evaluate_checkpoints(
     if progress is not None and any(isinstance(v, float) and math.isnan(v) for row in rows for v in row.values()):
         progress("[retention] warning: some values are NaN")
     return final
+
+
+def _resumed_rows(table_path: Path, evaluator: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an existing table made by the same evaluator with the same settings; none otherwise (start
+    over)."""
+    previous = RetentionTable.read(table_path) if table_path.is_file() else None
+    same = previous is not None and (previous.evaluator, previous.settings) == (evaluator, settings)
+    return previous.to_dict()["rows"] if same else []
 
 
 def _write_table(table_path: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

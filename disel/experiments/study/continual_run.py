@@ -425,28 +425,20 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print, wo
 def _in_workers(jobs: list[tuple], config: StudyConfig, out: Path, model_path: str, workers: int, echo) -> None:
     """Each job (:func:`_worker_job`) in one of ``workers`` spawned single-thread processes, in order; their
     lines forwarded to ``echo``; a worker's error re-raised here."""
-    import multiprocessing
     from concurrent import futures
 
-    from .stages import worker_init
+    from .stages import forward_reports, worker_pool
 
     if not jobs:
         return
-    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with (
-        context.Manager() as manager,
-        futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init, initargs=(1,)) as pool,
-    ):
-        queue = manager.Queue()
+    with worker_pool(workers) as (pool, queue):
         running = {pool.submit(_worker_job, config, out, model_path, job, queue) for job in jobs}
         while running:
             finished, running = futures.wait(running, timeout=2.0, return_when=futures.FIRST_COMPLETED)
-            while not queue.empty():
-                echo(queue.get())
+            forward_reports(queue, echo)
             for job in finished:
                 job.result()
-        while not queue.empty():
-            echo(queue.get())
+        forward_reports(queue, echo)
 
 
 def _worker_job(config: StudyConfig, out: Path, model_path: str, job: tuple, queue: Any) -> None:
@@ -454,9 +446,9 @@ def _worker_job(config: StudyConfig, out: Path, model_path: str, job: tuple, que
     (arm, order). The context is rebuilt here (a spawned process shares nothing)."""
     kind, label, *args = job
     spec = _specs(config, model_path, out)[label]
-    ctx = _prepare(config, out, model_path, spec.config.data.template, queue.put)
+    ctx = _prepare(config, out, model_path, spec.config.data.template, lambda line: queue.put((line,)))
     if kind == "select":
         record = _selection_run(ctx, spec, *args)
-        queue.put(f"[selection {record.method} {record.learning_rate:g}] held-out accuracy {record.accuracy:.2f}")
+        ctx.echo(f"[selection {record.method} {record.learning_rate:g}] held-out accuracy {record.accuracy:.2f}")
     else:
         run_order(ctx, spec, *args)

@@ -15,7 +15,6 @@ Output folder layout: ``data/``, ``base.json``, ``runs/<arm>-seed<k>/`` (the Tra
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -31,7 +30,16 @@ from .config import RunSpec, StudyConfig, resolved_training_recipe
 from .continual_run import run_continual
 from .export import export_for_figures, export_frontier
 from .records import CheckpointEval, DataManifest, Throughput, plain
-from .stages import drop_checkpoints, evaluate_model, evaluated_steps, headline, prepare_data, run_job, worker_init
+from .stages import (
+    drop_checkpoints,
+    evaluate_model,
+    evaluated_steps,
+    forward_reports,
+    headline,
+    prepare_data,
+    run_job,
+    worker_pool,
+)
 from .throughput_stage import measure_training_throughput
 
 __all__ = ["Progress", "run_study"]
@@ -132,12 +140,7 @@ def _run_jobs(
             if not keep:
                 drop_checkpoints(spec)
         return
-    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with (
-        context.Manager() as manager,
-        futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init, initargs=(1,)) as pool,
-    ):
-        queue = manager.Queue()
+    with worker_pool(workers) as (pool, queue):
         waiting, running = list(trained), {}  # running: future -> its spec
         left = {spec.run_dir: len(jobs) for spec, jobs in zip(trained, posthoc.values())}  # post-hoc jobs not done
         sources = {p.label: spec for spec in trained for p in posthoc[spec.run_dir]}
@@ -146,8 +149,7 @@ def _run_jobs(
                 spec = waiting.pop(0)
                 running[pool.submit(_worker_job, spec.label, config, out, manifest, model_path, queue)] = spec
             finished, _ = futures.wait(running, timeout=2.0, return_when=futures.FIRST_COMPLETED)
-            while not queue.empty():
-                progress.done(*queue.get())
+            forward_reports(queue, progress.done)
             for job in finished:
                 job.result()  # re-raises a worker's error here
                 spec = running.pop(job)
@@ -158,8 +160,7 @@ def _run_jobs(
                     left[source.run_dir] -= 1
                 if not keep and left[source.run_dir] == 0:
                     drop_checkpoints(source)
-        while not queue.empty():
-            progress.done(*queue.get())
+        forward_reports(queue, progress.done)
 
 
 def run_study(config: StudyConfig, output_dir: str | Path, *, workers: int = 1, echo=print) -> dict[str, Any]:

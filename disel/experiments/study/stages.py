@@ -18,9 +18,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,24 @@ def worker_init(threads: int) -> None:
 
     force_offline()
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[tuple[futures.ProcessPoolExecutor, Any]]:
+    """``workers`` spawned single-thread processes (fresh interpreters: no forked torch thread pools) and a queue
+    on which their jobs put reports, each a tuple of arguments for :func:`forward_reports`' ``report``."""
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init, initargs=(1,)) as pool,
+    ):
+        yield pool, manager.Queue()
+
+
+def forward_reports(queue: Any, report: Callable[..., None]) -> None:
+    """``report(*item)`` for every item waiting in ``queue``."""
+    while not queue.empty():
+        report(*queue.get())
 
 
 def prepare_data(config: StudyConfig, out: Path, tokenizer: Any) -> DataManifest:

@@ -35,6 +35,17 @@ def figure_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def results_figure_parser(
+    module_doc: str | None, prog: str, *, results: Path, out: Path, what: str
+) -> argparse.ArgumentParser:
+    """:func:`figure_parser` for a study's figures: ``--results`` (default ``results``: ``what``) and ``--out``
+    (default ``out``)."""
+    parser = figure_parser(module_doc, prog)
+    parser.set_defaults(out=out)
+    parser.add_argument("--results", type=Path, default=results, help=what)
+    return parser
+
+
 def render(draw: Callable[[], Figure], stem: Path) -> int:
     """Draw (inside the paper style) and write ``stem.png`` and ``stem.pdf`` atomically.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._cli import figure_parser
+from ._cli import results_figure_parser
 
 __all__ = ["DEFAULT_OUT", "DEFAULT_RESULTS", "continual_parser", "read_results"]
 
@@ -15,10 +15,9 @@ DEFAULT_OUT = Path("paper_figs") / "continual"
 
 def continual_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParser:
     """The figure parser with ``--results`` (a continual study's results.json) and ``--out`` paper_figs/continual."""
-    parser = figure_parser(module_doc, prog)
-    parser.set_defaults(out=DEFAULT_OUT)
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results.json of the continual study")
-    return parser
+    return results_figure_parser(
+        module_doc, prog, results=DEFAULT_RESULTS, out=DEFAULT_OUT, what="results.json of the continual study"
+    )
 
 
 def read_results(path: Path) -> dict:

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 
 from disel.experiments.schemas import MalformedResultFileError, MissingResultFileError
 
-from ._cli import figure_parser
+from ._cli import results_figure_parser
 from .plots import BASE_LINE
 from .style import _FALLBACK
 
@@ -30,10 +30,9 @@ DEFAULT_OUT = Path("paper_figs") / "evidence"
 
 def evidence_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParser:
     """The figure parser with ``--results`` (default runs/evidence/results.json) and ``--out`` paper_figs/evidence."""
-    parser = figure_parser(module_doc, prog)
-    parser.set_defaults(out=DEFAULT_OUT)
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results.json of disel-study")
-    return parser
+    return results_figure_parser(
+        module_doc, prog, results=DEFAULT_RESULTS, out=DEFAULT_OUT, what="results.json of disel-study"
+    )
 
 
 def read_evidence(path: Path):

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._cli import figure_parser
+from ._cli import results_figure_parser
 from .evidence_plots import read_typed
 from .style import _FALLBACK, METHOD_COLORS
 
@@ -25,10 +25,9 @@ METHOD_NAMES = {"lora": "LoRA", "disel": "DISeL", "full": "Full FT", "lora_intru
 def frontier_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParser:
     """The figure parser with ``--results`` (default paper_figs/frontier/frontier.json, where the study's recipe
     writes it) and ``--out`` paper_figs/frontier."""
-    parser = figure_parser(module_doc, prog)
-    parser.set_defaults(out=DEFAULT_OUT)
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the frontier study's frontier.json")
-    return parser
+    return results_figure_parser(
+        module_doc, prog, results=DEFAULT_RESULTS, out=DEFAULT_OUT, what="the frontier study's frontier.json"
+    )
 
 
 def read_frontier(path: Path):

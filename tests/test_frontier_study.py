@@ -293,3 +293,22 @@ def test_the_plateau_recipe_is_lora_lr1e_3_trained_twice_as_long():
     assert plateau.evaluation.model_copy(update={"checkpoint_steps": None}) == frontier.evaluation.model_copy(
         update={"checkpoint_steps": None}
     )
+
+
+def test_a_longer_arm_evaluates_its_own_checkpoints_and_its_post_hoc_arm_inherits_them():
+    """``arms.<arm>.checkpoint_steps`` replaces ``evaluation.checkpoint_steps`` for that arm (and a post-hoc arm on
+    it); a step it does not save is refused naming the arm's key; fronts then tell the lengths apart."""
+    from disel.experiments.config import ConfigError
+    from disel.experiments.study.config import load_study_config
+    from disel.experiments.study.export import _frontier_settings
+    from disel.experiments.study.stages import evaluated_steps
+
+    config = load_study_config(RECIPE)
+    specs = {spec.arm: spec for spec in config.run_specs("model", Path("train.jsonl"), Path("out")) if spec.seed == 0}
+    assert evaluated_steps(specs["lora_lr1e-3"], config) == [20, 40, 60, 120]
+    assert evaluated_steps(specs["lora_lr1e-3_steps240"], config) == [60, 120, 180, 240]
+    assert evaluated_steps(specs["lora_lr1e-3_steps240_intruder0.5"], config) == [60, 120, 180, 240]
+    with pytest.raises(ConfigError, match=r"arms\.full_lr5e-5_steps240\.checkpoint_steps .* steps \[90\]"):
+        load_study_config(RECIPE, ["arms.full_lr5e-5_steps240.checkpoint_steps=[60,90]"])
+    assert _frontier_settings(specs["lora_lr1e-3_steps240"], True) == {"learning_rate": 1e-3, "max_steps": 240.0}
+    assert _frontier_settings(specs["lora_lr1e-3_steps240"], False) == {"learning_rate": 1e-3}

@@ -81,6 +81,9 @@ class ArmConfig(_Strict):
     from_arm: str | None = None
     transform: str | None = None
     transform_params: dict[str, Any] = {}
+    checkpoint_steps: list[PositiveInt] | None = None
+    """This arm's evaluated checkpoints, in place of ``evaluation.checkpoint_steps`` (an arm trained longer than
+    the rest, e.g. ``[60, 120, 180, 240]``); a post-hoc arm without its own takes its source arm's."""
     phases: Literal["sequential", "branches", "olora", "osf", "multitask"] | None = None
     """Continual studies only (:mod:`.continual_run`): how the arm's training phases (one per task) continue:
     ``sequential`` one adapter trained on, ``branches`` a new DISeL branch per task (``disel.add_task_branch``),
@@ -321,13 +324,24 @@ def check_study(config: StudyConfig, source: str) -> None:
     if config.export is not None and config.export.gates_arm not in config.arms:
         raise ConfigError(f"export.gates_arm in {source}: {config.export.gates_arm!r} is not an arm")
     specs = config.run_specs("<model_path>", Path("<train_file>"), Path("<output_dir>"))  # every arm's recipe
-    for spec in specs if config.evaluation.checkpoint_steps is not None else []:
-        unsaved = sorted(set(config.evaluation.checkpoint_steps) - set(saved_steps(spec)))
+    for spec in specs:
+        steps = checkpoint_steps_of(spec, config)
+        unsaved = sorted(set(steps or []) - set(saved_steps(spec)))
         if unsaved:
+            own = steps is not config.evaluation.checkpoint_steps
+            key = f"arms.{spec.arm}.checkpoint_steps" if own else "evaluation.checkpoint_steps"
             raise ConfigError(
-                f"evaluation.checkpoint_steps in {source}: arm {spec.arm} saves no checkpoint at steps {unsaved} "
+                f"{key} in {source}: arm {spec.arm} saves no checkpoint at steps {unsaved} "
                 f"(it saves at {saved_steps(spec)})"
             )
+
+
+def checkpoint_steps_of(spec: RunSpec, config: StudyConfig) -> list[int] | None:
+    """The checkpoint steps a run evaluates: its arm's ``checkpoint_steps``, else (a post-hoc arm) its source arm's,
+    else ``evaluation.checkpoint_steps``; None: every step its training saves."""
+    source = config.arms.get(spec.arm_config.from_arm) if spec.arm_config.from_arm else None
+    steps = spec.arm_config.checkpoint_steps or (source and source.checkpoint_steps)
+    return steps or config.evaluation.checkpoint_steps
 
 
 def saved_steps(spec: RunSpec) -> list[int]:

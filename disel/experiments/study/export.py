@@ -106,7 +106,7 @@ def frontier_results(config: StudyConfig, specs: list[RunSpec], base: Checkpoint
     per-problem correctness and per-text sums on every domain the records hold (English, code, task)."""
     if base.texts is None:
         raise ValueError(f"{base.path}: no per-text sums (written before the runner recorded them): delete it to redo")
-    runs = []
+    runs, several_lengths = [], len({spec.config.training.max_steps for spec in specs}) > 1
     for spec in specs:
         method, evals = config.frontier.method_of(spec.arm), checkpoint_evals(spec)
         if method is None or not evals:
@@ -128,7 +128,7 @@ def frontier_results(config: StudyConfig, specs: list[RunSpec], base: Checkpoint
                 steps=[r.step for r in records],
                 correct=["".join(str(c) for c in r.correct) for r in records],
                 texts=texts,
-                settings=_frontier_settings(spec),
+                settings=_frontier_settings(spec, several_lengths),
                 source=spec.arm_config.from_arm,
                 timing=_frontier_timing(spec, evals),
             )
@@ -142,10 +142,13 @@ def frontier_results(config: StudyConfig, specs: list[RunSpec], base: Checkpoint
     )
 
 
-def _frontier_settings(spec: RunSpec) -> dict[str, float]:
-    """The numbers behind a configuration: its (source's) learning rate, DISeL's gate learning-rate ratio, and a
-    post-hoc arm's numeric transform parameters."""
+def _frontier_settings(spec: RunSpec, with_steps: bool) -> dict[str, float]:
+    """The numbers behind a configuration: its (source's) learning rate, its training steps ``max_steps`` if
+    ``with_steps`` (the study trains arms for different lengths), DISeL's gate learning-rate ratio, and a post-hoc
+    arm's numeric transform parameters."""
     settings = {"learning_rate": float(spec.config.training.learning_rate)}
+    if with_steps:
+        settings["max_steps"] = float(spec.config.training.max_steps)
     if spec.is_disel and spec.config.method.gate_lr_ratio is not None:  # None: DiselConfig's default
         settings["gate_lr_ratio"] = float(spec.config.method.gate_lr_ratio)
     for name, value in spec.arm_config.transform_params.items():

@@ -37,7 +37,7 @@ from ..eval.perplexity import causal_lm_windows, window_batches
 from ..eval.retention import list_checkpoints
 from ..models import force_offline, is_adapter_dir, load_model_for_eval
 from ..train.run import RESULT_FILE
-from .config import RunSpec, StudyConfig, resolved_training_recipe, saved_steps
+from .config import RunSpec, StudyConfig, checkpoint_steps_of, resolved_training_recipe, saved_steps
 from .diagnostics import gate_alignment
 from .kl import base_log_probs, mean_token_kl
 from .records import CheckpointEval, DataManifest
@@ -248,8 +248,8 @@ def _gate_diagnostics(
 
 
 def evaluated_steps(spec: RunSpec, config: StudyConfig) -> list[int]:
-    """The checkpoint steps a run evaluates: ``evaluation.checkpoint_steps``, or every step its training saves."""
-    steps = config.evaluation.checkpoint_steps
+    """The checkpoint steps a run evaluates (:func:`~.config.checkpoint_steps_of`), sorted."""
+    steps = checkpoint_steps_of(spec, config)
     return saved_steps(spec) if steps is None else sorted(steps)
 
 
@@ -257,7 +257,7 @@ def run_job(
     spec: RunSpec, config: StudyConfig, manifest: DataManifest, model_path: str, report: Report
 ) -> dict[str, Any]:
     """Train one (arm, seed) unless finished (a post-hoc arm trains nothing), then evaluate every checkpoint of
-    its source folder (those of ``evaluation.checkpoint_steps`` if set) not yet evaluated, the KL against the
+    its source folder (those of :func:`~.config.checkpoint_steps_of` if set) not yet evaluated, the KL against the
     base's cached log-probabilities (:func:`base_log_probs_of`: the base is never needed beside the model)."""
     from ..train.run import train  # looked up per call: tests count the trainings
 
@@ -269,7 +269,7 @@ def run_job(
         loss = "n/a" if result.final_train_loss is None else f"{result.final_train_loss:.3f}"
         report(f"{spec.label} train", f"{result.global_step} steps, last logged loss {loss}, {result.runtime_s:.0f} s")
     saved = dict(list_checkpoints(spec.source_dir))
-    wanted = config.evaluation.checkpoint_steps or sorted(saved)
+    wanted = checkpoint_steps_of(spec, config) or sorted(saved)
     todo = sorted(s for s in wanted if not (spec.run_dir / "eval" / f"step-{s}.json").is_file())
     if set(todo) - set(saved):
         raise FileNotFoundError(

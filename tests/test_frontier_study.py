@@ -277,28 +277,6 @@ def test_the_second_seeds_go_where_the_phase_one_fronts_say():
     assert all(settings.seeds in ([0], [0, 1]) for settings in config.arms.values())
 
 
-def test_the_plateau_recipe_is_lora_lr1e_3_trained_twice_as_long():
-    """``smollm2_plateau.yaml`` repeats the frontier recipe's settings (it runs in its own folder): its one arm must
-    be ``lora_lr1e-3`` with only the step count, the save interval and the evaluated steps changed, and the same
-    problems and evaluation, so its step-240 record compares with ``lora_lr1e-3``'s step 120."""
-    from disel.experiments.study.config import load_study_config
-
-    frontier = load_study_config(RECIPE)
-    plateau = load_study_config(RECIPE.parent / "smollm2_plateau.yaml")
-    (spec,) = plateau.run_specs("model", Path("train.jsonl"), Path("out"))
-    (source,) = [s for s in frontier.run_specs("model", Path("train.jsonl"), Path("out")) if s.arm == "lora_lr1e-3"]
-    longer, shorter = spec.config.model_dump(), source.config.model_dump()
-    for config, steps, save in ((longer, 240, 60), (shorter, 120, 20)):
-        assert (config["training"].pop("max_steps"), config["training"].pop("save_steps")) == (steps, save)
-        config["training"].pop("output_dir")
-    assert longer == shorter
-    assert plateau.problems == frontier.problems
-    assert plateau.evaluation.checkpoint_steps == [60, 120, 180, 240]
-    assert plateau.evaluation.model_copy(update={"checkpoint_steps": None}) == frontier.evaluation.model_copy(
-        update={"checkpoint_steps": None}
-    )
-
-
 def test_a_longer_arm_evaluates_its_own_checkpoints_and_its_post_hoc_arm_inherits_them():
     """``arms.<arm>.checkpoint_steps`` replaces ``evaluation.checkpoint_steps`` for that arm (and a post-hoc arm on
     it); a step it does not save is refused naming the arm's key; fronts then tell the lengths apart."""

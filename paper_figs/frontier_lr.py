@@ -45,7 +45,7 @@ def best_by_learning_rate(results) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def plot_accuracy_by_learning_rate(results):
-    fig, ax = plt.subplots(figsize=(TEXT_WIDTH_IN / 2, 2.4), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH_IN, 2.4), constrained_layout=True)
     colors = method_colors(results.methods)
     styles = iter(("-", "--", ":", "-.") * 8)
     labels = {method_name(m): m for m in results.methods}
@@ -55,7 +55,7 @@ def plot_accuracy_by_learning_rate(results):
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("best exact match (held-out)")
-    ax.legend(loc="best", fontsize="xx-small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="xx-small")  # outside: many lines, few points
     return fig
 
 

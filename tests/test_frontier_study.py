@@ -260,14 +260,13 @@ def test_two_workers_run_each_posthoc_arm_on_its_source_and_then_drop_the_checkp
 def test_the_second_seeds_go_where_the_phase_one_fronts_say():
     """Phase 2's rule (recipes/frontier/README.md): seeds [0, 1] on each method's two configurations with the
     largest share of its observed English-KL front in the committed phase-1 records; seed 0 alone elsewhere."""
-    from disel.experiments.study.config import load_study_config
+    from disel.experiments.study.config import checkpoint_steps_of, load_study_config
     from disel.experiments.study.frontier_results import load_frontier_results
     from disel.experiments.study.fronts import front_shares
 
     config = load_study_config(RECIPE)
-    longer = {
-        arm for arm, s in config.arms.items() if s.checkpoint_steps or config.arms[s.from_arm or arm].checkpoint_steps
-    }
+    specs = config.run_specs("model", Path("train.jsonl"), Path("out"))
+    longer = {s.arm for s in specs if checkpoint_steps_of(s, config) != config.evaluation.checkpoint_steps}
     committed = RECIPE.parents[2] / "paper_figs" / "frontier" / "frontier.json"
     runs = load_frontier_results(committed).runs
     phase_one = [run for run in runs if run.seed == 0 and run.configuration not in longer]  # the 120-step arms

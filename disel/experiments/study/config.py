@@ -339,7 +339,7 @@ def check_study(config: StudyConfig, source: str) -> None:
 def checkpoint_steps_of(spec: RunSpec, config: StudyConfig) -> list[int] | None:
     """The checkpoint steps a run evaluates: its arm's ``checkpoint_steps``, else (a post-hoc arm) its source arm's,
     else ``evaluation.checkpoint_steps``; None: every step its training saves."""
-    source = config.arms.get(spec.arm_config.from_arm) if spec.arm_config.from_arm else None
+    source = config.arms.get(spec.arm_config.from_arm)  # None for a trained arm
     steps = spec.arm_config.checkpoint_steps or (source and source.checkpoint_steps)
     return steps or config.evaluation.checkpoint_steps
 

@@ -138,9 +138,13 @@ def test_results_file_and_gate_table(finished):
     assert set(results["arms"]) == set(ARMS)
     entry = results["arms"]["sequential_lora"]
     run = next(r for r in entry["runs"] if r["order"] == "order2")
-    phase1 = json.loads((out / "runs/sequential_lora-seed0/order2/phase-1-agnews/scores.json").read_text())
+    phase0, phase1 = (
+        json.loads(p.read_text())
+        for p in sorted((out / "runs/sequential_lora-seed0/order2").glob("phase-*/scores.json"))
+    )
     assert run["R"][1][0] == pytest.approx(np.mean(phase1["correct"]["yelp"]))
     assert run["R"][0][1] is None  # upper triangle not scored
+    assert run["train_loss"] == [phase0["train_loss"], phase1["train_loss"]]
     assert entry["AA"]["low"] <= entry["AA"]["value"] <= entry["AA"]["high"]
     assert entry["BWT"]["value"] is not None and results["arms"]["multitask_lora"]["BWT"]["value"] is None
     gates = results["arms"]["disel_branches"]["gates"]

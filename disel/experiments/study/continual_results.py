@@ -5,7 +5,8 @@
     {"schema", "name", "tasks", "orders": {order: [task, ...]}, "base": {task: accuracy},
      "learning_rates": {method: {"chosen", "held_out": {rate: accuracy}}},
      "arms": {arm: {"phases", "method", "learning_rate",
-                    "runs": [{"seed", "order", "tasks", "R": (T, T) accuracies (null: not scored)}],
+                    "runs": [{"seed", "order", "tasks", "R": (T, T) accuracies (null: not scored),
+                              "train_loss": [each phase's mean training loss]}],
                     "AA" | "BWT" | "forgetting": {"value", "low", "high", "per_order"} (null where undefined),
                     "kl": {domain: {"mean", "per_run"}}, "gates": {"branches", "tasks", "mean"} | null}},
      "cost": {"selection_s", "train_s", "score_s", "final_s", "worker_hours"}}
@@ -80,7 +81,7 @@ def _arm_results(config: StudyConfig, specs: list[RunSpec], rate: float, out: Pa
             if not (folder / "final.json").is_file():
                 continue
             phases = [PhaseScores.read(p) for p in sorted(folder.glob("phase-*/scores.json"))]
-            runs.append((s.seed, folder.name, _order_run(phases, order)))
+            runs.append((s.seed, folder.name, _order_run(phases, order), [p.train_loss for p in phases]))
             finals.append(FinalRecord.read(folder / "final.json"))
             if finals[-1].gates is not None:
                 gates.append(finals[-1].gates)
@@ -88,13 +89,14 @@ def _arm_results(config: StudyConfig, specs: list[RunSpec], rate: float, out: Pa
                 break
     if not runs:
         return None
-    summary = continual_summary([r for _, _, r in runs], replicates=config.evaluation.bootstrap_replicates)
+    summary = continual_summary([r for _, _, r, _ in runs], replicates=config.evaluation.bootstrap_replicates)
     entry = {
         "phases": spec.arm_config.phases,
         "method": spec.config.method.name,
         "learning_rate": rate,
         "runs": [
-            {"seed": seed, "order": name, "tasks": list(r.tasks), "R": r.matrix().tolist()} for seed, name, r in runs
+            {"seed": seed, "order": name, "tasks": list(r.tasks), "R": r.matrix().tolist(), "train_loss": losses}
+            for seed, name, r, losses in runs
         ],
         **{measure: summary[measure] for measure in MEASURES},
         "kl": {

@@ -48,7 +48,9 @@ def _recipe(tmp_path: Path, model_dir: Path, arms=ARMS, selection: bool = False)
         "model_path": str(model_dir),
         "training_recipe": "training.json",
         "reference_arm": next(iter(arms)),
-        "arms": {name: {"overrides": [f"method.name={m}"], "phases": p} for name, (m, p) in arms.items()},
+        "arms": {
+            name: {"overrides": [f"method.name={m}", *extra], "phases": p} for name, (m, p, *extra) in arms.items()
+        },
         "evaluation": {
             "retention_tokens": 40,
             "retention_max_length": 32,
@@ -337,3 +339,34 @@ def test_two_workers_run_the_selection_and_every_arm_order_and_resume_from_their
     lines.clear()
     run_study(config, out, echo=lines.append)
     assert not any(" phase " in line for line in lines), lines
+
+
+def test_an_arm_that_sets_its_learning_rate_keeps_it_beside_the_selected_one(tiny_llama_dir, tmp_path):
+    """A sensitivity arm (``training.learning_rate`` in its overrides) trains at its own rate and adds no selection
+    candidate; the other arm of the same method trains at the selected rate; results.json reports each arm's."""
+    from disel.experiments.study.continual_metrics import choose_learning_rate
+    from disel.experiments.study.records import PhaseScores, SelectionScores
+    from disel.experiments.study.run import run_study
+
+    arms = {
+        "sequential_lora": ("lora", "sequential"),
+        "sequential_lora_lr5e-4": ("lora", "sequential", "training.learning_rate=5e-4"),
+    }
+    config = load_study_config(_recipe(tmp_path, tiny_llama_dir, arms=arms, selection=True))
+    config = config.model_copy(
+        update={"continual": config.continual.model_copy(update={"orders": {"o": ["agnews", "yelp"]}})}
+    )
+    out = tmp_path / "out"
+    lines: list[str] = []
+    run_study(config, out, echo=lines.append)
+    assert sorted(p.name for p in (out / "selection").glob("*.json")) == ["lora-lr0.0001.json", "lora-lr0.001.json"]
+    chosen = choose_learning_rate(
+        {rate: SelectionScores.read(out / "selection" / f"lora-lr{rate:g}.json").accuracy for rate in (1e-4, 1e-3)}
+    )
+    assert "[learning rate sequential_lora_lr5e-4] 0.0005" in lines and f"[learning rate lora] {chosen:g}" in lines
+    for arm, rate in (("sequential_lora", chosen), ("sequential_lora_lr5e-4", 5e-4)):
+        scores = [PhaseScores.read(p) for p in sorted((out / "runs" / f"{arm}-seed0/o").glob("phase-*/scores.json"))]
+        assert len(scores) == 2 and {s.learning_rate for s in scores} == {rate}
+    results = json.loads((out / "results.json").read_text())
+    assert results["arms"]["sequential_lora_lr5e-4"]["learning_rate"] == 5e-4
+    assert results["arms"]["sequential_lora"]["learning_rate"] == chosen == results["learning_rates"]["lora"]["chosen"]

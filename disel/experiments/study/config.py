@@ -344,6 +344,13 @@ def checkpoint_steps_of(spec: RunSpec, config: StudyConfig) -> list[int] | None:
     return steps or config.evaluation.checkpoint_steps
 
 
+def fixes_learning_rate(arm: ArmConfig) -> bool:
+    """Whether the arm's overrides set ``training.learning_rate``: in a continual study such an arm keeps that
+    rate instead of the one its method's selection chooses (a sensitivity arm: does the verdict hold at
+    another rate?)."""
+    return any(o.partition("=")[0].strip() == "training.learning_rate" for o in arm.overrides)
+
+
 def saved_steps(spec: RunSpec) -> list[int]:
     """The steps at which a run's training saves a checkpoint (``training.save_steps``: a count, or a fraction of
     ``max_steps``)."""

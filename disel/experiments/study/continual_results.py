@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunSpec, StudyConfig
+from .config import RunSpec, StudyConfig, fixes_learning_rate
 from .continual_metrics import MEASURES, OrderRun, continual_summary
 
 __all__ = [
@@ -135,7 +135,13 @@ def build_continual_results(
     arms = {}
     for arm in config.arms:
         arm_specs = [s for s in specs.values() if s.arm == arm]
-        entry = _arm_results(config, arm_specs, rates[arm_specs[0].config.method.name], out)
+        spec = arm_specs[0]
+        rate = (
+            spec.config.training.learning_rate
+            if fixes_learning_rate(spec.arm_config)
+            else rates[spec.config.method.name]
+        )
+        entry = _arm_results(config, arm_specs, rate, out)
         if entry is not None:
             arms[arm] = entry
     return _finite(
@@ -226,6 +232,8 @@ def chosen_learning_rates(config: StudyConfig, specs: dict[str, RunSpec], out: P
     selection = config.continual.learning_rates
     rates = {}
     for spec in specs.values():
+        if fixes_learning_rate(spec.arm_config):
+            continue
         method = spec.config.method.name
         rates[method] = spec.config.training.learning_rate
         grid = [] if selection is None else selection.grids.get(method, [])

@@ -35,7 +35,7 @@ from typing import Any
 
 from disel.io import write_json_atomic, write_text_atomic
 
-from .config import RunSpec, StudyConfig
+from .config import RunSpec, StudyConfig, fixes_learning_rate
 from .records import BaseScores, FinalRecord, PhaseScores, SelectionScores
 
 __all__ = [
@@ -319,11 +319,11 @@ def _branch_means(stats: dict, ranks: dict[str, list[int]], n_branches: int) -> 
 def learning_rate(ctx: _Context, spec: RunSpec) -> float:
     """The learning rate of ``spec``'s method: chosen by the one rule (:class:`~.config.LearningRateSelection`) the
     first time the method is needed (its candidate runs are files, so a rerun reads them), or the recipe's rate
-    when the recipe selects none for that method."""
+    when the recipe selects none for that method or the arm's overrides set it (``config.fixes_learning_rate``)."""
     from .continual_metrics import choose_learning_rate
 
     selection, method = ctx.config.continual.learning_rates, spec.config.method.name
-    if selection is None or method not in selection.grids:
+    if selection is None or method not in selection.grids or fixes_learning_rate(spec.arm_config):
         return spec.config.training.learning_rate
     accuracy = {rate: _selection_run(ctx, spec, rate).accuracy for rate in selection.grids[method]}
     chosen = choose_learning_rate(accuracy)
@@ -400,7 +400,7 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print, wo
     schedule = _schedule(config, specs)
     selection = config.continual.learning_rates
     if workers > 1 and selection is not None:
-        first = {spec.config.method.name: spec for _, _, spec in schedule}  # one spec per method
+        first = {s.config.method.name: s for _, _, s in schedule if not fixes_learning_rate(s.arm_config)}
         candidates = [
             ("select", spec.label, rate) for method, spec in first.items() for rate in selection.grids.get(method, [])
         ]
@@ -408,14 +408,14 @@ def run_continual(config: StudyConfig, output_dir: str | Path, *, echo=print, wo
     rates: dict[str, float] = {}
     jobs = []
     for order_name, order, spec in schedule:
-        method = spec.config.method.name
-        if method not in rates:  # one process: chosen when first needed, so the first order's runs start early
-            rates[method] = learning_rate(ctx, spec)
-            echo(f"[learning rate {method}] {rates[method]:g}")
+        key = spec.arm if fixes_learning_rate(spec.arm_config) else spec.config.method.name
+        if key not in rates:  # one process: chosen when first needed, so the first order's runs start early
+            rates[key] = learning_rate(ctx, spec)
+            echo(f"[learning rate {key}] {rates[key]:g}")
         if workers == 1:
-            run_order(ctx, spec, order_name, order, rates[method])
+            run_order(ctx, spec, order_name, order, rates[key])
         else:
-            jobs.append(("order", spec.label, order_name, order, rates[method]))
+            jobs.append(("order", spec.label, order_name, order, rates[key]))
     _in_workers(jobs, config, out, model_path, workers, echo)
     summary = aggregate_continual(config, out)
     echo(f"[results] {out / 'results.json'}")

@@ -65,3 +65,19 @@ def test_the_plan_counts_the_recipe_grids():
     grids = yaml.safe_load(module.RECIPE.read_text())["continual"]["learning_rates"]["grids"]
     assert module.PLAN["lr_grids"] == {("osf" if m == "full" else m): len(r) for m, r in grids.items()}
     assert set(module.PLAN["lr_grids"]) == {"lora", "disel", "osf"}
+
+
+def test_the_plan_counts_the_recipe_arms(tmp_path):
+    """Every arm of the recipe, by kind, costed at its method's step (OSF's own); a new arm changes the plan."""
+    import yaml
+
+    module = _module()
+    recipe = yaml.safe_load(module.RECIPE.read_text())
+    plan = module.recipe_arms()
+    assert set(plan["sequential_arms"]) | set(plan["multitask_arms"]) == set(recipe["arms"])
+    assert plan["sequential_arms"]["osf"] == "osf" and plan["multitask_arms"]["multitask_disel"] == "disel"
+    assert plan["sequential_arms"]["olora"] == "lora" and "multitask_lora" not in plan["sequential_arms"]
+    recipe["arms"]["extra"] = {"overrides": ["method.name=disel", "training.learning_rate=3e-3"], "phases": "branches"}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert module.recipe_arms(path)["sequential_arms"]["extra"] == "disel"

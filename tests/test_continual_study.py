@@ -370,3 +370,18 @@ def test_an_arm_that_sets_its_learning_rate_keeps_it_beside_the_selected_one(tin
     results = json.loads((out / "results.json").read_text())
     assert results["arms"]["sequential_lora_lr5e-4"]["learning_rate"] == 5e-4
     assert results["arms"]["sequential_lora"]["learning_rate"] == chosen == results["learning_rates"]["lora"]["chosen"]
+
+
+def test_the_shipped_recipe_loads_and_its_sensitivity_arms_fix_a_rate_of_their_grid():
+    """recipes/continual/smollm2_continual.yaml passes the study checks; exactly the ``*_lr<rate>`` arms fix their
+    learning rate, at that rate, a candidate of their method's selection grid."""
+    from disel.experiments.study.config import fixes_learning_rate
+
+    config = load_study_config(Path(__file__).resolve().parents[1] / "recipes/continual/smollm2_continual.yaml")
+    specs = {s.arm: s for s in config.run_specs("<model_path>", Path("<train_file>"), Path("<out>"))}
+    fixed = {arm for arm, settings in config.arms.items() if fixes_learning_rate(settings)}
+    assert fixed and fixed == {arm for arm in config.arms if "_lr" in arm}
+    for arm in fixed:
+        rate = specs[arm].config.training.learning_rate
+        assert float(arm.rpartition("_lr")[2]) == rate
+        assert rate in config.continual.learning_rates.grids[specs[arm].config.method.name]

@@ -61,16 +61,22 @@ def recipe_grid_sizes(recipe: Path = RECIPE) -> dict[str, int]:
     return {("osf" if method == "full" else method): len(rates) for method, rates in grids.items()}
 
 
+def recipe_arms(recipe: Path = RECIPE) -> dict[str, dict[str, str]]:
+    """The recipe's arms by kind (``sequential_arms``: one phase per task; ``multitask_arms``: one phase), each
+    arm → the method whose step it costs (``osf`` for the OSF arm)."""
+    import yaml
+
+    arms = {"sequential_arms": {}, "multitask_arms": {}}
+    for name, arm in yaml.safe_load(recipe.read_text())["arms"].items():
+        method = next(o.partition("=")[2].strip() for o in arm["overrides"] if o.startswith("method.name="))
+        kind = "multitask_arms" if arm["phases"] == "multitask" else "sequential_arms"
+        arms[kind][name] = "osf" if arm["phases"] == "osf" else method
+    return arms
+
+
 PLAN = {
     "orders": 3,
-    "sequential_arms": {
-        "sequential_lora": "lora",
-        "sequential_disel": "disel",
-        "disel_branches": "disel",
-        "olora": "lora",
-        "osf": "osf",
-    },
-    "multitask_arms": {"multitask_lora": "lora", "multitask_disel": "disel"},
+    **recipe_arms(),
     # on the first task LoRA = O-LoRA = multitask LoRA and DISeL = branches: one selection per method
     "lr_grids": recipe_grid_sizes(),
     "examples_per_task": 160,  # steps_per_task x batch (e.g. 20 x 8)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ._cli import render
-from .continual_plots import continual_parser, read_results
+from .continual_plots import annotate_cells, continual_parser, read_results
 from .style import TEXT_WIDTH_IN
 
 __all__ = ["gate_arms", "main", "plot_gates"]
@@ -31,8 +31,7 @@ def plot_gates(results: dict):
         table = results["arms"][arm]["gates"]
         mean = np.array(table["mean"])
         image = ax.imshow(mean, vmin=0, vmax=max(0.05, float(mean.max())), cmap="magma", aspect="auto")
-        for (i, j), value in np.ndenumerate(mean):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="xx-small", color="w")
+        annotate_cells(ax, image, mean)
         ax.set_title(arm, fontsize="small")
         ax.set_xticks(range(len(table["tasks"])), table["tasks"], rotation=90, fontsize="xx-small")
         ax.set_yticks(range(len(table["branches"])), table["branches"], fontsize="xx-small")

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ._cli import render
-from .continual_plots import continual_parser, read_results
+from .continual_plots import annotate_cells, continual_parser, read_results
 from .style import TEXT_WIDTH_IN
 
 __all__ = ["by_task_name", "main", "plot_matrices"]
@@ -40,14 +40,16 @@ def plot_matrices(results: dict):
     rows = -(-len(arms) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(TEXT_WIDTH_IN, 1.5 * rows + 0.4), squeeze=False)
     image = None
-    for ax, arm in zip(axes.flat, arms):
+    for k, (ax, arm) in enumerate(zip(axes.flat, arms)):
         entry = results["arms"][arm]
         matrix = by_task_name(entry, tasks)
         image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        annotate_cells(ax, image, matrix)
         ax.set_title(arm, fontsize="small")
         ax.set_xticks(range(len(tasks)), tasks, rotation=90, fontsize="xx-small")
-        ax.set_yticks(range(len(tasks)), tasks if entry["phases"] != "multitask" else [""] * len(tasks),
-                      fontsize="xx-small")  # fmt: skip
+        # row names on the first column only: the panels sit close, and a later panel's names would overlap
+        named = k % columns == 0 and entry["phases"] != "multitask"
+        ax.set_yticks(range(len(tasks)), tasks if named else [""] * len(tasks), fontsize="xx-small")
     for ax in list(axes.flat)[len(arms) :]:
         ax.axis("off")
     if image is not None:

@@ -231,6 +231,22 @@ def test_matrix_by_task_name_reindexes_each_order():
     assert np.isnan(by_task_name({"phases": "sequential", "runs": [entry["runs"][0]]}, ["a", "b"])[0, 1])
 
 
+def test_cell_values_are_written_legibly_on_the_heat_map():
+    """Every finite cell gets its value, black on the light end of the colour map and white on the dark end; an
+    unscored (NaN) cell gets none."""
+    import matplotlib.pyplot as plt
+
+    from paper_figs.continual_plots import annotate_cells
+
+    values = np.array([[0.02, 0.97], [np.nan, 0.5]])
+    fig, ax = plt.subplots()
+    annotate_cells(ax, ax.imshow(values, vmin=0, vmax=1, cmap="viridis"), values)
+    texts = {t.get_text(): t.get_color() for t in ax.texts}
+    plt.close(fig)
+    assert set(texts) == {"0.02", "0.97", "0.50"}
+    assert texts["0.02"] == "w" and texts["0.97"] == "k"
+
+
 def test_results_report_the_measured_cost(finished):
     """results.json's cost sums the seconds recorded by every phase, final and selection file."""
     _, out, _, _ = finished

@@ -401,3 +401,33 @@ def test_the_shipped_recipe_loads_and_its_sensitivity_arms_fix_a_rate_of_their_g
         rate = specs[arm].config.training.learning_rate
         assert float(arm.rpartition("_lr")[2]) == rate
         assert rate in config.continual.learning_rates.grids[specs[arm].config.method.name]
+
+
+def test_a_phase_another_order_already_ran_is_copied_not_retrained(tiny_llama_dir, tmp_path):
+    """Two orders that begin with the same task share phase 0: the second copies it (weights and scores, its
+    record naming the source and counting no seconds) and its next phase comes out exactly as the first order's.
+    OSF keeps only its newest weights, so there the first phase is trained again."""
+    from disel.experiments.study.records import PhaseScores
+    from disel.experiments.study.run import run_study
+
+    arms = {"sequential_lora": ("lora", "sequential"), "osf": ("full", "osf")}
+    config = load_study_config(_recipe(tmp_path, tiny_llama_dir, arms=arms))
+    orders = {"o1": ["agnews", "yelp"], "o2": ["agnews", "yelp"]}
+    config = config.model_copy(update={"continual": config.continual.model_copy(update={"orders": orders})})
+    out = tmp_path / "out"
+    lines: list[str] = []
+    run_study(config, out, echo=lines.append)
+
+    def phase(arm, order, i):
+        return PhaseScores.read(next((out / "runs" / f"{arm}-seed0" / order).glob(f"phase-{i}-*/scores.json")))
+
+    first, copied = phase("sequential_lora", "o1", 0), phase("sequential_lora", "o2", 0)
+    assert copied.shared_from == "o1" and first.shared_from is None
+    assert (copied.order, copied.train_s, copied.score_s) == ("o2", 0.0, 0.0)
+    assert copied.correct == first.correct and copied.train_loss == first.train_loss
+    assert (out / "runs/sequential_lora-seed0/o2/phase-0-agnews/adapter/adapter_model.safetensors").is_file()
+    assert "[sequential_lora-seed0 o2 phase-0-agnews] copied from o1 (the same phase)" in lines
+    trained, again = phase("sequential_lora", "o1", 1), phase("sequential_lora", "o2", 1)
+    assert again.shared_from is None and again.train_s > 0  # the last phase is never copied: _final needs its model
+    assert (again.correct, again.train_loss) == (trained.correct, trained.train_loss)
+    assert phase("osf", "o2", 0).shared_from is None and phase("osf", "o2", 0).train_s > 0

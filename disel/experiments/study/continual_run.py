@@ -22,14 +22,15 @@ table (:func:`gate_table`).
 phase only. The small JSON files (scores, ``final.json``, ``selection/``, ``base.json``) are what to keep; the
 weights are needed only to continue an unfinished order (the ``.gitignore`` written in the output folder leaves
 them out), so an order whose records are complete is skipped even without them, and one whose weights were lost restarts
-after the last phase whose weights remain.
+after the last phase whose weights remain. A phase another order of the same run has already made (both orders begin
+with the same tasks) is copied, not retrained (:func:`_copy_shared_phase`).
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,6 @@ class _Context:
 
 
 def _prepare(config: StudyConfig, out: Path, model_path: str, template: str, echo) -> _Context:
-    from dataclasses import replace
-
     from ..data.continual import load_tasks
     from ..models import load_tokenizer
     from .stages import _retention_texts
@@ -242,6 +241,8 @@ def _run_phase(ctx: _Context, spec: RunSpec, order_name: str, order, index: int,
     from transformers import set_seed
 
     name, rows, steps = phases[index]
+    if index < len(phases) - 1 and _copy_shared_phase(ctx, spec, order_name, order, index, dirs[index], rate, steps):
+        return None  # only the next phase reads this one's weights, from its folder
     set_seed(spec.seed + index)  # the new adapter or branch's initialisation, the data order
     model = start_phase(spec, index, len(phases), ctx.load_base(), dirs[index - 1] if index else None)
     loss, train_s = _train(ctx, spec, model, rows, steps, rate, dirs[index] / "trainer")
@@ -254,6 +255,41 @@ def _run_phase(ctx: _Context, spec: RunSpec, order_name: str, order, index: int,
     accuracy = ", ".join(f"{task} {sum(c) / len(c):.2f}" for task, c in correct.items())
     ctx.echo(f"[{spec.label} {order_name} phase {index} {name}] loss {loss:.3f}, {train_s:.0f} s; accuracy {accuracy}")
     return model
+
+
+def _copy_shared_phase(
+    ctx: _Context, spec: RunSpec, order_name: str, order: list[str], index: int, folder: Path, rate: float, steps: int
+) -> bool:
+    """Copy phase ``index`` from another order of the same run that starts with the same ``index + 1`` tasks
+    (e.g. two orders that both begin DBpedia, Amazon): same starting weights, rows, seed and settings, so the same
+    phase, with nothing to train or score. Its record names the source order (``shared_from``) and counts no
+    seconds. False when no such finished phase with its weights is there (OSF keeps only its newest weights)."""
+    if spec.arm_config.phases == "multitask":
+        return False
+    weights = "model" if spec.arm_config.phases == "osf" else "adapter"
+    for other_name, other in ctx.config.continual.orders.items():
+        source = spec.run_dir / other_name / folder.name
+        if other_name == order_name or list(other[: index + 1]) != list(order[: index + 1]):
+            continue
+        if not ((source / "scores.json").is_file() and _has_weights(spec, source)):
+            continue
+        record = PhaseScores.read(source / "scores.json")
+        if (record.learning_rate, record.steps) != (rate, steps):
+            continue
+        partial = folder / f"{weights}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            shutil.copytree(source / weights, partial)
+        except OSError:  # the other order moved on and deleted them meanwhile (OSF): train this phase instead
+            shutil.rmtree(partial, ignore_errors=True)
+            continue
+        shutil.rmtree(folder / weights, ignore_errors=True)
+        partial.rename(folder / weights)
+        shared = replace(record, order=order_name, train_s=0.0, score_s=0.0, shared_from=other_name, path=None)
+        shared.write(folder / "scores.json")
+        ctx.echo(f"[{spec.label} {order_name} {folder.name}] copied from {other_name} (the same phase)")
+        return True
+    return False
 
 
 def _final(ctx: _Context, spec: RunSpec, model: Any, order: list[str], path: Path) -> None:
@@ -335,8 +371,6 @@ def learning_rate(ctx: _Context, spec: RunSpec) -> float:
 def _selection_run(ctx: _Context, spec: RunSpec, rate: float) -> SelectionScores:
     """One candidate rate: phase 0 of ``spec`` on the selection task's training rows less the held-out ones,
     scored on those (cached in a file)."""
-    from dataclasses import replace
-
     from transformers import set_seed
 
     from ..data.continual import held_out_split

@@ -119,6 +119,7 @@ class PhaseScores(_Record, schema="disel.study.continual_phase/1", made_by=_MADE
     train_s: float
     score_s: float
     correct: dict[str, list[int]]
+    shared_from: str | None = None  # the order whose identical phase this copies (train_s, score_s: 0 here)
 
 
 @dataclass(frozen=True)

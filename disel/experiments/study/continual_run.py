@@ -127,18 +127,21 @@ def _load_weights(path: Path, like: Any) -> Any:
     return load_model(path).to(next(like.parameters()).device)
 
 
+def _weights_folder(spec: RunSpec) -> str:
+    """Where a phase folder keeps its weights: ``model`` (OSF's merged model) or ``adapter``."""
+    return "model" if spec.arm_config.phases == "osf" else "adapter"
+
+
 def _save_weights(spec: RunSpec, model: Any, folder: Path) -> Any:
     """Save the phase's weights: the adapter(s), or for OSF the merged model (the next phase's base, returned)."""
     if spec.arm_config.phases == "osf":
         model = model.merge_and_unload()
-        model.save_pretrained(str(folder / "model"))
-    else:
-        model.save_pretrained(str(folder / "adapter"))
+    model.save_pretrained(str(folder / _weights_folder(spec)))
     return model
 
 
 def _has_weights(spec: RunSpec, folder: Path) -> bool:
-    name = "model" if spec.arm_config.phases == "osf" else "adapter"
+    name = _weights_folder(spec)
     return (folder / name).is_dir() and any((folder / name).rglob("*.safetensors"))
 
 
@@ -264,9 +267,7 @@ def _copy_shared_phase(
     (e.g. two orders that both begin DBpedia, Amazon): same starting weights, rows, seed and settings, so the same
     phase, with nothing to train or score. Its record names the source order (``shared_from``) and counts no
     seconds. False when no such finished phase with its weights is there (OSF keeps only its newest weights)."""
-    if spec.arm_config.phases == "multitask":
-        return False
-    weights = "model" if spec.arm_config.phases == "osf" else "adapter"
+    weights = _weights_folder(spec)
     for other_name, other in ctx.config.continual.orders.items():
         source = spec.run_dir / other_name / folder.name
         if other_name == order_name or list(other[: index + 1]) != list(order[: index + 1]):
